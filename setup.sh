@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One-command set-up: a virtual environment in .venv with nsfwlab and everything its tests need.
+#   bash setup.sh            # CPU build of PyTorch (default)
+#   TORCH_SPEC=torch bash setup.sh   # let pip choose (a CUDA build on Linux x86_64)
+# Also installs Debian's chromium (for the browser tests) when it is missing and we are root.
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip 2>/dev/null || true
+# torch first, so that the project's "torch>=2.3" is already satisfied by the chosen build.
+.venv/bin/python -m pip install -q "$TORCH_SPEC"
+.venv/bin/python -m pip install -q -e '.[dev]'
+
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing Debian's chromium for the browser tests" >&2
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "setup: chromium not found; browser tests will be skipped (sudo apt-get install chromium)" >&2
+  fi
+fi
+.venv/bin/nsfwlab --version

@@ -1,0 +1,41 @@
+"""The ``nsfwlab`` command line: a thin typer app over the library."""
+
+from __future__ import annotations
+
+import typer
+
+from .. import __version__
+from .score import score_command
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="nsfwlab",
+    help="Yahoo's open_nsfw classifier: exact scores, fast, at scale; evaluate, tune, explain.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"nsfwlab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """nsfwlab command line."""
+
+
+app.command("score")(score_command)
+
+# Capabilities register their commands here, one line each (imported lazily inside the modules
+# so that `nsfwlab score` never pays for FastAPI, Ray or matplotlib).
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,100 @@
+"""Shared pieces of the CLI: exit codes, error reporting, progress bars, option types."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import IntEnum
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from ..errors import ConfigError, ImageError, ModelError, NsfwlabError
+
+__all__ = ["ExitCode", "exit_code_for", "fail", "progress_bar", "stderr", "stdout"]
+
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True, soft_wrap=True)
+
+
+class ExitCode(IntEnum):
+    """Exit statuses of every nsfwlab command."""
+
+    OK = 0
+    INPUT_FAILED = 1  # some inputs could not be processed; the others were
+    USAGE = 2  # bad arguments or configuration (click uses 2 for usage errors too)
+    MODEL = 3  # the model or backend could not be loaded or run
+    INTERNAL = 4
+
+
+def exit_code_for(exc: NsfwlabError) -> ExitCode:
+    """The one place where error classes map to exit statuses."""
+    if isinstance(exc, ConfigError):
+        return ExitCode.USAGE
+    if isinstance(exc, ModelError):
+        return ExitCode.MODEL
+    if isinstance(exc, ImageError):
+        return ExitCode.INPUT_FAILED
+    return ExitCode.INTERNAL
+
+
+def fail(exc: NsfwlabError) -> typer.Exit:
+    """Print a one-line error and return the Exit to raise."""
+    stderr.print(f"[bold red]error:[/] {exc}", highlight=False)
+    return typer.Exit(int(exit_code_for(exc)))
+
+
+class _RateColumn(ProgressColumn):
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.1f} {self.unit}/s" if speed else f"- {self.unit}/s", style="cyan")
+
+
+class _ErrorsColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        errors = int(task.fields.get("errors", 0))
+        return Text(f"{errors} errors", style="red" if errors else "dim")
+
+
+@contextmanager
+def progress_bar(total: int | None, description: str, *, unit: str = "img",
+                 enabled: bool | None = None) -> Iterator[Callable[..., None]]:
+    """A rich progress bar on stderr (rate, ETA, errors). Yields ``advance(n=1, errors=0)``.
+
+    Disabled automatically when stderr is not a terminal, unless ``enabled`` forces it.
+    """
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        yield lambda n=1, errors=0: None
+        return
+    columns: list[ProgressColumn | str] = [
+        SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        _RateColumn(unit), _ErrorsColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=stderr, transient=False) as progress:
+        task = progress.add_task(description, total=total, errors=0)
+        state = {"errors": 0}
+
+        def advance(n: int = 1, errors: int = 0) -> None:
+            state["errors"] += errors
+            progress.update(task, advance=n, errors=state["errors"])
+
+        yield advance

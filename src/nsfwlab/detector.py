@@ -1,0 +1,231 @@
+"""The public core: :class:`Detector` scores one image or many, and labels scores by thresholds."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .backends import Backend, create_backend
+from .config import BackendName, DecodeLimits, Device, Label, Precision, PreprocessConfig, Settings, Thresholds
+from .errors import ConfigError, ImageError, NsfwlabError
+from .imageio import ImageInput, describe_source
+from .preprocess import preprocess, stack_batch
+
+__all__ = ["Detector", "ScoreResult", "nsfw_score"]
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """The outcome for one input: a score and label, or the error that stopped it."""
+
+    source: str
+    score: float | None = None
+    label: Label | None = None
+    error: NsfwlabError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"path": self.source, "error": self.error.message, "code": self.error.code}
+        assert self.label is not None
+        return {"path": self.source, "score": self.score, "label": self.label.value}
+
+
+class Detector:
+    """Loads the model once; scores images one at a time or in batches.
+
+    >>> det = Detector()                       # onnxruntime on CPU, torch fp16 on CUDA
+    >>> det.score("photo.jpg")                 # doctest: +SKIP
+    0.0123
+    >>> [r.label for r in det.score_many(["a.jpg", "b.png"])]   # doctest: +SKIP
+
+    ``backend`` is a name (``auto``, ``onnxruntime``, ``torch``) or a ready :class:`Backend`
+    (for example a fine-tuned model in a ``TorchBackend``). ``preprocess`` defaults to Yahoo's
+    exact pipeline; ``limits`` to the decode caps of :class:`~nsfwlab.config.Settings`.
+    ``workers`` threads decode and preprocess while the model runs (Pillow releases the GIL).
+    """
+
+    def __init__(
+        self,
+        backend: BackendName | str | Backend = BackendName.AUTO,
+        device: Device | str = Device.AUTO,
+        *,
+        thresholds: Thresholds | None = None,
+        batch_size: int = 16,
+        preprocess: PreprocessConfig | None = None,
+        limits: DecodeLimits | None = None,
+        workers: int | None = None,
+        precision: Precision | str = Precision.AUTO,
+        threads: int | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        if workers is not None and workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {workers}")
+        settings = Settings.from_env()
+        if isinstance(backend, (str, BackendName)):
+            self.backend: Backend = create_backend(
+                backend, device, precision=precision, threads=threads or settings.threads,
+                onnx_path=settings.model_path,
+            )
+        else:
+            self.backend = backend
+        self.thresholds = thresholds or Thresholds()
+        self.batch_size = batch_size
+        self.preprocess_config = preprocess or PreprocessConfig()
+        self.limits = limits or settings.limits
+        self.workers = workers or 2
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    # -- identity ---------------------------------------------------------------------------
+    @property
+    def model_version(self) -> str:
+        return self.backend.model_version
+
+    @property
+    def preprocess_version(self) -> str:
+        return self.preprocess_config.version
+
+    def describe(self) -> dict[str, Any]:
+        """What produced a score: model, preprocessing, backend, device, thresholds."""
+        return {
+            "model_version": self.model_version,
+            "preprocess_version": self.preprocess_version,
+            "backend": self.backend.name,
+            "device": self.backend.device,
+            "safe_below": self.thresholds.safe_below,
+            "nsfw_above": self.thresholds.nsfw_above,
+        }
+
+    # -- building blocks --------------------------------------------------------------------
+    def label(self, score: float) -> Label:
+        return self.thresholds.label(score)
+
+    def preprocess(self, source: ImageInput) -> np.ndarray:
+        """Decode safely and preprocess one input into its (224, 224, 3) float32 array."""
+        return preprocess(source, self.preprocess_config, self.limits)
+
+    def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
+        """NSFW probabilities for an NHWC batch of preprocessed arrays, split by ``batch_size``."""
+        if len(batch) == 0:
+            return np.zeros((0,), dtype=np.float32)
+        parts = [self.backend.predict(batch[i : i + self.batch_size])[:, 1]
+                 for i in range(0, len(batch), self.batch_size)]
+        return np.concatenate(parts).astype(np.float32)
+
+    # -- one ----------------------------------------------------------------------------------
+    def score(self, source: ImageInput) -> float:
+        """The NSFW probability of one image. Raises an ``ImageError`` naming bad input."""
+        try:
+            arr = self.preprocess(source)
+        except NsfwlabError as exc:
+            raise exc.with_source(describe_source(source)) from None
+        return float(self.backend.predict(arr[None])[0, 1])
+
+    def classify(self, source: ImageInput) -> ScoreResult:
+        """Score and label one image (raises on bad input, like :meth:`score`)."""
+        s = self.score(source)
+        return ScoreResult(describe_source(source), s, self.label(s))
+
+    # -- many ---------------------------------------------------------------------------------
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="nsfwlab-pre")
+            return self._pool
+
+    def _prepare(self, source: ImageInput) -> np.ndarray | NsfwlabError:
+        try:
+            return self.preprocess(source)
+        except NsfwlabError as exc:
+            return exc
+        except Exception as exc:  # noqa: BLE001 - a batch goes on past anything one input does
+            return ImageError(f"unexpected {type(exc).__name__}: {exc}")
+
+    def iter_score(
+        self,
+        sources: Iterable[ImageInput],
+        names: Iterable[str] | None = None,
+        *,
+        progress: Callable[[ScoreResult], None] | None = None,
+    ) -> Iterator[ScoreResult]:
+        """Score a stream of inputs in order, batched, never stopping at a bad one.
+
+        Decoding runs ahead in worker threads by at most ``2 x batch_size`` inputs, so memory
+        stays bounded however long the stream is. ``progress`` is called once per result.
+        """
+        name_iter = iter(names) if names is not None else None
+        pool = self._executor()
+        window: deque[tuple[str, Future[np.ndarray | NsfwlabError]]] = deque()
+        ahead = 2 * self.batch_size
+
+        def emit(batch: list[tuple[str, np.ndarray | NsfwlabError]]) -> list[ScoreResult]:
+            arrays = [v for _, v in batch if isinstance(v, np.ndarray)]
+            scores = iter(self.backend.predict(stack_batch(arrays))[:, 1].tolist()) if arrays else iter(())
+            out: list[ScoreResult] = []
+            for name, value in batch:
+                if isinstance(value, np.ndarray):
+                    s = float(next(scores))
+                    out.append(ScoreResult(name, s, self.label(s)))
+                else:
+                    out.append(ScoreResult(name, error=value.with_source(name)))
+            return out
+
+        def drain(n: int) -> Iterator[ScoreResult]:
+            batch = [(name, fut.result()) for name, fut in (window.popleft() for _ in range(n))]
+            for res in emit(batch):
+                if progress is not None:
+                    progress(res)
+                yield res
+
+        for source in sources:
+            name = next(name_iter) if name_iter is not None else describe_source(source)
+            window.append((name, pool.submit(self._prepare, source)))
+            if len(window) >= ahead:
+                yield from drain(self.batch_size)
+        while window:
+            yield from drain(min(self.batch_size, len(window)))
+
+    def score_many(self, sources: Sequence[ImageInput], names: Sequence[str] | None = None,
+                   *, progress: Callable[[ScoreResult], None] | None = None) -> list[ScoreResult]:
+        """Score many inputs (batched); one :class:`ScoreResult` per input, in input order."""
+        return list(self.iter_score(sources, names, progress=progress))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+    def __enter__(self) -> Detector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_default: Detector | None = None
+_default_lock = threading.Lock()
+
+
+def nsfw_score(img: ImageInput) -> float:
+    """The open_nsfw score (0..1) of one image: a path, bytes, file object, PIL image or array.
+
+    The one-liner of the original ports. The model is loaded on first use and kept.
+    """
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Detector()
+        det = _default
+    return det.score(img)

@@ -1,0 +1,182 @@
+"""The open_nsfw network (ResNet-50 "1by2", v1) as a PyTorch module, and the pure weight remap
+from the bundled ONNX graph.
+
+Module names follow the Caffe layer names: Caffe's ``conv_stage1_block0_branch2a`` is
+``stage1_block0.branch2a`` here, ``conv_1`` is ``conv_1`` and ``fc_nsfw`` is ``fc_nsfw``
+(:func:`caffe_layer_name` converts). Batch-norm is folded into the convolutions (as in the ONNX
+file), so every convolution has a bias.
+
+Input: NCHW float32, BGR, mean-subtracted, 224x224 (an NHWC batch from
+:mod:`nsfwlab.preprocess` permuted with ``.permute(0, 3, 1, 2)``). Output of ``forward``: the
+logits ``[sfw, nsfw]``; apply softmax for probabilities (:meth:`OpenNSFW.probabilities`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import WeightsError
+
+__all__ = [
+    "OpenNSFW",
+    "Bottleneck",
+    "STAGES",
+    "OnnxConv",
+    "read_onnx_graph",
+    "remap_onnx_weights",
+    "caffe_layer_name",
+    "load_open_nsfw",
+]
+
+#: (blocks, bottleneck width, output width) of each stage.
+STAGES: tuple[tuple[int, int, int], ...] = ((3, 32, 128), (4, 64, 256), (6, 128, 512), (3, 256, 1024))
+
+
+class Bottleneck(nn.Module):
+    """A v1 bottleneck: 1x1 (stride here) -> 3x3 -> 1x1, plus identity or projection shortcut."""
+
+    def __init__(self, in_ch: int, mid: int, out: int, stride: int, project: bool) -> None:
+        super().__init__()
+        self.branch2a = nn.Conv2d(in_ch, mid, 1, stride=stride)
+        self.branch2b = nn.Conv2d(mid, mid, 3, padding=1)
+        self.branch2c = nn.Conv2d(mid, out, 1)
+        self.proj_shortcut = nn.Conv2d(in_ch, out, 1, stride=stride) if project else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.branch2a(x))
+        y = torch.relu(self.branch2b(y))
+        y = self.branch2c(y)
+        shortcut = self.proj_shortcut(x) if self.proj_shortcut is not None else x
+        return torch.relu(y + shortcut)
+
+
+class OpenNSFW(nn.Module):
+    """Yahoo's open_nsfw ResNet-50-1by2 with folded batch-norm. 5.89 M parameters, 1.07 GMAC."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_1 = nn.Conv2d(3, 64, 7, stride=2, padding=3)
+        # Caffe rounds pooled sizes up: 112 -> 56.
+        self.pool1 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+        in_ch = 64
+        self.block_names: list[str] = []
+        for s, (blocks, mid, out) in enumerate(STAGES):
+            for b in range(blocks):
+                stride = 2 if (b == 0 and s > 0) else 1
+                name = f"stage{s}_block{b}"
+                self.add_module(name, Bottleneck(in_ch, mid, out, stride, project=(b == 0)))
+                self.block_names.append(name)
+                in_ch = out
+        self.fc_nsfw = nn.Linear(1024, 2)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """NCHW input -> the last stage's (N, 1024, 7, 7) feature map."""
+        x = self.pool1(torch.relu(self.conv_1(x)))
+        for name in self.block_names:
+            x = getattr(self, name)(x)
+        return x
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Feature map -> logits ``[sfw, nsfw]`` (7x7 average pool, then fc)."""
+        pooled = torch.flatten(nn.functional.adaptive_avg_pool2d(features, 1), 1)
+        return self.fc_nsfw(pooled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities ``[sfw, nsfw]``."""
+        return torch.softmax(self.forward(x), dim=1)
+
+
+def caffe_layer_name(module_name: str) -> str:
+    """``stage1_block0.branch2a`` -> ``conv_stage1_block0_branch2a``; ``conv_1``/``fc_nsfw`` as is."""
+    if module_name in ("conv_1", "fc_nsfw"):
+        return module_name
+    return "conv_" + module_name.replace(".", "_")
+
+
+@dataclass(frozen=True)
+class OnnxConv:
+    """One convolution of the ONNX graph: the output name (which carries the Caffe layer name),
+    and the names of its weight and bias initializers."""
+
+    output: str
+    weight: str
+    bias: str
+
+
+def _module_name_from_onnx_output(output: str) -> str:
+    # "bn_stage0_block0_branch2b/FusedBatchNormV3:0" -> "stage0_block0.branch2b"; "bn_1/..." -> "conv_1"
+    layer = output.split("/", 1)[0]
+    if not layer.startswith("bn_"):
+        raise WeightsError(f"unexpected convolution output name {output!r} in the ONNX graph")
+    stem = layer[3:]
+    if stem == "1":
+        return "conv_1"
+    stage_block, _, branch = stem.rpartition("_")
+    if stage_block.endswith("proj"):  # "..._proj_shortcut"
+        stage_block, branch = stage_block[: -len("_proj")], "proj_shortcut"
+    return f"{stage_block}.{branch}"
+
+
+def remap_onnx_weights(
+    convs: Iterable[OnnxConv],
+    initializers: Mapping[str, np.ndarray],
+    fc_weight: str = "fc_nsfw/MatMul/ReadVariableOp:0",
+    fc_bias: str = "fc_nsfw/BiasAdd/ReadVariableOp:0",
+) -> dict[str, torch.Tensor]:
+    """Map the ONNX graph's tensors onto :class:`OpenNSFW`'s ``state_dict`` keys. Pure: no I/O.
+
+    Convolution tensors are found through the Conv nodes (several initializers have anonymous
+    names such as ``Conv__440_weights_fused_bn``); the fc weight is a MatMul operand of shape
+    (1024, 2) and is transposed to PyTorch's (out, in).
+    """
+    state: dict[str, torch.Tensor] = {}
+    for conv in convs:
+        name = _module_name_from_onnx_output(conv.output)
+        for suffix, key in (("weight", conv.weight), ("bias", conv.bias)):
+            if key not in initializers:
+                raise WeightsError(f"initializer {key!r} of {name} is missing from the ONNX graph")
+            state[f"{name}.{suffix}"] = torch.from_numpy(np.array(initializers[key], dtype=np.float32))
+    try:
+        state["fc_nsfw.weight"] = torch.from_numpy(np.array(initializers[fc_weight], dtype=np.float32).T.copy())
+        state["fc_nsfw.bias"] = torch.from_numpy(np.array(initializers[fc_bias], dtype=np.float32))
+    except KeyError as exc:
+        raise WeightsError(f"fc tensor {exc} is missing from the ONNX graph") from None
+    return state
+
+
+def read_onnx_graph(path: str | Path) -> tuple[list[OnnxConv], dict[str, np.ndarray]]:
+    """Read the Conv nodes and the initializers of an ONNX file (needs the ``onnx`` package)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    convs = [
+        OnnxConv(output=node.output[0], weight=node.input[1], bias=node.input[2])
+        for node in model.graph.node
+        if node.op_type == "Conv"
+    ]
+    initializers = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    return convs, initializers
+
+
+def load_open_nsfw(onnx_path: str | Path | None = None) -> OpenNSFW:
+    """The stock open_nsfw network with the verified bundled weights, in eval mode on the CPU."""
+    from .weights import resolve_onnx_path
+
+    path = resolve_onnx_path(onnx_path)
+    convs, initializers = read_onnx_graph(path)
+    model = OpenNSFW()
+    state = remap_onnx_weights(convs, initializers)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise WeightsError(f"weight remap mismatch: missing {missing}, unexpected {unexpected}")
+    return model.eval()

