@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -49,7 +50,8 @@ class Detector:
     >>> [r.label for r in det.score_many(["a.jpg", "b.png"])]   # doctest: +SKIP
 
     ``backend`` is a name (``auto``, ``onnxruntime``, ``torch``) or a ready :class:`Backend`
-    (for example a fine-tuned model in a ``TorchBackend``). ``preprocess`` defaults to Yahoo's
+    (for example a fine-tuned model in a ``TorchBackend``); ``model`` is the path of a fine-tuned
+    checkpoint (``.pt``) or an exported ``.onnx`` (see :mod:`nsfwlab.checkpoint`). ``preprocess`` defaults to Yahoo's
     exact pipeline; ``limits`` to the decode caps of :class:`~nsfwlab.config.Settings`.
     ``workers`` threads decode and preprocess while the model runs (Pillow releases the GIL).
     """
@@ -66,13 +68,20 @@ class Detector:
         workers: int | None = None,
         precision: Precision | str = Precision.AUTO,
         threads: int | None = None,
+        model: str | os.PathLike | None = None,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         if workers is not None and workers < 1:
             raise ConfigError(f"workers must be at least 1, got {workers}")
         settings = Settings.from_env()
-        if isinstance(backend, (str, BackendName)):
+        model_preprocess: PreprocessConfig | None = None
+        if model is not None:
+            from .checkpoint import load_model
+
+            self.backend, model_preprocess = load_model(model, device, precision=precision,
+                                                         threads=threads or settings.threads)
+        elif isinstance(backend, (str, BackendName)):
             self.backend: Backend = create_backend(
                 backend, device, precision=precision, threads=threads or settings.threads,
                 onnx_path=settings.model_path,
@@ -81,7 +90,7 @@ class Detector:
             self.backend = backend
         self.thresholds = thresholds or Thresholds()
         self.batch_size = batch_size
-        self.preprocess_config = preprocess or PreprocessConfig()
+        self.preprocess_config = preprocess or model_preprocess or PreprocessConfig()
         self.limits = limits or settings.limits
         self.workers = workers or 2
         self._pool: ThreadPoolExecutor | None = None

@@ -53,6 +53,7 @@ def score_command(
     precision: Precision = typer.Option(Precision.AUTO, help="torch backend precision (auto: fp16 on CUDA, fp32 on CPU)."),
     safe_below: float = typer.Option(0.2, help="Scores below this are labelled 'safe'."),
     nsfw_above: float = typer.Option(0.8, help="Scores above this are labelled 'nsfw'; between is 'review'."),
+    model: Path | None = typer.Option(None, "--model", help="A fine-tuned checkpoint (.pt) or exported .onnx instead of the stock model."),
     batch_size: int = typer.Option(16, min=1, help="Images per model call."),
     workers: int = typer.Option(2, min=1, help="Threads decoding and preprocessing."),
     max_pixels: int = typer.Option(DecodeLimits.max_pixels, min=1, help="Refuse images with more pixels (decompression bombs)."),
@@ -67,7 +68,7 @@ def score_command(
     try:
         thresholds = Thresholds(safe_below=safe_below, nsfw_above=nsfw_above)
         detector = Detector(backend, device, thresholds=thresholds, batch_size=batch_size, workers=workers,
-                            precision=precision, limits=DecodeLimits(max_bytes=max_bytes, max_pixels=max_pixels))
+                            precision=precision, model=model, limits=DecodeLimits(max_bytes=max_bytes, max_pixels=max_pixels))
     except NsfwlabError as exc:
         raise fail(exc) from None
 

@@ -1,0 +1,188 @@
+"""Model files other than the stock weights: fine-tuned checkpoints and exported ONNX graphs.
+
+A checkpoint is a ``torch.save`` dictionary::
+
+    {"format": "nsfwlab-checkpoint-v1", "arch": "open_nsfw", "state_dict": {...},
+     "preprocess": {...PreprocessConfig fields...}, "model_version": "finetuned-...", "meta": {...}}
+
+It carries its preprocessing, so every command that accepts ``--model PATH`` scores exactly as the
+model was trained. An exported ``.onnx`` file (``export_onnx``) takes the same NHWC input as the
+bundled graph and runs on the fast onnxruntime CPU backend; its preprocessing travels in a
+``.json`` sidecar written next to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .config import Device, Precision, PreprocessConfig
+from .errors import ConfigError, ModelError
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "ARCHITECTURES",
+    "register_architecture",
+    "build_architecture",
+    "save_checkpoint",
+    "read_checkpoint",
+    "load_model",
+    "export_onnx",
+    "NHWCWrapper",
+]
+
+CHECKPOINT_FORMAT = "nsfwlab-checkpoint-v1"
+
+#: name -> factory of an untrained ``nn.Module`` taking NCHW BGR mean-subtracted 224x224 input
+#: and returning logits ``[sfw, nsfw]``.
+ARCHITECTURES: dict[str, Callable[[], Any]] = {}
+
+
+def register_architecture(name: str, factory: Callable[[], Any]) -> None:
+    ARCHITECTURES[name] = factory
+
+
+def _open_nsfw() -> Any:
+    from .model import OpenNSFW
+
+    return OpenNSFW()
+
+
+register_architecture("open_nsfw", _open_nsfw)
+
+
+def build_architecture(name: str) -> Any:
+    if name not in ARCHITECTURES and name == "vgg16":
+        # Registered by the training module, imported lazily.
+        from . import train as _train  # noqa: F401
+    try:
+        return ARCHITECTURES[name]()
+    except KeyError:
+        raise ConfigError(f"unknown architecture {name!r}; known: {sorted(ARCHITECTURES)}") from None
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str | os.PathLike, model: Any, *, arch: str = "open_nsfw",
+                    preprocess: PreprocessConfig | None = None, meta: dict[str, Any] | None = None,
+                    extra: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint atomically (temporary file, then rename). Returns the path."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "arch": arch,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "preprocess": asdict(preprocess or PreprocessConfig()),
+        "meta": meta or {},
+    }
+    if extra:
+        payload.update(extra)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load and validate a checkpoint dictionary (tensors only: ``weights_only=True``)."""
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"model file {p} does not exist")
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types on foreign files
+        raise ModelError(f"{p} is not an nsfwlab checkpoint: {type(exc).__name__}: {exc}") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ModelError(f"{p} is not an nsfwlab checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
+    return payload
+
+
+def _preprocess_from(d: dict[str, Any] | None) -> PreprocessConfig:
+    if not d:
+        return PreprocessConfig()
+    d = dict(d)
+    if "mean_bgr" in d:
+        d["mean_bgr"] = tuple(d["mean_bgr"])
+    return PreprocessConfig(**d)
+
+
+def load_model(path: str | os.PathLike, device: Device | str = Device.AUTO, *,
+               precision: Precision | str = Precision.AUTO,
+               threads: int | None = None) -> tuple[Any, PreprocessConfig]:
+    """A ready backend and its preprocessing for a ``.pt`` checkpoint or an exported ``.onnx``."""
+    from .backends import OnnxRuntimeBackend, TorchBackend, resolve_device
+
+    p = Path(path)
+    dev = resolve_device(device)
+    version = f"{p.stem}-{_file_digest(p)[:12]}" if p.is_file() else p.stem
+    if p.suffix.lower() == ".onnx":
+        if not p.is_file():
+            raise ModelError(f"model file {p} does not exist")
+        sidecar = p.with_suffix(".json")
+        pre = _preprocess_from(json.loads(sidecar.read_text())["preprocess"]) if sidecar.is_file() else PreprocessConfig()
+        backend = OnnxRuntimeBackend(p, device=dev, threads=threads, verify=False, model_version=version)
+        return backend, pre
+    payload = read_checkpoint(p)
+    model = build_architecture(str(payload.get("arch", "open_nsfw")))
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except (RuntimeError, KeyError) as exc:
+        raise ModelError(f"{p}: weights do not fit architecture {payload.get('arch')!r}: {exc}") from None
+    backend = TorchBackend(model, device=dev, precision=precision, threads=threads,
+                           model_version=str(payload.get("model_version") or version))
+    return backend, _preprocess_from(payload.get("preprocess"))
+
+
+class NHWCWrapper:
+    """Wraps an NCHW logits model as NHWC input -> softmax probabilities, like the bundled graph."""
+
+    def __new__(cls, model: Any) -> Any:
+        import torch
+
+        class _Wrapped(torch.nn.Module):
+            def __init__(self, inner: torch.nn.Module) -> None:
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return torch.softmax(self.inner(x.permute(0, 3, 1, 2)), dim=1)
+
+        return _Wrapped(model)
+
+
+def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, *, opset: int = 17) -> Path:
+    """Export a checkpoint to ONNX (NHWC float32 input ``input:0``, output ``outputs``) plus a
+    ``.json`` sidecar with its preprocessing, for the onnxruntime backend."""
+    import torch
+
+    payload = read_checkpoint(checkpoint)
+    model = build_architecture(str(payload.get("arch", "open_nsfw")))
+    model.load_state_dict(payload["state_dict"])
+    wrapped = NHWCWrapper(model.eval())
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    dummy = torch.zeros(1, 224, 224, 3)
+    torch.onnx.export(wrapped, (dummy,), str(tmp), input_names=["input:0"], output_names=["outputs"],
+                      dynamic_axes={"input:0": {0: "batch"}, "outputs": {0: "batch"}}, opset_version=opset,
+                      dynamo=False)
+    os.replace(tmp, out)
+    out.with_suffix(".json").write_text(json.dumps({"preprocess": payload.get("preprocess") or {},
+                                                     "arch": payload.get("arch")}, indent=2))
+    return out
