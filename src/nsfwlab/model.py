@@ -47,13 +47,18 @@ class Bottleneck(nn.Module):
         self.branch2b = nn.Conv2d(mid, mid, 3, padding=1)
         self.branch2c = nn.Conv2d(mid, out, 1)
         self.proj_shortcut = nn.Conv2d(in_ch, out, 1, stride=stride) if project else None
+        # One ReLU module per call site (no parameters: state_dict keys are unchanged), so that
+        # explainers (guided backprop, deconvnet) can hook every rectification.
+        self.relu_a = nn.ReLU()
+        self.relu_b = nn.ReLU()
+        self.relu_out = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.branch2a(x))
-        y = torch.relu(self.branch2b(y))
+        y = self.relu_a(self.branch2a(x))
+        y = self.relu_b(self.branch2b(y))
         y = self.branch2c(y)
         shortcut = self.proj_shortcut(x) if self.proj_shortcut is not None else x
-        return torch.relu(y + shortcut)
+        return self.relu_out(y + shortcut)
 
 
 class OpenNSFW(nn.Module):
@@ -62,6 +67,7 @@ class OpenNSFW(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv_1 = nn.Conv2d(3, 64, 7, stride=2, padding=3)
+        self.relu_1 = nn.ReLU()
         # Caffe rounds pooled sizes up: 112 -> 56.
         self.pool1 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
         in_ch = 64
@@ -77,7 +83,7 @@ class OpenNSFW(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """NCHW input -> the last stage's (N, 1024, 7, 7) feature map."""
-        x = self.pool1(torch.relu(self.conv_1(x)))
+        x = self.pool1(self.relu_1(self.conv_1(x)))
         for name in self.block_names:
             x = getattr(self, name)(x)
         return x
