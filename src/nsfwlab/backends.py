@@ -77,7 +77,7 @@ class OnnxRuntimeBackend:
             opts.intra_op_num_threads = threads
         try:
             self._session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        except Exception as exc:
             raise ModelError(f"onnxruntime could not load {path}: {exc}") from None
         self._input = self._session.get_inputs()[0].name
         self.device = device
@@ -117,7 +117,7 @@ class TorchBackend:
         net = net.eval().to(device)
         self.dtype = torch.float16 if precision is Precision.FP16 else torch.float32
         if device == "cuda":
-            net = net.to(memory_format=torch.channels_last)
+            net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model = net.to(self.dtype)
         self.device = device
         self.precision = precision

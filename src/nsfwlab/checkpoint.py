@@ -25,15 +25,15 @@ from .config import Device, Precision, PreprocessConfig
 from .errors import ConfigError, ModelError
 
 __all__ = [
-    "CHECKPOINT_FORMAT",
     "ARCHITECTURES",
-    "register_architecture",
-    "build_architecture",
-    "save_checkpoint",
-    "read_checkpoint",
-    "load_model",
-    "export_onnx",
+    "CHECKPOINT_FORMAT",
     "NHWCWrapper",
+    "build_architecture",
+    "export_onnx",
+    "load_model",
+    "read_checkpoint",
+    "register_architecture",
+    "save_checkpoint",
 ]
 
 CHECKPOINT_FORMAT = "nsfwlab-checkpoint-v1"
@@ -106,7 +106,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise ModelError(f"model file {p} does not exist")
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch.load raises many types on foreign files
+    except Exception as exc:
         raise ModelError(f"{p} is not an nsfwlab checkpoint: {type(exc).__name__}: {exc}") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ModelError(f"{p} is not an nsfwlab checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
@@ -135,18 +135,19 @@ def load_model(path: str | os.PathLike, device: Device | str = Device.AUTO, *,
         if not p.is_file():
             raise ModelError(f"model file {p} does not exist")
         sidecar = p.with_suffix(".json")
-        pre = _preprocess_from(json.loads(sidecar.read_text())["preprocess"]) if sidecar.is_file() else PreprocessConfig()
-        backend = OnnxRuntimeBackend(p, device=dev, threads=threads, verify=False, model_version=version)
-        return backend, pre
+        pre = PreprocessConfig()
+        if sidecar.is_file():
+            pre = _preprocess_from(json.loads(sidecar.read_text())["preprocess"])
+        return OnnxRuntimeBackend(p, device=dev, threads=threads, verify=False, model_version=version), pre
     payload = read_checkpoint(p)
     model = build_architecture(str(payload.get("arch", "open_nsfw")))
     try:
         model.load_state_dict(payload["state_dict"])
     except (RuntimeError, KeyError) as exc:
         raise ModelError(f"{p}: weights do not fit architecture {payload.get('arch')!r}: {exc}") from None
-    backend = TorchBackend(model, device=dev, precision=precision, threads=threads,
-                           model_version=str(payload.get("model_version") or version))
-    return backend, _preprocess_from(payload.get("preprocess"))
+    torch_backend = TorchBackend(model, device=dev, precision=precision, threads=threads,
+                                 model_version=str(payload.get("model_version") or version))
+    return torch_backend, _preprocess_from(payload.get("preprocess"))
 
 
 class NHWCWrapper:

@@ -11,15 +11,15 @@ from enum import Enum
 from .errors import ConfigError
 
 __all__ = [
-    "Label",
-    "Device",
+    "ENV_PREFIX",
     "BackendName",
-    "Precision",
-    "Thresholds",
     "DecodeLimits",
+    "Device",
+    "Label",
+    "Precision",
     "PreprocessConfig",
     "Settings",
-    "ENV_PREFIX",
+    "Thresholds",
 ]
 
 ENV_PREFIX = "NSFWLAB_"

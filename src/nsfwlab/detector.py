@@ -76,13 +76,14 @@ class Detector:
             raise ConfigError(f"workers must be at least 1, got {workers}")
         settings = Settings.from_env()
         model_preprocess: PreprocessConfig | None = None
+        self.backend: Backend
         if model is not None:
             from .checkpoint import load_model
 
             self.backend, model_preprocess = load_model(model, device, precision=precision,
                                                          threads=threads or settings.threads)
         elif isinstance(backend, (str, BackendName)):
-            self.backend: Backend = create_backend(
+            self.backend = create_backend(
                 backend, device, precision=precision, threads=threads or settings.threads,
                 onnx_path=settings.model_path,
             )
@@ -158,7 +159,7 @@ class Detector:
             return self.preprocess(source)
         except NsfwlabError as exc:
             return exc
-        except Exception as exc:  # noqa: BLE001 - a batch goes on past anything one input does
+        except Exception as exc:
             return ImageError(f"unexpected {type(exc).__name__}: {exc}")
 
     def iter_score(

@@ -9,17 +9,17 @@ classes to exit codes (``nsfwlab.cli``) and HTTP statuses (``nsfwlab.serve``) in
 from __future__ import annotations
 
 __all__ = [
-    "NsfwlabError",
-    "ImageError",
-    "EmptyImageError",
-    "UnsupportedFormatError",
-    "CorruptImageError",
-    "TruncatedImageError",
-    "ImageTooLargeError",
-    "ModelError",
-    "WeightsError",
     "BackendUnavailableError",
     "ConfigError",
+    "CorruptImageError",
+    "EmptyImageError",
+    "ImageError",
+    "ImageTooLargeError",
+    "ModelError",
+    "NsfwlabError",
+    "TruncatedImageError",
+    "UnsupportedFormatError",
+    "WeightsError",
 ]
 
 

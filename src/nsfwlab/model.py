@@ -24,14 +24,14 @@ from torch import nn
 from .errors import WeightsError
 
 __all__ = [
-    "OpenNSFW",
-    "Bottleneck",
     "STAGES",
+    "Bottleneck",
     "OnnxConv",
-    "read_onnx_graph",
-    "remap_onnx_weights",
+    "OpenNSFW",
     "caffe_layer_name",
     "load_open_nsfw",
+    "read_onnx_graph",
+    "remap_onnx_weights",
 ]
 
 #: (blocks, bottleneck width, output width) of each stage.

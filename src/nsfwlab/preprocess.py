@@ -18,14 +18,14 @@ from .config import DecodeLimits, PreprocessConfig
 from .imageio import ImageInput, load_image
 
 __all__ = [
-    "resize_image",
-    "jpeg_roundtrip",
-    "center_crop",
-    "to_network_input",
-    "preprocess_rgb",
-    "preprocess",
-    "stack_batch",
     "EXACT",
+    "center_crop",
+    "jpeg_roundtrip",
+    "preprocess",
+    "preprocess_rgb",
+    "resize_image",
+    "stack_batch",
+    "to_network_input",
 ]
 
 EXACT = PreprocessConfig()

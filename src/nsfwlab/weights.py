@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import WeightsError
 
-__all__ = ["ONNX_SHA256", "MODEL_VERSION", "bundled_onnx_path", "verify_sha256", "resolve_onnx_path"]
+__all__ = ["MODEL_VERSION", "ONNX_SHA256", "bundled_onnx_path", "resolve_onnx_path", "verify_sha256"]
 
 ONNX_SHA256 = "864bb37bf8863564b87eb330ab8c785a79a773f4e7c43cb96db52ed8611305fa"
 #: Identifier of the stock model, stored next to every result.

@@ -1,0 +1,66 @@
+"""Checkpoints and exported ONNX files load wherever a model is accepted and keep their scores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nsfwlab import Detector, PreprocessConfig
+from nsfwlab.checkpoint import export_onnx, load_model, read_checkpoint, save_checkpoint
+from nsfwlab.errors import ConfigError, ModelError
+
+
+@pytest.fixture(scope="module")
+def stock_checkpoint(tmp_path_factory: pytest.TempPathFactory, torch_model) -> Path:
+    return save_checkpoint(tmp_path_factory.mktemp("ck") / "stock.pt", torch_model, meta={"note": "stock"})
+
+
+def test_checkpoint_round_trip_scores(stock_checkpoint: Path, detector: Detector, photo_paths) -> None:
+    det = Detector(model=stock_checkpoint)
+    assert det.backend.name == "torch"
+    assert det.model_version.startswith("stock-")
+    for p in photo_paths[:3]:
+        assert abs(det.score(p) - detector.score(p)) <= 1e-5
+    payload = read_checkpoint(stock_checkpoint)
+    assert payload["meta"] == {"note": "stock"} and payload["arch"] == "open_nsfw"
+
+
+def test_checkpoint_carries_its_preprocessing(tmp_path: Path, torch_model) -> None:
+    cfg = PreprocessConfig(jpeg_roundtrip=False)
+    path = save_checkpoint(tmp_path / "nojpeg.pt", torch_model, preprocess=cfg)
+    _, pre = load_model(path, "cpu")
+    assert pre == cfg
+    assert Detector(model=path).preprocess_config == cfg
+
+
+def test_onnx_export_runs_on_onnxruntime(stock_checkpoint: Path, tmp_path: Path, detector, photo_paths) -> None:
+    out = export_onnx(stock_checkpoint, tmp_path / "m.onnx")
+    assert json.loads(out.with_suffix(".json").read_text())["arch"] == "open_nsfw"
+    det = Detector(model=out)
+    assert det.backend.name == "onnxruntime"
+    a = np.asarray([det.score(p) for p in photo_paths[:3]])
+    b = np.asarray([detector.score(p) for p in photo_paths[:3]])
+    assert np.abs(a - b).max() <= 1e-5
+
+
+def test_foreign_and_broken_files_are_refused(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match="not an nsfwlab checkpoint"):
+        load_model(junk, "cpu")
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(ModelError, match="format"):
+        load_model(other, "cpu")
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"format": "nsfwlab-checkpoint-v1", "arch": "open_nsfw", "state_dict": {"x": torch.zeros(1)}}, wrong)
+    with pytest.raises(ModelError, match="do not fit"):
+        load_model(wrong, "cpu")
+    unknown = tmp_path / "unknown.pt"
+    torch.save({"format": "nsfwlab-checkpoint-v1", "arch": "alexnet", "state_dict": {}}, unknown)
+    with pytest.raises(ConfigError, match="unknown architecture"):
+        load_model(unknown, "cpu")

@@ -1,0 +1,112 @@
+"""`nsfwlab score` run in-process: formats, exit codes, bad inputs, no tracebacks."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from nsfwlab import __version__
+from nsfwlab.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def bad_dir(tmp_path_factory: pytest.TempPathFactory, photo_paths: list[Path]) -> Path:
+    d = tmp_path_factory.mktemp("bad")
+    good = photo_paths[0].read_bytes()
+    (d / "empty.jpg").write_bytes(b"")
+    (d / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (d / "notes.jpg").write_text("this is not an image\n")
+    (d / "doc.png").write_bytes(b"%PDF-1.5\n%\xe2\xe3\xcf\xd3\n")
+    (d / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 3)
+    return d
+
+
+def _run(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_version() -> None:
+    res = _run("--version")
+    assert res.exit_code == 0 and __version__ in res.stdout
+
+
+def test_jsonl_in_input_order(photo_paths: list[Path], detector) -> None:
+    res = _run("score", "--format", "jsonl", "--device", "cpu", *map(str, photo_paths[:3]))
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [r["path"] for r in rows] == [str(p) for p in photo_paths[:3]]
+    for row, path in zip(rows, photo_paths[:3], strict=True):
+        assert set(row) == {"path", "score", "label"}
+        assert abs(row["score"] - detector.score(path)) <= 1e-6
+        assert row["label"] in {"safe", "review", "nsfw"}
+
+
+def test_bad_inputs_are_reported_and_others_scored(photo_paths: list[Path], bad_dir: Path) -> None:
+    bad = sorted(bad_dir.iterdir())
+    args = [str(photo_paths[0]), *map(str, bad), str(bad_dir / "missing.jpg"), str(photo_paths[1])]
+    res = _run("score", "-f", "jsonl", *args)
+    assert res.exit_code == 1
+    assert "Traceback" not in res.output
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [r["path"] for r in rows] == args
+    assert "score" in rows[0] and "score" in rows[-1]
+    errors = {Path(r["path"]).name: r["error"] for r in rows if "error" in r}
+    assert set(errors) == {p.name for p in bad} | {"missing.jpg"}
+    assert "empty" in errors["empty.jpg"]
+    assert "truncated" in errors["truncated.jpg"]
+    assert "PDF" in errors["doc.png"]
+    assert "text" in errors["notes.jpg"]
+    assert "no such file" in errors["missing.jpg"]
+    for msg in errors.values():
+        assert "\n" not in msg
+
+
+def test_directory_is_expanded(photo_dir: Path) -> None:
+    res = _run("score", "-f", "jsonl", str(photo_dir))
+    assert res.exit_code == 0
+    assert len(res.stdout.splitlines()) == len(list(photo_dir.glob("*.jpg")))
+
+
+def test_csv_and_table(photo_paths: list[Path], bad_dir: Path) -> None:
+    res = _run("score", "-f", "csv", str(photo_paths[0]), str(bad_dir / "empty.jpg"))
+    assert res.exit_code == 1
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert rows[0]["label"] in {"safe", "review", "nsfw"} and float(rows[0]["score"]) >= 0
+    assert rows[1]["score"] == "" and "empty" in rows[1]["error"]
+    res = _run("score", str(photo_paths[0]))
+    assert res.exit_code == 0 and photo_paths[0].name in res.stdout and "score" in res.stdout
+
+
+def test_thresholds_change_labels(photo_paths: list[Path]) -> None:
+    res = _run("score", "-f", "jsonl", "--safe-below", "0", "--nsfw-above", "0", str(photo_paths[0]))
+    assert json.loads(res.stdout)["label"] == "nsfw"
+
+
+def test_usage_errors_exit_2(photo_paths: list[Path]) -> None:
+    assert runner.invoke(app, ["score", "--safe-below", "0.9", str(photo_paths[0])]).exit_code == 2
+    assert runner.invoke(app, ["score", "--format", "xml", str(photo_paths[0])]).exit_code == 2
+    assert runner.invoke(app, ["score", "--batch-size", "0", str(photo_paths[0])]).exit_code == 2
+    assert runner.invoke(app, ["score"]).exit_code == 2
+    assert runner.invoke(app, ["frobnicate"]).exit_code == 2
+
+
+def test_missing_model_exits_3(photo_paths: list[Path], tmp_path: Path) -> None:
+    res = runner.invoke(app, ["score", "--model", str(tmp_path / "nope.pt"), str(photo_paths[0])])
+    assert res.exit_code == 3 and "does not exist" in res.output
+
+
+def test_stdin(photo_paths: list[Path]) -> None:
+    res = runner.invoke(app, ["score", "-f", "jsonl", "-"], input=photo_paths[0].read_bytes())
+    assert res.exit_code == 0 and json.loads(res.stdout)["path"] == "-"
+
+
+def test_max_pixels_option(photo_paths: list[Path]) -> None:
+    res = _run("score", "-f", "jsonl", "--max-pixels", "100", str(photo_paths[0]))
+    assert res.exit_code == 1 and "pixels" in json.loads(res.stdout)["error"]

@@ -1,0 +1,43 @@
+"""Pins the public API: adding or removing a public name is a deliberate, reviewed change."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import nsfwlab
+
+
+def test_public_names() -> None:
+    assert sorted(nsfwlab.__all__) == sorted([
+        "BackendName", "BackendUnavailableError", "ConfigError", "CorruptImageError", "DecodeLimits",
+        "Detector", "Device", "EmptyImageError", "ImageError", "ImageTooLargeError", "Label",
+        "ModelError", "NsfwlabError", "Precision", "PreprocessConfig", "ScoreResult", "Thresholds",
+        "TruncatedImageError", "UnsupportedFormatError", "WeightsError", "__version__", "nsfw_score",
+    ])
+    for name in nsfwlab.__all__:
+        assert hasattr(nsfwlab, name), name
+
+
+def test_error_hierarchy() -> None:
+    from nsfwlab import errors
+
+    for name in errors.__all__:
+        cls = getattr(errors, name)
+        assert issubclass(cls, nsfwlab.NsfwlabError)
+    assert issubclass(nsfwlab.TruncatedImageError, nsfwlab.CorruptImageError)
+    assert issubclass(nsfwlab.ImageError, ValueError)
+    codes = {getattr(errors, n).code for n in errors.__all__}
+    assert len(codes) == len(errors.__all__)  # codes are unique
+
+
+def test_import_is_light_and_does_no_work() -> None:
+    """Importing nsfwlab loads no model and none of the heavy optional stacks."""
+    code = (
+        "import sys, nsfwlab, nsfwlab.cli;"
+        "heavy = [m for m in ('fastapi', 'ray', 'matplotlib', 'sklearn', 'captum', 'onnxruntime', 'torch')"
+        " if m in sys.modules];"
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
