@@ -1,0 +1,61 @@
+"""Benchmark corpora made offline from public safe photos (scikit-image) and synthetic images.
+
+``web_photos(n, out)`` writes ``n`` web-size JPEGs (about 1 MP, 1200x800 or 800x1200, quality 85):
+scikit-image's colour photos, upscaled, cropped, flipped and colour-shifted so that no two files
+are identical. Deterministic for a given ``n`` and ``seed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageEnhance
+
+SOURCES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field",
+           "motorcycle_left", "retina", "camera", "page")
+
+
+def _sources() -> list[Image.Image]:
+    import skimage.data
+
+    out = []
+    for name in SOURCES:
+        try:
+            arr = np.asarray(getattr(skimage.data, name)())
+        except Exception:  # noqa: BLE001 - some datasets need pooch downloads; skip those offline
+            continue
+        out.append(Image.fromarray(arr).convert("RGB"))
+    return out
+
+
+def web_photos(n: int, out: Path, *, seed: int = 0, size: tuple[int, int] = (1200, 800)) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    sources = _sources()
+    paths = []
+    for i in range(n):
+        src = sources[i % len(sources)]
+        w, h = size if i % 3 else size[::-1]
+        scale = max(w / src.width, h / src.height) * float(rng.uniform(1.0, 1.3))
+        big = src.resize((int(src.width * scale) + 1, int(src.height * scale) + 1), Image.Resampling.BICUBIC)
+        left = int(rng.integers(0, big.width - w + 1))
+        top = int(rng.integers(0, big.height - h + 1))
+        img = big.crop((left, top, left + w, top + h))
+        if rng.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        img = ImageEnhance.Color(img).enhance(float(rng.uniform(0.7, 1.3)))
+        img = ImageEnhance.Brightness(img).enhance(float(rng.uniform(0.85, 1.15)))
+        p = out / f"web_{i:05d}.jpg"
+        img.save(p, quality=85)
+        paths.append(p)
+    return paths
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("-n", type=int, default=100)
+    args = ap.parse_args()
+    print(len(web_photos(args.n, args.out)), "files in", args.out)
