@@ -1,0 +1,115 @@
+"""``nsfwlab scan`` and ``nsfwlab export``: scan trees into a results store; export it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from ..config import DecodeLimits, Device, Label
+from ..errors import NsfwlabError
+from ..scan.export import ExportFormat
+from ..scan.modes import ScanMode
+from ..scan.pipeline import Engine
+from ..scan.store import Status
+from ._common import ExitCode, fail, progress_bar, stderr, stdout
+
+__all__ = ["export_command", "scan_command"]
+
+
+def scan_command(
+    paths: list[Path] = typer.Argument(..., metavar="DIR...", help="Directories (scanned recursively) or files."),
+    db: Path = typer.Option(..., "--db", help="SQLite results store (created if missing; re-runs resume)."),
+    mode: ScanMode = typer.Option(ScanMode.EXACT, "--mode", help="exact: scores equal `nsfwlab score`; fast: DCT-scaled decode + int8 "
+                             "(CPU) or GPU decode/resize + fp16 (CUDA), drift stated in the README."),
+    device: Device = typer.Option(Device.CPU, help="Where the model runs (cuda: GPU decoding in fast mode)."),
+    engine: Engine = typer.Option(Engine.LOCAL, "--engine", help="local: worker processes on this machine; ray: a Ray cluster."),
+    include: list[str] = typer.Option([], "--include", help="Only paths matching this glob (repeatable; e.g. '*.jpg')."),
+    exclude: list[str] = typer.Option([], "--exclude", help="Skip paths matching this glob (repeatable; wins over --include)."),
+    model: Path | None = typer.Option(None, "--model", help="A fine-tuned checkpoint (.pt) or exported .onnx."),
+    batch_size: int = typer.Option(32, min=1, help="Images per model call (and per database transaction)."),
+    workers: int | None = typer.Option(None, min=1, help="Decoding processes (default: CPU count)."),
+    threads: int | None = typer.Option(None, min=1, help="Model threads (default: CPU count)."),
+    max_attempts: int = typer.Option(3, min=1, help="Give up on a failing file after this many runs (unless it changes)."),
+    safe_below: float = typer.Option(0.2, help="Scores below this are labelled 'safe'."),
+    nsfw_above: float = typer.Option(0.8, help="Scores above this are labelled 'nsfw'."),
+    max_pixels: int = typer.Option(DecodeLimits.max_pixels, min=1, help="Refuse images with more pixels."),
+    max_bytes: int = typer.Option(DecodeLimits.max_bytes, min=1, help="Refuse files larger than this."),
+    cache_dir: Path | None = typer.Option(None, help="Where fast mode caches its int8 model (default ~/.cache/nsfwlab)."),
+    count: bool = typer.Option(True, "--count/--no-count", help="Count files first, for the progress bar's ETA."),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on a terminal)."),
+    json_summary: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
+    """Score every image under DIR... into a resumable results store.
+
+    A re-run skips files already scored with the same content and model; a killed scan loses at
+    most one batch. Exit status: 0 all scored, 1 some files failed (recorded in the store), 2 usage
+    error, 3 the model could not be loaded.
+    """
+    from ..config import Thresholds
+    from ..scan import ResultStore, ScanConfig, WalkConfig, scan, walk
+    from ..scan.pipeline import check_roots
+
+    try:
+        config = ScanConfig(
+            mode=mode, device=device, engine=engine, batch_size=batch_size, workers=workers,
+            threads=threads, max_attempts=max_attempts,
+            thresholds=Thresholds(safe_below=safe_below, nsfw_above=nsfw_above),
+            limits=DecodeLimits(max_bytes=max_bytes, max_pixels=max_pixels),
+            walk=WalkConfig(include=tuple(include), exclude=tuple(exclude)),
+            model=str(model) if model else None, cache_dir=str(cache_dir) if cache_dir else None,
+        )
+        roots = check_roots(paths)
+        total = None
+        if count:
+            total = sum(1 for _ in walk(roots, WalkConfig(include=config.walk.include, exclude=config.walk.exclude)))
+        with ResultStore(db) as store, progress_bar(total, "scanning", unit="files", enabled=progress) as advance:
+            summary = scan(roots, store, config, progress=lambda n, errors: advance(n, errors=errors))
+    except NsfwlabError as exc:
+        raise fail(exc) from None
+    except KeyboardInterrupt:
+        stderr.print("interrupted: everything committed so far is kept; run the same command again to resume")
+        raise typer.Exit(130) from None
+
+    if json_summary:
+        stdout.print_json(json.dumps(summary.to_dict()))
+    else:
+        labels = ", ".join(f"{k} {v}" for k, v in summary.labels.items())
+        stderr.print(
+            f"[bold]scanned[/] {summary.seen} files in {summary.seconds:.1f}s "
+            f"({summary.files_per_second:.1f} files/s): scored {summary.scored}, reused {summary.reused} "
+            f"(identical content), skipped {summary.skipped} (already in the store), errors {summary.errors}",
+            highlight=False,
+        )
+        stderr.print(f"labels: {labels}; model {summary.model_version}, preprocessing {summary.preprocess_version}",
+                     highlight=False)
+        if summary.error_codes:
+            stderr.print("errors by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.error_codes.items())),
+                         highlight=False)
+    if summary.errors:
+        raise typer.Exit(int(ExitCode.INPUT_FAILED))
+
+
+def export_command(
+    db: Path = typer.Option(..., "--db", help="The results store written by `nsfwlab scan`."),
+    fmt: ExportFormat = typer.Option(..., "--format", "-f", help="Output format."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output file (written to a temporary file, then renamed)."),
+    label: Label | None = typer.Option(None, "--label", help="Only rows with this label."),
+    status: Status | None = typer.Option(None, "--status", help="Only rows with this status."),
+    min_score: float | None = typer.Option(None, "--min-score", help="Only rows scoring at least this."),
+    max_score: float | None = typer.Option(None, "--max-score", help="Only rows scoring at most this."),
+    model_version: str | None = typer.Option(None, "--model-version", help="Only rows of this model version."),
+    preprocess_version: str | None = typer.Option(None, "--preprocess-version", help="Only rows of this preprocessing."),
+) -> None:
+    """Export the results store: one record per file and model version (path, score, label, status, ...)."""
+    from ..scan import ExportFilter, ResultStore, write_export
+
+    try:
+        filt = ExportFilter(label=label, status=status, min_score=min_score, max_score=max_score,
+                            model_version=model_version, preprocess_version=preprocess_version)
+        with ResultStore(db, readonly=True) as store:
+            n = write_export(store, out, fmt, filt)
+    except NsfwlabError as exc:
+        raise fail(exc) from None
+    stderr.print(f"wrote {n} records to {out}", highlight=False)

@@ -1,0 +1,39 @@
+"""Scale: scan directory trees of any size into a resumable SQLite results store, and export it.
+
+>>> from nsfwlab.scan import ResultStore, ScanConfig, scan      # doctest: +SKIP
+>>> with ResultStore("results.sqlite") as store:                 # doctest: +SKIP
+...     summary = scan(["/photos"], store, ScanConfig())
+
+Heavy or optional pieces (Ray, pyarrow, torchvision) are imported only when used.
+"""
+
+from __future__ import annotations
+
+from .export import ExportFilter, ExportFormat, iter_records, write_export
+from .modes import ScanMode, quantize_int8
+from .pipeline import Engine, ScanConfig, ScanModel, ScanSummary, build_scan_model, scan
+from .store import COLUMNS, Decision, FileRecord, ResultStore, Status, StoreError
+from .walk import WalkConfig, walk
+
+__all__ = [
+    "COLUMNS",
+    "Decision",
+    "Engine",
+    "ExportFilter",
+    "ExportFormat",
+    "FileRecord",
+    "ResultStore",
+    "ScanConfig",
+    "ScanMode",
+    "ScanModel",
+    "ScanSummary",
+    "Status",
+    "StoreError",
+    "WalkConfig",
+    "build_scan_model",
+    "iter_records",
+    "quantize_int8",
+    "scan",
+    "walk",
+    "write_export",
+]

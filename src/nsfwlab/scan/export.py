@@ -1,0 +1,126 @@
+"""Export the results store as CSV, JSON lines or Parquet: one record per row, streamed.
+
+:func:`iter_records` (library) yields filtered rows; :func:`write_export` (used by the CLI edge)
+writes them to a temporary file next to the destination and renames it, so a reader never sees
+a half-written export. Parquet needs ``pyarrow`` (the ``scan`` extra), imported lazily.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from ..config import Label
+from ..errors import ConfigError
+from .store import COLUMNS, ResultStore, Status
+
+__all__ = ["ExportFilter", "ExportFormat", "iter_records", "write_export"]
+
+
+class ExportFormat(str, Enum):
+    CSV = "csv"
+    JSONL = "jsonl"
+    PARQUET = "parquet"
+
+
+@dataclass(frozen=True)
+class ExportFilter:
+    """Row filters; ``None`` means no filter."""
+
+    label: Label | None = None
+    status: Status | None = None
+    min_score: float | None = None
+    max_score: float | None = None
+    model_version: str | None = None
+    preprocess_version: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("min_score", "max_score"):
+            v = getattr(self, name)
+            if v is not None and not 0.0 <= v <= 1.0:
+                raise ConfigError(f"{name} must lie in [0, 1], got {v}")
+
+
+def iter_records(store: ResultStore, filt: ExportFilter | None = None) -> Iterator[dict[str, Any]]:
+    f = filt or ExportFilter()
+    return store.iter_rows(
+        label=f.label.value if f.label else None, status=f.status.value if f.status else None,
+        min_score=f.min_score, max_score=f.max_score, model_version=f.model_version,
+        preprocess_version=f.preprocess_version,
+    )
+
+
+def _write_csv(rows: Iterator[dict[str, Any]], fh: Any) -> int:
+    writer = csv.DictWriter(fh, fieldnames=list(COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    n = 0
+    for row in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+        n += 1
+    return n
+
+
+def _write_jsonl(rows: Iterator[dict[str, Any]], fh: Any) -> int:
+    n = 0
+    for row in rows:
+        fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        n += 1
+    return n
+
+
+def _write_parquet(rows: Iterator[dict[str, Any]], path: Path, batch: int = 65536) -> int:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ConfigError("parquet export needs pyarrow: pip install 'nsfwlab[scan]'") from None
+    schema = pa.schema([
+        ("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()), ("sha256", pa.string()),
+        ("score", pa.float64()), ("label", pa.string()), ("status", pa.string()), ("error_code", pa.string()),
+        ("error", pa.string()), ("attempts", pa.int64()), ("reused", pa.bool_()), ("model_version", pa.string()),
+        ("preprocess_version", pa.string()), ("mode", pa.string()), ("first_seen", pa.float64()),
+        ("scored_at", pa.float64()),
+    ])
+    n = 0
+    with pq.ParquetWriter(str(path), schema) as writer:
+        buf: list[dict[str, Any]] = []
+        for row in rows:
+            row["reused"] = bool(row["reused"])
+            buf.append(row)
+            if len(buf) >= batch:
+                writer.write_table(pa.Table.from_pylist(buf, schema=schema))
+                n += len(buf)
+                buf = []
+        if buf or n == 0:
+            writer.write_table(pa.Table.from_pylist(buf, schema=schema))
+            n += len(buf)
+    return n
+
+
+def write_export(store: ResultStore, out: str | os.PathLike, fmt: ExportFormat,
+                 filt: ExportFilter | None = None) -> int:
+    """Write the filtered rows to ``out`` atomically (temporary file, then rename); return the count."""
+    dest = Path(out)
+    if not dest.parent.is_dir():
+        raise ConfigError(f"directory {dest.parent} does not exist")
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    rows = iter_records(store, filt)
+    try:
+        if fmt is ExportFormat.PARQUET:
+            n = _write_parquet(rows, tmp)
+        else:
+            with tmp.open("w", encoding="utf-8", newline="") as fh:
+                n = _write_csv(rows, fh) if fmt is ExportFormat.CSV else _write_jsonl(rows, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return n

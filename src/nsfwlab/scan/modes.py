@@ -1,0 +1,166 @@
+"""Scan modes: ``exact`` (bit-faithful to the core) and ``fast`` (stated drift, more images/s).
+
+- ``exact``: the core's preprocessing (``PreprocessConfig()``, or a checkpoint's own) and the fp32
+  model; scores equal ``nsfwlab score``'s. On CUDA the torch backend runs fp32 (fp16 would drift).
+- ``fast`` on CPU: libjpeg DCT-scaled decoding (``PreprocessConfig(draft=True)``) and the model
+  statically quantised to int8 with onnxruntime (QDQ, per-channel weights, calibrated on generated
+  images). The int8 graph is built once from the ONNX graph, offline, and cached under
+  ``~/.cache/nsfwlab/int8`` (or a given directory) keyed by the source graph's sha256.
+- ``fast`` on CUDA: GPU JPEG decoding and resizing into the fp16 model (:mod:`nsfwlab.scan.gpu`).
+
+Scores of different modes never mix: each mode has its own model and preprocessing versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import replace
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+
+from ..config import PreprocessConfig
+from ..errors import ConfigError, ModelError
+
+__all__ = [
+    "QUANT_VERSION",
+    "ScanMode",
+    "calibration_batches",
+    "default_cache_dir",
+    "fast_preprocess",
+    "int8_model_path",
+    "quantize_int8",
+]
+
+#: Bumped whenever the quantisation recipe or the calibration images change.
+QUANT_VERSION = "int8q1"
+
+
+class ScanMode(str, Enum):
+    EXACT = "exact"
+    FAST = "fast"
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "nsfwlab"
+
+
+def fast_preprocess(base: PreprocessConfig) -> PreprocessConfig:
+    """The fast mode's preprocessing: the base pipeline with DCT-scaled JPEG decoding."""
+    return replace(base, draft=True)
+
+
+def _calibration_image(rng: np.random.Generator, size: int = 320) -> np.ndarray:
+    """A seeded synthetic RGB image: smooth colour fields, blobs of skin-like and other tones,
+    stripes and noise, so the activations cover what photos produce. No photo is needed."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    img = np.zeros((size, size, 3), np.float32)
+    for c in range(3):
+        a, b, ph = rng.uniform(-1, 1, 3)
+        img[..., c] = 128 + 90 * np.sin(3 * a * xx * np.pi + 2 * b * yy * np.pi + ph * np.pi)
+    for _ in range(int(rng.integers(3, 12))):
+        cx, cy, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.05, 0.4)
+        mask = ((xx - cx) ** 2 + (yy - cy) ** 2) < r * r
+        tone = rng.choice([np.array([224, 172, 140]), np.array([198, 134, 66]), np.array([141, 85, 36]),
+                           rng.uniform(0, 255, 3)])
+        img[mask] = 0.3 * img[mask] + 0.7 * tone
+    if rng.uniform() < 0.5:
+        img[:, :: int(rng.integers(4, 24))] *= 0.6
+    img += rng.normal(0, rng.uniform(0, 20), img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def calibration_batches(count: int = 48, batch: int = 8, seed: int = 0,
+                        config: PreprocessConfig | None = None) -> list[np.ndarray]:
+    """Preprocessed NHWC calibration batches from seeded synthetic images (deterministic)."""
+    from PIL import Image
+
+    from ..preprocess import preprocess_rgb, stack_batch
+
+    rng = np.random.default_rng(seed)
+    cfg = config or PreprocessConfig()
+    arrays = [preprocess_rgb(Image.fromarray(_calibration_image(rng)), cfg) for _ in range(count)]
+    return [stack_batch(arrays[i : i + batch]) for i in range(0, count, batch)]
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def int8_model_path(source: Path, cache_dir: Path) -> Path:
+    """Where the int8 graph of ``source`` is cached (keyed by content and recipe)."""
+    return cache_dir / "int8" / f"{source.stem}-{_digest(source)[:16]}-{QUANT_VERSION}.onnx"
+
+
+def quantize_int8(source: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None,
+                  calibration: list[np.ndarray] | None = None) -> Path:
+    """Build (or find in the cache) the int8 static quantisation of an ONNX graph; return its path.
+
+    ``source`` defaults to the bundled, sha256-verified open_nsfw graph. The build is offline and
+    deterministic: generated calibration images (:func:`calibration_batches`), QDQ format, per-channel
+    int8 weights, uint8 activations, MinMax calibration. It is written to a temporary file and renamed,
+    so concurrent builders never leave a half-written model.
+    """
+    from ..weights import resolve_onnx_path
+
+    src = resolve_onnx_path(None) if source is None else Path(source)
+    if not src.is_file():
+        raise ModelError(f"ONNX model {src} does not exist")
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    out = int8_model_path(src, cache)
+    if out.is_file():
+        return out
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the model cache {out.parent}: {exc.strerror or exc}") from None
+
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    model = onnx.load(str(src))
+    input_name = model.graph.input[0].name
+    if max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0) < 13:
+        # Per-channel QDQ needs DequantizeLinear's axis attribute (opset >= 13).
+        from onnx import version_converter
+
+        model = version_converter.convert_version(model, 13)
+    batches = calibration if calibration is not None else calibration_batches()
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            nxt = next(self._it, None)
+            return None if nxt is None else {input_name: nxt}
+
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+    upgraded = out.with_name(f"{out.name}.{os.getpid()}.src.onnx")
+    try:
+        onnx.save(model, str(upgraded))
+        quantize_static(
+            str(upgraded), str(tmp), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+        os.replace(tmp, out)
+    except Exception as exc:
+        raise ModelError(f"int8 quantisation of {src} failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        for leftover in (tmp, upgraded):
+            if leftover.exists():
+                leftover.unlink()
+    return out

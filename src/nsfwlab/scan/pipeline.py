@@ -1,0 +1,440 @@
+"""The local scan pipeline: a streaming walk, decoding in worker processes, batched inference, a
+results store written one transaction per batch.
+
+::
+
+    walk (generator) -> store.decide (skip unchanged) -> worker processes: read, sha256, dedupe
+    lookup, safe decode + core preprocessing -> main process: batch, model, label -> store.write
+
+Memory is bounded by the window of files in flight (``ScanConfig.window``), never by the tree.
+The model runs in the main process while the workers decode the next files, so decoding and
+inference overlap. Identical content is decoded at most once per run and scored at most once
+per model/preprocessing version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+from ..backends import Backend
+from ..config import DecodeLimits, Device, Label, Precision, PreprocessConfig, Thresholds
+from ..errors import ConfigError, ImageError, NsfwlabError
+from .modes import QUANT_VERSION, ScanMode, fast_preprocess, quantize_int8
+from .store import Decision, FileRecord, ResultStore, Status
+from .walk import WalkConfig, WalkedFile, walk
+
+__all__ = [
+    "Engine",
+    "Prepared",
+    "ScanConfig",
+    "ScanModel",
+    "ScanSummary",
+    "build_scan_model",
+    "check_roots",
+    "prepare_file",
+    "scan",
+]
+
+
+class Engine(str, Enum):
+    LOCAL = "local"
+    RAY = "ray"
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """How a scan runs. ``workers``: decoding processes (default: CPU count); ``threads``: model
+    threads; ``chunk``: files per worker task; ``max_attempts``: failed files are retried on later
+    runs until they failed this often (unless they change)."""
+
+    mode: ScanMode = ScanMode.EXACT
+    device: Device = Device.CPU
+    engine: Engine = Engine.LOCAL
+    batch_size: int = 32
+    workers: int | None = None
+    threads: int | None = None
+    chunk: int = 4
+    max_attempts: int = 3
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
+    walk: WalkConfig = field(default_factory=WalkConfig)
+    model: str | None = None
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "chunk", "max_attempts"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("workers", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be at least 1, got {value}")
+
+    @property
+    def n_workers(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+    @property
+    def window(self) -> int:
+        """Files in flight at most (decoded or being decoded, not yet written)."""
+        return max(2 * self.batch_size, 4 * self.n_workers * self.chunk)
+
+
+@dataclass(frozen=True)
+class ScanModel:
+    """A ready model for a scan: the backend and the preprocessing its scores are defined by."""
+
+    backend: Backend
+    preprocess: PreprocessConfig
+    mode: ScanMode
+
+    @property
+    def model_version(self) -> str:
+        return self.backend.model_version
+
+    @property
+    def preprocess_version(self) -> str:
+        return self.preprocess.version
+
+
+def build_scan_model(config: ScanConfig) -> ScanModel:
+    """Load the model a mode needs, through the core (``Detector`` / ``nsfwlab.checkpoint``)."""
+    from ..backends import OnnxRuntimeBackend, resolve_device
+    from ..detector import Detector
+    from ..weights import MODEL_VERSION
+
+    device = resolve_device(config.device)
+    if config.mode is ScanMode.EXACT:
+        # fp32 everywhere: fp16 on CUDA would drift by ~7e-4 from `nsfwlab score` on the CPU.
+        det = Detector(device=device, precision=Precision.FP32, threads=config.threads, model=config.model,
+                       batch_size=config.batch_size)
+        return ScanModel(det.backend, det.preprocess_config, ScanMode.EXACT)
+    if device == "cuda":
+        raise ConfigError("fast mode on CUDA runs through the GPU pipeline (nsfwlab.scan.gpu), not build_scan_model")
+    if config.model is None:
+        path = quantize_int8(None, cache_dir=config.cache_dir)
+        backend: Backend = OnnxRuntimeBackend(path, verify=False, threads=config.threads,
+                                              model_version=f"{MODEL_VERSION}-{QUANT_VERSION}")
+        return ScanModel(backend, fast_preprocess(PreprocessConfig()), ScanMode.FAST)
+    det = Detector(device=device, threads=config.threads, model=config.model, batch_size=config.batch_size)
+    base = det.preprocess_config
+    source = getattr(det.backend, "onnx_path", None)
+    if source is not None:
+        path = quantize_int8(source, cache_dir=config.cache_dir)
+        backend = OnnxRuntimeBackend(path, verify=False, threads=config.threads,
+                                     model_version=f"{det.model_version}-{QUANT_VERSION}")
+        return ScanModel(backend, fast_preprocess(base), ScanMode.FAST)
+    # A .pt checkpoint: fp32 torch model, DCT-scaled decoding only (export it to .onnx for int8).
+    return ScanModel(det.backend, fast_preprocess(base), ScanMode.FAST)
+
+
+# -- worker side ---------------------------------------------------------------------------------
+
+@dataclass
+class Prepared:
+    """What a worker hands back for one file: its hash and either its array, a cached score
+    (identical content already in the store) or an error."""
+
+    file: WalkedFile
+    sha256: str | None = None
+    array: np.ndarray | None = None
+    cached: float | None = None
+    error_code: str | None = None
+    error: str | None = None
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(preprocess: PreprocessConfig, limits: DecodeLimits, db_path: str | None,
+                 model_version: str, preprocess_version: str) -> None:
+    _WORKER.update(preprocess=preprocess, limits=limits, db=None, versions=(model_version, preprocess_version))
+    if db_path is not None:
+        try:
+            conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30, isolation_level=None)
+            _WORKER["db"] = conn
+        except sqlite3.Error:
+            _WORKER["db"] = None
+
+
+def _lookup(sha: str) -> float | None:
+    conn = _WORKER.get("db")
+    if conn is None:
+        return None
+    try:
+        row = conn.execute(
+            "SELECT score FROM results WHERE sha256 = ? AND model_version = ? AND preprocess_version = ? "
+            "AND status = 'ok' LIMIT 1", (sha, *_WORKER["versions"]),
+        ).fetchone()
+    except sqlite3.Error:
+        return None
+    return None if row is None else float(row[0])
+
+
+def prepare_file(file: WalkedFile, preprocess: PreprocessConfig, limits: DecodeLimits,
+                 lookup: Callable[[str], float | None] | None = None) -> Prepared:
+    """Read a file once, hash it, and preprocess it with the core (unless ``lookup`` knows the hash)."""
+    from ..imageio import read_bytes
+    from ..preprocess import preprocess as core_preprocess
+
+    try:
+        data = read_bytes(file.path, limits)
+        sha = hashlib.sha256(data).hexdigest()
+    except NsfwlabError as exc:
+        return Prepared(file, error_code=exc.code, error=exc.message)
+    cached = lookup(sha) if lookup is not None else None
+    if cached is not None:
+        return Prepared(file, sha, cached=cached)
+    try:
+        arr = core_preprocess(data, preprocess, limits)
+    except NsfwlabError as exc:
+        return Prepared(file, sha, error_code=exc.code, error=exc.message)
+    except Exception as exc:
+        return Prepared(file, sha, error_code=ImageError.code, error=f"unexpected {type(exc).__name__}: {exc}")
+    return Prepared(file, sha, array=arr)
+
+
+def _prepare_chunk(files: list[WalkedFile]) -> list[Prepared]:
+    return [prepare_file(f, _WORKER["preprocess"], _WORKER["limits"], _lookup) for f in files]
+
+
+# -- main side -----------------------------------------------------------------------------------
+
+@dataclass
+class ScanSummary:
+    """What a scan did. ``scored``: files the model ran on; ``reused``: files whose identical
+    content already had a score; ``skipped``: unchanged files already in the store."""
+
+    model_version: str
+    preprocess_version: str
+    mode: str
+    engine: str
+    seen: int = 0
+    skipped: int = 0
+    scored: int = 0
+    reused: int = 0
+    errors: int = 0
+    labels: dict[str, int] = field(default_factory=lambda: {label.value: 0 for label in Label})
+    error_codes: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def processed(self) -> int:
+        return self.scored + self.reused + self.errors
+
+    @property
+    def files_per_second(self) -> float:
+        return self.processed / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_version": self.model_version, "preprocess_version": self.preprocess_version,
+            "mode": self.mode, "engine": self.engine, "seen": self.seen, "skipped": self.skipped,
+            "scored": self.scored, "reused": self.reused, "errors": self.errors, "labels": dict(self.labels),
+            "error_codes": dict(self.error_codes), "seconds": round(self.seconds, 3),
+            "files_per_second": round(self.files_per_second, 2),
+        }
+
+
+ProgressFn = Callable[[int, int], None]
+
+
+def check_roots(roots: Iterable[str | os.PathLike]) -> list[str]:
+    out = [os.fspath(r) for r in roots]
+    if not out:
+        raise ConfigError("give at least one directory or file to scan")
+    for r in out:
+        if not os.path.exists(r):
+            raise ConfigError(f"{r}: no such file or directory")
+    return out
+
+
+class _Writer:
+    """Accumulates records and scores; writes one transaction per model batch."""
+
+    def __init__(self, store: ResultStore, model: ScanModel, thresholds: Thresholds, batch_size: int,
+                 summary: ScanSummary, progress: ProgressFn | None) -> None:
+        self.store, self.model, self.thresholds = store, model, thresholds
+        self.batch_size, self.summary, self.progress = batch_size, summary, progress
+        self.records: list[FileRecord] = []
+        self.arrays: list[np.ndarray] = []
+        self.waiting: list[tuple[WalkedFile, str]] = []  # files whose array is in self.arrays
+        self.twins: dict[str, list[WalkedFile]] = {}  # same content as a file waiting in this batch
+        self.pending_skips = 0
+
+    def _record(self, file: WalkedFile, sha: str | None, *, score: float | None = None,
+                error_code: str | None = None, error: str | None = None, reused: bool = False) -> None:
+        if score is not None:
+            label = self.thresholds.label(score).value
+            self.summary.labels[label] += 1
+            if reused:
+                self.summary.reused += 1
+            else:
+                self.summary.scored += 1
+            self.records.append(FileRecord(file.path, file.size, file.mtime_ns, sha, Status.OK,
+                                           self.model.model_version, self.model.preprocess_version,
+                                           self.model.mode.value, score=score, label=label, reused=reused))
+        else:
+            self.summary.errors += 1
+            code = error_code or "error"
+            self.summary.error_codes[code] = self.summary.error_codes.get(code, 0) + 1
+            self.records.append(FileRecord(file.path, file.size, file.mtime_ns, sha, Status.ERROR,
+                                           self.model.model_version, self.model.preprocess_version,
+                                           self.model.mode.value, error_code=code, error=error))
+
+    def skip(self) -> None:
+        self.pending_skips += 1
+        if self.pending_skips >= 256:
+            self._report()
+
+    def add(self, p: Prepared) -> None:
+        if p.error is not None or p.error_code is not None:
+            self._record(p.file, p.sha256, error_code=p.error_code, error=p.error)
+        elif p.cached is not None:
+            self._record(p.file, p.sha256, score=p.cached, reused=True)
+        else:
+            assert p.array is not None and p.sha256 is not None
+            if p.sha256 in self.twins:
+                self.twins[p.sha256].append(p.file)
+            else:
+                known = self.store.cached_score(p.sha256, self.model.model_version, self.model.preprocess_version)
+                if known is not None:
+                    self._record(p.file, p.sha256, score=known, reused=True)
+                else:
+                    self.twins[p.sha256] = []
+                    self.arrays.append(p.array)
+                    self.waiting.append((p.file, p.sha256))
+        if len(self.arrays) >= self.batch_size or len(self.records) >= 4 * self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        from ..preprocess import stack_batch
+
+        if self.arrays:
+            scores = self.model.backend.predict(stack_batch(self.arrays))[:, 1].tolist()
+            for (file, sha), s in zip(self.waiting, scores, strict=True):
+                self._record(file, sha, score=float(s))
+                for twin in self.twins.get(sha, []):
+                    self._record(twin, sha, score=float(s), reused=True)
+            self.arrays, self.waiting, self.twins = [], [], {}
+        if self.records:
+            self.store.write(self.records)
+        self._report()
+
+    def _report(self) -> None:
+        done = len(self.records) + self.pending_skips
+        errors = sum(1 for r in self.records if r.status is Status.ERROR)
+        self.records = []
+        self.pending_skips = 0
+        if self.progress is not None and done:
+            self.progress(done, errors)
+
+
+def _plan(roots: list[str], store: ResultStore, model: ScanModel, config: ScanConfig,
+          writer: _Writer) -> Iterator[WalkedFile]:
+    for f in walk(roots, config.walk):
+        writer.summary.seen += 1
+        if store.decide(f.path, f.size, f.mtime_ns, model.model_version, model.preprocess_version,
+                        max_attempts=config.max_attempts) is Decision.SKIP:
+            writer.summary.skipped += 1
+            writer.skip()
+            continue
+        yield f
+
+
+def _chunks(files: Iterator[WalkedFile], size: int) -> Iterator[list[WalkedFile]]:
+    chunk: list[WalkedFile] = []
+    for f in files:
+        chunk.append(f)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _mp_context() -> Any:
+    methods = multiprocessing.get_all_start_methods()
+    # Never fork a process that holds onnxruntime/torch thread pools.
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+def scan(roots: Iterable[str | os.PathLike], store: ResultStore, config: ScanConfig | None = None, *,
+         model: ScanModel | None = None, backend: Backend | None = None,
+         progress: ProgressFn | None = None) -> ScanSummary:
+    """Scan ``roots`` into ``store``; return what was done.
+
+    ``model`` is a ready :class:`ScanModel` (default: built from ``config``). ``backend`` replaces
+    only the inference engine and keeps the mode's preprocessing: a seam for tests and for
+    callers with their own backend. ``progress(n, errors)`` is called after each written batch.
+    """
+    config = config or ScanConfig()
+    root_list = check_roots(roots)
+    if config.engine is Engine.RAY:
+        from .ray_engine import scan_ray
+
+        return scan_ray(root_list, store, config, model=model, backend=backend, progress=progress)
+    if model is None:
+        if backend is not None:
+            pre = fast_preprocess(PreprocessConfig()) if config.mode is ScanMode.FAST else PreprocessConfig()
+            model = ScanModel(backend, pre, config.mode)
+        else:
+            model = build_scan_model(config)
+    summary = ScanSummary(model.model_version, model.preprocess_version, model.mode.value, Engine.LOCAL.value)
+    writer = _Writer(store, model, config.thresholds, config.batch_size, summary, progress)
+    run_id = store.start_run(model_version=model.model_version, preprocess_version=model.preprocess_version,
+                             mode=model.mode.value, engine=Engine.LOCAL.value, roots=root_list)
+    start = time.perf_counter()
+    max_chunks = max(1, config.window // config.chunk)
+    window: deque[tuple[list[WalkedFile], Future[list[Prepared]]]] = deque()
+    def make_pool() -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            config.n_workers, mp_context=_mp_context(), initializer=_init_worker,
+            initargs=(model.preprocess, config.limits, str(store.path.resolve()), model.model_version,
+                      model.preprocess_version),
+        )
+
+    pool = make_pool()
+    try:
+        def collect(files: list[WalkedFile], fut: Future[list[Prepared]]) -> None:
+            try:
+                results = fut.result()
+            except BrokenProcessPool:
+                results = [Prepared(f, error_code="worker_died",
+                                    error="a decoding worker process died (out of memory or a decoder crash); "
+                                          "the file is retried on the next run") for f in files]
+            for p in results:
+                writer.add(p)
+
+        for files in _chunks(_plan(root_list, store, model, config, writer), config.chunk):
+            try:
+                fut = pool.submit(_prepare_chunk, files)
+            except BrokenProcessPool:
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = make_pool()
+                fut = pool.submit(_prepare_chunk, files)
+            window.append((files, fut))
+            while len(window) >= max_chunks:
+                collect(*window.popleft())
+        while window:
+            collect(*window.popleft())
+        writer.flush()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        summary.seconds = time.perf_counter() - start
+    store.finish_run(run_id, scored=summary.scored, reused=summary.reused, skipped=summary.skipped,
+                     errors=summary.errors)
+    return summary

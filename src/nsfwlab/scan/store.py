@@ -1,0 +1,304 @@
+"""The results store: one SQLite file in WAL mode, one row per (file, model version, preprocessing version).
+
+Rules the scanner relies on:
+
+- A row is keyed by ``(path, model_version, preprocess_version)``: results of another model or
+  preprocessing never overwrite older ones, they live next to them.
+- ``sha256`` is indexed per version, so identical content is scored once (:meth:`ResultStore.cached_score`).
+- Each batch of results is one transaction (:meth:`ResultStore.write`): ``kill -9`` at any moment
+  loses at most the batch being written, and WAL keeps the file consistent.
+- A file that fails is stored with ``status='error'``, its error code and message, and an attempt
+  count; :meth:`ResultStore.decide` stops retrying it after ``max_attempts`` unless it changes.
+
+Only the edges open a store on a user-given path; the library functions take a store object.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+__all__ = [
+    "COLUMNS",
+    "SCHEMA_VERSION",
+    "Decision",
+    "FileRecord",
+    "ResultStore",
+    "Status",
+    "StoreError",
+]
+
+SCHEMA_VERSION = 1
+
+#: Columns of the ``results`` table, in export order.
+COLUMNS = (
+    "path", "size", "mtime_ns", "sha256", "score", "label", "status", "error_code", "error",
+    "attempts", "reused", "model_version", "preprocess_version", "mode", "first_seen", "scored_at",
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS results (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sha256 TEXT,
+    score REAL,
+    label TEXT,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'error')),
+    error_code TEXT,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    reused INTEGER NOT NULL DEFAULT 0,
+    model_version TEXT NOT NULL,
+    preprocess_version TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    first_seen REAL NOT NULL,
+    scored_at REAL NOT NULL,
+    UNIQUE (path, model_version, preprocess_version)
+);
+CREATE INDEX IF NOT EXISTS results_content
+    ON results (sha256, model_version, preprocess_version) WHERE status = 'ok';
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    started REAL NOT NULL,
+    finished REAL,
+    model_version TEXT NOT NULL,
+    preprocess_version TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    engine TEXT NOT NULL,
+    roots TEXT NOT NULL,
+    scored INTEGER,
+    reused INTEGER,
+    skipped INTEGER,
+    errors INTEGER
+);
+"""
+
+
+class StoreError(ConfigError):
+    """The results database cannot be opened or is not an nsfwlab results store."""
+
+    code = "store_error"
+
+
+class Status(str, Enum):
+    OK = "ok"
+    ERROR = "error"
+
+
+class Decision(str, Enum):
+    """What the scanner does with one walked file."""
+
+    SKIP = "skip"  # already scored (or given up on) with this version and unchanged
+    SCAN = "scan"  # new, changed, or a failed file with attempts left
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One result to write: a score or an error for one file under one model/preprocess version."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    status: Status
+    model_version: str
+    preprocess_version: str
+    mode: str
+    score: float | None = None
+    label: str | None = None
+    error_code: str | None = None
+    error: str | None = None
+    reused: bool = False
+
+
+class ResultStore:
+    """A SQLite results database (WAL). Use as a context manager; not shared between processes.
+
+    ``timeout`` is how long to wait for another writer's lock (another scan on the same file).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, timeout: float = 30.0, readonly: bool = False) -> None:
+        self.path = Path(path)
+        if readonly and not self.path.is_file():
+            raise StoreError(f"results database {self.path} does not exist (run `nsfwlab scan` first)")
+        if not readonly and self.path.parent and not self.path.parent.exists():
+            raise StoreError(f"directory {self.path.parent} of the results database does not exist")
+        try:
+            if readonly:
+                uri = self.path.resolve().as_uri() + "?mode=ro"
+                self._conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
+            else:
+                self._conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
+            self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            if not readonly:
+                mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StoreError(f"{self.path}: SQLite refused WAL mode (got {mode}); use a local disk")
+                # NORMAL is durable against process crashes (kill -9) in WAL mode; only an OS crash
+                # or power loss may drop the last transactions, never corrupt the file.
+                self._conn.execute("PRAGMA synchronous = NORMAL")
+                self._conn.executescript(_SCHEMA)
+                self._check_schema()
+            else:
+                self._require_table()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is not a usable SQLite results database: {exc}") from None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def _check_schema(self) -> None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            self._conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise StoreError(f"{self.path} has results schema {row[0]}, this nsfwlab writes {SCHEMA_VERSION}")
+
+    def _require_table(self) -> None:
+        row = self._conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='results'").fetchone()
+        if row is None:
+            raise StoreError(f"{self.path} is an SQLite file but holds no nsfwlab results")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- decisions -----------------------------------------------------------------------------
+    def decide(self, path: str, size: int, mtime_ns: int, model_version: str, preprocess_version: str,
+               *, max_attempts: int) -> Decision:
+        """Skip a file already scored (or failed ``max_attempts`` times) with this version, unchanged.
+
+        A changed file (size or mtime) is scanned again; its content hash then decides whether
+        the model runs (:meth:`cached_score`).
+        """
+        row = self._conn.execute(
+            "SELECT size, mtime_ns, status, attempts FROM results "
+            "WHERE path = ? AND model_version = ? AND preprocess_version = ?",
+            (path, model_version, preprocess_version),
+        ).fetchone()
+        if row is None or row[0] != size or row[1] != mtime_ns:
+            return Decision.SCAN
+        if row[2] == Status.OK.value or row[3] >= max_attempts:
+            return Decision.SKIP
+        return Decision.SCAN
+
+    def cached_score(self, sha256: str, model_version: str, preprocess_version: str) -> float | None:
+        """The score of identical content already scored with this version, if any."""
+        row = self._conn.execute(
+            "SELECT score FROM results WHERE sha256 = ? AND model_version = ? AND preprocess_version = ? "
+            "AND status = 'ok' LIMIT 1",
+            (sha256, model_version, preprocess_version),
+        ).fetchone()
+        return None if row is None else float(row[0])
+
+    # -- writing -------------------------------------------------------------------------------
+    def write(self, records: Sequence[FileRecord]) -> None:
+        """Write a batch of records in one transaction (insert, or update the same path+version).
+
+        An error row's ``attempts`` grows by one per failed attempt on unchanged content and
+        restarts at 1 when the file changed; a success keeps the attempt count that led to it.
+        """
+        if not records:
+            return
+        now = time.time()
+        rows = [
+            (r.path, r.size, r.mtime_ns, r.sha256, r.score, r.label, r.status.value, r.error_code, r.error,
+             int(r.reused), r.model_version, r.preprocess_version, r.mode, now, now)
+            for r in records
+        ]
+        cur = self._conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            cur.executemany(
+                """
+                INSERT INTO results (path, size, mtime_ns, sha256, score, label, status, error_code, error,
+                                     reused, model_version, preprocess_version, mode, first_seen, scored_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (path, model_version, preprocess_version) DO UPDATE SET
+                    attempts = CASE
+                        WHEN results.size = excluded.size AND results.mtime_ns = excluded.mtime_ns
+                             AND results.status = 'error' THEN results.attempts + 1
+                        WHEN results.size = excluded.size AND results.mtime_ns = excluded.mtime_ns
+                             THEN results.attempts
+                        ELSE 1 END,
+                    size = excluded.size, mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256,
+                    score = excluded.score, label = excluded.label, status = excluded.status,
+                    error_code = excluded.error_code, error = excluded.error, reused = excluded.reused,
+                    mode = excluded.mode, scored_at = excluded.scored_at
+                """,
+                rows,
+            )
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+
+    def start_run(self, *, model_version: str, preprocess_version: str, mode: str, engine: str,
+                  roots: Iterable[str]) -> int:
+        cur = self._conn.execute(
+            "INSERT INTO runs (started, model_version, preprocess_version, mode, engine, roots) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (time.time(), model_version, preprocess_version, mode, engine, "\n".join(roots)),
+        )
+        return int(cur.lastrowid or 0)
+
+    def finish_run(self, run_id: int, *, scored: int, reused: int, skipped: int, errors: int) -> None:
+        self._conn.execute(
+            "UPDATE runs SET finished = ?, scored = ?, reused = ?, skipped = ?, errors = ? WHERE id = ?",
+            (time.time(), scored, reused, skipped, errors, run_id),
+        )
+
+    # -- reading -------------------------------------------------------------------------------
+    def count(self) -> int:
+        return int(self._conn.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+
+    def versions(self) -> list[tuple[str, str, int]]:
+        """(model_version, preprocess_version, rows) present in the store."""
+        return [(str(a), str(b), int(c)) for a, b, c in self._conn.execute(
+            "SELECT model_version, preprocess_version, COUNT(*) FROM results GROUP BY 1, 2 ORDER BY 1, 2")]
+
+    def integrity_check(self) -> str:
+        return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+    def iter_rows(self, *, label: str | None = None, status: str | None = None, min_score: float | None = None,
+                  max_score: float | None = None, model_version: str | None = None,
+                  preprocess_version: str | None = None) -> Iterator[dict[str, Any]]:
+        """Stream result rows (as dicts with :data:`COLUMNS`), filtered, ordered by path."""
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (("label", label), ("status", status), ("model_version", model_version),
+                              ("preprocess_version", preprocess_version)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if min_score is not None:
+            where.append("score >= ?")
+            args.append(min_score)
+        if max_score is not None:
+            where.append("score <= ?")
+            args.append(max_score)
+        sql = f"SELECT {', '.join(COLUMNS)} FROM results"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY path, model_version, preprocess_version"
+        try:
+            cursor = self._conn.execute(sql, args)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: cannot read results: {exc}") from None
+        for row in cursor:
+            yield dict(zip(COLUMNS, row, strict=True))
+
