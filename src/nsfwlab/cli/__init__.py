@@ -35,6 +35,10 @@ app.command("score")(score_command)
 
 # Capabilities register their commands here, one line each (imported lazily inside the modules
 # so that `nsfwlab score` never pays for FastAPI, Ray or matplotlib).
+from .scan import export_command, scan_command  # noqa: E402
+
+app.command("scan")(scan_command)
+app.command("export")(export_command)
 
 
 def main() -> None:
