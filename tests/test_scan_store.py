@@ -1,0 +1,102 @@
+"""The results store on its own: schema, WAL, decisions, attempts, versions, integrity."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from nsfwlab.scan import Decision, FileRecord, ResultStore, Status, StoreError
+
+MV, PV = "model-a", "pre-a"
+
+
+def ok(path: str, score: float, *, size: int = 10, mtime: int = 1, sha: str = "h1", mv: str = MV,
+       pv: str = PV) -> FileRecord:
+    return FileRecord(path, size, mtime, sha, Status.OK, mv, pv, "exact", score=score, label="safe")
+
+
+def err(path: str, *, size: int = 10, mtime: int = 1) -> FileRecord:
+    return FileRecord(path, size, mtime, None, Status.ERROR, MV, PV, "exact", error_code="corrupt", error="bad")
+
+
+def test_store_is_wal_and_versioned(tmp_path: Path) -> None:
+    db = tmp_path / "r.sqlite"
+    with ResultStore(db) as store:
+        store.write([ok("/a", 0.1)])
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "1"
+    conn.close()
+
+
+def test_decide_skips_unchanged_ok_and_rescans_changed(tmp_path: Path) -> None:
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        assert store.decide("/a", 10, 1, MV, PV, max_attempts=3) is Decision.SCAN
+        store.write([ok("/a", 0.1)])
+        assert store.decide("/a", 10, 1, MV, PV, max_attempts=3) is Decision.SKIP
+        assert store.decide("/a", 11, 1, MV, PV, max_attempts=3) is Decision.SCAN  # size changed
+        assert store.decide("/a", 10, 2, MV, PV, max_attempts=3) is Decision.SCAN  # mtime changed
+        assert store.decide("/a", 10, 1, "model-b", PV, max_attempts=3) is Decision.SCAN  # other model
+        assert store.decide("/a", 10, 1, MV, "pre-b", max_attempts=3) is Decision.SCAN  # other preprocessing
+
+
+def test_failed_file_is_retried_until_max_attempts_then_reset_by_a_change(tmp_path: Path) -> None:
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        for attempt in (1, 2, 3):
+            assert store.decide("/bad", 10, 1, MV, PV, max_attempts=3) is Decision.SCAN
+            store.write([err("/bad")])
+            (row,) = list(store.iter_rows())
+            assert row["attempts"] == attempt and row["status"] == "error" and row["error_code"] == "corrupt"
+        assert store.decide("/bad", 10, 1, MV, PV, max_attempts=3) is Decision.SKIP
+        # The file changes: scanned again, attempts restart.
+        assert store.decide("/bad", 12, 5, MV, PV, max_attempts=3) is Decision.SCAN
+        store.write([err("/bad", size=12, mtime=5)])
+        assert next(store.iter_rows())["attempts"] == 1
+        # ... and a success replaces the error row (still one row).
+        store.write([ok("/bad", 0.5, size=12, mtime=5)])
+        rows = list(store.iter_rows())
+        assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["error"] is None
+
+
+def test_other_versions_never_overwrite(tmp_path: Path) -> None:
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        store.write([ok("/a", 0.1)])
+        store.write([ok("/a", 0.9, mv="model-b")])
+        store.write([ok("/a", 0.7, pv="pre-b")])
+        rows = {(r["model_version"], r["preprocess_version"]): r["score"] for r in store.iter_rows()}
+        assert rows == {(MV, PV): 0.1, ("model-b", PV): 0.9, (MV, "pre-b"): 0.7}
+        assert store.versions() == [(MV, PV, 1), (MV, "pre-b", 1), ("model-b", PV, 1)]
+
+
+def test_cached_score_by_content_and_version(tmp_path: Path) -> None:
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        store.write([ok("/a", 0.25, sha="abc"), err("/b")])
+        assert store.cached_score("abc", MV, PV) == 0.25
+        assert store.cached_score("abc", "model-b", PV) is None
+        assert store.cached_score("zzz", MV, PV) is None
+
+
+def test_filters(tmp_path: Path) -> None:
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        store.write([ok("/a", 0.1), ok("/b", 0.5), ok("/c", 0.95), err("/d")])
+        assert [r["path"] for r in store.iter_rows(min_score=0.4)] == ["/b", "/c"]
+        assert [r["path"] for r in store.iter_rows(max_score=0.4)] == ["/a"]
+        assert [r["path"] for r in store.iter_rows(status="error")] == ["/d"]
+        assert store.integrity_check() == "ok"
+
+
+def test_bad_database_files_are_clear_errors(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="not a usable SQLite"):
+        ResultStore(junk)
+    with pytest.raises(StoreError, match="does not exist"):
+        ResultStore(tmp_path / "missing.sqlite", readonly=True)
+    with pytest.raises(StoreError, match="does not exist"):
+        ResultStore(tmp_path / "no" / "dir" / "r.sqlite")
+    other = tmp_path / "other.sqlite"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
+    with pytest.raises(StoreError, match="no nsfwlab results"):
+        ResultStore(other, readonly=True)
