@@ -39,6 +39,10 @@ from .scan import export_command, scan_command  # noqa: E402
 
 app.command("scan")(scan_command)
 app.command("export")(export_command)
+from .serve import review_app, serve_command  # noqa: E402
+
+app.command("serve")(serve_command)
+app.add_typer(review_app, name="review")
 
 
 def main() -> None:

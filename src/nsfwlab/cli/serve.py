@@ -1,0 +1,140 @@
+"""``nsfwlab serve`` (the HTTP service) and ``nsfwlab review export`` (labelled images as folders)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+
+import typer
+
+from ..config import BackendName, DecodeLimits, Device, Precision, Thresholds
+from ..errors import ConfigError, NsfwlabError
+from ._common import ExitCode, fail, progress_bar, stderr
+
+__all__ = ["review_app", "serve_command"]
+
+
+def _read_keys(api_key: list[str], api_key_file: Path | None) -> tuple[str, ...]:
+    keys = [k.strip() for k in api_key if k.strip()]
+    if api_key_file is not None:
+        try:
+            text = api_key_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read the API key file {api_key_file}: {exc.strerror or exc}") from None
+        keys += [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return tuple(keys)
+
+
+def serve_command(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 for all: put it behind TLS)."),
+    port: int = typer.Option(8000, min=0, max=65535, help="TCP port."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Keep review-band images and labels here (enables /review)."),
+    api_key: list[str] = typer.Option([], "--api-key", help="Require this key (repeatable). Prefer --api-key-file."),
+    api_key_file: Path | None = typer.Option(None, "--api-key-file", help="File with one API key per line."),
+    safe_below: float = typer.Option(0.2, help="Scores below this are 'safe'."),
+    nsfw_above: float = typer.Option(0.8, help="Scores above this are 'nsfw'; between is 'review' (queued for humans)."),
+    audit_rate: float = typer.Option(0.0, min=0.0, max=1.0, help="Share of confident decisions also queued for review."),
+    max_body_bytes: int = typer.Option(32 * 1024 * 1024, min=1, help="Cap on a request body (413), counted while streaming."),
+    max_files: int = typer.Option(16, min=1, help="Most images in one request (413)."),
+    max_bytes: int = typer.Option(DecodeLimits.max_bytes, min=1, help="Cap on one encoded image (413)."),
+    max_pixels: int = typer.Option(DecodeLimits.max_pixels, min=1, help="Cap on width x height, read from the header (413)."),
+    max_batch: int = typer.Option(16, min=1, help="Most images per model call."),
+    max_wait_ms: float = typer.Option(5.0, min=0.0, help="Longest wait for a batch to fill."),
+    batching: bool = typer.Option(True, "--batching/--no-batching", help="Micro-batch concurrent requests."),
+    queue_size: int = typer.Option(128, min=1, help="Images waiting for the model before 429."),
+    max_concurrent: int = typer.Option(64, min=1, help="Scoring requests handled at once before 429."),
+    decode_workers: int = typer.Option(2, min=1, help="Threads decoding and preprocessing."),
+    device: Device = typer.Option(Device.AUTO, help="Where the model runs."),
+    backend: BackendName = typer.Option(BackendName.AUTO, help="Inference engine."),
+    precision: Precision = typer.Option(Precision.AUTO, help="torch backend precision."),
+    model: Path | None = typer.Option(None, "--model", help="A fine-tuned checkpoint (.pt) or exported .onnx."),
+    graceful_timeout: int = typer.Option(30, min=0, help="On SIGTERM, seconds to let in-flight requests finish."),
+    log_level: str = typer.Option("info", help="uvicorn log level."),
+) -> None:
+    """Run the HTTP scoring service (FastAPI on uvicorn) with limits, metrics and a review page.
+
+    POST /v1/score, GET /healthz /readyz /metrics /review /docs. SIGTERM finishes in-flight
+    requests, then exits.
+    """
+    try:
+        import uvicorn
+
+        from ..detector import Detector
+        from ..serve import ServeConfig
+        from ..serve.app import create_app
+
+        thresholds = Thresholds(safe_below=safe_below, nsfw_above=nsfw_above)
+        limits = DecodeLimits(max_bytes=max_bytes, max_pixels=max_pixels)
+        config = ServeConfig(
+            data_dir=data_dir, max_body_bytes=max_body_bytes, max_files=max_files, limits=limits,
+            max_concurrent_requests=max_concurrent, queue_size=queue_size, max_batch=max_batch,
+            max_wait_ms=max_wait_ms, batching=batching, decode_workers=decode_workers,
+            api_keys=_read_keys(api_key, api_key_file), audit_rate=audit_rate,
+        )
+
+        def load() -> Detector:
+            return Detector(backend, device, thresholds=thresholds, batch_size=max_batch, precision=precision,
+                            model=model, limits=limits, workers=decode_workers)
+
+        app = create_app(config, load)
+    except NsfwlabError as exc:
+        raise fail(exc) from None
+    if not config.api_keys and host not in ("127.0.0.1", "localhost", "::1"):
+        stderr.print(f"[yellow]warning:[/] listening on {host} without --api-key-file: anyone who can reach it may use it")
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout or None)
+
+
+review_app = typer.Typer(help="Human review: export the labelled images.", no_args_is_help=True)
+
+
+@review_app.command("export")
+def export_command(
+    data_dir: Path = typer.Option(..., "--data-dir", help="The serve --data-dir holding review.sqlite3."),
+    out: Path = typer.Option(..., "--out", help="Folder to write safe/ and nsfw/ (and labels.csv) into."),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr."),
+) -> None:
+    """Write every image labelled safe or nsfw (latest decision wins) as OUT/safe/ and OUT/nsfw/,
+    ready for `nsfwlab evaluate` and fine-tuning, plus OUT/labels.csv. Re-running updates the
+    folders: an image whose label changed moves."""
+    from ..serve.review import ReviewStore
+
+    try:
+        store = ReviewStore(data_dir, create=False)
+    except NsfwlabError as exc:
+        raise fail(exc) from None
+    with store:
+        items = list(store.labelled())
+        failed = 0
+        rows: list[list[str]] = []
+        for sub in ("safe", "nsfw"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+        with progress_bar(len(items), "exporting", enabled=progress) as advance:
+            for item in items:
+                name = f"{item.sha256}.{item.ext}"
+                target = out / item.status.value / name
+                other = out / ("nsfw" if item.status.value == "safe" else "safe") / name
+                try:
+                    if other.exists():
+                        other.unlink()
+                    if not target.exists():
+                        tmp = target.with_name(f".{name}.tmp")
+                        shutil.copyfile(store.image_path(item), tmp)
+                        os.replace(tmp, target)
+                except OSError as exc:
+                    failed += 1
+                    stderr.print(f"[bold red]error:[/] {item.sha256}: {exc.strerror or exc}", highlight=False)
+                    advance(1, errors=1)
+                    continue
+                rows.append([f"{item.status.value}/{name}", item.status.value, f"{item.score:.6f}", item.reason.value,
+                             item.reviewer or "", f"{item.labelled_at or 0:.3f}", item.filename, item.model_version])
+                advance(1)
+        with (out / "labels.csv").open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["path", "label", "score", "reason", "reviewer", "labelled_at", "filename", "model_version"])
+            writer.writerows(rows)
+    counts = {k: sum(1 for r in rows if r[1] == k) for k in ("safe", "nsfw")}
+    stderr.print(f"exported {counts['safe']} safe and {counts['nsfw']} nsfw images to {out}", highlight=False)
+    if failed:
+        raise typer.Exit(int(ExitCode.INPUT_FAILED))

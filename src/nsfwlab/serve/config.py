@@ -1,0 +1,83 @@
+"""Configuration of the HTTP service: one frozen dataclass, validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import DecodeLimits
+from ..errors import ConfigError
+from ..imageio import ALLOWED_FORMATS
+
+__all__ = ["ServeConfig"]
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything ``create_app`` needs besides the detector.
+
+    Limits (each answered with its own status, the server staying up):
+
+    - ``max_body_bytes``: the whole request body, counted as it streams in (also for chunked
+      uploads without ``Content-Length``); over it: 413.
+    - ``max_files``: image parts in one multipart request; over it: 413.
+    - ``limits``: the core's per-image caps (encoded bytes, and pixels read from the header, so a
+      decompression bomb is refused without being decoded): 413.
+    - ``formats``: allowed formats (a subset of the core's allowlist, checked by magic bytes): 415.
+    - ``max_concurrent_requests``: scoring requests being handled at once; over it: 429 at once.
+    - ``queue_size``: images waiting for the model; a request that would overflow it: 429 at once.
+
+    Micro-batching: images from concurrent requests are gathered into one model call of at most
+    ``max_batch`` images, waiting at most ``max_wait_ms`` for the batch to fill.
+    ``batching=False`` runs one model call per image (the naive baseline of the benchmark).
+
+    Review: with a ``data_dir``, images whose score falls in the detector's review band are kept
+    (content-addressed) for the ``/review`` page; ``audit_rate`` is the share of confident
+    decisions (safe or nsfw) that are queued too, drawn with ``audit_seed``.
+
+    ``api_keys``: when non-empty, ``/v1/*`` requests must carry one of them in ``X-API-Key`` or
+    ``Authorization: Bearer``; otherwise 401.
+    """
+
+    data_dir: Path | None = None
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_files: int = 16
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
+    formats: tuple[str, ...] = ALLOWED_FORMATS
+    max_concurrent_requests: int = 64
+    queue_size: int = 128
+    max_batch: int = 16
+    max_wait_ms: float = 5.0
+    batching: bool = True
+    decode_workers: int = 2
+    api_keys: tuple[str, ...] = ()
+    audit_rate: float = 0.0
+    audit_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_files", "max_concurrent_requests", "queue_size",
+                     "max_batch", "decode_workers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_wait_ms < 0:
+            raise ConfigError(f"max_wait_ms must not be negative, got {self.max_wait_ms}")
+        if not 0.0 <= self.audit_rate <= 1.0:
+            raise ConfigError(f"audit_rate must lie in [0, 1], got {self.audit_rate}")
+        unknown = [f for f in self.formats if f not in ALLOWED_FORMATS]
+        if unknown or not self.formats:
+            raise ConfigError(
+                f"formats must be a non-empty subset of {', '.join(ALLOWED_FORMATS)}; got {list(self.formats)}"
+            )
+        if any(not k or k != k.strip() for k in self.api_keys):
+            raise ConfigError("API keys must be non-empty and carry no surrounding whitespace")
+        if self.data_dir is not None and not isinstance(self.data_dir, Path):
+            object.__setattr__(self, "data_dir", Path(self.data_dir))
+
+    @property
+    def effective_max_batch(self) -> int:
+        return self.max_batch if self.batching else 1
+
+    @property
+    def max_wait_s(self) -> float:
+        return self.max_wait_ms / 1000.0 if self.batching else 0.0
