@@ -120,6 +120,8 @@ def write_export(store: ResultStore, out: str | os.PathLike, fmt: ExportFormat,
                 fh.flush()
                 os.fsync(fh.fileno())
         os.replace(tmp, dest)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {dest}: {exc.strerror or exc}") from None
     finally:
         if tmp.exists():
             tmp.unlink()
