@@ -43,6 +43,11 @@ from .serve import review_app, serve_command  # noqa: E402
 
 app.command("serve")(serve_command)
 app.add_typer(review_app, name="review")
+from .evaluate import evaluate_command, export_onnx_command, finetune_command  # noqa: E402
+
+app.command("evaluate")(evaluate_command)
+app.command("finetune")(finetune_command)
+app.command("export-onnx")(export_onnx_command)
 
 
 def main() -> None:

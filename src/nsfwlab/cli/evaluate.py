@@ -1,0 +1,230 @@
+"""``nsfwlab evaluate``, ``nsfwlab finetune`` and ``nsfwlab export-onnx``.
+
+Only typer and the light core are imported here; scikit-learn, matplotlib and the training code
+are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import typer
+
+from ..config import BackendName, DecodeLimits, Device, Thresholds
+from ..errors import ConfigError, NsfwlabError
+from ._common import ExitCode, fail, progress_bar, stderr, stdout
+
+__all__ = ["evaluate_command", "export_onnx_command", "finetune_command"]
+
+
+def _targets(fpr: list[float] | None, recall: list[float] | None, precision: list[float] | None) -> list:
+    from ..evaluate.metrics import DEFAULT_TARGETS, Target, TargetKind
+
+    targets = [Target(TargetKind.FPR, v) for v in fpr or []]
+    targets += [Target(TargetKind.RECALL, v) for v in recall or []]
+    targets += [Target(TargetKind.PRECISION, v) for v in precision or []]
+    return targets or list(DEFAULT_TARGETS)
+
+
+def _scores_csv(evaluation: object) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "label", "score"])
+    for it in evaluation.scored:  # type: ignore[attr-defined]
+        w.writerow([it.path, "nsfw" if it.label else "safe", f"{it.score:.6f}"])
+    return buf.getvalue()
+
+
+def evaluate_command(
+    data: Path = typer.Argument(..., help="A folder with safe/ and nsfw/ subfolders, or a CSV of path,label."),
+    out: Path = typer.Option(..., "--out", "-o", help="Report folder (created): metrics.json, scores.csv, roc.png, pr.png, histogram.png, report.html."),
+    model: Path | None = typer.Option(None, "--model", help="A fine-tuned checkpoint (.pt) or exported .onnx instead of the stock model."),
+    target_fpr: list[float] | None = typer.Option(None, "--target-fpr", help="Recommend nsfw_above for this false-positive rate (repeatable)."),
+    target_recall: list[float] | None = typer.Option(None, "--target-recall", help="Recommend safe_below for this NSFW recall (repeatable)."),
+    target_precision: list[float] | None = typer.Option(None, "--target-precision", help="Recommend nsfw_above for this precision (repeatable)."),
+    safe_below: float = typer.Option(0.2, help="Current safe band: scores below this."),
+    nsfw_above: float = typer.Option(0.8, help="Current NSFW band: scores above this."),
+    bootstrap: int = typer.Option(1000, min=1, help="Bootstrap resamples for the confidence intervals."),
+    ci: float = typer.Option(0.95, min=0.5, max=0.999, help="Confidence level of the intervals."),
+    seed: int = typer.Option(0, help="Seed of the bootstrap."),
+    drop_duplicates: bool = typer.Option(False, "--drop-duplicates", help="Score identical files once; leave out groups with conflicting labels (files are never touched)."),
+    gallery: int = typer.Option(48, min=0, help="Most thumbnails per error gallery in the report."),
+    device: Device = typer.Option(Device.AUTO, help="Where the model runs."),
+    backend: BackendName = typer.Option(BackendName.AUTO, help="Inference engine (auto: onnxruntime on CPU, torch on CUDA)."),
+    batch_size: int = typer.Option(16, min=1, help="Images per model call."),
+    workers: int = typer.Option(2, min=1, help="Threads decoding and preprocessing."),
+    max_pixels: int = typer.Option(DecodeLimits.max_pixels, min=1, help="Refuse images with more pixels."),
+    max_bytes: int = typer.Option(DecodeLimits.max_bytes, min=1, help="Refuse files larger than this."),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr (default: when stderr is a terminal)."),
+) -> None:
+    """Measure the model on your labelled images: ROC/PR curves, AUC and average precision with
+    bootstrap confidence intervals, confusion at the current bands, recommended thresholds, and an
+    HTML report with (blurred) galleries of the errors.
+
+    Exit status: 0 all images scored, 1 some files unreadable (reported; the rest evaluated),
+    2 usage error, 3 the model could not be loaded.
+    """
+    from ..detector import Detector
+    from ..evaluate import evaluate, load_labelled
+    from ..evaluate.plots import histogram_png, pr_png, roc_png
+    from ..evaluate.report import render_report, thumbnail
+
+    limits = DecodeLimits(max_bytes=max_bytes, max_pixels=max_pixels)
+    try:
+        targets = _targets(target_fpr, target_recall, target_precision)
+        dataset = load_labelled(data)
+        detector = Detector(backend, device, thresholds=Thresholds(safe_below, nsfw_above), batch_size=batch_size,
+                            workers=workers, model=model, limits=limits)
+    except NsfwlabError as exc:
+        raise fail(exc) from None
+    counts = dataset.counts()
+    stderr.print(f"{len(dataset)} images ({counts['safe']} safe, {counts['nsfw']} nsfw) from {dataset.source}",
+                 highlight=False)
+    try:
+        with detector, progress_bar(len(dataset), "scoring", enabled=progress) as advance:
+            result = evaluate(dataset, detector, targets=targets, n_boot=bootstrap, level=ci, seed=seed,
+                              drop_duplicates=drop_duplicates,
+                              progress=lambda r: advance(1, errors=0 if r.ok else 1))
+    except NsfwlabError as exc:
+        raise fail(exc) from None
+
+    m = result.metrics
+    plots = {
+        "roc": roc_png(m_labels := [it.label for it in result.scored], m_scores := [it.score for it in result.scored],
+                       auc_text=f"(AUC {m.roc_auc.value:.3f})", recommendations=m.recommendations),
+        "pr": pr_png(m_labels, m_scores, ap_text=f"(AP {m.average_precision.value:.3f})"),
+        "histogram": histogram_png(m_labels, m_scores, thresholds=m.current, recommended=m.recommended),
+    }
+    shown = result.false_positives()[:gallery] + result.false_negatives()[:gallery]
+    thumbs = {it.path: thumbnail(it.path, limits=limits) for it in shown}
+    html = render_report(result, plots, thumbs, max_gallery=gallery)
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result.to_dict(), indent=2))
+    (out / "scores.csv").write_text(_scores_csv(result))
+    for name, png in plots.items():
+        (out / f"{name}.png").write_bytes(png)
+    (out / "report.html").write_text(html, encoding="utf-8")
+
+    stdout.print(f"ROC AUC {m.roc_auc.value:.4f} [{m.roc_auc.low:.4f}, {m.roc_auc.high:.4f}]  "
+                 f"AP {m.average_precision.value:.4f} [{m.average_precision.low:.4f}, {m.average_precision.high:.4f}]  "
+                 f"({int(100 * ci)}% CI, {bootstrap} bootstrap resamples, n={m.n})", highlight=False)
+    for r in m.recommendations:
+        a = r.achieved.to_dict()
+        stdout.print(f"  {r.target.name}: {r.sets} = {r.threshold:.6g}  (recall {a['recall']}, fpr {a['fpr']}, "
+                     f"precision {a['precision']}){'' if r.met else '  NOT MET'}", highlight=False)
+    stdout.print(f"recommended bands: safe_below={m.recommended.safe_below:.6g} nsfw_above={m.recommended.nsfw_above:.6g}",
+                 highlight=False)
+    h = result.hygiene
+    if h.duplicates:
+        stderr.print(f"[yellow]{sum(len(g.paths) - 1 for g in h.duplicates)} duplicate file(s) in {len(h.duplicates)} "
+                     f"group(s), {len(h.conflicting)} with conflicting labels (see report)[/]")
+    for p in h.unreadable:
+        stderr.print(f"[red]unreadable:[/] {p.path}: {p.message}", highlight=False)
+    stdout.print(f"report: {out / 'report.html'}", highlight=False)
+    if h.unreadable:
+        raise typer.Exit(int(ExitCode.INPUT_FAILED))
+
+
+def finetune_command(
+    data: Path = typer.Argument(..., help="A folder with safe/ and nsfw/ subfolders, or a CSV of path,label."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the best model (an nsfwlab .pt checkpoint)."),
+    arch: str = typer.Option("open_nsfw", help="open_nsfw (transfer learning) or vgg16 (from scratch, the seed's baseline)."),
+    unfreeze: int = typer.Option(1, min=0, max=5, help="open_nsfw stages to train, from the top: 0 head only, 1-4 stages, 5 everything."),
+    epochs: int = typer.Option(10, min=1, help="Most epochs."),
+    patience: int = typer.Option(3, min=1, help="Stop after this many epochs without a better validation AUC."),
+    batch_size: int = typer.Option(16, min=1, help="Images per step."),
+    lr: float = typer.Option(1e-4, min=0.0, help="AdamW learning rate."),
+    weight_decay: float = typer.Option(1e-4, min=0.0, help="AdamW weight decay."),
+    val_fraction: float = typer.Option(0.2, min=0.01, max=0.9, help="Share of each class held out for validation."),
+    seed: int = typer.Option(0, help="Seed of the split, shuffling, augmentation and initialisation."),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="Flip, crop and colour jitter on the training batches."),
+    balance: bool = typer.Option(True, "--balance/--no-balance", help="Class-weighted loss."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the training state next to --out."),
+    state: Path | None = typer.Option(None, "--state", help="Training state file (default: OUT with .state.pt)."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Keep the preprocessed arrays here (reused on --resume)."),
+    export_onnx: Path | None = typer.Option(None, "--export-onnx", help="Also export the model to this .onnx (fast CPU backend)."),
+    workers: int = typer.Option(2, min=1, help="Threads decoding and preprocessing."),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bars on stderr (default: when stderr is a terminal)."),
+) -> None:
+    """Fine-tune open_nsfw on your labelled images (or train VGG-16 from scratch as a baseline).
+
+    Stratified seeded train/validation split, augmentation, early stopping on validation ROC AUC,
+    a training state saved every epoch (--resume continues after an interruption). The output
+    loads wherever --model is accepted (score, scan, serve, evaluate).
+    """
+    from ..evaluate import load_labelled
+    from ..train import Arch, AugmentConfig, EpochStats, FinetuneConfig, finetune
+    from ..train.augment import NO_AUGMENT
+
+    state_path = state or out.with_name(out.stem + ".state.pt")
+    try:
+        if arch not in {a.value for a in Arch}:
+            raise ConfigError(f"unknown --arch {arch!r}: use open_nsfw or vgg16")
+        config = FinetuneConfig(arch=Arch(arch),
+                                unfreeze=unfreeze, epochs=epochs, patience=patience, batch_size=batch_size, lr=lr,
+                                weight_decay=weight_decay, val_fraction=val_fraction, seed=seed, balance=balance,
+                                augment=AugmentConfig() if augment else NO_AUGMENT)
+        dataset = load_labelled(data)
+    except NsfwlabError as exc:
+        raise fail(exc) from None
+
+    def on_epoch(s: EpochStats) -> None:
+        loss = "    -   " if s.train_loss is None else f"{s.train_loss:8.4f}"
+        mark = " *" if s.improved else ""
+        tag = "start" if s.epoch == 0 else f"{s.epoch:5d}"
+        stderr.print(f"epoch {tag}  train loss {loss}  val loss {s.val_loss:8.4f}  val AUC {s.val_auc:.4f}  "
+                     f"val acc {s.val_accuracy:.3f}  {s.seconds:6.1f}s{mark}", highlight=False)
+
+    counts = dataset.counts()
+    stderr.print(f"{len(dataset)} images ({counts['safe']} safe, {counts['nsfw']} nsfw); arch {config.arch.value}"
+                 + (f", unfreeze {unfreeze}" if config.arch is Arch.OPEN_NSFW else ", from scratch"), highlight=False)
+    try:
+        n_train_est = int(len(dataset) * (1 - val_fraction))
+        with progress_bar(len(dataset), "preprocessing", enabled=progress) as adv_prep, \
+                progress_bar(n_train_est * epochs, "training", enabled=progress) as adv_train:
+            result = finetune(dataset, config, state_path=state_path, resume=resume, cache_dir=cache_dir,
+                              workers=workers, on_prepare=lambda n, e: adv_prep(n, errors=e),
+                              on_batch=lambda n: adv_train(n), on_epoch=on_epoch)
+    except KeyboardInterrupt:
+        stderr.print(f"[yellow]interrupted[/]: the state after the last finished epoch is in {state_path}; "
+                     "run the same command with --resume to continue", highlight=False)
+        raise typer.Exit(130) from None
+    except NsfwlabError as exc:
+        raise fail(exc) from None
+
+    saved = result.save(out)
+    stdout.print(f"validation AUC: start {result.baseline_auc:.4f} -> best {result.best_auc:.4f} (epoch "
+                 f"{result.best_epoch}); {result.n_train} train / {result.n_val} validation images"
+                 + ("; stopped early" if result.stopped_early else ""), highlight=False)
+    for p in result.problems:
+        stderr.print(f"[red]unreadable:[/] {p.path}: {p.message}", highlight=False)
+    if result.excluded_conflicting:
+        stderr.print(f"[yellow]{len(result.excluded_conflicting)} identical file(s) with conflicting labels left out[/]")
+    stdout.print(f"model: {saved}", highlight=False)
+    if export_onnx is not None:
+        from ..checkpoint import export_onnx as _export
+
+        try:
+            stdout.print(f"onnx: {_export(saved, export_onnx)}", highlight=False)
+        except NsfwlabError as exc:
+            raise fail(exc) from None
+    if result.problems:
+        raise typer.Exit(int(ExitCode.INPUT_FAILED))
+
+
+def export_onnx_command(
+    checkpoint: Path = typer.Argument(..., help="An nsfwlab checkpoint (.pt) from finetune."),
+    out: Path = typer.Argument(..., help="The .onnx file to write (a .json sidecar with the preprocessing goes next to it)."),
+) -> None:
+    """Export a checkpoint to ONNX for the fast onnxruntime CPU backend (--model OUT.onnx)."""
+    from ..checkpoint import export_onnx
+
+    try:
+        path = export_onnx(checkpoint, out)
+    except NsfwlabError as exc:
+        raise fail(exc) from None
+    stdout.print(f"onnx: {path}", highlight=False)

@@ -1,0 +1,303 @@
+"""Metrics of a scored, labelled set: ROC AUC and average precision (scikit-learn) with stratified
+bootstrap confidence intervals, confusion matrices at the score bands, and threshold
+recommendations for stated targets.
+
+Conventions (those of :class:`~nsfwlab.config.Thresholds`): label 1 (NSFW) is the positive class;
+an image is labelled NSFW when ``score > nsfw_above`` and safe when ``score < safe_below``.
+So a false-positive-rate or precision target fixes ``nsfw_above`` (what is flagged without a human),
+and a recall target fixes ``safe_below`` (what is passed without a human: at most ``1 - recall`` of
+the NSFW images may score below it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+from ..config import Thresholds
+from ..errors import ConfigError
+
+__all__ = [
+    "DEFAULT_TARGETS",
+    "Confusion",
+    "Interval",
+    "Metrics",
+    "Recommendation",
+    "Target",
+    "TargetKind",
+    "bootstrap_interval",
+    "compute_metrics",
+    "confusion",
+    "recommend_threshold",
+    "recommend_thresholds",
+]
+
+
+class TargetKind(str, Enum):
+    """What a recommended threshold must achieve on the data it is fitted to."""
+
+    FPR = "fpr"  # at most this fraction of safe images flagged NSFW (sets nsfw_above)
+    PRECISION = "precision"  # at least this fraction of flagged images truly NSFW (sets nsfw_above)
+    RECALL = "recall"  # at least this fraction of NSFW images not passed as safe (sets safe_below)
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: TargetKind
+    value: float
+
+    def __post_init__(self) -> None:
+        kind = TargetKind(self.kind)
+        object.__setattr__(self, "kind", kind)
+        if kind is TargetKind.FPR and not 0.0 <= self.value < 1.0:
+            raise ConfigError(f"target fpr must lie in [0, 1), got {self.value}")
+        if kind is not TargetKind.FPR and not 0.0 < self.value <= 1.0:
+            raise ConfigError(f"target {kind.value} must lie in (0, 1], got {self.value}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind.value}={self.value:g}"
+
+
+DEFAULT_TARGETS: tuple[Target, ...] = (Target(TargetKind.FPR, 0.01), Target(TargetKind.RECALL, 0.95))
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate and its bootstrap percentile interval at ``level``."""
+
+    value: float
+    low: float
+    high: float
+    level: float
+    n_boot: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "ci_low": self.low, "ci_high": self.high, "ci_level": self.level,
+                "n_boot": self.n_boot}
+
+
+@dataclass(frozen=True)
+class Confusion:
+    """Counts when images are flagged by ``score > threshold`` (``rule='>'``) or ``>=``."""
+
+    threshold: float
+    rule: str
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+
+    @property
+    def recall(self) -> float:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else float("nan")
+
+    @property
+    def fpr(self) -> float:
+        return self.fp / (self.fp + self.tn) if self.fp + self.tn else float("nan")
+
+    @property
+    def precision(self) -> float:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else float("nan")
+
+    @property
+    def accuracy(self) -> float:
+        total = self.tp + self.fp + self.tn + self.fn
+        return (self.tp + self.tn) / total if total else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "rule": f"score {self.rule} {self.threshold:.6g}",
+                "tp": self.tp, "fp": self.fp, "tn": self.tn, "fn": self.fn,
+                "recall": _num(self.recall), "fpr": _num(self.fpr), "precision": _num(self.precision),
+                "accuracy": _num(self.accuracy)}
+
+
+def _num(x: float) -> float | None:
+    return None if math.isnan(x) else float(x)
+
+
+def _arrays(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels, dtype=np.int64).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise ConfigError(f"{len(y)} labels but {len(s)} scores")
+    if not np.isin(y, (0, 1)).all():
+        raise ConfigError("labels must be 0 (safe) or 1 (nsfw)")
+    if not np.isfinite(s).all():
+        raise ConfigError("scores must be finite")
+    return y, s
+
+
+def confusion(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, threshold: float,
+              rule: str = ">") -> Confusion:
+    """The confusion matrix when images with ``score > threshold`` (or ``>=``) are flagged NSFW."""
+    y, s = _arrays(labels, scores)
+    if rule not in (">", ">="):
+        raise ConfigError(f"rule must be '>' or '>=', got {rule!r}")
+    flagged = s > threshold if rule == ">" else s >= threshold
+    pos = y == 1
+    tp = int(np.sum(flagged & pos))
+    fp = int(np.sum(flagged & ~pos))
+    return Confusion(float(threshold), rule, tp, fp, int(np.sum(~pos)) - fp, int(np.sum(pos)) - tp)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The threshold chosen for one target and what it achieves on the data it was fitted to."""
+
+    target: Target
+    threshold: float
+    sets: str  # "nsfw_above" or "safe_below"
+    achieved: Confusion
+    met: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": self.target.name, "kind": self.target.kind.value, "value": self.target.value,
+                "threshold": self.threshold, "sets": self.sets, "met": self.met,
+                "achieved": self.achieved.to_dict()}
+
+
+def _need(count_fraction: float, n: int) -> int:
+    # ceil(target * n) without float noise turning 0.95 * 20 = 19.000000000000004 into 20
+    return math.ceil(count_fraction * n - 1e-9)
+
+
+def recommend_threshold(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray,
+                        target: Target) -> Recommendation:
+    """The threshold meeting ``target`` on this data with the least cost to the other error.
+
+    - FPR ``f``: the smallest ``nsfw_above`` with ``#{safe: score > t} <= f * #safe`` (maximum
+      recall at that false-positive rate).
+    - precision ``p``: the smallest ``nsfw_above`` whose flagged set has precision ``>= p``
+      (maximum recall at that precision); ``met`` is false when no threshold reaches it.
+    - recall ``r``: the largest ``safe_below`` with ``#{nsfw: score >= t} >= r * #nsfw`` (the fewest
+      images left for review or flagged).
+    """
+    y, s = _arrays(labels, scores)
+    neg = np.sort(s[y == 0])[::-1]
+    pos = np.sort(s[y == 1])[::-1]
+    if target.kind is TargetKind.FPR:
+        if not len(neg):
+            raise ConfigError("an FPR target needs safe images in the data")
+        k = math.floor(target.value * len(neg) + 1e-9)
+        t = float(neg[k]) if k < len(neg) else 0.0
+        achieved = confusion(y, s, t, ">")
+        return Recommendation(target, t, "nsfw_above", achieved, achieved.fpr <= target.value + 1e-12)
+    if target.kind is TargetKind.RECALL:
+        if not len(pos):
+            raise ConfigError("a recall target needs NSFW images in the data")
+        m = _need(target.value, len(pos))
+        t = float(pos[m - 1]) if m >= 1 else 1.0
+        achieved = confusion(y, s, t, ">=")
+        return Recommendation(target, t, "safe_below", achieved, achieved.recall >= target.value - 1e-12)
+    # precision: scan candidate thresholds (0 and every distinct score), smallest that works.
+    candidates = np.unique(np.concatenate([[0.0], s]))
+    pos_sorted, neg_sorted = np.sort(s[y == 1]), np.sort(s[y == 0])
+    tp = len(pos_sorted) - np.searchsorted(pos_sorted, candidates, side="right")
+    fp = len(neg_sorted) - np.searchsorted(neg_sorted, candidates, side="right")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
+    ok = np.flatnonzero((precision >= target.value - 1e-12) & (tp > 0))
+    t = float(candidates[ok[0]]) if len(ok) else float(candidates[-1])
+    return Recommendation(target, t, "nsfw_above", confusion(y, s, t, ">"), bool(len(ok)))
+
+
+def recommend_thresholds(recommendations: Sequence[Recommendation], current: Thresholds) -> Thresholds:
+    """Combine per-target thresholds into score bands that meet every met target at once:
+    ``nsfw_above`` is the strictest (highest) FPR/precision threshold and ``safe_below`` the
+    lowest recall threshold; a side with no target keeps ``current``. If the two cross, the review
+    band is empty and ``safe_below = nsfw_above`` (both kinds of target still hold)."""
+    above = [r.threshold for r in recommendations if r.sets == "nsfw_above" and r.met]
+    below = [r.threshold for r in recommendations if r.sets == "safe_below" and r.met]
+    nsfw_above = max(above) if above else current.nsfw_above
+    safe_below = min(below) if below else current.safe_below
+    return Thresholds(safe_below=min(safe_below, nsfw_above), nsfw_above=nsfw_above)
+
+
+def bootstrap_interval(labels: np.ndarray, scores: np.ndarray, statistic: Any, *, n_boot: int = 1000,
+                       level: float = 0.95, seed: int = 0) -> Interval:
+    """Percentile interval of ``statistic(labels, scores)`` over ``n_boot`` stratified resamples
+    (safe and NSFW images resampled separately, so every replicate holds both classes)."""
+    y, s = _arrays(labels, scores)
+    if n_boot < 1:
+        raise ConfigError(f"n_boot must be at least 1, got {n_boot}")
+    if not 0.0 < level < 1.0:
+        raise ConfigError(f"level must lie in (0, 1), got {level}")
+    point = float(statistic(y, s))
+    rng = np.random.default_rng(seed)
+    pos_idx, neg_idx = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    values = np.empty(n_boot)
+    for b in range(n_boot):
+        idx = np.concatenate([rng.choice(pos_idx, len(pos_idx)), rng.choice(neg_idx, len(neg_idx))])
+        values[b] = statistic(y[idx], s[idx])
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(values, [alpha, 1.0 - alpha])
+    return Interval(point, float(low), float(high), level, n_boot)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Everything ``nsfwlab evaluate`` reports about one scored set."""
+
+    n: int
+    n_pos: int
+    n_neg: int
+    roc_auc: Interval
+    average_precision: Interval
+    current: Thresholds
+    at_nsfw_above: Confusion
+    at_safe_below: Confusion
+    bands: dict[str, dict[str, int]]
+    recommendations: tuple[Recommendation, ...]
+    recommended: Thresholds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n": self.n, "n_nsfw": self.n_pos, "n_safe": self.n_neg,
+            "roc_auc": self.roc_auc.to_dict(),
+            "average_precision": self.average_precision.to_dict(),
+            "current_thresholds": {"safe_below": self.current.safe_below, "nsfw_above": self.current.nsfw_above},
+            "confusion_at_nsfw_above": self.at_nsfw_above.to_dict(),
+            "confusion_at_safe_below": self.at_safe_below.to_dict(),
+            "bands": self.bands,
+            "recommendations": [r.to_dict() for r in self.recommendations],
+            "recommended_thresholds": {"safe_below": self.recommended.safe_below,
+                                       "nsfw_above": self.recommended.nsfw_above},
+        }
+
+
+def _bands(y: np.ndarray, s: np.ndarray, th: Thresholds) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for name, cls in (("safe", 0), ("nsfw", 1)):
+        sc = s[y == cls]
+        safe = int(np.sum(sc < th.safe_below))
+        nsfw = int(np.sum(sc > th.nsfw_above))
+        out[name] = {"safe": safe, "review": len(sc) - safe - nsfw, "nsfw": nsfw}
+    return out
+
+
+def compute_metrics(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, *,
+                    thresholds: Thresholds | None = None, targets: Sequence[Target] = DEFAULT_TARGETS,
+                    n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> Metrics:
+    """ROC AUC and average precision (with bootstrap intervals), confusion at the current bands,
+    and recommended thresholds. Needs both classes; raises :class:`ConfigError` otherwise."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    y, s = _arrays(labels, scores)
+    n_pos = int(y.sum())
+    if n_pos == 0 or n_pos == len(y):
+        raise ConfigError(f"evaluation needs both safe and NSFW images; got {len(y) - n_pos} safe, {n_pos} nsfw")
+    th = thresholds or Thresholds()
+    auc = bootstrap_interval(y, s, roc_auc_score, n_boot=n_boot, level=level, seed=seed)
+    ap = bootstrap_interval(y, s, average_precision_score, n_boot=n_boot, level=level, seed=seed + 1)
+    recs = tuple(recommend_threshold(y, s, t) for t in targets)
+    return Metrics(
+        n=len(y), n_pos=n_pos, n_neg=len(y) - n_pos, roc_auc=auc, average_precision=ap, current=th,
+        at_nsfw_above=confusion(y, s, th.nsfw_above, ">"), at_safe_below=confusion(y, s, th.safe_below, ">="),
+        bands=_bands(y, s, th), recommendations=recs, recommended=recommend_thresholds(recs, th),
+    )

@@ -1,0 +1,109 @@
+"""ROC curve, precision-recall curve and per-class score histogram as PNG bytes.
+
+Drawn with matplotlib's object API on the Agg canvas (no pyplot, no global state, safe in
+threads); the caller decides where the bytes go.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..config import Thresholds
+from .metrics import Recommendation
+
+__all__ = ["histogram_png", "pr_png", "roc_png"]
+
+_SAFE_COLOUR, _NSFW_COLOUR = "#2b8a3e", "#c92a2a"
+
+
+def _figure(width: float = 5.5, height: float = 4.5) -> tuple[Any, Any]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def roc_png(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, *,
+            auc_text: str = "", recommendations: Sequence[Recommendation] = (),
+            title: str = "ROC curve") -> bytes:
+    """The ROC curve, with the operating point of each recommended threshold marked."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(np.asarray(labels), np.asarray(scores, dtype=np.float64))
+    fig, ax = _figure()
+    ax.plot(fpr, tpr, color="#1c7ed6", lw=2, label=f"model {auc_text}".strip())
+    ax.plot([0, 1], [0, 1], color="#adb5bd", lw=1, ls="--", label="chance")
+    for rec in recommendations:
+        c = rec.achieved
+        ax.plot([c.fpr], [c.recall], "o", ms=7,
+                label=f"{rec.target.name}: {rec.sets}={rec.threshold:.4g}")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_xlabel("false positive rate (safe images flagged)")
+    ax.set_ylabel("true positive rate (NSFW images caught)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return _png(fig)
+
+
+def pr_png(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, *,
+           ap_text: str = "", title: str = "Precision-recall curve") -> bytes:
+    """The precision-recall curve with the positive-class prevalence as the chance line."""
+    from sklearn.metrics import precision_recall_curve
+
+    y = np.asarray(labels)
+    precision, recall, _ = precision_recall_curve(y, np.asarray(scores, dtype=np.float64))
+    fig, ax = _figure()
+    ax.step(recall, precision, where="post", color="#7048e8", lw=2, label=f"model {ap_text}".strip())
+    prevalence = float(np.mean(y == 1))
+    ax.axhline(prevalence, color="#adb5bd", lw=1, ls="--", label=f"chance (prevalence {prevalence:.2f})")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_xlabel("recall (NSFW images caught)")
+    ax.set_ylabel("precision (flagged images truly NSFW)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    return _png(fig)
+
+
+def histogram_png(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, *,
+                  thresholds: Thresholds | None = None, recommended: Thresholds | None = None,
+                  bins: int = 40, title: str = "Scores by class") -> bytes:
+    """Per-class score histograms (log count axis) with the current and recommended bands."""
+    y = np.asarray(labels)
+    s = np.asarray(scores, dtype=np.float64)
+    fig, ax = _figure(6.5, 4.0)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ax.hist(s[y == 0], bins=edges, alpha=0.6, color=_SAFE_COLOUR, label=f"safe (n={int(np.sum(y == 0))})")
+    ax.hist(s[y == 1], bins=edges, alpha=0.6, color=_NSFW_COLOUR, label=f"nsfw (n={int(np.sum(y == 1))})")
+    if thresholds is not None:
+        for v in (thresholds.safe_below, thresholds.nsfw_above):
+            ax.axvline(v, color="#495057", ls="--", lw=1)
+        ax.plot([], [], color="#495057", ls="--",
+                label=f"current bands {thresholds.safe_below:g} / {thresholds.nsfw_above:g}")
+    if recommended is not None:
+        for v in (recommended.safe_below, recommended.nsfw_above):
+            ax.axvline(v, color="#f08c00", ls="-", lw=1.5)
+        ax.plot([], [], color="#f08c00",
+                label=f"recommended {recommended.safe_below:.3g} / {recommended.nsfw_above:.3g}")
+    ax.set_yscale("log")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("open_nsfw score")
+    ax.set_ylabel("images (log scale)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _png(fig)
