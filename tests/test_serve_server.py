@@ -1,0 +1,150 @@
+"""`nsfwlab serve` as a real uvicorn process on 127.0.0.1: scoring over TCP, a chunked upload over
+the body cap, and graceful shutdown on SIGTERM with a request in flight."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def running_server(tmp_path: Path, *args: str, ready_timeout: float = 120.0) -> Iterator[Server]:
+    """Start `nsfwlab serve ARGS` on a free port and wait until /readyz answers 200."""
+    port = free_port()
+    log = tmp_path / f"server-{port}.log"
+    cmd = [sys.executable, "-c", "from nsfwlab.cli import main; main()", "serve", "--host", "127.0.0.1",
+           "--port", str(port), "--log-level", "warning", *args]
+    env = dict(os.environ, NSFWLAB_THREADS="1")
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    server = Server(f"http://127.0.0.1:{port}", port, proc, log)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"server exited with {proc.returncode}:\n{server.output()}")
+            try:
+                if httpx.get(server.url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"server not ready after {ready_timeout}s:\n{server.output()}")
+            time.sleep(0.1)
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+def jpeg(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def chunked_upload(port: int, chunk: bytes, max_chunks: int) -> bytes:
+    """Send a chunked body (no Content-Length) until the server answers or stops reading; return
+    what it answered."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/score HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+                     b"Content-Type: application/octet-stream\r\n\r\n")
+        frame = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+        sock.settimeout(0.05)
+        answer = b""
+        for _ in range(max_chunks):
+            try:
+                sock.sendall(frame)
+            except OSError:  # the server closed the connection after answering 413
+                break
+            try:
+                answer += sock.recv(65536)
+                if answer:
+                    break
+            except (TimeoutError, BlockingIOError):
+                continue
+        sock.settimeout(30)
+        try:
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                data = sock.recv(65536)
+                if not data:
+                    break
+                answer += data
+        except OSError:
+            pass
+        return answer
+
+
+def test_serve_over_tcp_limits_and_graceful_sigterm(tmp_path: Path, photos: dict[str, np.ndarray],
+                                                    detector) -> None:
+    jpg = jpeg(photos["astronaut"])
+    with running_server(tmp_path, "--max-body-bytes", "2000000", "--max-files", "16", "--no-batching") as srv:
+        one = httpx.post(srv.url + "/v1/score", files={"file": ("astronaut.jpg", jpg, "image/jpeg")}, timeout=60)
+        assert one.status_code == 200
+        assert one.json()["results"][0]["score"] == pytest.approx(detector.score(jpg), abs=1e-6)
+
+        # A chunked upload without Content-Length is stopped at the cap (2 MB of 64 MiB offered).
+        answer = chunked_upload(srv.port, b"\xff" * 65536, max_chunks=1024)
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+        assert b"body_too_large" in answer
+        assert httpx.get(srv.url + "/healthz", timeout=10).status_code == 200
+
+        # SIGTERM with a 16-image request in flight: it finishes, then the process exits cleanly.
+        files = [("file", (f"{i}.jpg", jpg, "image/jpeg")) for i in range(16)]
+        result: dict[str, httpx.Response] = {}
+        sender = threading.Thread(target=lambda: result.setdefault(
+            "r", httpx.post(srv.url + "/v1/score", files=files, timeout=120)))
+        sender.start()
+        deadline = time.monotonic() + 60
+        while "nsfwlab_requests_in_flight 1.0" not in httpx.get(srv.url + "/metrics", timeout=10).text:
+            assert time.monotonic() < deadline and sender.is_alive(), "request never seen in flight"
+            time.sleep(0.005)
+        srv.proc.send_signal(signal.SIGTERM)
+        sender.join(120)
+        # uvicorn finishes the shutdown, then re-raises the captured SIGTERM (exit status -15).
+        assert srv.proc.wait(60) in (0, -signal.SIGTERM), srv.output()
+        assert "Traceback" not in srv.output()
+        resp = result["r"]
+        assert resp.status_code == 200
+        assert len(resp.json()["results"]) == 16 and all("score" in r for r in resp.json()["results"])
+        with pytest.raises(httpx.TransportError):
+            httpx.get(srv.url + "/healthz", timeout=2)
