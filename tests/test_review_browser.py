@@ -12,9 +12,9 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from test_serve_server import running_server
 
 from nsfwlab.serve import ReviewStore
+from test_serve_server import running_server
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [
@@ -54,7 +54,9 @@ def test_label_with_keyboard_persists(tmp_path: Path, photos: dict[str, np.ndarr
                 cards = page.locator(".card")
                 cards.nth(1).wait_for()
                 assert cards.count() == 2
-                page.wait_for_function("Array.from(document.querySelectorAll('.card img')).every(i => i.complete && i.naturalWidth > 0)")
+                page.wait_for_function(
+                    "Array.from(document.querySelectorAll('.card img')).every(i => i.complete && i.naturalWidth > 0)"
+                )
                 first = cards.nth(0)
                 assert first.get_attribute("data-sha") == ids[0]
                 assert "blur" in first.locator("img").evaluate("e => getComputedStyle(e).filter")
