@@ -140,6 +140,9 @@ class Service:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
+        """Start (or restart, after :meth:`stop`) the pools, the store and the model."""
+        self.shutting_down = False
+        self.load_error = None
         self._pool = ThreadPoolExecutor(self.config.decode_workers, thread_name_prefix="nsfwlab-serve")
         if self.config.data_dir is not None:
             self.store = ReviewStore(self.config.data_dir)
@@ -178,18 +181,24 @@ class Service:
         log.info("model ready: %s", det.describe())
 
     def stop(self) -> None:
+        """Finish queued model calls, then release everything (``start`` may run again)."""
         self.shutting_down = True
         self.metrics.ready.set(0)
         if self._loader is not None:
             self._loader.join(timeout=60)
+            self._loader = None
         if self.batcher is not None:
             self.batcher.stop()
+            self.batcher = None
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+            self._pool = None
         if self.store is not None:
             self.store.close()
+            self.store = None
         if self.detector is not None and self._owns_detector:
             self.detector.close()
+        self.detector = None
 
     @property
     def ready(self) -> bool:
