@@ -1,0 +1,223 @@
+"""``nsfwlab explain`` (heatmaps) and ``nsfwlab censor`` (hide what the heatmaps mark).
+
+Only this module writes files; the library returns arrays. torch, captum and matplotlib are
+imported inside the commands."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from ..config import BackendName, Device
+from ..errors import ConfigError, NsfwlabError
+from ..explain.options import Baseline, Fill, Method, Reduction, Style
+from ._common import ExitCode, fail, progress_bar, stdout
+
+__all__ = ["censor_command", "explain_command"]
+
+_LABELS = {
+    "occlusion": "occlusion (score drop)",
+    "sliding-window": "sliding window (crop score)",
+    "gradcam": "Grad-CAM",
+    "guided-backprop": "guided backprop",
+    "deconvnet": "deconvnet",
+    "integrated-gradients": "integrated gradients",
+}
+
+
+#: Pixel-level gradient maps are dominated by a few pixels: their colour scale ends at this
+#: percentile (values above it are drawn at the top colour).
+_PIXEL_PERCENTILE = 99.5
+_PIXEL_METHODS = (Method.GUIDED_BACKPROP, Method.DECONVNET, Method.INTEGRATED_GRADIENTS)
+
+
+def _display_max(method: Method, heat: Any) -> float | None:
+    import numpy as np
+
+    if method not in _PIXEL_METHODS:
+        return None
+    top = float(np.percentile(heat, _PIXEL_PERCENTILE))
+    return top if top > float(heat.min()) else None
+
+
+def _detector(backend: BackendName, device: Device, model: Path | None, batch_size: int) -> Any:
+    from ..detector import Detector
+
+    return Detector(backend, device, model=model, batch_size=batch_size)
+
+
+def _save_png(path: Path, arr: Any) -> None:
+    from PIL import Image
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        Image.fromarray(arr).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _check_png(path: Path) -> None:
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"{path}: output images are written as PNG; use a .png name")
+
+
+def explain_command(
+    image: Path = typer.Argument(..., help="The image to explain."),
+    out: Path = typer.Option(..., "--out", "-o", help="Overlay PNG (with --method all: a labelled grid)."),
+    method: Method = typer.Option(Method.ALL, "--method", "-m", help="Explanation method."),
+    save_heatmap: Path | None = typer.Option(
+        None, "--save-heatmap", help="Save the raw heatmap(s) at the image's size: .npy (one method) or .npz (all)."),
+    target: str = typer.Option("nsfw-probability", help="What to explain: nsfw-probability, logit-margin, "
+                               "nsfw-logit (gradient methods only)."),
+    box: int | None = typer.Option(None, min=1, help="Occlusion box in pixels [default: 1/6 of the short side]."),
+    stride: int | None = typer.Option(None, min=1, help="Occlusion stride in pixels [default: box/3]."),
+    fill: Fill = typer.Option(Fill.MEAN, help="What fills the occlusion box."),
+    window: int | None = typer.Option(None, min=1, help="Sliding-window crop in pixels [default: 1/3 of the short side]."),
+    window_stride: int | None = typer.Option(None, min=1, help="Sliding-window stride [default: window/4]."),
+    steps: int = typer.Option(32, min=1, help="Integrated-gradients steps."),
+    baseline: Baseline = typer.Option(Baseline.BLACK, help="Integrated-gradients baseline image."),
+    reduction: Reduction = typer.Option(Reduction.ABS, help="How gradient attributions become one value per pixel."),
+    cmap: str = typer.Option("jet", help="matplotlib colormap."),
+    alpha: float = typer.Option(0.5, min=0.0, max=1.0, help="Heatmap weight in the blend."),
+    max_side: int | None = typer.Option(None, min=16, help="Cap the longer side of each grid panel (huge images)."),
+    device: Device = typer.Option(Device.AUTO, help="Where the model runs."),
+    backend: BackendName = typer.Option(BackendName.AUTO, help="Engine of the black-box methods."),
+    model: Path | None = typer.Option(None, "--model", help="A fine-tuned checkpoint (.pt); .onnx for black-box methods only."),
+    batch_size: int = typer.Option(32, min=1, help="Windows per model call."),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr (default: on a terminal)."),
+) -> None:
+    """Heatmaps of what the model looks at, blended over the image at its own resolution.
+
+    Exit status: 0 done, 1 the image could not be read, 2 usage error, 3 model error.
+    """
+    import numpy as np
+
+    from ..backends import resolve_device
+    from ..imageio import load_image
+
+    try:
+        _check_png(out)
+        if save_heatmap is not None:
+            want = ".npz" if method is Method.ALL else ".npy"
+            if save_heatmap.suffix.lower() != want:
+                raise ConfigError(f"--save-heatmap must end in {want} for --method {method.value}"
+                                  + (" (one array per method)" if method is Method.ALL else ""))
+        from ..explain import methods as M
+        from ..explain import overlay
+        from ..explain.targets import make_target
+
+        tgt = make_target(target)
+        det = _detector(backend, device, model, batch_size)
+        img = load_image(image, det.limits)
+        rgb = np.asarray(img)
+        h, w = rgb.shape[:2]
+        opts = M.ExplainOptions(box=box, stride=stride, fill=fill, window=window, window_stride=window_stride,
+                                steps=steps, baseline=baseline, reduction=reduction,
+                                device=resolve_device(device))
+        wanted = list(M.ALL_METHODS) if method is Method.ALL else [method]
+        torch_model = M.torch_model_for(det) if any(m in M.GRADIENT_METHODS for m in wanted) else None
+        explainers = {m: M.make_explainer(m, det, options=opts, model=torch_model) for m in wanted}
+        total = sum(M.work_units(m, e, h, w) for m, e in explainers.items())
+        score = det.score(img)
+        heats: dict[Method, np.ndarray] = {}
+        with det, progress_bar(total, "explaining", unit="win", enabled=progress) as advance:
+            for m, e in explainers.items():
+                heats[m] = e.explain(img, target=tgt, progress=advance)
+        if len(heats) == 1:
+            (m, heat), = heats.items()
+            picture = overlay.overlay_with_scale(rgb, heat, cmap=cmap, alpha=alpha, label=_LABELS[m.value],
+                                                 vmax=_display_max(m, heat))
+        else:
+            panels = [(f"original (score {score:.3f})", rgb)]
+            for m, heat in heats.items():
+                vmax = _display_max(m, heat)
+                clip = "" if vmax is None else f", p{_PIXEL_PERCENTILE:g}"
+                panels.append((f"{_LABELS[m.value]} [{heat.min():.3g}, {heat.max():.3g}{clip}]",
+                               overlay.blend(rgb, heat, cmap=cmap, alpha=alpha, vmax=vmax)))
+            grid = overlay.labelled_grid(panels, columns=min(4, len(panels)), max_side=max_side)
+            bar = overlay.colour_scale(grid.shape[0], 0.0, 1.0, cmap=cmap, label="per-map min..max")
+            picture = np.concatenate([grid, bar], axis=1)
+        _save_png(out, picture)
+        if save_heatmap is not None:
+            try:
+                save_heatmap.parent.mkdir(parents=True, exist_ok=True)
+                if method is Method.ALL:
+                    savez: Any = np.savez
+                    savez(save_heatmap, **{m.value: heat for m, heat in heats.items()})
+                else:
+                    np.save(save_heatmap, next(iter(heats.values())))
+            except OSError as exc:
+                raise ConfigError(f"cannot write {save_heatmap}: {exc.strerror or exc}") from None
+    except NsfwlabError as exc:
+        raise fail(exc) from None
+    stdout.print(f"{image}: {w}x{h}, score {score:.6f} ({tgt.name} explained)", highlight=False)
+    for m, heat in heats.items():
+        y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
+        stdout.print(f"  {m.value:<22} range [{heat.min():.4g}, {heat.max():.4g}], peak at x={x} y={y}",
+                     highlight=False)
+    stdout.print(f"wrote {out}" + (f" and {save_heatmap}" if save_heatmap else ""), highlight=False)
+
+
+def censor_command(
+    image: Path = typer.Argument(..., help="The image to censor."),
+    out: Path = typer.Option(..., "--out", "-o", help="The censored image (PNG), at the original resolution."),
+    target: float = typer.Option(0.2, min=0.0, max=1.0, help="Stop once the NSFW score is below this."),
+    style: Style = typer.Option(Style.BLUR, help="How hidden regions look."),
+    strength: int | None = typer.Option(None, min=1, help="Blur radius / pixel block in pixels [default: relative to size]."),
+    method: Method = typer.Option(Method.OCCLUSION, "--method", "-m", help="Heatmap that ranks the regions to hide."),
+    box: int | None = typer.Option(None, min=1, help="Occlusion box in pixels [default: 1/5 of the short side]."),
+    stride: int | None = typer.Option(None, min=1, help="Occlusion stride in pixels [default: box/2]."),
+    max_steps: int = typer.Option(10, min=1, help="At most this many explain-and-hide steps."),
+    save_mask: Path | None = typer.Option(None, "--save-mask", help="Also write the hidden region as a PNG mask."),
+    device: Device = typer.Option(Device.AUTO, help="Where the model runs."),
+    backend: BackendName = typer.Option(BackendName.AUTO, help="Inference engine."),
+    model: Path | None = typer.Option(None, "--model", help="A fine-tuned checkpoint (.pt) or exported .onnx."),
+    batch_size: int = typer.Option(32, min=1, help="Images per model call."),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr (default: on a terminal)."),
+) -> None:
+    """Hide the regions the heatmaps mark, step by step, until the image scores below --target.
+
+    Exit status: 0 target reached, 1 the image could not be read or the target was not reached
+    (the best attempt is still written), 2 usage error, 3 model error.
+    """
+    import numpy as np
+
+    from ..backends import resolve_device
+
+    try:
+        _check_png(out)
+        if save_mask is not None:
+            _check_png(save_mask)
+        if method is Method.ALL:
+            raise ConfigError("censor uses one heatmap method; pick one (default: occlusion)")
+        if not 0.0 < target <= 1.0:
+            raise ConfigError(f"--target must lie in (0, 1], got {target}")
+        from ..explain import methods as M
+        from ..explain.censor import Censor
+
+        det = _detector(backend, device, model, batch_size)
+        explainer = None
+        if method is not Method.OCCLUSION or box is not None or stride is not None:
+            b = box
+            opts = M.ExplainOptions(box=b, stride=stride if stride else (max(1, b // 2) if b else None),
+                                    device=resolve_device(device))
+            explainer = M.make_explainer(method, det, options=opts)
+        censor = Censor(det, explainer=explainer, style=style, strength=strength, max_steps=max_steps)
+        with det, progress_bar(None, "censoring", unit="img", enabled=progress) as advance:
+            result = censor.censor(image, target=target, progress=advance)
+        _save_png(out, result.image)
+        if save_mask is not None:
+            _save_png(save_mask, (result.mask * 255).astype(np.uint8))
+    except NsfwlabError as exc:
+        raise fail(exc) from None
+    verdict = "reached" if result.reached else "NOT reached"
+    stdout.print(f"{image}: score {result.score_before:.4f} -> {result.score_after:.4f} "
+                 f"(target {target:g} {verdict}); hid {100 * result.hidden_fraction:.1f}% of the image "
+                 f"in {len(result.steps)} step(s) with {style.value}; wrote {out}", highlight=False)
+    if not result.reached:
+        raise typer.Exit(int(ExitCode.INPUT_FAILED))

@@ -1,0 +1,179 @@
+"""Censoring driven by heatmaps: hide what makes an image score high until it scores low.
+
+Step by step: explain the current image (occlusion by default), rank the still-visible pixels by
+the (lightly smoothed) heatmap, try hiding the top 1 %, 2 %, 5 %, 10 % and 20 % of the image area more
+(all candidates scored in one batch through the Detector), and keep the smallest candidate that
+scores below the target; if none does, keep the one that lowers the score most and explain again.
+Hidden pixels are replaced by a blurred, pixelated or black version of the *original* image, so
+nothing is blurred twice. It stops when the target is reached, when every pixel is hidden, or
+after ``max_steps`` steps, and says which.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from ..detector import Detector
+from ..errors import ConfigError, NsfwlabError
+from ..imageio import ImageInput, describe_source, load_image
+from ._windows import ProgressCallback, score_variants
+from .methods import Explainer
+from .occlusion import Occlusion
+from .options import Fill, Style
+
+__all__ = ["DEFAULT_INCREMENTS", "Censor", "CensorResult", "CensorStep", "Style", "hide"]
+
+#: Fractions of the image area added to the hidden region in one step (candidates).
+DEFAULT_INCREMENTS: tuple[float, ...] = (0.01, 0.02, 0.05, 0.10, 0.20)
+
+
+def hide(image: np.ndarray, style: Style | str, strength: int | None = None) -> np.ndarray:
+    """The whole image censored in ``style`` (uint8 HxWx3). ``strength`` is the blur radius or
+    pixel block size in pixels (default: 1/30 resp. 1/40 of the long side, at least 4)."""
+    style = Style(style)
+    h, w = image.shape[:2]
+    if style is Style.BOX:
+        return np.zeros_like(image)
+    img = Image.fromarray(image)
+    if style is Style.BLUR:
+        radius = strength or max(4, round(max(h, w) / 30))
+        return np.asarray(img.filter(ImageFilter.GaussianBlur(radius)))
+    block = strength or max(4, round(max(h, w) / 40))
+    small = img.resize((max(1, -(-w // block)), max(1, -(-h // block))), Image.Resampling.BOX)
+    return np.asarray(small.resize((w, h), Image.Resampling.NEAREST))
+
+
+def _box_1d(a: np.ndarray, r: int, axis: int) -> np.ndarray:
+    """Mean over a window of 2r+1 along ``axis`` (edges: the window is clipped)."""
+    a = np.moveaxis(a, axis, 0)
+    c = np.concatenate([np.zeros((1, *a.shape[1:])), np.cumsum(a, axis=0)], axis=0)
+    n = a.shape[0]
+    lo = np.clip(np.arange(n) - r, 0, n)
+    hi = np.clip(np.arange(n) + r + 1, 0, n)
+    shape = (n,) + (1,) * (a.ndim - 1)
+    out = (c[hi] - c[lo]) / (hi - lo).reshape(shape)
+    return np.moveaxis(out, 0, axis)
+
+
+def _smooth(heat: np.ndarray, r: int) -> np.ndarray:
+    """Two passes of a (2r+1)-box blur: close to a Gaussian, so that the ranking picks regions
+    rather than scattered pixels."""
+    for _ in range(2):
+        heat = _box_1d(_box_1d(heat, r, 0), r, 1)
+    return heat
+
+
+@dataclass(frozen=True)
+class CensorStep:
+    """One accepted step: the hidden fraction of the image after it, and the score it gave."""
+
+    hidden_fraction: float
+    score: float
+
+
+@dataclass(frozen=True)
+class CensorResult:
+    image: np.ndarray  # uint8 HxWx3, the censored image at the original resolution
+    mask: np.ndarray  # bool HxW, True where hidden
+    score_before: float
+    score_after: float
+    target: float
+    reached: bool
+    steps: tuple[CensorStep, ...]
+
+    @property
+    def hidden_fraction(self) -> float:
+        return float(self.mask.mean())
+
+
+class Censor:
+    """Hides the regions a heatmap marks until the Detector scores the image below a target.
+
+    ``explainer``: any heatmap explainer (default: :class:`~nsfwlab.explain.occlusion.Occlusion`
+    with a box of 1/5 of the short side and a stride of half a box, about 80 windows per step).
+    """
+
+    def __init__(self, detector: Detector | None = None, *, explainer: Explainer | None = None,
+                 style: Style | str = Style.BLUR, strength: int | None = None, max_steps: int = 10,
+                 increments: tuple[float, ...] = DEFAULT_INCREMENTS) -> None:
+        if max_steps < 1:
+            raise ConfigError(f"max_steps must be at least 1, got {max_steps}")
+        if not increments or any(not 0.0 < f <= 1.0 for f in increments):
+            raise ConfigError(f"increments must be fractions in (0, 1], got {increments}")
+        if strength is not None and strength < 1:
+            raise ConfigError(f"strength must be at least 1 pixel, got {strength}")
+        try:
+            self.style = Style(style)
+        except ValueError:
+            raise ConfigError(f"unknown style {style!r}; choose one of: "
+                              + ", ".join(s.value for s in Style)) from None
+        self.detector = detector or Detector()
+        self.explainer = explainer
+        self.strength = strength
+        self.max_steps = max_steps
+        self.increments = tuple(sorted(increments))
+
+    def _explainer(self, height: int, width: int) -> Explainer:
+        if self.explainer is not None:
+            return self.explainer
+        box = max(8, round(min(height, width) / 5))
+        return Occlusion(self.detector, box=box, stride=max(1, box // 2), fill=Fill.MEAN)
+
+    def censor(self, image: ImageInput, *, target: float = 0.2,
+               progress: ProgressCallback | None = None) -> CensorResult:
+        """Censor ``image`` until its NSFW score is below ``target``. Never modifies the input."""
+        if not 0.0 < target <= 1.0:
+            raise ConfigError(f"target must lie in (0, 1], got {target}")
+        det = self.detector
+        try:
+            img = load_image(image, det.limits)
+        except NsfwlabError as exc:
+            raise exc.with_source(describe_source(image)) from None
+        base = np.asarray(img)
+        h, w = base.shape[:2]
+        hidden = hide(base, self.style, self.strength)
+        mask = np.zeros((h, w), dtype=bool)
+        before = float(score_variants(det, lambda _: img, 1)[0])
+        current, score = base, before
+        steps: list[CensorStep] = []
+        explainer = self._explainer(h, w)
+        radius = max(1, round(min(h, w) / 80))
+        for _ in range(self.max_steps):
+            if score < target or mask.all():
+                break
+            heat = explainer.explain(Image.fromarray(current), progress=progress)
+            smooth = _smooth(np.asarray(heat, dtype=np.float64), radius)
+            candidates = self._candidates(smooth, mask)
+
+            def render(i: int, masks: list[np.ndarray] = candidates) -> Image.Image:
+                return Image.fromarray(np.where(masks[i][:, :, None], hidden, base))
+
+            scores = score_variants(det, render, len(candidates), progress=progress)
+            below = [i for i, s in enumerate(scores) if s < target]
+            pick = below[0] if below else int(np.argmin(scores))
+            mask = candidates[pick]
+            current = np.where(mask[:, :, None], hidden, base)
+            score = float(scores[pick])
+            steps.append(CensorStep(float(mask.mean()), score))
+        return CensorResult(image=np.ascontiguousarray(current, dtype=np.uint8), mask=mask, score_before=before,
+                            score_after=score, target=target, reached=score < target, steps=tuple(steps))
+
+    def _candidates(self, heat: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
+        """Masks hiding the current mask plus the top pixels of ``heat`` among the visible ones,
+        for each increment (smallest first, duplicates dropped)."""
+        visible = np.flatnonzero(~mask.ravel())
+        order = visible[np.argsort(-heat.ravel()[visible], kind="stable")]
+        out: list[np.ndarray] = []
+        last = -1
+        for frac in self.increments:
+            k = min(len(order), max(1, int(np.ceil(frac * mask.size))))
+            if k == last:
+                continue
+            last = k
+            m = mask.ravel().copy()
+            m[order[:k]] = True
+            out.append(m.reshape(mask.shape))
+        return out

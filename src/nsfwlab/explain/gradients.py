@@ -1,0 +1,290 @@
+"""Gradient explainers on the PyTorch model: Grad-CAM, guided backprop, deconvnet, integrated
+gradients (captum for the last three).
+
+Where the gradient is taken. The exact preprocessing is: resize to 256x256 (Pillow bilinear) ->
+JPEG round trip -> centre crop 224 -> RGB->BGR -> mean subtraction. Everything after the JPEG
+round trip is differentiable and is done here in torch (:class:`DifferentiablePreprocess`). The
+JPEG round trip is not (quantisation has zero gradient almost everywhere); it is applied as a
+*straight-through* step: the forward pass uses Pillow's real JPEG output, so the explained score is
+exactly the Detector's, and the backward pass treats it as the identity. Attributions are taken
+with respect to the 256x256 resized image (Pillow's exact resize output) and mapped back to the
+original resolution by bilinear resizing of the per-pixel map. The outer 16-pixel frame of the
+256x256 image is cropped away by the model and so always gets zero attribution.
+
+Explainers take their configuration in the constructor and return (H, W) float32 heatmaps of the
+image's own size from :meth:`explain`. Gradients are computed with ``torch.autograd.grad``, so the
+model's parameters are never modified (no ``.grad`` is accumulated).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from ..config import PreprocessConfig
+from ..errors import ConfigError, NsfwlabError
+from ..imageio import ImageInput, describe_source, load_image
+from ..preprocess import jpeg_roundtrip, resize_image
+from ._windows import ProgressCallback
+from .options import Baseline, Reduction
+from .targets import Target, TargetName, make_target
+
+__all__ = [
+    "Baseline",
+    "Deconvnet",
+    "DifferentiablePreprocess",
+    "GradCAM",
+    "GuidedBackprop",
+    "IntegratedGradients",
+    "Reduction",
+    "TargetModel",
+    "reduce_channels",
+    "resized_tensor",
+    "to_image_resolution",
+]
+
+
+class _StraightThroughJpeg(torch.autograd.Function):
+    """Forward: Pillow's JPEG round trip of each image (rounded to uint8). Backward: identity."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, quality: int) -> torch.Tensor:  # type: ignore[override]
+        arr = x.detach().clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        out = np.stack([jpeg_roundtrip(Image.fromarray(a), quality) for a in arr])
+        return torch.from_numpy(out).permute(0, 3, 1, 2).to(device=x.device, dtype=x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad, None
+
+
+class DifferentiablePreprocess(nn.Module):
+    """(N, 3, R, R) RGB float in [0, 255] (the resized image) -> the network's (N, 3, crop, crop)
+    BGR mean-subtracted input, with the JPEG round trip straight-through. On Pillow's resize output
+    this reproduces :func:`nsfwlab.preprocess.preprocess_rgb` exactly."""
+
+    def __init__(self, config: PreprocessConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or PreprocessConfig()
+        self.register_buffer("mean_bgr", torch.tensor(self.config.mean_bgr, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        if cfg.jpeg_roundtrip:
+            x = _StraightThroughJpeg.apply(x, cfg.jpeg_quality)
+        h, w = x.shape[2], x.shape[3]
+        top, left = max((h - cfg.crop) // 2, 0), max((w - cfg.crop) // 2, 0)
+        x = x[:, :, top : top + cfg.crop, left : left + cfg.crop]
+        mean: torch.Tensor = self.mean_bgr  # type: ignore[assignment]
+        return x.flip(1) - mean.to(x.dtype)
+
+
+class TargetModel(nn.Module):
+    """Resized RGB image -> preprocessing -> model -> target, as an (N, 1) output (captum's shape)."""
+
+    def __init__(self, model: nn.Module, target: Target, config: PreprocessConfig | None = None) -> None:
+        super().__init__()
+        self.pre = DifferentiablePreprocess(config)
+        self.model = model
+        self.target = target
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.target(self.model(self.pre(x))).unsqueeze(1)
+
+
+def resized_tensor(img: Image.Image, config: PreprocessConfig) -> torch.Tensor:
+    """Pillow's exact resize of an RGB image as a (1, 3, R, R) float32 tensor in [0, 255]."""
+    arr = np.asarray(resize_image(img, config.resize), dtype=np.float32)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0)
+
+
+def to_image_resolution(heat: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize a 2-D map to (height, width) with bilinear interpolation (float32)."""
+    heat = np.asarray(heat, dtype=np.float32)
+    if heat.shape == (height, width):
+        return heat.copy()
+    resized = Image.fromarray(heat, mode="F").resize((width, height), resample=Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.float32)
+
+
+def reduce_channels(attr: np.ndarray, reduction: Reduction | str) -> np.ndarray:
+    """(3, H, W) -> (H, W) by :class:`Reduction`."""
+    reduction = Reduction(reduction)
+    if reduction is Reduction.ABS:
+        return np.abs(attr).sum(axis=0)
+    total = attr.sum(axis=0)
+    return np.maximum(total, 0.0) if reduction is Reduction.POSITIVE else total
+
+
+class _TorchExplainer:
+    """Common parts: the model (the stock weights unless given), device, preprocessing."""
+
+    def __init__(self, model: nn.Module | None = None, *, preprocess: PreprocessConfig | None = None,
+                 device: str = "cpu") -> None:
+        if model is None:
+            from ..model import load_open_nsfw
+
+            model = load_open_nsfw()
+        if not isinstance(model, nn.Module):
+            raise ConfigError("model must be a torch.nn.Module taking NCHW BGR input and returning logits")
+        if device == "cuda" and not torch.cuda.is_available():
+            from ..errors import BackendUnavailableError
+
+            raise BackendUnavailableError("CUDA was requested but torch sees no CUDA device")
+        # Explanations run in fp32 (fp16 gradients are too coarse for attributions).
+        self.model = model.eval().to(device=device, dtype=torch.float32)
+        self.preprocess = preprocess or PreprocessConfig()
+        self.device = device
+
+    def _load(self, image: ImageInput) -> Image.Image:
+        try:
+            return load_image(image)
+        except NsfwlabError as exc:
+            raise exc.with_source(describe_source(image)) from None
+
+    def _input(self, img: Image.Image) -> torch.Tensor:
+        return resized_tensor(img, self.preprocess).to(self.device)
+
+    def score(self, image: ImageInput, target: Target | TargetName | str | None = None) -> float:
+        """The target's value on the image through this explainer's pipeline (equals the
+        Detector's score for the default target, the stock model and the exact preprocessing)."""
+        wrapped = TargetModel(self.model, make_target(target), self.preprocess).to(self.device)
+        with torch.no_grad():
+            return float(wrapped(self._input(self._load(image)))[0, 0])
+
+
+class GradCAM(_TorchExplainer):
+    """Grad-CAM (Selvaraju et al. 2017) on the last feature map (``forward_features``: 7x7 for
+    open_nsfw): ``relu(sum_k mean(dT/dA_k) * A_k)``, upsampled over the 224 crop, zero on the
+    cropped-away frame, then resized to the original image. Needs a model with
+    ``forward_features`` and ``forward_head``."""
+
+    def explain(self, image: ImageInput, *, target: Target | TargetName | str | None = None,
+                progress: ProgressCallback | None = None) -> np.ndarray:
+        img = self._load(image)
+        cam = self.cam(self._input(img), make_target(target))
+        if progress is not None:
+            progress(1)
+        return to_image_resolution(cam, img.height, img.width)
+
+    def cam(self, x: torch.Tensor, target: Target) -> np.ndarray:
+        """(1, 3, R, R) resized image -> the (R, R) Grad-CAM map on the resized canvas."""
+        if not (hasattr(self.model, "forward_features") and hasattr(self.model, "forward_head")):
+            raise ConfigError("Grad-CAM needs a model with forward_features and forward_head")
+        pre = DifferentiablePreprocess(self.preprocess).to(self.device)
+        model: Any = self.model
+        with torch.enable_grad():
+            feats = model.forward_features(pre(x))
+            out = target(model.forward_head(feats)).sum()
+            (grad,) = torch.autograd.grad(out, feats)
+        weights = grad.mean(dim=(2, 3), keepdim=True)
+        cam = torch.relu((weights * feats).sum(dim=1, keepdim=True)).detach()
+        crop = self.preprocess.crop
+        up = nn.functional.interpolate(cam, size=(crop, crop), mode="bilinear", align_corners=False)
+        size = x.shape[2]
+        canvas = torch.zeros((size, size), dtype=torch.float32)
+        top = max((size - crop) // 2, 0)
+        canvas[top : top + crop, top : top + crop] = up[0, 0].cpu()
+        return canvas.numpy()
+
+
+class _CaptumExplainer(_TorchExplainer):
+    reduction: Reduction
+
+    def _method(self, wrapped: nn.Module) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _attribute(self, method: Any, x: torch.Tensor) -> torch.Tensor:
+        return method.attribute(x, target=0)
+
+    def attributions(self, image: ImageInput, *, target: Target | TargetName | str | None = None) -> np.ndarray:
+        """The raw (3, R, R) attribution on the resized RGB image (R = the preprocessing's resize)."""
+        return self._attributions(self._input(self._load(image)), make_target(target))
+
+    def _attributions(self, x: torch.Tensor, target: Target) -> np.ndarray:
+        wrapped = TargetModel(self.model, target, self.preprocess).to(self.device)
+        x = x.clone().requires_grad_(True)
+        with torch.enable_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Setting backward hooks", category=UserWarning)
+            attr = self._attribute(self._method(wrapped), x)
+        return attr.detach()[0].cpu().numpy().astype(np.float32)
+
+    def explain(self, image: ImageInput, *, target: Target | TargetName | str | None = None,
+                progress: ProgressCallback | None = None) -> np.ndarray:
+        img = self._load(image)
+        attr = self._attributions(self._input(img), make_target(target))
+        if progress is not None:
+            progress(1)
+        return to_image_resolution(reduce_channels(attr, self.reduction), img.height, img.width)
+
+
+def _captum() -> Any:
+    try:
+        import captum.attr
+    except ImportError:  # pragma: no cover - captum is in the explain extra
+        raise ConfigError("this method needs captum: pip install 'nsfwlab[explain]'") from None
+    return captum.attr
+
+
+class GuidedBackprop(_CaptumExplainer):
+    """Guided backpropagation (Springenberg et al. 2015): at every ReLU only positive gradients
+    pass where the forward activation was positive. Sharp, edge-like maps."""
+
+    def __init__(self, model: nn.Module | None = None, *, preprocess: PreprocessConfig | None = None,
+                 device: str = "cpu", reduction: Reduction | str = Reduction.ABS) -> None:
+        super().__init__(model, preprocess=preprocess, device=device)
+        self.reduction = Reduction(reduction)
+
+    def _method(self, wrapped: nn.Module) -> Any:
+        return _captum().GuidedBackprop(wrapped)
+
+
+class Deconvnet(_CaptumExplainer):
+    """The deconvnet of Zeiler & Fergus 2014 (the seed's third method): the backward pass through
+    each ReLU rectifies the gradient itself, ignoring the forward activation."""
+
+    def __init__(self, model: nn.Module | None = None, *, preprocess: PreprocessConfig | None = None,
+                 device: str = "cpu", reduction: Reduction | str = Reduction.ABS) -> None:
+        super().__init__(model, preprocess=preprocess, device=device)
+        self.reduction = Reduction(reduction)
+
+    def _method(self, wrapped: nn.Module) -> Any:
+        return _captum().Deconvolution(wrapped)
+
+
+class IntegratedGradients(_CaptumExplainer):
+    """Integrated gradients (Sundararajan et al. 2017) from a baseline image to the input, in the
+    256x256 resized RGB space, ``steps`` Gauss-Legendre points; each path point goes through the
+    real JPEG round trip forward (straight-through backward). Attributions sum to about
+    ``target(input) - target(baseline)`` (completeness)."""
+
+    def __init__(self, model: nn.Module | None = None, *, preprocess: PreprocessConfig | None = None,
+                 device: str = "cpu", steps: int = 32, baseline: Baseline | str = Baseline.BLACK,
+                 batch_size: int = 16, reduction: Reduction | str = Reduction.ABS) -> None:
+        super().__init__(model, preprocess=preprocess, device=device)
+        if steps < 1:
+            raise ConfigError(f"steps must be at least 1, got {steps}")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        self.steps = steps
+        self.baseline = Baseline(baseline)
+        self.batch_size = batch_size
+        self.reduction = Reduction(reduction)
+
+    def baseline_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        if self.baseline is Baseline.BLACK:
+            return torch.zeros_like(x)
+        mean_rgb = torch.tensor(self.preprocess.mean_bgr[::-1], dtype=x.dtype, device=x.device)
+        return mean_rgb.view(1, 3, 1, 1).expand_as(x).clone()
+
+    def _method(self, wrapped: nn.Module) -> Any:
+        return _captum().IntegratedGradients(wrapped)
+
+    def _attribute(self, method: Any, x: torch.Tensor) -> torch.Tensor:
+        return method.attribute(x, baselines=self.baseline_tensor(x), target=0, n_steps=self.steps,
+                                internal_batch_size=self.batch_size)

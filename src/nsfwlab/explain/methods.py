@@ -1,0 +1,148 @@
+"""The named methods (shared by the library, CLI and HTTP schema) and a factory that builds them
+from one frozen options object, consistent with a Detector (same model, same preprocessing)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from ..detector import Detector
+from ..errors import ConfigError
+from ..imageio import ImageInput
+from ._windows import ProgressCallback
+from .options import Baseline, Fill, Method, Reduction
+from .targets import Target, TargetName
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = [
+    "ALL_METHODS",
+    "ExplainOptions",
+    "Explainer",
+    "Method",
+    "explain_many",
+    "make_explainer",
+    "torch_model_for",
+]
+
+
+#: Every concrete method, in the order ``all`` draws them.
+ALL_METHODS: tuple[Method, ...] = tuple(m for m in Method if m is not Method.ALL)
+
+#: Methods that run on the PyTorch model (gradients) rather than through the Detector.
+GRADIENT_METHODS = frozenset({Method.GRADCAM, Method.GUIDED_BACKPROP, Method.DECONVNET,
+                              Method.INTEGRATED_GRADIENTS})
+
+
+class Explainer(Protocol):
+    """What every explainer offers: an (H, W) float32 heatmap of the image's own size."""
+
+    def explain(self, image: ImageInput, *, target: Target | TargetName | str | None = None,
+                progress: ProgressCallback | None = None) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ExplainOptions:
+    """Per-method settings; ``None`` sizes mean "relative to the image" (see each method)."""
+
+    box: int | None = None  # occlusion box, pixels
+    stride: int | None = None  # occlusion stride, pixels
+    fill: Fill = Fill.MEAN
+    window: int | None = None  # sliding-window crop, pixels
+    window_stride: int | None = None
+    steps: int = 32  # integrated gradients
+    baseline: Baseline = Baseline.BLACK
+    reduction: Reduction = Reduction.ABS
+    device: str = "cpu"  # where gradient methods run
+
+
+def torch_model_for(detector: Detector) -> nn.Module:
+    """The fp32 PyTorch model that computes the same scores as ``detector``: its own model when
+    it runs the torch backend (a copy if it is fp16), else the stock weights. Raises a
+    ConfigError for a custom ONNX model, whose weights gradients cannot reach."""
+    from ..backends import TorchBackend
+    from ..weights import MODEL_VERSION
+
+    backend = detector.backend
+    if isinstance(backend, TorchBackend):
+        import torch
+
+        model: Any = backend.model
+        if backend.dtype != torch.float32 or backend.device != "cpu":
+            model = copy.deepcopy(model).float().cpu()
+        return model
+    if backend.model_version != MODEL_VERSION:
+        raise ConfigError(
+            f"gradient methods need the PyTorch weights of model {backend.model_version!r}; "
+            "pass the fine-tuned .pt checkpoint instead of an exported .onnx"
+        )
+    from ..model import load_open_nsfw
+
+    return load_open_nsfw()
+
+
+def make_explainer(method: Method | str, detector: Detector | None = None, *,
+                   options: ExplainOptions | None = None, model: nn.Module | None = None) -> Explainer:
+    """Build one method's explainer. Black-box methods run through ``detector``; gradient methods
+    on ``model`` (default: :func:`torch_model_for` the detector) with the detector's preprocessing."""
+    try:
+        method = Method(method)
+    except ValueError:
+        raise ConfigError(f"unknown method {method!r}; choose one of: "
+                          + ", ".join(m.value for m in Method)) from None
+    if method is Method.ALL:
+        raise ConfigError("make_explainer builds one method; use explain_many for all of them")
+    opts = options or ExplainOptions()
+    det = detector or Detector()
+    if method is Method.OCCLUSION:
+        from .occlusion import Occlusion
+
+        return Occlusion(det, box=opts.box, stride=opts.stride, fill=opts.fill)
+    if method is Method.SLIDING_WINDOW:
+        from .sliding import SlidingWindow
+
+        return SlidingWindow(det, window=opts.window, stride=opts.window_stride)
+    from . import gradients as g
+
+    net = model if model is not None else torch_model_for(det)
+    pre = det.preprocess_config
+    if method is Method.GRADCAM:
+        return g.GradCAM(net, preprocess=pre, device=opts.device)
+    if method is Method.GUIDED_BACKPROP:
+        return g.GuidedBackprop(net, preprocess=pre, device=opts.device, reduction=opts.reduction)
+    if method is Method.DECONVNET:
+        return g.Deconvnet(net, preprocess=pre, device=opts.device, reduction=opts.reduction)
+    return g.IntegratedGradients(net, preprocess=pre, device=opts.device, steps=opts.steps,
+                                 baseline=opts.baseline, reduction=opts.reduction)
+
+
+def explain_many(image: ImageInput, methods: list[Method] | tuple[Method, ...], detector: Detector | None = None,
+                 *, options: ExplainOptions | None = None, target: Target | TargetName | str | None = None,
+                 model: nn.Module | None = None,
+                 progress: ProgressCallback | None = None) -> dict[Method, np.ndarray]:
+    """Heatmaps of several methods for one image (``Method.ALL`` expands to every method), in
+    order; the gradient methods share one model."""
+    expanded: list[Method] = []
+    for m in methods:
+        m = Method(m)
+        for item in (ALL_METHODS if m is Method.ALL else (m,)):
+            if item not in expanded:
+                expanded.append(item)
+    det = detector or Detector()
+    if model is None and any(m in GRADIENT_METHODS for m in expanded):
+        model = torch_model_for(det)
+    return {m: make_explainer(m, det, options=options, model=model).explain(image, target=target, progress=progress)
+            for m in expanded}
+
+
+def work_units(method: Method, explainer: Explainer, height: int, width: int) -> int:
+    """How many progress units one method reports for an image (windows, or 1)."""
+    count = getattr(explainer, "count", None)
+    if count is None:
+        return 1
+    extra = 1 if method is Method.OCCLUSION else 0
+    return int(count(height, width)) + extra

@@ -1,0 +1,73 @@
+"""Sliding-window heatmaps (the seed's first experiment).
+
+Each square crop of the image is scored on its own through the Detector (crop -> the exact
+preprocessing -> model), and the heatmap is, per pixel, the mean target over the crops that
+contain the pixel. It answers "which parts of the picture would be flagged if they were the whole
+picture", a different question from occlusion's "which parts make this picture flagged".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from ..detector import Detector
+from ..errors import ConfigError, NsfwlabError
+from ..imageio import ImageInput, describe_source, load_image
+from ._windows import ProgressCallback, average_over_boxes, score_variants, window_grid
+from .targets import Target, TargetName, make_target
+
+__all__ = ["SlidingWindow", "default_window"]
+
+
+def default_window(height: int, width: int) -> int:
+    """A third of the short side (at least 16 pixels)."""
+    return max(16, round(min(height, width) / 3))
+
+
+class SlidingWindow:
+    """Sliding-window heatmaps through a Detector; ``window``/``stride`` in original pixels
+    (defaults: a third of the short side, and a quarter of the window)."""
+
+    def __init__(self, detector: Detector | None = None, *, window: int | None = None,
+                 stride: int | None = None) -> None:
+        if window is not None and window < 1:
+            raise ConfigError(f"window must be at least 1 pixel, got {window}")
+        if stride is not None and stride < 1:
+            raise ConfigError(f"stride must be at least 1 pixel, got {stride}")
+        self._detector = detector
+        self.window = window
+        self.stride = stride
+
+    @property
+    def detector(self) -> Detector:
+        if self._detector is None:
+            self._detector = Detector()
+        return self._detector
+
+    def geometry(self, height: int, width: int) -> tuple[int, int]:
+        window = self.window or default_window(height, width)
+        return window, self.stride or max(1, window // 4)
+
+    def count(self, height: int, width: int) -> int:
+        return len(window_grid(height, width, *self.geometry(height, width)))
+
+    def explain(self, image: ImageInput, *, target: Target | TargetName | str | None = None,
+                progress: ProgressCallback | None = None) -> np.ndarray:
+        """An (H, W) float32 heatmap: the mean ``target`` of the crops containing each pixel."""
+        tgt = make_target(target)
+        tgt.from_probabilities(np.asarray([0.5]))  # fail fast on targets that need logits
+        det = self.detector
+        try:
+            img = load_image(image, det.limits)
+        except NsfwlabError as exc:
+            raise exc.with_source(describe_source(image)) from None
+        h, w = img.height, img.width
+        boxes = window_grid(h, w, *self.geometry(h, w))
+
+        def render(i: int) -> Image.Image:
+            t, left, b, r = boxes[i]
+            return img.crop((left, t, r, b))
+
+        scores = score_variants(det, render, len(boxes), progress=progress)
+        return average_over_boxes(tgt.from_probabilities(scores), boxes, h, w)
