@@ -52,7 +52,10 @@ class Target:
     value: float
 
     def __post_init__(self) -> None:
-        kind = TargetKind(self.kind)
+        try:
+            kind = TargetKind(self.kind)
+        except ValueError:
+            raise ConfigError(f"unknown target {self.kind!r}: use one of {[k.value for k in TargetKind]}") from None
         object.__setattr__(self, "kind", kind)
         if kind is TargetKind.FPR and not 0.0 <= self.value < 1.0:
             raise ConfigError(f"target fpr must lie in [0, 1), got {self.value}")

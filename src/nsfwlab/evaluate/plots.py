@@ -101,6 +101,7 @@ def histogram_png(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | 
         ax.plot([], [], color="#f08c00",
                 label=f"recommended {recommended.safe_below:.3g} / {recommended.nsfw_above:.3g}")
     ax.set_yscale("log")
+    ax.set_ylim(bottom=0.7)
     ax.set_xlim(0, 1)
     ax.set_xlabel("open_nsfw score")
     ax.set_ylabel("images (log scale)")

@@ -1,0 +1,177 @@
+"""Metrics agree with scikit-learn; recommended thresholds meet their targets on the data they
+were fitted to (and are the least costly that do); bootstrap intervals are seeded and sane."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
+
+from nsfwlab.config import Label, Thresholds
+from nsfwlab.errors import ConfigError
+from nsfwlab.evaluate.metrics import (
+    Target,
+    TargetKind,
+    bootstrap_interval,
+    compute_metrics,
+    confusion,
+    recommend_threshold,
+    recommend_thresholds,
+)
+
+
+def _data(n: int = 300, seed: int = 0, ties: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.35).astype(int)
+    s = 1 / (1 + np.exp(-(rng.normal(0, 1, n) + 1.5 * y)))
+    if ties:
+        s = np.round(s, 1)
+    return y, s
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_point_estimates_agree_with_sklearn(ties: bool) -> None:
+    y, s = _data(ties=ties)
+    m = compute_metrics(y, s, n_boot=50, seed=1)
+    assert m.roc_auc.value == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert m.average_precision.value == pytest.approx(average_precision_score(y, s), abs=1e-12)
+    assert (m.n, m.n_pos, m.n_neg) == (len(y), int(y.sum()), int((1 - y).sum()))
+    # confusion at the current bands, against sklearn's confusion_matrix
+    tn, fp, fn, tp = confusion_matrix(y, (s > 0.8).astype(int), labels=[0, 1]).ravel()
+    c = m.at_nsfw_above
+    assert (c.tn, c.fp, c.fn, c.tp) == (tn, fp, fn, tp)
+    tn, fp, fn, tp = confusion_matrix(y, (s >= 0.2).astype(int), labels=[0, 1]).ravel()
+    c = m.at_safe_below
+    assert (c.tn, c.fp, c.fn, c.tp) == (tn, fp, fn, tp)
+
+
+def test_confusion_by_hand() -> None:
+    y = [0, 0, 0, 1, 1, 1, 1]
+    s = [0.1, 0.5, 0.9, 0.5, 0.6, 0.95, 0.05]
+    c = confusion(y, s, 0.5, ">")
+    assert (c.tp, c.fp, c.tn, c.fn) == (2, 1, 2, 2)
+    assert c.recall == pytest.approx(0.5) and c.fpr == pytest.approx(1 / 3) and c.precision == pytest.approx(2 / 3)
+    c = confusion(y, s, 0.5, ">=")
+    assert (c.tp, c.fp, c.tn, c.fn) == (3, 2, 1, 1)
+
+
+def test_bands_follow_thresholds_label() -> None:
+    y, s = _data(seed=3)
+    th = Thresholds(0.3, 0.6)
+    m = compute_metrics(y, s, thresholds=th, n_boot=10)
+    for name, cls in (("safe", 0), ("nsfw", 1)):
+        labels = [th.label(v) for v in s[y == cls]]
+        assert m.bands[name] == {"safe": labels.count(Label.SAFE), "review": labels.count(Label.REVIEW),
+                                 "nsfw": labels.count(Label.NSFW)}
+
+
+def test_bootstrap_is_seeded_and_brackets_the_estimate() -> None:
+    y, s = _data(n=200, seed=5)
+    a = bootstrap_interval(y, s, roc_auc_score, n_boot=200, seed=7)
+    b = bootstrap_interval(y, s, roc_auc_score, n_boot=200, seed=7)
+    c = bootstrap_interval(y, s, roc_auc_score, n_boot=200, seed=8)
+    assert a == b
+    assert (a.low, a.high) != (c.low, c.high)
+    assert a.low <= a.value <= a.high
+    assert 0.02 < a.high - a.low < 0.3
+    # more data, narrower interval
+    y2, s2 = _data(n=3000, seed=5)
+    wide = bootstrap_interval(y2, s2, roc_auc_score, n_boot=100, seed=7)
+    assert wide.high - wide.low < a.high - a.low
+
+
+def test_bootstrap_of_a_perfect_separator_is_degenerate() -> None:
+    y = np.array([0] * 20 + [1] * 10)
+    s = np.concatenate([np.linspace(0, 0.4, 20), np.linspace(0.6, 1, 10)])
+    iv = bootstrap_interval(y, s, roc_auc_score, n_boot=50)
+    assert (iv.value, iv.low, iv.high) == (1.0, 1.0, 1.0)
+
+
+def _check_recommendation(y: np.ndarray, s: np.ndarray, target: Target) -> None:
+    rec = recommend_threshold(y, s, target)
+    distinct = np.unique(np.concatenate([[0.0], s]))
+    if target.kind is TargetKind.FPR:
+        fpr = np.sum((s > rec.threshold) & (y == 0)) / np.sum(y == 0)
+        assert rec.met and fpr <= target.value + 1e-12
+        lower = distinct[distinct < rec.threshold]
+        if len(lower):  # the next lower threshold would break the target: this one is the least strict
+            assert np.sum((s > lower[-1]) & (y == 0)) / np.sum(y == 0) > target.value
+    elif target.kind is TargetKind.RECALL:
+        recall = np.sum((s >= rec.threshold) & (y == 1)) / np.sum(y == 1)
+        assert rec.met and recall >= target.value - 1e-12
+        higher = distinct[distinct > rec.threshold]
+        if len(higher):
+            assert np.sum((s >= higher[0]) & (y == 1)) / np.sum(y == 1) < target.value
+    else:
+        flagged = s > rec.threshold
+        if rec.met:
+            assert np.sum(flagged & (y == 1)) / np.sum(flagged) >= target.value - 1e-12
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(4, 120),
+    fpr=st.sampled_from([0.0, 0.01, 0.05, 0.1, 0.3]),
+    recall=st.sampled_from([0.5, 0.9, 0.95, 0.99, 1.0]),
+    precision=st.sampled_from([0.5, 0.8, 0.95]),
+    ties=st.booleans(),
+)
+def test_recommendations_meet_targets_on_fitted_data(seed: int, n: int, fpr: float, recall: float,
+                                                     precision: float, ties: bool) -> None:
+    y, s = _data(n=n, seed=seed, ties=ties)
+    y[:2] = [0, 1]  # both classes present
+    for target in (Target(TargetKind.FPR, fpr), Target(TargetKind.RECALL, recall),
+                   Target(TargetKind.PRECISION, precision)):
+        _check_recommendation(y, s, target)
+
+
+def test_recommended_bands_meet_every_target_through_thresholds_label() -> None:
+    y, s = _data(n=500, seed=11)
+    targets = [Target(TargetKind.FPR, 0.02), Target(TargetKind.RECALL, 0.95), Target(TargetKind.FPR, 0.05)]
+    m = compute_metrics(y, s, targets=targets, n_boot=20)
+    bands = m.recommended
+    labels = np.array([bands.label(v).value for v in s])
+    assert np.mean(labels[y == 0] == "nsfw") <= 0.02  # the strictest FPR target wins
+    assert np.mean(labels[y == 1] != "safe") >= 0.95
+    assert bands.nsfw_above == max(r.threshold for r in m.recommendations if r.sets == "nsfw_above")
+
+
+def test_crossing_targets_give_an_empty_review_band() -> None:
+    # well separated data: the recall threshold lies above the FPR threshold
+    y = np.array([0] * 50 + [1] * 50)
+    s = np.concatenate([np.linspace(0.0, 0.3, 50), np.linspace(0.7, 1.0, 50)])
+    recs = [recommend_threshold(y, s, Target(TargetKind.FPR, 0.1)),
+            recommend_threshold(y, s, Target(TargetKind.RECALL, 0.9))]
+    bands = recommend_thresholds(recs, Thresholds())
+    assert bands.safe_below == bands.nsfw_above
+    labels = np.array([bands.label(v).value for v in s])
+    assert np.mean(labels[y == 0] == "nsfw") <= 0.1 and np.mean(labels[y == 1] != "safe") >= 0.9
+
+
+def test_unreachable_precision_is_reported_not_met() -> None:
+    y = np.array([0, 0, 1, 1])
+    s = np.array([0.9, 0.8, 0.2, 0.1])  # the highest scores are all safe
+    rec = recommend_threshold(y, s, Target(TargetKind.PRECISION, 0.9))
+    assert not rec.met
+    m = compute_metrics(y, s, targets=[rec.target], n_boot=5)
+    assert m.recommended.nsfw_above == Thresholds().nsfw_above  # unmet targets do not move the bands
+
+
+def test_errors_are_typed() -> None:
+    with pytest.raises(ConfigError, match="both safe and NSFW"):
+        compute_metrics([0, 0, 0], [0.1, 0.2, 0.3])
+    with pytest.raises(ConfigError, match="labels"):
+        compute_metrics([0, 2], [0.1, 0.2])
+    with pytest.raises(ConfigError, match="2 labels but 3 scores"):
+        compute_metrics([0, 1], [0.1, 0.2, 0.3])
+    with pytest.raises(ConfigError, match="finite"):
+        compute_metrics([0, 1], [0.1, float("nan")])
+    with pytest.raises(ConfigError):
+        Target(TargetKind.RECALL, 0.0)
+    with pytest.raises(ConfigError):
+        Target(TargetKind.FPR, 1.0)
+    with pytest.raises(ConfigError):
+        Target("nope", 0.5)  # type: ignore[arg-type]

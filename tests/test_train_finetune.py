@@ -1,0 +1,245 @@
+"""Fine-tuning: on a synthetic two-class set where the stock model is near chance, a few epochs
+with the last stage unfrozen raise validation AUC far above it; resume after an interruption
+reproduces the uninterrupted run; freezing, splitting, caching and augmentation do what they say."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+from typer.testing import CliRunner
+
+from nsfwlab import Detector
+from nsfwlab.checkpoint import read_checkpoint
+from nsfwlab.errors import ConfigError
+from nsfwlab.evaluate import LabelledItem, load_folder
+from nsfwlab.model import load_open_nsfw
+from nsfwlab.preprocess import preprocess
+from nsfwlab.train import (
+    NO_AUGMENT,
+    AugmentConfig,
+    FinetuneConfig,
+    augment_batch,
+    finetune,
+    prepare,
+    set_trainable,
+    stratified_split,
+)
+from nsfwlab.train.finetune import Arch
+
+
+def shapes_image(cls: int, i: int, size: int = 96) -> np.ndarray:
+    """Class 0: six round blobs; class 1: six squares; random colours, positions and sizes.
+    Deterministic in (cls, i); abstract shapes only. The stock model scores both alike."""
+    rng = np.random.default_rng(1000 * cls + i)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    img = np.broadcast_to(rng.uniform(40, 220, 3), (size, size, 3)).copy()
+    fg = rng.uniform(40, 220, 3)
+    for _ in range(6):
+        cy, cx = rng.uniform(8, size - 8, 2)
+        r = rng.uniform(5, 12)
+        mask = (np.hypot(yy - cy, xx - cx) < r) if cls == 0 else ((abs(yy - cy) < r) & (abs(xx - cx) < r))
+        img[mask] = fg
+    img += rng.normal(0, 8, (size, size, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_set(root: Path, per_class: int) -> Path:
+    for cls, sub in ((0, "safe"), (1, "nsfw")):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(shapes_image(cls, i)).save(root / sub / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_set(tmp_path_factory.mktemp("shapes"), 24)
+
+
+@pytest.fixture(scope="module")
+def small_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_set(tmp_path_factory.mktemp("shapes_small"), 10)
+
+
+def test_finetune_beats_the_stock_model(shapes_dir: Path, tmp_path: Path) -> None:
+    data = load_folder(shapes_dir)
+    stock = load_open_nsfw()
+    config = FinetuneConfig(unfreeze=1, epochs=2, lr=3e-4, val_fraction=0.25, seed=0)
+    result = finetune(data, config)
+    assert result.n_train == 36 and result.n_val == 12
+    assert result.history[0].epoch == 0 and result.history[0].val_auc == result.baseline_auc
+    assert result.baseline_auc < 0.75, "the stock model should be near chance on this set"
+    assert result.best_auc >= 0.95
+    assert result.best_auc - result.baseline_auc >= 0.25
+    # frozen weights (everything below stage 3) are untouched; the top stage and head moved
+    tuned, orig = result.model.state_dict(), stock.state_dict()
+    for k in orig:
+        if k.startswith(("conv_1", "stage0", "stage1", "stage2")):
+            assert torch.equal(tuned[k], orig[k]), k
+    assert not torch.equal(tuned["fc_nsfw.weight"], orig["fc_nsfw.weight"])
+    assert not torch.equal(tuned["stage3_block2.branch2c.weight"], orig["stage3_block2.branch2c.weight"])
+
+    # the checkpoint loads through the Detector and separates the classes there too
+    path = result.save(tmp_path / "tuned.pt")
+    meta = read_checkpoint(path)["meta"]
+    assert meta["best_val_auc"] == result.best_auc and meta["config"]["unfreeze"] == 1
+    with Detector(model=path, device="cpu") as det:
+        scores = [r.score for r in det.score_many(data.paths)]
+    assert roc_auc_score(data.labels, scores) > 0.95
+
+
+def _interrupt_after(epoch: int):
+    def cb(stats) -> None:
+        if stats.epoch == epoch:
+            raise KeyboardInterrupt
+
+    return cb
+
+
+def test_resume_continues_to_the_same_result(small_dir: Path, tmp_path: Path) -> None:
+    data = load_folder(small_dir)
+    config = FinetuneConfig(unfreeze=0, epochs=2, lr=1e-3, val_fraction=0.3, patience=5, batch_size=8)
+    full = finetune(data, config, state_path=tmp_path / "full.state.pt")
+
+    state = tmp_path / "run.state.pt"
+    with pytest.raises(KeyboardInterrupt):
+        finetune(data, config, state_path=state, on_epoch=_interrupt_after(1))
+    saved = read_checkpoint(state)["train_state"]
+    assert saved["epoch"] == 1 and len(saved["history"]) == 2
+    seen: list[int] = []
+    resumed = finetune(data, config, state_path=state, resume=True, on_epoch=lambda s: seen.append(s.epoch))
+    assert seen == [2]  # only the epoch left was trained
+    assert [h.val_auc for h in resumed.history] == pytest.approx([h.val_auc for h in full.history])
+    assert [h.train_loss for h in resumed.history[1:]] == pytest.approx([h.train_loss for h in full.history[1:]])
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # the best weights
+    last_full = read_checkpoint(tmp_path / "full.state.pt")
+    last_resumed = read_checkpoint(state)
+    assert last_resumed["train_state"]["epoch"] == 2
+    for k, v in last_full["state_dict"].items():  # the last weights, and the optimizer moments
+        assert torch.allclose(v, last_resumed["state_dict"][k], atol=1e-6), k
+    moments = last_resumed["train_state"]["optimizer"]["state"]
+    assert moments and all(int(s["step"]) == 4 for s in moments.values())
+    # the resumed epoch really trained the head
+    stock_fc = load_open_nsfw().state_dict()["fc_nsfw.weight"]
+    assert not torch.equal(last_resumed["state_dict"]["fc_nsfw.weight"], stock_fc)
+
+    with pytest.raises(ConfigError, match="configuration differs"):
+        finetune(data, FinetuneConfig(unfreeze=1, epochs=2, lr=1e-3, val_fraction=0.3, batch_size=8),
+                 state_path=state, resume=True)
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        finetune(data, config, state_path=tmp_path / "missing.pt", resume=True)
+
+
+def test_vgg16_from_scratch_trains_and_loads(tmp_path: Path) -> None:
+    root = make_set(tmp_path / "tiny", 3)
+    data = load_folder(root)
+    config = FinetuneConfig(arch=Arch.VGG16, epochs=1, val_fraction=0.34, batch_size=4, augment=NO_AUGMENT)
+    result = finetune(data, config)
+    assert len(result.history) == 2 and result.history[1].train_loss is not None
+    assert all(p.requires_grad is False for p in result.model.parameters())
+    path = result.save(tmp_path / "vgg.pt")
+    assert read_checkpoint(path)["arch"] == "vgg16"
+    x = torch.from_numpy(preprocess(data.paths[0])[None]).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        expected = torch.softmax(result.model(x), dim=1)[0, 1].item()
+    with Detector(model=path, device="cpu") as det:
+        assert det.score(data.paths[0]) == pytest.approx(expected, abs=1e-5)
+
+
+def test_set_trainable_counts_stages_from_the_top() -> None:
+    model = load_open_nsfw()
+
+    def trainable() -> set[str]:
+        return {n.split(".")[0].split("_block")[0] for n, p in model.named_parameters() if p.requires_grad}
+
+    set_trainable(model, Arch.OPEN_NSFW, 0)
+    assert trainable() == {"fc_nsfw"}
+    set_trainable(model, Arch.OPEN_NSFW, 1)
+    assert trainable() == {"fc_nsfw", "stage3"}
+    set_trainable(model, Arch.OPEN_NSFW, 4)
+    assert trainable() == {"fc_nsfw", "stage0", "stage1", "stage2", "stage3"}
+    set_trainable(model, Arch.OPEN_NSFW, 5)
+    assert trainable() == {"fc_nsfw", "stage0", "stage1", "stage2", "stage3", "conv_1"}
+    with pytest.raises(ConfigError):
+        FinetuneConfig(unfreeze=6)
+
+
+def test_stratified_split_is_seeded_stratified_and_keeps_duplicates_together() -> None:
+    labels = [0] * 20 + [1] * 10
+    groups = [f"g{i}" for i in range(30)]
+    groups[1] = groups[0]  # two identical files
+    train, val = stratified_split(labels, groups, 0.2, seed=3)
+    again = stratified_split(labels, groups, 0.2, seed=3)
+    assert np.array_equal(train, again[0]) and np.array_equal(val, again[1])
+    assert not np.array_equal(val, stratified_split(labels, groups, 0.2, seed=4)[1])
+    assert sorted(np.concatenate([train, val]).tolist()) == list(range(30))
+    y = np.asarray(labels)
+    assert int(np.sum(y[val] == 1)) == 2 and int(np.sum(y[val] == 0)) in (4, 5)
+    assert (0 in val) == (1 in val)
+    with pytest.raises(ConfigError, match="at least 2 distinct nsfw"):
+        stratified_split([0, 0, 1], ["a", "b", "c"], 0.5, 0)
+
+
+def test_prepare_is_the_exact_preprocessing_and_reports_bad_files(small_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    items = [*load_folder(small_dir).items[:3], LabelledItem(bad, 1)]
+    prepared = prepare(items, cache_dir=tmp_path / "cache")
+    assert len(prepared) == 3 and prepared.pixels.dtype == np.uint8
+    assert [p.path for p in prepared.problems] == [str(bad)]
+    for i, it in enumerate(items[:3]):
+        assert np.array_equal(prepared.batch([i])[0], preprocess(it.path))
+    cached = prepare(items, cache_dir=tmp_path / "cache")
+    assert isinstance(cached.pixels, np.memmap)
+    assert np.array_equal(np.asarray(cached.pixels), prepared.pixels) and cached.paths == prepared.paths
+    assert cached.problems == prepared.problems
+
+
+def test_augmentation_is_seeded_and_leaves_its_input_alone() -> None:
+    x = torch.from_numpy(np.stack([preprocess(shapes_image(0, i)) for i in range(3)])).permute(0, 3, 1, 2)
+    copy = x.clone()
+    a = augment_batch(x, AugmentConfig(), torch.Generator().manual_seed(1))
+    b = augment_batch(x, AugmentConfig(), torch.Generator().manual_seed(1))
+    c = augment_batch(x, AugmentConfig(), torch.Generator().manual_seed(2))
+    assert torch.equal(x, copy)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == x.shape
+    mean = torch.tensor([104.0, 117.0, 123.0]).view(1, 3, 1, 1)
+    assert float((a + mean).min()) >= 0.0 and float((a + mean).max()) <= 255.0
+    flipped = augment_batch(x, AugmentConfig(flip=1.0, crop_scale=1.0, brightness=0, contrast=0),
+                            torch.Generator().manual_seed(0))
+    assert torch.equal(flipped, x.flip(-1))
+    assert torch.equal(augment_batch(x, NO_AUGMENT, torch.Generator()), x)
+    with pytest.raises(ConfigError):
+        AugmentConfig(crop_scale=0.2)
+
+
+def test_cli_finetune_resume_and_onnx_export(small_dir: Path, tmp_path: Path) -> None:
+    from nsfwlab.cli import app
+
+    out = tmp_path / "m.pt"
+    runner = CliRunner()
+    args = ["finetune", str(small_dir), "--out", str(out), "--unfreeze", "0", "--epochs", "1", "--lr", "1e-3",
+            "--val-fraction", "0.3", "--batch-size", "8"]
+    res = runner.invoke(app, [*args, "--export-onnx", str(tmp_path / "m.onnx")])
+    assert res.exit_code == 0, res.output
+    assert "validation AUC: start" in res.output and (tmp_path / "m.state.pt").is_file()
+    # one more epoch on top of the saved state
+    res = runner.invoke(app, [*args[:7], "2", *args[8:], "--resume"])
+    assert res.exit_code == 0, res.output
+    assert len(read_checkpoint(out)["meta"]["history"]) == 3
+    # the exported ONNX (from the first run) scores like its checkpoint would have
+    img = small_dir / "safe" / "000.png"
+    with Detector(model=tmp_path / "m.onnx", device="cpu") as det:
+        s = det.score(img)
+    assert 0.0 <= s <= 1.0
+    res = runner.invoke(app, ["finetune", str(small_dir), "--out", str(out), "--arch", "resnet"])
+    assert res.exit_code == 2 and "unknown --arch" in res.output
+    res = runner.invoke(app, ["export-onnx", str(tmp_path / "nope.pt"), str(tmp_path / "x.onnx")])
+    assert res.exit_code == 3
