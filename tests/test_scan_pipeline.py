@@ -174,3 +174,17 @@ def test_cli_scan_then_export(tree: Path, tmp_path: Path, detector) -> None:
     assert abs(chelsea["score"] - detector.score(chelsea["path"])) <= 1e-5
     bad = runner.invoke(app, ["scan", str(tmp_path / "missing"), "--db", str(db)])
     assert bad.exit_code == 2 and "no such file" in bad.output
+
+
+def test_worker_transport_is_lossless(photo_paths: list[Path]) -> None:
+    from nsfwlab.preprocess import preprocess
+    from nsfwlab.scan.pipeline import pack_array, unpack_array
+
+    for cfg in (PreprocessConfig(), PreprocessConfig(draft=True)):
+        arr = preprocess(photo_paths[0], cfg)
+        packed = pack_array(arr, cfg.mean_bgr)
+        assert packed.dtype == np.uint8 and packed.nbytes * 4 == arr.nbytes
+        assert np.array_equal(unpack_array(packed, cfg.mean_bgr), arr)  # bit for bit
+    odd = PreprocessConfig(mean_bgr=(104.5, 117.0, 123.0))
+    arr = preprocess(photo_paths[0], odd)
+    assert np.array_equal(unpack_array(pack_array(arr, odd.mean_bgr), odd.mean_bgr), arr)

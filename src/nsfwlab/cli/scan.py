@@ -29,7 +29,7 @@ def scan_command(
     exclude: list[str] = typer.Option([], "--exclude", help="Skip paths matching this glob (repeatable; wins over --include)."),
     model: Path | None = typer.Option(None, "--model", help="A fine-tuned checkpoint (.pt) or exported .onnx."),
     batch_size: int = typer.Option(32, min=1, help="Images per model call (and per database transaction)."),
-    workers: int | None = typer.Option(None, min=1, help="Decoding processes (default: CPU count)."),
+    workers: int | None = typer.Option(None, min=1, help="Decoding processes (default: half the CPU cores)."),
     threads: int | None = typer.Option(None, min=1, help="Model threads (default: CPU count)."),
     max_attempts: int = typer.Option(3, min=1, help="Give up on a failing file after this many runs (unless it changes)."),
     safe_below: float = typer.Option(0.2, help="Scores below this are labelled 'safe'."),

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..backends import Backend
 from ..config import DecodeLimits, Device, Label, Precision, PreprocessConfig, Thresholds
-from ..errors import ConfigError, ImageError, NsfwlabError
+from ..errors import ConfigError, ImageError, ModelError, NsfwlabError
 from .modes import QUANT_VERSION, ScanMode, fast_preprocess, quantize_int8
 from .store import Decision, FileRecord, ResultStore, Status
 from .walk import WalkConfig, WalkedFile, walk
@@ -44,8 +44,10 @@ __all__ = [
     "ScanSummary",
     "build_scan_model",
     "check_roots",
+    "pack_array",
     "prepare_file",
     "scan",
+    "unpack_array",
 ]
 
 
@@ -85,7 +87,9 @@ class ScanConfig:
 
     @property
     def n_workers(self) -> int:
-        return self.workers or os.cpu_count() or 1
+        """Default: half the cores; the model's threads use the rest (on CPU the model costs about
+        twice the decoding in exact mode and as much in fast mode, measured in BENCHMARKS.md)."""
+        return self.workers or max(1, (os.cpu_count() or 1) // 2)
 
     @property
     def window(self) -> int:
@@ -207,8 +211,35 @@ def prepare_file(file: WalkedFile, preprocess: PreprocessConfig, limits: DecodeL
     return Prepared(file, sha, array=arr)
 
 
+def pack_array(arr: np.ndarray, mean_bgr: tuple[float, float, float]) -> np.ndarray:
+    """A lossless, 4x smaller transport form of a preprocessed array: the uint8 BGR pixels when
+    ``arr`` is exactly ``uint8 - mean`` in float32 (always, for the integer means of open_nsfw),
+    else ``arr`` itself. :func:`unpack_array` restores the identical float32 array."""
+    mean = np.asarray(mean_bgr, dtype=np.float32)
+    restored = arr + mean
+    if restored.min() < 0 or restored.max() > 255:
+        return arr
+    pixels = restored.astype(np.uint8)
+    back = pixels.astype(np.float32)
+    back -= mean
+    return pixels if np.array_equal(back, arr) else arr
+
+
+def unpack_array(arr: np.ndarray, mean_bgr: tuple[float, float, float]) -> np.ndarray:
+    if arr.dtype != np.uint8:
+        return arr
+    out = arr.astype(np.float32)
+    out -= np.asarray(mean_bgr, dtype=np.float32)  # the same float32 operation as the core's
+    return out
+
+
 def _prepare_chunk(files: list[WalkedFile]) -> list[Prepared]:
-    return [prepare_file(f, _WORKER["preprocess"], _WORKER["limits"], _lookup) for f in files]
+    pre: PreprocessConfig = _WORKER["preprocess"]
+    out = [prepare_file(f, pre, _WORKER["limits"], _lookup) for f in files]
+    for p in out:
+        if p.array is not None:
+            p.array = pack_array(p.array, pre.mean_bgr)
+    return out
 
 
 # -- main side -----------------------------------------------------------------------------------
@@ -315,7 +346,7 @@ class _Writer:
                     self._record(p.file, p.sha256, score=known, reused=True)
                 else:
                     self.twins[p.sha256] = []
-                    self.arrays.append(p.array)
+                    self.arrays.append(unpack_array(p.array, self.model.preprocess.mean_bgr))
                     self.waiting.append((p.file, p.sha256))
         if len(self.arrays) >= self.batch_size or len(self.records) >= 4 * self.batch_size:
             self.flush()
@@ -372,6 +403,66 @@ def _mp_context() -> Any:
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
+class _Workers:
+    """The decoding process pool, rebuilt when a worker dies.
+
+    A chunk whose worker died (a decoder crash, the OOM killer) is retried one file at a time in
+    a fresh pool, so only the file that kills a worker is recorded as ``worker_died`` (and retried
+    on a later run, up to ``max_attempts``). Pools that keep dying before finishing any file mean
+    the workers cannot start at all: that stops the scan with a clear error.
+    """
+
+    MAX_BARREN_RESTARTS = 3
+
+    def __init__(self, n: int, initargs: tuple[Any, ...]) -> None:
+        self.n, self.initargs = n, initargs
+        self.pool = self._make()
+        self.barren_restarts = 0
+
+    def _make(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.n, mp_context=_mp_context(), initializer=_init_worker,
+                                   initargs=self.initargs)
+
+    def _restart(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.barren_restarts += 1
+        if self.barren_restarts > self.MAX_BARREN_RESTARTS:
+            raise ModelError(
+                "decoding worker processes keep dying before finishing any file; if you call "
+                "nsfwlab.scan.scan from a script, put the call under `if __name__ == '__main__':`"
+            )
+        self.pool = self._make()
+
+    def submit(self, files: list[WalkedFile]) -> Future[list[Prepared]]:
+        try:
+            return self.pool.submit(_prepare_chunk, files)
+        except BrokenProcessPool:
+            self._restart()
+            return self.pool.submit(_prepare_chunk, files)
+
+    def collect(self, files: list[WalkedFile], fut: Future[list[Prepared]]) -> list[Prepared]:
+        try:
+            results = fut.result()
+            self.barren_restarts = 0
+            return results
+        except BrokenProcessPool:
+            pass
+        out: list[Prepared] = []
+        for f in files:
+            try:
+                out.extend(self.submit([f]).result())
+                self.barren_restarts = 0
+            except BrokenProcessPool:
+                out.append(Prepared(f, error_code="worker_died",
+                                    error="the decoding worker died on this file (a decoder crash or out of "
+                                          "memory); it is retried on the next run"))
+                self._restart()
+        return out
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 def scan(roots: Iterable[str | os.PathLike], store: ResultStore, config: ScanConfig | None = None, *,
          model: ScanModel | None = None, backend: Backend | None = None,
          progress: ProgressFn | None = None) -> ScanSummary:
@@ -400,40 +491,20 @@ def scan(roots: Iterable[str | os.PathLike], store: ResultStore, config: ScanCon
     start = time.perf_counter()
     max_chunks = max(1, config.window // config.chunk)
     window: deque[tuple[list[WalkedFile], Future[list[Prepared]]]] = deque()
-    def make_pool() -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            config.n_workers, mp_context=_mp_context(), initializer=_init_worker,
-            initargs=(model.preprocess, config.limits, str(store.path.resolve()), model.model_version,
-                      model.preprocess_version),
-        )
-
-    pool = make_pool()
+    workers = _Workers(config.n_workers, (model.preprocess, config.limits, str(store.path.resolve()),
+                                          model.model_version, model.preprocess_version))
     try:
-        def collect(files: list[WalkedFile], fut: Future[list[Prepared]]) -> None:
-            try:
-                results = fut.result()
-            except BrokenProcessPool:
-                results = [Prepared(f, error_code="worker_died",
-                                    error="a decoding worker process died (out of memory or a decoder crash); "
-                                          "the file is retried on the next run") for f in files]
-            for p in results:
-                writer.add(p)
-
         for files in _chunks(_plan(root_list, store, model, config, writer), config.chunk):
-            try:
-                fut = pool.submit(_prepare_chunk, files)
-            except BrokenProcessPool:
-                pool.shutdown(wait=False, cancel_futures=True)
-                pool = make_pool()
-                fut = pool.submit(_prepare_chunk, files)
-            window.append((files, fut))
+            window.append((files, workers.submit(files)))
             while len(window) >= max_chunks:
-                collect(*window.popleft())
+                for p in workers.collect(*window.popleft()):
+                    writer.add(p)
         while window:
-            collect(*window.popleft())
+            for p in workers.collect(*window.popleft()):
+                writer.add(p)
         writer.flush()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        workers.shutdown()
         summary.seconds = time.perf_counter() - start
     store.finish_run(run_id, scored=summary.scored, reused=summary.reused, skipped=summary.skipped,
                      errors=summary.errors)
