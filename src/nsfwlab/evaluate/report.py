@@ -54,7 +54,7 @@ td.l,th.l{text-align:left}
 .card b{display:block;font-size:26px}
 .card span{color:#868e96;font-size:12px}
 .plots{display:flex;flex-wrap:wrap;gap:12px}
-.plots img{background:#fff;border:1px solid #dee2e6;border-radius:6px;max-width:100%}
+.plots img{background:#fff;border:1px solid #dee2e6;border-radius:6px;max-width:calc(50% - 8px)}
 .gallery{display:flex;flex-wrap:wrap;gap:10px}
 figure.thumb{margin:0;width:170px;background:#fff;border:1px solid #dee2e6;border-radius:6px;padding:5px;
   font-size:11px;overflow:hidden}
