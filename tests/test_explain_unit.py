@@ -1,0 +1,357 @@
+"""Explain: hand-computed results on fake backends and tiny fixed-weight models."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nsfwlab import ConfigError, Detector, ImageError, PreprocessConfig
+from nsfwlab.explain import (
+    Deconvnet,
+    GradCAM,
+    GuidedBackprop,
+    IntegratedGradients,
+    LogitMargin,
+    NsfwLogit,
+    NsfwProbability,
+    Occlusion,
+    SlidingWindow,
+    make_target,
+)
+from nsfwlab.explain._windows import average_over_boxes, window_grid, window_starts
+from nsfwlab.explain.gradients import DifferentiablePreprocess, TargetModel, reduce_channels, resized_tensor
+from nsfwlab.explain.overlay import blend, colorize, labelled_grid, normalize, overlay_with_scale
+from nsfwlab.preprocess import preprocess_rgb
+
+#: No JPEG round trip: with a 256x256 image the network input is exactly the central crop.
+NOJPEG = PreprocessConfig(jpeg_roundtrip=False)
+RED = np.array([230, 20, 20], dtype=np.uint8)
+GREY = np.array([128, 128, 128], dtype=np.uint8)
+
+
+class RedFraction:
+    """A fake backend: NSFW probability = the fraction of red pixels the network sees."""
+
+    name = "fake-red"
+    device = "cpu"
+    model_version = "fake"
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        rgb = batch[..., ::-1] + np.array([123.0, 117.0, 104.0], dtype=np.float32)
+        red = (rgb[..., 0] > 179) & (rgb[..., 1] < 74) & (rgb[..., 2] < 74)
+        p = red.reshape(len(batch), -1).mean(axis=1)
+        return np.stack([1 - p, p], axis=1).astype(np.float32)
+
+
+def red_square_image(top: int = 64, left: int = 64, size: int = 32) -> np.ndarray:
+    img = np.broadcast_to(GREY, (256, 256, 3)).copy()
+    img[top : top + size, left : left + size] = RED
+    return img
+
+
+@pytest.fixture
+def fake_detector():
+    det = Detector(RedFraction(), preprocess=NOJPEG, batch_size=8, workers=2)
+    yield det
+    det.close()
+
+
+# -- targets -------------------------------------------------------------------------------------
+def test_targets_by_hand():
+    logits = torch.tensor([[1.0, 3.0], [0.0, 0.0]])
+    p = 1 / (1 + np.exp(-2.0))
+    assert NsfwProbability()(logits).tolist() == pytest.approx([p, 0.5], abs=1e-6)
+    assert NsfwLogit()(logits).tolist() == [3.0, 0.0]
+    assert LogitMargin()(logits).tolist() == [2.0, 0.0]
+    assert LogitMargin().from_probabilities(np.array([p, 0.5])) == pytest.approx([2.0, 0.0], abs=1e-9)
+    assert NsfwProbability().from_probabilities(np.array([0.25])) == pytest.approx([0.25])
+    composed = -(2.0 * LogitMargin()) + NsfwLogit()
+    assert composed(logits).tolist() == pytest.approx([-4.0 + 3.0, 0.0])
+    assert (-NsfwProbability()).from_probabilities(np.array([0.3])) == pytest.approx([-0.3])
+
+
+def test_target_errors():
+    with pytest.raises(ConfigError, match="needs the model's logits"):
+        NsfwLogit().from_probabilities(np.array([0.5]))
+    with pytest.raises(ConfigError, match="unknown target"):
+        make_target("porn-score")
+    assert isinstance(make_target("logit-margin"), LogitMargin)
+    assert isinstance(make_target(None), NsfwProbability)
+
+
+# -- window geometry -----------------------------------------------------------------------------
+def test_window_starts_cover_the_edge():
+    assert window_starts(10, 4, 3) == [0, 3, 6]
+    assert window_starts(10, 4, 4) == [0, 4, 6]
+    assert window_starts(3, 8, 2) == [0]
+    boxes = window_grid(5, 7, 4, 3)
+    covered = np.zeros((5, 7), bool)
+    for t, left, b, r in boxes:
+        covered[t:b, left:r] = True
+    assert covered.all()
+    with pytest.raises(ConfigError):
+        window_grid(5, 5, 0, 1)
+
+
+def test_average_over_boxes_by_hand():
+    heat = average_over_boxes([1.0, 3.0], [(0, 0, 2, 2), (1, 1, 3, 3)], 3, 3)
+    expected = np.array([[1, 1, 0], [1, 2, 3], [0, 3, 3]], dtype=np.float32)
+    np.testing.assert_array_equal(heat, expected)
+
+
+# -- black-box methods on a fake backend ---------------------------------------------------------
+def test_occlusion_by_hand(fake_detector):
+    img = red_square_image(64, 64, 32)
+    before = img.copy()
+    p0 = 32 * 32 / 224**2
+    assert fake_detector.score(img) == pytest.approx(p0, abs=1e-6)
+    heat = Occlusion(fake_detector, box=32, stride=32, fill="black").explain(img)
+    expected = np.zeros((256, 256), np.float32)
+    expected[64:96, 64:96] = p0
+    np.testing.assert_allclose(heat, expected, atol=1e-6)
+    np.testing.assert_array_equal(img, before)  # the input is not modified
+
+
+def test_occlusion_half_covered_square(fake_detector):
+    # Stride 16, box 32, square at 64..96. Along each axis a pixel in 72..80 is covered by the
+    # boxes starting at 48 and 64, which overlap the square by 16 and 32 pixels (80..88: 64 and 80,
+    # 32 and 16). So 4 boxes cover it, hiding 16x16, 16x32, 32x16 and 32x32 red pixels: the mean
+    # drop is ((16 + 32) / 2)^2 / 224^2 = p0 * (24 / 32)^2.
+    img = red_square_image(64, 64, 32)
+    p0 = 32 * 32 / 224**2
+    heat = Occlusion(fake_detector, box=32, stride=16, fill="black").explain(img)
+    assert heat[72:88, 72:88] == pytest.approx(np.full((16, 16), p0 * (24 / 32) ** 2), abs=1e-6)
+    assert heat[0:40, 0:40].max() == 0.0
+    assert heat[200:, 200:].max() == 0.0
+
+
+def test_occlusion_counts_and_progress(fake_detector):
+    calls: list[int] = []
+    occ = Occlusion(fake_detector, box=64, stride=64)
+    occ.explain(red_square_image(), progress=calls.append)
+    assert sum(calls) == occ.count(256, 256) + 1 == 17
+
+
+def test_sliding_window_by_hand(fake_detector):
+    # Four 128-crops; only the top-left one holds the square, which the 2x upscale makes 64x64
+    # at (128..192, 128..192) of the 256 canvas: inside the 224 crop, so p = 64^2 / 224^2.
+    img = red_square_image(64, 64, 32)
+    heat = SlidingWindow(fake_detector, window=128, stride=128).explain(img)
+    p = 64 * 64 / 224**2
+    assert heat[:128, :128] == pytest.approx(np.full((128, 128), p), rel=0.02)
+    assert heat[128:, :].max() == 0.0 and heat[:, 128:].max() == 0.0
+
+
+def test_black_box_errors(fake_detector):
+    with pytest.raises(ConfigError):
+        Occlusion(fake_detector, box=0)
+    with pytest.raises(ConfigError):
+        Occlusion(fake_detector, fill="purple")
+    with pytest.raises(ConfigError, match="logits"):
+        Occlusion(fake_detector).explain(red_square_image(), target="nsfw-logit")
+    with pytest.raises(ImageError) as info:
+        SlidingWindow(fake_detector).explain(b"not an image at all")
+    assert "bytes" in str(info.value)
+
+
+# -- tiny fixed-weight torch models --------------------------------------------------------------
+class OneConv(nn.Module):
+    """x -> relu(conv1x1(x)) (K channels) -> spatial mean -> nsfw logit = v . mean, sfw logit = 0."""
+
+    def __init__(self, w: list[list[float]], b: list[float], v: list[float], relu: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, len(w), 1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor(w).view(len(w), 3, 1, 1))
+            self.conv.bias.copy_(torch.tensor(b))
+        self.relu = nn.ReLU() if relu else nn.Identity()
+        self.v = torch.tensor(v)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.conv(x))
+
+    def forward_head(self, a: torch.Tensor) -> torch.Tensor:
+        nsfw = (a.mean(dim=(2, 3)) * self.v).sum(dim=1)
+        return torch.stack([torch.zeros_like(nsfw), nsfw], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _net_input(img: np.ndarray) -> np.ndarray:
+    """The network input (224, 224, 3) BGR of a 256x256 image under NOJPEG, by hand."""
+    return img[16:240, 16:240, ::-1].astype(np.float64) - np.array([104.0, 117.0, 123.0])
+
+
+def _two_tone_image() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    img[:, :128] = (200, 60, 30)
+    return img
+
+
+def test_differentiable_preprocess_matches_the_exact_pipeline(photos):
+    from PIL import Image
+
+    for name in ("astronaut", "coffee"):
+        img = Image.fromarray(photos[name])
+        exact = preprocess_rgb(img)
+        ours = DifferentiablePreprocess()(resized_tensor(img, PreprocessConfig()))
+        np.testing.assert_array_equal(ours[0].permute(1, 2, 0).numpy(), exact)
+
+
+def test_straight_through_jpeg_gradient_is_identity():
+    x = (torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 255).requires_grad_()
+    (g,) = torch.autograd.grad(DifferentiablePreprocess()(x).sum(), x)
+    expected = torch.zeros_like(x)
+    expected[:, :, 16:240, 16:240] = 1.0
+    torch.testing.assert_close(g, expected)
+
+
+def test_gradcam_by_hand():
+    # One channel, no ReLU in features: A = w.x + b; dT/dA = v / HW; cam = relu(v/HW * A).
+    w, b, v = [[0.02, -0.01, 0.005]], [0.3], [2.0]
+    model = OneConv(w, b, v, relu=False)
+    img = _two_tone_image()
+    cam = GradCAM(model, preprocess=NOJPEG).cam(resized_tensor(_pil(img), NOJPEG), NsfwLogit())
+    a = _net_input(img) @ np.array(w[0]) + b[0]
+    expected = np.zeros((256, 256))
+    expected[16:240, 16:240] = np.maximum(a * v[0] / 224**2, 0)
+    np.testing.assert_allclose(cam, expected, rtol=1e-4, atol=1e-9)
+    heat = GradCAM(model, preprocess=NOJPEG).explain(img, target="nsfw-logit")
+    assert heat.shape == (256, 256)
+
+
+def _pil(img: np.ndarray):
+    from PIL import Image
+
+    return Image.fromarray(img)
+
+
+def _bgr_grad_to_rgb(g_bgr: np.ndarray) -> np.ndarray:
+    """(224, 224, 3) gradient w.r.t. the BGR crop -> (3, 256, 256) w.r.t. the RGB canvas."""
+    out = np.zeros((3, 256, 256))
+    out[:, 16:240, 16:240] = g_bgr[:, :, ::-1].transpose(2, 0, 1)
+    return out
+
+
+def test_guided_backprop_and_deconvnet_by_hand():
+    # Two channels with v = (+1, -1). At the ReLU output dT/dA_k = v_k / HW.
+    # guided backprop keeps positive gradients where the unit was active: channel 0 where z_0 > 0;
+    # deconvnet keeps positive gradients regardless of the forward pass: channel 0 everywhere.
+    # Powers of two: float32 computes z exactly on integer pixels, so the signs match float64.
+    w = [[2**-5, -(2**-6), 2**-7], [2**-7, 2**-7, 2**-7]]
+    b, v = [0.0, 0.5], [1.0, -1.0]
+    model = OneConv(w, b, v)
+    img = _two_tone_image()
+    x = _net_input(img)
+    z0 = x @ np.array(w[0]) + b[0]
+    assert (z0 > 0).any() and (z0 < 0).any()  # both cases occur
+    hw = 224**2
+    guided = (z0 > 0)[:, :, None] * np.array(w[0]) / hw
+    deconv = np.broadcast_to(np.array(w[0]) / hw, x.shape)
+    got_g = GuidedBackprop(model, preprocess=NOJPEG).attributions(img, target="nsfw-logit")
+    got_d = Deconvnet(model, preprocess=NOJPEG).attributions(img, target="nsfw-logit")
+    np.testing.assert_allclose(got_g, _bgr_grad_to_rgb(guided), atol=1e-10)
+    np.testing.assert_allclose(got_d, _bgr_grad_to_rgb(deconv), atol=1e-10)
+
+
+def test_integrated_gradients_of_a_linear_model_by_hand():
+    # T(x) = v . mean(Wx + b) is linear: IG = (x - baseline) * gradient exactly, and sums to
+    # T(x) - T(baseline) (completeness).
+    w, b, v = [[0.02, -0.01, 0.005]], [0.3], [2.0]
+    model = OneConv(w, b, v, relu=False)
+    img = _two_tone_image()
+    ig = IntegratedGradients(model, preprocess=NOJPEG, steps=4, baseline="black")
+    attr = ig.attributions(img, target="nsfw-logit")
+    grad = _bgr_grad_to_rgb(np.broadcast_to(np.array(w[0]) * v[0] / 224**2, (224, 224, 3)))
+    expected = img.transpose(2, 0, 1).astype(np.float64) * grad
+    np.testing.assert_allclose(attr, expected, rtol=1e-4, atol=1e-9)
+    t_x = ig.score(img, "nsfw-logit")
+    t_0 = ig.score(np.zeros_like(img), "nsfw-logit")
+    assert attr.sum() == pytest.approx(t_x - t_0, rel=1e-4)
+    assert reduce_channels(attr, "signed").shape == (256, 256)
+
+
+def test_gradient_heatmaps_have_the_image_size_and_leave_parameters_alone():
+    model = OneConv([[0.02, -0.01, 0.005]], [0.1], [1.0])
+    img = np.random.default_rng(1).integers(0, 256, (90, 130, 3), dtype=np.uint8)
+    for cls in (GradCAM, GuidedBackprop, Deconvnet):
+        heat = cls(model).explain(img)
+        assert heat.shape == (90, 130) and heat.dtype == np.float32 and np.isfinite(heat).all()
+    heat = IntegratedGradients(model, steps=3).explain(img)
+    assert heat.shape == (90, 130)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_target_model_matches_detector(detector, torch_model, photos):
+    wrapped = TargetModel(torch_model, NsfwProbability())
+    for name in ("astronaut", "chelsea"):
+        img = _pil(photos[name])
+        with torch.no_grad():
+            ours = float(wrapped(resized_tensor(img, PreprocessConfig()))[0, 0])
+        assert ours == pytest.approx(detector.score(img), abs=1e-5)
+
+
+def test_gradcam_needs_forward_features():
+    model = nn.Sequential(nn.Conv2d(3, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with pytest.raises(ConfigError, match="forward_features"):
+        GradCAM(model).explain(np.zeros((32, 32, 3), np.uint8))
+
+
+# -- overlays ------------------------------------------------------------------------------------
+def test_normalize_and_blend():
+    heat = np.array([[0.0, 1.0], [2.0, 4.0]])
+    norm, lo, hi = normalize(heat)
+    assert (lo, hi) == (0.0, 4.0)
+    np.testing.assert_allclose(norm, [[0, 0.25], [0.5, 1.0]])
+    assert normalize(np.ones((2, 2)))[0].max() == 0.0
+    img = np.full((2, 2, 3), 100, np.uint8)
+    np.testing.assert_array_equal(blend(img, heat, alpha=0.0), img)
+    np.testing.assert_array_equal(blend(img, heat, alpha=1.0, cmap="gray"), colorize(norm, "gray"))
+    assert blend(img, heat, alpha=1.0, cmap="gray")[1, 1].tolist() == [255, 255, 255]
+    with pytest.raises(ConfigError):
+        blend(img, np.zeros((3, 3)))
+    with pytest.raises(ConfigError, match="colormap"):
+        blend(img, heat, cmap="no-such-map")
+    with pytest.raises(ConfigError, match="NaN"):
+        normalize(np.array([[np.nan, 1.0]]))
+
+
+def test_overlay_keeps_the_image_resolution():
+    img = np.random.default_rng(0).integers(0, 256, (120, 200, 3), dtype=np.uint8)
+    heat = np.linspace(0, 1, 120 * 200).reshape(120, 200)
+    pic = overlay_with_scale(img, heat, alpha=0.4)
+    assert pic.shape[0] == 120 and pic.shape[1] > 200
+    np.testing.assert_array_equal(pic[:, :200], blend(img, heat, alpha=0.4))
+    grid = labelled_grid([("a", img), ("b", img), ("c", img)], columns=2)
+    assert grid.shape[1] == 400 and grid.shape[0] > 240
+
+
+# -- public names and import cost ----------------------------------------------------------------
+def test_public_names():
+    import nsfwlab.explain as ex
+
+    assert set(ex.__all__) == {
+        "ALL_METHODS", "Baseline", "Censor", "CensorResult", "CensorStep", "Deconvnet", "ExplainOptions",
+        "Explainer", "Fill", "GradCAM", "GuidedBackprop", "IntegratedGradients", "LogitMargin", "Method",
+        "NsfwLogit", "NsfwProbability", "Occlusion", "Reduction", "SlidingWindow", "Style", "Target",
+        "TargetName", "blend", "explain_many", "hide", "labelled_grid", "make_explainer", "make_target",
+        "overlay_with_scale", "torch_model_for",
+    }
+    for name in ex.__all__:
+        assert getattr(ex, name) is not None
+    with pytest.raises(AttributeError):
+        ex.no_such_name  # noqa: B018
+
+
+def test_cli_import_stays_light():
+    code = ("import sys, nsfwlab.cli, nsfwlab.explain.options; "
+            "print(sorted(m for m in ('torch', 'matplotlib', 'captum') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
