@@ -166,7 +166,8 @@ def main() -> None:
           "crops before the JPEG round trip |")
     print(f"| `nsfwlab scan --mode exact` | {med('exact'):.1f} | {ratio('exact'):.2f}x | >= 1.5x | "
           f"max |Δ| vs `nsfwlab score` {parity:.1e} |")
-    print(f"| `nsfwlab scan --mode fast` (DCT-scaled decode + int8) | {med('fast'):.1f} | {ratio('fast'):.2f}x | >= 4x | "
+    print(f"| `nsfwlab scan --mode fast` (DCT-scaled decode + int8) | {med('fast'):.1f} | "
+          f"{ratio('fast'):.2f}x | >= 4x | "
           f"max |Δ| {delta.max():.4f}, mean {delta.mean():.4f}, bands agree {agree:.1%} |")
     print(f"\nDrift corpus: {len(keys)} images whose exact scores span 0..1 (deciles {hist}).")
 

@@ -14,6 +14,7 @@ Scores of different modes never mix: each mode has its own model and preprocessi
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import replace
 from enum import Enum
@@ -149,8 +150,12 @@ def quantize_int8(source: str | os.PathLike | None = None, *, cache_dir: str | o
 
     tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     upgraded = out.with_name(f"{out.name}.{os.getpid()}.src.onnx")
+    previous = logging.root.manager.disable
     try:
         onnx.save(model, str(upgraded))
+        # onnxruntime.quantization logs advice on the root logger ("consider pre-processing"); the
+        # recipe here is fixed and measured, so keep the user's console quiet while it runs.
+        logging.disable(logging.WARNING)
         quantize_static(
             str(upgraded), str(tmp), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -160,6 +165,7 @@ def quantize_int8(source: str | os.PathLike | None = None, *, cache_dir: str | o
     except Exception as exc:
         raise ModelError(f"int8 quantisation of {src} failed: {type(exc).__name__}: {exc}") from None
     finally:
+        logging.disable(previous)
         for leftover in (tmp, upgraded):
             if leftover.exists():
                 leftover.unlink()

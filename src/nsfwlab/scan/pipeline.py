@@ -127,7 +127,17 @@ def build_scan_model(config: ScanConfig) -> ScanModel:
                        batch_size=config.batch_size)
         return ScanModel(det.backend, det.preprocess_config, ScanMode.EXACT)
     if device == "cuda":
-        raise ConfigError("fast mode on CUDA runs through the GPU pipeline (nsfwlab.scan.gpu), not build_scan_model")
+        # fp16 channels-last on the GPU (|Δ| ~7e-4 against fp32); the GPU pipeline adds GPU decoding.
+        from ..backends import TorchBackend
+
+        if config.model is None:
+            gpu_backend: Backend = TorchBackend(device="cuda", precision=Precision.FP16,
+                                                model_version=f"{MODEL_VERSION}-fp16")
+            return ScanModel(gpu_backend, fast_preprocess(PreprocessConfig()), ScanMode.FAST)
+        det = Detector(device="cuda", precision=Precision.FP16, model=config.model)
+        if isinstance(det.backend, TorchBackend):
+            det.backend.model_version = f"{det.model_version}-fp16"
+        return ScanModel(det.backend, fast_preprocess(det.preprocess_config), ScanMode.FAST)
     if config.model is None:
         path = quantize_int8(None, cache_dir=config.cache_dir)
         backend: Backend = OnnxRuntimeBackend(path, verify=False, threads=config.threads,
@@ -306,7 +316,7 @@ class _Writer:
         self.twins: dict[str, list[WalkedFile]] = {}  # same content as a file waiting in this batch
         self.pending_skips = 0
 
-    def _record(self, file: WalkedFile, sha: str | None, *, score: float | None = None,
+    def record(self, file: WalkedFile, sha: str | None, *, score: float | None = None,
                 error_code: str | None = None, error: str | None = None, reused: bool = False) -> None:
         if score is not None:
             label = self.thresholds.label(score).value
@@ -333,9 +343,9 @@ class _Writer:
 
     def add(self, p: Prepared) -> None:
         if p.error is not None or p.error_code is not None:
-            self._record(p.file, p.sha256, error_code=p.error_code, error=p.error)
+            self.record(p.file, p.sha256, error_code=p.error_code, error=p.error)
         elif p.cached is not None:
-            self._record(p.file, p.sha256, score=p.cached, reused=True)
+            self.record(p.file, p.sha256, score=p.cached, reused=True)
         else:
             assert p.array is not None and p.sha256 is not None
             if p.sha256 in self.twins:
@@ -343,7 +353,7 @@ class _Writer:
             else:
                 known = self.store.cached_score(p.sha256, self.model.model_version, self.model.preprocess_version)
                 if known is not None:
-                    self._record(p.file, p.sha256, score=known, reused=True)
+                    self.record(p.file, p.sha256, score=known, reused=True)
                 else:
                     self.twins[p.sha256] = []
                     self.arrays.append(unpack_array(p.array, self.model.preprocess.mean_bgr))
@@ -357,9 +367,9 @@ class _Writer:
         if self.arrays:
             scores = self.model.backend.predict(stack_batch(self.arrays))[:, 1].tolist()
             for (file, sha), s in zip(self.waiting, scores, strict=True):
-                self._record(file, sha, score=float(s))
+                self.record(file, sha, score=float(s))
                 for twin in self.twins.get(sha, []):
-                    self._record(twin, sha, score=float(s), reused=True)
+                    self.record(twin, sha, score=float(s), reused=True)
             self.arrays, self.waiting, self.twins = [], [], {}
         if self.records:
             self.store.write(self.records)
@@ -414,8 +424,10 @@ class _Workers:
 
     MAX_BARREN_RESTARTS = 3
 
-    def __init__(self, n: int, initargs: tuple[Any, ...]) -> None:
+    def __init__(self, n: int, initargs: tuple[Any, ...],
+                 task: Callable[[list[WalkedFile]], list[Any]] | None = None) -> None:
         self.n, self.initargs = n, initargs
+        self.task = task or _prepare_chunk
         self.pool = self._make()
         self.barren_restarts = 0
 
@@ -433,21 +445,21 @@ class _Workers:
             )
         self.pool = self._make()
 
-    def submit(self, files: list[WalkedFile]) -> Future[list[Prepared]]:
+    def submit(self, files: list[WalkedFile]) -> Future[list[Any]]:
         try:
-            return self.pool.submit(_prepare_chunk, files)
+            return self.pool.submit(self.task, files)
         except BrokenProcessPool:
             self._restart()
-            return self.pool.submit(_prepare_chunk, files)
+            return self.pool.submit(self.task, files)
 
-    def collect(self, files: list[WalkedFile], fut: Future[list[Prepared]]) -> list[Prepared]:
+    def collect(self, files: list[WalkedFile], fut: Future[list[Any]]) -> list[Any]:
         try:
             results = fut.result()
             self.barren_restarts = 0
             return results
         except BrokenProcessPool:
             pass
-        out: list[Prepared] = []
+        out: list[Any] = []
         for f in files:
             try:
                 out.extend(self.submit([f]).result())
@@ -474,16 +486,20 @@ def scan(roots: Iterable[str | os.PathLike], store: ResultStore, config: ScanCon
     """
     config = config or ScanConfig()
     root_list = check_roots(roots)
-    if config.engine is Engine.RAY:
-        from .ray_engine import scan_ray
-
-        return scan_ray(root_list, store, config, model=model, backend=backend, progress=progress)
     if model is None:
         if backend is not None:
             pre = fast_preprocess(PreprocessConfig()) if config.mode is ScanMode.FAST else PreprocessConfig()
             model = ScanModel(backend, pre, config.mode)
         else:
             model = build_scan_model(config)
+    if config.engine is Engine.RAY:
+        from .ray_engine import scan_ray
+
+        return scan_ray(root_list, store, config, model=model, backend=backend, progress=progress)
+    if config.mode is ScanMode.FAST and model.backend.device == "cuda" and backend is None:
+        from .gpu import scan_gpu
+
+        return scan_gpu(root_list, store, config, model=model, progress=progress)
     summary = ScanSummary(model.model_version, model.preprocess_version, model.mode.value, Engine.LOCAL.value)
     writer = _Writer(store, model, config.thresholds, config.batch_size, summary, progress)
     run_id = store.start_run(model_version=model.model_version, preprocess_version=model.preprocess_version,
