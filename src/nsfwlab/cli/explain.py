@@ -112,6 +112,9 @@ def explain_command(
         from ..explain.targets import make_target
 
         tgt = make_target(target)
+        wanted = list(M.ALL_METHODS) if method is Method.ALL else [method]
+        if any(m not in M.GRADIENT_METHODS for m in wanted):
+            tgt.from_probabilities(np.asarray([0.5]))  # black-box methods need a probability target
         det = _detector(backend, device, model, batch_size)
         img = load_image(image, det.limits)
         rgb = np.asarray(img)
@@ -119,7 +122,6 @@ def explain_command(
         opts = M.ExplainOptions(box=box, stride=stride, fill=fill, window=window, window_stride=window_stride,
                                 steps=steps, baseline=baseline, reduction=reduction,
                                 device=resolve_device(device))
-        wanted = list(M.ALL_METHODS) if method is Method.ALL else [method]
         torch_model = M.torch_model_for(det) if any(m in M.GRADIENT_METHODS for m in wanted) else None
         explainers = {m: M.make_explainer(m, det, options=opts, model=torch_model) for m in wanted}
         total = sum(M.work_units(m, e, h, w) for m, e in explainers.items())
