@@ -114,13 +114,17 @@ class Run:
         return float(np.percentile(lat, q)) if lat else float("nan")
 
     _by_status: dict[str, list[float]] = field(default_factory=dict)
+    _server_ms: dict[str, list[float]] = field(default_factory=dict)  # Server-Timing: time inside the app
 
     def summary(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k not in ("latencies_ms", "_by_status", "scores")}
+        d = {k: v for k, v in asdict(self).items() if k not in ("latencies_ms", "_by_status", "_server_ms", "scores")}
         d.update(throughput_rps=round(self.throughput, 2), p50_ms=round(self.pct(50), 1), p99_ms=round(self.pct(99), 1))
         for status, lat in self._by_status.items():
             d[f"p50_ms_{status}"] = round(float(np.percentile(lat, 50)), 1)
             d[f"p99_ms_{status}"] = round(float(np.percentile(lat, 99)), 1)
+        for status, lat in self._server_ms.items():
+            d[f"server_p50_ms_{status}"] = round(float(np.percentile(lat, 50)), 1)
+            d[f"server_p99_ms_{status}"] = round(float(np.percentile(lat, 99)), 1)
         return d
 
 
@@ -151,6 +155,9 @@ async def load(url: str, images: list[tuple[str, bytes]], n: int, concurrency: i
                 key = str(resp.status_code)
                 run.statuses[key] = run.statuses.get(key, 0) + 1
                 run._by_status.setdefault(key, []).append(ms)
+                timing = resp.headers.get("server-timing", "")
+                if timing.startswith("app;dur="):
+                    run._server_ms.setdefault(key, []).append(float(timing[8:]))
                 if resp.status_code == 200:
                     run.latencies_ms.append(ms)
                     run.scores[name] = resp.json()["results"][0]["score"]
