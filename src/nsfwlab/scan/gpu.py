@@ -127,6 +127,20 @@ def gpu_preprocess(images: Sequence[Any], config: PreprocessConfig,
     return bgr - mean
 
 
+JpegDecoder = Callable[[list[bytes]], Sequence[Any]]
+
+
+def _nvjpeg_decoder(device: str) -> JpegDecoder:
+    tv = require_torchvision()
+    import torch
+
+    def decode(datas: list[bytes]) -> Sequence[Any]:
+        tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+        return list(tv.io.decode_jpeg(tensors, mode=tv.io.ImageReadMode.RGB, device=device))
+
+    return decode
+
+
 @dataclass
 class _Raw:
     """A JPEG routed to the GPU: its bytes, read and header-checked by a CPU worker."""
@@ -162,11 +176,15 @@ def _route_chunk(files: list[WalkedFile]) -> list[Prepared | _Raw]:
 class _GpuBatcher:
     """Collects GPU-routed JPEGs and CPU-prepared arrays; scores them in batches on the device."""
 
-    def __init__(self, model: ScanModel, writer: _Writer, batch_size: int, limits: DecodeLimits) -> None:
+    def __init__(self, model: ScanModel, writer: _Writer, batch_size: int, limits: DecodeLimits, *,
+                 device: str = "cuda", decode: JpegDecoder | None = None,
+                 roundtrip: Callable[[Any, int], Any] | None = None) -> None:
         import torch
 
         self.torch = torch
-        self.tv = require_torchvision()
+        self.device = device
+        self.decode_batch = decode or _nvjpeg_decoder(device)
+        self.roundtrip = roundtrip
         self.model, self.writer, self.batch_size, self.limits = model, writer, batch_size, limits
         self.raw: list[_Raw] = []
         self.cpu: list[Prepared] = []
@@ -190,16 +208,15 @@ class _GpuBatcher:
             self.flush()
 
     def _decode(self) -> tuple[list[Any], list[_Raw]]:
-        tv, torch = self.tv, self.torch
-        tensors = [torch.frombuffer(bytearray(r.data), dtype=torch.uint8) for r in self.raw]
         try:
-            return list(tv.io.decode_jpeg(tensors, mode=tv.io.ImageReadMode.RGB, device="cuda")), list(self.raw)
+            return list(self.decode_batch([r.data for r in self.raw])), list(self.raw)
         except RuntimeError:
             # One bad JPEG fails the whole batch: decode one by one, send failures to the CPU path.
-            images, kept = [], []
-            for r, t in zip(self.raw, tensors, strict=True):
+            images: list[Any] = []
+            kept: list[_Raw] = []
+            for r in self.raw:
                 try:
-                    images.append(tv.io.decode_jpeg(t, mode=tv.io.ImageReadMode.RGB, device="cuda"))
+                    images.extend(self.decode_batch([r.data]))
                     kept.append(r)
                 except RuntimeError:
                     self.cpu_fallback(r)
@@ -218,11 +235,11 @@ class _GpuBatcher:
         if self.raw:
             images, kept = self._decode()
             if images:
-                parts.append(gpu_preprocess(images, self.model.preprocess))
+                parts.append(gpu_preprocess(images, self.model.preprocess, self.roundtrip))
                 owners += [(r.file, r.sha256) for r in kept]
         if self.cpu:
             arrays = [unpack_array(p.array, self.model.preprocess.mean_bgr) for p in self.cpu if p.array is not None]
-            parts.append(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to("cuda"))
+            parts.append(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(self.device))
             owners += [(p.file, p.sha256 or "") for p in self.cpu]
         self.raw, self.cpu = [], []
         if parts:
@@ -237,14 +254,19 @@ class _GpuBatcher:
 
 
 def scan_gpu(roots: list[str], store: ResultStore, config: ScanConfig, *, model: ScanModel,
-             progress: ProgressFn | None = None) -> ScanSummary:
-    """The fast GPU scan: CPU workers read/hash/route, the GPU decodes, resizes and scores."""
+             progress: ProgressFn | None = None, device: str = "cuda", decode: JpegDecoder | None = None,
+             roundtrip: Callable[[Any, int], Any] | None = None) -> ScanSummary:
+    """The fast GPU scan: CPU workers read/hash/route, the GPU decodes, resizes and scores.
+
+    ``device``, ``decode`` (JPEG bytes -> RGB CHW uint8 tensors) and ``roundtrip`` replace nvJPEG
+    and the GPU JPEG encoder; they exist so that this path's logic runs in CPU-only tests.
+    """
     from .pipeline import _Workers
 
-    require_torchvision()
     summary = ScanSummary(model.model_version, model.preprocess_version, model.mode.value, Engine.LOCAL.value)
     writer = _Writer(store, model, config.thresholds, config.batch_size, summary, progress)
-    batcher = _GpuBatcher(model, writer, config.batch_size, config.limits)
+    batcher = _GpuBatcher(model, writer, config.batch_size, config.limits, device=device, decode=decode,
+                          roundtrip=roundtrip)
     run_id = store.start_run(model_version=model.model_version, preprocess_version=model.preprocess_version,
                              mode=model.mode.value, engine="local-gpu", roots=roots)
     workers = _Workers(config.n_workers, (model.preprocess, config.limits, str(store.path.resolve()),

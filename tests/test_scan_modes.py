@@ -1,0 +1,71 @@
+"""Fast mode: the int8 model is built offline, cached, versioned apart from exact, and drifts little."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nsfwlab.scan import ResultStore, ScanConfig, ScanMode, build_scan_model, quantize_int8, scan
+from nsfwlab.scan.modes import QUANT_VERSION, calibration_batches
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("nsfwlab-cache")
+
+
+@pytest.fixture(scope="module")
+def web_tree(tmp_path_factory: pytest.TempPathFactory, photos: dict[str, np.ndarray]) -> Path:
+    """The photos upscaled to web size (~1 MP), where DCT-scaled decoding actually applies."""
+    root = tmp_path_factory.mktemp("web")
+    for name, arr in photos.items():
+        img = Image.fromarray(arr).convert("RGB").resize((1200, 800), Image.Resampling.BICUBIC)
+        img.save(root / f"{name}.jpg", quality=85)
+    return root
+
+
+def test_calibration_is_deterministic() -> None:
+    a, b = calibration_batches(count=4, batch=2), calibration_batches(count=4, batch=2)
+    assert len(a) == 2 and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert a[0].shape == (2, 224, 224, 3) and a[0].dtype == np.float32
+    assert not np.array_equal(calibration_batches(count=2, batch=2, seed=1)[0], a[0])
+
+
+def test_int8_model_is_built_once_and_cached(cache_dir: Path) -> None:
+    path = quantize_int8(cache_dir=cache_dir)
+    assert path.is_file() and path.parent == cache_dir / "int8" and QUANT_VERSION in path.name
+    mtime = path.stat().st_mtime_ns
+    assert quantize_int8(cache_dir=cache_dir) == path and path.stat().st_mtime_ns == mtime
+    assert not [p for p in path.parent.iterdir() if p.suffix == ".tmp" or p.name.endswith(".src.onnx")]
+
+
+def test_fast_mode_drift_and_versions(cache_dir: Path, web_tree: Path, tmp_path: Path, detector) -> None:
+    fast = build_scan_model(ScanConfig(mode=ScanMode.FAST, cache_dir=str(cache_dir)))
+    assert fast.model_version == f"{detector.model_version}-{QUANT_VERSION}"
+    assert fast.preprocess_version == "custom-r256_c224_jpeg75_draft"
+    db = tmp_path / "r.sqlite"
+    with ResultStore(db) as store:
+        scan([web_tree], store, ScanConfig(workers=1, batch_size=8))
+        scan([web_tree], store, ScanConfig(mode=ScanMode.FAST, workers=1, batch_size=8), model=fast)
+        rows = list(store.iter_rows())
+    exact = {r["path"]: r for r in rows if r["mode"] == "exact"}
+    quick = {r["path"]: r for r in rows if r["mode"] == "fast"}
+    assert len(exact) == len(quick) == 7  # both versions kept side by side
+    deltas = [abs(exact[p]["score"] - quick[p]["score"]) for p in exact]
+    # Measured on the benchmark corpus: max |Δ| of a few hundredths (BENCHMARKS.md).
+    assert max(deltas) < 0.06
+    assert sum(exact[p]["label"] == quick[p]["label"] for p in exact) >= 6
+    for p, row in exact.items():
+        assert abs(row["score"] - detector.score(p)) <= 1e-5
+
+
+def test_bad_cache_dir_is_a_config_error(tmp_path: Path) -> None:
+    from nsfwlab.errors import ConfigError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="cannot create the model cache"):
+        quantize_int8(cache_dir=blocker / "sub")
