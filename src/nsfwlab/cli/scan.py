@@ -63,7 +63,7 @@ def scan_command(
         roots = check_roots(paths)
         total = None
         if count:
-            total = sum(1 for _ in walk(roots, WalkConfig(include=config.walk.include, exclude=config.walk.exclude)))
+            total = sum(1 for _ in walk(roots, config.walk))
         with ResultStore(db) as store, progress_bar(total, "scanning", unit="files", enabled=progress) as advance:
             summary = scan(roots, store, config, progress=lambda n, errors: advance(n, errors=errors))
     except NsfwlabError as exc:
