@@ -107,7 +107,7 @@ def test_export_filters_and_cli(scanned: Path, tmp_path: Path) -> None:
 def test_failed_export_leaves_no_file(scanned: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from nsfwlab.scan import export as export_mod
 
-    def boom(rows, fh):  # noqa: ANN001 - mimics the writer's signature
+    def boom(rows, fh):
         fh.write("partial")
         raise OSError("disk full")
 
