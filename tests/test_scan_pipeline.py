@@ -188,3 +188,29 @@ def test_worker_transport_is_lossless(photo_paths: list[Path]) -> None:
     odd = PreprocessConfig(mean_bgr=(104.5, 117.0, 123.0))
     arr = preprocess(photo_paths[0], odd)
     assert np.array_equal(unpack_array(pack_array(arr, odd.mean_bgr), odd.mean_bgr), arr)
+
+
+def test_model_checkpoint_scores_under_its_own_version(photo_dir: Path, tmp_path: Path, torch_model,
+                                                       detector) -> None:
+    """--model PATH: a checkpoint (here the stock weights saved as one) loads through the core and
+    its rows carry the checkpoint's version, next to the stock model's."""
+    from nsfwlab.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(tmp_path / "mine.pt", torch_model)
+    runner = CliRunner()
+    db = tmp_path / "r.sqlite"
+    args = ["scan", str(photo_dir), "--db", str(db), "--workers", "1", "--no-progress", "--json",
+            "--include", "c*.jpg"]
+    assert runner.invoke(app, args).exit_code == 0
+    res = runner.invoke(app, [*args, "--model", str(ckpt)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["model_version"].startswith("mine-") and summary["scored"] == 3
+    with ResultStore(db, readonly=True) as store:
+        rows = list(store.iter_rows())
+    assert len(rows) == 6
+    by_version: dict[str, dict[str, float]] = {}
+    for r in rows:
+        by_version.setdefault(r["model_version"], {})[r["path"]] = r["score"]
+    stock, mine = by_version[detector.model_version], by_version[summary["model_version"]]
+    assert all(abs(stock[p] - mine[p]) <= 1e-5 for p in stock)
