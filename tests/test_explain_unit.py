@@ -25,7 +25,7 @@ from nsfwlab.explain import (
 )
 from nsfwlab.explain._windows import average_over_boxes, window_grid, window_starts
 from nsfwlab.explain.gradients import DifferentiablePreprocess, TargetModel, reduce_channels, resized_tensor
-from nsfwlab.explain.overlay import blend, colorize, labelled_grid, normalize, overlay_with_scale
+from nsfwlab.explain.overlay import attach_scale, blend, colorize, labelled_grid, normalize, overlay_with_scale
 from nsfwlab.preprocess import preprocess_rgb
 
 #: No JPEG round trip: with a 256x256 image the network input is exactly the central crop.
@@ -331,6 +331,11 @@ def test_overlay_keeps_the_image_resolution():
     np.testing.assert_array_equal(pic[:, :200], blend(img, heat, alpha=0.4))
     grid = labelled_grid([("a", img), ("b", img), ("c", img)], columns=2)
     assert grid.shape[1] == 400 and grid.shape[0] > 240
+    tiny = img[:7, :5]
+    pic = attach_scale(tiny, 0.0, 1.0)  # shorter than the scale: padded, pixels kept
+    assert pic.shape[0] == 64
+    np.testing.assert_array_equal(pic[:7, :5], tiny)
+    assert (pic[7:, :5] == 255).all()
 
 
 # -- public names and import cost ----------------------------------------------------------------

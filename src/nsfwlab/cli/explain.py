@@ -142,8 +142,7 @@ def explain_command(
                 panels.append((f"{_LABELS[m.value]} [{heat.min():.3g}, {heat.max():.3g}{clip}]",
                                overlay.blend(rgb, heat, cmap=cmap, alpha=alpha, vmax=vmax)))
             grid = overlay.labelled_grid(panels, columns=min(4, len(panels)), max_side=max_side)
-            bar = overlay.colour_scale(grid.shape[0], 0.0, 1.0, cmap=cmap, label="per-map min..max")
-            picture = np.concatenate([grid, bar], axis=1)
+            picture = overlay.attach_scale(grid, 0.0, 1.0, cmap=cmap, label="per-map min..max")
         _save_png(out, picture)
         if save_heatmap is not None:
             try:

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import ConfigError
 
-__all__ = ["blend", "colorize", "colour_scale", "labelled_grid", "normalize", "overlay_with_scale"]
+__all__ = ["attach_scale", "blend", "colorize", "colour_scale", "labelled_grid", "normalize", "overlay_with_scale"]
 
 
 def normalize(heat: np.ndarray, vmin: float | None = None,
@@ -106,13 +106,21 @@ def overlay_with_scale(image: np.ndarray, heat: np.ndarray, *, cmap: str = "jet"
                        vmin: float | None = None, vmax: float | None = None, label: str = "") -> np.ndarray:
     """:func:`blend` at the image's own resolution, with a colour scale attached on the right:
     the left ``W`` columns are exactly the blended image."""
-    norm_lo_hi = normalize(heat, vmin, vmax)
+    _, lo, hi = normalize(heat, vmin, vmax)
     blended = blend(image, heat, cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax)
-    bar = colour_scale(blended.shape[0], norm_lo_hi[1], norm_lo_hi[2], cmap=cmap, label=label)
-    if bar.shape[0] != blended.shape[0]:  # tiny images: pad the image part to the bar's height
-        pad = np.full((bar.shape[0] - blended.shape[0], blended.shape[1], 3), 255, dtype=np.uint8)
-        blended = np.concatenate([blended, pad], axis=0)
-    return np.concatenate([blended, bar], axis=1)
+    return attach_scale(blended, lo, hi, cmap=cmap, label=label)
+
+
+def attach_scale(picture: np.ndarray, vmin: float, vmax: float, *, cmap: str = "jet",
+                 label: str = "") -> np.ndarray:
+    """``picture`` with a colour scale on its right; the picture's pixels are kept as they are
+    (a picture shorter than the scale's minimum height is padded with white below)."""
+    picture = _as_rgb(picture)
+    bar = colour_scale(picture.shape[0], vmin, vmax, cmap=cmap, label=label)
+    if bar.shape[0] > picture.shape[0]:
+        pad = np.full((bar.shape[0] - picture.shape[0], picture.shape[1], 3), 255, dtype=np.uint8)
+        picture = np.concatenate([picture, pad], axis=0)
+    return np.concatenate([picture, bar], axis=1)
 
 
 def labelled_grid(panels: Sequence[tuple[str, np.ndarray]], *, columns: int = 3,
