@@ -34,7 +34,7 @@ def _background(rng: np.random.Generator) -> np.ndarray:
     return np.clip(bg + rng.normal(0, 3, bg.shape), 0, 255).astype(np.uint8)
 
 
-def make_patched_image(model: torch.nn.Module, steps: int = 30, crops: int = 2, seed: int = 0) -> np.ndarray:
+def make_patched_image(model: torch.nn.Module, steps: int = 20, crops: int = 2, seed: int = 0) -> np.ndarray:
     """Optimise one SIZE x SIZE patch toward a high NSFW logit margin through the straight-through
     exact pipeline, averaged over random rescaled crops that contain the patch (so it also
     drives the score of sliding-window crops)."""
