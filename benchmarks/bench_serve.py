@@ -221,6 +221,28 @@ def measure(mode: str, server_args: list[str], images: list[tuple[str, bytes]], 
     return run
 
 
+def model_batch_curve(sizes: tuple[int, ...] = (1, 2, 4, 8, 16), reps: int = 6,
+                      seconds: float = 1.0) -> dict[int, float]:
+    """onnxruntime images/s by batch size (the Detector's backend alone; interleaved repetitions,
+    median), to show whether batching can pay on this machine at all."""
+    from nsfwlab import Detector
+
+    det = Detector(device="cpu")
+    x = np.random.default_rng(0).normal(size=(max(sizes), 224, 224, 3)).astype(np.float32)
+    rates: dict[int, list[float]] = {bs: [] for bs in sizes}
+    for bs in sizes:
+        det.predict_arrays(x[:bs])
+    for _ in range(reps):
+        for bs in sizes:
+            t0, n = time.perf_counter(), 0
+            while time.perf_counter() - t0 < seconds:
+                det.backend.predict(x[:bs])
+                n += bs
+            rates[bs].append(n / (time.perf_counter() - t0))
+    det.close()
+    return {bs: round(float(np.median(v)), 1) for bs, v in rates.items()}
+
+
 def machine() -> dict[str, str]:
     model = "unknown"
     try:
@@ -254,6 +276,8 @@ def main() -> None:
     images = web_jpegs()
     info = machine()
     print(f"# {info}", flush=True)
+    curve = model_batch_curve()
+    print(f"# model alone, img/s by batch size: {curve}", flush=True)
     common = ["--decode-workers", "2"]
     modes = {
         "naive (--no-batching)": [*common, "--no-batching"],
@@ -275,6 +299,7 @@ def main() -> None:
     total = sum(overload.statuses.values()) + overload.timeouts
     result = {
         "machine": info,
+        "model_alone_img_per_s_by_batch": curve,
         "modes": [r.summary() for r in runs],
         "throughput_ratio_vs_naive": {r.mode: round(r.throughput / naive.throughput, 3) if naive.throughput else None
                                       for r in runs[1:]},

@@ -247,7 +247,9 @@ def test_health_ready_openapi_docs(client: TestClient, detector: Detector) -> No
 
 def test_metrics_count_requests_scores_and_errors(detector: Detector, jpg: bytes) -> None:
     with TestClient(create_app(ServeConfig(), detector)) as c:
-        c.post("/v1/score", content=jpg)
+        first = c.post("/v1/score", content=jpg)
+        assert first.headers["server-timing"].startswith("app;dur=")
+        assert float(first.headers["server-timing"][8:]) > 0
         c.post("/v1/score", content=jpg)
         c.post("/v1/score", content=b"nope")
         svc = c.app.state.service  # type: ignore[attr-defined]

@@ -29,6 +29,7 @@ from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ..config import Label
 from ..detector import Detector
@@ -317,7 +318,14 @@ async def _read_uploads(request: Request, config: ServeConfig, filename: str | N
                 "(send fewer or smaller images, or raise --max-body-bytes)"
             )
     counted = Request(request.scope, CountingReceive(request.receive, config.max_body_bytes))
-    ctype = request.headers.get("content-type", "").lower()
+    try:
+        return await _parse_uploads(counted, request.headers.get("content-type", "").lower(), config, filename)
+    except ClientDisconnect:
+        raise BadRequestError("the client disconnected before sending the whole body") from None
+
+
+async def _parse_uploads(counted: Request, ctype: str, config: ServeConfig,
+                         filename: str | None) -> list[tuple[str, bytes]]:
     if ctype.startswith("multipart/form-data"):
         try:
             form = await counted.form(max_files=config.max_files, max_fields=config.max_files + 16)
@@ -467,7 +475,13 @@ def create_app(config: ServeConfig | None = None, detector: DetectorSource = Non
 
     @app.get("/review", tags=["review"], summary="The human-review page", response_class=HTMLResponse)
     async def review_page() -> HTMLResponse:
-        return HTMLResponse(page, headers={"Cache-Control": "no-store"})
+        return HTMLResponse(page, headers={
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+            # The page loads nothing from elsewhere: its own script and style, thumbnails as blobs.
+            "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'unsafe-inline'; "
+                                       "script-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'",
+        })
 
     @app.get("/v1/review/items", tags=["review"], summary="Items queued for review",
              responses={401: _ERRORS[401], 404: {"model": ErrorResponse}})
