@@ -207,3 +207,44 @@ def test_cli_censor(tmp_path, patched):
         assert det.score(censored) < 0.2
     with Image.open(mask) as m:
         assert m.size == (256, 256) and np.asarray(m).max() == 255
+
+
+def test_censor_with_gradcam_and_box(patched, detector, torch_model):
+    result = Censor(detector, explainer=GradCAM(torch_model), style="box").censor(patched, target=0.2)
+    assert result.reached and result.score_after < 0.2
+    assert result.mask[TOP : TOP + SIZE, LEFT : LEFT + SIZE].sum() > 0.5 * result.mask.sum()
+
+
+def test_torch_model_for_follows_the_detector(tmp_path, torch_model):
+    from nsfwlab import ConfigError, Detector
+    from nsfwlab.backends import OnnxRuntimeBackend, TorchBackend
+    from nsfwlab.explain import torch_model_for
+
+    det = Detector(TorchBackend(torch_model))
+    assert torch_model_for(det) is det.backend.model  # the detector's own fp32 CPU model
+
+    class Foreign(OnnxRuntimeBackend):
+        def __init__(self) -> None:
+            self.model_version = "finetuned-abc"
+
+    with pytest.raises(ConfigError, match=r"\.pt checkpoint"):
+        torch_model_for(Detector(Foreign()))
+
+
+def test_gradient_methods_refuse_a_missing_cuda(torch_model):
+    from nsfwlab import BackendUnavailableError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(BackendUnavailableError):
+        GradCAM(torch_model, device="cuda")
+
+
+def test_cli_censor_with_gradcam(tmp_path, patched):
+    src = tmp_path / "patched.png"
+    Image.fromarray(patched).save(src)
+    res = runner.invoke(_app(), ["censor", str(src), "--out", str(tmp_path / "c.png"), "-m", "gradcam",
+                                 "--style", "box", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(_app(), ["censor", str(src), "--out", str(tmp_path / "c.png"), "-m", "all"])
+    assert res.exit_code == 2
