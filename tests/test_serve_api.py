@@ -230,7 +230,14 @@ def test_too_many_files_is_413(client: TestClient, jpg: bytes) -> None:
 def test_malformed_requests(client: TestClient, kwargs: dict, status: int, code: str) -> None:
     resp = client.post("/v1/score", **kwargs)
     assert resp.status_code == status, resp.text
-    assert resp.json()["code"] == code
+    body = resp.json()
+    assert (_one(resp) if "results" in body else body)["code"] == code
+
+
+def test_raw_body_is_judged_by_its_bytes_not_its_content_type(client: TestClient, jpg: bytes) -> None:
+    # curl --data-binary @photo.jpg sends application/x-www-form-urlencoded by default.
+    resp = client.post("/v1/score", content=jpg, headers={"content-type": "application/x-www-form-urlencoded"})
+    assert resp.status_code == 200 and 0 <= _one(resp)["score"] <= 1
 
 
 # -- ops ---------------------------------------------------------------------------------------------

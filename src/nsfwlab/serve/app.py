@@ -348,11 +348,9 @@ async def _parse_uploads(counted: Request, ctype: str, config: ServeConfig,
                 "no image in the request: send multipart field 'file' (repeatable) or a raw image body"
             )
         return uploads
-    if ctype.startswith(("application/x-www-form-urlencoded", "application/json", "text/")):
-        raise UnsupportedFormatError(
-            f"content type {ctype.split(';')[0]!r} is not an image: send multipart/form-data or raw image bytes "
-            "(URLs are never fetched)"
-        )
+    # Anything else is one raw image, judged by its bytes, not by its Content-Type (curl's
+    # --data-binary sends application/x-www-form-urlencoded). A URL in a JSON or form body is text:
+    # 415, never fetched.
     return [(filename or "upload", await counted.body())]
 
 
