@@ -326,3 +326,16 @@ def test_cli_and_review_store_do_not_import_the_web_stack() -> None:
             "heavy = [m for m in ('fastapi', 'starlette', 'uvicorn', 'prometheus_client') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_public_names_are_pinned() -> None:
+    import nsfwlab.serve as serve
+    import nsfwlab.serve.app as app_module
+
+    assert sorted(serve.__all__) == ["QueueReason", "ReviewItem", "ReviewLabel", "ReviewStatus", "ReviewStore",
+                                     "ServeConfig", "create_app"]
+    assert serve.create_app is app_module.create_app
+    for name in serve.__all__:
+        assert getattr(serve, name) is not None
+    with pytest.raises(AttributeError):
+        serve.no_such_name  # noqa: B018
