@@ -339,3 +339,16 @@ def test_public_names_are_pinned() -> None:
         assert getattr(serve, name) is not None
     with pytest.raises(AttributeError):
         serve.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--safe-below", "0.9", "--nsfw-above", "0.1"], "must not exceed"),
+        (["--api-key-file", "/nonexistent/keys.txt"], "cannot read the API key file"),
+    ],
+)
+def test_serve_refuses_bad_configuration_before_starting(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli_app, ["serve", "--port", "1", *args])
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output

@@ -50,7 +50,7 @@ def serve_command(
     backend: BackendName = typer.Option(BackendName.AUTO, help="Inference engine."),
     precision: Precision = typer.Option(Precision.AUTO, help="torch backend precision."),
     model: Path | None = typer.Option(None, "--model", help="A fine-tuned checkpoint (.pt) or exported .onnx."),
-    graceful_timeout: int = typer.Option(30, min=0, help="On SIGTERM, seconds to let in-flight requests finish."),
+    graceful_timeout: int = typer.Option(30, min=0, help="On SIGTERM, seconds to let in-flight requests finish (0: no limit)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
 ) -> None:
     """Run the HTTP scoring service (FastAPI on uvicorn) with limits, metrics and a review page.
