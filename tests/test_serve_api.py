@@ -460,3 +460,28 @@ def test_confident_decisions_are_not_queued_unless_audited(tmp_path: Path, detec
 def test_review_routes_without_data_dir_are_404(client: TestClient) -> None:
     resp = client.get("/v1/review/items")
     assert resp.status_code == 404 and "--data-dir" in resp.json()["error"]
+
+
+class ConstantBackend:
+    """A model that calls everything safe (score 0.05): exercises the audit sample without the model."""
+
+    name = "constant"
+    device = "cpu"
+    model_version = "constant-test"
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return np.tile(np.array([[0.95, 0.05]], np.float32), (len(batch), 1))
+
+
+def test_audit_sample_is_seeded_and_has_the_requested_share(tmp_path: Path) -> None:
+    import random
+
+    images = [jpeg_bytes(np.full((16, 16, 3), i, np.uint8)) for i in range(0, 240, 8)]  # 30 distinct
+    rng = random.Random(7)
+    expected = [rng.random() < 0.5 for _ in images]
+    config = ServeConfig(data_dir=tmp_path / "d", audit_rate=0.5, audit_seed=7)
+    with TestClient(create_app(config, Detector(ConstantBackend()))) as c:
+        queued = [("review_id" in _one(c.post("/v1/score", content=data))) for data in images]
+        counts = c.get("/v1/review/items").json()["counts"]
+    assert queued == expected and 5 < sum(queued) < 25
+    assert counts["pending"] == sum(queued)
