@@ -17,6 +17,8 @@ from nsfwlab.evaluate.metrics import (
     bootstrap_interval,
     compute_metrics,
     confusion,
+    fast_average_precision,
+    fast_roc_auc,
     recommend_threshold,
     recommend_thresholds,
 )
@@ -45,6 +47,15 @@ def test_point_estimates_agree_with_sklearn(ties: bool) -> None:
     tn, fp, fn, tp = confusion_matrix(y, (s >= 0.2).astype(int), labels=[0, 1]).ravel()
     c = m.at_safe_below
     assert (c.tn, c.fp, c.fn, c.tp) == (tn, fp, fn, tp)
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(2, 200), ties=st.booleans())
+def test_bootstrap_statistics_equal_sklearn(seed: int, n: int, ties: bool) -> None:
+    y, s = _data(n=n, seed=seed, ties=ties)
+    y[:2] = [0, 1]
+    assert fast_roc_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert fast_average_precision(y, s) == pytest.approx(average_precision_score(y, s), abs=1e-12)
 
 
 def test_confusion_by_hand() -> None:

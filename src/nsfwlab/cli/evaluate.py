@@ -148,6 +148,7 @@ def finetune_command(
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Keep the preprocessed arrays here (reused on --resume)."),
     export_onnx: Path | None = typer.Option(None, "--export-onnx", help="Also export the model to this .onnx (fast CPU backend)."),
     workers: int = typer.Option(2, min=1, help="Threads decoding and preprocessing."),
+    device: Device = typer.Option(Device.AUTO, help="Where training runs (auto: CUDA when available)."),
     progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bars on stderr (default: when stderr is a terminal)."),
 ) -> None:
     """Fine-tune open_nsfw on your labelled images (or train VGG-16 from scratch as a baseline).
@@ -187,7 +188,7 @@ def finetune_command(
         with progress_bar(len(dataset), "preprocessing", enabled=progress) as adv_prep, \
                 progress_bar(n_train_est * epochs, "training", enabled=progress) as adv_train:
             result = finetune(dataset, config, state_path=state_path, resume=resume, cache_dir=cache_dir,
-                              workers=workers, on_prepare=lambda n, e: adv_prep(n, errors=e),
+                              workers=workers, device=device, on_prepare=lambda n, e: adv_prep(n, errors=e),
                               on_batch=lambda n: adv_train(n), on_epoch=on_epoch)
     except KeyboardInterrupt:
         stderr.print(f"[yellow]interrupted[/]: the state after the last finished epoch is in {state_path}; "

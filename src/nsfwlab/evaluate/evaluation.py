@@ -8,6 +8,7 @@ from typing import Any
 
 from ..config import Thresholds
 from ..detector import Detector, ScoreResult
+from ..errors import ImageError
 from .data import Hygiene, LabelledSet, Problem, check_hygiene
 from .metrics import DEFAULT_TARGETS, Metrics, Target, compute_metrics
 
@@ -67,6 +68,9 @@ def evaluate(data: LabelledSet, detector: Detector, *, targets: Sequence[Target]
     (first path in order) and leaves out groups whose copies carry different labels."""
     hygiene = check_hygiene(data.items)
     bad = {p.path for p in hygiene.unreadable}
+    if progress is not None:  # files that could not even be read count as done (with an error)
+        for p in hygiene.unreadable:
+            progress(ScoreResult(p.path, error=ImageError(p.message)))
     items = [it for it in data.items if str(it.path) not in bad]
     excluded = 0
     if drop_duplicates:

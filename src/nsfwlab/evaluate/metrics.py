@@ -33,6 +33,8 @@ __all__ = [
     "bootstrap_interval",
     "compute_metrics",
     "confusion",
+    "fast_average_precision",
+    "fast_roc_auc",
     "recommend_threshold",
     "recommend_thresholds",
 ]
@@ -222,16 +224,43 @@ def recommend_thresholds(recommendations: Sequence[Recommendation], current: Thr
     return Thresholds(safe_below=min(safe_below, nsfw_above), nsfw_above=nsfw_above)
 
 
+def fast_roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC as the Mann-Whitney statistic with average ranks for ties: equal to scikit-learn's
+    ``roc_auc_score`` (tested), about 20x faster on small sets; used inside the bootstrap."""
+    from scipy.stats import rankdata
+
+    y = np.asarray(labels)
+    n_pos = int(np.sum(y == 1))
+    n_neg = len(y) - n_pos
+    ranks = rankdata(scores)
+    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def fast_average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Average precision, ``sum((R_k - R_{k-1}) * P_k)`` over distinct thresholds: equal to
+    scikit-learn's ``average_precision_score`` (tested); used inside the bootstrap."""
+    y = np.asarray(labels)
+    order = np.argsort(-np.asarray(scores), kind="mergesort")
+    s_sorted = np.asarray(scores)[order]
+    hits = (y[order] == 1).astype(np.float64)
+    last = np.r_[np.flatnonzero(np.diff(s_sorted)), len(s_sorted) - 1]  # end of each tie block
+    tps = np.cumsum(hits)[last]
+    precision = tps / (last + 1.0)
+    recall = tps / tps[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
 def bootstrap_interval(labels: np.ndarray, scores: np.ndarray, statistic: Any, *, n_boot: int = 1000,
-                       level: float = 0.95, seed: int = 0) -> Interval:
+                       level: float = 0.95, seed: int = 0, point: float | None = None) -> Interval:
     """Percentile interval of ``statistic(labels, scores)`` over ``n_boot`` stratified resamples
-    (safe and NSFW images resampled separately, so every replicate holds both classes)."""
+    (safe and NSFW images resampled separately, so every replicate holds both classes).
+    ``point`` is the reported estimate (default: ``statistic`` on the full data)."""
     y, s = _arrays(labels, scores)
     if n_boot < 1:
         raise ConfigError(f"n_boot must be at least 1, got {n_boot}")
     if not 0.0 < level < 1.0:
         raise ConfigError(f"level must lie in (0, 1), got {level}")
-    point = float(statistic(y, s))
+    point = float(statistic(y, s)) if point is None else float(point)
     rng = np.random.default_rng(seed)
     pos_idx, neg_idx = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     values = np.empty(n_boot)
@@ -296,8 +325,11 @@ def compute_metrics(labels: Sequence[int] | np.ndarray, scores: Sequence[float] 
     if n_pos == 0 or n_pos == len(y):
         raise ConfigError(f"evaluation needs both safe and NSFW images; got {len(y) - n_pos} safe, {n_pos} nsfw")
     th = thresholds or Thresholds()
-    auc = bootstrap_interval(y, s, roc_auc_score, n_boot=n_boot, level=level, seed=seed)
-    ap = bootstrap_interval(y, s, average_precision_score, n_boot=n_boot, level=level, seed=seed + 1)
+    # point estimates from scikit-learn; replicates from the equal, faster numpy versions
+    auc = bootstrap_interval(y, s, fast_roc_auc, n_boot=n_boot, level=level, seed=seed,
+                             point=roc_auc_score(y, s))
+    ap = bootstrap_interval(y, s, fast_average_precision, n_boot=n_boot, level=level, seed=seed + 1,
+                            point=average_precision_score(y, s))
     recs = tuple(recommend_threshold(y, s, t) for t in targets)
     return Metrics(
         n=len(y), n_pos=n_pos, n_neg=len(y) - n_pos, roc_auc=auc, average_precision=ap, current=th,

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import DecodeLimits, PreprocessConfig
+from ..config import DecodeLimits, Device, PreprocessConfig
 from ..errors import ConfigError
 from ..evaluate.data import LabelledItem, LabelledSet, Problem, check_hygiene
 from .augment import AugmentConfig, augment_batch
@@ -213,25 +213,27 @@ def _logits(model: Any, x: Any, arch: Arch, first_trainable: int) -> Any:
     return model.forward_head(x)
 
 
-def _to_nchw(batch: np.ndarray) -> Any:
+def _to_nchw(batch: np.ndarray, device: str = "cpu") -> Any:
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).contiguous()
+    x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).contiguous()
+    return x.to(device, non_blocking=True)
 
 
-def _validate(model: Any, data: PreparedSet, idx: np.ndarray, batch_size: int) -> tuple[float, float, float]:
+def _validate(model: Any, data: PreparedSet, idx: np.ndarray, batch_size: int,
+              device: str = "cpu") -> tuple[float, float, float]:
     import torch
     from sklearn.metrics import roc_auc_score
 
     model.eval()
     scores, losses = [], []
-    y = torch.from_numpy(data.labels[idx])
+    y = torch.from_numpy(data.labels[idx]).to(device)
     with torch.no_grad():
         for i in range(0, len(idx), batch_size):
             part = idx[i : i + batch_size]
-            logits = model(_to_nchw(data.batch(part)))
+            logits = model(_to_nchw(data.batch(part), device)).float()
             losses.append(torch.nn.functional.cross_entropy(logits, y[i : i + len(part)], reduction="sum").item())
-            scores.append(torch.softmax(logits, dim=1)[:, 1].numpy())
+            scores.append(torch.softmax(logits, dim=1)[:, 1].cpu().numpy())
     s = np.concatenate(scores)
     labels = data.labels[idx]
     auc = float(roc_auc_score(labels, s))
@@ -273,6 +275,7 @@ def finetune(
     limits: DecodeLimits | None = None,
     cache_dir: str | os.PathLike | None = None,
     workers: int = 2,
+    device: Device | str = Device.CPU,
     on_prepare: Callable[[int, int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
@@ -284,13 +287,18 @@ def finetune(
     history); ``resume=True`` continues from it (``epochs``/``patience`` may be raised, the rest
     of the configuration and the split must match). ``on_prepare(n, errors)``, ``on_batch(n)``
     and ``on_epoch(stats)`` report progress; an exception raised in a callback stops the run,
-    and the last saved state is intact.
+    and the last saved state is intact. ``device``: ``cpu``, ``cuda`` or ``auto`` (fp32 on both;
+    the cached arrays stay in host memory and each batch is copied over).
     """
     import torch
 
+    from ..backends import resolve_device
     from ..checkpoint import read_checkpoint, save_checkpoint
 
     config = config or FinetuneConfig()
+    dev = resolve_device(device)
+    if dev == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("CUDA was requested but torch sees no CUDA device")
     pre = preprocess or PreprocessConfig()
     items = tuple(data.items if isinstance(data, LabelledSet) else data)
     if resume and (state_path is None or not Path(state_path).is_file()):
@@ -306,13 +314,13 @@ def finetune(
     train_idx, val_idx = stratified_split(prepared.labels, groups, config.val_fraction, config.seed)
     split_id = _split_digest(prepared.paths, train_idx, val_idx)
 
-    model = _initial_model(config)
+    model = _initial_model(config).to(dev)
     first_trainable = set_trainable(model, config.arch, config.unfreeze)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     counts = np.bincount(prepared.labels[train_idx], minlength=2).astype(np.float64)
     balanced = len(train_idx) / (2.0 * np.maximum(counts, 1.0))
-    weight = torch.tensor(balanced, dtype=torch.float32) if config.balance else None
+    weight = torch.tensor(balanced, dtype=torch.float32, device=dev) if config.balance else None
 
     history: list[EpochStats] = []
     start = 1
@@ -337,7 +345,7 @@ def finetune(
         start = int(state["epoch"]) + 1
     else:
         t0 = time.perf_counter()
-        baseline, val_loss, val_acc = _validate(model, prepared, val_idx, config.batch_size)
+        baseline, val_loss, val_acc = _validate(model, prepared, val_idx, config.batch_size, dev)
         history.append(EpochStats(0, None, val_loss, baseline, val_acc, time.perf_counter() - t0, True))
         if on_epoch is not None:
             on_epoch(history[-1])
@@ -358,9 +366,10 @@ def finetune(
         for i in range(0, len(order), config.batch_size):
             part = order[i : i + config.batch_size]
             x = _to_nchw(prepared.batch(part))
-            if config.augment.enabled:
+            if config.augment.enabled:  # on the host, from the seeded CPU generator
                 x = augment_batch(x, config.augment, gen, pre.mean_bgr)
-            y = torch.from_numpy(prepared.labels[part])
+            x = x.to(dev, non_blocking=True)
+            y = torch.from_numpy(prepared.labels[part]).to(dev)
             loss = torch.nn.functional.cross_entropy(_logits(model, x, config.arch, first_trainable), y, weight=weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -369,7 +378,7 @@ def finetune(
             seen += len(part)
             if on_batch is not None:
                 on_batch(len(part))
-        auc, val_loss, val_acc = _validate(model, prepared, val_idx, config.batch_size)
+        auc, val_loss, val_acc = _validate(model, prepared, val_idx, config.batch_size, dev)
         improved = auc > best_auc + 1e-9
         if improved:
             best_auc, best_epoch, bad = auc, epoch, 0
@@ -391,7 +400,7 @@ def finetune(
             on_epoch(history[-1])
 
     model.load_state_dict(best_state)
-    model.eval()
+    model = model.cpu().eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return FinetuneResult(model, config, history, baseline, best_auc, best_epoch, len(train_idx), len(val_idx),
