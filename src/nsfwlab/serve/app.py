@@ -275,7 +275,7 @@ class Service:
         self.metrics.queue_depth.set(batcher.depth)
         items: list[ScoreItem] = []
         first_error: NsfwlabError | None = None
-        queued: list[tuple[int, str, bytes, str, float, Label]] = []
+        scored: list[tuple[int, str, bytes, str, float, Label]] = []  # review candidates
         for (name, data), prep in zip(uploads, prepared, strict=True):
             if isinstance(prep, tuple):
                 s = float(next(scores))
@@ -284,19 +284,19 @@ class Service:
                 self.metrics.scores.observe(s)
                 self.metrics.labels.labels(label=label.value).inc()
                 items.append(ScoreItem(filename=name, score=s, label=label))
-                queued.append((len(items) - 1, name, data, prep[1], s, label))
+                scored.append((len(items) - 1, name, data, prep[1], s, label))
             else:
                 first_error = first_error or prep
                 self.metrics.images.labels(outcome="error").inc()
                 self.metrics.errors.labels(code=prep.code).inc()
                 items.append(ScoreItem(filename=name, error=prep.message, code=prep.code))
-        if self.store is not None and queued:
+        if self.store is not None and scored:
             ids = await asyncio.gather(*(self.run(self._queue_for_review, det, data, fmt, name, s, label)
-                                         for _, name, data, fmt, s, label in queued))
-            for (idx, *_), rid in zip(queued, ids, strict=True):
+                                         for _, name, data, fmt, s, label in scored))
+            for (idx, *_), rid in zip(scored, ids, strict=True):
                 if rid is not None:
                     items[idx] = items[idx].model_copy(update={"review_id": rid})
-        status = 200 if queued or first_error is None else http_status_for(first_error)
+        status = 200 if scored or first_error is None else http_status_for(first_error)
         return status, ScoreResponse(results=items, model=det.describe())
 
 
