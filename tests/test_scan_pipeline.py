@@ -214,3 +214,39 @@ def test_model_checkpoint_scores_under_its_own_version(photo_dir: Path, tmp_path
         by_version.setdefault(r["model_version"], {})[r["path"]] = r["score"]
     stock, mine = by_version[detector.model_version], by_version[summary["model_version"]]
     assert all(abs(stock[p] - mine[p]) <= 1e-5 for p in stock)
+
+
+class FakeHalfBackend:
+    """A constant-time stand-in for the model (this test is about bookkeeping): always 0.5."""
+
+    name = "fake-half"
+    device = "cpu"
+    model_version = "fake-half-v1"
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return np.full((len(batch), 2), 0.5, dtype=np.float32)
+
+
+def test_new_files_among_many_skipped_ones_are_all_written(tmp_path: Path) -> None:
+    """Regression: progress reports for skipped files must never drop results not yet written."""
+    root = tmp_path / "tree"
+    (root / "b_old").mkdir(parents=True)
+    for i in range(300):
+        Image.fromarray(np.full((4, 4, 3), i % 256, np.uint8)).save(root / "b_old" / f"{i:03d}.png")
+    config = ScanConfig(workers=1, batch_size=64, chunk=8)
+    db = tmp_path / "r.sqlite"
+    with ResultStore(db) as store:
+        scan([root], store, config, backend=FakeHalfBackend())
+    # Walked before the 300 unchanged files: 5 new images and 200 broken ones, more than the window
+    # in flight, so error records are waiting to be written while the skipped files go by.
+    (root / "a_new").mkdir()
+    for i in range(5):
+        Image.fromarray(np.full((4, 4, 3), (i, 7, 9), np.uint8)).save(root / "a_new" / f"{i}.png")
+    for i in range(200):
+        (root / "a_new" / f"broken_{i:03d}.png").write_bytes(b"not a png %d" % i)
+    reported: list[int] = []
+    with ResultStore(db) as store:
+        summary = scan([root], store, config, backend=FakeHalfBackend(), progress=lambda n, e: reported.append(n))
+        assert store.count() == 505
+    assert summary.scored == 5 and summary.errors == 200 and summary.skipped == 300
+    assert sum(reported) == 505

@@ -338,8 +338,10 @@ class _Writer:
 
     def skip(self) -> None:
         self.pending_skips += 1
-        if self.pending_skips >= 256:
-            self._report()
+        if self.pending_skips >= 256 and self.progress is not None:
+            # Report skipped files as they go by; pending records are reported when written.
+            self.progress(self.pending_skips, 0)
+            self.pending_skips = 0
 
     def add(self, p: Prepared) -> None:
         if p.error is not None or p.error_code is not None:
@@ -371,13 +373,10 @@ class _Writer:
                 for twin in self.twins.get(sha, []):
                     self.record(twin, sha, score=float(s), reused=True)
             self.arrays, self.waiting, self.twins = [], [], {}
-        if self.records:
-            self.store.write(self.records)
-        self._report()
-
-    def _report(self) -> None:
         done = len(self.records) + self.pending_skips
         errors = sum(1 for r in self.records if r.status is Status.ERROR)
+        if self.records:
+            self.store.write(self.records)
         self.records = []
         self.pending_skips = 0
         if self.progress is not None and done:
