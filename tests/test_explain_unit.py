@@ -23,7 +23,7 @@ from nsfwlab.explain import (
     SlidingWindow,
     make_target,
 )
-from nsfwlab.explain._windows import average_over_boxes, window_grid, window_starts
+from nsfwlab.explain._windows import average_over_boxes, finish_resized, window_grid, window_starts
 from nsfwlab.explain.gradients import DifferentiablePreprocess, TargetModel, reduce_channels, resized_tensor
 from nsfwlab.explain.overlay import attach_scale, blend, colorize, labelled_grid, normalize, overlay_with_scale
 from nsfwlab.preprocess import preprocess_rgb
@@ -145,6 +145,33 @@ def test_sliding_window_by_hand(fake_detector):
     p = 64 * 64 / 224**2
     assert heat[:128, :128] == pytest.approx(np.full((128, 128), p), rel=0.02)
     assert heat[128:, :].max() == 0.0 and heat[:, 128:].max() == 0.0
+
+
+@pytest.mark.parametrize("size", [(1200, 800), (512, 512), (100, 70), (300, 257)])
+def test_occluded_copies_are_exact(photos, size):
+    # The occlusion path (in-place scratch copy, resized, restored) must give exactly the network
+    # input of the fully preprocessed occluded image, at random boxes (including the edges).
+    from PIL import Image
+
+    from nsfwlab.explain.occlusion import LocalResizer
+
+    img = Image.fromarray(photos["coffee"]).resize(size, Image.Resampling.BICUBIC)
+    filler = Image.new("RGB", img.size, (123, 117, 104))
+    resizer = LocalResizer(img, filler, 256)
+    base = np.asarray(img)
+    rng = np.random.default_rng(sum(size))
+    w, h = size
+    boxes = [(0, 0, min(h, 20), min(w, 20)), (h - 15, w - 15, h, w)]
+    for _ in range(25):
+        bh, bw = int(rng.integers(1, h // 2)), int(rng.integers(1, w // 2))
+        t, left = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
+        boxes.append((t, left, t + bh, left + bw))
+    for t, left, b, r in boxes:
+        occluded = base.copy()
+        occluded[t:b, left:r] = (123, 117, 104)
+        expected = preprocess_rgb(Image.fromarray(occluded))
+        np.testing.assert_array_equal(finish_resized(resizer((t, left, b, r)), PreprocessConfig()), expected)
+    np.testing.assert_array_equal(np.asarray(img), base)  # the source image is restored/untouched
 
 
 def test_black_box_errors(fake_detector):

@@ -10,11 +10,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 from PIL import Image
 
+from ..config import PreprocessConfig
 from ..detector import Detector
 from ..errors import ConfigError
-from ..preprocess import preprocess_rgb, stack_batch
+from ..preprocess import center_crop, jpeg_roundtrip, preprocess_rgb, stack_batch, to_network_input
 
-__all__ = ["Box", "ProgressCallback", "average_over_boxes", "score_variants", "window_grid", "window_starts"]
+__all__ = ["Box", "ProgressCallback", "average_over_boxes", "finish_resized", "score_variants", "window_grid",
+           "window_starts"]
 
 #: (top, left, bottom, right) in pixels, bottom/right exclusive.
 Box = tuple[int, int, int, int]
@@ -56,10 +58,19 @@ def average_over_boxes(values: Sequence[float] | np.ndarray, boxes: Sequence[Box
     return out.astype(np.float32)
 
 
+def finish_resized(resized: Image.Image, config: PreprocessConfig) -> np.ndarray:
+    """The exact pipeline's steps after the resize (JPEG round trip, crop, BGR, mean), composed
+    from :mod:`nsfwlab.preprocess`: ``preprocess_rgb(img) == finish_resized(resize_image(img))``."""
+    arr = jpeg_roundtrip(resized, config.jpeg_quality) if config.jpeg_roundtrip else np.asarray(resized)
+    return to_network_input(center_crop(arr, config.crop), config.mean_bgr)
+
+
 def score_variants(detector: Detector, render: Callable[[int], Image.Image], count: int, *,
-                   progress: ProgressCallback | None = None) -> np.ndarray:
+                   progress: ProgressCallback | None = None, resized: bool = False) -> np.ndarray:
     """NSFW probabilities of ``render(0) .. render(count - 1)``, each through the detector's exact
-    preprocessing and model, in batches of ``detector.batch_size``.
+    preprocessing and model, in batches of ``detector.batch_size``. With ``resized=True``,
+    ``render`` returns the image already resized to ``config.resize`` (see
+    :class:`~nsfwlab.explain.occlusion.LocalResizer`) and only the steps after the resize run.
 
     Rendering and preprocessing run in ``detector.workers`` threads, at most two batches ahead of
     the model, so memory stays bounded however many variants there are.
@@ -70,6 +81,8 @@ def score_variants(detector: Detector, render: Callable[[int], Image.Image], cou
     bs = detector.batch_size
 
     def prepare(lo: int, hi: int) -> np.ndarray:
+        if resized:
+            return stack_batch([finish_resized(render(i), config) for i in range(lo, hi)])
         return stack_batch([preprocess_rgb(render(i), config) for i in range(lo, hi)])
 
     # Split each batch into per-worker parts so that the threads share one batch.

@@ -9,17 +9,20 @@ It treats the model as a black box, so it works with every backend and checkpoin
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from PIL import Image, ImageFilter
 
 from ..detector import Detector
 from ..errors import ConfigError, NsfwlabError
 from ..imageio import ImageInput, describe_source, load_image
+from ..preprocess import resize_image
 from ._windows import ProgressCallback, average_over_boxes, score_variants, window_grid
 from .options import Fill
 from .targets import Target, TargetName, make_target
 
-__all__ = ["Fill", "Occlusion", "default_box"]
+__all__ = ["Fill", "LocalResizer", "Occlusion", "default_box"]
 
 
 MEAN_RGB = (123, 117, 104)
@@ -28,6 +31,33 @@ MEAN_RGB = (123, 117, 104)
 def default_box(height: int, width: int) -> int:
     """A sixth of the short side (at least 8 pixels)."""
     return max(8, round(min(height, width) / 6))
+
+
+class LocalResizer:
+    """Occluded copies, resized: each thread occludes its own scratch copy of the image in place,
+    resizes it with the exact pipeline's resize and restores the box, so no full-size array is
+    copied and converted per window.
+
+    Resizing only the output region near the box (Pillow's ``resize(box=...)``) was tried and is
+    not bit-exact in Pillow 13 for some image sizes (one-level differences, which the JPEG round
+    trip amplifies), so the whole occluded image is resized: exact by construction.
+    """
+
+    def __init__(self, img: Image.Image, filler: Image.Image, size: int) -> None:
+        self.img, self.filler, self.size = img, filler, size
+        self.base_image = resize_image(img, size)
+        self._local = threading.local()
+
+    def __call__(self, box: tuple[int, int, int, int]) -> Image.Image:
+        scratch: Image.Image | None = getattr(self._local, "img", None)
+        if scratch is None:
+            scratch = self._local.img = self.img.copy()
+        t, left, b, r = box
+        scratch.paste(self.filler.crop((left, t, r, b)), (left, t))
+        try:
+            return resize_image(scratch, self.size)
+        finally:
+            scratch.paste(self.img.crop((left, t, r, b)), (left, t))
 
 
 class Occlusion:
@@ -67,13 +97,12 @@ class Occlusion:
         """How many occluded copies an image of this size needs (plus one for the original)."""
         return len(window_grid(height, width, *self.geometry(height, width)))
 
-    def _filler(self, img: Image.Image) -> np.ndarray:
-        arr = np.asarray(img)
+    def _filler(self, img: Image.Image) -> Image.Image:
         if self.fill is Fill.BLUR:
             radius = max(2.0, min(img.width, img.height) / 25)
-            return np.asarray(img.filter(ImageFilter.GaussianBlur(radius)))
+            return img.filter(ImageFilter.GaussianBlur(radius))
         colour = {Fill.MEAN: MEAN_RGB, Fill.BLACK: (0, 0, 0), Fill.GREY: (128, 128, 128)}[self.fill]
-        return np.broadcast_to(np.asarray(colour, dtype=np.uint8), arr.shape)
+        return Image.new("RGB", img.size, colour)
 
     def explain(self, image: ImageInput, *, target: Target | TargetName | str | None = None,
                 progress: ProgressCallback | None = None) -> np.ndarray:
@@ -85,24 +114,14 @@ class Occlusion:
             img = load_image(image, det.limits)
         except NsfwlabError as exc:
             raise exc.with_source(describe_source(image)) from None
-        base = np.asarray(img)
-        filler = self._filler(img)
-        h, w = base.shape[:2]
+        h, w = img.height, img.width
         boxes = window_grid(h, w, *self.geometry(h, w))
+        resizer = LocalResizer(img, self._filler(img), det.preprocess_config.resize)
 
         def render(i: int) -> Image.Image:
-            if i == 0:
-                return img
-            t, left, b, r = boxes[i - 1]
-            arr = base.copy()
-            arr[t:b, left:r] = filler[t:b, left:r]
-            return Image.fromarray(arr)
+            return resizer.base_image if i == 0 else resizer(boxes[i - 1])
 
-        def counted(n: int) -> None:
-            if progress is not None:
-                progress(n)
-
-        scores = score_variants(det, render, len(boxes) + 1, progress=counted)
+        scores = score_variants(det, render, len(boxes) + 1, progress=progress, resized=True)
         values = tgt.from_probabilities(scores)
         drops = values[0] - values[1:]
         return average_over_boxes(drops, boxes, h, w)
