@@ -201,7 +201,12 @@ class _GpuBatcher:
                 self.twins[item.sha256] = []
                 self.raw.append(item)
         elif item.array is not None:
-            self.cpu.append(item)
+            known = self.writer.store.cached_score(item.sha256 or "", self.model.model_version,
+                                                   self.model.preprocess_version)
+            if known is not None:
+                self.writer.record(item.file, item.sha256, score=known, reused=True)
+            else:
+                self.cpu.append(item)
         else:
             self.writer.add(item)
         if len(self.raw) + len(self.cpu) >= self.batch_size:

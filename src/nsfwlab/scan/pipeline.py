@@ -122,7 +122,13 @@ def build_scan_model(config: ScanConfig) -> ScanModel:
 
     device = resolve_device(config.device)
     if config.mode is ScanMode.EXACT:
-        # fp32 everywhere: fp16 on CUDA would drift by ~7e-4 from `nsfwlab score` on the CPU.
+        # fp32 everywhere: fp16 on CUDA would drift by ~7e-4 from `nsfwlab score` on the CPU, and
+        # so would TF32 convolutions (PyTorch's default on Ampere and later), so exact turns it off.
+        if device == "cuda":
+            import torch
+
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         det = Detector(device=device, precision=Precision.FP32, threads=config.threads, model=config.model,
                        batch_size=config.batch_size)
         return ScanModel(det.backend, det.preprocess_config, ScanMode.EXACT)
