@@ -2,7 +2,7 @@
 
 The driver (this process) walks the tree, decides what to skip and owns the SQLite store, exactly
 as the local engine does. Files go to the cluster in blocks (``block`` files at a time, so memory
-stays bounded on huge trees), in two Ray Data passes per block:
+stays bounded on huge trees; each block starts a fresh actor pool), in two Ray Data passes per block:
 
 1. hash: tasks read each file, check its format and header caps, and return its sha256 (or the
    error). The driver then drops content already scored with this model version and keeps one file per content;
@@ -126,7 +126,7 @@ def _replicas(ray: Any, device: str) -> tuple[int, float]:
 
 def scan_ray(roots: list[str], store: ResultStore, config: ScanConfig, *, model: ScanModel,
              backend: Backend | None = None, progress: ProgressFn | None = None,
-             block: int = 4096) -> ScanSummary:
+             block: int = 16384) -> ScanSummary:
     """Scan on Ray. ``model`` (built on the driver) defines the versions; every replica builds the
     same model from ``config``, or uses ``backend`` (which must then be picklable)."""
     import time
