@@ -179,7 +179,10 @@ def test_cli_explain_errors(tmp_path):
     bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
     res = runner.invoke(_app(), ["explain", str(bad), "--out", str(tmp_path / "o.png"), "-m", "gradcam"])
     assert res.exit_code == 1
-    assert "error:" in res.output and "Traceback" not in res.output
+    assert "error:" in res.output and "bad.jpg" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "o.png").exists()
+    res = runner.invoke(_app(), ["censor", str(tmp_path / "missing.png"), "--out", str(tmp_path / "c.png")])
+    assert res.exit_code == 1 and "missing.png" in res.output and "no such file" in res.output
     res = runner.invoke(_app(), ["explain", str(bad), "--out", str(tmp_path / "o.jpg")])
     assert res.exit_code == 2 and "PNG" in res.output
     res = runner.invoke(_app(), ["explain", str(bad), "--out", str(tmp_path / "o.png"),

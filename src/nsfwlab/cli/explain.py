@@ -125,7 +125,10 @@ def explain_command(
         if any(m not in M.GRADIENT_METHODS for m in wanted):
             tgt.from_probabilities(np.asarray([0.5]))  # black-box methods need a probability target
         det = _detector(backend, device, model, batch_size)
-        img = load_image(image, det.limits)
+        try:
+            img = load_image(image, det.limits)
+        except NsfwlabError as exc:
+            raise exc.with_source(str(image)) from None
         rgb = np.asarray(img)
         h, w = rgb.shape[:2]
         opts = M.ExplainOptions(box=box, stride=stride, fill=fill, window=window, window_stride=window_stride,
