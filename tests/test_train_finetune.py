@@ -230,9 +230,10 @@ def test_cli_finetune_resume_and_onnx_export(small_dir: Path, tmp_path: Path) ->
     runner = CliRunner()
     args = ["finetune", str(small_dir), "--out", str(out), "--unfreeze", "0", "--epochs", "1", "--lr", "1e-3",
             "--val-fraction", "0.3", "--batch-size", "8"]
-    res = runner.invoke(app, [*args, "--export-onnx", str(tmp_path / "m.onnx")])
+    res = runner.invoke(app, [*args, "--export-onnx", str(tmp_path / "m.onnx"), "--progress"])
     assert res.exit_code == 0, res.output
     assert "validation AUC: start" in res.output and (tmp_path / "m.state.pt").is_file()
+    assert "preprocessing" in res.output and "training" in res.output  # the progress bars
     # the exported ONNX graph scores like its checkpoint
     imgs = sorted((small_dir / "safe").iterdir())[:3] + sorted((small_dir / "nsfw").iterdir())[:3]
     with Detector(model=out, device="cpu") as a, Detector(model=tmp_path / "m.onnx", device="cpu") as b:

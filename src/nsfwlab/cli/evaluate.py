@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import typer
@@ -184,12 +186,18 @@ def finetune_command(
     stderr.print(f"{len(dataset)} images ({counts['safe']} safe, {counts['nsfw']} nsfw); arch {config.arch.value}"
                  + (f", unfreeze {unfreeze}" if config.arch is Arch.OPEN_NSFW else ", from scratch"), highlight=False)
     try:
-        n_train_est = int(len(dataset) * (1 - val_fraction))
-        with progress_bar(len(dataset), "preprocessing", enabled=progress) as adv_prep, \
-                progress_bar(n_train_est * epochs, "training", enabled=progress) as adv_train:
+        with _Phases(progress) as bars:
+            bars.start("preprocessing", len(dataset))
+            n_train_est = int(len(dataset) * (1 - val_fraction))
+
+            def on_batch(n: int) -> None:
+                if bars.name != "training":
+                    bars.start("training", n_train_est * epochs)
+                bars.advance(n)
+
             result = finetune(dataset, config, state_path=state_path, resume=resume, cache_dir=cache_dir,
-                              workers=workers, device=device, on_prepare=lambda n, e: adv_prep(n, errors=e),
-                              on_batch=lambda n: adv_train(n), on_epoch=on_epoch)
+                              workers=workers, device=device, on_prepare=lambda n, e: bars.advance(n, e),
+                              on_batch=on_batch, on_epoch=on_epoch)
     except KeyboardInterrupt:
         stderr.print(f"[yellow]interrupted[/]: the state after the last finished epoch is in {state_path}; "
                      "run the same command with --resume to continue", highlight=False)
@@ -215,6 +223,36 @@ def finetune_command(
             raise fail(exc) from None
     if result.problems:
         raise typer.Exit(int(ExitCode.INPUT_FAILED))
+
+
+class _Phases:
+    """One progress bar at a time (rich allows a single live display): preprocessing, then training."""
+
+    def __init__(self, enabled: bool | None) -> None:
+        self.enabled = enabled
+        self.name = ""
+        self._stack: ExitStack | None = None
+        self._advance: Callable[..., None] = lambda n=1, errors=0: None
+
+    def start(self, name: str, total: int) -> None:
+        self.close()
+        self._stack = ExitStack()
+        self._advance = self._stack.enter_context(progress_bar(total, name, enabled=self.enabled))
+        self.name = name
+
+    def advance(self, n: int = 1, errors: int = 0) -> None:
+        self._advance(n, errors=errors)
+
+    def close(self) -> None:
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
+
+    def __enter__(self) -> _Phases:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def export_onnx_command(
