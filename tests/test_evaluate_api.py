@@ -1,0 +1,37 @@
+"""The public names of the evaluate and train packages are pinned, and the CLI stays light:
+importing it (as `nsfwlab score` does) loads neither scikit-learn, matplotlib nor the training code."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import nsfwlab.evaluate
+import nsfwlab.train
+
+
+def test_public_names_are_pinned() -> None:
+    assert sorted(nsfwlab.evaluate.__all__) == sorted([
+        "DEFAULT_TARGETS", "Confusion", "DuplicateGroup", "Evaluation", "Hygiene", "Interval", "LabelledItem",
+        "LabelledSet", "Metrics", "Problem", "Recommendation", "ScoredItem", "Target", "TargetKind",
+        "bootstrap_interval", "check_hygiene", "compute_metrics", "confusion", "evaluate", "load_csv",
+        "load_folder", "load_labelled", "parse_label", "recommend_threshold", "recommend_thresholds"])
+    assert sorted(nsfwlab.train.__all__) == sorted([
+        "MAX_UNFREEZE", "NO_AUGMENT", "VGG16", "Arch", "AugmentConfig", "EpochStats", "FinetuneConfig",
+        "FinetuneResult", "PreparedSet", "augment_batch", "finetune", "prepare", "set_trainable",
+        "stratified_split"])
+    for mod in (nsfwlab.evaluate, nsfwlab.train):
+        assert all(hasattr(mod, name) for name in mod.__all__)
+
+
+def test_vgg16_is_registered_lazily_for_checkpoints() -> None:
+    code = ("import sys; from nsfwlab.checkpoint import ARCHITECTURES, build_architecture; "
+            "assert 'vgg16' not in ARCHITECTURES; m = build_architecture('vgg16'); "
+            "assert type(m).__name__ == 'VGG16' and 'nsfwlab.train' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_import_stays_light() -> None:
+    code = ("import sys, nsfwlab.cli; heavy = [m for m in ('sklearn', 'matplotlib', 'nsfwlab.train', "
+            "'nsfwlab.evaluate') if m in sys.modules]; print(heavy); assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
