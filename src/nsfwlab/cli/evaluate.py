@@ -116,8 +116,9 @@ def evaluate_command(
                  f"({int(100 * ci)}% CI, {bootstrap} bootstrap resamples, n={m.n})", highlight=False)
     for r in m.recommendations:
         a = r.achieved.to_dict()
-        stdout.print(f"  {r.target.name}: {r.sets} = {r.threshold:.6g}  (recall {a['recall']}, fpr {a['fpr']}, "
-                     f"precision {a['precision']}){'' if r.met else '  NOT MET'}", highlight=False)
+        rates = ", ".join(f"{k} {'n/a' if a[k] is None else format(a[k], '.3f')}" for k in ("recall", "fpr", "precision"))
+        stdout.print(f"  {r.target.name}: {r.sets} = {r.threshold:.6g}  ({rates}){'' if r.met else '  NOT MET'}",
+                     highlight=False)
     stdout.print(f"recommended bands: safe_below={m.recommended.safe_below:.6g} nsfw_above={m.recommended.nsfw_above:.6g}",
                  highlight=False)
     h = result.hygiene

@@ -100,8 +100,12 @@ def histogram_png(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | 
             ax.axvline(v, color="#f08c00", ls="-", lw=1.5)
         ax.plot([], [], color="#f08c00",
                 label=f"recommended {recommended.safe_below:.3g} / {recommended.nsfw_above:.3g}")
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     ax.set_yscale("log")
     ax.set_ylim(bottom=0.7)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlim(0, 1)
     ax.set_xlabel("open_nsfw score")
     ax.set_ylabel("images (log scale)")
