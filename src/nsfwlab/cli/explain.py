@@ -151,10 +151,13 @@ def explain_command(
             for m, heat in heats.items():
                 vmax = _display_max(m, heat)
                 clip = "" if vmax is None else f", p{_PIXEL_PERCENTILE:g}"
+                # Signed maps (occlusion drops) start their colours at 0 in the grid: hot means
+                # "raises the score"; regions that lower it share the coldest colour.
+                vmin = 0.0 if float(heat.min()) < 0.0 < float(heat.max()) else None
                 panels.append((f"{_LABELS[m.value]} [{heat.min():.3g}, {heat.max():.3g}{clip}]",
-                               overlay.blend(rgb, heat, cmap=cmap, alpha=alpha, vmax=vmax)))
+                               overlay.blend(rgb, heat, cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax)))
             grid = overlay.labelled_grid(panels, columns=min(4, len(panels)), max_side=max_side)
-            picture = overlay.attach_scale(grid, 0.0, 1.0, cmap=cmap, label="per-map min..max")
+            picture = overlay.attach_scale(grid, 0.0, 1.0, cmap=cmap, label="per map: 0 or min .. max")
         _save_png(out, picture)
         if save_heatmap is not None:
             try:

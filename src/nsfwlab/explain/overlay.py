@@ -82,23 +82,28 @@ def _fmt(v: float) -> str:
 
 
 def colour_scale(height: int, vmin: float, vmax: float, *, cmap: str = "jet", label: str = "") -> np.ndarray:
-    """A vertical colour bar ``height`` pixels tall with tick labels (top = ``vmax``)."""
+    """A vertical colour bar ``height`` pixels tall (at least 64) with tick labels (top = ``vmax``)
+    and ``label`` written vertically beside it."""
     height = max(height, 64)
     font_size = int(np.clip(height / 28, 10, 28))
+    font = _font(font_size)
     bar_w = max(12, font_size)
-    width = bar_w + 12 + font_size * 5
+    ticks_w = font_size * 4
+    label_w = font_size + 8 if label else 0
+    width = 6 + bar_w + 8 + ticks_w + label_w
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
-    margin = font_size
+    margin = font_size // 2 + 2
     ramp = np.linspace(1.0, 0.0, height - 2 * margin)[:, None].repeat(bar_w, axis=1)
     canvas.paste(Image.fromarray(colorize(ramp, cmap)), (6, margin))
     draw = ImageDraw.Draw(canvas)
-    font = _font(font_size)
     for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
         y = margin + (1.0 - frac) * (height - 2 * margin - 1)
         draw.line([(6 + bar_w, y), (10 + bar_w, y)], fill=(0, 0, 0))
         draw.text((12 + bar_w, y), _fmt(vmin + frac * (vmax - vmin)), fill=(0, 0, 0), font=font, anchor="lm")
     if label:
-        draw.text((6, height - 2), label, fill=(0, 0, 0), font=_font(max(8, font_size * 3 // 4)), anchor="ld")
+        strip = Image.new("RGB", (height, label_w), (255, 255, 255))
+        ImageDraw.Draw(strip).text((height // 2, label_w // 2), label, fill=(0, 0, 0), font=font, anchor="mm")
+        canvas.paste(strip.rotate(90, expand=True), (width - label_w, 0))
     return np.asarray(canvas)
 
 
