@@ -251,3 +251,17 @@ def test_cli_censor_with_gradcam(tmp_path, patched):
     assert res.exit_code == 0, res.output
     res = runner.invoke(_app(), ["censor", str(src), "--out", str(tmp_path / "c.png"), "-m", "all"])
     assert res.exit_code == 2
+
+
+def test_progress_reports_every_unit_of_work(photos, detector, torch_model):
+    from nsfwlab.explain.methods import work_units
+
+    img = np.asarray(Image.fromarray(photos["chelsea"]).resize((80, 60)))
+    opts = ExplainOptions(box=20, stride=10, window=30, window_stride=10, steps=2)
+    from nsfwlab.explain import make_explainer
+
+    for m in ALL_METHODS:
+        e = make_explainer(m, detector, options=opts, model=torch_model)
+        done: list[int] = []
+        e.explain(img, progress=done.append)
+        assert sum(done) == work_units(m, e, 60, 80) >= 1

@@ -21,12 +21,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALL_METHODS",
+    "GRADIENT_METHODS",
     "ExplainOptions",
     "Explainer",
     "Method",
     "explain_many",
     "make_explainer",
     "torch_model_for",
+    "work_units",
 ]
 
 
