@@ -234,6 +234,7 @@ def test_cli_finetune_resume_and_onnx_export(small_dir: Path, tmp_path: Path) ->
     assert res.exit_code == 0, res.output
     assert "validation AUC: start" in res.output and (tmp_path / "m.state.pt").is_file()
     assert "preprocessing" in res.output and "training" in res.output  # the progress bars
+    assert (tmp_path / "m.history.png").read_bytes().startswith(b"\x89PNG")
     # the exported ONNX graph scores like its checkpoint
     imgs = sorted((small_dir / "safe").iterdir())[:3] + sorted((small_dir / "nsfw").iterdir())[:3]
     with Detector(model=out, device="cpu") as a, Detector(model=tmp_path / "m.onnx", device="cpu") as b:

@@ -134,7 +134,7 @@ def evaluate_command(
 
 def finetune_command(
     data: Path = typer.Argument(..., help="A folder with safe/ and nsfw/ subfolders, or a CSV of path,label."),
-    out: Path = typer.Option(..., "--out", "-o", help="Where to write the best model (an nsfwlab .pt checkpoint)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the best model (an nsfwlab .pt checkpoint); OUT.history.png gets the per-epoch curves."),
     arch: str = typer.Option("open_nsfw", help="open_nsfw (transfer learning) or vgg16 (from scratch, the seed's baseline)."),
     unfreeze: int = typer.Option(1, min=0, max=5, help="open_nsfw stages to train, from the top: 0 head only, 1-4 stages, 5 everything."),
     epochs: int = typer.Option(10, min=1, help="Most epochs."),
@@ -207,6 +207,12 @@ def finetune_command(
         raise fail(exc) from None
 
     saved = result.save(out)
+    from ..evaluate.plots import training_png
+
+    curve = out.with_name(out.stem + ".history.png")
+    h = result.history
+    curve.write_bytes(training_png([s.epoch for s in h], [s.val_auc for s in h], [s.val_loss for s in h],
+                                   [s.train_loss for s in h], best_epoch=result.best_epoch))
     stdout.print(f"validation AUC: start {result.baseline_auc:.4f} -> best {result.best_auc:.4f} (epoch "
                  f"{result.best_epoch}); {result.n_train} train / {result.n_val} validation images"
                  + ("; stopped early" if result.stopped_early else ""), highlight=False)
@@ -214,7 +220,7 @@ def finetune_command(
         stderr.print(f"[red]unreadable:[/] {p.path}: {p.message}", highlight=False)
     if result.excluded_conflicting:
         stderr.print(f"[yellow]{len(result.excluded_conflicting)} identical file(s) with conflicting labels left out[/]")
-    stdout.print(f"model: {saved}", highlight=False)
+    stdout.print(f"model: {saved}\ncurves: {curve}", highlight=False)
     if export_onnx is not None:
         from ..checkpoint import export_onnx as _export
 

@@ -15,7 +15,7 @@ import numpy as np
 from ..config import Thresholds
 from .metrics import Recommendation
 
-__all__ = ["histogram_png", "pr_png", "roc_png"]
+__all__ = ["histogram_png", "pr_png", "roc_png", "training_png"]
 
 _SAFE_COLOUR, _NSFW_COLOUR = "#2b8a3e", "#c92a2a"
 
@@ -111,4 +111,31 @@ def histogram_png(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | 
     ax.set_ylabel("images (log scale)")
     ax.set_title(title)
     ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def training_png(epochs: Sequence[int], val_auc: Sequence[float], val_loss: Sequence[float],
+                 train_loss: Sequence[float | None], *, best_epoch: int | None = None,
+                 title: str = "Fine-tuning") -> bytes:
+    """Validation AUC (left axis) and train / validation loss (right axis) per epoch; epoch 0 is
+    the starting model (no training loss)."""
+    fig, ax = _figure(6.5, 4.0)
+    ax.plot(epochs, val_auc, "o-", color="#1c7ed6", lw=2, label="validation AUC")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("epoch (0 = starting model)")
+    ax.set_ylabel("validation ROC AUC")
+    ax.grid(alpha=0.3)
+    loss_ax = ax.twinx()
+    loss_ax.plot(epochs, val_loss, "s--", color="#e8590c", lw=1.5, label="validation loss")
+    trained = [(e, v) for e, v in zip(epochs, train_loss, strict=True) if v is not None]
+    if trained:
+        loss_ax.plot(*zip(*trained, strict=True), "^:", color="#868e96", lw=1.5, label="train loss")
+    loss_ax.set_ylabel("cross-entropy")
+    if best_epoch is not None:
+        ax.axvline(best_epoch, color="#2b8a3e", lw=1, ls="--", label=f"best (epoch {best_epoch})")
+    handles = ax.get_legend_handles_labels()
+    more = loss_ax.get_legend_handles_labels()
+    ax.legend(handles[0] + more[0], handles[1] + more[1], fontsize=8, loc="center right")
+    ax.set_xticks(list(epochs))
+    ax.set_title(title)
     return _png(fig)
