@@ -200,8 +200,12 @@ def finetune_command(
                               workers=workers, device=device, on_prepare=lambda n, e: bars.advance(n, e),
                               on_batch=on_batch, on_epoch=on_epoch)
     except KeyboardInterrupt:
-        stderr.print(f"[yellow]interrupted[/]: the state after the last finished epoch is in {state_path}; "
-                     "run the same command with --resume to continue", highlight=False)
+        if state_path.is_file():
+            stderr.print(f"[yellow]interrupted[/]: the state after the last finished epoch is in {state_path}; "
+                         "run the same command with --resume to continue", highlight=False)
+        else:
+            stderr.print("[yellow]interrupted[/] before the first epoch finished; nothing was saved",
+                         highlight=False)
         raise typer.Exit(130) from None
     except NsfwlabError as exc:
         raise fail(exc) from None
