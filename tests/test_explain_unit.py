@@ -387,3 +387,11 @@ def test_cli_import_stays_light():
             "print(sorted(m for m in ('torch', 'matplotlib', 'captum') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_gradient_explainers_apply_decode_limits():
+    from nsfwlab import DecodeLimits, ImageTooLargeError
+
+    model = OneConv([[0.02, -0.01, 0.005]], [0.1], [1.0])
+    with pytest.raises(ImageTooLargeError):
+        GradCAM(model, limits=DecodeLimits(max_pixels=100)).explain(np.zeros((20, 20, 3), np.uint8))

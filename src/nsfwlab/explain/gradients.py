@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..config import PreprocessConfig
+from ..config import DecodeLimits, PreprocessConfig, Settings
 from ..errors import ConfigError, NsfwlabError
 from ..imageio import ImageInput, describe_source, load_image
 from ..preprocess import jpeg_roundtrip, resize_image
@@ -125,7 +125,8 @@ class _TorchExplainer:
     """Common parts: the model (the stock weights unless given), device, preprocessing."""
 
     def __init__(self, model: nn.Module | None = None, *, preprocess: PreprocessConfig | None = None,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", limits: DecodeLimits | None = None) -> None:
+        self.limits = limits or Settings.from_env().limits
         if model is None:
             from ..model import load_open_nsfw
 
@@ -143,7 +144,7 @@ class _TorchExplainer:
 
     def _load(self, image: ImageInput) -> Image.Image:
         try:
-            return load_image(image)
+            return load_image(image, self.limits)
         except NsfwlabError as exc:
             raise exc.with_source(describe_source(image)) from None
 
@@ -236,8 +237,9 @@ class GuidedBackprop(_CaptumExplainer):
     pass where the forward activation was positive. Sharp, edge-like maps."""
 
     def __init__(self, model: nn.Module | None = None, *, preprocess: PreprocessConfig | None = None,
-                 device: str = "cpu", reduction: Reduction | str = Reduction.ABS) -> None:
-        super().__init__(model, preprocess=preprocess, device=device)
+                 device: str = "cpu", reduction: Reduction | str = Reduction.ABS,
+                 limits: DecodeLimits | None = None) -> None:
+        super().__init__(model, preprocess=preprocess, device=device, limits=limits)
         self.reduction = Reduction(reduction)
 
     def _method(self, wrapped: nn.Module) -> Any:
@@ -249,8 +251,9 @@ class Deconvnet(_CaptumExplainer):
     each ReLU rectifies the gradient itself, ignoring the forward activation."""
 
     def __init__(self, model: nn.Module | None = None, *, preprocess: PreprocessConfig | None = None,
-                 device: str = "cpu", reduction: Reduction | str = Reduction.ABS) -> None:
-        super().__init__(model, preprocess=preprocess, device=device)
+                 device: str = "cpu", reduction: Reduction | str = Reduction.ABS,
+                 limits: DecodeLimits | None = None) -> None:
+        super().__init__(model, preprocess=preprocess, device=device, limits=limits)
         self.reduction = Reduction(reduction)
 
     def _method(self, wrapped: nn.Module) -> Any:
@@ -265,8 +268,9 @@ class IntegratedGradients(_CaptumExplainer):
 
     def __init__(self, model: nn.Module | None = None, *, preprocess: PreprocessConfig | None = None,
                  device: str = "cpu", steps: int = 32, baseline: Baseline | str = Baseline.BLACK,
-                 batch_size: int = 16, reduction: Reduction | str = Reduction.ABS) -> None:
-        super().__init__(model, preprocess=preprocess, device=device)
+                 batch_size: int = 16, reduction: Reduction | str = Reduction.ABS,
+                 limits: DecodeLimits | None = None) -> None:
+        super().__init__(model, preprocess=preprocess, device=device, limits=limits)
         if steps < 1:
             raise ConfigError(f"steps must be at least 1, got {steps}")
         if batch_size < 1:

@@ -111,15 +111,15 @@ def make_explainer(method: Method | str, detector: Detector | None = None, *,
     from . import gradients as g
 
     net = model if model is not None else torch_model_for(det)
-    pre = det.preprocess_config
+    pre, limits = det.preprocess_config, det.limits
     if method is Method.GRADCAM:
-        return g.GradCAM(net, preprocess=pre, device=opts.device)
+        return g.GradCAM(net, preprocess=pre, device=opts.device, limits=limits)
     if method is Method.GUIDED_BACKPROP:
-        return g.GuidedBackprop(net, preprocess=pre, device=opts.device, reduction=opts.reduction)
+        return g.GuidedBackprop(net, preprocess=pre, device=opts.device, reduction=opts.reduction, limits=limits)
     if method is Method.DECONVNET:
-        return g.Deconvnet(net, preprocess=pre, device=opts.device, reduction=opts.reduction)
+        return g.Deconvnet(net, preprocess=pre, device=opts.device, reduction=opts.reduction, limits=limits)
     return g.IntegratedGradients(net, preprocess=pre, device=opts.device, steps=opts.steps,
-                                 baseline=opts.baseline, reduction=opts.reduction)
+                                 baseline=opts.baseline, reduction=opts.reduction, limits=limits)
 
 
 def explain_many(image: ImageInput, methods: list[Method] | tuple[Method, ...], detector: Detector | None = None,
