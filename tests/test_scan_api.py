@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pytest
 
 import nsfwlab.scan
-from nsfwlab.scan import Engine, ExportFormat, ScanConfig, ScanMode, WalkConfig
+from nsfwlab.scan import Engine, Executor, ExportFormat, ScanConfig, ScanMode, WalkConfig
 from nsfwlab.scan.walk import matches
 
 
 def test_public_names_are_pinned() -> None:
     assert sorted(nsfwlab.scan.__all__) == [
-        "COLUMNS", "Decision", "Engine", "ExportFilter", "ExportFormat", "FileRecord", "ResultStore",
+        "COLUMNS", "Decision", "Engine", "Executor", "ExportFilter", "ExportFormat", "FileRecord", "ResultStore",
         "ScanConfig", "ScanMode", "ScanModel", "ScanSummary", "Status", "StoreError", "WalkConfig",
         "build_scan_model", "iter_records", "quantize_int8", "scan", "walk", "write_export",
     ]
@@ -37,6 +38,10 @@ def test_config_validation() -> None:
         with pytest.raises(ConfigError):
             ScanConfig(**bad)  # type: ignore[arg-type]
     assert ScanConfig(workers=3).n_workers == 3
+    cores = os.cpu_count() or 1
+    assert ScanConfig(executor=Executor.THREAD).n_workers == cores
+    assert ScanConfig(executor=Executor.PROCESS).n_workers == max(1, cores // 2)
+    assert ScanConfig().executor_kind is (Executor.THREAD if cores <= 4 else Executor.PROCESS)
     assert ScanConfig(batch_size=8, workers=1, chunk=4).window == 16
 
 

@@ -48,15 +48,16 @@ def _committed(db: Path) -> int:
         return 0
 
 
-def _scan_cmd(root: Path, db: Path) -> list[str]:
+def _scan_cmd(root: Path, db: Path, executor: str) -> list[str]:
     return [str(Path(sys.executable).parent / "nsfwlab"), "scan", str(root), "--db", str(db), "--batch-size", "2",
-            "--workers", "1", "--threads", "1", "--no-progress", "--no-count"]
+            "--workers", "1", "--threads", "1", "--executor", executor, "--no-progress", "--no-count"]
 
 
-def test_sigkill_mid_scan_then_rerun(many_photos: Path, tmp_path: Path, detector) -> None:
+@pytest.mark.parametrize("executor", ["process", "thread"])
+def test_sigkill_mid_scan_then_rerun(many_photos: Path, tmp_path: Path, detector, executor: str) -> None:
     db = tmp_path / "r.sqlite"
     env = dict(os.environ)
-    proc = subprocess.Popen(_scan_cmd(many_photos, db), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(_scan_cmd(many_photos, db, executor), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True, env=env)
     deadline = time.monotonic() + 120
     try:
@@ -73,7 +74,7 @@ def test_sigkill_mid_scan_then_rerun(many_photos: Path, tmp_path: Path, detector
     with ResultStore(db, readonly=True) as store:
         assert store.integrity_check() == "ok"
 
-    rerun = subprocess.run(_scan_cmd(many_photos, db), capture_output=True, env=env, timeout=300)
+    rerun = subprocess.run(_scan_cmd(many_photos, db, executor), capture_output=True, env=env, timeout=300)
     assert rerun.returncode == 0, rerun.stderr.decode()
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -17,7 +17,7 @@ from nsfwlab import PreprocessConfig
 from nsfwlab.backends import Backend
 from nsfwlab.cli import app
 from nsfwlab.errors import ConfigError
-from nsfwlab.scan import ResultStore, ScanConfig, ScanMode, ScanModel, WalkConfig, scan, walk
+from nsfwlab.scan import Executor, ResultStore, ScanConfig, ScanMode, ScanModel, WalkConfig, scan, walk
 
 
 class CountingBackend:
@@ -80,11 +80,14 @@ def test_walk_by_content_with_globs(tree: Path) -> None:
     assert no_sub and all("/sub/" not in p for p in no_sub)
 
 
-def test_exact_scan_matches_detector_and_rerun_does_no_model_work(tree: Path, tmp_path: Path, detector) -> None:
+@pytest.mark.parametrize("executor", [Executor.THREAD, Executor.PROCESS])
+def test_exact_scan_matches_detector_and_rerun_does_no_model_work(tree: Path, tmp_path: Path, detector,
+                                                                  executor: Executor) -> None:
     db = tmp_path / "r.sqlite"
     model, counter = exact_model(detector)
+    config = ScanConfig(workers=2, batch_size=4, executor=executor)
     with ResultStore(db) as store:
-        first = scan([tree], store, CONFIG, model=model)
+        first = scan([tree], store, config, model=model)
     rows = _rows(db)
     files = [f.path for f in walk([tree])]
     assert sorted(rows) == sorted(files)
@@ -102,7 +105,7 @@ def test_exact_scan_matches_detector_and_rerun_does_no_model_work(tree: Path, tm
 
     counter.images = counter.calls = 0
     with ResultStore(db) as store:
-        second = scan([tree], store, CONFIG, model=model)
+        second = scan([tree], store, config, model=model)
     assert counter.calls == 0 and counter.images == 0
     # Only the two failed files are attempted again (attempt 2 of 3); everything else is skipped.
     assert second.skipped == len(files) - 2 and second.errors == 2 and second.scored == 0

@@ -11,7 +11,7 @@ from ..config import DecodeLimits, Device, Label
 from ..errors import NsfwlabError
 from ..scan.export import ExportFormat
 from ..scan.modes import ScanMode
-from ..scan.pipeline import Engine
+from ..scan.pipeline import Engine, Executor
 from ..scan.store import Status
 from ._common import ExitCode, fail, progress_bar, stderr, stdout
 
@@ -24,12 +24,15 @@ def scan_command(
     mode: ScanMode = typer.Option(ScanMode.EXACT, "--mode", help="exact: scores equal `nsfwlab score`; fast: DCT-scaled decode + int8 "
                              "(CPU) or GPU decode/resize + fp16 (CUDA), drift stated in the README."),
     device: Device = typer.Option(Device.CPU, help="Where the model runs (cuda: GPU decoding in fast mode)."),
+    executor: Executor = typer.Option(Executor.AUTO, "--executor", help="Decode in threads or processes "
+                                      "(auto: threads on up to 4 cores, processes above; processes isolate "
+                                      "decoder crashes)."),
     engine: Engine = typer.Option(Engine.LOCAL, "--engine", help="local: worker processes on this machine; ray: a Ray cluster."),
     include: list[str] = typer.Option([], "--include", help="Only paths matching this glob (repeatable; e.g. '*.jpg')."),
     exclude: list[str] = typer.Option([], "--exclude", help="Skip paths matching this glob (repeatable; wins over --include)."),
     model: Path | None = typer.Option(None, "--model", help="A fine-tuned checkpoint (.pt) or exported .onnx."),
     batch_size: int = typer.Option(32, min=1, help="Images per model call (and per database transaction)."),
-    workers: int | None = typer.Option(None, min=1, help="Decoding processes (default: half the CPU cores)."),
+    workers: int | None = typer.Option(None, min=1, help="Decoding threads (default: one per core) or processes (default: half the cores)."),
     threads: int | None = typer.Option(None, min=1, help="Model threads (default: CPU count)."),
     max_attempts: int = typer.Option(3, min=1, help="Give up on a failing file after this many runs (unless it changes)."),
     safe_below: float = typer.Option(0.2, help="Scores below this are labelled 'safe'."),
@@ -53,7 +56,7 @@ def scan_command(
 
     try:
         config = ScanConfig(
-            mode=mode, device=device, engine=engine, batch_size=batch_size, workers=workers,
+            mode=mode, device=device, engine=engine, executor=executor, batch_size=batch_size, workers=workers,
             threads=threads, max_attempts=max_attempts,
             thresholds=Thresholds(safe_below=safe_below, nsfw_above=nsfw_above),
             limits=DecodeLimits(max_bytes=max_bytes, max_pixels=max_pixels),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .export import ExportFilter, ExportFormat, iter_records, write_export
 from .modes import ScanMode, quantize_int8
-from .pipeline import Engine, ScanConfig, ScanModel, ScanSummary, build_scan_model, scan
+from .pipeline import Engine, Executor, ScanConfig, ScanModel, ScanSummary, build_scan_model, scan
 from .store import COLUMNS, Decision, FileRecord, ResultStore, Status, StoreError
 from .walk import WalkConfig, walk
 
@@ -19,6 +19,7 @@ __all__ = [
     "COLUMNS",
     "Decision",
     "Engine",
+    "Executor",
     "ExportFilter",
     "ExportFormat",
     "FileRecord",

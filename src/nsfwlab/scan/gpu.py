@@ -42,12 +42,14 @@ from .pipeline import (
     ScanConfig,
     ScanModel,
     ScanSummary,
+    WorkerContext,
     _chunks,
     _plan,
     _Writer,
     pack_array,
     prepare_file,
     unpack_array,
+    worker_context,
 )
 from .store import ResultStore
 from .walk import WalkedFile
@@ -150,7 +152,8 @@ class _Raw:
     data: bytes
 
 
-def _prepare_or_route(file: WalkedFile, preprocess: PreprocessConfig, limits: DecodeLimits) -> Prepared | _Raw:
+def _prepare_or_route(file: WalkedFile, preprocess: PreprocessConfig, limits: DecodeLimits,
+                      pack: bool = True) -> Prepared | _Raw:
     from ..imageio import open_image, read_bytes
 
     try:
@@ -162,15 +165,13 @@ def _prepare_or_route(file: WalkedFile, preprocess: PreprocessConfig, limits: De
     if route(opened.format, opened.image.mode) is Route.GPU:
         return _Raw(file, sha, data)
     p = prepare_file(file, preprocess, limits)
-    if p.array is not None:
+    if p.array is not None and pack:
         p.array = pack_array(p.array, preprocess.mean_bgr)
     return p
 
 
-def _route_chunk(files: list[WalkedFile]) -> list[Prepared | _Raw]:
-    from .pipeline import _WORKER
-
-    return [_prepare_or_route(f, _WORKER["preprocess"], _WORKER["limits"]) for f in files]
+def _route_chunk(files: list[WalkedFile], ctx: WorkerContext) -> list[Prepared | _Raw]:
+    return [_prepare_or_route(f, ctx.preprocess, ctx.limits, ctx.pack) for f in files]
 
 
 class _GpuBatcher:
@@ -274,8 +275,8 @@ def scan_gpu(roots: list[str], store: ResultStore, config: ScanConfig, *, model:
                           roundtrip=roundtrip)
     run_id = store.start_run(model_version=model.model_version, preprocess_version=model.preprocess_version,
                              mode=model.mode.value, engine="local-gpu", roots=roots)
-    workers = _Workers(config.n_workers, (model.preprocess, config.limits, str(store.path.resolve()),
-                                          model.model_version, model.preprocess_version), task=_route_chunk)
+    workers = _Workers(config.n_workers, worker_context(store, model, config), config.executor_kind,
+                       task=_route_chunk)
     window: deque[tuple[list[WalkedFile], Future[Any]]] = deque()
     max_chunks = max(1, config.window // config.chunk)
     start = time.perf_counter()

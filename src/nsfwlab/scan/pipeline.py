@@ -18,13 +18,15 @@ import hashlib
 import multiprocessing
 import os
 import sqlite3
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -38,22 +40,35 @@ from .walk import WalkConfig, WalkedFile, walk
 
 __all__ = [
     "Engine",
+    "Executor",
     "Prepared",
     "ScanConfig",
     "ScanModel",
     "ScanSummary",
+    "WorkerContext",
     "build_scan_model",
     "check_roots",
     "pack_array",
     "prepare_file",
     "scan",
     "unpack_array",
+    "worker_context",
 ]
 
 
 class Engine(str, Enum):
     LOCAL = "local"
     RAY = "ray"
+
+
+class Executor(str, Enum):
+    """How the local engine decodes in parallel. ``auto``: threads on machines with up to 4 cores
+    (measured faster there: no pickling, no second interpreter), processes above (no GIL
+    contention, and a decoder crash only costs the file that caused it)."""
+
+    AUTO = "auto"
+    PROCESS = "process"
+    THREAD = "thread"
 
 
 @dataclass(frozen=True)
@@ -65,6 +80,7 @@ class ScanConfig:
     mode: ScanMode = ScanMode.EXACT
     device: Device = Device.CPU
     engine: Engine = Engine.LOCAL
+    executor: Executor = Executor.AUTO
     batch_size: int = 32
     workers: int | None = None
     threads: int | None = None
@@ -86,10 +102,20 @@ class ScanConfig:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
 
     @property
+    def executor_kind(self) -> Executor:
+        if self.executor is not Executor.AUTO:
+            return self.executor
+        return Executor.THREAD if (os.cpu_count() or 1) <= 4 else Executor.PROCESS
+
+    @property
     def n_workers(self) -> int:
-        """Default: half the cores; the model's threads use the rest (on CPU the model costs about
-        twice the decoding in exact mode and as much in fast mode, measured in BENCHMARKS.md)."""
-        return self.workers or max(1, (os.cpu_count() or 1) // 2)
+        """Default: as many decoding threads as cores (they sleep while Pillow waits on nothing
+        else), or half the cores as processes, the model's threads using the rest (measured in
+        BENCHMARKS.md)."""
+        if self.workers:
+            return self.workers
+        cores = os.cpu_count() or 1
+        return cores if self.executor_kind is Executor.THREAD else max(1, cores // 2)
 
     @property
     def window(self) -> int:
@@ -176,28 +202,42 @@ class Prepared:
     error: str | None = None
 
 
-_WORKER: dict[str, Any] = {}
+@dataclass(frozen=True)
+class WorkerContext:
+    """What a decoding worker needs, sent with each task (small; no process-wide state)."""
+
+    preprocess: PreprocessConfig
+    limits: DecodeLimits
+    db_path: str | None
+    model_version: str
+    preprocess_version: str
+    pack: bool  # send uint8 pixels (processes) or the float32 array itself (threads)
 
 
-def _init_worker(preprocess: PreprocessConfig, limits: DecodeLimits, db_path: str | None,
-                 model_version: str, preprocess_version: str) -> None:
-    _WORKER.update(preprocess=preprocess, limits=limits, db=None, versions=(model_version, preprocess_version))
-    if db_path is not None:
+_LOCAL = threading.local()
+
+
+def _connection(db_path: str) -> sqlite3.Connection | None:
+    """A read-only connection to the store, one per worker thread or process, opened once."""
+    conns: dict[str, sqlite3.Connection | None] = getattr(_LOCAL, "conns", None) or {}
+    _LOCAL.conns = conns
+    if db_path not in conns:
         try:
-            conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30, isolation_level=None)
-            _WORKER["db"] = conn
+            conns[db_path] = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30,
+                                             isolation_level=None)
         except sqlite3.Error:
-            _WORKER["db"] = None
+            conns[db_path] = None
+    return conns[db_path]
 
 
-def _lookup(sha: str) -> float | None:
-    conn = _WORKER.get("db")
+def _lookup(ctx: WorkerContext, sha: str) -> float | None:
+    conn = _connection(ctx.db_path) if ctx.db_path else None
     if conn is None:
         return None
     try:
         row = conn.execute(
             "SELECT score FROM results WHERE sha256 = ? AND model_version = ? AND preprocess_version = ? "
-            "AND status = 'ok' LIMIT 1", (sha, *_WORKER["versions"]),
+            "AND status = 'ok' LIMIT 1", (sha, ctx.model_version, ctx.preprocess_version),
         ).fetchone()
     except sqlite3.Error:
         return None
@@ -249,12 +289,12 @@ def unpack_array(arr: np.ndarray, mean_bgr: tuple[float, float, float]) -> np.nd
     return out
 
 
-def _prepare_chunk(files: list[WalkedFile]) -> list[Prepared]:
-    pre: PreprocessConfig = _WORKER["preprocess"]
-    out = [prepare_file(f, pre, _WORKER["limits"], _lookup) for f in files]
-    for p in out:
-        if p.array is not None:
-            p.array = pack_array(p.array, pre.mean_bgr)
+def _prepare_chunk(files: list[WalkedFile], ctx: WorkerContext) -> list[Prepared]:
+    out = [prepare_file(f, ctx.preprocess, ctx.limits, partial(_lookup, ctx)) for f in files]
+    if ctx.pack:
+        for p in out:
+            if p.array is not None:
+                p.array = pack_array(p.array, ctx.preprocess.mean_bgr)
     return out
 
 
@@ -419,26 +459,28 @@ def _mp_context() -> Any:
 
 
 class _Workers:
-    """The decoding process pool, rebuilt when a worker dies.
+    """The decoding pool: worker processes (rebuilt when one dies) or threads.
 
-    A chunk whose worker died (a decoder crash, the OOM killer) is retried one file at a time in
-    a fresh pool, so only the file that kills a worker is recorded as ``worker_died`` (and retried
-    on a later run, up to ``max_attempts``). Pools that keep dying before finishing any file mean
-    the workers cannot start at all: that stops the scan with a clear error.
+    Processes: a chunk whose worker died (a decoder crash, the OOM killer) is retried one file at
+    a time in a fresh pool, so only the file that kills a worker is recorded as ``worker_died``
+    (and retried on a later run, up to ``max_attempts``). Pools that keep dying before finishing
+    any file mean the workers cannot start at all: that stops the scan with a clear error.
+    Threads share the process, so a decoder crash would end the scan (committed batches stay).
     """
 
     MAX_BARREN_RESTARTS = 3
 
-    def __init__(self, n: int, initargs: tuple[Any, ...],
-                 task: Callable[[list[WalkedFile]], list[Any]] | None = None) -> None:
-        self.n, self.initargs = n, initargs
+    def __init__(self, n: int, ctx: WorkerContext, kind: Executor,
+                 task: Callable[[list[WalkedFile], WorkerContext], list[Any]] | None = None) -> None:
+        self.n, self.ctx, self.kind = n, ctx, kind
         self.task = task or _prepare_chunk
         self.pool = self._make()
         self.barren_restarts = 0
 
-    def _make(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.n, mp_context=_mp_context(), initializer=_init_worker,
-                                   initargs=self.initargs)
+    def _make(self) -> ProcessPoolExecutor | ThreadPoolExecutor:
+        if self.kind is Executor.THREAD:
+            return ThreadPoolExecutor(self.n, thread_name_prefix="nsfwlab-scan")
+        return ProcessPoolExecutor(self.n, mp_context=_mp_context())
 
     def _restart(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -452,10 +494,10 @@ class _Workers:
 
     def submit(self, files: list[WalkedFile]) -> Future[list[Any]]:
         try:
-            return self.pool.submit(self.task, files)
+            return self.pool.submit(self.task, files, self.ctx)
         except BrokenProcessPool:
             self._restart()
-            return self.pool.submit(self.task, files)
+            return self.pool.submit(self.task, files, self.ctx)
 
     def collect(self, files: list[WalkedFile], fut: Future[list[Any]]) -> list[Any]:
         try:
@@ -478,6 +520,11 @@ class _Workers:
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def worker_context(store: ResultStore, model: ScanModel, config: ScanConfig) -> WorkerContext:
+    return WorkerContext(model.preprocess, config.limits, str(store.path.resolve()), model.model_version,
+                         model.preprocess_version, pack=config.executor_kind is Executor.PROCESS)
 
 
 def scan(roots: Iterable[str | os.PathLike], store: ResultStore, config: ScanConfig | None = None, *,
@@ -512,8 +559,7 @@ def scan(roots: Iterable[str | os.PathLike], store: ResultStore, config: ScanCon
     start = time.perf_counter()
     max_chunks = max(1, config.window // config.chunk)
     window: deque[tuple[list[WalkedFile], Future[list[Prepared]]]] = deque()
-    workers = _Workers(config.n_workers, (model.preprocess, config.limits, str(store.path.resolve()),
-                                          model.model_version, model.preprocess_version))
+    workers = _Workers(config.n_workers, worker_context(store, model, config), config.executor_kind)
     try:
         for files in _chunks(_plan(root_list, store, model, config, writer), config.chunk):
             window.append((files, workers.submit(files)))
