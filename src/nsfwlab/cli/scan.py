@@ -27,7 +27,7 @@ def scan_command(
     executor: Executor = typer.Option(Executor.AUTO, "--executor", help="Decode in threads or processes "
                                       "(auto: threads on up to 4 cores, processes above; processes isolate "
                                       "decoder crashes)."),
-    engine: Engine = typer.Option(Engine.LOCAL, "--engine", help="local: worker processes on this machine; ray: a Ray cluster."),
+    engine: Engine = typer.Option(Engine.LOCAL, "--engine", help="local: this machine; ray: a Ray cluster (RAY_ADDRESS) or a local Ray instance."),
     include: list[str] = typer.Option([], "--include", help="Only paths matching this glob (repeatable; e.g. '*.jpg')."),
     exclude: list[str] = typer.Option([], "--exclude", help="Skip paths matching this glob (repeatable; wins over --include)."),
     model: Path | None = typer.Option(None, "--model", help="A fine-tuned checkpoint (.pt) or exported .onnx."),

@@ -1,7 +1,7 @@
 """The GPU fast path (``--device cuda --mode fast``): batched nvJPEG decoding and GPU resizing
 feeding the fp16 model; CPU workers handle what the GPU decoder cannot.
 
-Per file, a CPU worker process reads the bytes, hashes them, checks the header against the decode
+Per file, a CPU worker (thread or process) reads the bytes, hashes them, checks the header against the decode
 caps (decompression bombs never reach the GPU) and routes the file (:func:`route`):
 
 - baseline/progressive JPEGs in RGB or greyscale go to the GPU as raw bytes:

@@ -1,13 +1,13 @@
-"""The local scan pipeline: a streaming walk, decoding in worker processes, batched inference, a
-results store written one transaction per batch.
+"""The local scan pipeline: a streaming walk, decoding in worker threads or processes, batched
+inference, a results store written one transaction per batch.
 
 ::
 
-    walk (generator) -> store.decide (skip unchanged) -> worker processes: read, sha256, dedupe
-    lookup, safe decode + core preprocessing -> main process: batch, model, label -> store.write
+    walk (generator) -> store.decide (skip unchanged) -> workers: read, sha256, dedupe lookup,
+    safe decode + core preprocessing -> main thread: batch, model, label -> store.write
 
 Memory is bounded by the window of files in flight (``ScanConfig.window``), never by the tree.
-The model runs in the main process while the workers decode the next files, so decoding and
+The model runs in the main thread while the workers decode the next files, so decoding and
 inference overlap. Identical content is decoded at most once per run and scored at most once
 per model/preprocessing version.
 """
@@ -73,7 +73,7 @@ class Executor(str, Enum):
 
 @dataclass(frozen=True)
 class ScanConfig:
-    """How a scan runs. ``workers``: decoding processes (default: CPU count); ``threads``: model
+    """How a scan runs. ``workers``: decoding threads or processes (see :attr:`n_workers`); ``threads``: model
     threads; ``chunk``: files per worker task; ``max_attempts``: failed files are retried on later
     runs until they failed this often (unless they change)."""
 
@@ -109,9 +109,9 @@ class ScanConfig:
 
     @property
     def n_workers(self) -> int:
-        """Default: as many decoding threads as cores (they sleep while Pillow waits on nothing
-        else), or half the cores as processes, the model's threads using the rest (measured in
-        BENCHMARKS.md)."""
+        """Default: one decoding thread per core (they share the cores with the model's threads;
+        Pillow releases the GIL), or half the cores as processes, the model's threads using the
+        rest (measured in BENCHMARKS.md)."""
         if self.workers:
             return self.workers
         cores = os.cpu_count() or 1
