@@ -15,7 +15,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from nsfwlab.scan import ResultStore, ScanConfig, scan
+from nsfwlab.scan import Executor, ResultStore, ScanConfig, scan
 
 N_FILES = 10_000
 
@@ -51,9 +51,10 @@ def big_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_ten_thousand_files_bounded_memory(big_tree: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("executor", [Executor.THREAD, Executor.PROCESS])
+def test_ten_thousand_files_bounded_memory(big_tree: Path, tmp_path: Path, executor: Executor) -> None:
     backend = ConstantTimeFakeBackend()
-    config = ScanConfig(workers=2, batch_size=64, chunk=16)
+    config = ScanConfig(workers=2, batch_size=64, chunk=16, executor=executor)
     proc = psutil.Process()
     samples: list[tuple[int, int]] = []
     done = 0
