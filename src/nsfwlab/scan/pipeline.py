@@ -27,6 +27,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -223,8 +224,8 @@ def _connection(db_path: str) -> sqlite3.Connection | None:
     _LOCAL.conns = conns
     if db_path not in conns:
         try:
-            conns[db_path] = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30,
-                                             isolation_level=None)
+            uri = Path(db_path).as_uri() + "?mode=ro"  # percent-encodes '?', '#', '%' in the path
+            conns[db_path] = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
         except sqlite3.Error:
             conns[db_path] = None
     return conns[db_path]
