@@ -17,6 +17,7 @@ in every replica. Ray is imported only here.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -139,7 +140,8 @@ def scan_ray(roots: list[str], store: ResultStore, config: ScanConfig, *, model:
     from ..backends import resolve_device
 
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+        ray.init(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+                 logging_level=logging.WARNING)
     device = resolve_device(config.device)
     n_replicas, gpus_each = _replicas(ray, device)
     summary = ScanSummary(model.model_version, model.preprocess_version, model.mode.value, Engine.RAY.value)
@@ -148,7 +150,8 @@ def scan_ray(roots: list[str], store: ResultStore, config: ScanConfig, *, model:
                              mode=model.mode.value, engine=Engine.RAY.value, roots=roots)
     mv, pv = model.model_version, model.preprocess_version
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
+    ctx.enable_progress_bars = False  # the CLI shows its own progress bar
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     start = time.perf_counter()
     try:
         for files in _blocks(_plan(roots, store, model, config, writer), block):
