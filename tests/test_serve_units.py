@@ -122,10 +122,10 @@ def test_serve_config_rejects_bad_values(kwargs: dict) -> None:
 
 
 def test_serve_config_batching_switch() -> None:
-    assert ServeConfig(max_batch=8, max_wait_ms=4).batch_for("cpu") == 8
-    assert ServeConfig().batch_for("cpu") == 1 and ServeConfig().batch_for("cuda") == 16
+    assert ServeConfig(max_batch=8, max_wait_ms=4).model_batch == 8
+    assert ServeConfig().model_batch == 16
     naive = ServeConfig(max_batch=8, max_wait_ms=4, batching=False)
-    assert naive.batch_for("cuda") == 1 and naive.max_wait_s == 0.0
+    assert naive.model_batch == 1 and naive.max_wait_s == 0.0
     assert isinstance(ServeConfig(data_dir="x").data_dir, Path)  # type: ignore[arg-type]
 
 

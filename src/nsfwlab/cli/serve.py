@@ -40,7 +40,7 @@ def serve_command(
     max_files: int = typer.Option(16, min=1, help="Most images in one request (413)."),
     max_bytes: int = typer.Option(DecodeLimits.max_bytes, min=1, help="Cap on one encoded image (413)."),
     max_pixels: int = typer.Option(DecodeLimits.max_pixels, min=1, help="Cap on width x height, read from the header (413)."),
-    max_batch: int | None = typer.Option(None, min=1, help="Most images per model call (default: 16 on CUDA, 1 on CPU, as measured)."),
+    max_batch: int = typer.Option(16, min=1, help="Most images per model call (micro-batching of concurrent requests)."),
     max_wait_ms: float = typer.Option(5.0, min=0.0, help="Longest wait for a batch to fill."),
     batching: bool = typer.Option(True, "--batching/--no-batching", help="Micro-batch concurrent requests."),
     queue_size: int = typer.Option(128, min=1, help="Images waiting for the model before 429."),
@@ -75,7 +75,7 @@ def serve_command(
         )
 
         def load() -> Detector:
-            return Detector(backend, device, thresholds=thresholds, batch_size=max_batch or 16, precision=precision,
+            return Detector(backend, device, thresholds=thresholds, batch_size=max_batch, precision=precision,
                             model=model, limits=limits, workers=decode_workers)
 
         app = create_app(config, load)

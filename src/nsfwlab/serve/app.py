@@ -172,7 +172,7 @@ class Service:
         self._attach(det)
 
     def _attach(self, det: Detector) -> None:
-        batcher = MicroBatcher(det.predict_arrays, max_batch=self.config.batch_for(det.backend.device),
+        batcher = MicroBatcher(det.predict_arrays, max_batch=self.config.model_batch,
                                max_wait_s=self.config.max_wait_s, max_queue=self.config.queue_size,
                                on_batch=self.metrics.observe_batch)
         batcher.start()
