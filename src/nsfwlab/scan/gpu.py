@@ -23,10 +23,7 @@ trip, and the drift of the GPU resize is stated from those tests.
 from __future__ import annotations
 
 import hashlib
-import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -43,7 +40,6 @@ from .pipeline import (
     ScanModel,
     ScanSummary,
     WorkerContext,
-    _chunks,
     _plan,
     _Writer,
     pack_array,
@@ -267,7 +263,7 @@ def scan_gpu(roots: list[str], store: ResultStore, config: ScanConfig, *, model:
     ``device``, ``decode`` (JPEG bytes -> RGB CHW uint8 tensors) and ``roundtrip`` replace nvJPEG
     and the GPU JPEG encoder; they exist so that this path's logic runs in CPU-only tests.
     """
-    from .pipeline import _Workers
+    from .pipeline import _Workers, drive_workers
 
     summary = ScanSummary(model.model_version, model.preprocess_version, model.mode.value, Engine.LOCAL.value)
     writer = _Writer(store, model, config.thresholds, config.batch_size, summary, progress)
@@ -277,22 +273,8 @@ def scan_gpu(roots: list[str], store: ResultStore, config: ScanConfig, *, model:
                              mode=model.mode.value, engine="local-gpu", roots=roots)
     workers = _Workers(config.n_workers, worker_context(store, model, config), config.executor_kind,
                        task=_route_chunk)
-    window: deque[tuple[list[WalkedFile], Future[Any]]] = deque()
-    max_chunks = max(1, config.window // config.chunk)
-    start = time.perf_counter()
-    try:
-        for files in _chunks(_plan(roots, store, model, config, writer), config.chunk):
-            window.append((files, workers.submit(files)))
-            while len(window) >= max_chunks:
-                for item in workers.collect(*window.popleft()):
-                    batcher.add(item)
-        while window:
-            for item in workers.collect(*window.popleft()):
-                batcher.add(item)
-        batcher.flush()
-    finally:
-        workers.shutdown()
-        summary.seconds = time.perf_counter() - start
+    drive_workers(_plan(roots, store, model, config, writer), workers, config, summary,
+                  sink=batcher.add, flush=batcher.flush)
     store.finish_run(run_id, scored=summary.scored, reused=summary.reused, skipped=summary.skipped,
                      errors=summary.errors)
     return summary

@@ -557,23 +557,31 @@ def scan(roots: Iterable[str | os.PathLike], store: ResultStore, config: ScanCon
     writer = _Writer(store, model, config.thresholds, config.batch_size, summary, progress)
     run_id = store.start_run(model_version=model.model_version, preprocess_version=model.preprocess_version,
                              mode=model.mode.value, engine=Engine.LOCAL.value, roots=root_list)
-    start = time.perf_counter()
-    max_chunks = max(1, config.window // config.chunk)
-    window: deque[tuple[list[WalkedFile], Future[list[Prepared]]]] = deque()
     workers = _Workers(config.n_workers, worker_context(store, model, config), config.executor_kind)
-    try:
-        for files in _chunks(_plan(root_list, store, model, config, writer), config.chunk):
-            window.append((files, workers.submit(files)))
-            while len(window) >= max_chunks:
-                for p in workers.collect(*window.popleft()):
-                    writer.add(p)
-        while window:
-            for p in workers.collect(*window.popleft()):
-                writer.add(p)
-        writer.flush()
-    finally:
-        workers.shutdown()
-        summary.seconds = time.perf_counter() - start
+    drive_workers(_plan(root_list, store, model, config, writer), workers, config, summary,
+                  sink=writer.add, flush=writer.flush)
     store.finish_run(run_id, scored=summary.scored, reused=summary.reused, skipped=summary.skipped,
                      errors=summary.errors)
     return summary
+
+
+def drive_workers(planned: Iterator[WalkedFile], workers: _Workers, config: ScanConfig, summary: ScanSummary,
+                  *, sink: Callable[[Any], None], flush: Callable[[], None]) -> None:
+    """Feed planned files to the workers in chunks, keep at most ``config.window`` files in flight,
+    hand each worker result to ``sink`` in order, then ``flush``; shared by the CPU and GPU scans."""
+    start = time.perf_counter()
+    max_chunks = max(1, config.window // config.chunk)
+    window: deque[tuple[list[WalkedFile], Future[list[Any]]]] = deque()
+    try:
+        for files in _chunks(planned, config.chunk):
+            window.append((files, workers.submit(files)))
+            while len(window) >= max_chunks:
+                for item in workers.collect(*window.popleft()):
+                    sink(item)
+        while window:
+            for item in workers.collect(*window.popleft()):
+                sink(item)
+        flush()
+    finally:
+        workers.shutdown()
+        summary.seconds = time.perf_counter() - start
