@@ -110,3 +110,11 @@ def test_stdin(photo_paths: list[Path]) -> None:
 def test_max_pixels_option(photo_paths: list[Path]) -> None:
     res = _run("score", "-f", "jsonl", "--max-pixels", "100", str(photo_paths[0]))
     assert res.exit_code == 1 and "pixels" in json.loads(res.stdout)["error"]
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "nsfwlab", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"nsfwlab {__version__}"
