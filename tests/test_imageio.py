@@ -249,3 +249,26 @@ def test_numpy_inputs() -> None:
 
 def test_allowed_formats_constant() -> None:
     assert ALLOWED_FORMATS == ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+
+
+def test_pipes_and_devices_are_refused_without_blocking(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageError, match="regular file"):
+        load_image(fifo)  # opening a FIFO for reading would block forever
+    with pytest.raises(ImageError, match="regular file"):
+        load_image("/dev/zero")
+
+
+def test_symlink_to_an_image_is_followed(tmp_path: Path, rgb: Image.Image) -> None:
+    target = tmp_path / "real.png"
+    target.write_bytes(_encode(rgb, "PNG"))
+    link = tmp_path / "link.png"
+    link.symlink_to(target)
+    assert load_image(link).size == (96, 64)
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop)
+    with pytest.raises(ImageError):
+        load_image(loop)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -128,9 +129,13 @@ def read_bytes(source: str | os.PathLike | bytes | bytearray | memoryview | IO[b
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         try:
-            if path.is_dir():
+            st = path.stat()
+            if stat.S_ISDIR(st.st_mode):
                 raise ImageError("is a directory, not an image file")
-            size = path.stat().st_size
+            if not stat.S_ISREG(st.st_mode):
+                # FIFOs, sockets and devices could block forever or never end.
+                raise ImageError("not a regular file (a pipe, socket or device); pass its bytes instead")
+            size = st.st_size
             if size > limits.max_bytes:
                 raise ImageTooLargeError(
                     f"file is {size} bytes, over the cap of {limits.max_bytes} bytes "
