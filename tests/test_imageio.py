@@ -106,6 +106,13 @@ def test_garbage_after_a_valid_signature_is_corrupt() -> None:
             load_image(sig + rng.integers(0, 255, 500, dtype=np.uint8).tobytes())
 
 
+def test_corrupt_message_names_no_python_object() -> None:
+    """Pillow's "cannot identify image file <_io.BytesIO object at 0x...>" is cleaned up."""
+    with pytest.raises(CorruptImageError) as info:
+        load_image(b"GIF89a\x01\x00")
+    assert str(info.value) == "corrupt GIF data: cannot identify image file"
+
+
 def _png_with_size(width: int, height: int) -> bytes:
     """A valid 1x1 PNG whose IHDR claims another size (a decompression bomb's header)."""
     data = bytearray(_encode(Image.new("L", (1, 1)), "PNG"))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import stat
 import warnings
 from collections.abc import Iterable
@@ -216,8 +217,14 @@ def open_image(data: bytes, limits: DecodeLimits) -> DecodedImage:
     return DecodedImage(img, fmt, len(data))
 
 
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
 def _decode_error(fmt: str, exc: BaseException) -> ImageError:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    # Pillow names its in-memory buffer ("cannot identify image file <_io.BytesIO object at
+    # 0x7f...>"): noise for the user, and it makes the message differ from run to run.
+    text = _OBJECT_REPR.sub("", text) or type(exc).__name__
     if isinstance(exc, MemoryError):
         return ImageTooLargeError(f"{fmt} image needs more memory than available to decode")
     lowered = text.lower()
