@@ -179,6 +179,22 @@ def test_cli_scan_then_export(tree: Path, tmp_path: Path, detector) -> None:
     assert bad.exit_code == 2 and "no such file" in bad.output
 
 
+def test_scan_goes_on_past_a_non_utf8_file_name(tree: Path, tmp_path: Path) -> None:
+    """A name that is not valid UTF-8 used to abort the whole scan with a UnicodeEncodeError."""
+    bad = os.fsdecode(os.fsencode(str(tree)) + b"/bad\xffname.jpg")
+    shutil.copy(tree / "astronaut.jpg", bad)
+    db = tmp_path / "utf8.sqlite"
+    runner = CliRunner()
+    res = runner.invoke(app, ["scan", str(tree), "--db", str(db), "--json", "--no-progress"])
+    assert res.exit_code == 1, res.output  # fake.jpg and truncated.jpg, as in the tree fixture
+    assert json.loads(res.stdout)["errors"] == 2
+    rows = _rows(db)
+    row = rows[str(tree / "bad\\xffname.jpg")]
+    assert row["status"] == "ok" and row["score"] == rows[str(tree / "astronaut.jpg")]["score"]
+    again = runner.invoke(app, ["scan", str(tree), "--db", str(db), "--json", "--no-progress"])
+    assert json.loads(again.stdout)["scored"] == 0  # found again by its escaped name: skipped
+
+
 def test_worker_transport_is_lossless(photo_paths: list[Path]) -> None:
     from nsfwlab.preprocess import preprocess
     from nsfwlab.scan.pipeline import pack_array, unpack_array

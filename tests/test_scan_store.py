@@ -100,3 +100,18 @@ def test_bad_database_files_are_clear_errors(tmp_path: Path) -> None:
     sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
     with pytest.raises(StoreError, match="no nsfwlab results"):
         ResultStore(other, readonly=True)
+
+
+def test_non_utf8_file_names_are_stored_escaped_and_found_again(tmp_path: Path) -> None:
+    # POSIX names are bytes; os.scandir hands a non-UTF-8 name over with surrogate escapes,
+    # which SQLite cannot encode. The store writes those bytes as \xNN, the same way every time.
+    name = b"/photos/bad\xffname.jpg".decode("utf-8", "surrogateescape")
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        store.start_run(model_version=MV, preprocess_version=PV, mode="exact", engine="local", roots=[name])
+        assert store.decide(name, 10, 1, MV, PV, max_attempts=3) is Decision.SCAN
+        store.write([ok(name, 0.1), FileRecord(name + "2", 10, 1, None, Status.ERROR, MV, PV, "exact",
+                                               error_code="corrupt", error=f"{name}2: bad")])
+        assert store.decide(name, 10, 1, MV, PV, max_attempts=3) is Decision.SKIP
+        rows = list(store.iter_rows())
+    assert [r["path"] for r in rows] == ["/photos/bad\\xffname.jpg", "/photos/bad\\xffname.jpg2"]
+    assert rows[1]["error"] == "/photos/bad\\xffname.jpg2: bad"

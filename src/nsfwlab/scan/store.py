@@ -85,6 +85,25 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
+def _text(value: str) -> str:
+    """``value`` as storable UTF-8 text.
+
+    File names are bytes on POSIX; a name that is not valid UTF-8 arrives from ``os.scandir`` with
+    surrogate escapes, which SQLite cannot store. Such bytes are written as ``\\xNN`` escapes
+    (the same spelling for the same name, so lookups and updates agree); every valid name is
+    stored unchanged.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(value).decode("utf-8", "backslashreplace")
+    return value
+
+
+def _opt_text(value: str | None) -> str | None:
+    return None if value is None else _text(value)
+
+
 class StoreError(ConfigError):
     """The results database cannot be opened or is not an nsfwlab results store."""
 
@@ -188,7 +207,7 @@ class ResultStore:
         row = self._conn.execute(
             "SELECT size, mtime_ns, status, attempts FROM results "
             "WHERE path = ? AND model_version = ? AND preprocess_version = ?",
-            (path, model_version, preprocess_version),
+            (_text(path), model_version, preprocess_version),
         ).fetchone()
         if row is None or row[0] != size or row[1] != mtime_ns:
             return Decision.SCAN
@@ -216,7 +235,8 @@ class ResultStore:
             return
         now = time.time()
         rows = [
-            (r.path, r.size, r.mtime_ns, r.sha256, r.score, r.label, r.status.value, r.error_code, r.error,
+            (_text(r.path), r.size, r.mtime_ns, r.sha256, r.score, r.label, r.status.value, r.error_code,
+             _opt_text(r.error),
              int(r.reused), r.model_version, r.preprocess_version, r.mode, now, now)
             for r in records
         ]
@@ -252,7 +272,7 @@ class ResultStore:
         cur = self._conn.execute(
             "INSERT INTO runs (started, model_version, preprocess_version, mode, engine, roots) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            (time.time(), model_version, preprocess_version, mode, engine, "\n".join(roots)),
+            (time.time(), model_version, preprocess_version, mode, engine, "\n".join(map(_text, roots))),
         )
         return int(cur.lastrowid or 0)
 
