@@ -107,10 +107,26 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ModelError(f"{p} is not an nsfwlab checkpoint: {type(exc).__name__}: {exc}") from None
+        raise ModelError(f"{p} is not an nsfwlab checkpoint ({_load_failure(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ModelError(f"{p} is not an nsfwlab checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
     return payload
+
+
+def _load_failure(exc: BaseException) -> str:
+    """One line on why ``torch.load`` refused a file.
+
+    torch's ``weights_only`` refusal is a paragraph that suggests ``weights_only=False`` (running
+    the file's code): keep only its cause.
+    """
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        cause = next((line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()), "")
+        cause = cause.split(". Please use", 1)[0]  # drop the allowlisting advice
+        return f"not a tensors-only torch file: {cause}" if cause else "not a tensors-only torch file"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def _preprocess_from(d: dict[str, Any] | None) -> PreprocessConfig:
