@@ -102,6 +102,21 @@ def test_missing_model_exits_3(photo_paths: list[Path], tmp_path: Path) -> None:
     assert res.exit_code == 3 and "does not exist" in res.output
 
 
+def test_names_with_brackets_are_printed_verbatim(photo_paths: list[Path], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Paths and messages are never read as console markup ("[/b]" once raised MarkupError)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x[").mkdir()
+    odd = tmp_path / "x[" / "b][red].jpg"  # its path holds "x[/b][red].jpg"
+    odd.write_bytes(photo_paths[0].read_bytes()[:500])
+    res = _run("score", "-f", "csv", str(odd))
+    assert res.exit_code == 1 and res.stdout.splitlines()[1].startswith(f"{odd},,,truncated")
+    res = _run("score", str(odd.relative_to(tmp_path)))
+    assert res.exit_code == 1 and "x[/b][red].jpg" in res.stdout
+    res = runner.invoke(app, ["score", "--model", str(tmp_path / "[/x][bold]m.pt"), str(photo_paths[0])])
+    assert res.exit_code == 3 and "[/x][bold]m.pt does not exist" in res.output
+
+
 def test_stdin(photo_paths: list[Path]) -> None:
     res = runner.invoke(app, ["score", "-f", "jsonl", "-"], input=photo_paths[0].read_bytes())
     assert res.exit_code == 0 and json.loads(res.stdout)["path"] == "-"

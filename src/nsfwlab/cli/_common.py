@@ -24,10 +24,12 @@ from rich.text import Text
 
 from ..errors import ConfigError, ImageError, ModelError, NsfwlabError
 
-__all__ = ["ExitCode", "exit_code_for", "fail", "progress_bar", "stderr", "stdout"]
+__all__ = ["ExitCode", "exit_code_for", "fail", "progress_bar", "stderr", "stdout", "tagged"]
 
-stdout = Console(soft_wrap=True)
-stderr = Console(stderr=True, soft_wrap=True)
+# No console markup: printed text holds file names and error messages, and a "[/x]" in one of
+# them would be eaten or raise MarkupError. Style with ``style=`` or :func:`tagged` instead.
+stdout = Console(soft_wrap=True, markup=False)
+stderr = Console(stderr=True, soft_wrap=True, markup=False)
 
 
 class ExitCode(IntEnum):
@@ -51,9 +53,14 @@ def exit_code_for(exc: NsfwlabError) -> ExitCode:
     return ExitCode.INTERNAL
 
 
+def tagged(tag: str, style: str, text: str) -> Text:
+    """``tag`` in ``style`` followed by ``text`` verbatim (never read as markup)."""
+    return Text.assemble((tag, style), text)
+
+
 def fail(exc: NsfwlabError) -> typer.Exit:
     """Print a one-line error and return the Exit to raise."""
-    stderr.print(f"[bold red]error:[/] {exc}", highlight=False)
+    stderr.print(tagged("error:", "bold red", f" {exc}"), highlight=False)
     return typer.Exit(int(exit_code_for(exc)))
 
 

@@ -17,7 +17,7 @@ import typer
 
 from ..config import BackendName, DecodeLimits, Device, Thresholds
 from ..errors import ConfigError, NsfwlabError
-from ._common import ExitCode, fail, progress_bar, stderr, stdout
+from ._common import ExitCode, fail, progress_bar, stderr, stdout, tagged
 
 __all__ = ["evaluate_command", "export_onnx_command", "finetune_command"]
 
@@ -123,10 +123,10 @@ def evaluate_command(
                  highlight=False)
     h = result.hygiene
     if h.duplicates:
-        stderr.print(f"[yellow]{sum(len(g.paths) - 1 for g in h.duplicates)} duplicate file(s) in {len(h.duplicates)} "
-                     f"group(s), {len(h.conflicting)} with conflicting labels (see report)[/]")
+        stderr.print(f"{sum(len(g.paths) - 1 for g in h.duplicates)} duplicate file(s) in {len(h.duplicates)} "
+                     f"group(s), {len(h.conflicting)} with conflicting labels (see report)", style="yellow")
     for p in h.unreadable:
-        stderr.print(f"[red]unreadable:[/] {p.path}: {p.message}", highlight=False)
+        stderr.print(tagged("unreadable:", "red", f" {p.path}: {p.message}"), highlight=False)
     stdout.print(f"report: {out / 'report.html'}", highlight=False)
     if h.unreadable:
         raise typer.Exit(int(ExitCode.INPUT_FAILED))
@@ -201,10 +201,10 @@ def finetune_command(
                               on_batch=on_batch, on_epoch=on_epoch)
     except KeyboardInterrupt:
         if state_path.is_file():
-            stderr.print(f"[yellow]interrupted[/]: the state after the last finished epoch is in {state_path}; "
-                         "run the same command with --resume to continue", highlight=False)
+            stderr.print(tagged("interrupted", "yellow", f": the state after the last finished epoch is in {state_path}; "
+                                "run the same command with --resume to continue"), highlight=False)
         else:
-            stderr.print("[yellow]interrupted[/] before the first epoch finished; nothing was saved",
+            stderr.print(tagged("interrupted", "yellow", " before the first epoch finished; nothing was saved"),
                          highlight=False)
         raise typer.Exit(130) from None
     except NsfwlabError as exc:
@@ -221,9 +221,10 @@ def finetune_command(
                  f"{result.best_epoch}); {result.n_train} train / {result.n_val} validation images"
                  + ("; stopped early" if result.stopped_early else ""), highlight=False)
     for p in result.problems:
-        stderr.print(f"[red]unreadable:[/] {p.path}: {p.message}", highlight=False)
+        stderr.print(tagged("unreadable:", "red", f" {p.path}: {p.message}"), highlight=False)
     if result.excluded_conflicting:
-        stderr.print(f"[yellow]{len(result.excluded_conflicting)} identical file(s) with conflicting labels left out[/]")
+        stderr.print(f"{len(result.excluded_conflicting)} identical file(s) with conflicting labels left out",
+                     style="yellow")
     stdout.print(f"model: {saved}\ncurves: {curve}", highlight=False)
     if export_onnx is not None:
         from ..checkpoint import export_onnx as _export

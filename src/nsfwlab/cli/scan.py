@@ -13,7 +13,7 @@ from ..scan.export import ExportFormat
 from ..scan.modes import ScanMode
 from ..scan.pipeline import Engine, Executor
 from ..scan.store import Status
-from ._common import ExitCode, fail, progress_bar, stderr, stdout
+from ._common import ExitCode, fail, progress_bar, stderr, stdout, tagged
 
 __all__ = ["export_command", "scan_command"]
 
@@ -79,12 +79,12 @@ def scan_command(
         stdout.print_json(json.dumps(summary.to_dict()))
     else:
         labels = ", ".join(f"{k} {v}" for k, v in summary.labels.items())
-        stderr.print(
-            f"[bold]scanned[/] {summary.seen} files in {summary.seconds:.1f}s "
+        stderr.print(tagged(
+            "scanned", "bold",
+            f" {summary.seen} files in {summary.seconds:.1f}s "
             f"({summary.files_per_second:.1f} files/s): scored {summary.scored}, reused {summary.reused} "
             f"(identical content), skipped {summary.skipped} (already in the store), errors {summary.errors}",
-            highlight=False,
-        )
+        ), highlight=False)
         stderr.print(f"labels: {labels}; model {summary.model_version}, preprocessing {summary.preprocess_version}",
                      highlight=False)
         if summary.error_codes:

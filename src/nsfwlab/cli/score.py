@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from ..config import BackendName, DecodeLimits, Device, Precision, Thresholds
 from ..detector import Detector, ScoreResult
@@ -94,9 +95,10 @@ def score_command(
             elif table is not None:
                 if res.ok:
                     style = {"safe": "green", "review": "yellow", "nsfw": "red"}[res.label.value if res.label else "safe"]
-                    table.add_row(res.source, f"{res.score:.6f}", f"[{style}]{res.label.value if res.label else ''}[/]")
+                    table.add_row(res.source, f"{res.score:.6f}", Text(res.label.value if res.label else "", style=style))
                 else:
-                    table.add_row(res.source, "[red]error[/]", f"[red]{res.error.message if res.error else ''}[/]")
+                    table.add_row(res.source, Text("error", style="red"),
+                                  Text(res.error.message if res.error else "", style="red"))
     if table is not None:
         stdout.print(table)
     if failed:

@@ -11,7 +11,7 @@ import typer
 
 from ..config import BackendName, DecodeLimits, Device, Precision, Thresholds
 from ..errors import ConfigError, NsfwlabError
-from ._common import ExitCode, fail, progress_bar, stderr
+from ._common import ExitCode, fail, progress_bar, stderr, tagged
 
 __all__ = ["review_app", "serve_command"]
 
@@ -82,7 +82,8 @@ def serve_command(
     except NsfwlabError as exc:
         raise fail(exc) from None
     if not config.api_keys and host not in ("127.0.0.1", "localhost", "::1"):
-        stderr.print(f"[yellow]warning:[/] listening on {host} without --api-key-file: anyone who can reach it may use it")
+        stderr.print(tagged("warning:", "yellow", f" listening on {host} without --api-key-file: anyone who can reach "
+                            "it may use it"), highlight=False)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout or None)
 
 
@@ -124,7 +125,7 @@ def export_command(
                         os.replace(tmp, target)
                 except OSError as exc:
                     failed += 1
-                    stderr.print(f"[bold red]error:[/] {item.sha256}: {exc.strerror or exc}", highlight=False)
+                    stderr.print(tagged("error:", "bold red", f" {item.sha256}: {exc.strerror or exc}"), highlight=False)
                     advance(1, errors=1)
                     continue
                 rows.append([f"{item.status.value}/{name}", item.status.value, f"{item.score:.6f}", item.reason.value,
