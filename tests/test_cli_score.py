@@ -117,6 +117,14 @@ def test_names_with_brackets_are_printed_verbatim(photo_paths: list[Path], tmp_p
     assert res.exit_code == 3 and "[/x][bold]m.pt does not exist" in res.output
 
 
+def test_help_reads_well() -> None:
+    """Defaults in option help survive rich markup; hard-wrapped docstrings are joined."""
+    res = runner.invoke(app, ["explain", "--help"], env={"COLUMNS": "250", "TERMINAL_WIDTH": "250"})
+    assert res.exit_code == 0 and "Windows per model call (default: 4 on CPU, 32 on CUDA)." in res.stdout
+    res = runner.invoke(app, ["--help"], env={"COLUMNS": "250", "TERMINAL_WIDTH": "250"})
+    assert "AUC and average precision with bootstrap confidence intervals, confusion" in res.stdout
+
+
 def test_stdin(photo_paths: list[Path]) -> None:
     res = runner.invoke(app, ["score", "-f", "jsonl", "-"], input=photo_paths[0].read_bytes())
     assert res.exit_code == 0 and json.loads(res.stdout)["path"] == "-"

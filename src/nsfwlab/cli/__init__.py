@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import typer
 
 from .. import __version__
@@ -52,6 +54,25 @@ from .explain import censor_command, explain_command  # noqa: E402
 
 app.command("explain")(explain_command)
 app.command("censor")(censor_command)
+
+
+def _prose(doc: str) -> str:
+    """Join each paragraph's hard-wrapped lines: typer's rich help would keep every newline."""
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(p if p.startswith("\b") else " ".join(p.split()) for p in paragraphs)
+
+
+def _unwrap_help(typer_app: typer.Typer) -> None:
+    for info in typer_app.registered_commands:
+        doc = info.help or (info.callback.__doc__ if info.callback else None)
+        if doc:
+            info.help = _prose(doc)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _unwrap_help(group.typer_instance)
+
+
+_unwrap_help(app)
 
 
 def main() -> None:
