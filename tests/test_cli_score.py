@@ -125,6 +125,29 @@ def test_help_reads_well() -> None:
     assert "AUC and average precision with bootstrap confidence intervals, confusion" in res.stdout
 
 
+def test_progress_rate_is_the_mean_since_start() -> None:
+    """A batch of results arriving at once must not read as thousands of images per second."""
+    from rich.progress import Progress
+
+    from nsfwlab.cli._common import mean_rate
+
+    now = [0.0]
+    progress = Progress(get_time=lambda: now[0], disable=True)
+    task_id = progress.add_task("scoring", total=32)
+    now[0] = 2.0
+    for _ in range(16):  # one batch of 16, all within a millisecond
+        now[0] += 1e-5
+        progress.advance(task_id)
+    task = progress.tasks[0]
+    assert task.speed is not None and task.speed > 1e4  # rich's own estimate
+    assert abs(mean_rate(task) - 8.0) < 0.01
+    now[0] = 4.0
+    progress.advance(task_id, 16)
+    assert abs(mean_rate(progress.tasks[0]) - 8.0) < 0.01  # finished: total over elapsed at the end
+    now[0] = 100.0
+    assert abs(mean_rate(progress.tasks[0]) - 8.0) < 0.01
+
+
 def test_stdin(photo_paths: list[Path]) -> None:
     res = runner.invoke(app, ["score", "-f", "jsonl", "-"], input=photo_paths[0].read_bytes())
     assert res.exit_code == 0 and json.loads(res.stdout)["path"] == "-"
