@@ -158,6 +158,26 @@ def test_max_pixels_option(photo_paths: list[Path]) -> None:
     assert res.exit_code == 1 and "pixels" in json.loads(res.stdout)["error"]
 
 
+def test_decode_caps_from_the_environment(photo_paths: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """NSFWLAB_MAX_PIXELS / NSFWLAB_MAX_BYTES set the caps unless the option is given, everywhere."""
+    from nsfwlab.config import DecodeLimits
+    from nsfwlab.scan import ScanConfig
+    from nsfwlab.serve import ServeConfig
+
+    monkeypatch.setenv("NSFWLAB_MAX_PIXELS", "100")
+    monkeypatch.setenv("NSFWLAB_MAX_BYTES", "5000000")
+    res = _run("score", "-f", "jsonl", str(photo_paths[0]))
+    assert res.exit_code == 1 and json.loads(res.stdout)["code"] == "too_large"
+    res = _run("score", "-f", "jsonl", "--max-pixels", "100000000", str(photo_paths[0]))
+    assert res.exit_code == 0 and "score" in json.loads(res.stdout)
+    env_limits = DecodeLimits(max_bytes=5_000_000, max_pixels=100)
+    assert DecodeLimits.from_env() == ScanConfig().limits == ServeConfig().limits == env_limits
+    assert DecodeLimits.from_env(max_bytes=7) == DecodeLimits(max_bytes=7, max_pixels=100)
+    monkeypatch.setenv("NSFWLAB_MAX_PIXELS", "lots")
+    res = runner.invoke(app, ["score", str(photo_paths[0])])
+    assert res.exit_code == 2 and "NSFWLAB_MAX_PIXELS must be an integer" in res.output
+
+
 def test_python_dash_m_runs_the_cli() -> None:
     import subprocess
     import sys

@@ -99,6 +99,17 @@ class DecodeLimits:
         if self.max_pixels <= 0:
             raise ConfigError(f"max_pixels must be positive, got {self.max_pixels}")
 
+    @classmethod
+    def from_env(cls, max_bytes: int | None = None, max_pixels: int | None = None, *,
+                 env: Mapping[str, str] | None = None) -> DecodeLimits:
+        """The given caps; where one is ``None``, ``NSFWLAB_MAX_BYTES`` / ``NSFWLAB_MAX_PIXELS``,
+        else the defaults. The CLI and the scan and serve configurations take their caps here."""
+        env = os.environ if env is None else env
+        return cls(
+            max_bytes=_env_int(env, "MAX_BYTES", cls.max_bytes) if max_bytes is None else max_bytes,
+            max_pixels=_env_int(env, "MAX_PIXELS", cls.max_pixels) if max_pixels is None else max_pixels,
+        )
+
 
 @dataclass(frozen=True)
 class PreprocessConfig:
@@ -169,10 +180,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        limits = DecodeLimits(
-            max_bytes=_env_int(env, "MAX_BYTES", DecodeLimits.max_bytes),
-            max_pixels=_env_int(env, "MAX_PIXELS", DecodeLimits.max_pixels),
-        )
+        limits = DecodeLimits.from_env(env=env)
         threads_raw = env.get(ENV_PREFIX + "THREADS")
         threads = _env_int(env, "THREADS", 0) if threads_raw else None
         return cls(limits=limits, model_path=env.get(ENV_PREFIX + "MODEL_PATH") or None, threads=threads)

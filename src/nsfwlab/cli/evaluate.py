@@ -58,8 +58,8 @@ def evaluate_command(
     backend: BackendName = typer.Option(BackendName.AUTO, help="Inference engine (auto: onnxruntime on CPU, torch on CUDA)."),
     batch_size: int = typer.Option(16, min=1, help="Images per model call."),
     workers: int = typer.Option(2, min=1, help="Threads decoding and preprocessing."),
-    max_pixels: int = typer.Option(DecodeLimits.max_pixels, min=1, help="Refuse images with more pixels."),
-    max_bytes: int = typer.Option(DecodeLimits.max_bytes, min=1, help="Refuse files larger than this."),
+    max_pixels: int | None = typer.Option(None, min=1, help="Refuse images with more pixels (default: $NSFWLAB_MAX_PIXELS, else 100000000)."),
+    max_bytes: int | None = typer.Option(None, min=1, help="Refuse files larger than this (default: $NSFWLAB_MAX_BYTES, else 67108864)."),
     progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr (default: when stderr is a terminal)."),
 ) -> None:
     """Measure the model on your labelled images: ROC/PR curves, AUC and average precision with
@@ -74,8 +74,8 @@ def evaluate_command(
     from ..evaluate.plots import histogram_png, pr_png, roc_png
     from ..evaluate.report import render_report, thumbnail
 
-    limits = DecodeLimits(max_bytes=max_bytes, max_pixels=max_pixels)
     try:
+        limits = DecodeLimits.from_env(max_bytes, max_pixels)
         targets = _targets(target_fpr, target_recall, target_precision)
         dataset = load_labelled(data)
         detector = Detector(backend, device, thresholds=Thresholds(safe_below, nsfw_above), batch_size=batch_size,

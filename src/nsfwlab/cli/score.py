@@ -57,8 +57,8 @@ def score_command(
     model: Path | None = typer.Option(None, "--model", help="A fine-tuned checkpoint (.pt) or exported .onnx instead of the stock model."),
     batch_size: int = typer.Option(16, min=1, help="Images per model call."),
     workers: int = typer.Option(2, min=1, help="Threads decoding and preprocessing."),
-    max_pixels: int = typer.Option(DecodeLimits.max_pixels, min=1, help="Refuse images with more pixels (decompression bombs)."),
-    max_bytes: int = typer.Option(DecodeLimits.max_bytes, min=1, help="Refuse files larger than this."),
+    max_pixels: int | None = typer.Option(None, min=1, help="Refuse images with more pixels: decompression bombs (default: $NSFWLAB_MAX_PIXELS, else 100000000)."),
+    max_bytes: int | None = typer.Option(None, min=1, help="Refuse files larger than this (default: $NSFWLAB_MAX_BYTES, else 67108864)."),
     progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr (default: when stderr is a terminal)."),
 ) -> None:
     """Score images with the exact open_nsfw model.
@@ -69,7 +69,7 @@ def score_command(
     try:
         thresholds = Thresholds(safe_below=safe_below, nsfw_above=nsfw_above)
         detector = Detector(backend, device, thresholds=thresholds, batch_size=batch_size, workers=workers,
-                            precision=precision, model=model, limits=DecodeLimits(max_bytes=max_bytes, max_pixels=max_pixels))
+                            precision=precision, model=model, limits=DecodeLimits.from_env(max_bytes, max_pixels))
     except NsfwlabError as exc:
         raise fail(exc) from None
 

@@ -38,8 +38,8 @@ def serve_command(
     audit_rate: float = typer.Option(0.0, min=0.0, max=1.0, help="Share of confident decisions also queued for review."),
     max_body_bytes: int = typer.Option(32 * 1024 * 1024, min=1, help="Cap on a request body (413), counted while streaming."),
     max_files: int = typer.Option(16, min=1, help="Most images in one request (413)."),
-    max_bytes: int = typer.Option(DecodeLimits.max_bytes, min=1, help="Cap on one encoded image (413)."),
-    max_pixels: int = typer.Option(DecodeLimits.max_pixels, min=1, help="Cap on width x height, read from the header (413)."),
+    max_bytes: int | None = typer.Option(None, min=1, help="Cap on one encoded image (413) (default: $NSFWLAB_MAX_BYTES, else 67108864)."),
+    max_pixels: int | None = typer.Option(None, min=1, help="Cap on width x height, read from the header (413) (default: $NSFWLAB_MAX_PIXELS, else 100000000)."),
     max_batch: int = typer.Option(16, min=1, help="Most images per model call (micro-batching of concurrent requests)."),
     max_wait_ms: float = typer.Option(5.0, min=0.0, help="Longest wait for a batch to fill."),
     batching: bool = typer.Option(True, "--batching/--no-batching", help="Micro-batch concurrent requests."),
@@ -66,7 +66,7 @@ def serve_command(
         from ..serve.app import create_app
 
         thresholds = Thresholds(safe_below=safe_below, nsfw_above=nsfw_above)
-        limits = DecodeLimits(max_bytes=max_bytes, max_pixels=max_pixels)
+        limits = DecodeLimits.from_env(max_bytes, max_pixels)
         config = ServeConfig(
             data_dir=data_dir, max_body_bytes=max_body_bytes, max_files=max_files, limits=limits,
             max_concurrent_requests=max_concurrent, queue_size=queue_size, max_batch=max_batch,

@@ -88,7 +88,7 @@ class ScanConfig:
     chunk: int = 4
     max_attempts: int = 3
     thresholds: Thresholds = field(default_factory=Thresholds)
-    limits: DecodeLimits = field(default_factory=DecodeLimits)
+    limits: DecodeLimits = field(default_factory=DecodeLimits.from_env)
     walk: WalkConfig = field(default_factory=WalkConfig)
     model: str | None = None
     cache_dir: str | None = None

@@ -46,7 +46,7 @@ class ServeConfig:
     data_dir: Path | None = None
     max_body_bytes: int = 32 * 1024 * 1024
     max_files: int = 16
-    limits: DecodeLimits = field(default_factory=DecodeLimits)
+    limits: DecodeLimits = field(default_factory=DecodeLimits.from_env)
     formats: tuple[str, ...] = ALLOWED_FORMATS
     max_concurrent_requests: int = 64
     queue_size: int = 128
