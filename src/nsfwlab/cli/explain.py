@@ -82,7 +82,7 @@ def explain_command(
     save_heatmap: Path | None = typer.Option(
         None, "--save-heatmap", help="Save the raw heatmap(s) at the image's size: .npy (one method) or .npz (all)."),
     target: str = typer.Option("nsfw-probability", help="What to explain: nsfw-probability, logit-margin, "
-                               "nsfw-logit (gradient methods only)."),
+                               "nsfw-logit (nsfw-logit: gradient methods only)."),
     box: int | None = typer.Option(None, min=1, help="Occlusion box in pixels (default: 1/6 of the short side)."),
     stride: int | None = typer.Option(None, min=1, help="Occlusion stride in pixels (default: box/3)."),
     fill: Fill = typer.Option(Fill.MEAN, help="What fills the occlusion box."),
