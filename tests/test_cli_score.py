@@ -178,6 +178,44 @@ def test_decode_caps_from_the_environment(photo_paths: list[Path], monkeypatch: 
     assert res.exit_code == 2 and "NSFWLAB_MAX_PIXELS must be an integer" in res.output
 
 
+class _EndlessStream(io.RawIOBase):
+    """A JPEG signature followed by an endless stream of bytes; fails if read far past any cap."""
+
+    def __init__(self) -> None:
+        self.served = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        if self.served > 10_000_000:
+            raise AssertionError("standard input was read far past --max-bytes")
+        n = len(buffer)
+        buffer[:n] = (b"\xff\xd8\xff\xe0" + b"\x00" * n)[:n] if self.served == 0 else b"\x00" * n
+        self.served += n
+        return n
+
+
+def test_stdin_is_read_no_further_than_the_byte_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    from types import SimpleNamespace
+
+    import nsfwlab.cli.score as score_module
+
+    stream = _EndlessStream()
+
+    class _Sys:  # the real sys (stdout is the runner's), with an endless standard input
+        stdin = SimpleNamespace(buffer=io.BufferedReader(stream))
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(sys, name)
+
+    monkeypatch.setattr(score_module, "sys", _Sys())
+    res = runner.invoke(app, ["score", "-f", "jsonl", "--max-bytes", "1000", "-"], catch_exceptions=False)
+    assert res.exit_code == 1 and json.loads(res.stdout)["code"] == "too_large"
+    assert stream.served < 1_000_000
+
+
 def test_python_dash_m_runs_the_cli() -> None:
     import subprocess
     import sys

@@ -29,7 +29,7 @@ def _expand(paths: list[str]) -> Iterator[tuple[str, object]]:
     """(name, source) pairs: files as given, directories recursively (sorted), '-' is stdin."""
     for raw in paths:
         if raw == "-":
-            yield "-", sys.stdin.buffer.read()
+            yield "-", sys.stdin.buffer  # read by the detector: at most --max-bytes + 1 bytes
             continue
         p = Path(raw)
         if p.is_dir():
