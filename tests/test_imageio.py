@@ -129,6 +129,22 @@ def test_pixel_bombs_are_refused_from_the_header(w: int, h: int) -> None:
         load_image(_png_with_size(w, h))
 
 
+def test_the_pixel_cap_is_ours_not_pillows() -> None:
+    """Pillow's own limit (2 * Image.MAX_IMAGE_PIXELS = 178,956,970) used to answer first: bombs
+    were reported against it, and a max_pixels raised above it could never be honoured."""
+    from nsfwlab.imageio import open_image
+
+    with pytest.raises(ImageTooLargeError) as info:
+        load_image(_png_with_size(100_000, 100_000))
+    assert str(info.value).startswith("100000x100000 = 10000000000 pixels is over the cap of 100000000")
+    assert "178956970" not in str(info.value)
+    header = _png_with_size(15_000, 13_000)  # 195 Mpx: over Pillow's limit, under the one we set
+    with pytest.raises(ImageTooLargeError, match="over the cap of 100000000"):
+        open_image(header, DecodeLimits())
+    opened = open_image(header, DecodeLimits(max_pixels=250_000_000))  # header only, no pixels
+    assert opened.image.size == (15_000, 13_000) and opened.format == "PNG"
+
+
 def test_gif_logical_screen_bomb_is_refused() -> None:
     data = bytearray(_encode(Image.new("P", (2, 2)), "GIF"))
     data[6:10] = struct.pack("<HH", 65535, 65535)

@@ -20,6 +20,7 @@ import io
 import os
 import re
 import stat
+import struct
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import IO, Union
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .config import DecodeLimits
 from .errors import (
@@ -208,7 +209,7 @@ def open_image(data: bytes, limits: DecodeLimits) -> DecodedImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # hostile files warn; we raise instead
-            img = Image.open(io.BytesIO(data), formats=[fmt])
+            img = _open_plugin(data, fmt)
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"decompression bomb refused: {exc}") from None
     except Exception as exc:
@@ -218,6 +219,24 @@ def open_image(data: bytes, limits: DecodeLimits) -> DecodedImage:
 
 
 _OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def _open_plugin(data: bytes, fmt: str) -> Image.Image:
+    """``Image.open(..., formats=[fmt])`` without Pillow's process-wide pixel limit.
+
+    ``Image.open`` refuses anything over ``2 * Image.MAX_IMAGE_PIXELS`` (178,956,970 by default)
+    with its own message, so a ``max_pixels`` raised above that could never be honoured and a
+    bomb was reported against Pillow's limit instead of ours. The plugin only parses the header
+    here; :func:`_check_pixels` applies ``DecodeLimits.max_pixels`` right after, before any pixel
+    is decoded. A header the plugin rejects fails as in ``Image.open`` ("cannot identify").
+    """
+    if fmt not in Image.OPEN:
+        Image.init()
+    factory, _accept = Image.OPEN[fmt]
+    try:
+        return factory(io.BytesIO(data), "")
+    except (SyntaxError, IndexError, TypeError, struct.error):
+        raise UnidentifiedImageError("cannot identify image file") from None
 
 
 def _decode_error(fmt: str, exc: BaseException) -> ImageError:
