@@ -136,6 +136,19 @@ def test_backend_selection_and_validation() -> None:
         create_backend("tensorflow", "cpu")
 
 
+def test_model_refuses_a_backend_or_precision_it_cannot_run(tmp_path: Path) -> None:
+    """An explicit --backend / --precision that the model file cannot honour is an error, not ignored."""
+    pt, onnx = tmp_path / "m.pt", tmp_path / "m.onnx"
+    with pytest.raises(ConfigError, match="export-onnx"):
+        Detector("onnxruntime", "cpu", model=pt)
+    with pytest.raises(ConfigError, match="onnxruntime"):
+        Detector("torch", "cpu", model=onnx)
+    with pytest.raises(ConfigError, match="fp32"):
+        Detector("auto", "cpu", model=onnx, precision="fp16")
+    with pytest.raises(ConfigError, match="not both"):
+        Detector(create_backend("onnxruntime", "cpu"), model=onnx)
+
+
 def test_cuda_request_without_gpu_is_a_clear_error() -> None:
     import torch
 

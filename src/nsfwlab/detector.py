@@ -8,6 +8,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,26 @@ class ScoreResult:
             return {"path": self.source, "error": self.error.message, "code": self.error.code}
         assert self.label is not None
         return {"path": self.source, "score": self.score, "label": self.label.value}
+
+
+def _check_model_backend(model: str | os.PathLike, backend: BackendName | str | Backend,
+                         precision: Precision | str) -> None:
+    """Refuse a backend or precision that ``model`` cannot run on, instead of ignoring it.
+
+    An exported ``.onnx`` runs on onnxruntime in fp32; a ``.pt`` checkpoint on torch.
+    """
+    if not isinstance(backend, (str, BackendName)):
+        raise ConfigError("pass either a ready backend or model=..., not both")
+    name = BackendName(backend)
+    onnx = Path(model).suffix.lower() == ".onnx"
+    if onnx and name is BackendName.TORCH:
+        raise ConfigError(f"{model} is an exported ONNX graph, which runs on onnxruntime; pass the .pt "
+                          "checkpoint for the torch backend")
+    if onnx and Precision(precision) is Precision.FP16:
+        raise ConfigError(f"{model} is an exported ONNX graph, which runs fp32; pass the .pt checkpoint for fp16")
+    if not onnx and name is BackendName.ONNXRUNTIME:
+        raise ConfigError(f"{model} is a PyTorch checkpoint, which runs on the torch backend; export it with "
+                          "`nsfwlab export-onnx` for onnxruntime")
 
 
 class Detector:
@@ -80,6 +101,7 @@ class Detector:
         if model is not None:
             from .checkpoint import load_model
 
+            _check_model_backend(model, backend, precision)
             self.backend, model_preprocess = load_model(model, device, precision=precision,
                                                          threads=threads or settings.threads)
         elif isinstance(backend, (str, BackendName)):

@@ -167,7 +167,8 @@ def build_scan_model(config: ScanConfig) -> ScanModel:
             gpu_backend: Backend = TorchBackend(device="cuda", precision=Precision.FP16,
                                                 model_version=f"{MODEL_VERSION}-fp16")
             return ScanModel(gpu_backend, fast_preprocess(PreprocessConfig()), ScanMode.FAST)
-        det = Detector(device="cuda", precision=Precision.FP16, model=config.model)
+        # auto: fp16 for a .pt checkpoint on CUDA; an exported .onnx runs fp32 on onnxruntime.
+        det = Detector(device="cuda", precision=Precision.AUTO, model=config.model)
         if isinstance(det.backend, TorchBackend):
             det.backend.model_version = f"{det.model_version}-fp16"
         return ScanModel(det.backend, fast_preprocess(det.preprocess_config), ScanMode.FAST)
