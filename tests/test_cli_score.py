@@ -121,6 +121,8 @@ def test_help_reads_well() -> None:
     """Defaults in option help survive rich markup; hard-wrapped docstrings are joined."""
     res = runner.invoke(app, ["explain", "--help"], env={"COLUMNS": "250", "TERMINAL_WIDTH": "250"})
     assert res.exit_code == 0 and "Windows per model call (default: 4 on CPU, 32 on CUDA)." in res.stdout
+    res = runner.invoke(app, ["score", "--help"], env={"COLUMNS": "250", "TERMINAL_WIDTH": "250"})
+    assert "score [OPTIONS] {PATH}..." in res.stdout and "PATH..." not in res.stdout
     res = runner.invoke(app, ["--help"], env={"COLUMNS": "250", "TERMINAL_WIDTH": "250"})
     assert "AUC and average precision with bootstrap confidence intervals, confusion" in res.stdout
 

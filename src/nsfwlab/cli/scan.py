@@ -19,7 +19,7 @@ __all__ = ["export_command", "scan_command"]
 
 
 def scan_command(
-    paths: list[Path] = typer.Argument(..., metavar="DIR...", help="Directories (scanned recursively) or files."),
+    paths: list[Path] = typer.Argument(..., metavar="DIR", help="Directories (scanned recursively) or files."),
     db: Path = typer.Option(..., "--db", help="SQLite results store (created if missing; re-runs resume)."),
     mode: ScanMode = typer.Option(ScanMode.EXACT, "--mode", help="exact: scores equal `nsfwlab score`; fast: DCT-scaled decode + int8 "
                              "(CPU) or GPU decode/resize + fp16 (CUDA), drift stated in the README."),

@@ -47,7 +47,7 @@ def _jsonl_line(res: ScoreResult) -> str:
 
 
 def score_command(
-    paths: list[str] = typer.Argument(..., metavar="PATH...", help="Image files or directories ('-' reads stdin)."),
+    paths: list[str] = typer.Argument(..., metavar="PATH", help="Image files or directories ('-' reads stdin)."),
     fmt: OutputFormat = typer.Option(OutputFormat.TABLE, "--format", "-f", help="Output format."),
     device: Device = typer.Option(Device.AUTO, help="Where the model runs."),
     backend: BackendName = typer.Option(BackendName.AUTO, help="Inference engine (auto: onnxruntime on CPU, torch on CUDA)."),
