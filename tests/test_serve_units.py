@@ -285,6 +285,25 @@ def test_store_refuses_a_missing_directory_when_not_creating(tmp_path: Path) -> 
         ReviewStore(tmp_path / "nope", create=False)
 
 
+def test_unusable_data_dir_is_a_typed_error_before_the_server_starts(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a traceback from the server's startup: a one-line error and exit status 2."""
+    import uvicorn
+
+    started: list[object] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: started.append(a))
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    result = CliRunner().invoke(cli_app, ["serve", "--data-dir", str(not_a_dir)])
+    assert result.exit_code == 2 and not started
+    assert "cannot open the review store" in result.output and "Traceback" not in result.output
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "review.sqlite3").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(ConfigError, match="cannot open the review store"):
+        ReviewStore(garbage)
+
+
 def test_export_moves_an_image_whose_label_changed(tmp_path: Path) -> None:
     data, out = tmp_path / "data", tmp_path / "out"
     a, b, c = _jpeg((1, 2, 3)), _jpeg((200, 200, 200)), _png((5, 5, 5))

@@ -407,6 +407,9 @@ def create_app(config: ServeConfig | None = None, detector: DetectorSource = Non
     ``Detector()``. Its thresholds define the review band.
     """
     config = config or ServeConfig()
+    if config.data_dir is not None:
+        # An unusable --data-dir is a typed error here, not a traceback at the server's startup.
+        ReviewStore(config.data_dir).close()
     svc = Service(config, detector)
 
     @asynccontextmanager

@@ -162,10 +162,14 @@ class ReviewStore:
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"cannot open the review store in {self.root}: {exc}") from None
         self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+        try:
+            with self._lock:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:  # e.g. review.sqlite3 is not a database
+            self._db.close()
+            raise ConfigError(f"cannot open the review store {db}: {exc}") from None
 
     # -- paths ----------------------------------------------------------------------------------
     def image_path(self, item: ReviewItem) -> Path:
