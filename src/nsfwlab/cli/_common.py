@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from enum import IntEnum
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -24,7 +26,9 @@ from rich.text import Text
 
 from ..errors import ConfigError, ImageError, ModelError, NsfwlabError
 
-__all__ = ["ExitCode", "exit_code_for", "fail", "progress_bar", "stderr", "stdout", "tagged"]
+__all__ = [
+    "ExitCode", "exit_code_for", "fail", "output_dir", "output_file", "progress_bar", "stderr", "stdout", "tagged",
+]
 
 # No console markup: printed text holds file names and error messages, and a "[/x]" in one of
 # them would be eaten or raise MarkupError. Style with ``style=`` or :func:`tagged` instead.
@@ -62,6 +66,32 @@ def fail(exc: NsfwlabError) -> typer.Exit:
     """Print a one-line error and return the Exit to raise."""
     stderr.print(tagged("error:", "bold red", f" {exc}"), highlight=False)
     return typer.Exit(int(exit_code_for(exc)))
+
+
+def output_dir(path: Path) -> Path:
+    """Create the folder a command will write into, and prove it writable, before any work.
+
+    A bad output path (under a file, on a read-only or virtual file system, without permission)
+    is then a one-line usage error at once, instead of a traceback after minutes of scoring or
+    training whose results are lost.
+    """
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"cannot write to {path}: it is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".nsfwlab-write-test-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot write to {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def output_file(path: Path) -> Path:
+    """:func:`output_dir` for the folder of an output file; refuses a path that is a folder."""
+    if path.is_dir():
+        raise ConfigError(f"cannot write {path}: it is a directory; give a file name")
+    output_dir(path.parent)
+    return path
 
 
 def mean_rate(task: Task) -> float | None:

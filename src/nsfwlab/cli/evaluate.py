@@ -17,7 +17,7 @@ import typer
 
 from ..config import BackendName, DecodeLimits, Device, Thresholds
 from ..errors import ConfigError, NsfwlabError
-from ._common import ExitCode, fail, progress_bar, stderr, stdout, tagged
+from ._common import ExitCode, fail, output_dir, output_file, progress_bar, stderr, stdout, tagged
 
 __all__ = ["evaluate_command", "export_onnx_command", "finetune_command"]
 
@@ -78,6 +78,7 @@ def evaluate_command(
         limits = DecodeLimits.from_env(max_bytes, max_pixels)
         targets = _targets(target_fpr, target_recall, target_precision)
         dataset = load_labelled(data)
+        output_dir(out)
         detector = Detector(backend, device, thresholds=Thresholds(safe_below, nsfw_above), batch_size=batch_size,
                             workers=workers, model=model, limits=limits)
     except NsfwlabError as exc:
@@ -173,6 +174,11 @@ def finetune_command(
                                 weight_decay=weight_decay, val_fraction=val_fraction, seed=seed, balance=balance,
                                 augment=AugmentConfig() if augment else NO_AUGMENT)
         dataset = load_labelled(data)
+        for path in (out, state_path, export_onnx):
+            if path is not None:
+                output_file(path)
+        if cache_dir is not None:
+            output_dir(cache_dir)
     except NsfwlabError as exc:
         raise fail(exc) from None
 
@@ -275,7 +281,7 @@ def export_onnx_command(
     from ..checkpoint import export_onnx
 
     try:
-        path = export_onnx(checkpoint, out)
+        path = export_onnx(checkpoint, output_file(out))
     except NsfwlabError as exc:
         raise fail(exc) from None
     stdout.print(f"onnx: {path}", highlight=False)

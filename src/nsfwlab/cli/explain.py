@@ -14,7 +14,7 @@ import typer
 from ..config import BackendName, Device
 from ..errors import ConfigError, NsfwlabError
 from ..explain.options import Baseline, Fill, Method, Reduction, Style
-from ._common import ExitCode, fail, progress_bar, stdout
+from ._common import ExitCode, fail, output_file, progress_bar, stdout
 
 __all__ = ["censor_command", "explain_command"]
 
@@ -73,6 +73,7 @@ def _save_png(path: Path, arr: Any) -> None:
 def _check_png(path: Path) -> None:
     if path.suffix.lower() != ".png":
         raise ConfigError(f"{path}: output images are written as PNG; use a .png name")
+    output_file(path)
 
 
 def explain_command(
@@ -116,6 +117,7 @@ def explain_command(
             if save_heatmap.suffix.lower() != want:
                 raise ConfigError(f"--save-heatmap must end in {want} for --method {method.value}"
                                   + (" (one array per method)" if method is Method.ALL else ""))
+            output_file(save_heatmap)
         from ..explain import methods as M
         from ..explain import overlay
         from ..explain.targets import make_target

@@ -11,7 +11,7 @@ import typer
 
 from ..config import BackendName, DecodeLimits, Device, Precision, Thresholds
 from ..errors import ConfigError, NsfwlabError
-from ._common import ExitCode, fail, progress_bar, stderr, tagged
+from ._common import ExitCode, fail, output_dir, progress_bar, stderr, tagged
 
 __all__ = ["review_app", "serve_command"]
 
@@ -103,6 +103,7 @@ def export_command(
 
     try:
         store = ReviewStore(data_dir, create=False)
+        output_dir(out)
     except NsfwlabError as exc:
         raise fail(exc) from None
     with store:
