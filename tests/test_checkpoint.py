@@ -66,3 +66,47 @@ def test_foreign_and_broken_files_are_refused(tmp_path: Path) -> None:
     torch.save({"format": "nsfwlab-checkpoint-v1", "arch": "alexnet", "state_dict": {}}, unknown)
     with pytest.raises(ConfigError, match="unknown architecture"):
         load_model(unknown, "cpu")
+
+
+def _identity_onnx(path: Path, shape: list[int | None]) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_an_onnx_graph_of_another_shape_is_refused_at_load(tmp_path: Path) -> None:
+    """A valid ONNX file that is not an image classifier used to load, then die on the first batch
+    with an onnxruntime traceback (or read a (N, 224, 224, 3) output as scores)."""
+    from typer.testing import CliRunner
+
+    from nsfwlab.cli import app
+
+    for name, shape in (("flat.onnx", [None, 5]), ("echo.onnx", [None, 224, 224, 3])):
+        path = _identity_onnx(tmp_path / name, shape)
+        with pytest.raises(ModelError, match="not an open_nsfw-shaped graph"):
+            load_model(path, "cpu")
+        image = tmp_path / "img.png"
+        from PIL import Image
+
+        Image.new("RGB", (8, 8)).save(image)
+        result = CliRunner().invoke(app, ["score", "--no-progress", "--model", str(path), str(image)])
+        assert result.exit_code == 3 and "not an open_nsfw-shaped graph" in result.output, result.output
+
+
+def test_a_broken_preprocessing_sidecar_is_a_model_error(stock_checkpoint: Path, tmp_path: Path) -> None:
+    out = export_onnx(stock_checkpoint, tmp_path / "m.onnx")
+    sidecar = out.with_suffix(".json")
+    for text, message in (("{junk", "unreadable preprocessing sidecar"), ("[1, 2]", "no 'preprocess' object"),
+                          ('{"preprocess": {"crop": 999}}', "invalid preprocessing record: crop"),
+                          ('{"preprocess": {"colour": 1}}', "invalid preprocessing record"),
+                          ('{"preprocess": {"mean_bgr": "abc"}}', "invalid preprocessing record")):
+        sidecar.write_text(text)
+        with pytest.raises(ModelError, match=message):
+            load_model(out, "cpu")

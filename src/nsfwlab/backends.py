@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -51,6 +51,30 @@ def _check_batch(batch: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(batch, dtype=np.float32)
 
 
+def _fits(dim: object, size: int) -> bool:
+    return not isinstance(dim, int) or dim == size  # a named or unknown dimension fits any size
+
+
+def _check_signature(session: Any, path: Path) -> str:
+    """The input name of a graph shaped like open_nsfw (NHWC float images in, ``[sfw, nsfw]`` out).
+
+    Any other graph loads fine in onnxruntime and would fail on the first batch instead, with an
+    onnxruntime traceback (or, worse, a wrong-shaped output read as scores).
+    """
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) == 1 and outputs:
+        shape_in, shape_out = inputs[0].shape, outputs[0].shape
+        if (inputs[0].type == "tensor(float)" and len(shape_in) == 4 and _fits(shape_in[3], 3)
+                and len(shape_out) == 2 and _fits(shape_out[1], 2)):
+            return str(inputs[0].name)
+    got = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs) or "no inputs"
+    got_out = ", ".join(f"{o.name} {o.shape}" for o in outputs) or "no outputs"
+    raise ModelError(
+        f"{path} is not an open_nsfw-shaped graph: it needs one float input (N, H, W, 3) and an "
+        f"output (N, 2); it has inputs {got} and outputs {got_out}"
+    )
+
+
 class OnnxRuntimeBackend:
     """onnxruntime on the bundled (or a given, sha256-verified or explicitly trusted) ONNX graph."""
 
@@ -83,7 +107,7 @@ class OnnxRuntimeBackend:
             self._session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as exc:
             raise ModelError(f"onnxruntime could not load {path}: {exc}") from None
-        self._input = self._session.get_inputs()[0].name
+        self._input = _check_signature(self._session, path)
         self.device = device
         self.model_version = model_version or MODEL_VERSION
         self.onnx_path = path

@@ -129,13 +129,27 @@ def _load_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
-def _preprocess_from(d: dict[str, Any] | None) -> PreprocessConfig:
+def _preprocess_from(d: Any, source: Path) -> PreprocessConfig:
+    """The preprocessing stored with a model; a malformed record is a :class:`ModelError`."""
     if not d:
         return PreprocessConfig()
-    d = dict(d)
-    if "mean_bgr" in d:
-        d["mean_bgr"] = tuple(d["mean_bgr"])
-    return PreprocessConfig(**d)
+    try:
+        d = dict(d)
+        if "mean_bgr" in d:
+            d["mean_bgr"] = tuple(float(v) for v in d["mean_bgr"])
+        return PreprocessConfig(**d)
+    except (TypeError, ValueError) as exc:  # ConfigError is a ValueError
+        raise ModelError(f"{source}: invalid preprocessing record: {exc}") from None
+
+
+def _sidecar_preprocess(sidecar: Path) -> PreprocessConfig:
+    try:
+        record = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{sidecar}: unreadable preprocessing sidecar: {exc}") from None
+    if not isinstance(record, dict) or "preprocess" not in record:
+        raise ModelError(f"{sidecar}: preprocessing sidecar has no 'preprocess' object")
+    return _preprocess_from(record["preprocess"], sidecar)
 
 
 def load_model(path: str | os.PathLike, device: Device | str = Device.AUTO, *,
@@ -153,7 +167,7 @@ def load_model(path: str | os.PathLike, device: Device | str = Device.AUTO, *,
         sidecar = p.with_suffix(".json")
         pre = PreprocessConfig()
         if sidecar.is_file():
-            pre = _preprocess_from(json.loads(sidecar.read_text())["preprocess"])
+            pre = _sidecar_preprocess(sidecar)
         return OnnxRuntimeBackend(p, device=dev, threads=threads, verify=False, model_version=version), pre
     payload = read_checkpoint(p)
     model = build_architecture(str(payload.get("arch", "open_nsfw")))
@@ -163,7 +177,7 @@ def load_model(path: str | os.PathLike, device: Device | str = Device.AUTO, *,
         raise ModelError(f"{p}: weights do not fit architecture {payload.get('arch')!r}: {exc}") from None
     torch_backend = TorchBackend(model, device=dev, precision=precision, threads=threads,
                                  model_version=str(payload.get("model_version") or version))
-    return torch_backend, _preprocess_from(payload.get("preprocess"))
+    return torch_backend, _preprocess_from(payload.get("preprocess"), p)
 
 
 class NHWCWrapper:
