@@ -304,6 +304,24 @@ def test_unusable_data_dir_is_a_typed_error_before_the_server_starts(tmp_path: P
         ReviewStore(garbage)
 
 
+def test_busy_port_and_missing_model_fail_before_the_server_starts(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    import uvicorn
+
+    started: list[object] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: started.append(a))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        result = CliRunner().invoke(cli_app, ["serve", "--port", port])
+    assert result.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in result.output and not started
+    result = CliRunner().invoke(cli_app, ["serve", "--port", "0", "--model", str(tmp_path / "nope.pt")])
+    assert result.exit_code == 3 and "does not exist" in result.output and not started
+
+
 def test_export_moves_an_image_whose_label_changed(tmp_path: Path) -> None:
     data, out = tmp_path / "data", tmp_path / "out"
     a, b, c = _jpeg((1, 2, 3)), _jpeg((200, 200, 200)), _png((5, 5, 5))

@@ -5,12 +5,13 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import typer
 
 from ..config import BackendName, DecodeLimits, Device, Precision, Thresholds
-from ..errors import ConfigError, NsfwlabError
+from ..errors import ConfigError, ModelError, NsfwlabError
 from ._common import ExitCode, fail, output_dir, progress_bar, stderr, tagged
 
 __all__ = ["review_app", "serve_command"]
@@ -78,13 +79,29 @@ def serve_command(
             return Detector(backend, device, thresholds=thresholds, batch_size=max_batch, precision=precision,
                             model=model, limits=limits, workers=decode_workers)
 
+        if model is not None and not model.is_file():  # the model loads in the background: fail now
+            raise ModelError(f"model file {model} does not exist")
         app = create_app(config, load)
+        _check_listen(host, port)
     except NsfwlabError as exc:
         raise fail(exc) from None
     if not config.api_keys and host not in ("127.0.0.1", "localhost", "::1"):
         stderr.print(tagged("warning:", "yellow", f" listening on {host} without --api-key-file: anyone who can reach "
                             "it may use it"), highlight=False)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout or None)
+
+
+def _check_listen(host: str, port: int) -> None:
+    """A usage error now when the address cannot be bound (uvicorn would exit with status 3)."""
+    if port == 0:
+        return
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            probe.bind(address)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 review_app = typer.Typer(help="Human review: export the labelled images.", no_args_is_help=True)
