@@ -224,3 +224,25 @@ def test_python_dash_m_runs_the_cli() -> None:
 
     out = subprocess.run([sys.executable, "-m", "nsfwlab", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == f"nsfwlab {__version__}"
+
+
+def test_directory_takes_images_by_content_or_name(tmp_path: Path, photo_paths: list[Path]) -> None:
+    d = tmp_path / "mixed"
+    (d / "sub").mkdir(parents=True)
+    (d / "README.txt").write_text("notes, not an image\n")
+    (d / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (d / "sub" / "photo").write_bytes(photo_paths[0].read_bytes())  # no suffix: found by content
+    (d / "broken.jpg").write_bytes(b"not really a jpeg")  # image name: reported
+    res = _run("score", "-f", "jsonl", str(d))
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [Path(r["path"]).name for r in rows] == ["broken.jpg", "photo"]
+    assert "error" in rows[0] and "score" in rows[1]
+    assert res.exit_code == 1
+
+
+def test_empty_directory_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("x")
+    res = _run("score", "-f", "jsonl", str(tmp_path / "empty"))
+    assert res.exit_code == 1
+    assert json.loads(res.stdout)["error"] == "directory holds no image files"

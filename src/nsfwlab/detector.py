@@ -176,7 +176,9 @@ class Detector:
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="nsfwlab-pre")
             return self._pool
 
-    def _prepare(self, source: ImageInput) -> np.ndarray | NsfwlabError:
+    def _prepare(self, source: ImageInput | NsfwlabError) -> np.ndarray | NsfwlabError:
+        if isinstance(source, NsfwlabError):
+            return source
         try:
             return self.preprocess(source)
         except NsfwlabError as exc:
@@ -186,12 +188,15 @@ class Detector:
 
     def iter_score(
         self,
-        sources: Iterable[ImageInput],
+        sources: Iterable[ImageInput | NsfwlabError],
         names: Iterable[str] | None = None,
         *,
         progress: Callable[[ScoreResult], None] | None = None,
     ) -> Iterator[ScoreResult]:
         """Score a stream of inputs in order, batched, never stopping at a bad one.
+
+        An input that is already an :class:`NsfwlabError` is reported as that error, in its place
+        (edges use this for problems found before decoding, such as an empty directory).
 
         Decoding runs ahead in worker threads by at most ``2 x batch_size`` inputs, so memory
         stays bounded however long the stream is. ``progress`` is called once per result.

@@ -22,7 +22,7 @@ import re
 import stat
 import struct
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Union
@@ -42,10 +42,13 @@ from .errors import (
 
 __all__ = [
     "ALLOWED_FORMATS",
+    "IMAGE_SUFFIXES",
     "DecodedImage",
     "ImageInput",
     "describe_source",
+    "iter_image_files",
     "load_image",
+    "looks_like_image",
     "open_image",
     "read_bytes",
     "sniff_format",
@@ -347,13 +350,31 @@ def load_image(source: ImageInput, limits: DecodeLimits | None = None, *,
     return rgb
 
 
-def iter_image_files(paths: Iterable[str | os.PathLike]) -> Iterable[Path]:
-    """Expand directories (recursively, sorted) and pass files through, in the given order."""
-    for p in paths:
-        path = Path(p)
-        if path.is_dir():
-            for child in sorted(path.rglob("*")):
-                if child.is_file():
-                    yield child
-        else:
-            yield path
+#: Names that claim to be images: such files are taken from a directory (and their errors
+#: reported) even when their content is not an allowed format.
+IMAGE_SUFFIXES = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".bmp", ".dib", ".tif", ".tiff",
+    ".heic", ".heif", ".avif", ".jxl",
+})
+
+
+def looks_like_image(path: str | os.PathLike) -> bool:
+    """Whether a file found in a directory is taken as an image: an allowed format by its first
+    bytes, or an image name (so a broken ``.jpg`` is still reported). Unreadable files count, so
+    that their error is reported rather than hidden."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(32)
+    except OSError:
+        return True
+    if sniff_format(head) is not None:
+        return True
+    return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_SUFFIXES
+
+
+def iter_image_files(directory: str | os.PathLike) -> Iterator[Path]:
+    """The image files under ``directory`` (recursive, sorted; see :func:`looks_like_image`).
+    Regular files only: pipes and devices in a tree are skipped."""
+    for child in sorted(Path(directory).rglob("*")):
+        if child.is_file() and looks_like_image(child):
+            yield child

@@ -15,7 +15,8 @@ from rich.text import Text
 
 from ..config import BackendName, DecodeLimits, Device, Precision, Thresholds
 from ..detector import Detector, ScoreResult
-from ..errors import NsfwlabError
+from ..errors import ImageError, NsfwlabError
+from ..imageio import iter_image_files
 from ._common import ExitCode, fail, progress_bar, stdout
 
 
@@ -33,11 +34,12 @@ def _expand(paths: list[str]) -> Iterator[tuple[str, object]]:
             continue
         p = Path(raw)
         if p.is_dir():
-            children = sorted(c for c in p.rglob("*") if c.is_file())
-            if not children:
-                yield raw, p  # reported as "is a directory"
-            for child in children:
+            empty = True
+            for child in iter_image_files(p):  # images by content or name; README.txt is not one
+                empty = False
                 yield str(child), child
+            if empty:
+                yield raw, ImageError("directory holds no image files")
         else:
             yield raw, p
 

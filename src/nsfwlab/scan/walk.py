@@ -19,16 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..imageio import sniff_format
+from ..imageio import IMAGE_SUFFIXES, looks_like_image
 
 __all__ = ["IMAGE_SUFFIXES", "WalkConfig", "WalkedFile", "matches", "walk"]
 
-#: Names that claim to be images; such files are scanned (and their errors recorded) even when
-#: their content is not an allowed format.
-IMAGE_SUFFIXES = frozenset({
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".bmp", ".dib", ".tif", ".tiff",
-    ".heic", ".heif", ".avif", ".jxl",
-})
 
 
 @dataclass(frozen=True)
@@ -60,16 +54,7 @@ def matches(rel: str, patterns: Iterable[str]) -> bool:
 
 
 def _is_candidate(path: str, config: WalkConfig) -> bool:
-    if not config.sniff:
-        return True
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(32)
-    except OSError:
-        return True  # unreadable: let the scan record the error
-    if sniff_format(head) is not None:
-        return True
-    return os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES
+    return not config.sniff or looks_like_image(path)
 
 
 def _walk_dir(root: str, config: WalkConfig) -> Iterator[WalkedFile]:
