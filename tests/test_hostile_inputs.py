@@ -1,8 +1,10 @@
-"""Hostile inputs across commands: each is a typed one-line error with the right exit status,
-found before any work is done, never a traceback."""
+"""Hostile inputs across commands: a typed one-line error with the right exit status, found
+before any work is done where it can be; never a traceback, never lost work."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,17 @@ def test_review_export_refuses_a_bad_out_folder(tmp_path: Path, blocker: Path) -
                    "it is a file, not a folder")
     _fails_cleanly(["review", "export", "--data-dir", str(tmp_path / "data"), "--out", str(blocker / "x")],
                    "cannot write to")
+
+
+def test_evaluate_reports_a_non_utf8_file_name(labelled: Path, tmp_path: Path) -> None:
+    # The report used to die writing scores.csv (UnicodeEncodeError) after everything was scored,
+    # leaving a half-written report folder.
+    raw = os.fsencode(str(labelled / "nsfw")) + b"/b\xffd.png"
+    Image.new("RGB", (32, 32), (180, 100, 80)).save(os.fsdecode(raw))
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, ["evaluate", str(labelled), "--out", str(out), "--no-progress",
+                                      "--bootstrap", "10"])
+    assert result.exit_code == 0, result.output
+    assert raw + b",nsfw," in (out / "scores.csv").read_bytes()  # the name's own bytes
+    assert (out / "report.html").stat().st_size > 0
+    assert json.loads((out / "metrics.json").read_text())["n"] == 3

@@ -31,6 +31,12 @@ def _targets(fpr: list[float] | None, recall: list[float] | None, precision: lis
     return targets or list(DEFAULT_TARGETS)
 
 
+def _write_text(path: Path, text: str) -> None:
+    """Write UTF-8 whatever the locale; a file name that is not valid UTF-8 (it reaches us with
+    surrogate escapes) is written back as its own bytes instead of failing the whole report."""
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))
+
+
 def _scores_csv(evaluation: object) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -106,11 +112,11 @@ def evaluate_command(
     html = render_report(result, plots, thumbs, max_gallery=gallery)
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(result.to_dict(), indent=2))
-    (out / "scores.csv").write_text(_scores_csv(result))
+    _write_text(out / "metrics.json", json.dumps(result.to_dict(), indent=2))
+    _write_text(out / "scores.csv", _scores_csv(result))
     for name, png in plots.items():
         (out / f"{name}.png").write_bytes(png)
-    (out / "report.html").write_text(html, encoding="utf-8")
+    _write_text(out / "report.html", html)
 
     stdout.print(f"ROC AUC {m.roc_auc.value:.4f} [{m.roc_auc.low:.4f}, {m.roc_auc.high:.4f}]  "
                  f"AP {m.average_precision.value:.4f} [{m.average_precision.low:.4f}, {m.average_precision.high:.4f}]  "
