@@ -148,3 +148,34 @@ def test_serve_over_tcp_limits_and_graceful_sigterm(tmp_path: Path, photos: dict
         assert len(resp.json()["results"]) == 16 and all("score" in r for r in resp.json()["results"])
         with pytest.raises(httpx.TransportError):
             httpx.get(srv.url + "/healthz", timeout=2)
+
+
+def test_stalled_uploads_are_cut_off_and_free_their_slots(tmp_path: Path, photos: dict[str, np.ndarray]) -> None:
+    """Slowloris: clients that send headers and a sliver of body, then nothing, used to hold every
+    --max-concurrent slot forever, so every other client got 429 for as long as they liked."""
+    jpg = jpeg(photos["astronaut"])
+    with running_server(tmp_path, "--max-concurrent", "2", "--body-timeout", "1.5", "--no-batching") as srv:
+        stalled = []
+        for _ in range(2):
+            sock = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+            sock.sendall(b"POST /v1/score HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+                         b"Content-Length: 100000\r\n\r\n\xff\xd8\xff")
+            stalled.append(sock)
+        try:
+            deadline = time.monotonic() + 10
+            while "nsfwlab_requests_in_flight 2.0" not in httpx.get(srv.url + "/metrics", timeout=10).text:
+                assert time.monotonic() < deadline, "stalled requests never took their slots"
+                time.sleep(0.02)
+            busy = httpx.post(srv.url + "/v1/score", content=jpg, headers={"Content-Type": "image/jpeg"}, timeout=30)
+            assert busy.status_code == 429  # the slots are taken ...
+            for sock in stalled:  # ... until the deadline answers the stalled ones
+                answer = sock.recv(65536)
+                while not answer.rstrip().endswith(b"}") and (more := sock.recv(65536)):
+                    answer += more
+                assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+                assert b"request_timeout" in answer
+            ok = httpx.post(srv.url + "/v1/score", content=jpg, headers={"Content-Type": "image/jpeg"}, timeout=30)
+            assert ok.status_code == 200 and ok.json()["results"][0]["label"] == "safe"
+        finally:
+            for sock in stalled:
+                sock.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ from nsfwlab.serve.limits import (
     NotFoundError,
     NotReadyError,
     OverloadedError,
+    RequestTimeoutError,
     TooManyFilesError,
     UnauthorizedError,
     check_api_key,
@@ -50,6 +52,7 @@ from nsfwlab.serve.limits import (
         (BodyTooLargeError("x"), 413), (TooManyFilesError("x"), 413), (UnauthorizedError("x"), 401),
         (OverloadedError("x"), 429), (NotReadyError("x"), 503), (BadRequestError("x"), 400),
         (NotFoundError("x"), 404), (ConfigError("x"), 400), (ModelError("x"), 500),
+        (RequestTimeoutError("x"), 408),
     ],
 )
 def test_http_status_for(exc: Exception, status: int) -> None:
@@ -87,6 +90,32 @@ def test_counting_receive_allows_the_cap_and_stops_one_byte_over() -> None:
 
     asyncio.run(until_refused())
     assert rx.received == 150  # three chunks read of ten offered
+
+
+def test_counting_receive_holds_the_whole_body_to_one_deadline() -> None:
+    """A slowloris client (a trickle of chunks, or a body never finished) is cut off at the deadline,
+    counted from the first read, however often it sends a little."""
+
+    def trickle(pause: float):
+        async def receive() -> dict:
+            await asyncio.sleep(pause)
+            return {"type": "http.request", "body": b"x", "more_body": True}
+        return receive
+
+    async def drain(rx: CountingReceive) -> None:
+        while True:
+            await rx()
+
+    for pause in (0.02, 10.0):  # each chunk well inside the deadline; a stalled body
+        rx = CountingReceive(trickle(pause), 1 << 20, timeout=0.3)
+        start = time.monotonic()
+        with pytest.raises(RequestTimeoutError, match=r"within 0\.3 s"):
+            asyncio.run(drain(rx))
+        assert time.monotonic() - start < 2.0
+    # A body that arrives in time is untouched; no deadline at all without a timeout.
+    assert asyncio.run(CountingReceive(_receive_from([b"ab"]), 10, timeout=5.0)())["body"] == b"ab"
+    with pytest.raises(ConfigError, match="body_timeout_s"):
+        ServeConfig(body_timeout_s=0)
 
 
 def test_check_api_key() -> None:

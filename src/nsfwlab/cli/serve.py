@@ -46,6 +46,7 @@ def serve_command(
     batching: bool = typer.Option(True, "--batching/--no-batching", help="Micro-batch concurrent requests."),
     queue_size: int = typer.Option(128, min=1, help="Images waiting for the model before 429."),
     max_concurrent: int = typer.Option(64, min=1, help="Scoring requests handled at once before 429."),
+    body_timeout: float = typer.Option(60.0, min=0.001, help="Seconds a request may take to send its body before 408 (slow or stalled uploads)."),
     decode_workers: int = typer.Option(2, min=1, help="Threads decoding and preprocessing."),
     device: Device = typer.Option(Device.AUTO, help="Where the model runs."),
     backend: BackendName = typer.Option(BackendName.AUTO, help="Inference engine."),
@@ -70,7 +71,8 @@ def serve_command(
         limits = DecodeLimits.from_env(max_bytes, max_pixels)
         config = ServeConfig(
             data_dir=data_dir, max_body_bytes=max_body_bytes, max_files=max_files, limits=limits,
-            max_concurrent_requests=max_concurrent, queue_size=queue_size, max_batch=max_batch,
+            max_concurrent_requests=max_concurrent, queue_size=queue_size, body_timeout_s=body_timeout,
+            max_batch=max_batch,
             max_wait_ms=max_wait_ms, batching=batching, decode_workers=decode_workers,
             api_keys=_read_keys(api_key, api_key_file), audit_rate=audit_rate,
         )

@@ -317,7 +317,7 @@ async def _read_uploads(request: Request, config: ServeConfig, filename: str | N
                 f"request body of {declared} bytes is over the cap of {config.max_body_bytes} bytes "
                 "(send fewer or smaller images, or raise --max-body-bytes)"
             )
-    counted = Request(request.scope, CountingReceive(request.receive, config.max_body_bytes))
+    counted = Request(request.scope, CountingReceive(request.receive, config.max_body_bytes, config.body_timeout_s))
     try:
         return await _parse_uploads(counted, request.headers.get("content-type", "").lower(), config, filename)
     except ClientDisconnect:

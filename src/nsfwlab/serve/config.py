@@ -27,6 +27,8 @@ class ServeConfig:
     - ``formats``: allowed formats (a subset of the core's allowlist, checked by magic bytes): 415.
     - ``max_concurrent_requests``: scoring requests being handled at once; over it: 429 at once.
     - ``queue_size``: images waiting for the model; a request that would overflow it: 429 at once.
+    - ``body_timeout_s``: seconds a request may take to send its whole body; over it: 408 (a slow
+      or stalled upload would otherwise hold a request slot forever).
 
     Micro-batching: images from concurrent requests are gathered into one model call of at most
     ``max_batch`` images, waiting at most ``max_wait_ms`` for the batch to fill.
@@ -50,6 +52,7 @@ class ServeConfig:
     formats: tuple[str, ...] = ALLOWED_FORMATS
     max_concurrent_requests: int = 64
     queue_size: int = 128
+    body_timeout_s: float = 60.0
     max_batch: int = 16
     max_wait_ms: float = 5.0
     batching: bool = True
@@ -64,6 +67,8 @@ class ServeConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not self.body_timeout_s > 0:
+            raise ConfigError(f"body_timeout_s must be positive, got {self.body_timeout_s}")
         if self.max_wait_ms < 0:
             raise ConfigError(f"max_wait_ms must not be negative, got {self.max_wait_ms}")
         if not 0.0 <= self.audit_rate <= 1.0:

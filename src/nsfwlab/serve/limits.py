@@ -4,12 +4,17 @@ statuses.
 The body cap is enforced while the body streams in: :class:`CountingReceive` wraps the ASGI
 ``receive`` callable and raises :class:`BodyTooLargeError` as soon as the bytes received exceed
 the cap, so a chunked upload without ``Content-Length`` is stopped at the cap, never buffered.
+It also holds the body to a deadline (:class:`RequestTimeoutError`, 408): a client that sends its
+body slowly, or never finishes it, would otherwise keep one of the ``max_concurrent_requests``
+slots forever, and a few hundred such connections shut every other client out (slowloris).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import threading
+import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
@@ -33,6 +38,7 @@ __all__ = [
     "NotFoundError",
     "NotReadyError",
     "OverloadedError",
+    "RequestTimeoutError",
     "TooManyFilesError",
     "UnauthorizedError",
     "check_api_key",
@@ -76,6 +82,12 @@ class OverloadedError(NsfwlabError):
     code = "overloaded"
 
 
+class RequestTimeoutError(NsfwlabError):
+    """The request body did not arrive within ``ServeConfig.body_timeout_s`` (408)."""
+
+    code = "request_timeout"
+
+
 class NotReadyError(NsfwlabError):
     """The model is still loading, failed to load, or the server is shutting down (503)."""
 
@@ -87,6 +99,7 @@ _STATUS: tuple[tuple[type[NsfwlabError], int], ...] = (
     (UnauthorizedError, 401),
     (OverloadedError, 429),
     (NotReadyError, 503),
+    (RequestTimeoutError, 408),
     (BadRequestError, 400),
     (NotFoundError, 404),
     (BodyTooLargeError, 413),
@@ -114,15 +127,30 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 
 class CountingReceive:
-    """An ASGI ``receive`` wrapper that counts body bytes and stops at ``cap``."""
+    """An ASGI ``receive`` wrapper that counts body bytes and stops at ``cap``, and gives the whole
+    body ``timeout`` seconds (``None``: no deadline) from the first read."""
 
-    def __init__(self, receive: Receive, cap: int) -> None:
+    def __init__(self, receive: Receive, cap: int, timeout: float | None = None) -> None:
         self._receive = receive
         self.cap = cap
         self.received = 0
+        self.timeout = timeout
+        self._deadline: float | None = None
 
     async def __call__(self) -> MutableMapping[str, Any]:
-        message = await self._receive()
+        if self.timeout is None:
+            message = await self._receive()
+        else:
+            now = time.monotonic()
+            if self._deadline is None:
+                self._deadline = now + self.timeout
+            try:
+                message = await asyncio.wait_for(self._receive(), max(0.0, self._deadline - now))
+            except TimeoutError:
+                raise RequestTimeoutError(
+                    f"the request body did not arrive within {self.timeout:g} s "
+                    f"({self.received} bytes received); send it faster or raise --body-timeout"
+                ) from None
         if message.get("type") == "http.request":
             self.received += len(message.get("body", b""))
             if self.received > self.cap:
