@@ -177,6 +177,11 @@ def test_cli_scan_then_export(tree: Path, tmp_path: Path, detector) -> None:
     assert abs(chelsea["score"] - detector.score(chelsea["path"])) <= 1e-5
     bad = runner.invoke(app, ["scan", str(tmp_path / "missing"), "--db", str(db)])
     assert bad.exit_code == 2 and "no such file" in bad.output
+    os.mkfifo(tmp_path / "pipe.jpg")  # it exists: "no such file" was the wrong reason
+    fifo = runner.invoke(app, ["scan", str(tmp_path / "pipe.jpg"), "--db", str(db)])
+    assert fifo.exit_code == 2 and "not a regular file or directory" in fifo.output, fifo.output
+    with pytest.raises(ConfigError, match="not a regular file or directory"):
+        list(walk([tmp_path / "pipe.jpg"]))
 
 
 def test_scan_goes_on_past_a_non_utf8_file_name(tree: Path, tmp_path: Path) -> None:

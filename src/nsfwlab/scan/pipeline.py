@@ -348,6 +348,8 @@ def check_roots(roots: Iterable[str | os.PathLike]) -> list[str]:
     for r in out:
         if not os.path.exists(r):
             raise ConfigError(f"{r}: no such file or directory")
+        if not (os.path.isdir(r) or os.path.isfile(r)):
+            raise ConfigError(f"{r}: not a regular file or directory (a pipe, socket or device)")
     return out
 
 

@@ -97,5 +97,7 @@ def walk(roots: Iterable[str | os.PathLike], config: WalkConfig | None = None) -
         elif os.path.isfile(root):
             st = os.stat(root)
             yield WalkedFile(root, st.st_size, st.st_mtime_ns)
+        elif os.path.exists(root):
+            raise ConfigError(f"{Path(raw)}: not a regular file or directory (a pipe, socket or device)")
         else:
             raise ConfigError(f"{Path(raw)}: no such file or directory")
