@@ -257,7 +257,9 @@ def _decode_error(fmt: str, exc: BaseException) -> ImageError:
 
 
 def _first_frame(img: Image.Image) -> Image.Image:
-    if getattr(img, "n_frames", 1) > 1:
+    """Frame 0 of an animated or multi-page image. Asks ``tell()``, never ``n_frames``: counting
+    a GIF's frames parses the whole file, seconds for one with millions of tiny frames."""
+    if img.tell() != 0:
         img.seek(0)
     return img
 
