@@ -250,3 +250,40 @@ def test_cli_finetune_resume_and_onnx_export(small_dir: Path, tmp_path: Path) ->
     assert res.exit_code == 2 and "unknown --arch" in res.output
     res = runner.invoke(app, ["export-onnx", str(tmp_path / "nope.pt"), str(tmp_path / "x.onnx")])
     assert res.exit_code == 3
+
+
+def test_a_damaged_preprocessing_cache_is_rebuilt_not_fatal(small_dir: Path, tmp_path: Path) -> None:
+    """The cache only saves time: a cut-short or damaged one used to end the run with a traceback
+    (UnicodeDecodeError, JSONDecodeError, ...)."""
+    items = load_folder(small_dir).items[:4]
+    cache = tmp_path / "cache"
+    fresh = prepare(items, cache_dir=cache)
+    (npy,) = cache.glob("prep-*.npy")
+    meta = npy.with_suffix(".json")
+    good_meta, good_npy = meta.read_bytes(), npy.read_bytes()
+    for damage in (lambda: meta.write_bytes(b"\xc0\x80 junk"), lambda: meta.write_text('{"labels": [0]}'),
+                   lambda: meta.write_text('{"labels": [0], "paths": ["a"], "problems": []}'),
+                   lambda: npy.write_bytes(good_npy[:100]), lambda: npy.write_bytes(b"junk")):
+        meta.write_bytes(good_meta)
+        npy.write_bytes(good_npy)
+        damage()
+        again = prepare(items, cache_dir=cache)
+        assert np.array_equal(np.asarray(again.pixels), fresh.pixels) and again.paths == fresh.paths
+    assert isinstance(prepare(items, cache_dir=cache).pixels, np.memmap)  # rewritten whole, used again
+
+
+def test_finetune_takes_a_non_utf8_file_name(small_dir: Path, tmp_path: Path) -> None:
+    """Hashing the file list for the cache key and the split id used to die on such a name."""
+    import os
+    import shutil
+
+    from nsfwlab.cli import app as cli_app
+
+    data = tmp_path / "data"
+    shutil.copytree(small_dir, data)
+    shutil.copy(data / "nsfw" / "000.png", os.fsdecode(os.fsencode(str(data / "nsfw")) + b"/b\xffd.png"))
+    args = ["finetune", str(data), "--out", str(tmp_path / "m.pt"), "--epochs", "1", "--unfreeze", "0",
+            "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    result = CliRunner().invoke(cli_app, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "m.pt").is_file()

@@ -63,9 +63,9 @@ def _fingerprint(items: Sequence[LabelledItem], config: PreprocessConfig) -> str
     for it in items:
         try:
             st = it.path.stat()
-            h.update(f"{it.path}\0{st.st_size}\0{st.st_mtime_ns}\0{it.label}\n".encode())
+            h.update(f"{it.path}\0{st.st_size}\0{st.st_mtime_ns}\0{it.label}\n".encode("utf-8", "surrogateescape"))
         except OSError:
-            h.update(f"{it.path}\0missing\n".encode())
+            h.update(f"{it.path}\0missing\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:24]
 
 
@@ -81,12 +81,11 @@ def prepare(items: Sequence[LabelledItem], config: PreprocessConfig | None = Non
     if cache_dir is not None:
         key = _fingerprint(items, config)
         cache_files = (Path(cache_dir) / f"prep-{key}.npy", Path(cache_dir) / f"prep-{key}.json")
-        if cache_files[0].is_file() and cache_files[1].is_file():
-            meta = json.loads(cache_files[1].read_text())
+        cached = _load_cached(cache_files, config)
+        if cached is not None:
             if progress is not None:
-                progress(len(items), len(meta["problems"]))
-            return PreparedSet(np.load(cache_files[0], mmap_mode="r"), np.asarray(meta["labels"], dtype=np.int64),
-                               tuple(meta["paths"]), tuple(Problem(**p) for p in meta["problems"]), config)
+                progress(len(items), len(cached.problems))
+            return cached
 
     def one(it: LabelledItem) -> np.ndarray | NsfwlabError:
         try:
@@ -119,6 +118,26 @@ def prepare(items: Sequence[LabelledItem], config: PreprocessConfig | None = Non
         tmp = cache_files[0].with_name(cache_files[0].name + ".tmp.npy")
         np.save(tmp, pixels)
         os.replace(tmp, cache_files[0])
-        cache_files[1].write_text(json.dumps({"labels": labels, "paths": paths,
-                                              "problems": [p.to_dict() for p in problems]}))
+        tmp_meta = cache_files[1].with_name(cache_files[1].name + ".tmp")
+        tmp_meta.write_text(json.dumps({"labels": labels, "paths": paths,
+                                        "problems": [p.to_dict() for p in problems]}))
+        os.replace(tmp_meta, cache_files[1])
     return prepared
+
+
+def _load_cached(files: tuple[Path, Path], config: PreprocessConfig) -> PreparedSet | None:
+    """The cached set, or ``None`` when it is missing or unusable (cut short, damaged, edited):
+    the cache only saves time, so a bad one is rebuilt, never trusted and never fatal."""
+    if not (files[0].is_file() and files[1].is_file()):
+        return None
+    try:
+        meta = json.loads(files[1].read_text(encoding="utf-8"))
+        pixels = np.load(files[0], mmap_mode="r", allow_pickle=False)
+        labels = np.asarray(meta["labels"], dtype=np.int64)
+        paths = tuple(str(p) for p in meta["paths"])
+        problems = tuple(Problem(**p) for p in meta["problems"])
+    except (OSError, ValueError, TypeError, KeyError, EOFError):  # JSON and Unicode errors are ValueErrors
+        return None
+    if pixels.ndim != 4 or not len(pixels) == len(labels) == len(paths) or not np.isin(labels, (0, 1)).all():
+        return None
+    return PreparedSet(pixels, labels, paths, problems, config)

@@ -245,7 +245,7 @@ def _split_digest(paths: Sequence[str], train_idx: np.ndarray, val_idx: np.ndarr
     h = hashlib.sha256()
     for tag, idx in (("t", train_idx), ("v", val_idx)):
         for i in idx:
-            h.update(f"{tag}{paths[int(i)]}\n".encode())
+            h.update(f"{tag}{paths[int(i)]}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:24]
 
 
