@@ -418,3 +418,14 @@ def test_serve_refuses_bad_configuration_before_starting(args: list[str], messag
     result = CliRunner().invoke(cli_app, ["serve", "--port", "1", *args])
     assert result.exit_code == 2
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_serve_refuses_an_empty_or_binary_api_key_file(tmp_path: Path) -> None:
+    """An empty key file used to start a service open to everyone; a binary one, a traceback."""
+    empty, binary = tmp_path / "empty.txt", tmp_path / "keys.bin"
+    empty.write_text("# no keys yet\n\n")
+    binary.write_bytes(b"\xff\xfe\x00key")
+    for path, message in ((empty, "holds no key"), (binary, "is not UTF-8 text")):
+        result = CliRunner().invoke(cli_app, ["serve", "--port", "1", "--api-key-file", str(path)])
+        assert result.exit_code == 2, result.output
+        assert message in result.output and "Traceback" not in result.output

@@ -24,7 +24,13 @@ def _read_keys(api_key: list[str], api_key_file: Path | None) -> tuple[str, ...]
             text = api_key_file.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot read the API key file {api_key_file}: {exc.strerror or exc}") from None
-        keys += [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        except UnicodeDecodeError:
+            raise ConfigError(f"the API key file {api_key_file} is not UTF-8 text (one key per line)") from None
+        from_file = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        if not from_file:
+            # Starting anyway would serve everyone without a key: the opposite of what was asked.
+            raise ConfigError(f"the API key file {api_key_file} holds no key (one key per line)")
+        keys += from_file
     return tuple(keys)
 
 
