@@ -91,6 +91,21 @@ def test_hygiene_reports_and_never_modifies(labelled_dir: Path, photo_paths: lis
     assert h.to_dict()["duplicate_files"] == 1
 
 
+def test_hygiene_names_pipes_and_devices_for_what_they_are(tmp_path: Path) -> None:
+    """A FIFO or /dev/zero listed in a CSV used to be reported as an "empty file (0 bytes)"."""
+    import os
+
+    from nsfwlab.evaluate import LabelledItem
+
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    items = [LabelledItem(tmp_path / "pipe.jpg", 1), LabelledItem(Path("/dev/zero"), 0),
+             LabelledItem(tmp_path / "empty.jpg", 0), LabelledItem(tmp_path, 1)]
+    got = [(p.code, p.message) for p in check_hygiene(items).unreadable]
+    assert got == [("image_error", "not a regular file (a pipe, socket or device)")] * 2 + [
+        ("empty", "empty file (0 bytes)"), ("image_error", "is a directory, not an image file")]
+
+
 def test_evaluate_scores_through_the_detector(labelled_dir: Path, detector) -> None:
     before = _snapshot(labelled_dir)
     data = load_folder(labelled_dir)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import stat
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -205,9 +206,9 @@ def _sha256(path: Path, chunk: int = 1 << 20) -> str:
 def check_hygiene(items: Sequence[LabelledItem]) -> Hygiene:
     """Hash every file (read-only) and group identical contents.
 
-    Files that cannot be read at all (missing, a directory, no permission, empty) are reported as
-    unreadable here; files that read but do not decode are added by the scoring pass
-    (:meth:`Hygiene.with_unreadable`).
+    Files that cannot be read at all (missing, a directory, a pipe or device, no permission, empty)
+    are reported as unreadable here; files that read but do not decode are added by the scoring
+    pass (:meth:`Hygiene.with_unreadable`).
     """
     by_digest: dict[str, list[LabelledItem]] = defaultdict(list)
     digests: dict[str, str] = {}
@@ -215,7 +216,14 @@ def check_hygiene(items: Sequence[LabelledItem]) -> Hygiene:
     for it in items:
         name = str(it.path)
         try:
-            if it.path.stat().st_size == 0:
+            st = it.path.stat()
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError
+            if not stat.S_ISREG(st.st_mode):  # a pipe could block the hash; a device never end
+                unreadable.append(Problem(name, it.label, "image_error",
+                                          "not a regular file (a pipe, socket or device)"))
+                continue
+            if st.st_size == 0:
                 unreadable.append(Problem(name, it.label, "empty", "empty file (0 bytes)"))
                 continue
             digest = _sha256(it.path)
