@@ -297,6 +297,8 @@ def test_store_is_content_addressed_and_keeps_label_history(tmp_path: Path) -> N
             store.set_label("f" * 64, "safe", "ann")
         with pytest.raises(BadRequestError):
             store.set_label(item.sha256, "safe", " " * 3)
+        with pytest.raises(BadRequestError, match="control"):
+            store.set_label(item.sha256, "safe", "r\x00 <x>")
         with pytest.raises(ValueError):
             store.set_label(item.sha256, "maybe", "ann")
         assert store.history(item.sha256) == hist  # refused decisions leave no trace

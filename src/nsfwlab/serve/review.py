@@ -145,6 +145,8 @@ def _clean_reviewer(reviewer: str) -> str:
     name = " ".join(str(reviewer).split())
     if not name or len(name) > 64:
         raise BadRequestError("reviewer must be 1 to 64 characters")
+    if not name.isprintable():
+        raise BadRequestError("reviewer must not contain control characters")
     return name
 
 
