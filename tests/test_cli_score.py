@@ -246,3 +246,15 @@ def test_empty_directory_is_reported(tmp_path: Path) -> None:
     res = _run("score", "-f", "jsonl", str(tmp_path / "empty"))
     assert res.exit_code == 1
     assert json.loads(res.stdout)["error"] == "directory holds no image files"
+
+
+def test_broken_link_named_as_image_is_reported(tmp_path: Path, photo_paths: list[Path]) -> None:
+    d = tmp_path / "links"
+    d.mkdir()
+    (d / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    (d / "gone.txt").symlink_to(tmp_path / "deleted.txt")
+    (d / "ok.jpg").write_bytes(photo_paths[0].read_bytes())
+    res = _run("score", "-f", "jsonl", str(d))
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [Path(r["path"]).name for r in rows] == ["gone.jpg", "ok.jpg"]
+    assert rows[0]["error"] == "no such file" and res.exit_code == 1

@@ -376,7 +376,11 @@ def looks_like_image(path: str | os.PathLike) -> bool:
 
 def iter_image_files(directory: str | os.PathLike) -> Iterator[Path]:
     """The image files under ``directory`` (recursive, sorted; see :func:`looks_like_image`).
-    Regular files only: pipes and devices in a tree are skipped."""
+    Regular files only: pipes and devices in a tree are skipped; broken links with an image name
+    are yielded, so that they are reported."""
     for child in sorted(Path(directory).rglob("*")):
-        if child.is_file() and looks_like_image(child):
-            yield child
+        if child.is_file():
+            if looks_like_image(child):
+                yield child
+        elif child.is_symlink() and not child.exists() and child.suffix.lower() in IMAGE_SUFFIXES:
+            yield child  # a broken link named as an image is reported, not silently lost
