@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -28,16 +27,7 @@ from PIL import Image
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from corpus import cpu_name  # noqa: E402
 
 
 def shapes_image(cls: int, i: int, size: int = 96) -> np.ndarray:
@@ -140,7 +130,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             ft = bench_finetune(Path(tmp) / "shapes", args.per_class, args.epochs)
     ev = None if args.skip_evaluate else bench_evaluate(args.n, args.rounds)
-    out = {"date": datetime.now(UTC).isoformat(timespec="minutes"), "cpu": _cpu(),
+    out = {"date": datetime.now(UTC).isoformat(timespec="minutes"), "cpu": cpu_name(),
            "cores": os.cpu_count(), "load_before": load_before, "load_after": os.getloadavg(),
            "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
            "finetune": ft, "evaluate": ev, "per_class": args.per_class, "epochs": args.epochs}

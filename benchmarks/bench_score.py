@@ -23,17 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from corpus import web_photos
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from corpus import cpu_name, web_photos
 
 
 def _rate(fn, n: int, repeats: int) -> tuple[float, list[float]]:
@@ -105,7 +95,7 @@ def main() -> None:
     drift = np.abs(ours - theirs)
     result = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{_cpu()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.python_version()}",
         "load_average": os.getloadavg()[0],
         "images": n,
         "image_size": f"1200x800 / 800x1200 JPEG q85 (~{mp:.2f} MP)",

@@ -8,6 +8,7 @@ are identical. Deterministic for a given ``n`` and ``seed``.
 from __future__ import annotations
 
 import argparse
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,17 @@ from PIL import Image, ImageEnhance
 
 SOURCES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field",
            "motorcycle_left", "retina", "camera", "page")
+
+
+def cpu_name() -> str:
+    """The CPU model, for benchmark records."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def _sources() -> list[Image.Image]:
