@@ -195,7 +195,14 @@ class GradCAM(_TorchExplainer):
 
 
 class _CaptumExplainer(_TorchExplainer):
-    reduction: Reduction
+    """A captum attribution method on the resized RGB image; ``reduction`` folds its colour
+    channels into one map."""
+
+    def __init__(self, model: nn.Module | None = None, *, preprocess: PreprocessConfig | None = None,
+                 device: str = "cpu", reduction: Reduction | str = Reduction.ABS,
+                 limits: DecodeLimits | None = None) -> None:
+        super().__init__(model, preprocess=preprocess, device=device, limits=limits)
+        self.reduction = Reduction(reduction)
 
     def _method(self, wrapped: nn.Module) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -236,12 +243,6 @@ class GuidedBackprop(_CaptumExplainer):
     """Guided backpropagation (Springenberg et al. 2015): at every ReLU only positive gradients
     pass where the forward activation was positive. Sharp, edge-like maps."""
 
-    def __init__(self, model: nn.Module | None = None, *, preprocess: PreprocessConfig | None = None,
-                 device: str = "cpu", reduction: Reduction | str = Reduction.ABS,
-                 limits: DecodeLimits | None = None) -> None:
-        super().__init__(model, preprocess=preprocess, device=device, limits=limits)
-        self.reduction = Reduction(reduction)
-
     def _method(self, wrapped: nn.Module) -> Any:
         return _captum().GuidedBackprop(wrapped)
 
@@ -249,12 +250,6 @@ class GuidedBackprop(_CaptumExplainer):
 class Deconvnet(_CaptumExplainer):
     """The deconvnet of Zeiler & Fergus 2014 (the seed's third method): the backward pass through
     each ReLU rectifies the gradient itself, ignoring the forward activation."""
-
-    def __init__(self, model: nn.Module | None = None, *, preprocess: PreprocessConfig | None = None,
-                 device: str = "cpu", reduction: Reduction | str = Reduction.ABS,
-                 limits: DecodeLimits | None = None) -> None:
-        super().__init__(model, preprocess=preprocess, device=device, limits=limits)
-        self.reduction = Reduction(reduction)
 
     def _method(self, wrapped: nn.Module) -> Any:
         return _captum().Deconvolution(wrapped)
@@ -270,7 +265,7 @@ class IntegratedGradients(_CaptumExplainer):
                  device: str = "cpu", steps: int = 32, baseline: Baseline | str = Baseline.BLACK,
                  batch_size: int = 16, reduction: Reduction | str = Reduction.ABS,
                  limits: DecodeLimits | None = None) -> None:
-        super().__init__(model, preprocess=preprocess, device=device, limits=limits)
+        super().__init__(model, preprocess=preprocess, device=device, reduction=reduction, limits=limits)
         if steps < 1:
             raise ConfigError(f"steps must be at least 1, got {steps}")
         if batch_size < 1:
@@ -278,7 +273,6 @@ class IntegratedGradients(_CaptumExplainer):
         self.steps = steps
         self.baseline = Baseline(baseline)
         self.batch_size = batch_size
-        self.reduction = Reduction(reduction)
 
     def baseline_tensor(self, x: torch.Tensor) -> torch.Tensor:
         if self.baseline is Baseline.BLACK:
