@@ -27,21 +27,10 @@ from PIL import Image
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
 from corpus import cpu_name  # noqa: E402
 
-
-def shapes_image(cls: int, i: int, size: int = 96) -> np.ndarray:
-    rng = np.random.default_rng(1000 * cls + i)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    img = np.broadcast_to(rng.uniform(40, 220, 3), (size, size, 3)).copy()
-    fg = rng.uniform(40, 220, 3)
-    for _ in range(6):
-        cy, cx = rng.uniform(8, size - 8, 2)
-        r = rng.uniform(5, 12)
-        mask = (np.hypot(yy - cy, xx - cx) < r) if cls == 0 else ((abs(yy - cy) < r) & (abs(xx - cx) < r))
-        img[mask] = fg
-    img += rng.normal(0, 8, (size, size, 3))
-    return np.clip(img, 0, 255).astype(np.uint8)
+from synthetic import shapes_image  # noqa: E402  (the set the fine-tuning test uses)
 
 
 def bench_finetune(root: Path, per_class: int, epochs: int) -> list[dict]:

@@ -7,22 +7,9 @@ import pytest
 
 from nsfwlab import ConfigError, Detector, PreprocessConfig
 from nsfwlab.explain import Censor, Occlusion, hide
+from synthetic import RedFraction
 
 NOJPEG = PreprocessConfig(jpeg_roundtrip=False)
-
-
-class RedFraction:
-    """NSFW probability = the fraction of red pixels the network sees."""
-
-    name = "fake-red"
-    device = "cpu"
-    model_version = "fake"
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        rgb = batch[..., ::-1] + np.array([123.0, 117.0, 104.0], dtype=np.float32)
-        red = (rgb[..., 0] > 179) & (rgb[..., 1] < 74) & (rgb[..., 2] < 74)
-        p = red.reshape(len(batch), -1).mean(axis=1)
-        return np.stack([1 - p, p], axis=1).astype(np.float32)
 
 
 class Constant:

@@ -27,6 +27,7 @@ from nsfwlab.explain._windows import average_over_boxes, finish_resized, window_
 from nsfwlab.explain.gradients import DifferentiablePreprocess, TargetModel, reduce_channels, resized_tensor
 from nsfwlab.explain.overlay import attach_scale, blend, colorize, labelled_grid, normalize, overlay_with_scale
 from nsfwlab.preprocess import preprocess_rgb
+from synthetic import RedFraction
 
 #: No JPEG round trip: with a 256x256 image the network input is exactly the central crop.
 NOJPEG = PreprocessConfig(jpeg_roundtrip=False)
@@ -34,18 +35,6 @@ RED = np.array([230, 20, 20], dtype=np.uint8)
 GREY = np.array([128, 128, 128], dtype=np.uint8)
 
 
-class RedFraction:
-    """A fake backend: NSFW probability = the fraction of red pixels the network sees."""
-
-    name = "fake-red"
-    device = "cpu"
-    model_version = "fake"
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        rgb = batch[..., ::-1] + np.array([123.0, 117.0, 104.0], dtype=np.float32)
-        red = (rgb[..., 0] > 179) & (rgb[..., 1] < 74) & (rgb[..., 2] < 74)
-        p = red.reshape(len(batch), -1).mean(axis=1)
-        return np.stack([1 - p, p], axis=1).astype(np.float32)
 
 
 def red_square_image(top: int = 64, left: int = 64, size: int = 32) -> np.ndarray:

@@ -30,22 +30,7 @@ from nsfwlab.train import (
     stratified_split,
 )
 from nsfwlab.train.finetune import Arch
-
-
-def shapes_image(cls: int, i: int, size: int = 96) -> np.ndarray:
-    """Class 0: six round blobs; class 1: six squares; random colours, positions and sizes.
-    Deterministic in (cls, i); abstract shapes only. The stock model scores both alike."""
-    rng = np.random.default_rng(1000 * cls + i)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    img = np.broadcast_to(rng.uniform(40, 220, 3), (size, size, 3)).copy()
-    fg = rng.uniform(40, 220, 3)
-    for _ in range(6):
-        cy, cx = rng.uniform(8, size - 8, 2)
-        r = rng.uniform(5, 12)
-        mask = (np.hypot(yy - cy, xx - cx) < r) if cls == 0 else ((abs(yy - cy) < r) & (abs(xx - cx) < r))
-        img[mask] = fg
-    img += rng.normal(0, 8, (size, size, 3))
-    return np.clip(img, 0, 255).astype(np.uint8)
+from synthetic import shapes_image
 
 
 def make_set(root: Path, per_class: int) -> Path:

@@ -1,0 +1,37 @@
+"""Synthetic fixtures shared by several test modules (and by benchmarks/bench_evaluate.py, which
+measures on the same set): abstract generated images and a fake backend. No photos, nothing
+explicit."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def shapes_image(cls: int, i: int, size: int = 96) -> np.ndarray:
+    """Class 0: six round blobs; class 1: six squares; random colours, positions and sizes.
+    Deterministic in (cls, i); abstract shapes only. The stock model scores both alike."""
+    rng = np.random.default_rng(1000 * cls + i)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    img = np.broadcast_to(rng.uniform(40, 220, 3), (size, size, 3)).copy()
+    fg = rng.uniform(40, 220, 3)
+    for _ in range(6):
+        cy, cx = rng.uniform(8, size - 8, 2)
+        r = rng.uniform(5, 12)
+        mask = (np.hypot(yy - cy, xx - cx) < r) if cls == 0 else ((abs(yy - cy) < r) & (abs(xx - cx) < r))
+        img[mask] = fg
+    img += rng.normal(0, 8, (size, size, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+class RedFraction:
+    """A fake backend: NSFW probability = the fraction of red pixels the network sees."""
+
+    name = "fake-red"
+    device = "cpu"
+    model_version = "fake"
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        rgb = batch[..., ::-1] + np.array([123.0, 117.0, 104.0], dtype=np.float32)
+        red = (rgb[..., 0] > 179) & (rgb[..., 1] < 74) & (rgb[..., 2] < 74)
+        p = red.reshape(len(batch), -1).mean(axis=1)
+        return np.stack([1 - p, p], axis=1).astype(np.float32)
