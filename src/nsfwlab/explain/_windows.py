@@ -15,14 +15,35 @@ from ..detector import Detector
 from ..errors import ConfigError
 from ..preprocess import center_crop, jpeg_roundtrip, preprocess_rgb, stack_batch, to_network_input
 
-__all__ = ["Box", "ProgressCallback", "average_over_boxes", "finish_resized", "score_variants", "window_grid",
-           "window_starts"]
+__all__ = ["Box", "ProgressCallback", "WindowExplainer", "average_over_boxes", "finish_resized", "score_variants",
+           "window_grid", "window_starts"]
 
 #: (top, left, bottom, right) in pixels, bottom/right exclusive.
 Box = tuple[int, int, int, int]
 
 #: Called with the number of items just finished (``nsfwlab.cli._common.progress_bar``'s advance).
 ProgressCallback = Callable[[int], None]
+
+
+class WindowExplainer:
+    """Shared by the window-based explainers (occlusion, sliding window): a Detector built on
+    first use when none was given, and the number of windows an image needs."""
+
+    _detector: Detector | None
+
+    def geometry(self, height: int, width: int) -> tuple[int, int]:  # pragma: no cover - abstract
+        """The (window size, stride) used for an image of this size."""
+        raise NotImplementedError
+
+    @property
+    def detector(self) -> Detector:
+        if self._detector is None:
+            self._detector = Detector()
+        return self._detector
+
+    def count(self, height: int, width: int) -> int:
+        """How many windows (model inputs besides the original) an image of this size needs."""
+        return len(window_grid(height, width, *self.geometry(height, width)))
 
 
 def window_starts(length: int, size: int, stride: int) -> list[int]:

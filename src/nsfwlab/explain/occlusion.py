@@ -18,7 +18,7 @@ from ..detector import Detector
 from ..errors import ConfigError, NsfwlabError
 from ..imageio import ImageInput, describe_source, load_image
 from ..preprocess import resize_image
-from ._windows import ProgressCallback, average_over_boxes, score_variants, window_grid
+from ._windows import ProgressCallback, WindowExplainer, average_over_boxes, score_variants, window_grid
 from .options import Fill
 from .targets import Target, TargetName, make_target
 
@@ -60,7 +60,7 @@ class LocalResizer:
             scratch.paste(self.img.crop((left, t, r, b)), (left, t))
 
 
-class Occlusion:
+class Occlusion(WindowExplainer):
     """Occlusion heatmaps through a Detector.
 
     ``box`` and ``stride`` are in pixels of the original image (defaults: a sixth of the short
@@ -82,20 +82,10 @@ class Occlusion:
         self.box = box
         self.stride = stride
 
-    @property
-    def detector(self) -> Detector:
-        if self._detector is None:
-            self._detector = Detector()
-        return self._detector
-
     def geometry(self, height: int, width: int) -> tuple[int, int]:
         """The (box, stride) used for an image of this size."""
         box = self.box or default_box(height, width)
         return box, self.stride or max(1, box // 3)
-
-    def count(self, height: int, width: int) -> int:
-        """How many occluded copies an image of this size needs (plus one for the original)."""
-        return len(window_grid(height, width, *self.geometry(height, width)))
 
     def _filler(self, img: Image.Image) -> Image.Image:
         if self.fill is Fill.BLUR:

@@ -14,7 +14,7 @@ from PIL import Image
 from ..detector import Detector
 from ..errors import ConfigError, NsfwlabError
 from ..imageio import ImageInput, describe_source, load_image
-from ._windows import ProgressCallback, average_over_boxes, score_variants, window_grid
+from ._windows import ProgressCallback, WindowExplainer, average_over_boxes, score_variants, window_grid
 from .targets import Target, TargetName, make_target
 
 __all__ = ["SlidingWindow", "default_window"]
@@ -25,7 +25,7 @@ def default_window(height: int, width: int) -> int:
     return max(16, round(min(height, width) / 3))
 
 
-class SlidingWindow:
+class SlidingWindow(WindowExplainer):
     """Sliding-window heatmaps through a Detector; ``window``/``stride`` in original pixels
     (defaults: a third of the short side, and a quarter of the window)."""
 
@@ -39,18 +39,9 @@ class SlidingWindow:
         self.window = window
         self.stride = stride
 
-    @property
-    def detector(self) -> Detector:
-        if self._detector is None:
-            self._detector = Detector()
-        return self._detector
-
     def geometry(self, height: int, width: int) -> tuple[int, int]:
         window = self.window or default_window(height, width)
         return window, self.stride or max(1, window // 4)
-
-    def count(self, height: int, width: int) -> int:
-        return len(window_grid(height, width, *self.geometry(height, width)))
 
     def explain(self, image: ImageInput, *, target: Target | TargetName | str | None = None,
                 progress: ProgressCallback | None = None) -> np.ndarray:
