@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from .config import DecodeLimits, PreprocessConfig
-from .imageio import ImageInput, load_image
+from ..config import DecodeLimits, PreprocessConfig
+from ..imageio import ImageInput, load_image
 
 __all__ = [
     "EXACT",
