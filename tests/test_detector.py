@@ -170,7 +170,7 @@ def test_backend_selection_and_validation() -> None:
         create_backend("torch", "cpu", precision="fp16")
     with pytest.raises(ConfigError):
         Detector(device="cpu", batch_size=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="tensorflow"):
         create_backend("tensorflow", "cpu")
 
 
