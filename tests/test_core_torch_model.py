@@ -40,8 +40,9 @@ def test_scores_equal_the_detectors(backend: str, photo_paths: list[Path]) -> No
     module = det.torch_model()
     assert not module.training and _frozen(module)
     assert next(module.parameters()).dtype == torch.float32
-    expected = np.asarray([det.score(p) for p in photo_paths])
-    assert np.abs(_scores(module, det, photo_paths) - expected).max() <= 1e-5
+    paths = photo_paths[:4]
+    expected = np.asarray([det.score(p) for p in paths])
+    assert np.abs(_scores(module, det, paths) - expected).max() <= 1e-5
 
 
 def test_the_torch_backends_own_module_only_when_device_and_dtype_match(photo_paths: list[Path]) -> None:
