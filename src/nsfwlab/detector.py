@@ -201,6 +201,8 @@ class Detector:
         from .backends import TorchBackend
 
         dev = torch.device(device or "cpu")
+        if dev.type == "cuda" and dev.index is None:  # parameters report "cuda:0", never "cuda"
+            dev = torch.device("cuda", torch.cuda.current_device())
         dt = dtype or torch.float32
         own = self.backend.model if isinstance(self.backend, TorchBackend) else None
         with self._lock:
