@@ -148,3 +148,18 @@ def test_evaluate_without_layers_and_on_a_model_without_intermediates(net: OpenN
     plain = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     with pytest.raises(ConfigError, match="no forward_intermediates"):
         evaluate(plain, x, Channel("0", 0))
+
+
+def test_targets_subtract() -> None:
+    from nsfwlab.objectives import NsfwLogit, SfwLogit
+
+    logits = torch.tensor([[1.0, 4.0], [2.0, -1.0]])
+    assert (NsfwLogit() - SfwLogit())(logits).tolist() == [3.0, -3.0]
+
+
+def test_unknown_backend_device_and_precision_are_typed_errors() -> None:
+    from nsfwlab import ConfigError, Detector
+
+    for kwargs in ({"backend": "tensorflow"}, {"device": "tpu"}, {"precision": "int4"}):
+        with pytest.raises(ConfigError, match="choose one of"):
+            Detector(**kwargs)

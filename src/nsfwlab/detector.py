@@ -14,7 +14,7 @@ from typing import IO, Any
 import numpy as np
 
 from .backends import Backend, create_backend
-from .config import BackendName, DecodeLimits, Device, Label, Precision, PreprocessConfig, Settings, Thresholds
+from .config import BackendName, DecodeLimits, Device, Label, Precision, PreprocessConfig, Settings, Thresholds, option
 from .errors import ConfigError, ImageError, NsfwlabError
 from .frames import FrameOptions, aggregate_scores, iter_frames, media_kind, open_scores, segments
 from .imageio import ImageInput, describe_source, read_bytes
@@ -89,12 +89,12 @@ def _check_model_backend(model: str | os.PathLike, backend: BackendName | str | 
     """
     if not isinstance(backend, (str, BackendName)):
         raise ConfigError("pass either a ready backend or model=..., not both")
-    name = BackendName(backend)
+    name = option(BackendName, backend, "backend")
     onnx = Path(model).suffix.lower() == ".onnx"
     if onnx and name is BackendName.TORCH:
         raise ConfigError(f"{model} is an exported ONNX graph, which runs on onnxruntime; pass the .pt "
                           "checkpoint for the torch backend")
-    if onnx and Precision(precision) is Precision.FP16:
+    if onnx and option(Precision, precision, "precision") is Precision.FP16:
         raise ConfigError(f"{model} is an exported ONNX graph, which runs fp32; pass the .pt checkpoint for fp16")
     if not onnx and name is BackendName.ONNXRUNTIME:
         raise ConfigError(f"{model} is a PyTorch checkpoint, which runs on the torch backend; export it with "
@@ -229,7 +229,7 @@ class Detector:
 
             return load_torch_module(self._model_path)
         torch_backend = self.backend if isinstance(self.backend, TorchBackend) else None
-        if torch_backend is not None and (torch_backend.dtype == torch.float32
+        if torch_backend is not None and (torch_backend.dtype == torch.float32 or torch_backend.custom_model
                                           or self.backend.model_version != MODEL_VERSION):
             return copy.deepcopy(torch_backend.model).float().cpu()
         if self.backend.model_version == MODEL_VERSION:  # stock weights: fp32 from the file, not from fp16
