@@ -24,10 +24,10 @@ import torch
 from PIL import Image
 
 from nsfwlab import PreprocessConfig
-from nsfwlab.imageio import load_image
 from nsfwlab.scan import Executor, ResultStore, ScanConfig, ScanMode, ScanModel, ScanSummary, scan
 from nsfwlab.scan.gpu import pillow_jpeg_roundtrip, scan_gpu
 from nsfwlab.scan.modes import fast_preprocess
+from test_scan_gpu import pillow_decoder
 
 #: Store columns every engine must agree on (``attempts``, ``first_seen`` and ``scored_at`` aside).
 COMPARED = ("path", "size", "mtime_ns", "sha256", "score", "label", "status", "error_code", "reused",
@@ -95,19 +95,6 @@ def tree(tmp_path: Path) -> Path:
     return make_tree(tmp_path / "tree")
 
 
-def _pillow_decoder(datas: list[bytes]) -> list[torch.Tensor]:
-    """Stands in for nvJPEG: raises RuntimeError on a bad JPEG, as torchvision does."""
-    from nsfwlab.errors import ImageError
-
-    out = []
-    for d in datas:
-        try:
-            out.append(torch.from_numpy(np.asarray(load_image(d)).copy()).permute(2, 0, 1))
-        except ImageError as exc:
-            raise RuntimeError(str(exc)) from None
-    return out
-
-
 def run_local(root: Path, db: Path) -> ScanSummary:
     with ResultStore(db) as store:
         return scan([root], store, engine_config(), backend=MeanBackend())  # type: ignore[arg-type]
@@ -116,7 +103,7 @@ def run_local(root: Path, db: Path) -> ScanSummary:
 def run_gpu(root: Path, db: Path) -> ScanSummary:
     with ResultStore(db) as store:
         return scan_gpu([str(root)], store, engine_config(), model=fast_model(), device="cpu",
-                        decode=_pillow_decoder, roundtrip=pillow_jpeg_roundtrip)
+                        decode=pillow_decoder, roundtrip=pillow_jpeg_roundtrip)
 
 
 def store_state(db: Path) -> dict[str, tuple]:

@@ -86,7 +86,7 @@ def test_cuda_without_a_gpu_exits_with_the_model_status(photo_dir: Path, tmp_pat
     assert res.exit_code == 3 and "CUDA" in res.output
 
 
-def _pillow_decoder(datas: list[bytes]) -> list[torch.Tensor]:
+def pillow_decoder(datas: list[bytes]) -> list[torch.Tensor]:
     """Stands in for nvJPEG: raises RuntimeError on a bad JPEG, as torchvision does."""
     from nsfwlab.errors import ImageError
 
@@ -123,7 +123,7 @@ def test_gpu_scan_logic_on_the_cpu(photo_dir: Path, photos: dict[str, np.ndarray
                       fast_preprocess(PreprocessConfig()), ScanMode.FAST)
     with ResultStore(tmp_path / "r.sqlite") as store:
         summary = scan_gpu([str(root)], store, ScanConfig(mode=ScanMode.FAST, workers=1, batch_size=4),
-                           model=model, device="cpu", decode=_pillow_decoder, roundtrip=pillow_jpeg_roundtrip)
+                           model=model, device="cpu", decode=pillow_decoder, roundtrip=pillow_jpeg_roundtrip)
         rows = {Path(r["path"]).name: r for r in store.iter_rows()}
     photo_dir_files = list(photo_dir.glob("*.jpg"))
     assert summary.seen == len(photo_dir_files) + 3

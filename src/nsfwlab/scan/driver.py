@@ -45,12 +45,13 @@ class Scorer(Protocol):
 
 
 def worker_context(store: ResultStore, model: ScanModel, config: ScanConfig, *, pack: bool | None = None,
-                   gpu_route: bool = False) -> WorkerContext:
-    """``pack`` (send uint8 pixels) defaults to whether the workers are processes."""
+                   gpu_route: bool = False, lookup: bool = True) -> WorkerContext:
+    """``pack`` (send uint8 pixels) defaults to whether the workers are processes; ``lookup``: the
+    workers look hashes up in the store (read-only) and skip decoding content that has a score."""
     if pack is None:
         pack = config.executor_kind is Executor.PROCESS
-    return WorkerContext(model.preprocess, config.limits, str(store.path.resolve()), model.model_version,
-                         model.preprocess_version, pack=pack, gpu_route=gpu_route)
+    return WorkerContext(model.preprocess, config.limits, str(store.path.resolve()) if lookup else None,
+                         model.model_version, model.preprocess_version, pack=pack, gpu_route=gpu_route)
 
 
 def _mp_context() -> Any:

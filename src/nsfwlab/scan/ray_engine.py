@@ -5,8 +5,9 @@ as the local engine does, with the same driver and sink (:mod:`.driver`, :mod:`.
 pool and the scorer differ:
 
 - the workers are Ray tasks running the local workers' task (:func:`~nsfwlab.scan.worker.prepare_chunk`:
-  read each file once, hash, look the hash up, decode and preprocess with the core), at most
-  ``ScanConfig.window`` files in flight, results back as uint8 pixels;
+  read each file once, hash, decode and preprocess with the core), at most ``ScanConfig.window``
+  files in flight, results back as uint8 pixels. They do not open the store (SQLite must not be
+  shared across hosts): the driver's sink finds content already scored, before the model runs;
 - the model runs in an actor pool of replicas (one per GPU where the cluster has GPUs, else one per
   four CPUs), each built from the scan config exactly as the local engine builds it
   (:func:`~nsfwlab.scan.config.build_scan_model`), a batch in flight per replica.
@@ -140,7 +141,8 @@ def scan_ray(roots: list[str], store: ResultStore, config: ScanConfig, *, model:
     replicas, gpus_each = _replicas(ray, resolve_device(config.device))
     sink = Sink(store, model, config, Engine.RAY.value, progress)
     scorer = RayScorer(ray, sink, model, config, backend, replicas, gpus_each)
+    pool = RayPool(ray, worker_context(store, model, config, pack=True, lookup=False))
     try:
-        return run(roots, sink, RayPool(ray, worker_context(store, model, config, pack=True)), scorer, config)
+        return run(roots, sink, pool, scorer, config)
     finally:
         scorer.close()
