@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from itertools import islice
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol
 
 from ..errors import ModelError
 from ..preprocess import stack_batch, unpack_array
@@ -26,14 +26,12 @@ from .worker import Prepared, WorkerContext, prepare_chunk, worker_died
 
 __all__ = ["ArrayScorer", "Pool", "Scorer", "Workers", "drive", "run", "worker_context"]
 
-H = TypeVar("H")
+class Pool(Protocol):
+    """Runs :func:`prepare_chunk` on chunks of files: ``submit`` starts one and returns a handle
+    (a future, a Ray object ref), ``collect`` waits for it."""
 
-
-class Pool(Protocol[H]):
-    """Runs :func:`prepare_chunk` on chunks of files: ``submit`` starts one, ``collect`` waits for it."""
-
-    def submit(self, files: list[WalkedFile]) -> H: ...
-    def collect(self, files: list[WalkedFile], handle: H) -> list[Prepared]: ...
+    def submit(self, files: list[WalkedFile]) -> Any: ...
+    def collect(self, files: list[WalkedFile], handle: Any) -> list[Prepared]: ...
     def shutdown(self) -> None: ...
 
 
@@ -60,7 +58,7 @@ def _mp_context() -> Any:
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
-class Workers(Generic[H]):
+class Workers:
     """The local pool: worker processes (rebuilt when one dies) or threads.
 
     Processes: a chunk whose worker died (a decoder crash, the OOM killer) is retried one file at
@@ -147,7 +145,7 @@ def _chunks(files: Iterable[WalkedFile], size: int) -> Iterator[list[WalkedFile]
     return iter(lambda: list(islice(it, size)), [])
 
 
-def _results(pool: Pool[Any], chunks: Iterator[list[WalkedFile]], depth: int) -> Iterator[Prepared]:
+def _results(pool: Pool, chunks: Iterator[list[WalkedFile]], depth: int) -> Iterator[Prepared]:
     """Each chunk's results in order, with at most ``depth`` chunks submitted ahead."""
     window: deque[tuple[list[WalkedFile], Any]] = deque()
     for files in chunks:
@@ -158,7 +156,7 @@ def _results(pool: Pool[Any], chunks: Iterator[list[WalkedFile]], depth: int) ->
         yield from pool.collect(*window.popleft())
 
 
-def drive(planned: Iterable[WalkedFile], pool: Pool[Any], sink: Sink, scorer: Scorer, config: ScanConfig) -> None:
+def drive(planned: Iterable[WalkedFile], pool: Pool, sink: Sink, scorer: Scorer, config: ScanConfig) -> None:
     """Feed ``planned`` files to ``pool``; each result to ``sink``, new contents on to ``scorer``."""
     depth = max(1, config.window // config.chunk)
     for p in _results(pool, _chunks(planned, config.chunk), depth):
@@ -167,7 +165,7 @@ def drive(planned: Iterable[WalkedFile], pool: Pool[Any], sink: Sink, scorer: Sc
     scorer.flush()
 
 
-def run(roots: list[str], sink: Sink, pool: Pool[Any], scorer: Scorer, config: ScanConfig) -> ScanSummary:
+def run(roots: list[str], sink: Sink, pool: Pool, scorer: Scorer, config: ScanConfig) -> ScanSummary:
     """A whole scan: the run's record, the walk, the workers, the model, the store."""
     run_id = sink.start(roots)
     start = time.perf_counter()

@@ -198,6 +198,6 @@ def scan_gpu(roots: list[str], store: ResultStore, config: ScanConfig, *, model:
     sink = Sink(store, model, config, Engine.LOCAL.value, progress, run_engine="local-gpu")
     scorer = GpuScorer(sink, model, config.batch_size, config.limits, device=device, decode=decode,
                        roundtrip=roundtrip)
-    pool: Workers = Workers(config.n_workers, worker_context(store, model, config, gpu_route=True),
+    pool = Workers(config.n_workers, worker_context(store, model, config, gpu_route=True),
                             config.executor_kind)
     return run(roots, sink, pool, scorer, config)

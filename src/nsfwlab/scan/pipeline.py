@@ -50,7 +50,7 @@ def scan_local(roots: list[str], store: ResultStore, config: ScanConfig, *, mode
                progress: ProgressFn | None = None) -> ScanSummary:
     """The local engine: worker threads or processes decode, the model runs in this thread."""
     sink = Sink(store, model, config, Engine.LOCAL.value, progress)
-    pool: Workers = Workers(config.n_workers, worker_context(store, model, config), config.executor_kind)
+    pool = Workers(config.n_workers, worker_context(store, model, config), config.executor_kind)
     return run(roots, sink, pool, ArrayScorer(sink, model, config.batch_size), config)
 
 
