@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .backends import Backend, create_backend
+from .calibration import Calibration, load_calibration
 from .config import BackendName, DecodeLimits, Device, Label, Precision, PreprocessConfig, Settings, Thresholds
 from .errors import ConfigError, ImageError, NsfwlabError
 from .imageio import ImageInput, describe_source
@@ -24,12 +25,22 @@ __all__ = ["Detector", "ScoreResult", "nsfw_score"]
 
 @dataclass(frozen=True)
 class ScoreResult:
-    """The outcome for one input: a score and label, or the error that stopped it."""
+    """The outcome for one input: a score and label, or the error that stopped it.
+
+    With a calibration, ``score`` is the calibrated probability (and the label follows it) and
+    ``raw_score`` the exact model score; without one, ``raw_score`` is None and ``score`` is the model's.
+    """
 
     source: str
     score: float | None = None
     label: Label | None = None
     error: NsfwlabError | None = None
+    raw_score: float | None = None
+
+    @property
+    def model_score(self) -> float | None:
+        """The exact model score, calibrated or not."""
+        return self.score if self.raw_score is None else self.raw_score
 
     @property
     def ok(self) -> bool:
@@ -39,7 +50,10 @@ class ScoreResult:
         if self.error is not None:
             return {"path": self.source, "error": self.error.message, "code": self.error.code}
         assert self.label is not None
-        return {"path": self.source, "score": self.score, "label": self.label.value}
+        out: dict[str, Any] = {"path": self.source, "score": self.score, "label": self.label.value}
+        if self.raw_score is not None:
+            out["raw_score"] = self.raw_score
+        return out
 
 
 def _check_model_backend(model: str | os.PathLike, backend: BackendName | str | Backend,
@@ -75,6 +89,9 @@ class Detector:
     checkpoint (``.pt``) or an exported ``.onnx`` (see :mod:`nsfwlab.checkpoint`). ``preprocess`` defaults to Yahoo's
     exact pipeline; ``limits`` to the decode caps of :class:`~nsfwlab.config.Settings`.
     ``workers`` threads decode and preprocess while the model runs (Pillow releases the GIL).
+    ``calibration`` (a ``calibration.json`` path or a :class:`~nsfwlab.calibration.Calibration`
+    fitted for this model) makes every score the calibrated probability and keeps the model's
+    in ``ScoreResult.raw_score``; :meth:`predict_arrays` stays raw.
     """
 
     def __init__(
@@ -90,6 +107,7 @@ class Detector:
         precision: Precision | str = Precision.AUTO,
         threads: int | None = None,
         model: str | os.PathLike | None = None,
+        calibration: str | os.PathLike | Calibration | None = None,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
@@ -117,6 +135,10 @@ class Detector:
         self.limits = limits or settings.limits
         self.workers = workers or 2
         self._model_path = model
+        self.calibration: Calibration | None = None
+        if calibration is not None:
+            self.calibration = load_calibration(calibration)
+            self.calibration.check(self.model_version, self.preprocess_version)
         self._torch_models: dict[tuple[str, str], Any] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -131,8 +153,8 @@ class Detector:
         return self.preprocess_config.version
 
     def describe(self) -> dict[str, Any]:
-        """What produced a score: model, preprocessing, backend, device, thresholds."""
-        return {
+        """What produced a score: model, preprocessing, backend, device, thresholds (and calibration, if any)."""
+        out = {
             "model_version": self.model_version,
             "preprocess_version": self.preprocess_version,
             "backend": self.backend.name,
@@ -140,10 +162,24 @@ class Detector:
             "safe_below": self.thresholds.safe_below,
             "nsfw_above": self.thresholds.nsfw_above,
         }
+        if self.calibration is not None:
+            out["calibration"] = self.calibration.method.value
+        return out
 
     # -- building blocks --------------------------------------------------------------------
     def label(self, score: float) -> Label:
         return self.thresholds.label(score)
+
+    def calibrate(self, raw: float) -> float:
+        """The score reported for a raw model score: calibrated when a calibration is set, else itself."""
+        return raw if self.calibration is None else self.calibration.apply(raw)
+
+    def result(self, source: str, raw: float) -> ScoreResult:
+        """The :class:`ScoreResult` for a raw model score: calibrated, labelled, the raw score kept."""
+        if self.calibration is None:
+            return ScoreResult(source, raw, self.label(raw))
+        s = self.calibration.apply(raw)
+        return ScoreResult(source, s, self.label(s), raw_score=raw)
 
     def torch_model(self, device: str | None = None, dtype: Any = None) -> Any:
         """A gradient-capable ``torch.nn.Module`` with this Detector's weights (stock, a ``.pt``
@@ -212,7 +248,11 @@ class Detector:
 
     # -- one ----------------------------------------------------------------------------------
     def score(self, source: ImageInput) -> float:
-        """The NSFW probability of one image. Raises an ``ImageError`` naming bad input."""
+        """The NSFW probability of one image (calibrated when a calibration is set). Raises an
+        ``ImageError`` naming bad input."""
+        return self.calibrate(self._raw_score(source))
+
+    def _raw_score(self, source: ImageInput) -> float:
         try:
             arr = self.preprocess(source)
         except NsfwlabError as exc:
@@ -221,8 +261,7 @@ class Detector:
 
     def classify(self, source: ImageInput) -> ScoreResult:
         """Score and label one image (raises on bad input, like :meth:`score`)."""
-        s = self.score(source)
-        return ScoreResult(describe_source(source), s, self.label(s))
+        return self.result(describe_source(source), self._raw_score(source))
 
     # -- many ---------------------------------------------------------------------------------
     def _executor(self) -> ThreadPoolExecutor:
@@ -267,8 +306,7 @@ class Detector:
             out: list[ScoreResult] = []
             for name, value in batch:
                 if isinstance(value, np.ndarray):
-                    s = float(next(scores))
-                    out.append(ScoreResult(name, s, self.label(s)))
+                    out.append(self.result(name, float(next(scores))))
                 else:
                     out.append(ScoreResult(name, error=value.with_source(name)))
             return out

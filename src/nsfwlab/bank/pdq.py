@@ -68,7 +68,10 @@ def pdq_hash(image: ImageInput, limits: DecodeLimits | None = None) -> PdqHash:
 
     Raises the decoder's :class:`~nsfwlab.errors.ImageError` on bad input.
     """
-    import pdqhash
+    try:
+        import pdqhash
+    except ImportError:
+        raise ConfigError("PDQ hashing needs the pdqhash package: pip install 'nsfwlab[bank]'") from None
 
     img = load_image(image, limits)
     factor = -(-max(img.size) // MAX_HASH_SIDE)

@@ -1,4 +1,4 @@
-"""ROC curve, precision-recall curve and per-class score histogram as PNG bytes.
+"""ROC curve, precision-recall curve, per-class score histogram and reliability diagram as PNG bytes.
 
 Drawn with matplotlib's object API on the Agg canvas (no pyplot, no global state, safe in
 threads); the caller decides where the bytes go.
@@ -15,7 +15,7 @@ import numpy as np
 from ..config import Thresholds
 from .metrics import Recommendation
 
-__all__ = ["histogram_png", "pr_png", "roc_png", "training_png"]
+__all__ = ["histogram_png", "pr_png", "reliability_png", "roc_png", "training_png"]
 
 _SAFE_COLOUR, _NSFW_COLOUR = "#2b8a3e", "#c92a2a"
 
@@ -138,4 +138,34 @@ def training_png(epochs: Sequence[int], val_auc: Sequence[float], val_loss: Sequ
     ax.legend(handles[0] + more[0], handles[1] + more[1], fontsize=8, loc="center right")
     ax.set_xticks(list(epochs))
     ax.set_title(title)
+    return _png(fig)
+
+
+def reliability_png(labels: Sequence[int] | np.ndarray, probabilities: Sequence[float] | np.ndarray, *,
+                    bins: int = 10, brier: float | None = None, title: str = "Reliability") -> bytes:
+    """Reliability diagram: the share of NSFW images per bin of predicted probability against the
+    bin's mean probability (a calibrated score lies on the diagonal), with the bin counts below."""
+    y = np.asarray(labels)
+    p = np.asarray(probabilities, dtype=np.float64)
+    which = np.clip(np.digitize(p, np.linspace(0.0, 1.0, bins + 1)[1:-1]), 0, bins - 1)
+    counts = np.bincount(which, minlength=bins)
+    filled = counts > 0
+    mean_p = np.bincount(which, weights=p, minlength=bins)[filled] / counts[filled]
+    frac = np.bincount(which, weights=y, minlength=bins)[filled] / counts[filled]
+    fig, ax = _figure(5.5, 5.0)
+    ax.plot([0, 1], [0, 1], color="#adb5bd", lw=1, ls="--", label="perfectly calibrated")
+    label = "model" + (f" (Brier {brier:.4f})" if brier is not None else "")
+    ax.plot(mean_p, frac, "o-", color="#1c7ed6", lw=2, label=label)
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_xlabel("predicted probability (bin mean)")
+    ax.set_ylabel("share of NSFW images in the bin")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    inset = ax.inset_axes((0.55, 0.06, 0.42, 0.2))
+    inset.bar((np.arange(bins) + 0.5) / bins, counts, width=1.0 / bins, color="#868e96")
+    inset.set_xticks([])
+    inset.set_title("images per bin", fontsize=7)
+    inset.tick_params(labelsize=6)
     return _png(fig)
