@@ -61,7 +61,7 @@ def _stdin_once(items: list[tuple[str, object]], limits: DecodeLimits) -> list[t
     out: list[tuple[str, object]] = []
     stdin = sys.stdin.buffer
     for name, src in items:
-        if src is stdin:
+        if id(src) == id(stdin):  # (`is` would narrow stdin to object for mypy)
             try:
                 src = read_bytes(stdin, limits)
             except NsfwlabError as exc:
