@@ -113,6 +113,8 @@ class Detector:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         if workers is not None and workers < 1:
             raise ConfigError(f"workers must be at least 1, got {workers}")
+        # A bad calibration file fails before the model is loaded.
+        loaded_calibration = load_calibration(calibration) if calibration is not None else None
         settings = Settings.from_env()
         model_preprocess: PreprocessConfig | None = None
         self.backend: Backend
@@ -135,10 +137,9 @@ class Detector:
         self.limits = limits or settings.limits
         self.workers = workers or 2
         self._model_path = model
-        self.calibration: Calibration | None = None
-        if calibration is not None:
-            self.calibration = load_calibration(calibration)
-            self.calibration.check(self.model_version, self.preprocess_version)
+        self.calibration = loaded_calibration
+        if loaded_calibration is not None:
+            loaded_calibration.check(self.model_version, self.preprocess_version)
         self._torch_models: dict[tuple[str, str], Any] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()

@@ -104,18 +104,19 @@ class MultiIndex(HashIndex):
     def __init__(self) -> None:
         super().__init__()
         self._built = 0
-        self._order = np.zeros((_CHUNKS, 0), dtype=np.int64)  # positions sorted by chunk value, per chunk
+        self._order = np.zeros((_CHUNKS, 0), dtype=np.int32)  # positions sorted by chunk value, per chunk
         self._starts = np.zeros((_CHUNKS, (1 << _CHUNK_BITS) + 1), dtype=np.int64)
 
     def _chunks(self, words: np.ndarray) -> np.ndarray:
         """``(n, 16)`` chunk values: the big-endian uint16 pieces of each hash."""
-        return words.astype(">u8").view(">u2").astype(np.int64).reshape(-1, _CHUNKS)
+        return words.astype(">u8").view(">u2").astype(np.uint16).reshape(-1, _CHUNKS)
 
     def build(self) -> None:
-        chunks = self._chunks(self.words)
-        self._order = np.argsort(chunks.T, axis=1, kind="stable")
+        """(Re)build the per-chunk tables over every hash (a radix sort per chunk)."""
+        chunks = np.ascontiguousarray(self._chunks(self.words).T)
+        self._order = np.argsort(chunks, axis=1, kind="stable").astype(np.int32)
         for j in range(_CHUNKS):
-            counts = np.bincount(chunks[:, j], minlength=1 << _CHUNK_BITS)
+            counts = np.bincount(chunks[j], minlength=1 << _CHUNK_BITS)
             self._starts[j, 1:] = np.cumsum(counts)
         self._built = self._n
 
@@ -125,7 +126,7 @@ class MultiIndex(HashIndex):
             self.build()
 
     def _candidates(self, query: np.ndarray) -> np.ndarray:
-        values = self._chunks(query.reshape(1, 4))[0]                       # (16,)
+        values = self._chunks(query.reshape(1, 4))[0].astype(np.int64)      # (16,)
         probes = values[:, None] ^ _FLIPS[None, :].astype(np.int64)        # (16, 17)
         rows = np.arange(_CHUNKS)[:, None]
         begin = self._starts[rows, probes].ravel()
