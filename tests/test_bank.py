@@ -150,3 +150,23 @@ def test_score_with_a_bank(tmp_path: Path, photos: dict[str, np.ndarray], detect
     assert res.exit_code == 0 and row["label"] == "nsfw" and row["match_source"] == "review:r1"
     res = runner.invoke(app, ["score", "--bank", str(tmp_path / "nope.sqlite3"), str(near)])
     assert res.exit_code == 2 and "no bank at" in res.output
+
+
+def test_public_names_and_light_cli() -> None:
+    import subprocess
+    import sys
+
+    import nsfwlab.bank
+    import nsfwlab.calibration
+
+    assert sorted(nsfwlab.bank.__all__) == sorted([
+        "CSV_COLUMNS", "DEFAULT_MAX_DISTANCE", "QUALITY_FLOOR", "Bank", "BankEntry", "BankStats", "Decision",
+        "HashIndex", "IndexKind", "LinearIndex", "Lookup", "Match", "MultiIndex", "PdqHash", "RowError",
+        "check_source", "create_index", "export_rows", "hamming", "parse_hash", "parse_rows", "pdq_hash"])
+    assert sorted(nsfwlab.calibration.__all__) == ["CALIBRATION_FORMAT", "Calibration", "CalibrationMethod",
+                                                   "load_calibration"]
+    for mod in (nsfwlab.bank, nsfwlab.calibration):
+        assert all(hasattr(mod, name) for name in mod.__all__)
+    code = ("import sys, nsfwlab.cli; heavy = [m for m in ('nsfwlab.bank', 'pdqhash', 'sklearn') "
+            "if m in sys.modules]; assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
