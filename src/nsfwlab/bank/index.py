@@ -36,7 +36,8 @@ class IndexKind(str, Enum):
 
 
 def _distances(words: np.ndarray, query: np.ndarray) -> np.ndarray:
-    return np.bitwise_count(words ^ query).sum(axis=1, dtype=np.int32)
+    c = np.bitwise_count(words ^ query).astype(np.int16)  # (n, 4) popcounts; column adds beat .sum(axis=1)
+    return c[:, 0] + c[:, 1] + c[:, 2] + c[:, 3]
 
 
 def _best(positions: np.ndarray, distances: np.ndarray, max_distance: int) -> tuple[int, int] | None:
@@ -84,7 +85,8 @@ class HashIndex:
         if start >= self._n:
             return None
         d = _distances(self._words[start : self._n], query)
-        return _best(np.arange(start, self._n), d, max_distance)
+        near = np.flatnonzero(d <= max_distance)
+        return _best(near + start, d[near], max_distance) if near.size else None
 
 
 class LinearIndex(HashIndex):
@@ -138,7 +140,7 @@ class MultiIndex(HashIndex):
         flat_begin = begin + np.repeat(np.arange(_CHUNKS) * self._built, _FLIPS.size)
         offsets = np.cumsum(lengths) - lengths
         idx = np.repeat(flat_begin - offsets, lengths) + np.arange(total)
-        return np.unique(self._order.ravel()[idx])
+        return np.sort(self._order.ravel()[idx])  # duplicates are harmless; sorted reads are cache-friendlier
 
     def nearest(self, query: np.ndarray, max_distance: int) -> tuple[int, int] | None:
         query = np.asarray(query, dtype=np.uint64)
@@ -147,7 +149,7 @@ class MultiIndex(HashIndex):
         found: list[tuple[int, int]] = []
         if self._built:
             cand = self._candidates(query)
-            hit = _best(cand, _distances(self._words[cand], query), max_distance) if cand.size else None
+            hit = _best(cand, _distances(self._words.take(cand, axis=0), query), max_distance) if cand.size else None
             if hit is not None:
                 found.append(hit)
         tail = self._scan(query, max_distance, self._built)

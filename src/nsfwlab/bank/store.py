@@ -32,6 +32,7 @@ __all__ = ["DEFAULT_MAX_DISTANCE", "Bank", "BankEntry", "BankStats", "Decision",
 
 #: Meta's suggested PDQ match threshold (out of 256 bits).
 DEFAULT_MAX_DISTANCE = 31
+_PAGE = 100_000  # rows read from SQLite at a time while indexing
 _SCHEMA_VERSION = "1"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -167,14 +168,26 @@ class Bank:
 
     # -- index ------------------------------------------------------------------------------
     def _catch_up(self) -> None:
-        """Index the rows added since the last look (by this process or any other). Lock held."""
-        rows = self._db.execute("SELECT id, pdq FROM hashes WHERE id > ? ORDER BY id", (self._last_id,)).fetchall()
-        if not rows:
-            return
-        ids, hexes = zip(*rows, strict=True)
-        self._index.add(hash_words(list(hexes)))
-        self._ids = np.concatenate([self._ids, np.asarray(ids, dtype=np.int64)])
-        self._last_id = int(ids[-1])
+        """Index the rows added since the last look (by this process or any other). Lock held.
+
+        Read in pages (bounded memory however large the bank), indexed in one step (one build).
+        """
+        words: list[np.ndarray] = []
+        ids: list[np.ndarray] = []
+        last = self._last_id
+        while True:
+            rows = self._db.execute("SELECT id, pdq FROM hashes WHERE id > ? ORDER BY id LIMIT ?",
+                                    (last, _PAGE)).fetchall()
+            if not rows:
+                break
+            page_ids, hexes = zip(*rows, strict=True)
+            words.append(hash_words(list(hexes)))
+            ids.append(np.asarray(page_ids, dtype=np.int64))
+            last = int(page_ids[-1])
+        if words:
+            self._index.add(np.concatenate(words))
+            self._ids = np.concatenate([self._ids, *ids])
+            self._last_id = last
 
     def __len__(self) -> int:
         with self._lock:
