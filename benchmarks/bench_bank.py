@@ -145,7 +145,8 @@ def main() -> None:
         print(f"| {r['hashes']:,} | {r['multi_per_s']:,.0f} | {r['numpy_scan_per_s']:,.0f} | "
               f"{r['python_loop_per_s']:,.1f} | {r['multi_build_s']:.2f} s |")
     print(f"\nbank of {opened['hashes']:,} hashes: import {opened['import_s']:.1f} s, open (index from SQLite) "
-          f"{opened['open_s']:.2f} s, match by hash {opened['match_hash_per_s']:,.0f}/s, file {opened['file_mb']:.0f} MB")
+          f"{opened['open_s']:.2f} s, match by hash {opened['match_hash_per_s']:,.0f}/s, "
+          f"file {opened['file_mb']:.0f} MB")
     print(f"PDQ hash of a {pdq['image']}: {pdq['pdq_ms']:.1f} ms (decode included)")
     out = HERE / "out"
     out.mkdir(exist_ok=True)

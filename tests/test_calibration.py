@@ -4,6 +4,7 @@ with the real model on real photos."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from nsfwlab.errors import ConfigError
 from synthetic import RedFraction, shapes_image
 
 pytest.importorskip("sklearn")
-from nsfwlab.evaluate.calibrate import brier_score, fit_calibration  # noqa: E402
+from nsfwlab.evaluate.calibrate import brier_score, fit_calibration
 
 runner = CliRunner()
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -146,7 +147,7 @@ def test_evaluate_calibrate_then_score_calibration(tmp_path: Path, photo_dir: Pa
         assert row["score"] == pytest.approx(cal.apply(row["raw_score"]), abs=1e-12)
         assert row["label"] == detector.label(row["score"]).value
     ordered = sorted(rows, key=lambda r: r["raw_score"])
-    assert all(a["score"] <= b["score"] for a, b in zip(ordered, ordered[1:], strict=False))
+    assert all(a["score"] <= b["score"] for a, b in itertools.pairwise(ordered))
     res = runner.invoke(app, ["score", "-f", "csv", "--calibration", str(out / "calibration.json"),
                               str(photo_paths[0])])
     header, line = res.stdout.splitlines()
