@@ -323,3 +323,21 @@ def test_finetune_takes_a_non_utf8_file_name(small_dir: Path, tmp_path: Path) ->
     result = CliRunner().invoke(cli_app, args)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "m.pt").is_file()
+
+
+def test_an_incomplete_training_state_is_a_config_error(tmp_path: Path) -> None:
+    from nsfwlab.checkpoint import save_checkpoint
+    from nsfwlab.train.finetune import TrainState
+
+    model = load_open_nsfw()
+    optimizer = torch.optim.AdamW(model.fc_nsfw.parameters())
+    config = FinetuneConfig()
+    path = save_checkpoint(tmp_path / "cut.state.pt", model,
+                           extra={"train_state": {"config": config.to_dict(), "split": "s1"}})
+    with pytest.raises(ConfigError, match="not a complete training state"):
+        TrainState.resume(path, model, optimizer, config, "s1")
+    with pytest.raises(ConfigError, match="split has changed"):
+        TrainState.resume(path, model, optimizer, config, "s2")
+    plain = save_checkpoint(tmp_path / "plain.pt", model)
+    with pytest.raises(ConfigError, match="not a training state"):
+        TrainState.resume(plain, model, optimizer, config, "s1")
