@@ -172,6 +172,27 @@ def test_unfreezing_n_stages_trains_exactly_their_parameters(arch: Arch) -> None
         assert {id(p) for p in model.parameters() if p.requires_grad} == wanted
 
 
+def test_the_frozen_prefix_keeps_nothing_for_backward() -> None:
+    """Head-only training costs one forward pass: with the body frozen, autograd saves only what
+    the fc layer needs (the pooled features), never a feature map."""
+    from nsfwlab.model import OpenNSFW
+
+    model = OpenNSFW()
+    saved: list[int] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t.numel())
+        return t
+
+    for unfreeze, most in ((0, 2 * 1024 + 2 * 1024), (1, 10**9)):
+        set_trainable(model, Arch.OPEN_NSFW, unfreeze)
+        saved.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(torch.zeros(2, 3, 224, 224)).sum().backward()
+        assert 0 < sum(saved) <= most
+    assert sum(saved) > 100_000  # with stage 3 trainable its feature maps are kept
+
+
 def test_training_imports_no_other_capability() -> None:
     import subprocess
     import sys
