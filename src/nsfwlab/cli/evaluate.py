@@ -199,7 +199,7 @@ def finetune_command(
     a training state saved every epoch (--resume continues after an interruption). The output
     loads wherever --model is accepted (score, scan, serve, evaluate).
     """
-    from ..evaluate import load_labelled
+    from ..datasets import load_labelled
     from ..train import Arch, AugmentConfig, EpochStats, FinetuneConfig, finetune
     from ..train.augment import NO_AUGMENT
 
