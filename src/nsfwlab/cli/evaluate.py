@@ -15,6 +15,7 @@ from pathlib import Path
 
 import typer
 
+from ..calibration import CalibrationMethod
 from ..config import BackendName, DecodeLimits, Device, Thresholds
 from ..errors import ConfigError, NsfwlabError
 from ._common import ExitCode, fail, output_dir, output_file, progress_bar, stderr, stdout, tagged
@@ -143,9 +144,6 @@ def evaluate_command(
         _write_calibration(out, result, calibrate, calibration_folds, seed)
     if h.unreadable:
         raise typer.Exit(int(ExitCode.INPUT_FAILED))
-
-
-from ..calibration import CalibrationMethod  # noqa: E402
 
 
 def _write_calibration(out: Path, evaluation: object, method: CalibrationMethod, folds: int, seed: int) -> None:
