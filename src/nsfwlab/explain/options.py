@@ -4,8 +4,13 @@ so the CLI and HTTP schema can use them without loading a model stack."""
 from __future__ import annotations
 
 from enum import Enum
+from typing import TypeVar
 
-__all__ = ["Baseline", "Fill", "Method", "Reduction", "Style"]
+from ..errors import ConfigError
+
+__all__ = ["Baseline", "Fill", "Method", "Reduction", "Style", "parse_option"]
+
+E = TypeVar("E", bound=Enum)
 
 
 class Method(str, Enum):
@@ -21,7 +26,7 @@ class Method(str, Enum):
 class Fill(str, Enum):
     """What replaces the occluded box."""
 
-    MEAN = "mean"  # the network's mean colour (RGB 123, 117, 104): zero after mean subtraction
+    MEAN = "mean"  # the preprocessing's mean colour (PreprocessConfig.mean_bgr): zero after mean subtraction
     BLACK = "black"
     GREY = "grey"
     BLUR = "blur"  # a strongly blurred copy of the image: removes detail, keeps colour
@@ -39,7 +44,7 @@ class Baseline(str, Enum):
     """The reference image of integrated gradients."""
 
     BLACK = "black"
-    MEAN = "mean"  # the network's mean colour (zero input after mean subtraction)
+    MEAN = "mean"  # the preprocessing's mean colour (zero input after mean subtraction)
 
 
 class Style(str, Enum):
@@ -48,3 +53,12 @@ class Style(str, Enum):
     BLUR = "blur"
     PIXELATE = "pixelate"
     BOX = "box"  # solid black
+
+
+def parse_option(kind: type[E], value: E | str, what: str) -> E:
+    """``kind(value)``, or a :class:`~nsfwlab.errors.ConfigError` naming ``what`` and the choices."""
+    try:
+        return kind(value)
+    except ValueError:
+        raise ConfigError(f"unknown {what} {value!r}; choose one of: "
+                          + ", ".join(str(m.value) for m in kind)) from None
