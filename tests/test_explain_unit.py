@@ -439,8 +439,21 @@ def test_explaining_leaves_the_detectors_own_module_alone():
         assert heat.shape == (256, 256) and np.isfinite(heat).all()
         if method != "gradcam":
             explainer.explain(img, target=Channel("relu", 0))  # forward hooks through forward_intermediates
+        explainer.explain(img, target=ScoresMeanwhile(det, img, score))
         _assert_same_state(before, _module_state(own))
     assert det.score(img) == score
+
+
+class ScoresMeanwhile(NsfwLogit):
+    """The NSFW logit, and on each evaluation a Detector.score through the Detector's own module,
+    while the explainer's hooks are registered: a server scoring while its module is explained."""
+
+    def __init__(self, det: Detector, img: np.ndarray, expected: float) -> None:
+        self.det, self.img, self.expected = det, img, expected
+
+    def __call__(self, logits, activations=None):
+        assert self.det.score(self.img) == self.expected
+        return super().__call__(logits, activations)
 
 
 def test_a_callers_module_is_copied_not_moved():
