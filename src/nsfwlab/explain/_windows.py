@@ -1,5 +1,6 @@
-"""Shared machinery of the black-box methods: window grids, per-pixel averaging, and batched
-scoring of many image variants through a :class:`~nsfwlab.detector.Detector`."""
+"""Shared machinery of the explainers: loading their input, and for the black-box methods window
+grids, per-pixel averaging, and batched scoring of many image variants through a
+:class:`~nsfwlab.detector.Detector`. (A leaf of the package: it imports no other explain module.)"""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from ..config import DecodeLimits
 from ..detector import Detector
-from ..errors import ConfigError
-from ..imageio import ImageInput
+from ..errors import ConfigError, NsfwlabError
+from ..imageio import ImageInput, describe_source, load_image
 from ..objectives import Target, TargetName, make_target
 from ..preprocess import finish_resized, preprocess_rgb, stack_batch
 from ..readahead import ordered_map
@@ -21,7 +23,7 @@ from ..readahead import ordered_map
 if TYPE_CHECKING:
     from ..config import PreprocessConfig
 
-__all__ = ["Box", "ProgressCallback", "WindowExplainer", "average_over_boxes", "score_variants",
+__all__ = ["Box", "ProgressCallback", "WindowExplainer", "average_over_boxes", "load_input", "score_variants",
            "window_grid", "window_starts"]
 
 #: (top, left, bottom, right) in pixels, bottom/right exclusive.
@@ -29,6 +31,14 @@ Box = tuple[int, int, int, int]
 
 #: Called with the number of items just finished (``nsfwlab.cli._common.progress_bar``'s advance).
 ProgressCallback = Callable[[int], None]
+
+
+def load_input(image: ImageInput, limits: DecodeLimits | None = None) -> Image.Image:
+    """Decode an explainer's input safely (an RGB image); errors name the input."""
+    try:
+        return load_image(image, limits)
+    except NsfwlabError as exc:
+        raise exc.with_source(describe_source(image)) from None
 
 
 class WindowExplainer:
@@ -55,8 +65,6 @@ class WindowExplainer:
                target: Target | TargetName | str | None) -> tuple[Target, Image.Image, list[Box]]:
         """The target (refused before any work when it needs logits), the decoded image and its
         windows."""
-        from .methods import load_input
-
         tgt = make_target(target)
         tgt.from_probabilities(np.asarray([0.5]))  # fail fast on targets that need logits
         img = load_input(image, self.detector.limits)

@@ -19,8 +19,8 @@ from PIL import Image, ImageFilter
 from ..detector import Detector
 from ..errors import ConfigError
 from ..imageio import ImageInput
-from ._windows import ProgressCallback, score_variants
-from .methods import Explainer, load_input
+from ._windows import ProgressCallback, load_input, score_variants
+from .methods import Explainer
 from .occlusion import Occlusion
 from .options import Fill, Style, parse_option
 

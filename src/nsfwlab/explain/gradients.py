@@ -40,8 +40,7 @@ from ..errors import BackendUnavailableError, ConfigError
 from ..imageio import ImageInput
 from ..objectives import Target, TargetName, evaluate, make_target
 from ..preprocess.differentiable import DifferentiablePreprocess, resized_tensor
-from ._windows import ProgressCallback
-from .methods import load_input
+from ._windows import ProgressCallback, load_input
 from .options import Baseline, Reduction, parse_option
 
 __all__ = [

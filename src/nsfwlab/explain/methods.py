@@ -8,16 +8,14 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from ..config import DecodeLimits
 from ..detector import Detector
-from ..errors import ConfigError, NsfwlabError
-from ..imageio import ImageInput, describe_source, load_image
+from ..errors import ConfigError
+from ..imageio import ImageInput
 from ..objectives import Target, TargetName
-from ._windows import ProgressCallback
+from ._windows import ProgressCallback, load_input
 from .options import Baseline, Fill, Method, Reduction, parse_option
 
 if TYPE_CHECKING:
-    from PIL import Image
     from torch import nn
 
 __all__ = [
@@ -47,14 +45,6 @@ class Explainer(Protocol):
 
     def explain(self, image: ImageInput, *, target: Target | TargetName | str | None = None,
                 progress: ProgressCallback | None = None) -> np.ndarray: ...
-
-
-def load_input(image: ImageInput, limits: DecodeLimits | None = None) -> Image.Image:
-    """Decode an explainer's input safely (an RGB image); errors name the input."""
-    try:
-        return load_image(image, limits)
-    except NsfwlabError as exc:
-        raise exc.with_source(describe_source(image)) from None
 
 
 @dataclass(frozen=True)
