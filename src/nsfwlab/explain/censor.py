@@ -16,13 +16,14 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
+from ..config import option
 from ..detector import Detector
 from ..errors import ConfigError
 from ..imageio import ImageInput
 from ._windows import ProgressCallback, load_input, score_variants
 from .methods import Explainer
 from .occlusion import Occlusion
-from .options import Fill, Style, parse_option
+from .options import Fill, Style
 
 __all__ = ["DEFAULT_INCREMENTS", "Censor", "CensorResult", "CensorStep", "Style", "hide"]
 
@@ -99,7 +100,7 @@ class Censor:
             raise ConfigError(f"increments must be fractions in (0, 1], got {increments}")
         if strength is not None and strength < 1:
             raise ConfigError(f"strength must be at least 1 pixel, got {strength}")
-        self.style = parse_option(Style, style, "style")
+        self.style = option(Style, style, "style")
         self.detector = detector or Detector()
         self.explainer = explainer
         self.strength = strength

@@ -35,13 +35,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..config import DecodeLimits, PreprocessConfig, Settings
+from ..config import DecodeLimits, PreprocessConfig, Settings, option
 from ..errors import BackendUnavailableError, ConfigError
 from ..imageio import ImageInput
 from ..objectives import Target, TargetName, evaluate, make_target
 from ..preprocess.differentiable import DifferentiablePreprocess, resized_tensor
 from ._windows import ProgressCallback, load_input
-from .options import Baseline, Reduction, parse_option
+from .options import Baseline, Reduction
 
 __all__ = [
     "Baseline",
@@ -204,7 +204,7 @@ class _CaptumExplainer(_TorchExplainer):
                  device: str = "cpu", reduction: Reduction | str = Reduction.ABS,
                  limits: DecodeLimits | None = None) -> None:
         super().__init__(model, preprocess=preprocess, device=device, limits=limits)
-        self.reduction = parse_option(Reduction, reduction, "reduction")
+        self.reduction = option(Reduction, reduction, "reduction")
 
     def _method(self, wrapped: nn.Module) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -273,7 +273,7 @@ class IntegratedGradients(_CaptumExplainer):
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         self.steps = steps
-        self.baseline = parse_option(Baseline, baseline, "baseline")
+        self.baseline = option(Baseline, baseline, "baseline")
         self.batch_size = batch_size
 
     def baseline_tensor(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from ..config import option
 from ..detector import Detector
 from ..errors import ConfigError
 from ..imageio import ImageInput
 from ..objectives import Target, TargetName
 from ._windows import ProgressCallback, load_input
-from .options import Baseline, Fill, Method, Reduction, parse_option
+from .options import Baseline, Fill, Method, Reduction
 
 if TYPE_CHECKING:
     from torch import nn
@@ -80,7 +81,7 @@ def make_explainer(method: Method | str, detector: Detector | None = None, *,
     """Build one method's explainer. Black-box methods run through ``detector``; gradient methods
     on ``model`` (default: :func:`torch_model_for` the detector on ``options.device``) with the
     detector's preprocessing. Neither the detector's module nor ``model`` is ever modified."""
-    method = parse_option(Method, method, "method")
+    method = option(Method, method, "method")
     if method is Method.ALL:
         raise ConfigError("make_explainer builds one method; use explain_many for all of them")
     opts = options or ExplainOptions()

@@ -14,14 +14,14 @@ import threading
 import numpy as np
 from PIL import Image, ImageFilter
 
-from ..config import PreprocessConfig
+from ..config import PreprocessConfig, option
 from ..detector import Detector
 from ..errors import ConfigError
 from ..imageio import ImageInput
 from ..objectives import Target, TargetName
 from ..preprocess import resize_image
 from ._windows import ProgressCallback, WindowExplainer, average_over_boxes, score_variants
-from .options import Fill, parse_option
+from .options import Fill
 
 __all__ = ["Fill", "LocalResizer", "Occlusion", "default_box", "mean_rgb"]
 
@@ -78,7 +78,7 @@ class Occlusion(WindowExplainer):
             raise ConfigError(f"box must be at least 1 pixel, got {box}")
         if stride is not None and stride < 1:
             raise ConfigError(f"stride must be at least 1 pixel, got {stride}")
-        self.fill = parse_option(Fill, fill, "fill")
+        self.fill = option(Fill, fill, "fill")
         self._detector = detector
         self.box = box
         self.stride = stride

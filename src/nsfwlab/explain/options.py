@@ -4,13 +4,8 @@ so the CLI and HTTP schema can use them without loading a model stack."""
 from __future__ import annotations
 
 from enum import Enum
-from typing import TypeVar
 
-from ..errors import ConfigError
-
-__all__ = ["Baseline", "Fill", "Method", "Reduction", "Style", "parse_option"]
-
-E = TypeVar("E", bound=Enum)
+__all__ = ["Baseline", "Fill", "Method", "Reduction", "Style"]
 
 
 class Method(str, Enum):
@@ -53,12 +48,3 @@ class Style(str, Enum):
     BLUR = "blur"
     PIXELATE = "pixelate"
     BOX = "box"  # solid black
-
-
-def parse_option(kind: type[E], value: E | str, what: str) -> E:
-    """``kind(value)``, or a :class:`~nsfwlab.errors.ConfigError` naming ``what`` and the choices."""
-    try:
-        return kind(value)
-    except ValueError:
-        raise ConfigError(f"unknown {what} {value!r}; choose one of: "
-                          + ", ".join(str(m.value) for m in kind)) from None
