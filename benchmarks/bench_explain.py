@@ -59,6 +59,7 @@ def main() -> None:
     from nsfwlab import Detector
     from nsfwlab.explain import Occlusion, SlidingWindow
     from nsfwlab.explain._windows import window_grid
+    from nsfwlab.explain.occlusion import mean_rgb
     from nsfwlab.model import load_open_nsfw
     from nsfwlab.preprocess import preprocess_rgb
 
@@ -86,11 +87,12 @@ def main() -> None:
 
     base = np.asarray(img)
     boxes = window_grid(h, w, 100, 50)[: args.naive]
+    fill = mean_rgb(det.preprocess_config)  # what Occlusion's default fill uses
 
     def naive() -> None:
         for t_, l_, b_, r_ in boxes:
             arr = base.copy()
-            arr[t_:b_, l_:r_] = (123, 117, 104)
+            arr[t_:b_, l_:r_] = fill
             det.score(Image.fromarray(arr))
 
     t = _timed(naive, 1)

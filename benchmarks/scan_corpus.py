@@ -36,12 +36,10 @@ def ascent_images(n_start: int, *, steps: int = 60, snapshots: tuple[int, ...] =
     import torch.nn.functional as F
 
     from nsfwlab.model import load_open_nsfw
+    from nsfwlab.preprocess.differentiable import network_input
 
     torch.manual_seed(seed)
-    model = load_open_nsfw().eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    mean = torch.tensor([104.0, 117.0, 123.0]).view(1, 3, 1, 1)
+    model = load_open_nsfw().requires_grad_(False)
     field = (torch.randn(n_start, 3, 48, 48) * 0.8).requires_grad_(True)
     opt = torch.optim.Adam([field], lr=0.08)
     out: list[Image.Image] = []
@@ -49,8 +47,8 @@ def ascent_images(n_start: int, *, steps: int = 60, snapshots: tuple[int, ...] =
         rgb = torch.sigmoid(F.interpolate(field, size=(256, 256), mode="bicubic", align_corners=False)) * 255
         # Random shifts make the pattern robust to the crop and resampling of the real pipeline.
         dy, dx = (int(v) for v in torch.randint(0, 33, (2,)))
-        crop = rgb[:, :, dy : dy + 224, dx : dx + 224]
-        logits = model(crop.flip(1) - mean)
+        # network_input of a 224 window: BGR, minus the mean (its centre crop keeps it whole).
+        logits = model(network_input(rgb[:, :, dy : dy + 224, dx : dx + 224]))
         loss = -(logits[:, 1] - logits[:, 0]).mean()
         opt.zero_grad()
         loss.backward()

@@ -103,11 +103,13 @@ def test_censor_reports_an_unreachable_target():
 
 
 def test_censor_errors(red_detector):
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="unknown style 'smudge'; choose one of: blur, pixelate, box"):
         Censor(red_detector, style="smudge")
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="max_steps"):
         Censor(red_detector, max_steps=0)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="increments"):
         Censor(red_detector, increments=(0.0,))
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="strength"):
+        Censor(red_detector, strength=0)
+    with pytest.raises(ConfigError, match="target must lie"):
         Censor(red_detector).censor(red_image(), target=0.0)

@@ -265,3 +265,26 @@ def test_progress_reports_every_unit_of_work(photos, detector, torch_model):
         done: list[int] = []
         e.explain(img, progress=done.append)
         assert sum(done) == work_units(m, e, 60, 80) >= 1
+
+
+def test_gradient_methods_explain_a_channel(photos, torch_model):
+    from nsfwlab.explain import IntegratedGradients
+    from nsfwlab.objectives import Channel
+
+    img = np.asarray(Image.fromarray(photos["chelsea"]).resize((80, 60)))
+    target = Channel("stage3", 5)
+    heat = IntegratedGradients(torch_model, steps=2).explain(img, target=target)
+    assert heat.shape == (60, 80) and np.isfinite(heat).all() and heat.max() > 0
+    assert GuidedBackprop(torch_model).score(img, target) > 0  # a post-ReLU channel mean
+
+
+def test_cli_explain_an_objective(tmp_path, photos):
+    src = tmp_path / "cat.png"
+    Image.fromarray(photos["chelsea"]).resize((64, 48)).save(src)
+    res = runner.invoke(_app(), ["explain", str(src), "-m", "guided-backprop", "--target", "channel:stage3:5",
+                                 "--out", str(tmp_path / "o.png"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "channel:stage3:5 explained" in res.output
+    res = runner.invoke(_app(), ["explain", str(src), "-m", "gradcam", "--target", "channel:stage3:5",
+                                 "--out", str(tmp_path / "o.png"), "--no-progress"])
+    assert res.exit_code == 2 and "Grad-CAM" in res.output

@@ -83,7 +83,7 @@ def test_window_starts_cover_the_edge():
     for t, left, b, r in boxes:
         covered[t:b, left:r] = True
     assert covered.all()
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="at least 1 pixel"):
         window_grid(5, 5, 0, 1)
 
 
@@ -164,10 +164,12 @@ def test_occluded_copies_are_exact(photos, size):
 
 
 def test_black_box_errors(fake_detector):
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="box must be at least 1 pixel"):
         Occlusion(fake_detector, box=0)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="unknown fill 'purple'; choose one of: mean, black, grey, blur"):
         Occlusion(fake_detector, fill="purple")
+    with pytest.raises(ConfigError, match="window must be at least 1 pixel"):
+        SlidingWindow(fake_detector, window=0)
     with pytest.raises(ConfigError, match="logits"):
         Occlusion(fake_detector).explain(red_square_image(), target="nsfw-logit")
     with pytest.raises(ImageError) as info:
@@ -384,3 +386,201 @@ def test_gradient_explainers_apply_decode_limits():
     model = OneConv([[0.02, -0.01, 0.005]], [0.1], [1.0])
     with pytest.raises(ImageTooLargeError):
         GradCAM(model, limits=DecodeLimits(max_pixels=100)).explain(np.zeros((20, 20, 3), np.uint8))
+
+
+# -- the module given is never changed -----------------------------------------------------------
+class LayeredConv(OneConv):
+    """OneConv with named intermediate outputs (``conv``, ``relu``) for layer targets."""
+
+    def forward_intermediates(self, x: torch.Tensor, names):
+        from nsfwlab.model import forward_intermediates
+
+        return forward_intermediates(self, x, names)
+
+
+def _module_state(model: nn.Module) -> dict:
+    """Everything an explainer could change on a module: tensors (identity, device, dtype,
+    values, requires_grad, .grad), train/eval mode, and hooks of every kind on every submodule."""
+    hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    return {
+        "tensors": [(name, t.data_ptr(), t.device, t.dtype, t.requires_grad, t.grad, t.detach().clone())
+                    for name, t in [*model.named_parameters(), *model.named_buffers()]],
+        "modes": [m.training for m in model.modules()],
+        "hooks": [len(getattr(m, h)) for m in model.modules() for h in hooks],
+    }
+
+
+def _assert_same_state(before: dict, after: dict) -> None:
+    assert before["modes"] == after["modes"] and before["hooks"] == after["hooks"]
+    for (n1, p1, d1, t1, r1, g1, v1), (n2, p2, d2, t2, r2, g2, v2) in zip(before["tensors"], after["tensors"],
+                                                                          strict=True):
+        assert (n1, p1, d1, t1, r1, g1) == (n2, p2, d2, t2, r2, g2)
+        assert torch.equal(v1, v2)
+
+
+def test_explaining_leaves_the_detectors_own_module_alone():
+    from nsfwlab.backends import TorchBackend
+    from nsfwlab.explain import ExplainOptions, make_explainer
+    from nsfwlab.explain.methods import GRADIENT_METHODS
+    from nsfwlab.objectives import Channel
+
+    own = LayeredConv([[2**-5, -(2**-6), 2**-7], [2**-7, 2**-7, 2**-7]], [0.0, 0.5], [1.0, -1.0])
+    det = Detector(TorchBackend(own), preprocess=NOJPEG)
+    assert det.torch_model() is own  # the Detector hands out its own module (fp32, on the CPU)
+    before = _module_state(own)
+    img = _two_tone_image()
+    score = det.score(img)
+    opts = ExplainOptions(steps=3)
+    for method in sorted(GRADIENT_METHODS):
+        explainer = make_explainer(method, det, options=opts)
+        assert explainer.model is not own  # a private view ...
+        assert all(p is q for p, q in zip(explainer.model.parameters(), own.parameters(), strict=True))  # ... sharing
+        heat = explainer.explain(img, target="nsfw-logit")
+        assert heat.shape == (256, 256) and np.isfinite(heat).all()
+        if method != "gradcam":
+            explainer.explain(img, target=Channel("relu", 0))  # forward hooks through forward_intermediates
+        explainer.explain(img, target=ScoresMeanwhile(det, img, score))
+        _assert_same_state(before, _module_state(own))
+    assert det.score(img) == score
+
+
+class ScoresMeanwhile(NsfwLogit):
+    """The NSFW logit, and on each evaluation a Detector.score through the Detector's own module,
+    while the explainer's hooks are registered: a server scoring while its module is explained."""
+
+    def __init__(self, det: Detector, img: np.ndarray, expected: float) -> None:
+        self.det, self.img, self.expected = det, img, expected
+
+    def __call__(self, logits, activations=None):
+        assert self.det.score(self.img) == self.expected
+        return super().__call__(logits, activations)
+
+
+def test_a_callers_module_is_copied_not_moved():
+    # A float64 module in train mode: explanations run on an fp32, eval-mode copy; the caller's
+    # module keeps its dtype, mode and tensors.
+    args = ([[0.02, -0.01, 0.005]], [0.3], [2.0])
+    model = OneConv(*args, relu=False).double().train()
+    before = _module_state(model)
+    ig = IntegratedGradients(model, preprocess=NOJPEG, steps=4)
+    assert next(ig.model.parameters()).dtype == torch.float32 and not ig.model.training
+    got = ig.attributions(_two_tone_image(), target="nsfw-logit")
+    ref = IntegratedGradients(OneConv(*args, relu=False), preprocess=NOJPEG, steps=4)
+    np.testing.assert_allclose(got, ref.attributions(_two_tone_image(), target="nsfw-logit"), rtol=1e-6)
+    _assert_same_state(before, _module_state(model))
+
+
+def test_another_device_gets_a_copy_there():
+    # The "meta" device stands in for a GPU: nothing is computed on it, but every module that
+    # must move lands there while the Detector's own module stays on the CPU.
+    from nsfwlab.backends import TorchBackend
+    from nsfwlab.explain import ExplainOptions, make_explainer, torch_model_for
+
+    own = OneConv([[0.02, -0.01, 0.005]], [0.3], [2.0])
+    det = Detector(TorchBackend(own), preprocess=NOJPEG)
+    before = _module_state(own)
+    on_meta = torch_model_for(det, "meta")
+    assert on_meta is not own and next(on_meta.parameters()).device.type == "meta"
+    assert torch_model_for(det, "meta") is on_meta  # one copy per device, kept by the Detector
+    explainer = make_explainer("gradcam", det, options=ExplainOptions(device="meta"))
+    assert next(explainer.model.parameters()).device.type == "meta"
+    assert GradCAM(own, device="meta").model is not own
+    _assert_same_state(before, _module_state(own))
+    assert next(own.parameters()).device.type == "cpu"
+    with pytest.raises(ConfigError, match="unknown device"):
+        GradCAM(own, device="warp-drive")
+
+
+# -- layer targets in gradient methods -----------------------------------------------------------
+def test_integrated_gradients_of_a_channel_by_hand():
+    # Channel 0 of the (linear) conv: T(x) = mean(w . x + b) over the 224 crop, so as for the
+    # logit IG = (x - baseline) * w / 224^2 on the crop, and the attributions sum to T(x) - T(0).
+    from nsfwlab.objectives import Channel, Neuron
+
+    w = [[0.02, -0.01, 0.005], [0.5, 0.5, 0.5]]
+    model = LayeredConv(w, [0.3, 0.0], [0.0, 0.0], relu=False)
+    img = _two_tone_image()
+    ig = IntegratedGradients(model, preprocess=NOJPEG, steps=4, baseline="black")
+    target = Channel("conv", 0)
+    attr = ig.attributions(img, target=target)
+    grad = _bgr_grad_to_rgb(np.broadcast_to(np.array(w[0]) / 224**2, (224, 224, 3)))
+    np.testing.assert_allclose(attr, img.transpose(2, 0, 1).astype(np.float64) * grad, rtol=1e-4, atol=1e-9)
+    t_x = ig.score(img, target)
+    assert t_x == pytest.approx(float((_net_input(img) @ np.array(w[0])).mean() + 0.3), rel=1e-5)
+    assert attr.sum() == pytest.approx(t_x - ig.score(np.zeros_like(img), target), rel=1e-4)
+    # A neuron: the centre position only (112, 112 of the crop), so only that pixel is attributed.
+    attr = ig.attributions(img, target=Neuron("conv", 0))
+    assert np.count_nonzero(np.abs(attr).sum(axis=0)) == 1 and np.abs(attr[:, 16 + 112, 16 + 112]).sum() > 0
+
+
+def test_layer_targets_are_refused_where_they_cannot_work():
+    from nsfwlab.objectives import Channel
+
+    model = LayeredConv([[0.02, -0.01, 0.005]], [0.3], [2.0])
+    with pytest.raises(ConfigError, match="Grad-CAM explains targets on the logits"):
+        GradCAM(model, preprocess=NOJPEG).explain(_two_tone_image(), target=Channel("conv", 0))
+    with pytest.raises(ConfigError, match="has no layer 'stage9'"):
+        IntegratedGradients(model, preprocess=NOJPEG, steps=2).explain(_two_tone_image(),
+                                                                       target=Channel("stage9", 0))
+    with pytest.raises(ConfigError, match="forward_intermediates"):
+        IntegratedGradients(OneConv([[0.02, -0.01, 0.005]], [0.3], [2.0]), steps=2).explain(
+            _two_tone_image(), target=Channel("conv", 0))
+
+
+# -- the preprocessing's own mean ----------------------------------------------------------------
+class Recorder:
+    """A fake backend that keeps every network input it is given (and scores 0.5)."""
+
+    name = "fake-recorder"
+    device = "cpu"
+    model_version = "fake"
+
+    def __init__(self) -> None:
+        self.inputs: list[np.ndarray] = []
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        self.inputs.extend(batch.copy())
+        return np.full((len(batch), 2), 0.5, np.float32)
+
+
+def test_mean_fill_is_the_preprocessings_mean():
+    # A checkpoint with its own mean: the occluded boxes must reach the network as exact zeros.
+    config = PreprocessConfig(jpeg_roundtrip=False, mean_bgr=(20.0, 140.0, 230.0))
+    rec = Recorder()
+    det = Detector(rec, preprocess=config, batch_size=4)
+    img = np.random.default_rng(2).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    occ = Occlusion(det, box=64, stride=64, fill="mean")
+    occ.explain(img)
+    boxes = window_grid(256, 256, 64, 64)
+    assert len(rec.inputs) == len(boxes) + 1
+    np.testing.assert_array_equal(rec.inputs[0], preprocess_rgb(_pil(img), config))
+    for (t, left, b, r), x in zip(boxes, rec.inputs[1:], strict=True):
+        inside = x[max(t - 16, 0) : b - 16, max(left - 16, 0) : r - 16]
+        assert inside.size and not inside.any()
+        assert x.any()  # the rest of the image is still there
+    det.close()
+
+
+def test_integrated_gradients_mean_baseline_is_the_preprocessings_mean():
+    from nsfwlab.explain import ExplainOptions, make_explainer
+
+    config = PreprocessConfig(jpeg_roundtrip=False, mean_bgr=(20.0, 140.0, 230.0))
+    det = Detector(RedFraction(), preprocess=config)
+    ig = make_explainer("integrated-gradients", det, options=ExplainOptions(baseline="mean"),
+                        model=OneConv([[0.02, -0.01, 0.005]], [0.3], [2.0]))
+    x = resized_tensor(_pil(_two_tone_image()), config)
+    baseline = ig.baseline_tensor(x)
+    assert baseline[0, :, 0, 0].tolist() == [230.0, 140.0, 20.0]
+    assert not DifferentiablePreprocess(config)(baseline).any()
+
+
+def test_unknown_options_are_config_errors(fake_detector):
+    from nsfwlab.explain import make_explainer
+
+    model = OneConv([[0.02, -0.01, 0.005]], [0.3], [2.0])
+    with pytest.raises(ConfigError, match="unknown method 'x-ray'"):
+        make_explainer("x-ray", fake_detector)
+    with pytest.raises(ConfigError, match="unknown reduction 'median'"):
+        GuidedBackprop(model, reduction="median")
+    with pytest.raises(ConfigError, match="unknown baseline 'white'; choose one of: black, mean"):
+        IntegratedGradients(model, baseline="white")

@@ -83,7 +83,8 @@ def explain_command(
     save_heatmap: Path | None = typer.Option(
         None, "--save-heatmap", help="Save the raw heatmap(s) at the image's size: .npy (one method) or .npz (all)."),
     target: str = typer.Option("nsfw-probability", help="What to explain: nsfw-probability, logit-margin, "
-                               "nsfw-logit (nsfw-logit: gradient methods only)."),
+                               "nsfw-logit, or an objective such as 'nsfw-sfw' or 'channel:stage3:17' "
+                               "(all but the first two: gradient methods only; layers: not Grad-CAM)."),
     box: int | None = typer.Option(None, min=1, help="Occlusion box in pixels (default: 1/6 of the short side)."),
     stride: int | None = typer.Option(None, min=1, help="Occlusion stride in pixels (default: box/3)."),
     fill: Fill = typer.Option(Fill.MEAN, help="What fills the occlusion box."),
@@ -108,7 +109,6 @@ def explain_command(
     import numpy as np
 
     from ..backends import resolve_device
-    from ..imageio import load_image
 
     try:
         _check_png(out)
@@ -120,23 +120,21 @@ def explain_command(
             output_file(save_heatmap)
         from ..explain import methods as M
         from ..explain import overlay
-        from ..explain.targets import make_target
+        from ..objectives import parse_objective
 
-        tgt = make_target(target)
+        tgt = parse_objective(target)
         wanted = list(M.ALL_METHODS) if method is Method.ALL else [method]
         if any(m not in M.GRADIENT_METHODS for m in wanted):
             tgt.from_probabilities(np.asarray([0.5]))  # black-box methods need a probability target
         det = _detector(backend, device, model, batch_size)
-        try:
-            img = load_image(image, det.limits)
-        except NsfwlabError as exc:
-            raise exc.with_source(str(image)) from None
+        img = M.load_input(image, det.limits)
         rgb = np.asarray(img)
         h, w = rgb.shape[:2]
         opts = M.ExplainOptions(box=box, stride=stride, fill=fill, window=window, window_stride=window_stride,
                                 steps=steps, baseline=baseline, reduction=reduction,
                                 device=resolve_device(device))
-        torch_model = M.torch_model_for(det) if any(m in M.GRADIENT_METHODS for m in wanted) else None
+        gradients = any(m in M.GRADIENT_METHODS for m in wanted)
+        torch_model = M.torch_model_for(det, opts.device) if gradients else None
         explainers = {m: M.make_explainer(m, det, options=opts, model=torch_model) for m in wanted}
         total = sum(M.work_units(m, e, h, w) for m, e in explainers.items())
         score = det.score(img)

@@ -9,8 +9,9 @@ methods (Grad-CAM, guided backprop, deconvnet, integrated gradients) on the PyTo
 the differentiable part of the exact preprocessing. Every explainer returns an (H, W) float32
 heatmap at the image's own resolution; pictures come from :mod:`nsfwlab.explain.overlay`.
 
-Names are imported lazily on first use, so ``nsfwlab.explain.options`` (the enums the CLI needs)
-loads without torch.
+Targets are the core's objectives (:mod:`nsfwlab.objectives`), re-exported here (and from
+``nsfwlab.explain.targets``) under the names explain has always offered. Names are imported lazily
+on first use, so ``nsfwlab.explain.options`` (the enums the CLI needs) loads without torch.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..objectives import LogitMargin, NsfwLogit, NsfwProbability, Target, TargetName, make_target
     from .censor import Censor, CensorResult, CensorStep, hide
     from .gradients import Deconvnet, GradCAM, GuidedBackprop, IntegratedGradients
     from .methods import ALL_METHODS, Explainer, ExplainOptions, explain_many, make_explainer, torch_model_for
@@ -26,39 +28,38 @@ if TYPE_CHECKING:
     from .options import Baseline, Fill, Method, Reduction, Style
     from .overlay import blend, labelled_grid, overlay_with_scale
     from .sliding import SlidingWindow
-    from .targets import LogitMargin, NsfwLogit, NsfwProbability, Target, TargetName, make_target
 
 _EXPORTS: dict[str, str] = {
-    "ALL_METHODS": "methods",
-    "Baseline": "options",
-    "Censor": "censor",
-    "CensorResult": "censor",
-    "CensorStep": "censor",
-    "Deconvnet": "gradients",
-    "ExplainOptions": "methods",
-    "Explainer": "methods",
-    "Fill": "options",
-    "GradCAM": "gradients",
-    "GuidedBackprop": "gradients",
-    "IntegratedGradients": "gradients",
-    "LogitMargin": "targets",
-    "Method": "options",
-    "NsfwLogit": "targets",
-    "NsfwProbability": "targets",
-    "Occlusion": "occlusion",
-    "Reduction": "options",
-    "SlidingWindow": "sliding",
-    "Style": "options",
-    "Target": "targets",
-    "TargetName": "targets",
-    "blend": "overlay",
-    "explain_many": "methods",
-    "hide": "censor",
-    "labelled_grid": "overlay",
-    "make_explainer": "methods",
-    "make_target": "targets",
-    "overlay_with_scale": "overlay",
-    "torch_model_for": "methods",
+    "ALL_METHODS": ".methods",
+    "Baseline": ".options",
+    "Censor": ".censor",
+    "CensorResult": ".censor",
+    "CensorStep": ".censor",
+    "Deconvnet": ".gradients",
+    "ExplainOptions": ".methods",
+    "Explainer": ".methods",
+    "Fill": ".options",
+    "GradCAM": ".gradients",
+    "GuidedBackprop": ".gradients",
+    "IntegratedGradients": ".gradients",
+    "LogitMargin": "..objectives",
+    "Method": ".options",
+    "NsfwLogit": "..objectives",
+    "NsfwProbability": "..objectives",
+    "Occlusion": ".occlusion",
+    "Reduction": ".options",
+    "SlidingWindow": ".sliding",
+    "Style": ".options",
+    "Target": "..objectives",
+    "TargetName": "..objectives",
+    "blend": ".overlay",
+    "explain_many": ".methods",
+    "hide": ".censor",
+    "labelled_grid": ".overlay",
+    "make_explainer": ".methods",
+    "make_target": "..objectives",
+    "overlay_with_scale": ".overlay",
+    "torch_model_for": ".methods",
 }
 
 __all__ = [
@@ -99,7 +100,7 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'nsfwlab.explain' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value
     return value
 

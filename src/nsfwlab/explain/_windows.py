@@ -1,20 +1,29 @@
-"""Shared machinery of the black-box methods: window grids, per-pixel averaging, and batched
-scoring of many image variants through a :class:`~nsfwlab.detector.Detector`."""
+"""Shared machinery of the explainers: loading their input, and for the black-box methods window
+grids, per-pixel averaging, and batched scoring of many image variants through a
+:class:`~nsfwlab.detector.Detector`. (A leaf of the package: it imports no other explain module.)"""
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
+from itertools import islice
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
+from ..config import DecodeLimits
 from ..detector import Detector
-from ..errors import ConfigError
+from ..errors import ConfigError, NsfwlabError
+from ..imageio import ImageInput, describe_source, load_image
+from ..objectives import Target, TargetName, make_target
 from ..preprocess import finish_resized, preprocess_rgb, stack_batch
+from ..readahead import ordered_map
 
-__all__ = ["Box", "ProgressCallback", "WindowExplainer", "average_over_boxes", "score_variants",
+if TYPE_CHECKING:
+    from ..config import PreprocessConfig
+
+__all__ = ["Box", "ProgressCallback", "WindowExplainer", "average_over_boxes", "load_input", "score_variants",
            "window_grid", "window_starts"]
 
 #: (top, left, bottom, right) in pixels, bottom/right exclusive.
@@ -22,6 +31,14 @@ Box = tuple[int, int, int, int]
 
 #: Called with the number of items just finished (``nsfwlab.cli._common.progress_bar``'s advance).
 ProgressCallback = Callable[[int], None]
+
+
+def load_input(image: ImageInput, limits: DecodeLimits | None = None) -> Image.Image:
+    """Decode an explainer's input safely (an RGB image); errors name the input."""
+    try:
+        return load_image(image, limits)
+    except NsfwlabError as exc:
+        raise exc.with_source(describe_source(image)) from None
 
 
 class WindowExplainer:
@@ -43,6 +60,15 @@ class WindowExplainer:
     def count(self, height: int, width: int) -> int:
         """How many windows (model inputs besides the original) an image of this size needs."""
         return len(window_grid(height, width, *self.geometry(height, width)))
+
+    def _setup(self, image: ImageInput,
+               target: Target | TargetName | str | None) -> tuple[Target, Image.Image, list[Box]]:
+        """The target (refused before any work when it needs logits), the decoded image and its
+        windows."""
+        tgt = make_target(target)
+        tgt.from_probabilities(np.asarray([0.5]))  # fail fast on targets that need logits
+        img = load_input(image, self.detector.limits)
+        return tgt, img, window_grid(img.height, img.width, *self.geometry(img.height, img.width))
 
 
 def window_starts(length: int, size: int, stride: int) -> list[int]:
@@ -78,7 +104,6 @@ def average_over_boxes(values: Sequence[float] | np.ndarray, boxes: Sequence[Box
     return out.astype(np.float32)
 
 
-
 def score_variants(detector: Detector, render: Callable[[int], Image.Image], count: int, *,
                    progress: ProgressCallback | None = None, resized: bool = False) -> np.ndarray:
     """NSFW probabilities of ``render(0) .. render(count - 1)``, each through the detector's exact
@@ -87,42 +112,18 @@ def score_variants(detector: Detector, render: Callable[[int], Image.Image], cou
     :class:`~nsfwlab.explain.occlusion.LocalResizer`) and only the steps after the resize run.
 
     Rendering and preprocessing run in ``detector.workers`` threads, at most two batches ahead of
-    the model, so memory stays bounded however many variants there are.
+    the model (:func:`nsfwlab.readahead.ordered_map`, the Detector's read-ahead rule), so memory
+    stays bounded however many variants there are.
     """
-    if count == 0:
-        return np.zeros((0,), dtype=np.float32)
-    config = detector.preprocess_config
-    bs = detector.batch_size
-
-    def prepare(lo: int, hi: int) -> np.ndarray:
-        if resized:
-            return stack_batch([finish_resized(render(i), config) for i in range(lo, hi)])
-        return stack_batch([preprocess_rgb(render(i), config) for i in range(lo, hi)])
-
-    # Split each batch into per-worker parts so that the threads share one batch.
-    workers = max(1, detector.workers)
     out = np.empty((count,), dtype=np.float32)
-    with ThreadPoolExecutor(workers, thread_name_prefix="nsfwlab-explain") as pool:
-        pending: deque[tuple[int, int, list[Future[np.ndarray]]]] = deque()
-        starts = iter(range(0, count, bs))
-
-        def submit() -> bool:
-            lo = next(starts, None)
-            if lo is None:
-                return False
-            hi = min(lo + bs, count)
-            step = max(1, -(-(hi - lo) // workers))
-            parts = [pool.submit(prepare, s, min(s + step, hi)) for s in range(lo, hi, step)]
-            pending.append((lo, hi, parts))
-            return True
-
-        submit()
-        submit()
-        while pending:
-            lo, hi, parts = pending.popleft()
-            batch = np.concatenate([f.result() for f in parts], axis=0)
-            submit()
-            out[lo:hi] = detector.predict_arrays(batch)
+    config = detector.preprocess_config
+    finish: Callable[[Image.Image, PreprocessConfig], np.ndarray] = finish_resized if resized else preprocess_rgb
+    bs = detector.batch_size
+    with closing(ordered_map(lambda i: finish(render(i), config), range(count), ahead=2 * bs,
+                             workers=max(1, detector.workers), name="nsfwlab-explain")) as arrays:
+        for lo in range(0, count, bs):
+            batch = stack_batch(list(islice(arrays, bs)))
+            out[lo : lo + len(batch)] = detector.predict_arrays(batch)
             if progress is not None:
-                progress(hi - lo)
+                progress(len(batch))
     return out

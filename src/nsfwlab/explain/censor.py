@@ -16,10 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
+from ..config import option
 from ..detector import Detector
-from ..errors import ConfigError, NsfwlabError
-from ..imageio import ImageInput, describe_source, load_image
-from ._windows import ProgressCallback, score_variants
+from ..errors import ConfigError
+from ..imageio import ImageInput
+from ._windows import ProgressCallback, load_input, score_variants
 from .methods import Explainer
 from .occlusion import Occlusion
 from .options import Fill, Style
@@ -46,24 +47,18 @@ def hide(image: np.ndarray, style: Style | str, strength: int | None = None) -> 
     return np.asarray(small.resize((w, h), Image.Resampling.NEAREST))
 
 
-def _box_1d(a: np.ndarray, r: int, axis: int) -> np.ndarray:
-    """Mean over a window of 2r+1 along ``axis`` (edges: the window is clipped)."""
-    a = np.moveaxis(a, axis, 0)
-    c = np.concatenate([np.zeros((1, *a.shape[1:])), np.cumsum(a, axis=0)], axis=0)
-    n = a.shape[0]
-    lo = np.clip(np.arange(n) - r, 0, n)
-    hi = np.clip(np.arange(n) + r + 1, 0, n)
-    shape = (n,) + (1,) * (a.ndim - 1)
-    out = (c[hi] - c[lo]) / (hi - lo).reshape(shape)
-    return np.moveaxis(out, 0, axis)
-
-
 def _smooth(heat: np.ndarray, r: int) -> np.ndarray:
-    """Two passes of a (2r+1)-box blur: close to a Gaussian, so that the ranking picks regions
-    rather than scattered pixels."""
+    """Two passes of a (2r+1)-box blur, each window clipped at the edges (the mean over the
+    pixels inside the image): close to a Gaussian, so that the ranking picks regions rather than
+    scattered pixels. torch's ``avg_pool2d`` without padding in the count; Pillow's blurs take
+    8-bit images only, and the heat map's small differences need float64."""
+    import torch
+
+    x = torch.from_numpy(np.asarray(heat, dtype=np.float64))[None, None]
     for _ in range(2):
-        heat = _box_1d(_box_1d(heat, r, 0), r, 1)
-    return heat
+        x = torch.nn.functional.avg_pool2d(x, 2 * r + 1, stride=1, padding=r, count_include_pad=False)
+    out: np.ndarray = x[0, 0].numpy()
+    return out
 
 
 @dataclass(frozen=True)
@@ -105,11 +100,7 @@ class Censor:
             raise ConfigError(f"increments must be fractions in (0, 1], got {increments}")
         if strength is not None and strength < 1:
             raise ConfigError(f"strength must be at least 1 pixel, got {strength}")
-        try:
-            self.style = Style(style)
-        except ValueError:
-            raise ConfigError(f"unknown style {style!r}; choose one of: "
-                              + ", ".join(s.value for s in Style)) from None
+        self.style = option(Style, style, "style")
         self.detector = detector or Detector()
         self.explainer = explainer
         self.strength = strength
@@ -128,10 +119,7 @@ class Censor:
         if not 0.0 < target <= 1.0:
             raise ConfigError(f"target must lie in (0, 1], got {target}")
         det = self.detector
-        try:
-            img = load_image(image, det.limits)
-        except NsfwlabError as exc:
-            raise exc.with_source(describe_source(image)) from None
+        img = load_input(image, det.limits)
         base = np.asarray(img)
         h, w = base.shape[:2]
         hidden = hide(base, self.style, self.strength)

@@ -14,11 +14,19 @@ original resolution by bilinear resizing of the per-pixel map. The outer 16-pixe
 
 Explainers take their configuration in the constructor and return (H, W) float32 heatmaps of the
 image's own size from :meth:`explain`. Gradients are computed with ``torch.autograd.grad``, so the
-model's parameters are never modified (no ``.grad`` is accumulated).
+model's parameters are never modified (no ``.grad`` is accumulated). The module given is never
+moved, hooked or switched to eval mode either: each explainer works on a private view of it
+(:func:`private_module`), which shares its fp32 parameters or, on another device or dtype, copies
+them. So a Detector's own module keeps serving scores while it is explained.
+
+Targets are the core's objectives (:mod:`nsfwlab.objectives`), evaluated with
+:func:`nsfwlab.objectives.evaluate`: logit targets and layer targets (``Channel``, ``Neuron``,
+through ``forward_intermediates``) alike; Grad-CAM takes logit targets only.
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import Any
 
@@ -27,13 +35,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..config import DecodeLimits, PreprocessConfig, Settings
-from ..errors import ConfigError, NsfwlabError
-from ..imageio import ImageInput, describe_source, load_image
+from ..config import DecodeLimits, PreprocessConfig, Settings, option
+from ..errors import BackendUnavailableError, ConfigError
+from ..imageio import ImageInput
+from ..objectives import Target, TargetName, evaluate, make_target
 from ..preprocess.differentiable import DifferentiablePreprocess, resized_tensor
-from ._windows import ProgressCallback
+from ._windows import ProgressCallback, load_input
 from .options import Baseline, Reduction
-from .targets import Target, TargetName, make_target
 
 __all__ = [
     "Baseline",
@@ -44,14 +52,17 @@ __all__ = [
     "IntegratedGradients",
     "Reduction",
     "TargetModel",
+    "private_module",
     "reduce_channels",
     "resized_tensor",
     "to_image_resolution",
+    "torch_device",
 ]
 
 
 class TargetModel(nn.Module):
-    """Resized RGB image -> preprocessing -> model -> target, as an (N, 1) output (captum's shape)."""
+    """Resized RGB image -> preprocessing -> model -> target, as an (N, 1) output (captum's shape).
+    A target that reads layers gets them through the model's ``forward_intermediates``."""
 
     def __init__(self, model: nn.Module, target: Target, config: PreprocessConfig | None = None) -> None:
         super().__init__()
@@ -60,7 +71,36 @@ class TargetModel(nn.Module):
         self.target = target
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.target(self.model(self.pre(x))).unsqueeze(1)
+        return evaluate(self.model, self.pre(x), self.target)[1].unsqueeze(1)
+
+
+def torch_device(device: str) -> torch.device:
+    """``device`` as a torch device (``cuda`` as the current CUDA device): a ConfigError for a
+    name torch does not know, a BackendUnavailableError for CUDA on a machine without it."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ConfigError(f"unknown device {device!r}: {exc}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BackendUnavailableError("CUDA was requested but torch sees no CUDA device")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def private_module(model: nn.Module, device: torch.device) -> nn.Module:
+    """A module for one explainer alone, in eval mode, fp32 on ``device``: its own module objects
+    (so the hooks of guided backprop, deconvnet and layer targets, and the eval mode, never reach
+    ``model``). Where ``model``'s parameters and buffers already are fp32 on ``device`` they are
+    shared, not copied (nothing writes them: gradients are taken with respect to the input);
+    otherwise the view is an fp32 copy on ``device``. ``model`` itself is never changed."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if all(t.device == device and t.dtype == torch.float32 for t in tensors):
+        view = copy.deepcopy(model, {id(t): t for t in tensors})
+    else:
+        view = copy.deepcopy(model).to(device=device, dtype=torch.float32)
+    return view.eval()
 
 
 def to_image_resolution(heat: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -82,31 +122,28 @@ def reduce_channels(attr: np.ndarray, reduction: Reduction | str) -> np.ndarray:
 
 
 class _TorchExplainer:
-    """Common parts: the model (the stock weights unless given), device, preprocessing."""
+    """Common parts: the model (the stock weights unless given), device, preprocessing.
+
+    ``model`` is used through :func:`private_module`: never moved, hooked or put in eval mode in
+    place. Explanations run in fp32 (fp16 gradients are too coarse for attributions), so a model on
+    another device or in another dtype is copied once, here."""
 
     def __init__(self, model: nn.Module | None = None, *, preprocess: PreprocessConfig | None = None,
                  device: str = "cpu", limits: DecodeLimits | None = None) -> None:
         self.limits = limits or Settings.from_env().limits
+        if model is not None and not isinstance(model, nn.Module):
+            raise ConfigError("model must be a torch.nn.Module taking NCHW BGR input and returning logits")
+        dev = torch_device(device)
         if model is None:
             from ..model import load_open_nsfw
 
             model = load_open_nsfw()
-        if not isinstance(model, nn.Module):
-            raise ConfigError("model must be a torch.nn.Module taking NCHW BGR input and returning logits")
-        if device == "cuda" and not torch.cuda.is_available():
-            from ..errors import BackendUnavailableError
-
-            raise BackendUnavailableError("CUDA was requested but torch sees no CUDA device")
-        # Explanations run in fp32 (fp16 gradients are too coarse for attributions).
-        self.model = model.eval().to(device=device, dtype=torch.float32)
+        self.model = private_module(model, dev)
         self.preprocess = preprocess or PreprocessConfig()
         self.device = device
 
     def _load(self, image: ImageInput) -> Image.Image:
-        try:
-            return load_image(image, self.limits)
-        except NsfwlabError as exc:
-            raise exc.with_source(describe_source(image)) from None
+        return load_input(image, self.limits)
 
     def _input(self, img: Image.Image) -> torch.Tensor:
         return resized_tensor(img, self.preprocess).to(self.device)
@@ -114,7 +151,7 @@ class _TorchExplainer:
     def score(self, image: ImageInput, target: Target | TargetName | str | None = None) -> float:
         """The target's value on the image through this explainer's pipeline (equals the
         Detector's score for the default target, the stock model and the exact preprocessing)."""
-        wrapped = TargetModel(self.model, make_target(target), self.preprocess).to(self.device)
+        wrapped = TargetModel(self.model, make_target(target), self.preprocess)
         with torch.no_grad():
             return float(wrapped(self._input(self._load(image)))[0, 0])
 
@@ -123,7 +160,8 @@ class GradCAM(_TorchExplainer):
     """Grad-CAM (Selvaraju et al. 2017) on the last feature map (``forward_features``: 7x7 for
     open_nsfw): ``relu(sum_k mean(dT/dA_k) * A_k)``, upsampled over the 224 crop, zero on the
     cropped-away frame, then resized to the original image. Needs a model with
-    ``forward_features`` and ``forward_head``."""
+    ``forward_features`` and ``forward_head``, and a target on the logits (a layer target is
+    upstream of the feature map it weights: use the other gradient methods for those)."""
 
     def explain(self, image: ImageInput, *, target: Target | TargetName | str | None = None,
                 progress: ProgressCallback | None = None) -> np.ndarray:
@@ -137,7 +175,10 @@ class GradCAM(_TorchExplainer):
         """(1, 3, R, R) resized image -> the (R, R) Grad-CAM map on the resized canvas."""
         if not (hasattr(self.model, "forward_features") and hasattr(self.model, "forward_head")):
             raise ConfigError("Grad-CAM needs a model with forward_features and forward_head")
-        pre = DifferentiablePreprocess(self.preprocess).to(self.device)
+        if target.layers:
+            raise ConfigError(f"Grad-CAM explains targets on the logits, and {target.name!r} reads layers "
+                              f"{list(target.layers)}; use guided-backprop, deconvnet or integrated-gradients")
+        pre = DifferentiablePreprocess(self.preprocess)
         model: Any = self.model
         with torch.enable_grad():
             # The model's parameters may be frozen: the feature map is made a leaf of the graph.
@@ -163,7 +204,7 @@ class _CaptumExplainer(_TorchExplainer):
                  device: str = "cpu", reduction: Reduction | str = Reduction.ABS,
                  limits: DecodeLimits | None = None) -> None:
         super().__init__(model, preprocess=preprocess, device=device, limits=limits)
-        self.reduction = Reduction(reduction)
+        self.reduction = option(Reduction, reduction, "reduction")
 
     def _method(self, wrapped: nn.Module) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -176,7 +217,7 @@ class _CaptumExplainer(_TorchExplainer):
         return self._attributions(self._input(self._load(image)), make_target(target))
 
     def _attributions(self, x: torch.Tensor, target: Target) -> np.ndarray:
-        wrapped = TargetModel(self.model, target, self.preprocess).to(self.device)
+        wrapped = TargetModel(self.model, target, self.preprocess)
         x = x.clone().requires_grad_(True)
         with torch.enable_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Setting backward hooks", category=UserWarning)
@@ -232,10 +273,12 @@ class IntegratedGradients(_CaptumExplainer):
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         self.steps = steps
-        self.baseline = Baseline(baseline)
+        self.baseline = option(Baseline, baseline, "baseline")
         self.batch_size = batch_size
 
     def baseline_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """The baseline image: black, or the preprocessing's own mean colour (``mean_bgr``), which
+        is the network input zero."""
         if self.baseline is Baseline.BLACK:
             return torch.zeros_like(x)
         mean_rgb = torch.tensor(self.preprocess.mean_bgr[::-1], dtype=x.dtype, device=x.device)

@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from ..config import option
 from ..detector import Detector
 from ..errors import ConfigError
 from ..imageio import ImageInput
-from ._windows import ProgressCallback
+from ..objectives import Target, TargetName
+from ._windows import ProgressCallback, load_input
 from .options import Baseline, Fill, Method, Reduction
-from .targets import Target, TargetName
 
 if TYPE_CHECKING:
     from torch import nn
@@ -25,6 +26,7 @@ __all__ = [
     "Explainer",
     "Method",
     "explain_many",
+    "load_input",
     "make_explainer",
     "torch_model_for",
     "work_units",
@@ -61,22 +63,25 @@ class ExplainOptions:
     device: str = "cpu"  # where gradient methods run
 
 
-def torch_model_for(detector: Detector) -> nn.Module:
-    """The fp32 PyTorch model that computes the same scores as ``detector``
-    (:meth:`Detector.torch_model`, a copy: explainers may move or hook it freely)."""
-    model: nn.Module = detector.torch_model()
+def torch_model_for(detector: Detector, device: str | None = None) -> nn.Module:
+    """The fp32 PyTorch model that computes the same scores as ``detector``, on ``device``
+    (default: the CPU): :meth:`Detector.torch_model`. Explainers never move, hook or switch the
+    mode of the module they are given (they work on a private view of it), so this may be the
+    Detector's own module."""
+    if device is not None:
+        from .gradients import torch_device
+
+        torch_device(device)  # a clear error for a missing CUDA before any copy is made
+    model: nn.Module = detector.torch_model(device)
     return model
 
 
 def make_explainer(method: Method | str, detector: Detector | None = None, *,
                    options: ExplainOptions | None = None, model: nn.Module | None = None) -> Explainer:
     """Build one method's explainer. Black-box methods run through ``detector``; gradient methods
-    on ``model`` (default: :func:`torch_model_for` the detector) with the detector's preprocessing."""
-    try:
-        method = Method(method)
-    except ValueError:
-        raise ConfigError(f"unknown method {method!r}; choose one of: "
-                          + ", ".join(m.value for m in Method)) from None
+    on ``model`` (default: :func:`torch_model_for` the detector on ``options.device``) with the
+    detector's preprocessing. Neither the detector's module nor ``model`` is ever modified."""
+    method = option(Method, method, "method")
     if method is Method.ALL:
         raise ConfigError("make_explainer builds one method; use explain_many for all of them")
     opts = options or ExplainOptions()
@@ -91,16 +96,16 @@ def make_explainer(method: Method | str, detector: Detector | None = None, *,
         return SlidingWindow(det, window=opts.window, stride=opts.window_stride)
     from . import gradients as g
 
-    net = model if model is not None else torch_model_for(det)
-    pre, limits = det.preprocess_config, det.limits
+    net = model if model is not None else torch_model_for(det, opts.device)
+    pre, device, limits = det.preprocess_config, opts.device, det.limits
     if method is Method.GRADCAM:
-        return g.GradCAM(net, preprocess=pre, device=opts.device, limits=limits)
+        return g.GradCAM(net, preprocess=pre, device=device, limits=limits)
     if method is Method.GUIDED_BACKPROP:
-        return g.GuidedBackprop(net, preprocess=pre, device=opts.device, reduction=opts.reduction, limits=limits)
+        return g.GuidedBackprop(net, preprocess=pre, device=device, reduction=opts.reduction, limits=limits)
     if method is Method.DECONVNET:
-        return g.Deconvnet(net, preprocess=pre, device=opts.device, reduction=opts.reduction, limits=limits)
-    return g.IntegratedGradients(net, preprocess=pre, device=opts.device, steps=opts.steps,
-                                 baseline=opts.baseline, reduction=opts.reduction, limits=limits)
+        return g.Deconvnet(net, preprocess=pre, device=device, reduction=opts.reduction, limits=limits)
+    return g.IntegratedGradients(net, preprocess=pre, device=device, steps=opts.steps, baseline=opts.baseline,
+                                 reduction=opts.reduction, limits=limits)
 
 
 def explain_many(image: ImageInput, methods: list[Method] | tuple[Method, ...], detector: Detector | None = None,
@@ -117,7 +122,7 @@ def explain_many(image: ImageInput, methods: list[Method] | tuple[Method, ...], 
                 expanded.append(item)
     det = detector or Detector()
     if model is None and any(m in GRADIENT_METHODS for m in expanded):
-        model = torch_model_for(det)
+        model = torch_model_for(det, (options or ExplainOptions()).device)
     return {m: make_explainer(m, det, options=options, model=model).explain(image, target=target, progress=progress)
             for m in expanded}
 

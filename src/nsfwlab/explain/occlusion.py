@@ -14,18 +14,23 @@ import threading
 import numpy as np
 from PIL import Image, ImageFilter
 
+from ..config import PreprocessConfig, option
 from ..detector import Detector
-from ..errors import ConfigError, NsfwlabError
-from ..imageio import ImageInput, describe_source, load_image
+from ..errors import ConfigError
+from ..imageio import ImageInput
+from ..objectives import Target, TargetName
 from ..preprocess import resize_image
-from ._windows import ProgressCallback, WindowExplainer, average_over_boxes, score_variants, window_grid
+from ._windows import ProgressCallback, WindowExplainer, average_over_boxes, score_variants
 from .options import Fill
-from .targets import Target, TargetName, make_target
 
-__all__ = ["Fill", "LocalResizer", "Occlusion", "default_box"]
+__all__ = ["Fill", "LocalResizer", "Occlusion", "default_box", "mean_rgb"]
 
 
-MEAN_RGB = (123, 117, 104)
+def mean_rgb(config: PreprocessConfig) -> tuple[int, int, int]:
+    """The preprocessing's mean colour as an RGB pixel (``mean_bgr`` reversed, rounded): the
+    colour that becomes zero network input (exactly, for integer means such as Yahoo's)."""
+    b, g, r = (round(v) for v in config.mean_bgr)
+    return (r, g, b)
 
 
 def default_box(height: int, width: int) -> int:
@@ -73,11 +78,7 @@ class Occlusion(WindowExplainer):
             raise ConfigError(f"box must be at least 1 pixel, got {box}")
         if stride is not None and stride < 1:
             raise ConfigError(f"stride must be at least 1 pixel, got {stride}")
-        try:
-            self.fill = Fill(fill)
-        except ValueError:
-            raise ConfigError(f"unknown fill {fill!r}; choose one of: "
-                              + ", ".join(f.value for f in Fill)) from None
+        self.fill = option(Fill, fill, "fill")
         self._detector = detector
         self.box = box
         self.stride = stride
@@ -91,21 +92,15 @@ class Occlusion(WindowExplainer):
         if self.fill is Fill.BLUR:
             radius = max(2.0, min(img.width, img.height) / 25)
             return img.filter(ImageFilter.GaussianBlur(radius))
-        colour = {Fill.MEAN: MEAN_RGB, Fill.BLACK: (0, 0, 0), Fill.GREY: (128, 128, 128)}[self.fill]
+        colour = {Fill.MEAN: mean_rgb(self.detector.preprocess_config), Fill.BLACK: (0, 0, 0),
+                  Fill.GREY: (128, 128, 128)}[self.fill]
         return Image.new("RGB", img.size, colour)
 
     def explain(self, image: ImageInput, *, target: Target | TargetName | str | None = None,
                 progress: ProgressCallback | None = None) -> np.ndarray:
         """An (H, W) float32 heatmap: the mean drop of ``target`` when each pixel is hidden."""
-        tgt = make_target(target)
-        tgt.from_probabilities(np.asarray([0.5]))  # fail fast on targets that need logits
+        tgt, img, boxes = self._setup(image, target)
         det = self.detector
-        try:
-            img = load_image(image, det.limits)
-        except NsfwlabError as exc:
-            raise exc.with_source(describe_source(image)) from None
-        h, w = img.height, img.width
-        boxes = window_grid(h, w, *self.geometry(h, w))
         resizer = LocalResizer(img, self._filler(img), det.preprocess_config.resize)
 
         def render(i: int) -> Image.Image:
@@ -114,4 +109,4 @@ class Occlusion(WindowExplainer):
         scores = score_variants(det, render, len(boxes) + 1, progress=progress, resized=True)
         values = tgt.from_probabilities(scores)
         drops = values[0] - values[1:]
-        return average_over_boxes(drops, boxes, h, w)
+        return average_over_boxes(drops, boxes, img.height, img.width)

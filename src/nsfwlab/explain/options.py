@@ -21,7 +21,7 @@ class Method(str, Enum):
 class Fill(str, Enum):
     """What replaces the occluded box."""
 
-    MEAN = "mean"  # the network's mean colour (RGB 123, 117, 104): zero after mean subtraction
+    MEAN = "mean"  # the preprocessing's mean colour (PreprocessConfig.mean_bgr): zero after mean subtraction
     BLACK = "black"
     GREY = "grey"
     BLUR = "blur"  # a strongly blurred copy of the image: removes detail, keeps colour
@@ -39,7 +39,7 @@ class Baseline(str, Enum):
     """The reference image of integrated gradients."""
 
     BLACK = "black"
-    MEAN = "mean"  # the network's mean colour (zero input after mean subtraction)
+    MEAN = "mean"  # the preprocessing's mean colour (zero input after mean subtraction)
 
 
 class Style(str, Enum):

@@ -12,10 +12,10 @@ import numpy as np
 from PIL import Image
 
 from ..detector import Detector
-from ..errors import ConfigError, NsfwlabError
-from ..imageio import ImageInput, describe_source, load_image
-from ._windows import ProgressCallback, WindowExplainer, average_over_boxes, score_variants, window_grid
-from .targets import Target, TargetName, make_target
+from ..errors import ConfigError
+from ..imageio import ImageInput
+from ..objectives import Target, TargetName
+from ._windows import ProgressCallback, WindowExplainer, average_over_boxes, score_variants
 
 __all__ = ["SlidingWindow", "default_window"]
 
@@ -46,19 +46,11 @@ class SlidingWindow(WindowExplainer):
     def explain(self, image: ImageInput, *, target: Target | TargetName | str | None = None,
                 progress: ProgressCallback | None = None) -> np.ndarray:
         """An (H, W) float32 heatmap: the mean ``target`` of the crops containing each pixel."""
-        tgt = make_target(target)
-        tgt.from_probabilities(np.asarray([0.5]))  # fail fast on targets that need logits
-        det = self.detector
-        try:
-            img = load_image(image, det.limits)
-        except NsfwlabError as exc:
-            raise exc.with_source(describe_source(image)) from None
-        h, w = img.height, img.width
-        boxes = window_grid(h, w, *self.geometry(h, w))
+        tgt, img, boxes = self._setup(image, target)
 
         def render(i: int) -> Image.Image:
             t, left, b, r = boxes[i]
             return img.crop((left, t, r, b))
 
-        scores = score_variants(det, render, len(boxes), progress=progress)
-        return average_over_boxes(tgt.from_probabilities(scores), boxes, h, w)
+        scores = score_variants(self.detector, render, len(boxes), progress=progress)
+        return average_over_boxes(tgt.from_probabilities(scores), boxes, img.height, img.width)
