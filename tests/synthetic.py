@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from nsfwlab.config import YAHOO_MEAN_BGR
+
 
 def shapes_image(cls: int, i: int, size: int = 96) -> np.ndarray:
     """Class 0: six round blobs; class 1: six squares; random colours, positions and sizes.
@@ -31,7 +33,7 @@ class RedFraction:
     model_version = "fake"
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        rgb = batch[..., ::-1] + np.array([123.0, 117.0, 104.0], dtype=np.float32)
+        rgb = batch[..., ::-1] + np.array(YAHOO_MEAN_BGR[::-1], dtype=np.float32)
         red = (rgb[..., 0] > 179) & (rgb[..., 1] < 74) & (rgb[..., 2] < 74)
         p = red.reshape(len(batch), -1).mean(axis=1)
         return np.stack([1 - p, p], axis=1).astype(np.float32)

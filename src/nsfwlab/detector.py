@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -20,6 +19,7 @@ from .errors import ConfigError, ImageError, NsfwlabError
 from .frames import FrameOptions, aggregate_scores, iter_frames, media_kind, open_scores, segments
 from .imageio import ImageInput, describe_source, read_bytes
 from .preprocess import preprocess, preprocess_rgb, stack_batch
+from .readahead import ordered_map
 
 __all__ = ["Detector", "FramesResult", "ScoreResult", "nsfw_score"]
 
@@ -338,35 +338,34 @@ class Detector:
         stays bounded however long the stream is. ``progress`` is called once per result.
         """
         name_iter = iter(names) if names is not None else None
-        pool = self._executor()
-        window: deque[tuple[str, Future[np.ndarray | NsfwlabError]]] = deque()
-        ahead = 2 * self.batch_size
 
-        def emit(batch: list[tuple[str, np.ndarray | NsfwlabError]]) -> list[ScoreResult]:
+        def named() -> Iterator[tuple[str, ImageInput | NsfwlabError]]:
+            for source in sources:
+                yield (next(name_iter) if name_iter is not None else describe_source(source)), source
+
+        def prepare(item: tuple[str, ImageInput | NsfwlabError]) -> tuple[str, np.ndarray | NsfwlabError]:
+            return item[0], self._prepare(item[1])
+
+        def emit(batch: list[tuple[str, np.ndarray | NsfwlabError]]) -> Iterator[ScoreResult]:
             arrays = [v for _, v in batch if isinstance(v, np.ndarray)]
-            scores = iter(self.backend.predict(stack_batch(arrays))[:, 1].tolist()) if arrays else iter(())
-            out: list[ScoreResult] = []
+            raws = iter(self.backend.predict(stack_batch(arrays))[:, 1].tolist()) if arrays else iter(())
             for name, value in batch:
-                if isinstance(value, np.ndarray):
-                    out.append(self.result(name, float(next(scores))))
-                else:
-                    out.append(ScoreResult(name, error=value.with_source(name)))
-            return out
-
-        def drain(n: int) -> Iterator[ScoreResult]:
-            batch = [(name, fut.result()) for name, fut in (window.popleft() for _ in range(n))]
-            for res in emit(batch):
+                res = (self.result(name, float(next(raws))) if isinstance(value, np.ndarray)
+                       else ScoreResult(name, error=value.with_source(name)))
                 if progress is not None:
                     progress(res)
                 yield res
 
-        for source in sources:
-            name = next(name_iter) if name_iter is not None else describe_source(source)
-            window.append((name, pool.submit(self._prepare, source)))
-            if len(window) >= ahead:
-                yield from drain(self.batch_size)
-        while window:
-            yield from drain(min(self.batch_size, len(window)))
+        batch: list[tuple[str, np.ndarray | NsfwlabError]] = []
+        # One batch decodes ahead while the model scores the one collected: at most 2 x batch_size
+        # inputs are read beyond those yielded.
+        for item in ordered_map(prepare, named(), ahead=self.batch_size, pool=self._executor()):
+            batch.append(item)
+            if len(batch) == self.batch_size:
+                yield from emit(batch)
+                batch = []
+        if batch:
+            yield from emit(batch)
 
     def score_many(self, sources: Sequence[ImageInput], names: Sequence[str] | None = None,
                    *, progress: Callable[[ScoreResult], None] | None = None) -> list[ScoreResult]:

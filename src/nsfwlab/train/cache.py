@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from ..config import DecodeLimits, PreprocessConfig
 from ..datasets import LabelledItem, Problem
 from ..errors import ConfigError, ImageError, NsfwlabError
 from ..preprocess import pack_array, preprocess, unpack_array
+from ..readahead import ordered_map
 
 __all__ = ["PreparedSet", "prepare", "text_digest"]
 
@@ -103,16 +103,16 @@ def prepare(items: Sequence[LabelledItem], config: PreprocessConfig | None = Non
     labels: list[int] = []
     paths: list[str] = []
     problems: list[Problem] = []
-    with ThreadPoolExecutor(workers, thread_name_prefix="nsfwlab-prep") as pool:
-        for it, out in zip(items, pool.map(one, items), strict=True):
-            if isinstance(out, np.ndarray):
-                arrays.append(out)
-                labels.append(it.label)
-                paths.append(str(it.path))
-            else:
-                problems.append(Problem(str(it.path), it.label, out.code, out.message))
-            if progress is not None:
-                progress(1, 0 if isinstance(out, np.ndarray) else 1)
+    for it, out in zip(items, ordered_map(one, items, ahead=4 * workers, workers=workers, name="nsfwlab-prep"),
+                       strict=True):
+        if isinstance(out, np.ndarray):
+            arrays.append(out)
+            labels.append(it.label)
+            paths.append(str(it.path))
+        else:
+            problems.append(Problem(str(it.path), it.label, out.code, out.message))
+        if progress is not None:
+            progress(1, 0 if isinstance(out, np.ndarray) else 1)
     if not arrays:
         raise ConfigError("no image of the data set could be decoded")
     pixels = _stack(arrays, config)
