@@ -29,7 +29,7 @@ from typing import Any
 from ..config import DecodeLimits
 from ..errors import ConfigError
 from ..imageio import load_image
-from .limits import BadRequestError, NotFoundError
+from .errors import BadRequestError, NotFoundError
 
 __all__ = [
     "FORMAT_EXTENSIONS",

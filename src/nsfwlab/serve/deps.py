@@ -1,0 +1,60 @@
+"""FastAPI dependencies: the service, the API-key check (a security dependency, so the OpenAPI
+document declares both schemes) and admission (a ``yield`` dependency around the handler)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from .limits import match_api_key
+from .service import Service
+
+__all__ = ["Caller", "admitted", "authenticated", "get_service", "key_id"]
+
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="one of the server's API keys")
+bearer_scheme = HTTPBearer(auto_error=False, description="one of the server's API keys as a bearer token")
+
+
+def get_service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+def key_id(key: str) -> str:
+    """A short, stable, non-reversible id of an API key (metrics and the audit log name keys by it)."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: the id of its API key (``None`` without keys) and its client address."""
+
+    key_id: str | None
+    client: str
+
+
+async def authenticated(request: Request, svc: Service = Depends(get_service),
+                        x_api_key: str | None = Security(api_key_header),
+                        bearer: HTTPAuthorizationCredentials | None = Security(bearer_scheme)) -> Caller:
+    """Raise ``UnauthorizedError`` (401) unless keys are off or the request carries one."""
+    given = x_api_key or (bearer.credentials.strip() if bearer is not None else None)
+    key = match_api_key(given, svc.config.api_keys)
+    return Caller(key_id(key) if key is not None else None, request.client.host if request.client else "")
+
+
+async def _admit(svc: Service = Depends(get_service)) -> AsyncIterator[None]:
+    svc.admission.enter()  # 429 at once when max_concurrent_requests are being handled
+    svc.metrics.in_flight.inc()
+    try:
+        yield
+    finally:
+        svc.admission.leave()
+        svc.metrics.in_flight.dec()
+
+
+#: Admission around the handler only (released before the response is sent, as a slot is free then).
+admitted = Depends(_admit, scope="function")
