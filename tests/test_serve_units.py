@@ -414,6 +414,8 @@ def test_public_names_are_pinned() -> None:
     [
         (["--safe-below", "0.9", "--nsfw-above", "0.1"], "must not exceed"),
         (["--api-key-file", "/nonexistent/keys.txt"], "cannot read the API key file"),
+        (["--rate-limit", "5/week"], "is not N/s, N/min or N/h"),
+        (["--rate-limit", "0/s"], "positive rate"),
     ],
 )
 def test_serve_refuses_bad_configuration_before_starting(args: list[str], message: str) -> None:

@@ -43,6 +43,7 @@ def serve_command(
     safe_below: float = typer.Option(0.2, help="Scores below this are 'safe'."),
     nsfw_above: float = typer.Option(0.8, help="Scores above this are 'nsfw'; between is 'review' (queued for humans)."),
     audit_rate: float = typer.Option(0.0, min=0.0, max=1.0, help="Share of confident decisions also queued for review."),
+    rate_limit: str | None = typer.Option(None, "--rate-limit", help="Scoring requests per API key (per client without keys): N/s, N/min or N/h; over it 429."),
     max_body_bytes: int = typer.Option(32 * 1024 * 1024, min=1, help="Cap on a request body (413), counted while streaming."),
     max_files: int = typer.Option(16, min=1, help="Most images in one request (413)."),
     max_bytes: int | None = typer.Option(None, min=1, help="Cap on one encoded image (413) (default: $NSFWLAB_MAX_BYTES, else 67108864)."),
@@ -80,7 +81,7 @@ def serve_command(
             max_concurrent_requests=max_concurrent, queue_size=queue_size, body_timeout_s=body_timeout,
             max_batch=max_batch,
             max_wait_ms=max_wait_ms, batching=batching, decode_workers=decode_workers,
-            api_keys=_read_keys(api_key, api_key_file), audit_rate=audit_rate,
+            api_keys=_read_keys(api_key, api_key_file), audit_rate=audit_rate, rate_limit=rate_limit,
         )
 
         def load() -> Detector:

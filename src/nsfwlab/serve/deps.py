@@ -1,5 +1,6 @@
-"""FastAPI dependencies: the service, the API-key check (a security dependency, so the OpenAPI
-document declares both schemes) and admission (a ``yield`` dependency around the handler)."""
+"""FastAPI dependencies: the service, the caller (the API-key check, a security dependency, so the
+OpenAPI document declares both schemes, then the caller's rate limit) and admission (a ``yield``
+dependency around the handler)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from dataclasses import dataclass
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from .errors import RateLimitedError
 from .limits import match_api_key
 from .service import Service
 
-__all__ = ["Caller", "admitted", "authenticated", "get_service", "key_id"]
+__all__ = ["Caller", "admitted", "authenticated", "caller", "get_service", "key_id"]
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="one of the server's API keys")
 bearer_scheme = HTTPBearer(auto_error=False, description="one of the server's API keys as a bearer token")
@@ -44,6 +46,22 @@ async def authenticated(request: Request, svc: Service = Depends(get_service),
     given = x_api_key or (bearer.credentials.strip() if bearer is not None else None)
     key = match_api_key(given, svc.config.api_keys)
     return Caller(key_id(key) if key is not None else None, request.client.host if request.client else "")
+
+
+async def caller(request: Request, who: Caller = Security(authenticated),
+                 svc: Service = Depends(get_service)) -> Caller:
+    """The authenticated caller, within its rate limit (else ``RateLimitedError``, 429)."""
+    limiter = svc.rate_limiter
+    label = who.key_id or "-"
+    if limiter is not None:
+        wait = limiter.take(who.key_id or f"client:{who.client}")
+        if wait is not None:
+            svc.metrics.key_requests.labels(key=label, outcome="rate_limited").inc()
+            raise RateLimitedError(f"over the rate limit of {limiter.limit} for this "
+                                   f"{'API key' if who.key_id else 'client'}; retry in {wait:.1f} s",
+                                   retry_after=wait)
+    svc.metrics.key_requests.labels(key=label, outcome="allowed").inc()
+    return who
 
 
 async def _admit(svc: Service = Depends(get_service)) -> AsyncIterator[None]:

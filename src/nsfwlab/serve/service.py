@@ -18,6 +18,7 @@ from .errors import NotReadyError
 from .limits import Admission
 from .metrics import ServiceMetrics
 from .queue import ReviewQueue
+from .ratelimit import RateLimit, RateLimiter
 
 __all__ = ["DetectorSource", "Service"]
 
@@ -35,6 +36,8 @@ class Service:
         self.admission = Admission(config.max_concurrent_requests)
         self.review = ReviewQueue(config.data_dir, audit_rate=config.audit_rate, audit_seed=config.audit_seed,
                                   limits=config.limits)
+        limit = config.rate_limit
+        self.rate_limiter = RateLimiter(limit) if isinstance(limit, RateLimit) else None
         self._detector_source = detector
         self._owns_detector = not isinstance(detector, Detector)
         self.detector: Detector | None = None

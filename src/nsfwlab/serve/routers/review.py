@@ -77,7 +77,7 @@ async def label_body(request: Request, svc: Service = Depends(get_service)) -> L
           openapi_extra={"requestBody": {"required": True, "content": {
               "application/json": {"schema": inline_schema(LabelRequest)}}}})
 async def review_label(sha256: str = _SHA, body: LabelRequest = Depends(label_body),
-                       caller: Caller = Security(authenticated), svc: Service = Depends(get_service)) -> dict[str, Any]:
+                       who: Caller = Security(authenticated), svc: Service = Depends(get_service)) -> dict[str, Any]:
     store = svc.review.require_store()
     item = await svc.run(store.set_label, sha256, body.label, body.reviewer)
     svc.metrics.review_labels.labels(label=body.label.value).inc()

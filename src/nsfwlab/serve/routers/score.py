@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query, Request, Security
 from fastapi.responses import JSONResponse, Response
 
-from ..deps import admitted, authenticated, get_service
+from ..deps import admitted, caller, get_service
 from ..schemas import ERROR_RESPONSES, SCORE_BODY, ScoreResponse
 from ..scoring import score_uploads
 from ..service import Service
@@ -13,7 +13,7 @@ from ..uploads import read_uploads
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1", tags=["score"], dependencies=[Security(authenticated)])
+router = APIRouter(prefix="/v1", tags=["score"], dependencies=[Security(caller)])
 
 
 @router.post("/score", summary="Score one or more images", response_model=ScoreResponse,
