@@ -111,8 +111,10 @@ def test_review_decisions_are_audited_and_exported(review_client: TestClient, tm
     assert audit["total"] == 2
     first, second = audit["entries"]
     key = hashlib.sha256(b"alpha-key-1").hexdigest()[:12]
-    assert (first["review_id"], first["label"], first["previous_label"], first["reviewer"]) == (rid, "nsfw", "pending", "ann")
-    assert (second["label"], second["previous_label"], second["reviewer"], second["key_id"]) == ("safe", "nsfw", "bob", key)
+    assert (first["review_id"], first["label"], first["previous_label"], first["reviewer"]) == (
+        rid, "nsfw", "pending", "ann")
+    assert (second["label"], second["previous_label"], second["reviewer"], second["key_id"]) == (
+        "safe", "nsfw", "bob", key)
     assert first["at"] <= second["at"] and first["id"] < second["id"]
     assert c.get("/v1/review/audit", headers={"X-API-Key": "nope"}).status_code == 401
     assert c.get("/v1/review/audit?limit=1&offset=1").json()["entries"] == [second]
@@ -183,7 +185,8 @@ BAD_SHA = "/v1/review/items/not-a-sha/label"
     [
         ("post", BAD_SHA, {"json": {"label": "safe"}}),
         ("post", f"/v1/review/items/{'0' * 64}/label", {"json": {"label": "maybe"}}),
-        ("post", f"/v1/review/items/{'0' * 64}/label", {"content": b"{not json", "headers": {"content-type": "application/json"}}),
+        ("post", f"/v1/review/items/{'0' * 64}/label",
+         {"content": b"{not json", "headers": {"content-type": "application/json"}}),
         ("get", "/v1/review/items?limit=0", {}),
         ("get", "/v1/review/items/xyz/thumbnail", {}),
         ("post", "/v1/score?filename=" + "x" * 300, {"content": b"abc"}),
@@ -228,8 +231,9 @@ def test_control_characters_in_upload_names_never_reach_labels_csv(review_client
     out = tmp_path / "export"
     result = CliRunner().invoke(cli_app, ["review", "export", "--data-dir", str(tmp_path / "data"), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    text = (out / "labels.csv").read_text(encoding="utf-8")
-    assert _clean(text.replace("\r\n", "")) and "\x00" not in text and text.count("\n") == 3
+    rows = list(csv.reader((out / "labels.csv").open(newline="", encoding="utf-8")))
+    assert len(rows) == 3 and all(_clean(field) for row in rows for field in row)
+    assert sorted(r[6] for r in rows[1:]) == sorted([raw["filename"], multi["filename"]])
 
 
 def test_a_full_disk_leaves_no_temporary_files_and_one_clean_log_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -6,13 +6,18 @@ import csv
 import os
 import shutil
 import socket
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from ..config import BackendName, DecodeLimits, Device, Precision, Thresholds
 from ..errors import ConfigError, ModelError, NsfwlabError
 from ._common import ExitCode, fail, output_dir, progress_bar, stderr, tagged
+
+if TYPE_CHECKING:
+    from ..serve.review import ReviewStore
 
 __all__ = ["review_app", "serve_command"]
 
@@ -113,19 +118,32 @@ def _check_listen(host: str, port: int) -> None:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
+def _write_audit(path: Path, store: ReviewStore) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "review_id", "label", "previous_label", "reviewer", "key_id", "at", "at_unix"])
+        for e in store.audit():
+            at = datetime.fromtimestamp(e.at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            writer.writerow([e.id, e.review_id, e.label.value, e.previous_label.value, e.reviewer, e.key_id or "",
+                             at, f"{e.at:.3f}"])
+    os.replace(tmp, path)
+
+
 review_app = typer.Typer(help="Human review: export the labelled images.", no_args_is_help=True)
 
 
 @review_app.command("export")
 def export_command(
     data_dir: Path = typer.Option(..., "--data-dir", help="The serve --data-dir holding review.sqlite3."),
-    out: Path = typer.Option(..., "--out", help="Folder to write safe/ and nsfw/ (and labels.csv) into."),
+    out: Path = typer.Option(..., "--out", help="Folder to write safe/ and nsfw/ (and labels.csv, audit.csv) into."),
     progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr."),
 ) -> None:
     """Write every image labelled safe or nsfw (latest decision wins) as OUT/safe/ and OUT/nsfw/,
-    ready for `nsfwlab evaluate` and fine-tuning, plus OUT/labels.csv. Re-running updates the
-    folders: an image whose label changed moves."""
-    from ..serve.review import ReviewStore
+    ready for `nsfwlab evaluate` and fine-tuning, plus OUT/labels.csv and OUT/audit.csv (every
+    decision: who, when, which label, the label before). Re-running updates the folders: an image
+    whose label changed moves."""
+    from ..serve.review import ReviewStore, clean_name
 
     try:
         store = ReviewStore(data_dir, create=False)
@@ -156,12 +174,14 @@ def export_command(
                     advance(1, errors=1)
                     continue
                 rows.append([f"{item.status.value}/{name}", item.status.value, f"{item.score:.6f}", item.reason.value,
-                             item.reviewer or "", f"{item.labelled_at or 0:.3f}", item.filename, item.model_version])
+                             item.reviewer or "", f"{item.labelled_at or 0:.3f}", clean_name(item.filename, ""),
+                             item.model_version])
                 advance(1)
         with (out / "labels.csv").open("w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["path", "label", "score", "reason", "reviewer", "labelled_at", "filename", "model_version"])
             writer.writerows(rows)
+        _write_audit(out / "audit.csv", store)
     counts = {k: sum(1 for r in rows if r[1] == k) for k in ("safe", "nsfw")}
     stderr.print(f"exported {counts['safe']} safe and {counts['nsfw']} nsfw images to {out}", highlight=False)
     if failed:

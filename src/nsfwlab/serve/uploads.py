@@ -2,6 +2,8 @@
 
 The body is counted as it streams in (:class:`~nsfwlab.serve.limits.CountingReceive`) and refused
 at ``max_body_bytes``; a declared ``Content-Length`` over the cap is refused before reading.
+Names are cleaned here, at the edge (:func:`~nsfwlab.serve.review.clean_name`): whatever is
+logged, answered or written to the review store carries no control characters.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from starlette.requests import ClientDisconnect, Request
 from .config import ServeConfig
 from .errors import BadRequestError, BodyTooLargeError, TooManyFilesError
 from .limits import CountingReceive
+from .review import clean_name
 
 __all__ = ["read_uploads"]
 
@@ -52,7 +55,7 @@ async def _parse_uploads(counted: Request, ctype: str, config: ServeConfig,
             for i, value in enumerate(form.getlist("file")):
                 if isinstance(value, str):
                     raise BadRequestError("the 'file' field must be a file upload, not a text field")
-                uploads.append((value.filename or f"file{i}", await value.read()))
+                uploads.append((clean_name(value.filename or "", f"file{i}"), await value.read()))
         finally:
             await form.close()
         if not uploads:
@@ -63,4 +66,4 @@ async def _parse_uploads(counted: Request, ctype: str, config: ServeConfig,
     # Anything else is one raw image, judged by its bytes, not by its Content-Type (curl's
     # --data-binary sends application/x-www-form-urlencoded). A URL in a JSON or form body is text:
     # 415, never fetched.
-    return [(filename or "upload", await counted.body())]
+    return [(clean_name(filename or ""), await counted.body())]

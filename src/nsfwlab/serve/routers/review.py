@@ -39,14 +39,41 @@ async def review_page() -> HTMLResponse:
     return HTMLResponse(html, headers=_PAGE_HEADERS)
 
 
-@api.get("/items", summary="Items queued for review")
+_LIMIT = Query(50, ge=1, le=500, description="items in this page")
+_OFFSET = Query(0, ge=0, description="items to skip (the previous page's next_offset)")
+
+
+def _page(entries: list[dict[str, Any]], total: int, limit: int, offset: int) -> dict[str, Any]:
+    end = offset + len(entries)
+    return {"total": total, "limit": limit, "offset": offset, "next_offset": end if end < total else None}
+
+
+@api.get("/items", summary="Items queued for review, a page at a time")
 async def review_items(svc: Service = Depends(get_service), status: ReviewFilter = ReviewFilter.PENDING,
-                       limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)) -> dict[str, Any]:
+                       limit: int = _LIMIT, offset: int = _OFFSET) -> dict[str, Any]:
+    """``total`` counts the items with this status; ``next_offset`` is ``null`` on the last page."""
     store = svc.review.require_store()
     wanted = None if status is ReviewFilter.ALL else ReviewStatus(status.value)
-    items = await svc.run(lambda: store.items(wanted, limit=limit, offset=offset))
-    counts = await svc.run(store.counts)
-    return {"items": [i.to_dict() for i in items], "counts": counts}
+
+    def read() -> tuple[list[dict[str, Any]], int, dict[str, int]]:
+        items = [i.to_dict() for i in store.items(wanted, limit=limit, offset=offset)]
+        return items, store.count(wanted), store.counts()
+
+    items, total, counts = await svc.run(read)
+    return {"items": items, "counts": counts, **_page(items, total, limit, offset)}
+
+
+@api.get("/audit", summary="The audit log of review decisions, oldest first")
+async def review_audit(svc: Service = Depends(get_service), limit: int = _LIMIT,
+                       offset: int = _OFFSET) -> dict[str, Any]:
+    """Every decision: review id, label, the label it replaced, reviewer, API key id, time."""
+    store = svc.review.require_store()
+
+    def read() -> tuple[list[dict[str, Any]], int]:
+        return [e.to_dict() for e in store.audit(limit=limit, offset=offset)], store.audit_count()
+
+    entries, total = await svc.run(read)
+    return {"entries": entries, **_page(entries, total, limit, offset)}
 
 
 @api.get("/items/{sha256}/thumbnail", summary="A review item's thumbnail (JPEG)", response_class=Response)
@@ -79,6 +106,6 @@ async def label_body(request: Request, svc: Service = Depends(get_service)) -> L
 async def review_label(sha256: str = _SHA, body: LabelRequest = Depends(label_body),
                        who: Caller = Security(authenticated), svc: Service = Depends(get_service)) -> dict[str, Any]:
     store = svc.review.require_store()
-    item = await svc.run(store.set_label, sha256, body.label, body.reviewer)
+    item = await svc.run(lambda: store.set_label(sha256, body.label, body.reviewer, key_id=who.key_id))
     svc.metrics.review_labels.labels(label=body.label.value).inc()
     return item.to_dict()
