@@ -322,11 +322,11 @@ class ReviewStore:
         with self._lock:
             if status is None:
                 rows = self._db.execute(f"SELECT {_COLUMNS} FROM items ORDER BY created_at, sha256 LIMIT ? OFFSET ?",
-                                        (limit, max(0, offset))).fetchall()
+                                        (limit, min(min(max(0, int(offset)), 2**62), 2**62))).fetchall()
             else:
                 rows = self._db.execute(
                     f"SELECT {_COLUMNS} FROM items WHERE status = ? ORDER BY created_at, sha256 LIMIT ? OFFSET ?",
-                    (ReviewStatus(status).value, limit, max(0, offset)),
+                    (ReviewStatus(status).value, limit, min(min(max(0, int(offset)), 2**62), 2**62)),
                 ).fetchall()
         return [_item(r) for r in rows]
 
@@ -345,7 +345,7 @@ class ReviewStore:
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, review_id, label, previous_label, reviewer, key_id, at FROM audit ORDER BY id "
-                "LIMIT ? OFFSET ?", (-1 if limit is None else max(0, int(limit)), max(0, int(offset)))
+                "LIMIT ? OFFSET ?", (-1 if limit is None else max(0, int(limit)), min(max(0, int(offset)), 2**62))
             ).fetchall()
         return [AuditEntry(int(r[0]), r[1], ReviewLabel(r[2]), ReviewStatus(r[3]), r[4], r[5], float(r[6]))
                 for r in rows]

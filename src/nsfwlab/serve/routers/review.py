@@ -40,7 +40,7 @@ async def review_page() -> HTMLResponse:
 
 
 _LIMIT = Query(50, ge=1, le=500, description="items in this page")
-_OFFSET = Query(0, ge=0, description="items to skip (the previous page's next_offset)")
+_OFFSET = Query(0, ge=0, le=2**53, description="items to skip (the previous page's next_offset)")
 
 
 def _page(entries: list[dict[str, Any]], total: int, limit: int, offset: int) -> dict[str, Any]:
