@@ -318,15 +318,15 @@ class ReviewStore:
     def items(self, status: ReviewStatus | str | None = ReviewStatus.PENDING, *, limit: int = 50,
               offset: int = 0) -> list[ReviewItem]:
         """Items with ``status`` (all when ``None``), oldest first."""
-        limit = max(0, min(int(limit), 1000))
+        limit, offset = max(0, min(int(limit), 1000)), min(max(0, int(offset)), 2**62)
         with self._lock:
             if status is None:
                 rows = self._db.execute(f"SELECT {_COLUMNS} FROM items ORDER BY created_at, sha256 LIMIT ? OFFSET ?",
-                                        (limit, min(min(max(0, int(offset)), 2**62), 2**62))).fetchall()
+                                        (limit, offset)).fetchall()
             else:
                 rows = self._db.execute(
                     f"SELECT {_COLUMNS} FROM items WHERE status = ? ORDER BY created_at, sha256 LIMIT ? OFFSET ?",
-                    (ReviewStatus(status).value, limit, min(min(max(0, int(offset)), 2**62), 2**62)),
+                    (ReviewStatus(status).value, limit, offset),
                 ).fetchall()
         return [_item(r) for r in rows]
 
