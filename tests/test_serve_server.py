@@ -179,3 +179,34 @@ def test_stalled_uploads_are_cut_off_and_free_their_slots(tmp_path: Path, photos
         finally:
             for sock in stalled:
                 sock.close()
+
+
+def test_sigterm_answers_stalled_uploads_503_with_one_log_line(tmp_path: Path) -> None:
+    """Uploads stalled when SIGTERM came used to get 500 after the graceful timeout, with three
+    tracebacks in the log; they get 503 not_ready (retry elsewhere) and one line."""
+    with running_server(tmp_path, "--graceful-timeout", "1", "--body-timeout", "60", "--log-level", "info") as srv:
+        stalled = []
+        for _ in range(2):
+            sock = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+            sock.sendall(b"POST /v1/score HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+                         b"Content-Length: 100000\r\n\r\n\xff\xd8\xff")
+            stalled.append(sock)
+        try:
+            deadline = time.monotonic() + 10
+            while "nsfwlab_requests_in_flight 2.0" not in httpx.get(srv.url + "/metrics", timeout=10).text:
+                assert time.monotonic() < deadline, "stalled requests never took their slots"
+                time.sleep(0.02)
+            srv.proc.send_signal(signal.SIGTERM)
+            for sock in stalled:
+                answer = sock.recv(65536)
+                while not answer.rstrip().endswith(b"}") and (more := sock.recv(65536)):
+                    answer += more
+                assert answer.startswith(b"HTTP/1.1 503"), answer[:300]
+                assert b'"code":"not_ready"' in answer
+            assert srv.proc.wait(30) in (0, -signal.SIGTERM)
+        finally:
+            for sock in stalled:
+                sock.close()
+    log = srv.output()
+    assert "Traceback" not in log, log
+    assert log.count("shutting down with the request body unfinished") == 2, log

@@ -118,6 +118,27 @@ def test_counting_receive_holds_the_whole_body_to_one_deadline() -> None:
         ServeConfig(body_timeout_s=0)
 
 
+def test_counting_receive_answers_a_cancelled_body_read_not_ready() -> None:
+    """uvicorn cancels requests still reading their body at the end of the graceful timeout."""
+
+    async def stalled() -> dict:
+        await asyncio.sleep(60)
+        return {}
+
+    async def main(timeout: float | None) -> BaseException:
+        task = asyncio.create_task(CountingReceive(stalled, 10, timeout=timeout)())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        try:
+            await task
+        except BaseException as exc:
+            return exc
+        raise AssertionError("not cancelled")
+
+    for timeout in (None, 30.0):
+        assert isinstance(asyncio.run(main(timeout)), NotReadyError)
+
+
 def test_check_api_key() -> None:
     check_api_key({}, ())  # no keys configured: open
     check_api_key({"x-api-key": "b"}, ("a", "b"))

@@ -6,12 +6,16 @@ the cap, so a chunked upload without ``Content-Length`` is stopped at the cap, n
 It also holds the body to a deadline (:class:`RequestTimeoutError`, 408): a client that sends its
 body slowly, or never finishes it, would otherwise keep one of the ``max_concurrent_requests``
 slots forever, and a few hundred such connections shut every other client out (slowloris).
+When the server cancels a request whose body is still arriving (uvicorn does at the end of the
+graceful-shutdown timeout), the request is answered :class:`NotReadyError` (503, retry on another
+instance) and one line is logged, instead of a 500 and tracebacks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
@@ -48,6 +52,8 @@ __all__ = [  # the errors are re-exported for the callers that took them from he
 ]
 
 
+log = logging.getLogger("nsfwlab.serve")
+
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 
@@ -63,19 +69,16 @@ class CountingReceive:
         self._deadline: float | None = None
 
     async def __call__(self) -> MutableMapping[str, Any]:
-        if self.timeout is None:
-            message = await self._receive()
-        else:
-            now = time.monotonic()
-            if self._deadline is None:
-                self._deadline = now + self.timeout
-            try:
-                message = await asyncio.wait_for(self._receive(), max(0.0, self._deadline - now))
-            except TimeoutError:
-                raise RequestTimeoutError(
-                    f"the request body did not arrive within {self.timeout:g} s "
-                    f"({self.received} bytes received); send it faster or raise --body-timeout"
-                ) from None
+        try:
+            message = await self._next()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or not task.cancelling():
+                raise
+            task.uncancel()  # the server gave up on this request at shutdown: answer it, once
+            log.warning("shutting down with the request body unfinished (%d bytes received): answered 503",
+                        self.received)
+            raise NotReadyError("the server is shutting down; retry on another instance") from None
         if message.get("type") == "http.request":
             self.received += len(message.get("body", b""))
             if self.received > self.cap:
@@ -84,6 +87,20 @@ class CountingReceive:
                     "(send fewer or smaller images, or raise --max-body-bytes)"
                 )
         return message
+
+    async def _next(self) -> MutableMapping[str, Any]:
+        if self.timeout is None:
+            return await self._receive()
+        now = time.monotonic()
+        if self._deadline is None:
+            self._deadline = now + self.timeout
+        try:
+            return await asyncio.wait_for(self._receive(), max(0.0, self._deadline - now))
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"the request body did not arrive within {self.timeout:g} s "
+                f"({self.received} bytes received); send it faster or raise --body-timeout"
+            ) from None
 
 
 class Admission:
