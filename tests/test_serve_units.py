@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import threading
 import time
 from pathlib import Path
@@ -454,3 +455,28 @@ def test_serve_refuses_an_empty_or_binary_api_key_file(tmp_path: Path) -> None:
         result = CliRunner().invoke(cli_app, ["serve", "--port", "1", "--api-key-file", str(path)])
         assert result.exit_code == 2, result.output
         assert message in result.output and "Traceback" not in result.output
+
+
+def test_serve_refuses_unusable_tls_files(tmp_path: Path) -> None:
+    """TLS files are checked before the server starts: a usage error, never a traceback at startup."""
+    from test_serve_server import self_signed
+
+    cert, key = self_signed(tmp_path, b"secret")
+    unreadable = tmp_path / "locked.pem"
+    unreadable.write_text("x")
+    unreadable.chmod(0)
+    cases = [
+        (["--ssl-certfile", str(tmp_path / "missing.pem")], "no such file"),
+        (["--ssl-keyfile", str(key)], "need --ssl-certfile"),
+        (["--ssl-certfile", str(cert), "--ssl-keyfile", str(key)], "cannot use the TLS certificate"),  # no password
+        (["--ssl-certfile", str(cert), "--ssl-keyfile", str(key), "--ssl-keyfile-password", "wrong"],
+         "cannot use the TLS certificate"),
+        (["--ssl-certfile", str(key), "--ssl-keyfile", str(cert), "--ssl-keyfile-password", "secret"],
+         "cannot use the TLS certificate"),
+    ]
+    if os.geteuid() != 0:  # root reads anything
+        cases.append((["--ssl-certfile", str(unreadable)], "not readable"))
+    for args, message in cases:
+        result = CliRunner().invoke(cli_app, ["serve", "--port", "1", *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output and "Traceback" not in result.output, result.output

@@ -6,9 +6,10 @@ import csv
 import os
 import shutil
 import socket
+import ssl
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -66,6 +67,9 @@ def serve_command(
     model: Path | None = typer.Option(None, "--model", help="A fine-tuned checkpoint (.pt) or exported .onnx."),
     graceful_timeout: int = typer.Option(30, min=0, help="On SIGTERM, seconds to let in-flight requests finish (0: no limit)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
+    ssl_certfile: Path | None = typer.Option(None, "--ssl-certfile", help="Serve HTTPS with this PEM certificate (chain)."),
+    ssl_keyfile: Path | None = typer.Option(None, "--ssl-keyfile", help="The certificate's PEM private key (if not in the certificate file)."),
+    ssl_keyfile_password: str | None = typer.Option(None, "--ssl-keyfile-password", help="Password of an encrypted private key."),
 ) -> None:
     """Run the HTTP scoring service (FastAPI on uvicorn) with limits, metrics and a review page.
 
@@ -95,6 +99,7 @@ def serve_command(
 
         if model is not None and not model.is_file():  # the model loads in the background: fail now
             raise ModelError(f"model file {model} does not exist")
+        tls = _check_tls(ssl_certfile, ssl_keyfile, ssl_keyfile_password)
         app = create_app(config, load)
         _check_listen(host, port)
     except NsfwlabError as exc:
@@ -102,7 +107,30 @@ def serve_command(
     if not config.api_keys and host not in ("127.0.0.1", "localhost", "::1"):
         stderr.print(tagged("warning:", "yellow", f" listening on {host} without --api-key-file: anyone who can reach "
                             "it may use it"), highlight=False)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout or None)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout or None,
+                **tls)
+
+
+def _check_tls(certfile: Path | None, keyfile: Path | None, password: str | None) -> dict[str, Any]:
+    """uvicorn's TLS options, after loading the certificate and key once: a missing or unreadable
+    file, a wrong password or a key that does not match is a usage error now, not at startup."""
+    if certfile is None:
+        if keyfile is not None or password is not None:
+            raise ConfigError("--ssl-keyfile and --ssl-keyfile-password need --ssl-certfile")
+        return {}
+    for path in (certfile, keyfile):
+        if path is not None and not os.access(path, os.R_OK):
+            raise ConfigError(f"cannot read the TLS file {path}: {'not readable' if path.exists() else 'no such file'}")
+    try:
+        # Never OpenSSL's interactive prompt for an encrypted key without --ssl-keyfile-password.
+        secret = password if password is not None else (lambda: "")
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile, secret)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"cannot use the TLS certificate {certfile} and key {keyfile or certfile}: "
+                          f"{getattr(exc, 'reason', None) or exc} (a PEM certificate and its matching key, and the "
+                          "key's password if it is encrypted)") from None
+    return {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile) if keyfile else None,
+            "ssl_keyfile_password": password}
 
 
 def _check_listen(host: str, port: int) -> None:
