@@ -21,23 +21,13 @@ from typer.testing import CliRunner
 from nsfwlab import Detector
 from nsfwlab.cli import app as cli_app
 from nsfwlab.serve import QueueReason, ReviewStore, ServeConfig, create_app
+from test_serve_api import ConstantBackend
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-class ConstantBackend:
-    """A model that scores everything 0.5 (the review band of the default thresholds)."""
-
-    name = "constant"
-    device = "cpu"
-    model_version = "constant-test"
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        return np.tile(np.array([[0.5, 0.5]], np.float32), (len(batch), 1))
 
 
 def tiny_jpeg(value: int = 90, corner: int = 0) -> bytes:
@@ -51,7 +41,7 @@ def tiny_jpeg(value: int = 90, corner: int = 0) -> bytes:
 @pytest.fixture
 def review_client(tmp_path: Path) -> Iterator[TestClient]:
     config = ServeConfig(data_dir=tmp_path / "data", api_keys=("alpha-key-1",))
-    with TestClient(create_app(config, Detector(ConstantBackend())), headers={"X-API-Key": "alpha-key-1"}) as c:
+    with TestClient(create_app(config, Detector(ConstantBackend(0.5))), headers={"X-API-Key": "alpha-key-1"}) as c:
         yield c
 
 
@@ -78,7 +68,7 @@ def test_rate_limit_parsing_and_token_bucket() -> None:
 def test_rate_limit_per_api_key() -> None:
     keys = ("alpha-key-1", "beta-key-2")
     jpg = tiny_jpeg()
-    with TestClient(create_app(ServeConfig(api_keys=keys, rate_limit="5/s"), Detector(ConstantBackend()))) as c:
+    with TestClient(create_app(ServeConfig(api_keys=keys, rate_limit="5/s"), Detector(ConstantBackend(0.5)))) as c:
         burst = [c.post("/v1/score", content=jpg, headers={"X-API-Key": keys[0]}) for _ in range(20)]
         other = c.post("/v1/score", content=jpg, headers={"Authorization": f"Bearer {keys[1]}"})
         metrics = c.get("/metrics").text
@@ -95,7 +85,7 @@ def test_rate_limit_per_api_key() -> None:
 
 
 def test_rate_limit_per_client_without_keys() -> None:
-    with TestClient(create_app(ServeConfig(rate_limit="2/min"), Detector(ConstantBackend()))) as c:
+    with TestClient(create_app(ServeConfig(rate_limit="2/min"), Detector(ConstantBackend(0.5)))) as c:
         statuses = [c.post("/v1/score", content=tiny_jpeg()).status_code for _ in range(3)]
         assert c.get("/healthz").status_code == 200  # probes are never limited
     assert statuses == [200, 200, 429]
@@ -165,7 +155,7 @@ def test_review_items_page_beyond_200_with_totals(tmp_path: Path) -> None:
         for i in range(230):
             store.add(tiny_jpeg(i % 200, i // 200 * 100), "JPEG", score=0.5, model_label="review",
                       reason=QueueReason.BAND, model_version="m", now=float(i))
-    with TestClient(create_app(ServeConfig(data_dir=tmp_path / "data"), Detector(ConstantBackend()))) as c:
+    with TestClient(create_app(ServeConfig(data_dir=tmp_path / "data"), Detector(ConstantBackend(0.5)))) as c:
         first = c.get("/v1/review/items?limit=200").json()
         second = c.get(f"/v1/review/items?limit=200&offset={first['next_offset']}").json()
         safe = c.get("/v1/review/items?status=safe").json()
@@ -247,7 +237,7 @@ def test_a_full_disk_leaves_no_temporary_files_and_one_clean_log_line(tmp_path: 
         return real_write(self, data)
 
     config = ServeConfig(data_dir=tmp_path / "data")
-    with TestClient(create_app(config, Detector(ConstantBackend()))) as c:
+    with TestClient(create_app(config, Detector(ConstantBackend(0.5)))) as c:
         monkeypatch.setattr(Path, "write_bytes", no_space)
         with caplog.at_level(logging.ERROR, logger="nsfwlab.serve"):
             resp = c.post("/v1/score", params={"filename": "x\ny: forged line"}, content=tiny_jpeg())

@@ -116,6 +116,30 @@ def chunked_upload(port: int, chunk: bytes, max_chunks: int) -> bytes:
         return answer
 
 
+def stall_uploads(srv: Server, n: int) -> list[socket.socket]:
+    """``n`` connections that send headers and a sliver of a 100 kB body, then nothing; returns
+    once the server counts them in flight."""
+    stalled = []
+    for _ in range(n):
+        sock = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+        sock.sendall(b"POST /v1/score HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+                     b"Content-Length: 100000\r\n\r\n\xff\xd8\xff")
+        stalled.append(sock)
+    deadline = time.monotonic() + 10
+    while f"nsfwlab_requests_in_flight {n}.0" not in httpx.get(srv.url + "/metrics", timeout=10).text:
+        assert time.monotonic() < deadline, "stalled requests never took their slots"
+        time.sleep(0.02)
+    return stalled
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    """An HTTP answer with a JSON body, read until the body's closing brace or the end."""
+    answer = sock.recv(65536)
+    while not answer.rstrip().endswith(b"}") and (more := sock.recv(65536)):
+        answer += more
+    return answer
+
+
 def test_serve_over_tcp_limits_and_graceful_sigterm(tmp_path: Path, photos: dict[str, np.ndarray],
                                                     detector) -> None:
     jpg = jpeg(photos["astronaut"])
@@ -157,23 +181,12 @@ def test_stalled_uploads_are_cut_off_and_free_their_slots(tmp_path: Path, photos
     --max-concurrent slot forever, so every other client got 429 for as long as they liked."""
     jpg = jpeg(photos["astronaut"])
     with running_server(tmp_path, "--max-concurrent", "2", "--body-timeout", "1.5", "--no-batching") as srv:
-        stalled = []
-        for _ in range(2):
-            sock = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
-            sock.sendall(b"POST /v1/score HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
-                         b"Content-Length: 100000\r\n\r\n\xff\xd8\xff")
-            stalled.append(sock)
+        stalled = stall_uploads(srv, 2)
         try:
-            deadline = time.monotonic() + 10
-            while "nsfwlab_requests_in_flight 2.0" not in httpx.get(srv.url + "/metrics", timeout=10).text:
-                assert time.monotonic() < deadline, "stalled requests never took their slots"
-                time.sleep(0.02)
             busy = httpx.post(srv.url + "/v1/score", content=jpg, headers={"Content-Type": "image/jpeg"}, timeout=30)
             assert busy.status_code == 429  # the slots are taken ...
             for sock in stalled:  # ... until the deadline answers the stalled ones
-                answer = sock.recv(65536)
-                while not answer.rstrip().endswith(b"}") and (more := sock.recv(65536)):
-                    answer += more
+                answer = read_answer(sock)
                 assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
                 assert b"request_timeout" in answer
             ok = httpx.post(srv.url + "/v1/score", content=jpg, headers={"Content-Type": "image/jpeg"}, timeout=30)
@@ -187,22 +200,11 @@ def test_sigterm_answers_stalled_uploads_503_with_one_log_line(tmp_path: Path) -
     """Uploads stalled when SIGTERM came used to get 500 after the graceful timeout, with three
     tracebacks in the log; they get 503 not_ready (retry elsewhere) and one line."""
     with running_server(tmp_path, "--graceful-timeout", "1", "--body-timeout", "60", "--log-level", "info") as srv:
-        stalled = []
-        for _ in range(2):
-            sock = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
-            sock.sendall(b"POST /v1/score HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
-                         b"Content-Length: 100000\r\n\r\n\xff\xd8\xff")
-            stalled.append(sock)
+        stalled = stall_uploads(srv, 2)
         try:
-            deadline = time.monotonic() + 10
-            while "nsfwlab_requests_in_flight 2.0" not in httpx.get(srv.url + "/metrics", timeout=10).text:
-                assert time.monotonic() < deadline, "stalled requests never took their slots"
-                time.sleep(0.02)
             srv.proc.send_signal(signal.SIGTERM)
             for sock in stalled:
-                answer = sock.recv(65536)
-                while not answer.rstrip().endswith(b"}") and (more := sock.recv(65536)):
-                    answer += more
+                answer = read_answer(sock)
                 assert answer.startswith(b"HTTP/1.1 503"), answer[:300]
                 assert b'"code":"not_ready"' in answer
             assert srv.proc.wait(30) in (0, -signal.SIGTERM)
