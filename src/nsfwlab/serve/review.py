@@ -19,6 +19,7 @@ temporary file, and opening the store removes those a crash left behind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -54,6 +55,8 @@ __all__ = [
 FORMAT_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif"}
 
 THUMBNAIL_SIZE = 256
+#: Age in seconds after which a temporary file in the store is a crash's leftover.
+STALE_TMP_S = 600.0
 
 
 class ReviewLabel(str, Enum):
@@ -234,9 +237,15 @@ class ReviewStore:
         self._remove_stale_temporaries()
 
     def _remove_stale_temporaries(self) -> None:
+        """Remove temporary files a crash left: those older than ``STALE_TMP_S`` (a write takes
+        milliseconds; a younger one may belong to a server writing now, as ``review export`` opens
+        the store of a running server)."""
+        cutoff = time.time() - STALE_TMP_S
         for sub in ("images", "thumbs"):
             for tmp in (self.root / sub).glob("*/.*.tmp"):
-                tmp.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    if tmp.stat().st_mtime < cutoff:
+                        tmp.unlink()
 
     # -- paths ----------------------------------------------------------------------------------
     def image_path(self, item: ReviewItem) -> Path:

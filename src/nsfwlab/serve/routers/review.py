@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from importlib.resources import files
 from typing import Any
 
@@ -33,10 +34,14 @@ _LABEL_BODY_CAP = 16 * 1024
 _SHA = Path(..., pattern="^[0-9a-f]{64}$", description="sha256 of the image")
 
 
+@functools.cache
+def _page_html() -> str:
+    return files("nsfwlab.serve").joinpath("static/review.html").read_text(encoding="utf-8")
+
+
 @page.get("/review", summary="The human-review page", response_class=HTMLResponse)
 async def review_page() -> HTMLResponse:
-    html = files("nsfwlab.serve").joinpath("static/review.html").read_text(encoding="utf-8")
-    return HTMLResponse(html, headers=_PAGE_HEADERS)
+    return HTMLResponse(_page_html(), headers=_PAGE_HEADERS)
 
 
 _LIMIT = Query(50, ge=1, le=500, description="items in this page")
