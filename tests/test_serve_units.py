@@ -480,3 +480,34 @@ def test_serve_refuses_unusable_tls_files(tmp_path: Path) -> None:
         result = CliRunner().invoke(cli_app, ["serve", "--port", "1", *args])
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output and "Traceback" not in result.output, result.output
+
+
+def test_routes_and_dependencies_are_async() -> None:
+    """A plain ``def`` dependency or route makes FastAPI hop to a worker thread on every request
+    (a sync ``get_service`` once cost the cheapest request about a third more CPU)."""
+    import inspect
+
+    from fastapi.dependencies.utils import get_dependant
+    from fastapi.routing import APIRoute
+
+    from nsfwlab.serve.routers import ops, review, score
+
+    def is_async(call: object) -> bool:
+        fn = call if inspect.isfunction(call) else getattr(call, "__call__", call)  # noqa: B004
+        return inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+
+    def walk(dependant) -> None:  # type: ignore[no-untyped-def]
+        for sub in dependant.dependencies:
+            assert is_async(sub.call), sub.call
+            walk(sub)
+
+    routes = 0
+    for router in (ops.router, score.router, review.page, review.api):
+        for dep in router.dependencies:
+            assert is_async(dep.dependency)
+            walk(get_dependant(path="", call=dep.dependency))
+        for route in router.routes:
+            assert isinstance(route, APIRoute) and is_async(route.endpoint), route
+            walk(route.dependant)
+            routes += 1
+    assert routes == 9

@@ -15,15 +15,20 @@ from .errors import RateLimitedError
 from .limits import match_api_key
 from .service import Service
 
-__all__ = ["Caller", "admitted", "authenticated", "caller", "get_service", "key_id"]
+__all__ = ["Caller", "admitted", "authenticated", "caller", "get_service", "key_id", "service_of"]
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="one of the server's API keys")
 bearer_scheme = HTTPBearer(auto_error=False, description="one of the server's API keys as a bearer token")
 
 
-def get_service(request: Request) -> Service:
+def service_of(request: Request) -> Service:
     service: Service = request.app.state.service
     return service
+
+
+async def get_service(request: Request) -> Service:
+    """The app's :class:`Service` (``async``: FastAPI runs a plain ``def`` dependency in a thread)."""
+    return service_of(request)
 
 
 def key_id(key: str) -> str:
@@ -39,18 +44,21 @@ class Caller:
     client: str
 
 
-async def authenticated(request: Request, svc: Service = Depends(get_service),
-                        x_api_key: str | None = Security(api_key_header),
+# The dependencies below take the service from the request rather than through Depends(get_service):
+# each sub-dependency costs FastAPI a solve on every /v1 request.
+
+
+async def authenticated(request: Request, x_api_key: str | None = Security(api_key_header),
                         bearer: HTTPAuthorizationCredentials | None = Security(bearer_scheme)) -> Caller:
     """Raise ``UnauthorizedError`` (401) unless keys are off or the request carries one."""
     given = x_api_key or (bearer.credentials.strip() if bearer is not None else None)
-    key = match_api_key(given, svc.config.api_keys)
+    key = match_api_key(given, service_of(request).config.api_keys)
     return Caller(key_id(key) if key is not None else None, request.client.host if request.client else "")
 
 
-async def caller(request: Request, who: Caller = Security(authenticated),
-                 svc: Service = Depends(get_service)) -> Caller:
+async def caller(request: Request, who: Caller = Security(authenticated)) -> Caller:
     """The authenticated caller, within its rate limit (else ``RateLimitedError``, 429)."""
+    svc = service_of(request)
     limiter = svc.rate_limiter
     label = who.key_id or "-"
     if limiter is not None:
@@ -64,7 +72,8 @@ async def caller(request: Request, who: Caller = Security(authenticated),
     return who
 
 
-async def _admit(svc: Service = Depends(get_service)) -> AsyncIterator[None]:
+async def _admit(request: Request) -> AsyncIterator[None]:
+    svc = service_of(request)
     svc.admission.enter()  # 429 at once when max_concurrent_requests are being handled
     svc.metrics.in_flight.inc()
     try:
