@@ -11,7 +11,7 @@ overload phase sends far more concurrent requests than a small queue admits and 
     .venv/bin/python benchmarks/bench_serve.py --requests 400 --concurrency 16 --json out.json
 
 ``--overhead N`` measures instead the app's own CPU cost per request, in process (httpx's ASGI
-transport, a constant fake model, sequential requests): an empty body (refused 422 after the whole
+transport, a fake model (tests/synthetic.py), sequential requests): an empty body (refused 422 after the whole
 path: API key, rate limit, admission, body read, the decode pool) and a 16x16 JPEG (scored), for an
 open server, one with an API key, and one with a key and a rate limit that never refuses; plus the
 time to answer a request over its rate limit. It runs against whichever ``nsfwlab`` is imported,
@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -250,15 +251,6 @@ def model_batch_curve(sizes: tuple[int, ...] = (1, 2, 4, 8, 16), reps: int = 6,
     return {bs: round(float(np.median(v)), 1) for bs, v in rates.items()}
 
 
-class _ConstantModel:
-    name = "constant"
-    device = "cpu"
-    model_version = "constant-bench"
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        return np.tile(np.array([[0.9, 0.1]], np.float32), (len(batch), 1))
-
-
 def app_overhead(n: int, reps: int = 5) -> dict[str, dict[str, float]]:
     """Median CPU microseconds per request, all threads of the process (see the module docstring;
     the client's share is in it too, alike for every cell), by configuration and body."""
@@ -266,6 +258,9 @@ def app_overhead(n: int, reps: int = 5) -> dict[str, dict[str, float]]:
 
     from nsfwlab import Detector
     from nsfwlab.serve import ServeConfig, create_app
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from synthetic import RedFraction  # a fake model: no model cost in the numbers
 
     buf = io.BytesIO()
     Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(buf, format="JPEG")
@@ -279,7 +274,7 @@ def app_overhead(n: int, reps: int = 5) -> dict[str, dict[str, float]]:
         pass
 
     async def timed(config: dict[str, Any], body: bytes, status: int) -> float:
-        app = create_app(ServeConfig(batching=False, **config), Detector(_ConstantModel()))  # no batch wait
+        app = create_app(ServeConfig(batching=False, **config), Detector(RedFraction()))  # no batch wait
         limited = status == 422 and config.get("rate_limit") == "1/h"
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
