@@ -9,6 +9,13 @@ overload phase sends far more concurrent requests than a small queue admits and 
 / 503 / timeouts. Everything is bounded in count and time. Only 127.0.0.1 is contacted.
 
     .venv/bin/python benchmarks/bench_serve.py --requests 400 --concurrency 16 --json out.json
+
+``--overhead N`` measures instead the app's own CPU cost per request, in process (httpx's ASGI
+transport, a fake model (tests/synthetic.py), sequential requests): an empty body (refused 422 after the whole
+path: API key, rate limit, admission, body read, the decode pool) and a 16x16 JPEG (scored), for an
+open server, one with an API key, and one with a key and a rate limit that never refuses; plus the
+time to answer a request over its rate limit. It runs against whichever ``nsfwlab`` is imported,
+so two source trees can be compared (``PYTHONPATH=other/src``).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -243,6 +251,55 @@ def model_batch_curve(sizes: tuple[int, ...] = (1, 2, 4, 8, 16), reps: int = 6,
     return {bs: round(float(np.median(v)), 1) for bs, v in rates.items()}
 
 
+def app_overhead(n: int, reps: int = 5) -> dict[str, dict[str, float]]:
+    """Median CPU microseconds per request, all threads of the process (see the module docstring;
+    the client's share is in it too, alike for every cell), by configuration and body."""
+    import httpx
+
+    from nsfwlab import Detector
+    from nsfwlab.serve import ServeConfig, create_app
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from synthetic import RedFraction  # a fake model: no model cost in the numbers
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(buf, format="JPEG")
+    bodies = {"empty (422)": (b"", 422), "16x16 JPEG (200)": (buf.getvalue(), 200)}
+    configs: dict[str, dict[str, Any]] = {"open": {}, "API key": {"api_keys": ("k",)}}  # + batching=False below
+    try:
+        ServeConfig(rate_limit="1000000/s")  # type: ignore[call-arg]
+        configs["API key + rate limit"] = {"api_keys": ("k",), "rate_limit": "1000000/s"}
+        configs["over the rate limit (429)"] = {"api_keys": ("k",), "rate_limit": "1/h"}
+    except TypeError:  # a tree without rate limits
+        pass
+
+    async def timed(config: dict[str, Any], body: bytes, status: int) -> float:
+        app = create_app(ServeConfig(batching=False, **config), Detector(RedFraction()))  # no batch wait
+        limited = status == 422 and config.get("rate_limit") == "1/h"
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://b", headers={"X-API-Key": "k"}) as c:
+                for _ in range(20):
+                    await c.post("/v1/score", content=body)
+                t0 = time.process_time()  # CPU time of every thread: what the app costs, whatever the load
+                for _ in range(n):
+                    r = await c.post("/v1/score", content=body)
+                    assert r.status_code == (429 if limited else status), r.text
+                return (time.process_time() - t0) / n * 1e6
+
+    samples: dict[tuple[str, str], list[float]] = {}
+    for _ in range(reps):  # interleaved, so that load from other processes hits every cell alike
+        for cname, config in configs.items():
+            for bname, (body, status) in bodies.items():
+                if cname.startswith("over") and status != 422:
+                    continue
+                samples.setdefault((cname, bname), []).append(asyncio.run(timed(config, body, status)))
+    out: dict[str, dict[str, float]] = {}
+    for (cname, bname), v in samples.items():
+        out.setdefault(cname, {})[bname] = round(float(np.median(v)), 1)
+    return out
+
+
 def machine() -> dict[str, str]:
     model = "unknown"
     try:
@@ -271,7 +328,19 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=60.0, help="client timeout per request (s)")
     p.add_argument("--budget", type=float, default=240.0, help="longest phase (s); stops early past it")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--overhead", type=int, default=0, metavar="N",
+                   help="only measure the app's cost per request, N requests per cell (in process)")
     args = p.parse_args()
+
+    if args.overhead:
+        info = machine()
+        print(f"# {info}", flush=True)
+        result = {"machine": info, "us_per_request": app_overhead(args.overhead)}
+        print(json.dumps(result, indent=2))
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(result, fh, indent=2)
+        return
 
     images = web_jpegs()
     info = machine()

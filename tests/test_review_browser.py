@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nsfwlab.serve import ReviewStore
+from nsfwlab.serve import QueueReason, ReviewStore
 from test_serve_server import running_server
 
 CHROMIUM = "/usr/bin/chromium"
@@ -105,3 +105,40 @@ def test_label_with_keyboard_persists(tmp_path: Path, photos: dict[str, np.ndarr
         assert second is not None and second.status.value == "nsfw" and second.reviewer == "tester"
         assert first_item is not None and first_item.status.value == "safe"
         assert [h.label.value for h in store.history(ids[1])] == ["nsfw"]
+
+
+def test_review_page_pages_through_more_than_200_items(tmp_path: Path) -> None:
+    """The page used to show the first 200 items and no way to the rest."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    expect = sync_api.expect
+    data_dir = tmp_path / "data"
+    with ReviewStore(data_dir) as store:
+        for i in range(230):
+            arr = np.full((8, 8, 3), i % 200, np.uint8)
+            arr[:4, :4] = i // 200 * 100
+            store.add(jpeg(arr), "JPEG", score=0.5, model_label="review", reason=QueueReason.BAND,
+                      model_version="m", now=float(i))
+    with running_server(tmp_path, "--data-dir", str(data_dir)) as srv, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 640})
+            page.goto(srv.url + "/review")
+            cards, pager = page.locator(".card"), page.locator("#range")
+            expect(pager).to_have_text("1\u2013100 of 230")
+            expect(cards).to_have_count(100)
+            assert page.locator("#prev").is_disabled()
+            page.keyboard.press("]")
+            expect(pager).to_have_text("101\u2013200 of 230")
+            page.locator("#next").click()
+            expect(pager).to_have_text("201\u2013230 of 230")
+            expect(cards).to_have_count(30)
+            assert page.locator("#next").is_disabled()
+            last = cards.nth(0).get_attribute("data-sha")
+            page.keyboard.press("s")  # label the first item of the last page
+            expect(pager).to_have_text("201\u2013229 of 229")
+            assert page.locator("[data-count=safe]").inner_text() == "1"
+        finally:
+            browser.close()
+    with ReviewStore(data_dir, create=False) as store:
+        item = store.get(str(last))
+        assert item is not None and item.status.value == "safe" and item.created_at == 200.0

@@ -463,14 +463,17 @@ def test_review_routes_without_data_dir_are_404(client: TestClient) -> None:
 
 
 class ConstantBackend:
-    """A model that calls everything safe (score 0.05): exercises the audit sample without the model."""
+    """A model that gives every image the same score (by default 0.05, a confident 'safe')."""
 
     name = "constant"
     device = "cpu"
     model_version = "constant-test"
 
+    def __init__(self, score: float = 0.05) -> None:
+        self.score = score
+
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        return np.tile(np.array([[0.95, 0.05]], np.float32), (len(batch), 1))
+        return np.tile(np.array([[1.0 - self.score, self.score]], np.float32), (len(batch), 1))
 
 
 def test_audit_sample_is_seeded_and_has_the_requested_share(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import threading
 import time
 from pathlib import Path
@@ -116,6 +117,27 @@ def test_counting_receive_holds_the_whole_body_to_one_deadline() -> None:
     assert asyncio.run(CountingReceive(_receive_from([b"ab"]), 10, timeout=5.0)())["body"] == b"ab"
     with pytest.raises(ConfigError, match="body_timeout_s"):
         ServeConfig(body_timeout_s=0)
+
+
+def test_counting_receive_answers_a_cancelled_body_read_not_ready() -> None:
+    """uvicorn cancels requests still reading their body at the end of the graceful timeout."""
+
+    async def stalled() -> dict:
+        await asyncio.sleep(60)
+        return {}
+
+    async def main(timeout: float | None) -> BaseException:
+        task = asyncio.create_task(CountingReceive(stalled, 10, timeout=timeout)())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        try:
+            await task
+        except BaseException as exc:
+            return exc
+        raise AssertionError("not cancelled")
+
+    for timeout in (None, 30.0):
+        assert isinstance(asyncio.run(main(timeout)), NotReadyError)
 
 
 def test_check_api_key() -> None:
@@ -414,6 +436,8 @@ def test_public_names_are_pinned() -> None:
     [
         (["--safe-below", "0.9", "--nsfw-above", "0.1"], "must not exceed"),
         (["--api-key-file", "/nonexistent/keys.txt"], "cannot read the API key file"),
+        (["--rate-limit", "5/week"], "is not N/s, N/min or N/h"),
+        (["--rate-limit", "0/s"], "positive rate"),
     ],
 )
 def test_serve_refuses_bad_configuration_before_starting(args: list[str], message: str) -> None:
@@ -431,3 +455,59 @@ def test_serve_refuses_an_empty_or_binary_api_key_file(tmp_path: Path) -> None:
         result = CliRunner().invoke(cli_app, ["serve", "--port", "1", "--api-key-file", str(path)])
         assert result.exit_code == 2, result.output
         assert message in result.output and "Traceback" not in result.output
+
+
+def test_serve_refuses_unusable_tls_files(tmp_path: Path) -> None:
+    """TLS files are checked before the server starts: a usage error, never a traceback at startup."""
+    from test_serve_server import self_signed
+
+    cert, key = self_signed(tmp_path, b"secret")
+    unreadable = tmp_path / "locked.pem"
+    unreadable.write_text("x")
+    unreadable.chmod(0)
+    cases = [
+        (["--ssl-certfile", str(tmp_path / "missing.pem")], "no such file"),
+        (["--ssl-keyfile", str(key)], "need --ssl-certfile"),
+        (["--ssl-certfile", str(cert), "--ssl-keyfile", str(key)], "cannot use the TLS certificate"),  # no password
+        (["--ssl-certfile", str(cert), "--ssl-keyfile", str(key), "--ssl-keyfile-password", "wrong"],
+         "cannot use the TLS certificate"),
+        (["--ssl-certfile", str(key), "--ssl-keyfile", str(cert), "--ssl-keyfile-password", "secret"],
+         "cannot use the TLS certificate"),
+    ]
+    if os.geteuid() != 0:  # root reads anything
+        cases.append((["--ssl-certfile", str(unreadable)], "not readable"))
+    for args, message in cases:
+        result = CliRunner().invoke(cli_app, ["serve", "--port", "1", *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output and "Traceback" not in result.output, result.output
+
+
+def test_routes_and_dependencies_are_async() -> None:
+    """A plain ``def`` dependency or route makes FastAPI hop to a worker thread on every request
+    (a sync ``get_service`` once cost the cheapest request about a third more CPU)."""
+    import inspect
+
+    from fastapi.dependencies.utils import get_dependant
+    from fastapi.routing import APIRoute
+
+    from nsfwlab.serve.routers import ops, review, score
+
+    def is_async(call: object) -> bool:
+        fn = call if inspect.isfunction(call) else getattr(call, "__call__", call)  # noqa: B004
+        return inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+
+    def walk(dependant) -> None:  # type: ignore[no-untyped-def]
+        for sub in dependant.dependencies:
+            assert is_async(sub.call), sub.call
+            walk(sub)
+
+    routes = 0
+    for router in (ops.router, score.router, review.page, review.api):
+        for dep in router.dependencies:
+            assert is_async(dep.dependency)
+            walk(get_dependant(path="", call=dep.dependency))
+        for route in router.routes:
+            assert isinstance(route, APIRoute) and is_async(route.endpoint), route
+            walk(route.dependant)
+            routes += 1
+    assert routes == 9

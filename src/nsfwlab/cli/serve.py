@@ -6,13 +6,19 @@ import csv
 import os
 import shutil
 import socket
+import ssl
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from ..config import BackendName, DecodeLimits, Device, Precision, Thresholds
 from ..errors import ConfigError, ModelError, NsfwlabError
 from ._common import ExitCode, fail, output_dir, progress_bar, stderr, tagged
+
+if TYPE_CHECKING:
+    from ..serve.review import ReviewStore
 
 __all__ = ["review_app", "serve_command"]
 
@@ -43,6 +49,7 @@ def serve_command(
     safe_below: float = typer.Option(0.2, help="Scores below this are 'safe'."),
     nsfw_above: float = typer.Option(0.8, help="Scores above this are 'nsfw'; between is 'review' (queued for humans)."),
     audit_rate: float = typer.Option(0.0, min=0.0, max=1.0, help="Share of confident decisions also queued for review."),
+    rate_limit: str | None = typer.Option(None, "--rate-limit", help="Scoring requests per API key (per client without keys): N/s, N/min or N/h; over it 429."),
     max_body_bytes: int = typer.Option(32 * 1024 * 1024, min=1, help="Cap on a request body (413), counted while streaming."),
     max_files: int = typer.Option(16, min=1, help="Most images in one request (413)."),
     max_bytes: int | None = typer.Option(None, min=1, help="Cap on one encoded image (413) (default: $NSFWLAB_MAX_BYTES, else 67108864)."),
@@ -60,6 +67,9 @@ def serve_command(
     model: Path | None = typer.Option(None, "--model", help="A fine-tuned checkpoint (.pt) or exported .onnx."),
     graceful_timeout: int = typer.Option(30, min=0, help="On SIGTERM, seconds to let in-flight requests finish (0: no limit)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
+    ssl_certfile: Path | None = typer.Option(None, "--ssl-certfile", help="Serve HTTPS with this PEM certificate (chain)."),
+    ssl_keyfile: Path | None = typer.Option(None, "--ssl-keyfile", help="The certificate's PEM private key (if not in the certificate file)."),
+    ssl_keyfile_password: str | None = typer.Option(None, "--ssl-keyfile-password", help="Password of an encrypted private key."),
 ) -> None:
     """Run the HTTP scoring service (FastAPI on uvicorn) with limits, metrics and a review page.
 
@@ -80,7 +90,7 @@ def serve_command(
             max_concurrent_requests=max_concurrent, queue_size=queue_size, body_timeout_s=body_timeout,
             max_batch=max_batch,
             max_wait_ms=max_wait_ms, batching=batching, decode_workers=decode_workers,
-            api_keys=_read_keys(api_key, api_key_file), audit_rate=audit_rate,
+            api_keys=_read_keys(api_key, api_key_file), audit_rate=audit_rate, rate_limit=rate_limit,
         )
 
         def load() -> Detector:
@@ -89,6 +99,7 @@ def serve_command(
 
         if model is not None and not model.is_file():  # the model loads in the background: fail now
             raise ModelError(f"model file {model} does not exist")
+        tls = _check_tls(ssl_certfile, ssl_keyfile, ssl_keyfile_password)
         app = create_app(config, load)
         _check_listen(host, port)
     except NsfwlabError as exc:
@@ -96,7 +107,30 @@ def serve_command(
     if not config.api_keys and host not in ("127.0.0.1", "localhost", "::1"):
         stderr.print(tagged("warning:", "yellow", f" listening on {host} without --api-key-file: anyone who can reach "
                             "it may use it"), highlight=False)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout or None)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout or None,
+                **tls)
+
+
+def _check_tls(certfile: Path | None, keyfile: Path | None, password: str | None) -> dict[str, Any]:
+    """uvicorn's TLS options, after loading the certificate and key once: a missing or unreadable
+    file, a wrong password or a key that does not match is a usage error now, not at startup."""
+    if certfile is None:
+        if keyfile is not None or password is not None:
+            raise ConfigError("--ssl-keyfile and --ssl-keyfile-password need --ssl-certfile")
+        return {}
+    for path in (certfile, keyfile):
+        if path is not None and not os.access(path, os.R_OK):
+            raise ConfigError(f"cannot read the TLS file {path}: {'not readable' if path.exists() else 'no such file'}")
+    try:
+        # Never OpenSSL's interactive prompt for an encrypted key without --ssl-keyfile-password.
+        secret = password if password is not None else (lambda: "")
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile, secret)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"cannot use the TLS certificate {certfile} and key {keyfile or certfile}: "
+                          f"{getattr(exc, 'reason', None) or exc} (a PEM certificate and its matching key, and the "
+                          "key's password if it is encrypted)") from None
+    return {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile) if keyfile else None,
+            "ssl_keyfile_password": password}
 
 
 def _check_listen(host: str, port: int) -> None:
@@ -112,19 +146,32 @@ def _check_listen(host: str, port: int) -> None:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
+def _write_audit(path: Path, store: ReviewStore) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "review_id", "label", "previous_label", "reviewer", "key_id", "at", "at_unix"])
+        for e in store.audit():
+            at = datetime.fromtimestamp(e.at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            writer.writerow([e.id, e.review_id, e.label.value, e.previous_label.value, e.reviewer, e.key_id or "",
+                             at, f"{e.at:.3f}"])
+    os.replace(tmp, path)
+
+
 review_app = typer.Typer(help="Human review: export the labelled images.", no_args_is_help=True)
 
 
 @review_app.command("export")
 def export_command(
     data_dir: Path = typer.Option(..., "--data-dir", help="The serve --data-dir holding review.sqlite3."),
-    out: Path = typer.Option(..., "--out", help="Folder to write safe/ and nsfw/ (and labels.csv) into."),
+    out: Path = typer.Option(..., "--out", help="Folder to write safe/ and nsfw/ (and labels.csv, audit.csv) into."),
     progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr."),
 ) -> None:
     """Write every image labelled safe or nsfw (latest decision wins) as OUT/safe/ and OUT/nsfw/,
-    ready for `nsfwlab evaluate` and fine-tuning, plus OUT/labels.csv. Re-running updates the
-    folders: an image whose label changed moves."""
-    from ..serve.review import ReviewStore
+    ready for `nsfwlab evaluate` and fine-tuning, plus OUT/labels.csv and OUT/audit.csv (every
+    decision: who, when, which label, the label before). Re-running updates the folders: an image
+    whose label changed moves."""
+    from ..serve.review import ReviewStore, clean_name
 
     try:
         store = ReviewStore(data_dir, create=False)
@@ -155,12 +202,14 @@ def export_command(
                     advance(1, errors=1)
                     continue
                 rows.append([f"{item.status.value}/{name}", item.status.value, f"{item.score:.6f}", item.reason.value,
-                             item.reviewer or "", f"{item.labelled_at or 0:.3f}", item.filename, item.model_version])
+                             item.reviewer or "", f"{item.labelled_at or 0:.3f}", clean_name(item.filename, ""),
+                             item.model_version])
                 advance(1)
         with (out / "labels.csv").open("w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["path", "label", "score", "reason", "reviewer", "labelled_at", "filename", "model_version"])
             writer.writerows(rows)
+        _write_audit(out / "audit.csv", store)
     counts = {k: sum(1 for r in rows if r[1] == k) for k in ("safe", "nsfw")}
     stderr.print(f"exported {counts['safe']} safe and {counts['nsfw']} nsfw images to {out}", highlight=False)
     if failed:

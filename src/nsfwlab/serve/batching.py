@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import ConfigError, ModelError, NsfwlabError
 from ..preprocess import stack_batch
-from .limits import NotReadyError, OverloadedError
+from .errors import NotReadyError, OverloadedError
 
 __all__ = ["BatchStats", "MicroBatcher"]
 

@@ -8,9 +8,9 @@ from pathlib import Path
 from ..config import DecodeLimits
 from ..errors import ConfigError
 from ..imageio import ALLOWED_FORMATS
+from .ratelimit import RateLimit
 
 __all__ = ["ServeConfig"]
-
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,10 @@ class ServeConfig:
 
     ``api_keys``: when non-empty, ``/v1/*`` requests must carry one of them in ``X-API-Key`` or
     ``Authorization: Bearer``; otherwise 401.
+
+    ``rate_limit``: requests per API key (per client address when there are no keys) to
+    ``/v1/*``, as a :class:`~nsfwlab.serve.ratelimit.RateLimit` or its text (``"5/s"``,
+    ``"300/min"``); over it: 429 ``rate_limited`` with ``Retry-After``. ``None``: no limit.
     """
 
     data_dir: Path | None = None
@@ -60,6 +64,7 @@ class ServeConfig:
     api_keys: tuple[str, ...] = ()
     audit_rate: float = 0.0
     audit_seed: int | None = None
+    rate_limit: RateLimit | str | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_files", "max_concurrent_requests", "queue_size",
@@ -80,6 +85,8 @@ class ServeConfig:
             )
         if any(not k or k != k.strip() for k in self.api_keys):
             raise ConfigError("API keys must be non-empty and carry no surrounding whitespace")
+        if isinstance(self.rate_limit, str):
+            object.__setattr__(self, "rate_limit", RateLimit.parse(self.rate_limit))
         if self.data_dir is not None and not isinstance(self.data_dir, Path):
             object.__setattr__(self, "data_dir", Path(self.data_dir))
 

@@ -1,5 +1,4 @@
-"""Request limits of the service, its own error classes, and the one mapping of errors to HTTP
-statuses.
+"""Request limits of the service: the streaming body cap and deadline, admission, API keys.
 
 The body cap is enforced while the body streams in: :class:`CountingReceive` wraps the ASGI
 ``receive`` callable and raises :class:`BodyTooLargeError` as soon as the bytes received exceed
@@ -7,30 +6,35 @@ the cap, so a chunked upload without ``Content-Length`` is stopped at the cap, n
 It also holds the body to a deadline (:class:`RequestTimeoutError`, 408): a client that sends its
 body slowly, or never finishes it, would otherwise keep one of the ``max_concurrent_requests``
 slots forever, and a few hundred such connections shut every other client out (slowloris).
+When the server cancels a request whose body is still arriving (uvicorn does at the end of the
+graceful-shutdown timeout), the request is answered :class:`NotReadyError` (503, retry on another
+instance) and one line is logged, instead of a 500 and tracebacks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
-from ..errors import (
-    ConfigError,
-    CorruptImageError,
-    EmptyImageError,
-    ImageError,
-    ImageTooLargeError,
-    ModelError,
-    NsfwlabError,
-    TruncatedImageError,
-    UnsupportedFormatError,
+from .errors import (
+    BadRequestError,
+    BodyTooLargeError,
+    NotFoundError,
+    NotReadyError,
+    OverloadedError,
+    RateLimitedError,
+    RequestTimeoutError,
+    TooManyFilesError,
+    UnauthorizedError,
+    http_status_for,
 )
 
-__all__ = [
+__all__ = [  # the errors are re-exported for the callers that took them from here
     "Admission",
     "BadRequestError",
     "BodyTooLargeError",
@@ -38,90 +42,17 @@ __all__ = [
     "NotFoundError",
     "NotReadyError",
     "OverloadedError",
+    "RateLimitedError",
     "RequestTimeoutError",
     "TooManyFilesError",
     "UnauthorizedError",
     "check_api_key",
     "http_status_for",
+    "match_api_key",
 ]
 
 
-class BodyTooLargeError(ImageTooLargeError):
-    """The request body is over ``ServeConfig.max_body_bytes``."""
-
-    code = "body_too_large"
-
-
-class TooManyFilesError(ImageTooLargeError):
-    """A multipart request carries more image parts than ``ServeConfig.max_files``."""
-
-    code = "too_many_files"
-
-
-class BadRequestError(NsfwlabError, ValueError):
-    """The request itself is malformed (no image in it, a broken multipart body)."""
-
-    code = "bad_request"
-
-
-class NotFoundError(NsfwlabError, LookupError):
-    """No such review item."""
-
-    code = "not_found"
-
-
-class UnauthorizedError(NsfwlabError):
-    """API keys are configured and the request carries none of them."""
-
-    code = "unauthorized"
-
-
-class OverloadedError(NsfwlabError):
-    """Too much work is queued; the client should retry later (429 with ``Retry-After``)."""
-
-    code = "overloaded"
-
-
-class RequestTimeoutError(NsfwlabError):
-    """The request body did not arrive within ``ServeConfig.body_timeout_s`` (408)."""
-
-    code = "request_timeout"
-
-
-class NotReadyError(NsfwlabError):
-    """The model is still loading, failed to load, or the server is shutting down (503)."""
-
-    code = "not_ready"
-
-
-# Order matters: the first matching class wins (subclasses before their bases).
-_STATUS: tuple[tuple[type[NsfwlabError], int], ...] = (
-    (UnauthorizedError, 401),
-    (OverloadedError, 429),
-    (NotReadyError, 503),
-    (RequestTimeoutError, 408),
-    (BadRequestError, 400),
-    (NotFoundError, 404),
-    (BodyTooLargeError, 413),
-    (TooManyFilesError, 413),
-    (ImageTooLargeError, 413),
-    (UnsupportedFormatError, 415),
-    (TruncatedImageError, 422),
-    (CorruptImageError, 422),
-    (EmptyImageError, 422),
-    (ImageError, 422),
-    (ConfigError, 400),
-    (ModelError, 500),
-)
-
-
-def http_status_for(exc: NsfwlabError) -> int:
-    """The one place where error classes map to HTTP statuses."""
-    for cls, status in _STATUS:
-        if isinstance(exc, cls):
-            return status
-    return 500
-
+log = logging.getLogger("nsfwlab.serve")
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
@@ -138,19 +69,16 @@ class CountingReceive:
         self._deadline: float | None = None
 
     async def __call__(self) -> MutableMapping[str, Any]:
-        if self.timeout is None:
-            message = await self._receive()
-        else:
-            now = time.monotonic()
-            if self._deadline is None:
-                self._deadline = now + self.timeout
-            try:
-                message = await asyncio.wait_for(self._receive(), max(0.0, self._deadline - now))
-            except TimeoutError:
-                raise RequestTimeoutError(
-                    f"the request body did not arrive within {self.timeout:g} s "
-                    f"({self.received} bytes received); send it faster or raise --body-timeout"
-                ) from None
+        try:
+            message = await self._next()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or not task.cancelling():
+                raise
+            task.uncancel()  # the server gave up on this request at shutdown: answer it, once
+            log.warning("shutting down with the request body unfinished (%d bytes received): answered 503",
+                        self.received)
+            raise NotReadyError("the server is shutting down; retry on another instance") from None
         if message.get("type") == "http.request":
             self.received += len(message.get("body", b""))
             if self.received > self.cap:
@@ -159,6 +87,20 @@ class CountingReceive:
                     "(send fewer or smaller images, or raise --max-body-bytes)"
                 )
         return message
+
+    async def _next(self) -> MutableMapping[str, Any]:
+        if self.timeout is None:
+            return await self._receive()
+        now = time.monotonic()
+        if self._deadline is None:
+            self._deadline = now + self.timeout
+        try:
+            return await asyncio.wait_for(self._receive(), max(0.0, self._deadline - now))
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"the request body did not arrive within {self.timeout:g} s "
+                f"({self.received} bytes received); send it faster or raise --body-timeout"
+            ) from None
 
 
 class Admission:
@@ -186,22 +128,30 @@ class Admission:
             self._active -= 1
 
 
-def check_api_key(headers: Mapping[str, str], keys: tuple[str, ...]) -> None:
-    """Raise :class:`UnauthorizedError` unless ``keys`` is empty or a header carries one of them."""
+def match_api_key(given: str | None, keys: tuple[str, ...]) -> str | None:
+    """The configured key equal to ``given`` (``None`` when no keys are configured); raise
+    :class:`UnauthorizedError` when keys are configured and ``given`` is none of them."""
     if not keys:
-        return
-    given = headers.get("x-api-key")
-    if given is None:
-        auth = headers.get("authorization", "")
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() == "bearer" and token:
-            given = token.strip()
+        return None
     if not given:
         raise UnauthorizedError("an API key is required: send it as 'X-API-Key: KEY' or 'Authorization: Bearer KEY'")
     given_b = given.encode("utf-8", "surrogateescape")
     # Compare against every key so timing does not tell which (or whether an early) key matched.
-    ok = False
+    found: str | None = None
     for key in keys:
-        ok |= hmac.compare_digest(given_b, key.encode("utf-8"))
-    if not ok:
+        if hmac.compare_digest(given_b, key.encode("utf-8")):
+            found = key
+    if found is None:
         raise UnauthorizedError("the API key is not valid")
+    return found
+
+
+def check_api_key(headers: Mapping[str, str], keys: tuple[str, ...]) -> str | None:
+    """:func:`match_api_key` on the key a request's headers carry (``X-API-Key``, else
+    ``Authorization: Bearer``)."""
+    given = headers.get("x-api-key")
+    if given is None:
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and token:
+            given = token.strip()
+    return match_api_key(given, keys)

@@ -40,6 +40,9 @@ class ServiceMetrics:
                                      ["reason"], registry=r)
         self.review_labels = Counter("nsfwlab_review_labels", "Human review decisions by label",
                                      ["label"], registry=r)
+        self.key_requests = Counter("nsfwlab_key_requests", "Requests to /v1 by API key id (a hash, never the key; "
+                                    "'-' without keys) and outcome (allowed or rate_limited)",
+                                    ["key", "outcome"], registry=r)
         self.ready = Gauge("nsfwlab_ready", "1 when the model is loaded and the service scores", registry=r)
 
     def observe_batch(self, size: int, seconds: float) -> None:

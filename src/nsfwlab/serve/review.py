@@ -2,24 +2,31 @@
 
 Layout of a data directory::
 
-    DIR/review.sqlite3              items (one per distinct image) and every label decision
+    DIR/review.sqlite3              items (one per distinct image), every label decision, the audit log
     DIR/images/ab/ab12...ef.jpg     the uploaded bytes, named by their sha256 (stored once)
     DIR/thumbs/ab/ab12...ef.jpg     a 256-pixel JPEG thumbnail for the review page
 
 Images enter the store when their score falls in the review band, or as a random audit sample
 of confident decisions. A reviewer labels an item ``safe``, ``nsfw`` or ``skip``; each decision
-is kept (time, reviewer) and the latest one is the item's status. Nothing here imports FastAPI:
-``nsfwlab review export`` uses the store without the web stack.
+is kept (time, reviewer) and the latest one is the item's status. Each decision is also written
+to the ``audit`` table (who, when, which API key, the label and the one it replaced), which SQLite
+triggers keep append-only. Nothing here imports FastAPI: ``nsfwlab review export`` uses the store
+without the web stack.
+
+Image files are written to a temporary name and renamed; a failed write (a full disk) removes its
+temporary file, and opening the store removes those a crash left behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import sqlite3
 import threading
 import time
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from enum import Enum
@@ -29,10 +36,11 @@ from typing import Any
 from ..config import DecodeLimits
 from ..errors import ConfigError
 from ..imageio import load_image
-from .limits import BadRequestError, NotFoundError
+from .errors import BadRequestError, NotFoundError
 
 __all__ = [
     "FORMAT_EXTENSIONS",
+    "AuditEntry",
     "LabelRecord",
     "NotFoundError",
     "QueueReason",
@@ -40,12 +48,15 @@ __all__ = [
     "ReviewLabel",
     "ReviewStatus",
     "ReviewStore",
+    "clean_name",
 ]
 
 #: File extension of each allowed format in the image store and in exports.
 FORMAT_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif"}
 
 THUMBNAIL_SIZE = 256
+#: Age in seconds after which a temporary file in the store is a crash's leftover.
+STALE_TMP_S = 600.0
 
 
 class ReviewLabel(str, Enum):
@@ -101,6 +112,22 @@ class LabelRecord:
     labelled_at: float
 
 
+@dataclass(frozen=True)
+class AuditEntry:
+    """One review decision as the audit log keeps it."""
+
+    id: int
+    review_id: str
+    label: ReviewLabel
+    previous_label: ReviewStatus
+    reviewer: str
+    key_id: str | None
+    at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "label": self.label.value, "previous_label": self.previous_label.value}
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     sha256 TEXT PRIMARY KEY,
@@ -124,6 +151,27 @@ CREATE TABLE IF NOT EXISTS labels (
     labelled_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS labels_sha ON labels(sha256);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    review_id TEXT NOT NULL,
+    label TEXT NOT NULL,
+    previous_label TEXT NOT NULL,
+    reviewer TEXT NOT NULL,
+    key_id TEXT,
+    at REAL NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"""
+
+# A store made before the audit log: its decisions (in ``labels``) become the first entries.
+_BACKFILL = """
+INSERT INTO audit (review_id, label, previous_label, reviewer, key_id, at)
+SELECT sha256, label, COALESCE(LAG(label) OVER (PARTITION BY sha256 ORDER BY id), 'pending'), reviewer, NULL,
+       labelled_at
+FROM labels WHERE NOT EXISTS (SELECT 1 FROM audit) ORDER BY id
 """
 
 _COLUMNS = "sha256, ext, filename, score, model_label, reason, model_version, created_at, status, reviewer, labelled_at"
@@ -137,8 +185,21 @@ def _item(row: tuple[Any, ...]) -> ReviewItem:
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no 0-byte temporary behind
+        raise
+
+
+def clean_name(name: str, fallback: str = "upload") -> str:
+    """An uploaded file name safe to log and to write into CSV: its last path component, control
+    and format characters (NUL, ESC, BEL, newlines, bidi overrides) replaced by U+FFFD, at most
+    255 characters."""
+    base = str(name).replace("\\", "/").rsplit("/", 1)[-1]
+    cleaned = "".join("\ufffd" if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch for ch in base)
+    return cleaned[:255] or fallback
 
 
 def _clean_reviewer(reviewer: str) -> str:
@@ -169,9 +230,22 @@ class ReviewStore:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.executescript(_SCHEMA)
+                self._db.execute(_BACKFILL)
         except sqlite3.Error as exc:  # e.g. review.sqlite3 is not a database
             self._db.close()
             raise ConfigError(f"cannot open the review store {db}: {exc}") from None
+        self._remove_stale_temporaries()
+
+    def _remove_stale_temporaries(self) -> None:
+        """Remove temporary files a crash left: those older than ``STALE_TMP_S`` (a write takes
+        milliseconds; a younger one may belong to a server writing now, as ``review export`` opens
+        the store of a running server)."""
+        cutoff = time.time() - STALE_TMP_S
+        for sub in ("images", "thumbs"):
+            for tmp in (self.root / sub).glob("*/.*.tmp"):
+                with contextlib.suppress(OSError):
+                    if tmp.stat().st_mtime < cutoff:
+                        tmp.unlink()
 
     # -- paths ----------------------------------------------------------------------------------
     def image_path(self, item: ReviewItem) -> Path:
@@ -205,7 +279,7 @@ class ReviewStore:
             _write_atomic(img_path, data)
         _write_atomic(self.thumbnail_path(sha), buf.getvalue())
         created = time.time() if now is None else now
-        name = os.path.basename(filename or "")[:255]
+        name = clean_name(filename, fallback="") if filename else ""
         with self._lock:
             self._db.execute(
                 "INSERT OR IGNORE INTO items (sha256, ext, filename, score, model_label, reason, model_version, "
@@ -217,23 +291,25 @@ class ReviewStore:
         return item
 
     def set_label(self, sha256: str, label: ReviewLabel | str, reviewer: str,
-                  now: float | None = None) -> ReviewItem:
-        """Record a decision (kept in the history) and make it the item's status."""
+                  now: float | None = None, key_id: str | None = None) -> ReviewItem:
+        """Record a decision (kept in the history and the audit log) and make it the item's status.
+        ``key_id``: the id of the API key that sent it, for the audit log."""
         label = ReviewLabel(label)
         who = _clean_reviewer(reviewer)
         when = time.time() if now is None else now
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                cur = self._db.execute(
-                    "UPDATE items SET status = ?, reviewer = ?, labelled_at = ? WHERE sha256 = ?",
-                    (label.value, who, when, sha256),
-                )
-                if cur.rowcount == 0:
+                row = self._db.execute("SELECT status FROM items WHERE sha256 = ?", (sha256,)).fetchone()
+                if row is None:
                     self._db.execute("ROLLBACK")
                     raise NotFoundError(f"no review item {sha256!r}")
+                self._db.execute("UPDATE items SET status = ?, reviewer = ?, labelled_at = ? WHERE sha256 = ?",
+                                 (label.value, who, when, sha256))
                 self._db.execute("INSERT INTO labels (sha256, label, reviewer, labelled_at) VALUES (?, ?, ?, ?)",
                                  (sha256, label.value, who, when))
+                self._db.execute("INSERT INTO audit (review_id, label, previous_label, reviewer, key_id, at) "
+                                 "VALUES (?, ?, ?, ?, ?, ?)", (sha256, label.value, row[0], who, key_id, when))
                 self._db.execute("COMMIT")
             except sqlite3.Error:
                 self._db.execute("ROLLBACK")
@@ -251,17 +327,41 @@ class ReviewStore:
     def items(self, status: ReviewStatus | str | None = ReviewStatus.PENDING, *, limit: int = 50,
               offset: int = 0) -> list[ReviewItem]:
         """Items with ``status`` (all when ``None``), oldest first."""
-        limit = max(0, min(int(limit), 1000))
+        limit, offset = max(0, min(int(limit), 1000)), min(max(0, int(offset)), 2**62)
         with self._lock:
             if status is None:
                 rows = self._db.execute(f"SELECT {_COLUMNS} FROM items ORDER BY created_at, sha256 LIMIT ? OFFSET ?",
-                                        (limit, max(0, offset))).fetchall()
+                                        (limit, offset)).fetchall()
             else:
                 rows = self._db.execute(
                     f"SELECT {_COLUMNS} FROM items WHERE status = ? ORDER BY created_at, sha256 LIMIT ? OFFSET ?",
-                    (ReviewStatus(status).value, limit, max(0, offset)),
+                    (ReviewStatus(status).value, limit, offset),
                 ).fetchall()
         return [_item(r) for r in rows]
+
+    def count(self, status: ReviewStatus | str | None = ReviewStatus.PENDING) -> int:
+        """Number of items with ``status`` (all when ``None``): the total that :meth:`items` pages through."""
+        with self._lock:
+            if status is None:
+                row = self._db.execute("SELECT COUNT(*) FROM items").fetchone()
+            else:
+                row = self._db.execute("SELECT COUNT(*) FROM items WHERE status = ?",
+                                       (ReviewStatus(status).value,)).fetchone()
+        return int(row[0])
+
+    def audit(self, *, limit: int | None = None, offset: int = 0) -> list[AuditEntry]:
+        """Audit log entries, oldest first (all of them when ``limit`` is ``None``)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, review_id, label, previous_label, reviewer, key_id, at FROM audit ORDER BY id "
+                "LIMIT ? OFFSET ?", (-1 if limit is None else max(0, int(limit)), min(max(0, int(offset)), 2**62))
+            ).fetchall()
+        return [AuditEntry(int(r[0]), r[1], ReviewLabel(r[2]), ReviewStatus(r[3]), r[4], r[5], float(r[6]))
+                for r in rows]
+
+    def audit_count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM audit").fetchone()[0])
 
     def counts(self) -> dict[str, int]:
         """Number of items per status (every status present, zero when none)."""

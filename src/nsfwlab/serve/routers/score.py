@@ -1,0 +1,31 @@
+"""``POST /v1/score``: behind the API key and admission."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Query, Request, Security
+from fastapi.responses import JSONResponse, Response
+
+from ..deps import admitted, caller, get_service
+from ..schemas import ERROR_RESPONSES, SCORE_BODY, ScoreResponse
+from ..scoring import score_uploads
+from ..service import Service
+from ..uploads import read_uploads
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1", tags=["score"], dependencies=[Security(caller)])
+
+
+@router.post("/score", summary="Score one or more images", response_model=ScoreResponse,
+             openapi_extra={"requestBody": SCORE_BODY}, responses=dict(ERROR_RESPONSES),
+             dependencies=[admitted])
+async def score(request: Request, svc: Service = Depends(get_service),
+                filename: str | None = Query(None, max_length=255,
+                                             description="name reported for a raw-body upload")) -> Response:
+    """Multipart field ``file`` (repeatable) or a raw image body. A request with several files
+    answers 200 when at least one image was scored, with an error entry for each bad one; when
+    none could be scored it answers the status of the first error."""
+    svc.require_ready()
+    uploads = await read_uploads(request, svc.config, filename)
+    status, body = await score_uploads(svc, uploads)
+    return JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=status)
