@@ -19,8 +19,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "nsfwlab"
 
 #: Top-level parts of the package that are capabilities (packages); everything else but the CLI
-#: is the core.
-CAPABILITIES = {"scan", "serve", "evaluate", "train", "explain", "lab", "bank"}
+#: is the core. The hash bank is core: score, scan and serve all match against it
+#: (docs/architecture.md).
+CAPABILITIES = {"scan", "serve", "evaluate", "train", "explain", "lab"}
 EDGE = {"cli", "__main__"}
 
 
