@@ -3,6 +3,7 @@ with exactly one row per file, the exact scores, and an intact database."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -85,3 +86,33 @@ def test_sigkill_mid_scan_then_rerun(many_photos: Path, tmp_path: Path, detector
     assert all(r[2] == "ok" and r[3] == 1 for r in rows)
     for path, score, _, _ in rows[::6]:
         assert abs(score - detector.score(path)) <= 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_worker_processes_exit_when_the_scan_is_killed(many_photos: Path, tmp_path: Path, sig: int) -> None:
+    """Only the scan's own process is killed (no cleanup runs in it): its decoding workers, children
+    of the fork server, must not live on."""
+    import psutil
+
+    db = tmp_path / "r.sqlite"
+    cmd = _scan_cmd(many_photos, db, "process")
+    cmd[cmd.index("--workers") + 1] = "2"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 120
+    try:
+        while _committed(db) < 2:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the scan committed nothing in 120 s"
+            time.sleep(0.01)
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        assert len(workers) >= 2  # the decoding workers (and the fork server)
+        os.kill(proc.pid, sig)
+        proc.wait()
+        assert proc.returncode == -sig
+        _, alive = psutil.wait_procs(workers, timeout=20)
+        assert not alive, f"still running after the scan died: {alive}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

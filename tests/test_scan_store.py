@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from nsfwlab.scan import Decision, FileRecord, ResultStore, Status, StoreError
+from nsfwlab.scan.store import SCHEMA_VERSION
 
 MV, PV = "model-a", "pre-a"
 
@@ -27,7 +28,7 @@ def test_store_is_wal_and_versioned(tmp_path: Path) -> None:
         store.write([ok("/a", 0.1)])
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "1"
+    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
     conn.close()
 
 
@@ -98,8 +99,12 @@ def test_bad_database_files_are_clear_errors(tmp_path: Path) -> None:
         ResultStore(tmp_path / "no" / "dir" / "r.sqlite")
     other = tmp_path / "other.sqlite"
     sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
-    with pytest.raises(StoreError, match="no nsfwlab results"):
+    with pytest.raises(StoreError, match="another application"):
         ResultStore(other, readonly=True)
+    empty = tmp_path / "empty.sqlite"
+    sqlite3.connect(empty).execute("PRAGMA user_version = 0").connection.close()
+    with pytest.raises(StoreError, match="no nsfwlab results"):
+        ResultStore(empty, readonly=True)
 
 
 def test_non_utf8_file_names_are_stored_escaped_and_found_again(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from ..errors import NsfwlabError
 from ..scan.config import Engine, Executor
 from ..scan.export import ExportFormat
 from ..scan.modes import ScanMode
-from ..scan.store import Status
+from ..scan.store import Status, StoreWriteError
 from ._common import ExitCode, fail, progress_bar, stderr, stdout, tagged
 
 __all__ = ["export_command", "scan_command"]
@@ -47,8 +47,11 @@ def scan_command(
     """Score every image under DIR... into a resumable results store.
 
     A re-run skips files already scored with the same content and model; a killed scan loses at
-    most one batch. Exit status: 0 all scored, 1 some files failed (recorded in the store), 2 usage
-    error, 3 the model could not be loaded.
+    most one batch. Paths that cannot be scanned (unreadable folders, dangling links, FIFOs, devices)
+    are recorded as errors; rows of files deleted since are marked 'missing'. Exit status: 0 all
+    scored, 1 some files failed (recorded in the store) or the store could not be written (a full
+    disk; what was committed is kept), 2 usage error (also a read-only or foreign --db), 3 the model
+    could not be loaded.
     """
     from ..config import Thresholds
     from ..scan import ResultStore, ScanConfig, WalkConfig, scan, walk
@@ -69,6 +72,10 @@ def scan_command(
             total = sum(1 for _ in walk(roots, config.walk))
         with ResultStore(db) as store, progress_bar(total, "scanning", unit="files", enabled=progress) as advance:
             summary = scan(roots, store, config, progress=lambda n, errors: advance(n, errors=errors))
+    except StoreWriteError as exc:
+        # Not a usage error: the scan ran, its committed results are kept (a full disk, an I/O error).
+        fail(exc)
+        raise typer.Exit(int(ExitCode.INPUT_FAILED)) from None
     except NsfwlabError as exc:
         raise fail(exc) from None
     except KeyboardInterrupt:
@@ -83,7 +90,8 @@ def scan_command(
             "scanned", "bold",
             f" {summary.seen} files in {summary.seconds:.1f}s "
             f"({summary.files_per_second:.1f} files/s): scored {summary.scored}, reused {summary.reused} "
-            f"(identical content), skipped {summary.skipped} (already in the store), errors {summary.errors}",
+            f"(identical content), skipped {summary.skipped} (already in the store), errors {summary.errors}"
+            + (f", missing {summary.missing} (deleted since scanned; rows kept)" if summary.missing else ""),
         ), highlight=False)
         stderr.print(f"labels: {labels}; model {summary.model_version}, preprocessing {summary.preprocess_version}",
                      highlight=False)

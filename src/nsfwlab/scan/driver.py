@@ -8,6 +8,7 @@ never by the tree; the model runs in the driving thread while the workers read a
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -22,7 +23,7 @@ from .config import Executor, ScanConfig, ScanModel
 from .sink import ScanSummary, Sink
 from .store import ResultStore
 from .walk import WalkedFile
-from .worker import Prepared, WorkerContext, prepare_chunk, worker_died
+from .worker import Prepared, WorkerContext, prepare_chunk, watch_parent, worker_died
 
 __all__ = ["ArrayScorer", "Pool", "Scorer", "Workers", "drive", "run", "worker_context"]
 
@@ -78,7 +79,9 @@ class Workers:
     def _make(self) -> ProcessPoolExecutor | ThreadPoolExecutor:
         if self.kind is Executor.THREAD:
             return ThreadPoolExecutor(self.n, thread_name_prefix="nsfwlab-scan")
-        return ProcessPoolExecutor(self.n, mp_context=_mp_context())
+        # Each worker exits when this process is gone (killed: no cleanup runs), see watch_parent.
+        return ProcessPoolExecutor(self.n, mp_context=_mp_context(), initializer=watch_parent,
+                                   initargs=(os.getpid(),))
 
     def _restart(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

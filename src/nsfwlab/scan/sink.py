@@ -10,6 +10,7 @@ Records are written one transaction per batch; the run is recorded in the store'
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from ..config import Label
 from .config import ScanConfig, ScanModel
 from .store import Decision, FileRecord, ResultStore, Status
-from .walk import WalkedFile, walk
+from .walk import WalkedFile, WalkIssue, walk
 from .worker import Prepared
 
 __all__ = ["ProgressFn", "ScanSummary", "Sink"]
@@ -28,7 +29,9 @@ ProgressFn = Callable[[int, int], None]
 @dataclass
 class ScanSummary:
     """What a scan did. ``scored``: files the model ran on; ``reused``: files whose identical
-    content already had a score; ``skipped``: unchanged files already in the store."""
+    content already had a score; ``skipped``: unchanged files already in the store; ``errors``
+    include paths the walk could not scan (unreadable folders, dangling links, special files);
+    ``missing``: rows whose file was deleted since, marked by this scan."""
 
     model_version: str
     preprocess_version: str
@@ -39,6 +42,7 @@ class ScanSummary:
     scored: int = 0
     reused: int = 0
     errors: int = 0
+    missing: int = 0
     labels: dict[str, int] = field(default_factory=lambda: {label.value: 0 for label in Label})
     error_codes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
@@ -55,7 +59,8 @@ class ScanSummary:
         return {
             "model_version": self.model_version, "preprocess_version": self.preprocess_version,
             "mode": self.mode, "engine": self.engine, "seen": self.seen, "skipped": self.skipped,
-            "scored": self.scored, "reused": self.reused, "errors": self.errors, "labels": dict(self.labels),
+            "scored": self.scored, "reused": self.reused, "errors": self.errors,
+            "missing": self.missing, "labels": dict(self.labels),
             "error_codes": dict(self.error_codes), "seconds": round(self.seconds, 3),
             "files_per_second": round(self.files_per_second, 2),
         }
@@ -72,10 +77,12 @@ class Sink:
         self.records: list[FileRecord] = []
         self.waiting: dict[str, list[WalkedFile]] = {}  # content being scored -> its files, first one first
         self.pending_skips = 0
+        self.roots: list[str] = []
 
     # -- the run ------------------------------------------------------------------------------
 
     def start(self, roots: list[str]) -> int:
+        self.roots = [os.path.abspath(r) for r in roots]
         return self.store.start_run(model_version=self.model.model_version,
                                     preprocess_version=self.model.preprocess_version, mode=self.model.mode.value,
                                     engine=self.run_engine, roots=roots)
@@ -83,12 +90,13 @@ class Sink:
     def finish(self, run_id: int) -> ScanSummary:
         self.flush()
         s = self.summary
+        s.missing = self.store.mark_missing(self.roots)
         self.store.finish_run(run_id, scored=s.scored, reused=s.reused, skipped=s.skipped, errors=s.errors)
         return s
 
     def planned(self, roots: list[str]) -> Iterator[WalkedFile]:
         """The walk, less the files the store says to skip (unchanged, or failed too often)."""
-        for f in walk(roots, self.config.walk):
+        for f in walk(roots, self.config.walk, on_issue=self._issue):
             self.summary.seen += 1
             if self.store.decide(f.path, f.size, f.mtime_ns, self.model.model_version,
                                  self.model.preprocess_version, max_attempts=self.config.max_attempts) is Decision.SKIP:
@@ -96,6 +104,11 @@ class Sink:
                 self._skip()
                 continue
             yield f
+
+    def _issue(self, issue: WalkIssue) -> None:
+        """A path the walk cannot scan: an error row, so that it is reported, never silently skipped."""
+        self.summary.seen += 1
+        self._record(WalkedFile(issue.path, 0, 0), None, error_code=issue.code, error=issue.message)
 
     # -- results ------------------------------------------------------------------------------
 

@@ -9,16 +9,22 @@ Rules the scanner relies on:
   loses at most the batch being written, and WAL keeps the file consistent.
 - A file that fails is stored with ``status='error'``, its error code and message, and an attempt
   count; :meth:`ResultStore.decide` stops retrying it after ``max_attempts`` unless it changes.
+- A file deleted since it was scanned keeps its row, marked ``status='missing'`` by a re-scan of
+  its root (:meth:`ResultStore.mark_missing`); it is never deleted.
+- A file that is not an nsfwlab store (another application's SQLite database) is refused before
+  anything is written to it; a store of an older schema is migrated in one transaction.
 
 Only the edges open a store on a user-given path; the library functions take a store object.
 """
 
 from __future__ import annotations
 
+import codecs
 import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -34,9 +40,11 @@ __all__ = [
     "ResultStore",
     "Status",
     "StoreError",
+    "StoreWriteError",
 ]
 
-SCHEMA_VERSION = 1
+#: 2: status 'missing' (files deleted since they were scanned).
+SCHEMA_VERSION = 2
 
 #: Columns of the ``results`` table, in export order.
 COLUMNS = (
@@ -44,8 +52,7 @@ COLUMNS = (
     "attempts", "reused", "model_version", "preprocess_version", "mode", "first_seen", "scored_at",
 )
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+_RESULTS_TABLE = """
 CREATE TABLE IF NOT EXISTS results (
     id INTEGER PRIMARY KEY,
     path TEXT NOT NULL,
@@ -54,7 +61,7 @@ CREATE TABLE IF NOT EXISTS results (
     sha256 TEXT,
     score REAL,
     label TEXT,
-    status TEXT NOT NULL CHECK (status IN ('ok', 'error')),
+    status TEXT NOT NULL CHECK (status IN ('ok', 'error', 'missing')),
     error_code TEXT,
     error TEXT,
     attempts INTEGER NOT NULL DEFAULT 1,
@@ -66,6 +73,11 @@ CREATE TABLE IF NOT EXISTS results (
     scored_at REAL NOT NULL,
     UNIQUE (path, model_version, preprocess_version)
 );
+"""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+""" + _RESULTS_TABLE + """
 CREATE INDEX IF NOT EXISTS results_content
     ON results (sha256, model_version, preprocess_version) WHERE status = 'ok';
 CREATE TABLE IF NOT EXISTS runs (
@@ -85,6 +97,14 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
+#: SQL that brings schema N to N + 1 (run in one transaction by :meth:`ResultStore._migrate`).
+_MIGRATIONS = {
+    # 1 -> 2: status may be 'missing'; SQLite cannot change a CHECK constraint, so the table is rebuilt.
+    1: "ALTER TABLE results RENAME TO results_v1;\n" + _RESULTS_TABLE
+       + "INSERT INTO results SELECT * FROM results_v1;\nDROP TABLE results_v1;\n",
+}
+
+
 def _text(value: str) -> str:
     """``value`` as storable UTF-8 text.
 
@@ -100,6 +120,30 @@ def _text(value: str) -> str:
     return value
 
 
+def _spellings(stored: str) -> list[str]:
+    """The file names a stored path may stand for: itself, and the name :func:`_text` escaped."""
+    out = [stored]
+    if "\\x" in stored:
+        try:
+            out.append(os.fsdecode(codecs.escape_decode(stored.encode("utf-8"))[0]))
+        except ValueError:
+            pass
+    return out
+
+
+def _gone(stored: str) -> bool:
+    """Whether the file of a stored path no longer exists (a permission error does not tell)."""
+    for name in _spellings(stored):
+        try:
+            os.lstat(name)
+            return False
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:
+            return False
+    return True
+
+
 def _opt_text(value: str | None) -> str | None:
     return None if value is None else _text(value)
 
@@ -110,9 +154,16 @@ class StoreError(ConfigError):
     code = "store_error"
 
 
+class StoreWriteError(StoreError):
+    """Results could not be written (a full disk, an I/O error): what was committed before is kept."""
+
+    code = "store_write"
+
+
 class Status(str, Enum):
     OK = "ok"
     ERROR = "error"
+    MISSING = "missing"  # the file was deleted after it was scanned
 
 
 class Decision(str, Enum):
@@ -154,6 +205,7 @@ class ResultStore:
         if not readonly and self.path.parent and not self.path.parent.exists():
             raise StoreError(f"directory {self.path.parent} of the results database does not exist")
         try:
+            version = self._inspect(timeout)  # read-only: nothing is written to a file that is not ours
             if readonly:
                 uri = self.path.resolve().as_uri() + "?mode=ro"
                 self._conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
@@ -161,20 +213,67 @@ class ResultStore:
                 self._conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
             self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
             if not readonly:
-                mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise StoreError(f"{self.path}: SQLite refused WAL mode (got {mode}); use a local disk")
-                # NORMAL is durable against process crashes (kill -9) in WAL mode; only an OS crash
-                # or power loss may drop the last transactions, never corrupt the file.
-                self._conn.execute("PRAGMA synchronous = NORMAL")
-                self._conn.executescript(_SCHEMA)
-                self._check_schema()
-            else:
-                self._require_table()
+                self._open_for_writing(version)
+            elif version is None:
+                raise StoreError(f"{self.path} is an SQLite file but holds no nsfwlab results")
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path} is not a usable SQLite results database: {exc}") from None
+            raise self._readonly(exc) or StoreError(
+                f"{self.path} is not a usable SQLite results database: {exc}") from None
 
-    # -- lifecycle -----------------------------------------------------------------------------
+    def _inspect(self, timeout: float) -> int | None:
+        """The schema version of an existing store (``None``: a new or empty file), looked at through a
+        read-only connection; another application's database is refused before anything is written."""
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return None
+        uri = self.path.resolve().as_uri() + "?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
+        try:
+            tables = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not tables:
+                return None
+            columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(results)")}
+            if not {"meta", "results", "runs"} <= tables or not set(COLUMNS) <= columns:
+                raise StoreError(f"{self.path} is an SQLite database of another application, not an nsfwlab "
+                                 "results store; it was left untouched: give another --db")
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        finally:
+            conn.close()
+        version = int(row[0]) if row is not None else 1
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path} has results schema {version}, written by a newer nsfwlab; "
+                             f"this one reads up to {SCHEMA_VERSION}")
+        return version
+
+    def _open_for_writing(self, version: int | None) -> None:
+        mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"{self.path}: SQLite refused WAL mode (got {mode}); use a local disk")
+        # NORMAL is durable against process crashes (kill -9) in WAL mode; only an OS crash
+        # or power loss may drop the last transactions, never corrupt the file.
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        if version is not None and version < SCHEMA_VERSION:
+            self._migrate(version)
+        self._conn.executescript(_SCHEMA)
+        self._check_schema()
+
+    def _readonly(self, exc: sqlite3.Error) -> StoreError | None:
+        if "readonly" in str(exc) or "read-only" in str(exc):
+            return StoreError(f"{self.path} is read-only (file permissions or a read-only file system): "
+                              "make it writable or give another --db")
+        return None
+
+    def _migrate(self, version: int) -> None:
+        """Bring an older store up to :data:`SCHEMA_VERSION` in one transaction (rows kept)."""
+        script = "".join(_MIGRATIONS[v] for v in range(version, SCHEMA_VERSION))
+        try:
+            self._conn.executescript(f"BEGIN IMMEDIATE;\n{script}\n"
+                                     f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version';\n"
+                                     "COMMIT;")
+        except sqlite3.Error:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+
     def _check_schema(self) -> None:
         row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if row is None:
@@ -182,11 +281,7 @@ class ResultStore:
         elif int(row[0]) != SCHEMA_VERSION:
             raise StoreError(f"{self.path} has results schema {row[0]}, this nsfwlab writes {SCHEMA_VERSION}")
 
-    def _require_table(self) -> None:
-        row = self._conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='results'").fetchone()
-        if row is None:
-            raise StoreError(f"{self.path} is an SQLite file but holds no nsfwlab results")
-
+    # -- lifecycle -----------------------------------------------------------------------------
     def close(self) -> None:
         self._conn.close()
 
@@ -240,10 +335,8 @@ class ResultStore:
              int(r.reused), r.model_version, r.preprocess_version, r.mode, now, now)
             for r in records
         ]
-        cur = self._conn.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
-            cur.executemany(
+        with self._writing():
+            self._conn.executemany(
                 """
                 INSERT INTO results (path, size, mtime_ns, sha256, score, label, status, error_code, error,
                                      reused, model_version, preprocess_version, mode, first_seen, scored_at)
@@ -262,25 +355,60 @@ class ResultStore:
                 """,
                 rows,
             )
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One write transaction. A failure (a full disk, an I/O error) rolls it back, when SQLite has
+        not already done so, and becomes a :class:`StoreWriteError`: every earlier commit is kept."""
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise self._readonly(exc) or StoreWriteError(f"cannot write to the results database {self.path}: {exc}; "
+                                  "everything committed before is kept (free space, then run again to resume)"
+                                  ) from None
 
     def start_run(self, *, model_version: str, preprocess_version: str, mode: str, engine: str,
                   roots: Iterable[str]) -> int:
-        cur = self._conn.execute(
-            "INSERT INTO runs (started, model_version, preprocess_version, mode, engine, roots) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (time.time(), model_version, preprocess_version, mode, engine, "\n".join(map(_text, roots))),
-        )
+        with self._writing():
+            cur = self._conn.execute(
+                "INSERT INTO runs (started, model_version, preprocess_version, mode, engine, roots) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (time.time(), model_version, preprocess_version, mode, engine, "\n".join(map(_text, roots))),
+            )
         return int(cur.lastrowid or 0)
 
     def finish_run(self, run_id: int, *, scored: int, reused: int, skipped: int, errors: int) -> None:
-        self._conn.execute(
-            "UPDATE runs SET finished = ?, scored = ?, reused = ?, skipped = ?, errors = ? WHERE id = ?",
-            (time.time(), scored, reused, skipped, errors, run_id),
-        )
+        with self._writing():
+            self._conn.execute(
+                "UPDATE runs SET finished = ?, scored = ?, reused = ?, skipped = ?, errors = ? WHERE id = ?",
+                (time.time(), scored, reused, skipped, errors, run_id),
+            )
+
+    def mark_missing(self, roots: Iterable[str]) -> int:
+        """Mark ``status='missing'`` the rows (of any version) under ``roots`` whose file no longer
+        exists; return how many. Rows are never deleted; a file that comes back is scanned again.
+        A path whose existence cannot be told (a folder without permission) is left as it is."""
+        gone: list[int] = []
+        for root in roots:
+            prefix = os.path.join(_text(root), "")
+            # [prefix, prefix with its '/' raised to '0') is every path under the folder (index range).
+            rows = self._conn.execute(
+                "SELECT id, path FROM results WHERE status != 'missing' AND (path = ? OR (path >= ? AND path < ?))",
+                (_text(root), prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)),
+            ).fetchall()
+            gone += [int(i) for i, path in rows if _gone(str(path))]
+        for start in range(0, len(gone), 500):
+            with self._writing():
+                self._conn.executemany("UPDATE results SET status = 'missing' WHERE id = ?",
+                                       [(i,) for i in gone[start : start + 500]])
+        return len(gone)
 
     # -- reading -------------------------------------------------------------------------------
     def count(self) -> int:

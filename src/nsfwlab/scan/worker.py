@@ -5,8 +5,10 @@ that nvJPEG decodes faithfully back as raw bytes). Runs in threads, processes an
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -29,6 +31,7 @@ __all__ = [
     "prepare_chunk",
     "prepare_file",
     "route",
+    "watch_parent",
     "worker_died",
 ]
 
@@ -163,3 +166,35 @@ def prepare_chunk(files: list[WalkedFile], ctx: WorkerContext) -> list[Prepared]
             if p.array is not None:
                 p.array = pack_array(p.array, ctx.preprocess.mean_bgr)
     return out
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a killed process not yet reaped by its parent, a zombie, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): the signal answered
+
+
+def _exit_when_gone(pid: int, interval: float) -> None:
+    while _alive(pid):
+        time.sleep(interval)
+    os._exit(1)
+
+
+def watch_parent(pid: int, interval: float = 0.5) -> None:
+    """A worker process's initializer: exit as soon as the scan's process ``pid`` is gone.
+
+    A scan killed with SIGKILL or SIGTERM runs no cleanup, and its worker processes (children of the
+    multiprocessing fork server, not of the scan) would live on, blocked on their task queue. A daemon
+    thread polls the scan's process every ``interval`` seconds and ends the worker when it is gone.
+    """
+    threading.Thread(target=_exit_when_gone, args=(pid, interval), name="nsfwlab-parent-watch",
+                     daemon=True).start()
