@@ -15,9 +15,10 @@ from nsfwlab.cli import app
 from nsfwlab.config import Label
 from nsfwlab.errors import ConfigError
 from nsfwlab.scan import COLUMNS, ExportFilter, ExportFormat, ResultStore, ScanConfig, scan, write_export
+from nsfwlab.scan.store import FRAME_COLUMNS
 
-INT_COLUMNS = {"size", "mtime_ns", "attempts", "reused"}
-FLOAT_COLUMNS = {"score", "first_seen", "scored_at"}
+INT_COLUMNS = {"size", "mtime_ns", "attempts", "reused", "frames", "match_distance"}
+FLOAT_COLUMNS = {"score", "first_seen", "scored_at", "raw_score"}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def scanned(tmp_path_factory: pytest.TempPathFactory, photo_dir: Path) -> Path:
 
 def _all_rows(db: Path) -> list[dict]:
     with ResultStore(db, readonly=True) as store:
-        return list(store.iter_rows())
+        return list(store.iter_rows(with_frames=True))
 
 
 def _typed(row: dict) -> dict:
@@ -50,6 +51,8 @@ def _typed(row: dict) -> dict:
             out[k] = int(v)
         elif k in FLOAT_COLUMNS:
             out[k] = float(v)
+        elif k in FRAME_COLUMNS:
+            out[k] = json.loads(v)
         else:
             out[k] = v
     return out
@@ -73,7 +76,7 @@ def test_export_round_trips_every_row(scanned: Path, tmp_path: Path, fmt: Export
         back = pq.read_table(out).to_pylist()
         for r in back:
             r["reused"] = int(r["reused"])
-    assert [list(r) for r in back] == [list(COLUMNS)] * len(rows)
+    assert [list(r) for r in back] == [list(COLUMNS + FRAME_COLUMNS)] * len(rows)
     assert back == rows  # every column of every row, exactly (floats included)
     assert not list(tmp_path.glob(".*.tmp"))
 

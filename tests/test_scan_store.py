@@ -120,3 +120,20 @@ def test_non_utf8_file_names_are_stored_escaped_and_found_again(tmp_path: Path) 
         rows = list(store.iter_rows())
     assert [r["path"] for r in rows] == ["/photos/bad\\xffname.jpg", "/photos/bad\\xffname.jpg2"]
     assert rows[1]["error"] == "/photos/bad\\xffname.jpg2: bad"
+
+
+def test_frames_follow_their_row_and_go_when_it_is_rewritten(tmp_path: Path) -> None:
+    video = FileRecord("/v.mp4", 10, 1, "hv", Status.OK, MV, PV, "exact", score=0.9, label="nsfw", kind="video",
+                       frames=((0.0, 0.5, 0.1, 0.1), (0.5, 0.5, 0.9, 0.9)), segments=((0.5, 1.0, 0.9),))
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        store.write([video, ok("/a", 0.1)])
+        rows = {r["path"]: r for r in store.iter_rows(with_frames=True)}
+        assert rows["/v.mp4"]["frames"] == 2 and rows["/v.mp4"]["frame_scores"] == [[0.0, 0.1], [0.5, 0.9]]
+        assert rows["/v.mp4"]["segments"] == [[0.5, 1.0, 0.9]] and rows["/a"]["frame_scores"] is None
+        assert store.cached_frames("hv", MV, PV) == ("video", [0.0, 0.5], [0.5, 0.5], [0.1, 0.9])
+        store.write([FileRecord("/v.mp4", 11, 2, None, Status.ERROR, MV, PV, "exact", error_code="truncated")])
+        (row,) = [r for r in store.iter_rows(with_frames=True) if r["path"] == "/v.mp4"]
+        assert row["frames"] is None and row["frame_scores"] is None
+    conn = sqlite3.connect(tmp_path / "r.sqlite")
+    assert conn.execute("SELECT COUNT(*) FROM frames").fetchone()[0] == 0
+    assert conn.execute("SELECT COUNT(*) FROM segments").fetchone()[0] == 0

@@ -9,6 +9,7 @@ import typer
 
 from ..config import DecodeLimits, Device, Label
 from ..errors import NsfwlabError
+from ..frames import FrameMode
 from ..scan.config import Engine, Executor
 from ..scan.export import ExportFormat
 from ..scan.modes import ScanMode
@@ -40,6 +41,15 @@ def scan_command(
     max_pixels: int | None = typer.Option(None, min=1, help="Refuse images with more pixels (default: $NSFWLAB_MAX_PIXELS, else 100000000)."),
     max_bytes: int | None = typer.Option(None, min=1, help="Refuse files larger than this (default: $NSFWLAB_MAX_BYTES, else 67108864)."),
     cache_dir: Path | None = typer.Option(None, help="Where fast mode caches its int8 model (default ~/.cache/nsfwlab)."),
+    frames: FrameMode = typer.Option(FrameMode.SAMPLE, "--frames", help="Videos and animations: score frames sampled over the whole file (sample) or only the first frame (first)."),
+    fps: float = typer.Option(2.0, "--fps", help="Video frames sampled per second of video."),
+    max_frames: int = typer.Option(300, "--max-frames", min=1, help="Most frames scored per file (spread evenly beyond it)."),
+    keyframes_only: bool = typer.Option(False, "--keyframes-only", help="Decode only video keyframes (faster, coarser)."),
+    aggregate: str = typer.Option("max", "--aggregate", help="How frame scores become the file's score: max, mean, topk-mean or pNN (e.g. p90)."),
+    min_consecutive: int = typer.Option(1, "--min-consecutive", min=1, help="A file is flagged only by at least this many consecutive high frames."),
+    calibration: Path | None = typer.Option(None, "--calibration", help="A calibration.json from `evaluate --calibrate`: scores become calibrated probabilities (labels follow them); raw_score keeps the model's."),
+    bank: Path | None = typer.Option(None, "--bank", help="A hash bank (`nsfwlab bank`): an image matching a banked PDQ hash takes the human decision as its label (the model score is kept)."),
+    match_distance: int = typer.Option(31, "--match-distance", min=0, max=256, help="Most differing PDQ bits (of 256) for a bank match."),
     count: bool = typer.Option(True, "--count/--no-count", help="Count files first, for the progress bar's ETA."),
     progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on a terminal)."),
     json_summary: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
@@ -53,12 +63,18 @@ def scan_command(
     disk; what was committed is kept), 2 usage error (also a read-only or foreign --db), 3 the model
     could not be loaded.
     """
+    from ..calibration import load_calibration
     from ..config import Thresholds
+    from ..frames import FrameOptions
     from ..scan import ResultStore, ScanConfig, WalkConfig, scan, walk
     from ..scan.config import check_roots
 
     try:
         config = ScanConfig(
+            frames=FrameOptions(mode=frames, fps=fps, max_frames=max_frames, keyframes_only=keyframes_only,
+                                aggregate=aggregate, min_consecutive=min_consecutive),
+            calibration=load_calibration(calibration) if calibration else None,
+            bank=str(bank) if bank else None, match_distance=match_distance,
             mode=mode, device=device, engine=engine, executor=executor, batch_size=batch_size, workers=workers,
             threads=threads, max_attempts=max_attempts,
             thresholds=Thresholds(safe_below=safe_below, nsfw_above=nsfw_above),

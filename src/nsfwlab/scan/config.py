@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from ..backends import Backend
+from ..calibration import Calibration
 from ..config import DecodeLimits, Device, Precision, PreprocessConfig, Thresholds
 from ..errors import ConfigError
+from ..frames import FrameOptions
 from .modes import QUANT_VERSION, ScanMode, fast_preprocess, quantize_int8
 from .walk import WalkConfig
 
@@ -36,7 +38,11 @@ class Executor(str, Enum):
 class ScanConfig:
     """How a scan runs. ``workers``: decoding threads or processes (see :attr:`n_workers`); ``threads``: model
     threads; ``chunk``: files per worker task; ``max_attempts``: failed files are retried on later
-    runs until they failed this often (unless they change)."""
+    runs until they failed this often (unless they change); ``frames``: how videos and animations
+    are sampled and their frame scores combined (``None``: score stills only, as before);
+    ``calibration``: reported scores (and labels) are calibrated, the model's raw score kept;
+    ``bank``: a hash bank's path: a still image within ``match_distance`` PDQ bits of a banked hash
+    takes the human decision as its label (the model's score is kept)."""
 
     mode: ScanMode = ScanMode.EXACT
     device: Device = Device.CPU
@@ -52,6 +58,10 @@ class ScanConfig:
     walk: WalkConfig = field(default_factory=WalkConfig)
     model: str | None = None
     cache_dir: str | None = None
+    frames: FrameOptions | None = field(default_factory=FrameOptions)
+    calibration: Calibration | None = None
+    bank: str | None = None
+    match_distance: int = 31
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "chunk", "max_attempts"):
@@ -61,6 +71,10 @@ class ScanConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
+        if not 0 <= self.match_distance <= 256:
+            raise ConfigError(f"match_distance must be between 0 and 256, got {self.match_distance}")
+        if self.frames is not None and self.frames.early_stop:
+            raise ConfigError("a scan scores every sampled frame: early_stop is not supported")
 
     @property
     def executor_kind(self) -> Executor:

@@ -50,7 +50,8 @@ def worker_context(store: ResultStore, model: ScanModel, config: ScanConfig, *, 
     if pack is None:
         pack = config.executor_kind is Executor.PROCESS
     return WorkerContext(model.preprocess, config.limits, str(store.path.resolve()) if lookup else None,
-                         model.model_version, model.preprocess_version, pack=pack, gpu_route=gpu_route)
+                         model.model_version, model.preprocess_version, pack=pack, gpu_route=gpu_route,
+                         frames=config.frames, pdq=config.bank is not None)
 
 
 def _mp_context() -> Any:
@@ -164,7 +165,8 @@ def drive(planned: Iterable[WalkedFile], pool: Pool, sink: Sink, scorer: Scorer,
     depth = max(1, config.window // config.chunk)
     for p in _results(pool, _chunks(planned, config.chunk), depth):
         if sink.add(p):
-            scorer.add(p)
+            for item in sink.model_inputs(p):  # a video's frames join the batches one by one
+                scorer.add(item)
     scorer.flush()
 
 
@@ -176,5 +178,6 @@ def run(roots: list[str], sink: Sink, pool: Pool, scorer: Scorer, config: ScanCo
         drive(sink.planned(roots), pool, sink, scorer, config)
     finally:
         pool.shutdown()
+        sink.close()
         sink.summary.seconds = time.perf_counter() - start
     return sink.finish(run_id)

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..config import Label
 from ..errors import ConfigError
-from .store import COLUMNS, ResultStore, Status
+from .store import COLUMNS, FRAME_COLUMNS, ResultStore, Status
 
 __all__ = ["ExportFilter", "ExportFormat", "iter_records", "write_export"]
 
@@ -52,15 +52,17 @@ def iter_records(store: ResultStore, filt: ExportFilter | None = None) -> Iterat
     return store.iter_rows(
         label=f.label.value if f.label else None, status=f.status.value if f.status else None,
         min_score=f.min_score, max_score=f.max_score, model_version=f.model_version,
-        preprocess_version=f.preprocess_version,
+        preprocess_version=f.preprocess_version, with_frames=True,
     )
 
 
 def _write_csv(rows: Iterator[dict[str, Any]], fh: Any) -> int:
-    writer = csv.DictWriter(fh, fieldnames=list(COLUMNS), lineterminator="\n")
+    writer = csv.DictWriter(fh, fieldnames=list(COLUMNS + FRAME_COLUMNS), lineterminator="\n")
     writer.writeheader()
     n = 0
     for row in rows:
+        for k in FRAME_COLUMNS:  # nested lists: a JSON string in a CSV cell
+            row[k] = None if row[k] is None else json.dumps(row[k])
         writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
         n += 1
     return n
@@ -85,7 +87,9 @@ def _write_parquet(rows: Iterator[dict[str, Any]], path: Path, batch: int = 6553
         ("score", pa.float64()), ("label", pa.string()), ("status", pa.string()), ("error_code", pa.string()),
         ("error", pa.string()), ("attempts", pa.int64()), ("reused", pa.bool_()), ("model_version", pa.string()),
         ("preprocess_version", pa.string()), ("mode", pa.string()), ("first_seen", pa.float64()),
-        ("scored_at", pa.float64()),
+        ("scored_at", pa.float64()), ("kind", pa.string()), ("frames", pa.int64()), ("raw_score", pa.float64()),
+        ("match_decision", pa.string()), ("match_distance", pa.int64()), ("match_source", pa.string()),
+        ("frame_scores", pa.list_(pa.list_(pa.float64()))), ("segments", pa.list_(pa.list_(pa.float64()))),
     ])
     n = 0
     with pq.ParquetWriter(str(path), schema) as writer:

@@ -71,6 +71,8 @@ def scan(roots: Iterable[str | os.PathLike], store: ResultStore, config: ScanCon
             model = ScanModel(backend, pre, config.mode)
         else:
             model = build_scan_model(config)
+    if config.calibration is not None:
+        config.calibration.check(model.model_version, model.preprocess_version)
     if config.engine is Engine.RAY:
         from .ray_engine import scan_ray
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import Label
+from ..errors import ConfigError, NsfwlabError
+from ..frames import FrameOptions, aggregate_scores, segments
 from .config import ScanConfig, ScanModel
 from .store import Decision, FileRecord, ResultStore, Status
 from .walk import WalkedFile, WalkIssue, walk
@@ -25,13 +27,27 @@ __all__ = ["ProgressFn", "ScanSummary", "Sink"]
 
 ProgressFn = Callable[[int, int], None]
 
+#: Separates a content's sha256 from a frame's index in the keys the model's batches carry.
+_FRAME_KEY = "#"
+
+
+@dataclass
+class _Sampled:
+    """A video or animation being scored: its frames' times and durations, their raw scores so far."""
+
+    kind: str
+    times: list[float]
+    durations: list[float]
+    raws: list[float | None]
+
 
 @dataclass
 class ScanSummary:
     """What a scan did. ``scored``: files the model ran on; ``reused``: files whose identical
     content already had a score; ``skipped``: unchanged files already in the store; ``errors``
     include paths the walk could not scan (unreadable folders, dangling links, special files);
-    ``missing``: rows whose file was deleted since, marked by this scan."""
+    ``missing``: rows whose file was deleted since, marked by this scan; ``matched``: files labelled
+    by a hash bank's human decision."""
 
     model_version: str
     preprocess_version: str
@@ -43,6 +59,7 @@ class ScanSummary:
     reused: int = 0
     errors: int = 0
     missing: int = 0
+    matched: int = 0
     labels: dict[str, int] = field(default_factory=lambda: {label.value: 0 for label in Label})
     error_codes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
@@ -60,10 +77,20 @@ class ScanSummary:
             "model_version": self.model_version, "preprocess_version": self.preprocess_version,
             "mode": self.mode, "engine": self.engine, "seen": self.seen, "skipped": self.skipped,
             "scored": self.scored, "reused": self.reused, "errors": self.errors,
-            "missing": self.missing, "labels": dict(self.labels),
+            "missing": self.missing, "matched": self.matched, "labels": dict(self.labels),
             "error_codes": dict(self.error_codes), "seconds": round(self.seconds, 3),
             "files_per_second": round(self.files_per_second, 2),
         }
+
+
+def _open_bank(config: ScanConfig) -> Any:
+    if config.bank is None:
+        return None
+    from ..bank import Bank
+
+    if not os.path.isfile(config.bank):
+        raise ConfigError(f"no bank at {config.bank} (create one with `nsfwlab bank import`)")
+    return Bank(config.bank, limits=config.limits)
 
 
 class Sink:
@@ -78,6 +105,14 @@ class Sink:
         self.waiting: dict[str, list[WalkedFile]] = {}  # content being scored -> its files, first one first
         self.pending_skips = 0
         self.roots: list[str] = []
+        self.sampled: dict[str, _Sampled] = {}  # videos and animations being scored, by content
+        self.hashes: dict[str, Any] = {}  # PDQ hashes of the contents being scored (bank matching)
+        self.bank = _open_bank(config)
+
+    def close(self) -> None:
+        if self.bank is not None:
+            self.bank.close()
+            self.bank = None
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -113,35 +148,68 @@ class Sink:
     # -- results ------------------------------------------------------------------------------
 
     def add(self, p: Prepared) -> bool:
-        """Take one worker result; ``True`` when its content is new and the caller must score it."""
+        """Take one worker result; ``True`` when its content is new and the caller must score it
+        (its :meth:`model_inputs`)."""
         new = False
         if p.failed:
             self._record(p.file, p.sha256, error_code=p.error_code, error=p.error)
         elif p.cached is not None:
-            self._record(p.file, p.sha256, score=p.cached, reused=True)
+            self._reuse(p.file, p.sha256 or "", p.cached, p.pdq)
         elif (sha := p.sha256 or "") in self.waiting:
             self.waiting[sha].append(p.file)
         elif (known := self.store.cached_score(sha, self.model.model_version,
                                                self.model.preprocess_version)) is not None:
-            self._record(p.file, sha, score=known, reused=True)
+            self._reuse(p.file, sha, known, p.pdq)
         else:
             self.waiting[sha] = [p.file]
+            if p.pdq is not None:
+                self.hashes[sha] = p.pdq
+            if p.frames is not None:
+                f = p.frames
+                self.sampled[sha] = _Sampled(f.kind, f.times, f.durations, [None] * len(f.arrays))
             new = True
         if len(self.records) >= 4 * self.config.batch_size:
             self.flush()
         return new
 
+    @staticmethod
+    def model_inputs(p: Prepared) -> Iterator[Prepared]:
+        """What the model scores for new content: the file itself, or each of its sampled frames
+        (keyed ``<sha256>#<index>``, so that frames join the same batches as images)."""
+        if p.frames is None:
+            yield p
+            return
+        for i, array in enumerate(p.frames.arrays):
+            yield Prepared(p.file, f"{p.sha256}{_FRAME_KEY}{i}", array=array)
+
     def scored(self, shas: Sequence[str], scores: Sequence[float]) -> None:
-        """Scores of contents :meth:`add` asked for: record them, and write the batch."""
+        """Raw scores of contents (or frames) :meth:`add` asked for: record them, and write the batch."""
         for sha, score in zip(shas, scores, strict=True):
+            if _FRAME_KEY in sha:
+                self._frame_scored(sha, float(score))
+                continue
             first, *twins = self.waiting.pop(sha)
-            self._record(first, sha, score=float(score))
+            pdq = self.hashes.pop(sha, None)
+            self._record(first, sha, raw=float(score), pdq=pdq)
             for twin in twins:
-                self._record(twin, sha, score=float(score), reused=True)
+                self._record(twin, sha, raw=float(score), reused=True, pdq=pdq)
         self.flush()
+
+    def _frame_scored(self, key: str, raw: float) -> None:
+        sha, index = key.rsplit(_FRAME_KEY, 1)
+        job = self.sampled[sha]
+        job.raws[int(index)] = raw
+        if any(r is None for r in job.raws):
+            return
+        del self.sampled[sha]
+        raws = [float(r) for r in job.raws if r is not None]
+        first, *twins = self.waiting.pop(sha)
+        for i, f in enumerate([first, *twins]):
+            self._record_frames(f, sha, job.kind, job.times, job.durations, raws, reused=i > 0)
 
     def failed(self, p: Prepared) -> None:
         """A content :meth:`add` asked for could not be scored after all (``p`` carries the error)."""
+        self.hashes.pop(p.sha256 or "", None)
         for f in self.waiting.pop(p.sha256 or ""):
             self._record(f, p.sha256, error_code=p.error_code, error=p.error)
 
@@ -162,19 +230,61 @@ class Sink:
             self.progress(self.pending_skips, 0)
             self.pending_skips = 0
 
-    def _record(self, file: WalkedFile, sha: str | None, *, score: float | None = None,
-                error_code: str | None = None, error: str | None = None, reused: bool = False) -> None:
+    def _reuse(self, file: WalkedFile, sha: str, raw: float, pdq: Any) -> None:
+        """Identical content already scored: its raw score, or its frames' raw scores (combined again
+        with this scan's options), without decoding or model work."""
+        cached = self.store.cached_frames(sha, self.model.model_version, self.model.preprocess_version)
+        if cached is None:
+            self._record(file, sha, raw=raw, reused=True, pdq=pdq)
+        else:
+            kind, times, durations, raws = cached
+            self._record_frames(file, sha, kind, times, durations, raws, reused=True)
+
+    def _record_frames(self, file: WalkedFile, sha: str, kind: str, times: Sequence[float],
+                       durations: Sequence[float], raws: Sequence[float], *, reused: bool) -> None:
+        """A video or animation: frame scores combined as :meth:`nsfwlab.Detector.score_frames` does."""
+        opts = self.config.frames or FrameOptions()
+        scores = [self._calibrate(r) for r in raws]
+        spans = segments(times, durations, scores, self.config.thresholds.nsfw_above, opts.min_consecutive)
+        self._record(file, sha, raw=aggregate_scores(raws, opts), score=aggregate_scores(scores, opts),
+                     reused=reused, kind=kind,
+                     frames=tuple(zip(times, durations, raws, scores, strict=True)), segments=tuple(spans))
+
+    def _match(self, pdq: Any) -> Any:
+        """The bank's match of a still image's PDQ hash (``None``: no bank, no hash, no match)."""
+        if self.bank is None or pdq is None:
+            return None
+        try:
+            return self.bank.match(pdq, self.config.match_distance)
+        except NsfwlabError:
+            return None
+
+    def _calibrate(self, raw: float) -> float:
+        cal = self.config.calibration
+        return raw if cal is None else cal.apply(raw)
+
+    def _record(self, file: WalkedFile, sha: str | None, *, raw: float | None = None, score: float | None = None,
+                error_code: str | None = None, error: str | None = None, reused: bool = False,
+                kind: str = "image", frames: tuple[tuple[float, float, float, float], ...] | None = None,
+                segments: tuple[tuple[float, float, float], ...] | None = None, pdq: Any = None) -> None:
         m, s = self.model, self.summary
-        if score is not None:
-            label = self.config.thresholds.label(score).value
+        if raw is not None:
+            score = self._calibrate(raw) if score is None else score
+            match = self._match(pdq)
+            label = match.decision.value if match is not None else self.config.thresholds.label(score).value
             s.labels[label] += 1
+            s.matched += match is not None
             if reused:
                 s.reused += 1
             else:
                 s.scored += 1
             self.records.append(FileRecord(file.path, file.size, file.mtime_ns, sha, Status.OK, m.model_version,
                                            m.preprocess_version, m.mode.value, score=score, label=label,
-                                           reused=reused))
+                                           reused=reused, kind=kind, frames=frames, segments=segments,
+                                           raw_score=raw if self.config.calibration is not None else None,
+                                           match_decision=match.decision.value if match else None,
+                                           match_distance=match.distance if match else None,
+                                           match_source=match.source if match else None))
             return
         code = error_code or "error"
         s.errors += 1

@@ -34,6 +34,7 @@ from ..errors import ConfigError
 
 __all__ = [
     "COLUMNS",
+    "FRAME_COLUMNS",
     "SCHEMA_VERSION",
     "Decision",
     "FileRecord",
@@ -43,14 +44,19 @@ __all__ = [
     "StoreWriteError",
 ]
 
-#: 2: status 'missing' (files deleted since they were scanned).
-SCHEMA_VERSION = 2
+#: 2: status 'missing' (files deleted since they were scanned). 3: ``kind`` and ``frames`` (videos and
+#: animations, with the ``frames`` and ``segments`` tables), ``raw_score`` (calibration), ``match_*`` (bank).
+SCHEMA_VERSION = 3
 
-#: Columns of the ``results`` table, in export order.
-COLUMNS = (
+#: Columns of schema 1, which every store has (what tells an nsfwlab store from a foreign file).
+_V1_COLUMNS = (
     "path", "size", "mtime_ns", "sha256", "score", "label", "status", "error_code", "error",
     "attempts", "reused", "model_version", "preprocess_version", "mode", "first_seen", "scored_at",
 )
+#: Columns of the ``results`` table, in export order.
+COLUMNS = (*_V1_COLUMNS, "kind", "frames", "raw_score", "match_decision", "match_distance", "match_source")
+#: What an exported record adds: a video's or animation's ``(t, score)`` frames and ``(start, end, max)`` segments.
+FRAME_COLUMNS = ("frame_scores", "segments")
 
 _RESULTS_TABLE = """
 CREATE TABLE IF NOT EXISTS results (
@@ -71,6 +77,12 @@ CREATE TABLE IF NOT EXISTS results (
     mode TEXT NOT NULL,
     first_seen REAL NOT NULL,
     scored_at REAL NOT NULL,
+    kind TEXT,
+    frames INTEGER,
+    raw_score REAL,
+    match_decision TEXT,
+    match_distance INTEGER,
+    match_source TEXT,
     UNIQUE (path, model_version, preprocess_version)
 );
 """
@@ -80,6 +92,21 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """ + _RESULTS_TABLE + """
 CREATE INDEX IF NOT EXISTS results_content
     ON results (sha256, model_version, preprocess_version) WHERE status = 'ok';
+CREATE TABLE IF NOT EXISTS frames (
+    result_id INTEGER NOT NULL REFERENCES results (id),
+    t REAL NOT NULL,
+    duration REAL NOT NULL,
+    raw_score REAL NOT NULL,
+    score REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS frames_result ON frames (result_id);
+CREATE TABLE IF NOT EXISTS segments (
+    result_id INTEGER NOT NULL REFERENCES results (id),
+    start REAL NOT NULL,
+    end REAL NOT NULL,
+    max_score REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS segments_result ON segments (result_id);
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY,
     started REAL NOT NULL,
@@ -97,11 +124,46 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
-#: SQL that brings schema N to N + 1 (run in one transaction by :meth:`ResultStore._migrate`).
+_V2_RESULTS = """
+CREATE TABLE results (
+    id INTEGER PRIMARY KEY, path TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT,
+    score REAL, label TEXT, status TEXT NOT NULL CHECK (status IN ('ok', 'error', 'missing')), error_code TEXT,
+    error TEXT, attempts INTEGER NOT NULL DEFAULT 1, reused INTEGER NOT NULL DEFAULT 0,
+    model_version TEXT NOT NULL, preprocess_version TEXT NOT NULL, mode TEXT NOT NULL, first_seen REAL NOT NULL,
+    scored_at REAL NOT NULL, UNIQUE (path, model_version, preprocess_version)
+);
+"""
+
+_UPSERT = """
+INSERT INTO results (path, size, mtime_ns, sha256, score, label, status, error_code, error, reused, model_version,
+                     preprocess_version, mode, first_seen, scored_at, kind, frames, raw_score, match_decision,
+                     match_distance, match_source)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (path, model_version, preprocess_version) DO UPDATE SET
+    attempts = CASE
+        WHEN results.size = excluded.size AND results.mtime_ns = excluded.mtime_ns
+             AND results.status = 'error' THEN results.attempts + 1
+        WHEN results.size = excluded.size AND results.mtime_ns = excluded.mtime_ns
+             THEN results.attempts
+        ELSE 1 END,
+    size = excluded.size, mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256,
+    score = excluded.score, label = excluded.label, status = excluded.status,
+    error_code = excluded.error_code, error = excluded.error, reused = excluded.reused,
+    mode = excluded.mode, scored_at = excluded.scored_at, kind = excluded.kind, frames = excluded.frames,
+    raw_score = excluded.raw_score, match_decision = excluded.match_decision,
+    match_distance = excluded.match_distance, match_source = excluded.match_source
+"""
+
+#: SQL that brings schema N to N + 1 (run in one transaction by :meth:`ResultStore._migrate`; the
+#: indexes and new tables of the current schema are created after it).
 _MIGRATIONS = {
     # 1 -> 2: status may be 'missing'; SQLite cannot change a CHECK constraint, so the table is rebuilt.
-    1: "ALTER TABLE results RENAME TO results_v1;\n" + _RESULTS_TABLE
+    1: "ALTER TABLE results RENAME TO results_v1;\n" + _V2_RESULTS
        + "INSERT INTO results SELECT * FROM results_v1;\nDROP TABLE results_v1;\n",
+    # 2 -> 3: new nullable columns (old rows: NULL, i.e. an image scored without calibration or bank).
+    2: "".join(f"ALTER TABLE results ADD COLUMN {c};\n" for c in (
+        "kind TEXT", "frames INTEGER", "raw_score REAL", "match_decision TEXT", "match_distance INTEGER",
+        "match_source TEXT")),
 }
 
 
@@ -190,6 +252,13 @@ class FileRecord:
     error_code: str | None = None
     error: str | None = None
     reused: bool = False
+    kind: str | None = None  # image, animation or video
+    frames: tuple[tuple[float, float, float, float], ...] | None = None  # (t, duration, raw, score) per frame
+    segments: tuple[tuple[float, float, float], ...] | None = None  # (start, end, max score)
+    raw_score: float | None = None  # the model's score when ``score`` is calibrated
+    match_decision: str | None = None  # a hash bank's human decision (then also ``label``)
+    match_distance: int | None = None
+    match_source: str | None = None
 
 
 class ResultStore:
@@ -200,6 +269,7 @@ class ResultStore:
 
     def __init__(self, path: str | os.PathLike, *, timeout: float = 30.0, readonly: bool = False) -> None:
         self.path = Path(path)
+        self._has_frames = False  # whether any row has frames (else a rewrite has none to drop)
         if readonly and not self.path.is_file():
             raise StoreError(f"results database {self.path} does not exist (run `nsfwlab scan` first)")
         if not readonly and self.path.parent and not self.path.parent.exists():
@@ -214,6 +284,7 @@ class ResultStore:
             self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
             if not readonly:
                 self._open_for_writing(version)
+                self._has_frames = self._conn.execute("SELECT 1 FROM frames LIMIT 1").fetchone() is not None
             elif version is None:
                 raise StoreError(f"{self.path} is an SQLite file but holds no nsfwlab results")
         except sqlite3.DatabaseError as exc:
@@ -232,7 +303,7 @@ class ResultStore:
             if not tables:
                 return None
             columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(results)")}
-            if not {"meta", "results", "runs"} <= tables or not set(COLUMNS) <= columns:
+            if not {"meta", "results", "runs"} <= tables or not set(_V1_COLUMNS) <= columns:
                 raise StoreError(f"{self.path} is an SQLite database of another application, not an nsfwlab "
                                  "results store; it was left untouched: give another --db")
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -311,13 +382,28 @@ class ResultStore:
         return Decision.SCAN
 
     def cached_score(self, sha256: str, model_version: str, preprocess_version: str) -> float | None:
-        """The score of identical content already scored with this version, if any."""
+        """The model's (raw, uncalibrated) score of identical content already scored with this version, if any."""
         row = self._conn.execute(
-            "SELECT score FROM results WHERE sha256 = ? AND model_version = ? AND preprocess_version = ? "
+            "SELECT COALESCE(raw_score, score) FROM results "
+            "WHERE sha256 = ? AND model_version = ? AND preprocess_version = ? "
             "AND status = 'ok' LIMIT 1",
             (sha256, model_version, preprocess_version),
         ).fetchone()
         return None if row is None else float(row[0])
+
+    def cached_frames(self, sha256: str, model_version: str, preprocess_version: str
+                      ) -> tuple[str, list[float], list[float], list[float]] | None:
+        """``(kind, times, durations, raw scores)`` of identical content already scored over its frames
+        with this version (a video or animation), if any."""
+        row = self._conn.execute(
+            "SELECT id, kind FROM results WHERE sha256 = ? AND model_version = ? AND preprocess_version = ? "
+            "AND status = 'ok' AND frames IS NOT NULL LIMIT 1", (sha256, model_version, preprocess_version),
+        ).fetchone()
+        if row is None:
+            return None
+        frames = self._conn.execute("SELECT t, duration, raw_score FROM frames WHERE result_id = ? ORDER BY rowid",
+                                    (row[0],)).fetchall()
+        return str(row[1]), [f[0] for f in frames], [f[1] for f in frames], [f[2] for f in frames]
 
     # -- writing -------------------------------------------------------------------------------
     def write(self, records: Sequence[FileRecord]) -> None:
@@ -331,30 +417,27 @@ class ResultStore:
         now = time.time()
         rows = [
             (_text(r.path), r.size, r.mtime_ns, r.sha256, r.score, r.label, r.status.value, r.error_code,
-             _opt_text(r.error),
-             int(r.reused), r.model_version, r.preprocess_version, r.mode, now, now)
+             _opt_text(r.error), int(r.reused), r.model_version, r.preprocess_version, r.mode, now, now,
+             r.kind, None if r.frames is None else len(r.frames), r.raw_score, r.match_decision,
+             r.match_distance, r.match_source)
             for r in records
         ]
         with self._writing():
-            self._conn.executemany(
-                """
-                INSERT INTO results (path, size, mtime_ns, sha256, score, label, status, error_code, error,
-                                     reused, model_version, preprocess_version, mode, first_seen, scored_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                ON CONFLICT (path, model_version, preprocess_version) DO UPDATE SET
-                    attempts = CASE
-                        WHEN results.size = excluded.size AND results.mtime_ns = excluded.mtime_ns
-                             AND results.status = 'error' THEN results.attempts + 1
-                        WHEN results.size = excluded.size AND results.mtime_ns = excluded.mtime_ns
-                             THEN results.attempts
-                        ELSE 1 END,
-                    size = excluded.size, mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256,
-                    score = excluded.score, label = excluded.label, status = excluded.status,
-                    error_code = excluded.error_code, error = excluded.error, reused = excluded.reused,
-                    mode = excluded.mode, scored_at = excluded.scored_at
-                """,
-                rows,
-            )
+            if self._has_frames:  # a row that had frames (a video rewritten, now an error) loses them
+                keys = [(row[0], row[10], row[11]) for row in rows]
+                for table in ("frames", "segments"):
+                    self._conn.executemany(
+                        f"DELETE FROM {table} WHERE result_id IN (SELECT id FROM results WHERE path = ? "
+                        "AND model_version = ? AND preprocess_version = ? AND frames IS NOT NULL)", keys)
+            self._conn.executemany(_UPSERT, [row for row, r in zip(rows, records, strict=True) if r.frames is None])
+            for row, r in zip(rows, records, strict=True):
+                if r.frames is not None:
+                    ((rid,),) = self._conn.execute(_UPSERT + " RETURNING id", row).fetchall()
+                    self._conn.executemany("INSERT INTO frames VALUES (?, ?, ?, ?, ?)",
+                                           [(rid, *f) for f in r.frames])
+                    self._conn.executemany("INSERT INTO segments VALUES (?, ?, ?, ?)",
+                                           [(rid, *g) for g in r.segments or ()])
+                    self._has_frames = True
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
@@ -424,8 +507,9 @@ class ResultStore:
 
     def iter_rows(self, *, label: str | None = None, status: str | None = None, min_score: float | None = None,
                   max_score: float | None = None, model_version: str | None = None,
-                  preprocess_version: str | None = None) -> Iterator[dict[str, Any]]:
-        """Stream result rows (as dicts with :data:`COLUMNS`), filtered, ordered by path."""
+                  preprocess_version: str | None = None, with_frames: bool = False) -> Iterator[dict[str, Any]]:
+        """Stream result rows (as dicts with :data:`COLUMNS`, and :data:`FRAME_COLUMNS` when
+        ``with_frames``), filtered, ordered by path."""
         where: list[str] = []
         args: list[Any] = []
         for column, value in (("label", label), ("status", status), ("model_version", model_version),
@@ -439,14 +523,28 @@ class ResultStore:
         if max_score is not None:
             where.append("score <= ?")
             args.append(max_score)
-        sql = f"SELECT {', '.join(COLUMNS)} FROM results"
+        present = {str(r[1]) for r in self._conn.execute("PRAGMA table_info(results)")}
+        # An older store (opened read-only, not migrated) lacks the newer columns: NULL.
+        sql = "SELECT id, " + ", ".join(c if c in present else f"NULL AS {c}" for c in COLUMNS) + " FROM results"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY path, model_version, preprocess_version"
         try:
             cursor = self._conn.execute(sql, args)
+            for rid, *row in cursor:
+                record = dict(zip(COLUMNS, row, strict=True))
+                if with_frames:
+                    record.update(self._frames_of(int(rid), record["frames"]))
+                yield record
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: cannot read results: {exc}") from None
-        for row in cursor:
-            yield dict(zip(COLUMNS, row, strict=True))
 
+    def _frames_of(self, rid: int, count: int | None) -> dict[str, Any]:
+        """A row's ``frame_scores`` ``[[t, score], ...]`` and ``segments`` ``[[start, end, max], ...]``
+        (``None`` for a still image)."""
+        if count is None:
+            return dict.fromkeys(FRAME_COLUMNS)
+        frames = self._conn.execute("SELECT t, score FROM frames WHERE result_id = ? ORDER BY rowid", (rid,))
+        spans = self._conn.execute("SELECT start, end, max_score FROM segments WHERE result_id = ? ORDER BY rowid",
+                                   (rid,))
+        return {"frame_scores": [list(f) for f in frames], "segments": [list(g) for g in spans]}

@@ -1,4 +1,4 @@
-"""Streaming directory walk: image files by content, ``--include`` / ``--exclude`` globs.
+"""Streaming directory walk: image and video files by content or name, ``--include`` / ``--exclude`` globs.
 
 The walk is a generator over ``os.scandir`` (one directory listing in memory at a time, sorted
 for a stable order), so a tree of millions of files never becomes a list. Directory symlinks are
@@ -6,7 +6,9 @@ not followed (no cycles); file symlinks are.
 
 A file is an image when its name says image (``.jpg``, ``.heic``, ...; taken without opening it, so
 the scan reads it once) or when its first bytes are one of the allowed formats
-(:func:`nsfwlab.imageio.sniff_format`). A file with an image name whose content is not an allowed
+(:func:`nsfwlab.imageio.sniff_format`); a video when its name says video (``.mp4 .mov .m4v .webm
+.mkv``) or its first bytes are MP4/QuickTime or Matroska/WebM
+(:func:`nsfwlab.frames.sniff_video`). A file with an image name whose content is not an allowed
 format is yielded, so that the scan records why it could not be scored instead of silently ignoring it.
 
 What cannot be scanned is reported, never skipped silently, through ``on_issue`` (the scan records
@@ -25,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..imageio import IMAGE_SUFFIXES, looks_like_image
+from ..frames import sniff_video
+from ..imageio import IMAGE_SUFFIXES, sniff_format
 
-__all__ = ["IMAGE_SUFFIXES", "IssueFn", "WalkConfig", "WalkIssue", "WalkedFile", "matches", "walk"]
+__all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "IssueFn", "WalkConfig", "WalkIssue", "WalkedFile", "matches", "walk"]
 
 
 @dataclass(frozen=True)
@@ -71,11 +74,22 @@ def matches(rel: str, patterns: Iterable[str]) -> bool:
     return False
 
 
+#: Names taken as videos without opening the file (other files are recognised by content).
+VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".webm", ".mkv"})
+
+
 def _is_candidate(path: str, config: WalkConfig) -> bool:
-    """An image name is enough (the scan reads the file once, later); other names are sniffed."""
-    if not config.sniff or os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES:
+    """An image or video name is enough (the scan reads the file once, later); other names are
+    sniffed (their first 32 bytes). An unreadable file counts, so that its error is reported."""
+    suffix = os.path.splitext(path)[1].lower()
+    if not config.sniff or suffix in IMAGE_SUFFIXES or suffix in VIDEO_SUFFIXES:
         return True
-    return looks_like_image(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(32)
+    except OSError:
+        return True
+    return sniff_format(head) is not None or sniff_video(head) is not None
 
 
 def _special_kind(mode: int) -> str:

@@ -14,16 +14,19 @@ from dataclasses import dataclass
 from enum import Enum
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..config import DecodeLimits, PreprocessConfig
 from ..errors import ImageError, NsfwlabError
+from ..frames import FrameOptions
 from ..preprocess import pack_array
 from .walk import WalkedFile
 
 __all__ = [
     "GPU_JPEG_MODES",
+    "FrameArrays",
     "Prepared",
     "Route",
     "WorkerContext",
@@ -51,10 +54,22 @@ def route(fmt: str, mode: str) -> Route:
 
 
 @dataclass
+class FrameArrays:
+    """The sampled frames of a video or animation: their times and display durations (seconds) and
+    network inputs, in order (:func:`nsfwlab.frames.iter_frames` + the core's preprocessing)."""
+
+    kind: str  # "video" or "animation"
+    times: list[float]
+    durations: list[float]
+    arrays: list[np.ndarray]
+
+
+@dataclass
 class Prepared:
     """What a worker hands back for one file: its hash and one of its network input (``array``),
-    its raw JPEG bytes for the GPU decoder (``data``), a cached score (identical content already in
-    the store) or an error."""
+    the network inputs of its sampled frames (``frames``: a video or animation), its raw JPEG
+    bytes for the GPU decoder (``data``), a cached raw score (identical content already in the
+    store) or an error."""
 
     file: WalkedFile
     sha256: str | None = None
@@ -63,6 +78,8 @@ class Prepared:
     error_code: str | None = None
     error: str | None = None
     data: bytes | None = None
+    frames: FrameArrays | None = None
+    pdq: Any = None  # the still image's nsfwlab.bank.PdqHash (when the scan matches against a bank)
 
     @property
     def failed(self) -> bool:
@@ -80,6 +97,8 @@ class WorkerContext:
     preprocess_version: str
     pack: bool  # send uint8 pixels (processes, Ray) or the float32 array itself (threads)
     gpu_route: bool = False  # hand GPU-decodable JPEGs back as bytes (see :func:`route`)
+    frames: FrameOptions | None = None  # score videos and animations over their frames (None: stills only)
+    pdq: bool = False  # PDQ-hash still images, for matching against a hash bank
 
 
 _LOCAL = threading.local()
@@ -104,7 +123,8 @@ def _lookup(ctx: WorkerContext, sha: str) -> float | None:
         return None
     try:
         row = conn.execute(
-            "SELECT score FROM results WHERE sha256 = ? AND model_version = ? AND preprocess_version = ? "
+            "SELECT COALESCE(raw_score, score) FROM results "
+            "WHERE sha256 = ? AND model_version = ? AND preprocess_version = ? "
             "AND status = 'ok' LIMIT 1", (sha, ctx.model_version, ctx.preprocess_version),
         ).fetchone()
     except sqlite3.Error:
@@ -118,14 +138,35 @@ def _failure(file: WalkedFile, sha: str | None, exc: Exception) -> Prepared:
     return Prepared(file, sha, error_code=ImageError.code, error=f"unexpected {type(exc).__name__}: {exc}")
 
 
+def prepare_frames(file: WalkedFile, sha: str | None, data: bytes, preprocess: PreprocessConfig,
+                   limits: DecodeLimits, options: FrameOptions) -> Prepared | None:
+    """The sampled frames of a video or animation, preprocessed by the core (as
+    :meth:`nsfwlab.Detector.score_frames` does); ``None`` for a still image."""
+    from ..frames import iter_frames, media_kind
+    from ..preprocess import preprocess_rgb
+
+    kind = media_kind(data)
+    if kind == "image":
+        return None
+    out = FrameArrays(kind, [], [], [])
+    for frame in iter_frames(data, options, limits):
+        out.arrays.append(preprocess_rgb(frame.image(), preprocess))
+        out.times.append(frame.time)
+        out.durations.append(frame.duration)
+    return Prepared(file, sha, frames=out)
+
+
 def prepare_bytes(file: WalkedFile, sha: str | None, data: bytes, preprocess: PreprocessConfig,
-                  limits: DecodeLimits, *, gpu_route: bool = False) -> Prepared:
-    """Preprocess a file's bytes with the core, or return them for the GPU when ``gpu_route``
-    and :func:`route` sends them there (after the header check: bombs never reach the GPU)."""
+                  limits: DecodeLimits, *, gpu_route: bool = False, frames: FrameOptions | None = None) -> Prepared:
+    """Preprocess a file's bytes with the core (a video's or animation's sampled frames when
+    ``frames``), or return them for the GPU when ``gpu_route`` and :func:`route` sends them there
+    (after the header check: bombs never reach the GPU)."""
     from ..imageio import open_image
     from ..preprocess import preprocess as core_preprocess
 
     try:
+        if frames is not None and (sampled := prepare_frames(file, sha, data, preprocess, limits, frames)):
+            return sampled
         if gpu_route:
             opened = open_image(data, limits)
             if route(opened.format, opened.image.mode) is Route.GPU:
@@ -135,9 +176,22 @@ def prepare_bytes(file: WalkedFile, sha: str | None, data: bytes, preprocess: Pr
         return _failure(file, sha, exc)
 
 
+def _pdq_hash(data: bytes, limits: DecodeLimits) -> Any:
+    """The PDQ hash of a still image's bytes (``None`` for a video, an animation or an undecodable file)."""
+    from ..bank import pdq_hash
+    from ..frames import media_kind
+
+    try:
+        return pdq_hash(data, limits) if media_kind(data) == "image" else None
+    except NsfwlabError:
+        return None
+
+
 def prepare_file(file: WalkedFile, preprocess: PreprocessConfig, limits: DecodeLimits,
-                 lookup: Callable[[str], float | None] | None = None, *, gpu_route: bool = False) -> Prepared:
-    """Read a file once, hash those bytes, and preprocess them (unless ``lookup`` knows the hash)."""
+                 lookup: Callable[[str], float | None] | None = None, *, gpu_route: bool = False,
+                 frames: FrameOptions | None = None, pdq: bool = False) -> Prepared:
+    """Read a file once, hash those bytes, and preprocess them (unless ``lookup`` knows the hash);
+    ``pdq``: also the PDQ hash of a still image's bytes."""
     from ..imageio import read_bytes
 
     try:
@@ -146,9 +200,11 @@ def prepare_file(file: WalkedFile, preprocess: PreprocessConfig, limits: DecodeL
         return _failure(file, None, exc)
     sha = hashlib.sha256(data).hexdigest()
     cached = lookup(sha) if lookup is not None else None
-    if cached is not None:
-        return Prepared(file, sha, cached=cached)
-    return prepare_bytes(file, sha, data, preprocess, limits, gpu_route=gpu_route)
+    p = Prepared(file, sha, cached=cached) if cached is not None else \
+        prepare_bytes(file, sha, data, preprocess, limits, gpu_route=gpu_route, frames=frames)
+    if pdq and p.frames is None and not p.failed:
+        p.pdq = _pdq_hash(data, limits)
+    return p
 
 
 def worker_died(file: WalkedFile) -> Prepared:
@@ -159,12 +215,14 @@ def worker_died(file: WalkedFile) -> Prepared:
 
 def prepare_chunk(files: list[WalkedFile], ctx: WorkerContext) -> list[Prepared]:
     """The task every engine's workers run: :func:`prepare_file` on each file of a chunk."""
-    out = [prepare_file(f, ctx.preprocess, ctx.limits, partial(_lookup, ctx), gpu_route=ctx.gpu_route)
-           for f in files]
+    out = [prepare_file(f, ctx.preprocess, ctx.limits, partial(_lookup, ctx), gpu_route=ctx.gpu_route,
+                        frames=ctx.frames, pdq=ctx.pdq) for f in files]
     if ctx.pack:
         for p in out:
             if p.array is not None:
                 p.array = pack_array(p.array, ctx.preprocess.mean_bgr)
+            if p.frames is not None:
+                p.frames.arrays = [pack_array(a, ctx.preprocess.mean_bgr) for a in p.frames.arrays]
     return out
 
 
