@@ -107,7 +107,8 @@ def scan_command(
             f" {summary.seen} files in {summary.seconds:.1f}s "
             f"({summary.files_per_second:.1f} files/s): scored {summary.scored}, reused {summary.reused} "
             f"(identical content), skipped {summary.skipped} (already in the store), errors {summary.errors}"
-            + (f", missing {summary.missing} (deleted since scanned; rows kept)" if summary.missing else ""),
+            + (f", missing {summary.missing} (deleted since scanned; rows kept)" if summary.missing else "")
+            + (f", matched {summary.matched} (hash bank)" if summary.matched else ""),
         ), highlight=False)
         stderr.print(f"labels: {labels}; model {summary.model_version}, preprocessing {summary.preprocess_version}",
                      highlight=False)

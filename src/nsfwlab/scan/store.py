@@ -375,8 +375,8 @@ class ResultStore:
             "WHERE path = ? AND model_version = ? AND preprocess_version = ?",
             (_text(path), model_version, preprocess_version),
         ).fetchone()
-        if row is None or row[0] != size or row[1] != mtime_ns:
-            return Decision.SCAN
+        if row is None or row[0] != size or row[1] != mtime_ns or row[2] == Status.MISSING.value:
+            return Decision.SCAN  # new, changed, or back after it was missing
         if row[2] == Status.OK.value or row[3] >= max_attempts:
             return Decision.SKIP
         return Decision.SCAN
