@@ -110,27 +110,24 @@ def test_a_read_only_store_is_a_one_line_usage_error() -> None:
 
 
 # -- a foreign SQLite file --------------------------------------------------------------------
+def _refused_untouched(db: Path, *sql: str) -> None:
+    conn = sqlite3.connect(db)
+    for statement in sql:
+        conn.execute(statement)
+    conn.commit()
+    conn.close()
+    before = (db.read_bytes(), db.stat().st_mtime_ns)
+    with pytest.raises(StoreError, match="another application"):
+        ResultStore(db)
+    assert (db.read_bytes(), db.stat().st_mtime_ns) == before
+    assert sorted(p.name for p in db.parent.iterdir()) == [db.name]  # no -wal / -shm left behind
+
+
 def test_a_foreign_sqlite_file_is_refused_without_a_single_write(tmp_path: Path) -> None:
     db = tmp_path / "other.sqlite"
-    conn = sqlite3.connect(db)
-    conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
-    conn.execute("INSERT INTO notes (body) VALUES ('hello')")
-    conn.commit()
-    conn.close()
-    before = (db.read_bytes(), db.stat().st_mtime_ns)
-    with pytest.raises(StoreError, match="another application"):
-        ResultStore(db)
-    assert (db.read_bytes(), db.stat().st_mtime_ns) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.sqlite"]  # no -wal / -shm left behind
-    # A table named 'results' with other columns is foreign too.
-    conn = sqlite3.connect(db)
-    conn.execute("CREATE TABLE results (x)")
-    conn.commit()
-    conn.close()
-    before = (db.read_bytes(), db.stat().st_mtime_ns)
-    with pytest.raises(StoreError, match="another application"):
-        ResultStore(db)
-    assert (db.read_bytes(), db.stat().st_mtime_ns) == before
+    _refused_untouched(db, "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)",
+                       "INSERT INTO notes (body) VALUES ('hello')")
+    _refused_untouched(db, "CREATE TABLE results (x)")  # a 'results' table of other columns is foreign too
 
 
 # -- unreadable folders, dangling links, special files ---------------------------------------
