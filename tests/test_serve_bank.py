@@ -93,21 +93,3 @@ def test_an_unusable_bank_file_is_refused_before_the_server_starts(tmp_path: Pat
     with pytest.raises(ConfigError, match="cannot open bank"):
         create_app(ServeConfig(bank=bad), Detector(ConstantBackend(0.5)))
 
-
-def test_serve_cli_banks_in_the_data_dir_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import uvicorn
-    from typer.testing import CliRunner
-
-    from nsfwlab.cli import app as cli_app
-
-    apps: list[object] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **k: apps.append(app))
-    data = tmp_path / "data"
-    other = tmp_path / "b.sqlite3"
-    for args, expected in (([], data / "bank.sqlite3"), (["--bank", str(other)], other), (["--no-bank"], None)):
-        result = CliRunner().invoke(cli_app, ["serve", "--port", "0", "--data-dir", str(data), "--match-distance",
-                                              "20", "--fps", "1", "--aggregate", "p90", *args])
-        assert result.exit_code == 0, result.output
-        config = apps.pop().state.service.config  # type: ignore[attr-defined]
-        assert config.bank == expected and config.match_distance == 20
-        assert (config.frames.fps, config.frames.aggregate, config.frames.max_frames) == (1.0, "p90", 300)

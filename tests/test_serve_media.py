@@ -1,4 +1,5 @@
-"""Videos and animations through the HTTP service, and a calibrated server.
+"""Videos and animations through the HTTP service, a calibrated server, and the serve CLI's options
+for both and for the hash bank.
 
 Clips and animations are generated at test time (tests/test_frames.py's helpers); the fake backend
 RedFraction scores a frame by its share of red pixels, so a red frame is the "explicit" stand-in."""
@@ -128,19 +129,41 @@ def test_a_calibrated_server_labels_and_queues_by_the_calibrated_score(tmp_path:
     assert plain["label"] == "safe" and "raw_score" not in plain
 
 
-def test_serve_cli_refuses_a_bad_calibration_and_bad_frame_options(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+
+@pytest.fixture
+def served_apps(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The apps `nsfwlab serve` would run (uvicorn.run replaced)."""
     import uvicorn
+
+    apps: list[object] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **k: apps.append(app))
+    return apps
+
+
+def _serve(*args: str):  # type: ignore[no-untyped-def]
     from typer.testing import CliRunner
 
     from nsfwlab.cli import app as cli_app
 
-    started: list[object] = []
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: started.append(a))
+    return CliRunner().invoke(cli_app, ["serve", "--port", "0", *args])
+
+
+def test_serve_cli_refuses_a_bad_calibration_and_bad_frame_options(tmp_path: Path, served_apps: list[object]) -> None:
     bad = tmp_path / "calibration.json"
     bad.write_text("{not json")
     for args, message in ((["--calibration", str(bad)], "calibration"), (["--aggregate", "median"], "aggregate"),
                           (["--bank", str(tmp_path), "--no-bank"], "contradict")):
-        result = CliRunner().invoke(cli_app, ["serve", "--port", "0", *args])
+        result = _serve(*args)
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
-    assert not started
+    assert not served_apps
+
+
+def test_serve_cli_banks_in_the_data_dir_by_default(tmp_path: Path, served_apps: list[object]) -> None:
+    pytest.importorskip("pdqhash")
+    data, other = tmp_path / "data", tmp_path / "b.sqlite3"
+    for args, expected in (([], data / "bank.sqlite3"), (["--bank", str(other)], other), (["--no-bank"], None)):
+        result = _serve("--data-dir", str(data), "--match-distance", "20", "--fps", "1", "--aggregate", "p90", *args)
+        assert result.exit_code == 0, result.output
+        config = served_apps.pop().state.service.config  # type: ignore[attr-defined]
+        assert config.bank == expected and config.match_distance == 20
+        assert (config.frames.fps, config.frames.aggregate, config.frames.max_frames) == (1.0, "p90", 300)

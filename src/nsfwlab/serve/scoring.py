@@ -44,7 +44,7 @@ from .review import QueueReason
 from .schemas import BankMatch, ScoreItem, ScoreResponse
 from .service import Service
 
-__all__ = ["Framed", "Still", "score_uploads"]
+__all__ = ["Framed", "Still", "Upload", "score_uploads"]
 
 log = logging.getLogger("nsfwlab.serve")
 
@@ -53,23 +53,26 @@ _ANIMATED_FORMATS = ("GIF", "WEBP", "PNG")
 
 
 @dataclass(frozen=True)
-class Still:
-    """A still image ready for the model: its name, bytes, sniffed format, network input and bank match."""
+class Upload:
+    """One readable upload: its name, bytes and sniffed format."""
 
     name: str
     data: bytes
     fmt: str
+
+
+@dataclass(frozen=True)
+class Still(Upload):
+    """A still image ready for the model: its network input, and its bank match."""
+
     array: np.ndarray
     match: Match | None = None
 
 
 @dataclass(frozen=True)
-class Framed:
+class Framed(Upload):
     """A video or animation, already scored frame by frame."""
 
-    name: str
-    data: bytes
-    fmt: str
     result: FramesResult
 
 
@@ -179,7 +182,7 @@ async def _queue_for_review(svc: Service, det: Detector, prepared: list[Prepared
             items[idx] = items[idx].model_copy(update={"review_id": rid})
 
 
-def _submit(svc: Service, det: Detector, p: Still | Framed, score: float, label: Label,
+def _submit(svc: Service, det: Detector, p: Upload, score: float, label: Label,
             reason: QueueReason) -> str | None:
     try:
         thumbnail = _thumbnail_frame(svc, det, p) if isinstance(p, Framed) else None
