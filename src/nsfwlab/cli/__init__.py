@@ -54,6 +54,10 @@ from .explain import censor_command, explain_command  # noqa: E402
 
 app.command("explain")(explain_command)
 app.command("censor")(censor_command)
+from .lab_attack import attack_command, robustness_command  # noqa: E402
+
+app.command("attack")(attack_command)
+app.command("robustness")(robustness_command)
 
 
 def _prose(doc: str) -> str:
