@@ -9,17 +9,18 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from .backends import Backend, create_backend
 from .config import BackendName, DecodeLimits, Device, Label, Precision, PreprocessConfig, Settings, Thresholds
 from .errors import ConfigError, ImageError, NsfwlabError
-from .imageio import ImageInput, describe_source
-from .preprocess import preprocess, stack_batch
+from .frames import FrameOptions, aggregate_scores, iter_frames, media_kind, open_scores, segments
+from .imageio import ImageInput, describe_source, read_bytes
+from .preprocess import preprocess, preprocess_rgb, stack_batch
 
-__all__ = ["Detector", "ScoreResult", "nsfw_score"]
+__all__ = ["Detector", "FramesResult", "ScoreResult", "nsfw_score"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,44 @@ class ScoreResult:
             return {"path": self.source, "error": self.error.message, "code": self.error.code}
         assert self.label is not None
         return {"path": self.source, "score": self.score, "label": self.label.value}
+
+
+@dataclass(frozen=True)
+class FramesResult:
+    """The outcome for an image, animation or video scored frame by frame
+    (:meth:`Detector.score_frames`): the aggregated score and its label, the sampled frames'
+    ``(time_s, score)``, and the ``(start_s, end_s, max_score)`` segments above the NSFW band;
+    or the error that stopped it."""
+
+    source: str
+    score: float | None = None
+    label: Label | None = None
+    kind: str = "image"
+    frame_scores: tuple[tuple[float, float], ...] = ()
+    segments: tuple[tuple[float, float, float], ...] = ()
+    stopped_early: bool = False
+    error: NsfwlabError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def frames(self) -> int:
+        return len(self.frame_scores)
+
+    def to_dict(self, per_frame: bool = False) -> dict[str, Any]:
+        if self.error is not None:
+            return {"path": self.source, "error": self.error.message, "code": self.error.code}
+        assert self.label is not None
+        out: dict[str, Any] = {"path": self.source, "score": self.score, "label": self.label.value,
+                               "kind": self.kind, "frames": self.frames,
+                               "segments": [list(seg) for seg in self.segments]}
+        if self.stopped_early:
+            out["stopped_early"] = True
+        if per_frame:
+            out["frame_scores"] = [list(fs) for fs in self.frame_scores]
+        return out
 
 
 def _check_model_backend(model: str | os.PathLike, backend: BackendName | str | Backend,
@@ -292,6 +331,52 @@ class Detector:
                    *, progress: Callable[[ScoreResult], None] | None = None) -> list[ScoreResult]:
         """Score many inputs (batched); one :class:`ScoreResult` per input, in input order."""
         return list(self.iter_score(sources, names, progress=progress))
+
+    # -- frames -------------------------------------------------------------------------------
+    def score_frames(self, source: str | os.PathLike | bytes | IO[bytes],
+                     options: FrameOptions | None = None) -> FramesResult:
+        """Score the frames of a video, an animation or a still image (one frame) and combine them
+        (:mod:`nsfwlab.frames`: sampling, caps, aggregation, segments). Never raises for bad
+        input: the error is in the result, as in :meth:`score_many`."""
+        opts = options or FrameOptions()
+        name = describe_source(source)
+        times: list[float] = []
+        durations: list[float] = []
+        scores: list[float] = []
+        pending: list[np.ndarray] = []
+        stopped = False
+
+        def flush() -> bool:
+            """Score the pending frames; True when early stopping should end the file here."""
+            if pending:
+                scores.extend(self.predict_arrays(stack_batch(pending)).tolist())
+                pending.clear()
+            return opts.early_stop and bool(
+                (open_scores(scores, opts.min_consecutive) > self.thresholds.nsfw_above).any())
+
+        try:
+            data = read_bytes(source, self.limits)  # type: ignore[arg-type]
+            kind = media_kind(data)
+            for frame in iter_frames(data, opts, self.limits):
+                pending.append(preprocess_rgb(frame.image(), self.preprocess_config))
+                times.append(frame.time)
+                durations.append(frame.duration)
+                if len(pending) >= self.batch_size and flush():
+                    stopped = True
+                    break
+            if not stopped:
+                flush()
+        except NsfwlabError as exc:
+            return FramesResult(name, error=exc.with_source(name))
+        except Exception as exc:
+            return FramesResult(name, error=ImageError(f"unexpected {type(exc).__name__}: {exc}").with_source(name))
+        value = aggregate_scores(scores, opts)
+        return FramesResult(
+            name, value, self.label(value), kind,
+            frame_scores=tuple(zip(times, scores, strict=True)),
+            segments=tuple(segments(times, durations, scores, self.thresholds.nsfw_above, opts.min_consecutive)),
+            stopped_early=stopped,
+        )
 
     def close(self) -> None:
         with self._lock:

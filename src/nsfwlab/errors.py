@@ -15,6 +15,7 @@ __all__ = [
     "EmptyImageError",
     "ImageError",
     "ImageTooLargeError",
+    "MediaTooLongError",
     "ModelError",
     "NsfwlabError",
     "TruncatedImageError",
@@ -78,6 +79,12 @@ class ImageTooLargeError(ImageError):
     """The input exceeds a byte or pixel cap (decompression bombs are refused from the header)."""
 
     code = "too_large"
+
+
+class MediaTooLongError(ImageTooLargeError):
+    """A video or animation exceeds a duration, frame-count or decoding-time cap."""
+
+    code = "too_long"
 
 
 class ModelError(NsfwlabError, RuntimeError):
