@@ -53,7 +53,7 @@ class RobustnessConfig:
     attack: bool = True
     max_eps: float = 8.0
     steps: int = 30
-    jpeg: JpegMode = JpegMode.STRAIGHT_THROUGH
+    jpeg: JpegMode = JpegMode.DIFFERENTIABLE
     defences: tuple[str, ...] = DEFAULT_DEFENCES
     seed: int = 0
     device: str = "auto"
