@@ -125,9 +125,9 @@ def test_mid_target_lands_within_tolerance(attacker: Attacker, photos: dict[str,
 @pytest.mark.slow
 def test_full_resolution_and_survive_jpeg(photos: dict[str, np.ndarray], detector) -> None:
     """The perturbation lives at the image's own size; the result still meets the target after a JPEG q90 re-save."""
-    arr = photos["chelsea"]  # 300x451
-    res = attack(arr, 0.983, survive_jpeg=90, detector=detector, device="cpu", steps=30)
-    assert res.image.size == (451, 300)
+    arr = photos["chelsea"][:240, :320]
+    res = attack(arr, 0.983, survive_jpeg=90, detector=detector, device="cpu", steps=15, jpeg="straight-through")
+    assert res.image.size == (320, 240)
     assert res.success and res.linf <= 8
     buf = io.BytesIO()
     res.image.save(buf, format="JPEG", quality=90)
@@ -137,10 +137,10 @@ def test_full_resolution_and_survive_jpeg(photos: dict[str, np.ndarray], detecto
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kwargs", [{"space": "resized"}, {"jpeg": "differentiable"}, {"jpeg": "eot"},
-                                    {"norm": "l2", "max_eps": 2}])
+                                    {"norm": "l2", "max_eps": 1}])
 def test_resized_space_and_other_jpeg_modes(kwargs: dict, photos: dict[str, np.ndarray], detector) -> None:
     arr = photos["coffee"][:200, :300]
-    res = attack(arr, 0.3, detector=detector, device="cpu", steps=8, tolerance=0.02, **kwargs)
+    res = attack(arr, 0.3, detector=detector, device="cpu", steps=5, tolerance=0.02, **kwargs)
     assert res.image.size == ((256, 256) if kwargs.get("space") == "resized" else (300, 200))
     assert res.success and abs(_png_score(detector, res.image) - 0.3) <= 0.02
     assert res.score_after == _png_score(detector, res.image)

@@ -103,8 +103,8 @@ def test_labels_give_auc(small_dir: Path, tmp_path: Path, detector) -> None:
 def test_min_eps_is_verified_and_beats_defences(small_dir: Path, detector) -> None:
     """Every image gets a verified smallest flipping budget; re-running the attack's result through the
     Detector gives the reported score; the adaptive attack gets through a defence."""
-    cfg = RobustnessConfig(perturbations=("jpeg:50", "jpeg:90"), max_eps=4, steps=15, defences=("bits:5",),
-                           device="cpu")
+    cfg = RobustnessConfig(perturbations=("jpeg:50", "jpeg:90"), max_eps=4, steps=8, defences=("bits:5",),
+                           device="cpu", jpeg="straight-through")
     rep = robustness([str(small_dir / "chelsea.png")], config=cfg, detector=detector)
     (im,) = rep.images
     assert im.min_eps is not None and im.min_eps["verified"] and 1 <= im.min_eps["value"] <= 4
@@ -120,7 +120,8 @@ def test_min_eps_is_verified_and_beats_defences(small_dir: Path, detector) -> No
 def test_cli_robustness_writes_report(small_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "rob"
     res = runner.invoke(app, ["robustness", str(small_dir), "--out", str(out), "--perturb", "jpeg:50,jpeg:90,flip",
-                              "--max-eps", "4", "--steps", "15", "--defences", "none", "--device", "cpu"],
+                              "--max-eps", "4", "--steps", "8", "--defences", "none", "--device", "cpu",
+                              "--jpeg", "straight-through"],
                         catch_exceptions=False)
     assert res.exit_code == 0, res.output
     data = json.loads((out / "robustness.json").read_text())
