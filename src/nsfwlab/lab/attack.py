@@ -37,7 +37,7 @@ from PIL import Image
 
 from ..backends import resolve_device
 from ..config import Device
-from ..errors import ConfigError
+from ..errors import ConfigError, NsfwlabError
 from ..imageio import ImageInput, describe_source, load_image
 from ..objectives import LogitMargin
 from ..preprocess.differentiable import network_input, straight_through_jpeg
@@ -262,10 +262,8 @@ class Attacker:
         name = describe_source(image)
         try:
             img = load_image(image, self.detector.limits)
-        except Exception as exc:  # an NsfwlabError: tag it with the input
-            if hasattr(exc, "with_source"):
-                raise exc.with_source(name) from None
-            raise
+        except NsfwlabError as exc:
+            raise exc.with_source(name) from None
         orig = np.asarray(img)
         size = self.pre.resize
         if self.config.space is Space.RESIZED and orig.shape[:2] != (size, size):
