@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -110,3 +112,29 @@ def test_a_broken_preprocessing_sidecar_is_a_model_error(stock_checkpoint: Path,
         sidecar.write_text(text)
         with pytest.raises(ModelError, match=message):
             load_model(out, "cpu")
+
+
+def test_architectures_live_in_the_core() -> None:
+    """Loading a vgg16 checkpoint used to import the training capability (a circle checkpoint <->
+    train): the table of architectures is the core's, and importing checkpoint loads no capability."""
+    code = ("import sys, nsfwlab.checkpoint as ck; "
+            "assert not [m for m in sys.modules if m.startswith(('nsfwlab.train', 'nsfwlab.evaluate'))]; "
+            "assert {'open_nsfw', 'vgg16'} <= set(ck.ARCHITECTURES); "
+            "assert 'torch' not in sys.modules; "
+            "m = ck.build_architecture('vgg16'); "
+            "assert type(m).__module__ == 'nsfwlab.model' and type(m).__name__ == 'VGG16', type(m); "
+            "assert 'nsfwlab.train' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_vgg16_checkpoint_round_trips(tmp_path: Path) -> None:
+    from nsfwlab.architectures import build_architecture
+    from nsfwlab.checkpoint import load_torch_module
+
+    torch.manual_seed(0)
+    model = build_architecture("vgg16").eval()
+    path = save_checkpoint(tmp_path / "vgg.pt", model, arch="vgg16")
+    loaded = load_torch_module(path)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))

@@ -24,10 +24,12 @@ def test_public_names_are_pinned() -> None:
         assert all(hasattr(mod, name) for name in mod.__all__)
 
 
-def test_vgg16_is_registered_lazily_for_checkpoints() -> None:
+def test_vgg16_is_in_the_core_table_for_checkpoints() -> None:
+    # VGG-16 used to be registered by importing nsfwlab.train from the core (an import circle):
+    # now the core's table holds it and building it never imports a capability.
     code = ("import sys; from nsfwlab.checkpoint import ARCHITECTURES, build_architecture; "
-            "assert 'vgg16' not in ARCHITECTURES; m = build_architecture('vgg16'); "
-            "assert type(m).__name__ == 'VGG16' and 'nsfwlab.train' in sys.modules")
+            "assert 'vgg16' in ARCHITECTURES; m = build_architecture('vgg16'); "
+            "assert type(m).__name__ == 'VGG16' and 'nsfwlab.train' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

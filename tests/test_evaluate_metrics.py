@@ -12,6 +12,7 @@ from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_s
 from nsfwlab.config import Label, Thresholds
 from nsfwlab.errors import ConfigError
 from nsfwlab.evaluate.metrics import (
+    Recommendation,
     Target,
     TargetKind,
     bootstrap_interval,
@@ -116,9 +117,30 @@ def _check_recommendation(y: np.ndarray, s: np.ndarray, target: Target) -> None:
         if len(higher):
             assert np.sum((s >= higher[0]) & (y == 1)) / np.sum(y == 1) < target.value
     else:
-        flagged = s > rec.threshold
-        if rec.met:
-            assert np.sum(flagged & (y == 1)) / np.sum(flagged) >= target.value - 1e-12
+        _check_precision_recommendation(y, s, target, rec)
+
+
+def _precision_at(y: np.ndarray, s: np.ndarray, t: float) -> float | None:
+    """The precision of ``score > t``, or None when it flags no NSFW image (no usable threshold)."""
+    flagged = s > t
+    tp = int(np.sum(flagged & (y == 1)))
+    return tp / int(np.sum(flagged)) if tp else None
+
+
+def _check_precision_recommendation(y: np.ndarray, s: np.ndarray, target: Target, rec: Recommendation) -> None:
+    """Brute force over every threshold that changes the flagged set (0 and each distinct score):
+    met <=> some threshold reaches the target; when met, the recommended one reaches it and no
+    lower one does (maximum recall); the reported confusion is the one at the threshold."""
+    candidates = np.unique(np.concatenate([[0.0], s]))
+    reaching = [t for t in candidates if (p := _precision_at(y, s, t)) is not None and p >= target.value - 1e-12]
+    assert rec.sets == "nsfw_above"
+    assert rec.met == bool(reaching)
+    assert rec.achieved == confusion(y, s, rec.threshold, ">")
+    if rec.met:
+        assert rec.threshold == reaching[0]
+        precision = _precision_at(y, s, rec.threshold)
+        assert precision is not None and precision >= target.value - 1e-12
+        assert rec.achieved.tp == int(np.sum((s > rec.threshold) & (y == 1)))
 
 
 @settings(max_examples=60, deadline=None)
@@ -127,7 +149,7 @@ def _check_recommendation(y: np.ndarray, s: np.ndarray, target: Target) -> None:
     n=st.integers(4, 120),
     fpr=st.sampled_from([0.0, 0.01, 0.05, 0.1, 0.3]),
     recall=st.sampled_from([0.5, 0.9, 0.95, 0.99, 1.0]),
-    precision=st.sampled_from([0.5, 0.8, 0.95]),
+    precision=st.sampled_from([0.5, 0.8, 0.95, 0.99, 1.0]),  # the last two are often unreachable
     ties=st.booleans(),
 )
 def test_recommendations_meet_targets_on_fitted_data(seed: int, n: int, fpr: float, recall: float,
@@ -167,6 +189,7 @@ def test_unreachable_precision_is_reported_not_met() -> None:
     s = np.array([0.9, 0.8, 0.2, 0.1])  # the highest scores are all safe
     rec = recommend_threshold(y, s, Target(TargetKind.PRECISION, 0.9))
     assert not rec.met
+    _check_recommendation(y, s, rec.target)
     m = compute_metrics(y, s, targets=[rec.target], n_boot=5)
     assert m.recommended.nsfw_above == Thresholds().nsfw_above  # unmet targets do not move the bands
 

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from nsfwlab.errors import WeightsError
+from nsfwlab.errors import ConfigError, WeightsError
 from nsfwlab.model import (
     STAGES,
+    VGG16,
     OnnxConv,
     OpenNSFW,
+    StagedNetwork,
     caffe_layer_name,
     read_onnx_graph,
     remap_onnx_weights,
@@ -123,3 +125,48 @@ def test_torch_port_matches_on_random_inputs(torch_model, onnx_session) -> None:
     with torch.no_grad():
         ours = torch_model.probabilities(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
     assert np.abs(ours - ref).max() <= 1e-5
+
+
+def _parameters_in_call_order(model: torch.nn.Module, x: torch.Tensor) -> list[torch.nn.Parameter]:
+    """The parameters in the order the forward pass uses them (forward hooks on every module
+    that holds parameters of its own)."""
+    called: list[torch.nn.Module] = []
+    handles = [m.register_forward_pre_hook(lambda mod, _inp: called.append(mod)) for m in model.modules()
+               if any(True for _ in m.parameters(recurse=False))]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return [p for m in called for p in m.parameters(recurse=False)]
+
+
+@pytest.mark.parametrize(("factory", "names"), [
+    (OpenNSFW, ["stem", "stage0", "stage1", "stage2", "stage3", "head"]),
+    (VGG16, ["block1", "block2", "block3", "block4", "block5", "head"]),
+])
+def test_stages_hold_every_parameter_once_in_forward_order(factory, names) -> None:
+    model = factory().eval()
+    assert isinstance(model, StagedNetwork)
+    stages = model.stages()
+    assert [name for name, _ in stages] == names
+    by_stage = [p for _, modules in stages for m in modules for p in m.parameters()]
+    assert len({id(p) for p in by_stage}) == len(by_stage) == len(list(model.parameters()))
+    in_order = _parameters_in_call_order(model, torch.zeros(1, 3, 224, 224))
+    assert [id(p) for p in by_stage] == [id(p) for p in in_order]
+
+
+def test_vgg16_forward_intermediates_returns_its_logits() -> None:
+    torch.manual_seed(0)
+    model = VGG16().eval()
+    x = torch.randn(2, 3, 224, 224) * 50
+    logits, acts = model.forward_intermediates(x, ["block5", "block2", "features.0"])
+    with torch.no_grad():
+        assert torch.equal(logits.detach(), model(x))
+        assert torch.equal(acts["block5"].detach(), model.forward_features(x))
+    assert acts["block2"].shape == (2, 128, 56, 56)
+    # the convolution's own output, not rectified in place by the ReLU after it
+    assert float(acts["features.0"].detach().min()) < 0
+    assert logits.requires_grad and acts["block2"].requires_grad
+    assert model.layer_names()[:5] == ["block1", "block2", "block3", "block4", "block5"]
+    with pytest.raises(ConfigError, match="no layer 'block6'"):
+        model.forward_intermediates(x, ["block6"])

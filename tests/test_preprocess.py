@@ -134,5 +134,5 @@ def test_stack_batch_is_nhwc_float32() -> None:
     a = np.zeros((224, 224, 3), np.float32)
     batch = stack_batch([a, a + 1])
     assert batch.shape == (2, 224, 224, 3) and batch.dtype == np.float32
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="empty batch"):
         stack_batch([])

@@ -62,3 +62,21 @@ def test_ray_engine_matches_local_engine(local_ray, small_tree: Path, tmp_path: 
     # Only the broken file is attempted again; no model work.
     assert again.scored == 0 and again.skipped == 5 and again.errors == 1
     assert _rows(ray_db)[str(small_tree / "broken.png")]["attempts"] == 2
+
+
+def test_ray_engine_gives_the_local_engines_store_on_duplicates_and_bad_files(local_ray, tmp_path: Path) -> None:
+    """The tree of test_scan_engines.py (flat-colour JPEGs and PNGs, duplicates in one batch and
+    across batches, a followed link, a broken link, truncated, empty and text files)."""
+    import test_scan_engines
+    from test_scan_engines import MeanBackend, check_tree_results, engine_config, make_tree, run_local, store_state
+    from test_scan_engines import summary_counts as counts
+
+    ray.cloudpickle.register_pickle_by_value(test_scan_engines)  # the replicas cannot import test modules
+    tree = make_tree(tmp_path / "tree")
+    local = run_local(tree, tmp_path / "local.sqlite")
+    with ResultStore(tmp_path / "ray.sqlite") as store:
+        distributed = scan([tree], store, engine_config(engine=Engine.RAY), backend=MeanBackend())
+    assert distributed.engine == "ray"
+    check_tree_results(tree, tmp_path / "ray.sqlite", distributed)
+    assert counts(distributed) == counts(local)
+    assert store_state(tmp_path / "ray.sqlite") == store_state(tmp_path / "local.sqlite")

@@ -13,14 +13,16 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from nsfwlab import Detector
+from nsfwlab import Detector, PreprocessConfig
 from nsfwlab.checkpoint import read_checkpoint
 from nsfwlab.errors import ConfigError
 from nsfwlab.evaluate import LabelledItem, load_folder
 from nsfwlab.model import load_open_nsfw
 from nsfwlab.preprocess import preprocess
 from nsfwlab.train import (
+    MAX_UNFREEZE,
     NO_AUGMENT,
+    VGG16,
     AugmentConfig,
     FinetuneConfig,
     augment_batch,
@@ -158,6 +160,49 @@ def test_set_trainable_counts_stages_from_the_top() -> None:
         FinetuneConfig(unfreeze=6)
 
 
+@pytest.mark.parametrize("arch", list(Arch))
+def test_unfreezing_n_stages_trains_exactly_their_parameters(arch: Arch) -> None:
+    model = load_open_nsfw() if arch is Arch.OPEN_NSFW else VGG16()
+    stages = model.stages()
+    for n in range(MAX_UNFREEZE + 1):
+        first = set_trainable(model, arch, n)
+        expected = 0 if arch is Arch.VGG16 else len(stages) - 1 - n  # vgg16 always trains everything
+        assert first == expected
+        wanted = {id(p) for _, modules in stages[expected:] for m in modules for p in m.parameters()}
+        assert {id(p) for p in model.parameters() if p.requires_grad} == wanted
+
+
+def test_the_frozen_prefix_keeps_nothing_for_backward() -> None:
+    """Head-only training costs one forward pass: with the body frozen, autograd saves only what
+    the fc layer needs (the pooled features), never a feature map."""
+    from nsfwlab.model import OpenNSFW
+
+    model = OpenNSFW()
+    saved: list[int] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t.numel())
+        return t
+
+    for unfreeze, most in ((0, 2 * 1024 + 2 * 1024), (1, 10**9)):
+        set_trainable(model, Arch.OPEN_NSFW, unfreeze)
+        saved.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(torch.zeros(2, 3, 224, 224)).sum().backward()
+        assert 0 < sum(saved) <= most
+    assert sum(saved) > 100_000  # with stage 3 trainable its feature maps are kept
+
+
+def test_training_imports_no_other_capability() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, nsfwlab.train, nsfwlab.train.finetune; "
+            "bad = [m for m in sys.modules if m.startswith(('nsfwlab.evaluate', 'nsfwlab.scan', 'nsfwlab.serve', "
+            "'nsfwlab.explain', 'nsfwlab.lab', 'nsfwlab.bank'))]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_stratified_split_is_seeded_stratified_and_keeps_duplicates_together() -> None:
     labels = [0] * 20 + [1] * 10
     groups = [f"g{i}" for i in range(30)]
@@ -187,6 +232,33 @@ def test_prepare_is_the_exact_preprocessing_and_reports_bad_files(small_dir: Pat
     assert isinstance(cached.pixels, np.memmap)
     assert np.array_equal(np.asarray(cached.pixels), prepared.pixels) and cached.paths == prepared.paths
     assert cached.problems == prepared.problems
+
+
+def test_prepare_is_exact_with_another_mean(small_dir: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache keeps the core's transport form, exact for any mean; when a row cannot be packed
+    as uint8, the whole set is kept as float32 rather than mixing the two."""
+    import nsfwlab.train.cache as cache
+
+    config = PreprocessConfig(mean_bgr=(103.94, 116.78, 123.68))
+    items = load_folder(small_dir).items[:2]
+    for cache_dir in (None, tmp_path / "cache", tmp_path / "cache"):  # fresh, written, read back
+        prepared = prepare(items, config, cache_dir=cache_dir)
+        assert prepared.pixels.dtype == np.uint8
+        for i, it in enumerate(items):
+            assert np.array_equal(prepared.batch([i])[0], preprocess(it.path, config))
+    calls: list[int] = []
+    original = cache.pack_array
+
+    def pack_all_but_one(arr: np.ndarray, mean: tuple[float, float, float]) -> np.ndarray:
+        calls.append(1)
+        return arr if len(calls) == 2 else original(arr, mean)
+
+    monkeypatch.setattr(cache, "pack_array", pack_all_but_one)
+    prepared = prepare(items, config, workers=1)
+    assert prepared.pixels.dtype == np.float32
+    for i, it in enumerate(items):
+        assert np.array_equal(prepared.batch([i])[0], preprocess(it.path, config))
 
 
 def test_augmentation_is_seeded_and_leaves_its_input_alone() -> None:
@@ -272,3 +344,21 @@ def test_finetune_takes_a_non_utf8_file_name(small_dir: Path, tmp_path: Path) ->
     result = CliRunner().invoke(cli_app, args)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "m.pt").is_file()
+
+
+def test_an_incomplete_training_state_is_a_config_error(tmp_path: Path) -> None:
+    from nsfwlab.checkpoint import save_checkpoint
+    from nsfwlab.train.finetune import TrainState
+
+    model = load_open_nsfw()
+    optimizer = torch.optim.AdamW(model.fc_nsfw.parameters())
+    config = FinetuneConfig()
+    path = save_checkpoint(tmp_path / "cut.state.pt", model,
+                           extra={"train_state": {"config": config.to_dict(), "split": "s1"}})
+    with pytest.raises(ConfigError, match="not a complete training state"):
+        TrainState.resume(path, model, optimizer, config, "s1")
+    with pytest.raises(ConfigError, match="split has changed"):
+        TrainState.resume(path, model, optimizer, config, "s2")
+    plain = save_checkpoint(tmp_path / "plain.pt", model)
+    with pytest.raises(ConfigError, match="not a training state"):
+        TrainState.resume(plain, model, optimizer, config, "s1")

@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .config import BackendName, Device, Precision
+from .config import BackendName, Device, Precision, option
 from .errors import BackendUnavailableError, ConfigError, ModelError
 from .weights import MODEL_VERSION
 
@@ -130,7 +130,7 @@ class TorchBackend:
 
         from .model import load_open_nsfw
 
-        precision = Precision(precision)
+        precision = option(Precision, precision, "precision")
         if device == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailableError("CUDA was requested but torch sees no CUDA device")
         if precision is Precision.AUTO:
@@ -147,6 +147,8 @@ class TorchBackend:
         if device == "cuda":
             net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model = net.to(self.dtype)
+        #: Whether the caller supplied the module (its fp32 weights exist only as this module).
+        self.custom_model = model is not None
         self.device = device
         self.precision = precision
         self.model_version = model_version or MODEL_VERSION
@@ -172,7 +174,7 @@ class TorchBackend:
 
 
 def resolve_device(device: Device | str) -> str:
-    device = Device(device)
+    device = option(Device, device, "device")
     if device is Device.AUTO:
         return "cuda" if cuda_available() else "cpu"
     return device.value
@@ -182,12 +184,12 @@ def create_backend(backend: BackendName | str = BackendName.AUTO, device: Device
                    *, precision: Precision | str = Precision.AUTO, threads: int | None = None,
                    onnx_path: str | os.PathLike | None = None) -> Backend:
     """Pick and build a backend: on CUDA the torch backend, on CPU onnxruntime (unless told)."""
-    backend = BackendName(backend)
+    backend = option(BackendName, backend, "backend")
     dev = resolve_device(device)
     if backend is BackendName.AUTO:
         backend = BackendName.TORCH if dev == "cuda" else BackendName.ONNXRUNTIME
     if backend is BackendName.ONNXRUNTIME:
-        if Precision(precision) is Precision.FP16:
+        if option(Precision, precision, "precision") is Precision.FP16:
             raise ConfigError("the onnxruntime backend runs fp32; use --backend torch for fp16")
         return OnnxRuntimeBackend(onnx_path, device=dev, threads=threads)
     return TorchBackend(device=dev, precision=precision, threads=threads)

@@ -8,20 +8,22 @@ A checkpoint is a ``torch.save`` dictionary::
 It carries its preprocessing, so every command that accepts ``--model PATH`` scores exactly as the
 model was trained. An exported ``.onnx`` file (``export_onnx``) takes the same NHWC input as the
 bundled graph and runs on the fast onnxruntime CPU backend; its preprocessing travels in a
-``.json`` sidecar written next to it.
+``.json`` sidecar written next to it. ``"arch"`` names an entry of
+:data:`nsfwlab.architectures.ARCHITECTURES` (re-exported here with ``build_architecture`` and
+``register_architecture``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .architectures import ARCHITECTURES, build_architecture, register_architecture
 from .config import Device, Precision, PreprocessConfig
-from .errors import ConfigError, ModelError
+from .errors import ModelError
 from .hashing import file_sha256
 
 __all__ = [
@@ -38,34 +40,6 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "nsfwlab-checkpoint-v1"
-
-#: name -> factory of an untrained ``nn.Module`` taking NCHW BGR mean-subtracted 224x224 input
-#: and returning logits ``[sfw, nsfw]``.
-ARCHITECTURES: dict[str, Callable[[], Any]] = {}
-
-
-def register_architecture(name: str, factory: Callable[[], Any]) -> None:
-    ARCHITECTURES[name] = factory
-
-
-def _open_nsfw() -> Any:
-    from .model import OpenNSFW
-
-    return OpenNSFW()
-
-
-register_architecture("open_nsfw", _open_nsfw)
-
-
-def build_architecture(name: str) -> Any:
-    if name not in ARCHITECTURES and name == "vgg16":
-        # Registered by the training module, imported lazily.
-        from . import train as _train  # noqa: F401
-    try:
-        return ARCHITECTURES[name]()
-    except KeyError:
-        raise ConfigError(f"unknown architecture {name!r}; known: {sorted(ARCHITECTURES)}") from None
-
 
 def save_checkpoint(path: str | os.PathLike, model: Any, *, arch: str = "open_nsfw",
                     preprocess: PreprocessConfig | None = None, meta: dict[str, Any] | None = None,

@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TypeVar
 
 from .errors import ConfigError
 
@@ -25,10 +26,22 @@ __all__ = [
 
 ENV_PREFIX = "NSFWLAB_"
 
+E = TypeVar("E", bound=Enum)
+
 #: open_nsfw's per-channel mean, in BGR order, subtracted from the 0..255 pixels (Yahoo's
 #: ``classify_nsfw.py``). The one definition: everything else takes it from here or from a
 #: :class:`PreprocessConfig`.
 YAHOO_MEAN_BGR: tuple[float, float, float] = (104.0, 117.0, 123.0)
+
+
+def option(cls: type[E], value: E | str, what: str) -> E:
+    """``cls(value)``, or a :class:`ConfigError` that names ``what`` and the choices (an Enum's
+    own ``ValueError`` would be an untyped error)."""
+    try:
+        return cls(value)
+    except ValueError:
+        choices = ", ".join(str(m.value) for m in cls)  # type: ignore[attr-defined]
+        raise ConfigError(f"unknown {what} {value!r}; choose one of: {choices}") from None
 
 
 class Label(str, Enum):

@@ -14,7 +14,8 @@ from typing import IO, Any
 import numpy as np
 
 from .backends import Backend, create_backend
-from .config import BackendName, DecodeLimits, Device, Label, Precision, PreprocessConfig, Settings, Thresholds
+from .calibration import Calibration, load_calibration
+from .config import BackendName, DecodeLimits, Device, Label, Precision, PreprocessConfig, Settings, Thresholds, option
 from .errors import ConfigError, ImageError, NsfwlabError
 from .frames import FrameOptions, aggregate_scores, iter_frames, media_kind, open_scores, segments
 from .imageio import ImageInput, describe_source, read_bytes
@@ -25,12 +26,22 @@ __all__ = ["Detector", "FramesResult", "ScoreResult", "nsfw_score"]
 
 @dataclass(frozen=True)
 class ScoreResult:
-    """The outcome for one input: a score and label, or the error that stopped it."""
+    """The outcome for one input: a score and label, or the error that stopped it.
+
+    With a calibration, ``score`` is the calibrated probability (and the label follows it) and
+    ``raw_score`` the exact model score; without one, ``raw_score`` is None and ``score`` is the model's.
+    """
 
     source: str
     score: float | None = None
     label: Label | None = None
     error: NsfwlabError | None = None
+    raw_score: float | None = None
+
+    @property
+    def model_score(self) -> float | None:
+        """The exact model score, calibrated or not."""
+        return self.score if self.raw_score is None else self.raw_score
 
     @property
     def ok(self) -> bool:
@@ -40,7 +51,10 @@ class ScoreResult:
         if self.error is not None:
             return {"path": self.source, "error": self.error.message, "code": self.error.code}
         assert self.label is not None
-        return {"path": self.source, "score": self.score, "label": self.label.value}
+        out: dict[str, Any] = {"path": self.source, "score": self.score, "label": self.label.value}
+        if self.raw_score is not None:
+            out["raw_score"] = self.raw_score
+        return out
 
 
 @dataclass(frozen=True)
@@ -89,12 +103,12 @@ def _check_model_backend(model: str | os.PathLike, backend: BackendName | str | 
     """
     if not isinstance(backend, (str, BackendName)):
         raise ConfigError("pass either a ready backend or model=..., not both")
-    name = BackendName(backend)
+    name = option(BackendName, backend, "backend")
     onnx = Path(model).suffix.lower() == ".onnx"
     if onnx and name is BackendName.TORCH:
         raise ConfigError(f"{model} is an exported ONNX graph, which runs on onnxruntime; pass the .pt "
                           "checkpoint for the torch backend")
-    if onnx and Precision(precision) is Precision.FP16:
+    if onnx and option(Precision, precision, "precision") is Precision.FP16:
         raise ConfigError(f"{model} is an exported ONNX graph, which runs fp32; pass the .pt checkpoint for fp16")
     if not onnx and name is BackendName.ONNXRUNTIME:
         raise ConfigError(f"{model} is a PyTorch checkpoint, which runs on the torch backend; export it with "
@@ -114,6 +128,9 @@ class Detector:
     checkpoint (``.pt``) or an exported ``.onnx`` (see :mod:`nsfwlab.checkpoint`). ``preprocess`` defaults to Yahoo's
     exact pipeline; ``limits`` to the decode caps of :class:`~nsfwlab.config.Settings`.
     ``workers`` threads decode and preprocess while the model runs (Pillow releases the GIL).
+    ``calibration`` (a ``calibration.json`` path or a :class:`~nsfwlab.calibration.Calibration`
+    fitted for this model) makes every score the calibrated probability and keeps the model's
+    in ``ScoreResult.raw_score``; :meth:`predict_arrays` stays raw.
     """
 
     def __init__(
@@ -129,11 +146,14 @@ class Detector:
         precision: Precision | str = Precision.AUTO,
         threads: int | None = None,
         model: str | os.PathLike | None = None,
+        calibration: str | os.PathLike | Calibration | None = None,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         if workers is not None and workers < 1:
             raise ConfigError(f"workers must be at least 1, got {workers}")
+        # A bad calibration file fails before the model is loaded.
+        loaded_calibration = load_calibration(calibration) if calibration is not None else None
         settings = Settings.from_env()
         model_preprocess: PreprocessConfig | None = None
         self.backend: Backend
@@ -156,6 +176,9 @@ class Detector:
         self.limits = limits or settings.limits
         self.workers = workers or 2
         self._model_path = model
+        self.calibration = loaded_calibration
+        if loaded_calibration is not None:
+            loaded_calibration.check(self.model_version, self.preprocess_version)
         self._torch_models: dict[tuple[str, str], Any] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -170,8 +193,8 @@ class Detector:
         return self.preprocess_config.version
 
     def describe(self) -> dict[str, Any]:
-        """What produced a score: model, preprocessing, backend, device, thresholds."""
-        return {
+        """What produced a score: model, preprocessing, backend, device, thresholds (and calibration, if any)."""
+        out = {
             "model_version": self.model_version,
             "preprocess_version": self.preprocess_version,
             "backend": self.backend.name,
@@ -179,10 +202,24 @@ class Detector:
             "safe_below": self.thresholds.safe_below,
             "nsfw_above": self.thresholds.nsfw_above,
         }
+        if self.calibration is not None:
+            out["calibration"] = self.calibration.method.value
+        return out
 
     # -- building blocks --------------------------------------------------------------------
     def label(self, score: float) -> Label:
         return self.thresholds.label(score)
+
+    def calibrate(self, raw: float) -> float:
+        """The score reported for a raw model score: calibrated when a calibration is set, else itself."""
+        return raw if self.calibration is None else self.calibration.apply(raw)
+
+    def result(self, source: str, raw: float) -> ScoreResult:
+        """The :class:`ScoreResult` for a raw model score: calibrated, labelled, the raw score kept."""
+        if self.calibration is None:
+            return ScoreResult(source, raw, self.label(raw))
+        s = self.calibration.apply(raw)
+        return ScoreResult(source, s, self.label(s), raw_score=raw)
 
     def torch_model(self, device: str | None = None, dtype: Any = None) -> Any:
         """A gradient-capable ``torch.nn.Module`` with this Detector's weights (stock, a ``.pt``
@@ -201,6 +238,8 @@ class Detector:
         from .backends import TorchBackend
 
         dev = torch.device(device or "cpu")
+        if dev.type == "cuda" and dev.index is None:  # parameters report "cuda:0", never "cuda"
+            dev = torch.device("cuda", torch.cuda.current_device())
         dt = dtype or torch.float32
         own = self.backend.model if isinstance(self.backend, TorchBackend) else None
         with self._lock:
@@ -227,7 +266,7 @@ class Detector:
 
             return load_torch_module(self._model_path)
         torch_backend = self.backend if isinstance(self.backend, TorchBackend) else None
-        if torch_backend is not None and (torch_backend.dtype == torch.float32
+        if torch_backend is not None and (torch_backend.dtype == torch.float32 or torch_backend.custom_model
                                           or self.backend.model_version != MODEL_VERSION):
             return copy.deepcopy(torch_backend.model).float().cpu()
         if self.backend.model_version == MODEL_VERSION:  # stock weights: fp32 from the file, not from fp16
@@ -251,7 +290,11 @@ class Detector:
 
     # -- one ----------------------------------------------------------------------------------
     def score(self, source: ImageInput) -> float:
-        """The NSFW probability of one image. Raises an ``ImageError`` naming bad input."""
+        """The NSFW probability of one image (calibrated when a calibration is set). Raises an
+        ``ImageError`` naming bad input."""
+        return self.calibrate(self._raw_score(source))
+
+    def _raw_score(self, source: ImageInput) -> float:
         try:
             arr = self.preprocess(source)
         except NsfwlabError as exc:
@@ -260,8 +303,7 @@ class Detector:
 
     def classify(self, source: ImageInput) -> ScoreResult:
         """Score and label one image (raises on bad input, like :meth:`score`)."""
-        s = self.score(source)
-        return ScoreResult(describe_source(source), s, self.label(s))
+        return self.result(describe_source(source), self._raw_score(source))
 
     # -- many ---------------------------------------------------------------------------------
     def _executor(self) -> ThreadPoolExecutor:
@@ -306,8 +348,7 @@ class Detector:
             out: list[ScoreResult] = []
             for name, value in batch:
                 if isinstance(value, np.ndarray):
-                    s = float(next(scores))
-                    out.append(ScoreResult(name, s, self.label(s)))
+                    out.append(self.result(name, float(next(scores))))
                 else:
                     out.append(ScoreResult(name, error=value.with_source(name)))
             return out
@@ -336,8 +377,10 @@ class Detector:
     def score_frames(self, source: str | os.PathLike | bytes | IO[bytes],
                      options: FrameOptions | None = None) -> FramesResult:
         """Score the frames of a video, an animation or a still image (one frame) and combine them
-        (:mod:`nsfwlab.frames`: sampling, caps, aggregation, segments). Never raises for bad
-        input: the error is in the result, as in :meth:`score_many`."""
+        (:mod:`nsfwlab.frames`: sampling, caps, aggregation, segments). Frame scores are
+        calibrated when the Detector has a calibration (it is monotonic, so aggregation and
+        segments keep their meaning). Never raises for bad input: the error is in the result,
+        as in :meth:`score_many`."""
         opts = options or FrameOptions()
         name = describe_source(source)
         times: list[float] = []
@@ -349,7 +392,7 @@ class Detector:
         def flush() -> bool:
             """Score the pending frames; True when early stopping should end the file here."""
             if pending:
-                scores.extend(self.predict_arrays(stack_batch(pending)).tolist())
+                scores.extend(self.calibrate(raw) for raw in self.predict_arrays(stack_batch(pending)).tolist())
                 pending.clear()
             return opts.early_stop and bool(
                 (open_scores(scores, opts.min_consecutive) > self.thresholds.nsfw_above).any())

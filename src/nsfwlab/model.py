@@ -1,5 +1,8 @@
-"""The open_nsfw network (ResNet-50 "1by2", v1) as a PyTorch module, and the pure weight remap
-from the bundled ONNX graph.
+r"""The networks as PyTorch modules: open_nsfw (ResNet-50 "1by2", v1) with the pure weight remap
+from the bundled ONNX graph, and the seed tutorial's VGG-16 baseline. Both are
+:class:`StagedNetwork`\ s: ``stages()`` lists their parameters group by group in forward order
+(what fine-tuning freezes and unfreezes) and ``forward_intermediates`` returns named activations
+with the logits. :mod:`nsfwlab.architectures` names them for checkpoints.
 
 Module names follow the Caffe layer names: Caffe's ``conv_stage1_block0_branch2a`` is
 ``stage1_block0.branch2a`` here, ``conv_1`` is ``conv_1`` and ``fc_nsfw`` is ``fc_nsfw``
@@ -25,11 +28,15 @@ from .errors import ConfigError, WeightsError
 
 __all__ = [
     "STAGES",
+    "VGG16",
+    "VGG16_BLOCKS",
     "Bottleneck",
     "OnnxConv",
     "OpenNSFW",
+    "StagedNetwork",
     "caffe_layer_name",
     "forward_intermediates",
+    "layer_names",
     "load_open_nsfw",
     "read_onnx_graph",
     "remap_onnx_weights",
@@ -62,7 +69,33 @@ class Bottleneck(nn.Module):
         return self.relu_out(y + shortcut)
 
 
-class OpenNSFW(nn.Module):
+class StagedNetwork(nn.Module):
+    """A classifier of 224x224 NCHW BGR mean-subtracted input to logits ``[sfw, nsfw]``, grouped
+    into named stages. Subclasses define ``stages()``: ``(name, modules)`` pairs in forward order
+    whose modules hold every parameter exactly once, the last group named ``head``. The output of
+    each stage other than ``stem`` and ``head`` (the output of its last module) is addressable by
+    the stage's name in :meth:`forward_intermediates`."""
+
+    def stages(self) -> list[tuple[str, list[nn.Module]]]:
+        raise NotImplementedError
+
+    def layer_names(self) -> list[str]:
+        """Every name :meth:`forward_intermediates` accepts, in forward order: the stage names
+        (``stage2`` = the output of its last block) and every submodule (``stage2_block3``,
+        ``stage2_block3.branch2b``, ``conv_1``, ``pool1``, ``fc_nsfw`` ...)."""
+        return layer_names(self, self._stage_outputs())
+
+    def forward_intermediates(self, x: torch.Tensor,
+                              names: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(logits, {name: activation})`` for the named layers (see :meth:`layer_names`), in one
+        forward pass; the activations keep their graph, so objectives can take gradients."""
+        return forward_intermediates(self, x, names, self._stage_outputs())
+
+    def _stage_outputs(self) -> dict[str, nn.Module]:
+        return {name: mods[-1] for name, mods in self.stages() if name not in ("stem", "head")}
+
+
+class OpenNSFW(StagedNetwork):
     """Yahoo's open_nsfw ResNet-50-1by2 with folded batch-norm. 5.89 M parameters, 1.07 GMAC."""
 
     def __init__(self) -> None:
@@ -110,20 +143,60 @@ class OpenNSFW(nn.Module):
         groups.append(("head", [self.fc_nsfw]))
         return groups
 
-    def layer_names(self) -> list[str]:
-        """Every name :meth:`forward_intermediates` accepts, in forward order: the stage names
-        (``stage2`` = the output of its last block) and every submodule (``stage2_block3``,
-        ``stage2_block3.branch2b``, ``conv_1``, ``pool1``, ``fc_nsfw`` ...)."""
-        return layer_names(self, self._stage_outputs())
 
-    def forward_intermediates(self, x: torch.Tensor,
-                              names: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``(logits, {name: activation})`` for the named layers (see :meth:`layer_names`), in one
-        forward pass; the activations keep their graph, so objectives can take gradients."""
-        return forward_intermediates(self, x, names, self._stage_outputs())
+#: (convolutions, channels) of each VGG-16 block.
+VGG16_BLOCKS: tuple[tuple[int, int], ...] = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
 
-    def _stage_outputs(self) -> dict[str, nn.Module]:
-        return {name: mods[-1] for name, mods in self.stages()[1:-1]}
+
+class VGG16(StagedNetwork):
+    """The from-scratch baseline of seed 001: VGG-16 (13 3x3 convolutions in five blocks, each
+    followed by 2x2 max-pooling; no batch-norm), then Flatten -> Dense 128 -> Dropout 0.5 ->
+    Dense 64 -> Dropout 0.5 -> Dense 2. It takes open_nsfw's input and returns logits; the input is
+    scaled by 1/128 inside the model so that training from random He-initialised weights starts
+    with unit-scale activations. 14.7 M convolution weights, 15.4 GMAC per image (~14x open_nsfw).
+    Stages: ``block1`` .. ``block5`` (slices of ``features``, each ending in its pooling) and
+    ``head`` (``classifier``)."""
+
+    input_scale = 1.0 / 128.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_ch = 3
+        self._block_ends: list[int] = []
+        for convs, ch in VGG16_BLOCKS:
+            for _ in range(convs):
+                # Not in place: a forward hook on a convolution must see its own output.
+                layers += [nn.Conv2d(in_ch, ch, 3, padding=1), nn.ReLU()]
+                in_ch = ch
+            layers.append(nn.MaxPool2d(2))
+            self._block_ends.append(len(layers))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(512 * 7 * 7, 128), nn.ReLU(), nn.Dropout(0.5),
+            nn.Linear(128, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 2),
+        )
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """NCHW 224x224 input -> the (N, 512, 7, 7) feature map."""
+        return self.features(x * self.input_scale)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def stages(self) -> list[tuple[str, list[nn.Module]]]:
+        layers = list(self.features)
+        starts = [0, *self._block_ends[:-1]]
+        groups = [(f"block{i + 1}", layers[a:b]) for i, (a, b) in enumerate(zip(starts, self._block_ends, strict=True))]
+        return [*groups, ("head", [self.classifier])]
 
 
 def layer_names(model: nn.Module, aliases: Mapping[str, nn.Module] | None = None) -> list[str]:

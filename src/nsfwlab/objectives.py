@@ -86,6 +86,9 @@ class Target:
     def __add__(self, other: Target) -> Target:
         return Summed(self, other)
 
+    def __sub__(self, other: Target) -> Target:
+        return Summed(self, Negated(other))
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 

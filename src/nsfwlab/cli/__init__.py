@@ -54,6 +54,9 @@ from .explain import censor_command, explain_command  # noqa: E402
 
 app.command("explain")(explain_command)
 app.command("censor")(censor_command)
+from .bank import bank_app  # noqa: E402
+
+app.add_typer(bank_app, name="bank")
 from .lab_attack import attack_command, robustness_command  # noqa: E402
 
 app.command("attack")(attack_command)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import typer
 
+from ..calibration import CalibrationMethod
 from ..config import BackendName, DecodeLimits, Device, Thresholds
 from ..errors import ConfigError, NsfwlabError
 from ._common import ExitCode, fail, output_dir, output_file, progress_bar, stderr, stdout, tagged
@@ -57,7 +58,9 @@ def evaluate_command(
     nsfw_above: float = typer.Option(0.8, help="Current NSFW band: scores above this."),
     bootstrap: int = typer.Option(1000, min=1, help="Bootstrap resamples for the confidence intervals."),
     ci: float = typer.Option(0.95, min=0.5, max=0.999, help="Confidence level of the intervals."),
-    seed: int = typer.Option(0, help="Seed of the bootstrap."),
+    seed: int = typer.Option(0, help="Seed of the bootstrap (and of the calibration's folds)."),
+    calibrate: CalibrationMethod | None = typer.Option(None, "--calibrate", help="Also fit a score calibration (isotonic or platt), cross-validated: calibration.json (for score --calibration), reliability_before.png, reliability_after.png."),
+    calibration_folds: int = typer.Option(5, min=2, help="Cross-validation folds of --calibrate."),
     drop_duplicates: bool = typer.Option(False, "--drop-duplicates", help="Score identical files once; leave out groups with conflicting labels (files are never touched)."),
     gallery: int = typer.Option(48, min=0, help="Most thumbnails per error gallery in the report."),
     device: Device = typer.Option(Device.AUTO, help="Where the model runs."),
@@ -90,6 +93,8 @@ def evaluate_command(
     except NsfwlabError as exc:
         raise fail(exc) from None
     counts = dataset.counts()
+    if calibrate is not None and min(counts.values()) < 2:
+        raise fail(ConfigError("--calibrate needs at least 2 images of each class (safe and nsfw)"))
     stderr.print(f"{len(dataset)} images ({counts['safe']} safe, {counts['nsfw']} nsfw) from {dataset.source}",
                  highlight=False)
     try:
@@ -135,8 +140,33 @@ def evaluate_command(
     for p in h.unreadable:
         stderr.print(tagged("unreadable:", "red", f" {p.path}: {p.message}"), highlight=False)
     stdout.print(f"report: {out / 'report.html'}", highlight=False)
+    if calibrate is not None:
+        _write_calibration(out, result, calibrate, calibration_folds, seed)
     if h.unreadable:
         raise typer.Exit(int(ExitCode.INPUT_FAILED))
+
+
+def _write_calibration(out: Path, evaluation: object, method: CalibrationMethod, folds: int, seed: int) -> None:
+    """Fit the calibration on the scored set; write calibration.json and the two reliability diagrams."""
+    from ..evaluate.calibrate import fit_calibration
+    from ..evaluate.plots import reliability_png
+
+    labels = [it.label for it in evaluation.scored]  # type: ignore[attr-defined]
+    scores = [it.score for it in evaluation.scored]  # type: ignore[attr-defined]
+    model = evaluation.model  # type: ignore[attr-defined]
+    try:
+        fit = fit_calibration(labels, scores, method, model_version=model["model_version"],
+                              preprocess_version=model["preprocess_version"], folds=folds, seed=seed)
+    except NsfwlabError as exc:
+        raise fail(exc) from None
+    _write_text(out / "calibration.json", fit.calibration.dumps())
+    (out / "reliability_before.png").write_bytes(
+        reliability_png(labels, scores, brier=fit.brier_before, title="Reliability: model scores"))
+    (out / "reliability_after.png").write_bytes(
+        reliability_png(labels, fit.out_of_fold, brier=fit.brier_after,
+                        title=f"Reliability: {method.value} calibration ({fit.folds}-fold cross-validated)"))
+    stdout.print(f"calibration ({method.value}): Brier {fit.brier_before:.4f} -> {fit.brier_after:.4f} "
+                 f"({fit.folds}-fold cross-validated): {out / 'calibration.json'}", highlight=False)
 
 
 def finetune_command(
@@ -167,7 +197,7 @@ def finetune_command(
     a training state saved every epoch (--resume continues after an interruption). The output
     loads wherever --model is accepted (score, scan, serve, evaluate).
     """
-    from ..evaluate import load_labelled
+    from ..datasets import load_labelled
     from ..train import Arch, AugmentConfig, EpochStats, FinetuneConfig, finetune
     from ..train.augment import NO_AUGMENT
 

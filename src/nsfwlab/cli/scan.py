@@ -9,9 +9,9 @@ import typer
 
 from ..config import DecodeLimits, Device, Label
 from ..errors import NsfwlabError
+from ..scan.config import Engine, Executor
 from ..scan.export import ExportFormat
 from ..scan.modes import ScanMode
-from ..scan.pipeline import Engine, Executor
 from ..scan.store import Status
 from ._common import ExitCode, fail, progress_bar, stderr, stdout, tagged
 
@@ -52,7 +52,7 @@ def scan_command(
     """
     from ..config import Thresholds
     from ..scan import ResultStore, ScanConfig, WalkConfig, scan, walk
-    from ..scan.pipeline import check_roots
+    from ..scan.config import check_roots
 
     try:
         config = ScanConfig(

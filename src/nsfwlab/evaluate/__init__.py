@@ -1,6 +1,7 @@
 """Evaluate the detector (stock or fine-tuned) on your own labelled data.
 
-- :mod:`.data`: load a folder (``safe/``, ``nsfw/``) or a CSV of ``path,label``; hygiene checks.
+- :mod:`nsfwlab.datasets` (re-exported here and as :mod:`.data`): load a folder (``safe/``,
+  ``nsfw/``) or a CSV of ``path,label``; hygiene checks.
 - :mod:`.metrics`: ROC AUC / average precision with bootstrap intervals, confusion matrices,
   threshold recommendations for stated targets.
 - :mod:`.evaluation`: :func:`evaluate` scores a set through :class:`~nsfwlab.Detector`.
@@ -11,7 +12,7 @@ scikit-learn and matplotlib are imported only when a function needs them.
 
 from __future__ import annotations
 
-from .data import (
+from ..datasets import (
     DuplicateGroup,
     Hygiene,
     LabelledItem,

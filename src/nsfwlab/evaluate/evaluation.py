@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Thresholds
+from ..datasets import Hygiene, LabelledSet, Problem, check_hygiene
 from ..detector import Detector, ScoreResult
 from ..errors import ImageError
-from .data import Hygiene, LabelledSet, Problem, check_hygiene
 from .metrics import DEFAULT_TARGETS, Metrics, Target, compute_metrics
 
 __all__ = ["Evaluation", "ScoredItem", "evaluate"]

@@ -1,4 +1,4 @@
-"""ROC curve, precision-recall curve and per-class score histogram as PNG bytes.
+"""ROC curve, precision-recall curve, per-class score histogram and reliability diagram as PNG bytes.
 
 Drawn with matplotlib's object API on the Agg canvas (no pyplot, no global state, safe in
 threads); the caller decides where the bytes go.
@@ -15,7 +15,7 @@ import numpy as np
 from ..config import Thresholds
 from .metrics import Recommendation
 
-__all__ = ["histogram_png", "pr_png", "roc_png", "training_png"]
+__all__ = ["histogram_png", "pr_png", "reliability_png", "roc_png", "training_png"]
 
 _SAFE_COLOUR, _NSFW_COLOUR = "#2b8a3e", "#c92a2a"
 
@@ -27,6 +27,17 @@ def _figure(width: float = 5.5, height: float = 4.5) -> tuple[Any, Any]:
     fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     return fig, fig.add_subplot()
+
+
+def _unit_square(ax: Any, xlabel: str, ylabel: str, title: str, legend_loc: str) -> None:
+    """Both axes 0..1 (with a sliver of margin), labels, title, grid and legend."""
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc=legend_loc, fontsize=8)
 
 
 def _png(fig: Any) -> bytes:
@@ -49,13 +60,8 @@ def roc_png(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.nda
         c = rec.achieved
         ax.plot([c.fpr], [c.recall], "o", ms=7,
                 label=f"{rec.target.name}: {rec.sets}={rec.threshold:.4g}")
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
-    ax.set_xlabel("false positive rate (safe images flagged)")
-    ax.set_ylabel("true positive rate (NSFW images caught)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    _unit_square(ax, "false positive rate (safe images flagged)", "true positive rate (NSFW images caught)",
+                 title, "lower right")
     return _png(fig)
 
 
@@ -70,13 +76,7 @@ def pr_png(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndar
     ax.step(recall, precision, where="post", color="#7048e8", lw=2, label=f"model {ap_text}".strip())
     prevalence = float(np.mean(y == 1))
     ax.axhline(prevalence, color="#adb5bd", lw=1, ls="--", label=f"chance (prevalence {prevalence:.2f})")
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
-    ax.set_xlabel("recall (NSFW images caught)")
-    ax.set_ylabel("precision (flagged images truly NSFW)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
+    _unit_square(ax, "recall (NSFW images caught)", "precision (flagged images truly NSFW)", title, "lower left")
     return _png(fig)
 
 
@@ -138,4 +138,31 @@ def training_png(epochs: Sequence[int], val_auc: Sequence[float], val_loss: Sequ
     ax.legend(handles[0] + more[0], handles[1] + more[1], fontsize=8, loc="center right")
     ax.set_xticks(list(epochs))
     ax.set_title(title)
+    return _png(fig)
+
+
+def reliability_png(labels: Sequence[int] | np.ndarray, probabilities: Sequence[float] | np.ndarray, *,
+                    bins: int = 10, brier: float | None = None, title: str = "Reliability") -> bytes:
+    """Reliability diagram: the share of NSFW images per bin of predicted probability against the
+    bin's mean probability (a calibrated score lies on the diagonal), with the bin counts below it."""
+    y = np.asarray(labels)
+    p = np.asarray(probabilities, dtype=np.float64)
+    which = np.clip(np.digitize(p, np.linspace(0.0, 1.0, bins + 1)[1:-1]), 0, bins - 1)
+    counts = np.bincount(which, minlength=bins)
+    filled = counts > 0
+    mean_p = np.bincount(which, weights=p, minlength=bins)[filled] / counts[filled]
+    frac = np.bincount(which, weights=y, minlength=bins)[filled] / counts[filled]
+    fig, ax = _figure(5.5, 6.0)
+    ax.remove()
+    grid = fig.add_gridspec(2, 1, height_ratios=(3, 1))
+    ax = fig.add_subplot(grid[0])
+    ax.plot([0, 1], [0, 1], color="#adb5bd", lw=1, ls="--", label="perfectly calibrated")
+    label = "model" + (f" (Brier {brier:.4f})" if brier is not None else "")
+    ax.plot(mean_p, frac, "o-", color="#1c7ed6", lw=2, label=label)
+    _unit_square(ax, "", "share of NSFW images in the bin", title, "upper left")
+    below = fig.add_subplot(grid[1], sharex=ax)
+    below.bar((np.arange(bins) + 0.5) / bins, counts, width=1.0 / bins, color="#868e96", edgecolor="white")
+    below.set_xlabel("predicted probability")
+    below.set_ylabel("images")
+    below.grid(alpha=0.3)
     return _png(fig)

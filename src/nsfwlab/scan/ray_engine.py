@@ -1,90 +1,66 @@
-"""``--engine ray``: the same scan on a Ray cluster (Ray Data), into the same results store.
+"""``--engine ray``: the same scan on a Ray cluster, into the same results store.
 
 The driver (this process) walks the tree, decides what to skip and owns the SQLite store, exactly
-as the local engine does. Files go to the cluster in blocks (``block`` files at a time, so memory
-stays bounded on huge trees; each block starts a fresh actor pool), in two Ray Data passes per block:
+as the local engine does, with the same driver and sink (:mod:`.driver`, :mod:`.sink`). Only the
+pool and the scorer differ:
 
-1. hash: tasks read each file, check its format and header caps, and return its sha256 (or the
-   error). The driver then drops content already scored with this model version and keeps one file per content;
-2. score: tasks decode and preprocess with the core (:func:`nsfwlab.scan.pipeline.prepare_file`),
-   and an actor pool of model replicas (one per GPU where the cluster has GPUs) runs the model.
+- the workers are Ray tasks running the local workers' task (:func:`~nsfwlab.scan.worker.prepare_chunk`:
+  read each file once, hash, decode and preprocess with the core), at most ``ScanConfig.window``
+  files in flight, results back as uint8 pixels. They do not open the store (SQLite must not be
+  shared across hosts): the driver's sink finds content already scored, before the model runs;
+- the model runs in an actor pool of replicas (one per GPU where the cluster has GPUs, else one per
+  four CPUs), each built from the scan config exactly as the local engine builds it
+  (:func:`~nsfwlab.scan.config.build_scan_model`), a batch in flight per replica.
 
-Results stream back to the driver, which writes them one transaction per batch. Scores are the
-local engine's: the same preprocessing and the same model build (:func:`build_scan_model`) run
-in every replica. Ray is imported only here.
+So scores, deduplication and the store's rows are the local engine's. Ray is imported only here.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Iterator
-from functools import partial
 from typing import Any
 
 import numpy as np
 
 from ..backends import Backend
-from ..config import DecodeLimits, PreprocessConfig
-from ..errors import ConfigError, NsfwlabError
-from .pipeline import (
-    Engine,
-    ProgressFn,
-    ScanConfig,
-    ScanModel,
-    ScanSummary,
-    _plan,
-    _Writer,
-    build_scan_model,
-    pack_array,
-    prepare_file,
-    unpack_array,
-)
+from ..errors import ConfigError
+from ..preprocess import stack_batch, unpack_array
+from .config import Engine, ScanConfig, ScanModel, build_scan_model
+from .driver import run, worker_context
+from .sink import ProgressFn, ScanSummary, Sink
 from .store import ResultStore
 from .walk import WalkedFile
+from .worker import Prepared, prepare_chunk, worker_died
 
-__all__ = ["scan_ray"]
+__all__ = ["RayPool", "RayScorer", "scan_ray"]
 
 
-def _hash_batch(batch: dict[str, np.ndarray], limits: DecodeLimits) -> dict[str, np.ndarray]:
-    from ..imageio import open_image, read_bytes
+class RayPool:
+    """The workers as Ray tasks; a chunk whose task keeps failing is retried one file at a time."""
 
-    shas, codes, errors = [], [], []
-    for path in batch["path"]:
-        sha = ""
+    def __init__(self, ray: Any, ctx: Any) -> None:
+        self.ray = ray
+        self.task = ray.remote(prepare_chunk).options(max_retries=1)
+        self.ctx = ray.put(ctx)
+
+    def submit(self, files: list[WalkedFile]) -> Any:
+        return self.task.remote(files, self.ctx)
+
+    def collect(self, files: list[WalkedFile], handle: Any) -> list[Prepared]:
         try:
-            data = read_bytes(str(path), limits)
-            sha = hashlib.sha256(data).hexdigest()
-            open_image(data, limits)  # format and header caps: bad files never reach the model pass
-            codes.append("")
-            errors.append("")
-        except NsfwlabError as exc:
-            codes.append(exc.code)
-            errors.append(exc.message)
-        shas.append(sha)
-    return {"path": batch["path"], "sha256": np.array(shas, dtype=object),
-            "error_code": np.array(codes, dtype=object), "error": np.array(errors, dtype=object)}
+            return list(self.ray.get(handle))
+        except self.ray.exceptions.RayError:
+            pass
+        out: list[Prepared] = []
+        for f in files:
+            try:
+                out.extend(self.ray.get(self.submit([f])))
+            except self.ray.exceptions.RayError:
+                out.append(worker_died(f))
+        return out
 
-
-def _prepare_batch(batch: dict[str, np.ndarray], preprocess: PreprocessConfig,
-                   limits: DecodeLimits) -> dict[str, np.ndarray]:
-    n = len(batch["path"])
-    crop = preprocess.crop
-    arrays: list[np.ndarray | None] = []
-    codes, errors = [], []
-    for path in batch["path"]:
-        p = prepare_file(WalkedFile(str(path), 0, 0), preprocess, limits)
-        arrays.append(p.array)
-        codes.append(p.error_code or "")
-        errors.append(p.error or "")
-    packed = [pack_array(a, preprocess.mean_bgr) if a is not None else None for a in arrays]
-    dtype = np.uint8 if all(a is None or a.dtype == np.uint8 for a in packed) else np.float32
-    pixels = np.zeros((n, crop, crop, 3), dtype=dtype)
-    for i, a in enumerate(packed):
-        if a is not None:
-            pixels[i] = a if dtype == a.dtype else unpack_array(a, preprocess.mean_bgr)
-    return {"path": batch["path"], "sha256": batch["sha256"], "ok": np.array([a is not None for a in arrays]),
-            "pixels": pixels, "error_code": np.array(codes, dtype=object), "error": np.array(errors, dtype=object)}
+    def shutdown(self) -> None:
+        return None
 
 
 class _ModelReplica:
@@ -94,25 +70,48 @@ class _ModelReplica:
         self.backend = backend if backend is not None else build_scan_model(config).backend
         self.mean_bgr = mean_bgr
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ok = batch["ok"].astype(bool)
-        scores = np.full(len(ok), np.nan, dtype=np.float64)
-        if ok.any():
-            x = unpack_array(np.ascontiguousarray(batch["pixels"][ok]), self.mean_bgr)
-            scores[ok] = self.backend.predict(x)[:, 1]
-        return {"path": batch["path"], "sha256": batch["sha256"], "ok": ok, "score": scores,
-                "error_code": batch["error_code"], "error": batch["error"]}
+    def predict(self, shas: list[str], arrays: list[np.ndarray]) -> tuple[list[str], list[float]]:
+        x = stack_batch([unpack_array(a, self.mean_bgr) for a in arrays])
+        return shas, self.backend.predict(x)[:, 1].tolist()
 
 
-def _blocks(files: Iterator[WalkedFile], size: int) -> Iterator[list[WalkedFile]]:
-    block: list[WalkedFile] = []
-    for f in files:
-        block.append(f)
-        if len(block) >= size:
-            yield block
-            block = []
-    if block:
-        yield block
+class RayScorer:
+    """Sends batches of network inputs to the replicas, one batch in flight per replica."""
+
+    def __init__(self, ray: Any, sink: Sink, model: ScanModel, config: ScanConfig, backend: Backend | None,
+                 replicas: int, gpus_each: float) -> None:
+        from ray.util import ActorPool
+
+        actor = ray.remote(num_gpus=gpus_each)(_ModelReplica)
+        self.ray, self.sink, self.batch_size = ray, sink, config.batch_size
+        self.actors = [actor.remote(config, backend, model.preprocess.mean_bgr) for _ in range(replicas)]
+        self.pool = ActorPool(self.actors)
+        self.shas: list[str] = []
+        self.arrays: list[np.ndarray] = []
+
+    def add(self, p: Prepared) -> None:
+        assert p.array is not None  # the sink hands over new content only, which has its array
+        self.shas.append(p.sha256 or "")
+        self.arrays.append(p.array)
+        if len(self.arrays) >= self.batch_size:
+            self._submit()
+
+    def _submit(self) -> None:
+        if not self.arrays:
+            return
+        if not self.pool.has_free():
+            self.sink.scored(*self.pool.get_next_unordered())
+        batch, self.shas, self.arrays = (self.shas, self.arrays), [], []
+        self.pool.submit(lambda a, b: a.predict.remote(*b), batch)
+
+    def flush(self) -> None:
+        self._submit()
+        while self.pool.has_next():
+            self.sink.scored(*self.pool.get_next_unordered())
+
+    def close(self) -> None:
+        for a in self.actors:
+            self.ray.kill(a)
 
 
 def _replicas(ray: Any, device: str) -> tuple[int, float]:
@@ -126,12 +125,9 @@ def _replicas(ray: Any, device: str) -> tuple[int, float]:
 
 
 def scan_ray(roots: list[str], store: ResultStore, config: ScanConfig, *, model: ScanModel,
-             backend: Backend | None = None, progress: ProgressFn | None = None,
-             block: int = 16384) -> ScanSummary:
+             backend: Backend | None = None, progress: ProgressFn | None = None) -> ScanSummary:
     """Scan on Ray. ``model`` (built on the driver) defines the versions; every replica builds the
     same model from ``config``, or uses ``backend`` (which must then be picklable)."""
-    import time
-
     try:
         import ray
     except ImportError:
@@ -142,62 +138,11 @@ def scan_ray(roots: list[str], store: ResultStore, config: ScanConfig, *, model:
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
                  logging_level=logging.WARNING)
-    device = resolve_device(config.device)
-    n_replicas, gpus_each = _replicas(ray, device)
-    summary = ScanSummary(model.model_version, model.preprocess_version, model.mode.value, Engine.RAY.value)
-    writer = _Writer(store, model, config.thresholds, config.batch_size, summary, progress)
-    run_id = store.start_run(model_version=model.model_version, preprocess_version=model.preprocess_version,
-                             mode=model.mode.value, engine=Engine.RAY.value, roots=roots)
-    mv, pv = model.model_version, model.preprocess_version
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # the CLI shows its own progress bar
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    start = time.perf_counter()
+    replicas, gpus_each = _replicas(ray, resolve_device(config.device))
+    sink = Sink(store, model, config, Engine.RAY.value, progress)
+    scorer = RayScorer(ray, sink, model, config, backend, replicas, gpus_each)
+    pool = RayPool(ray, worker_context(store, model, config, pack=True, lookup=False))
     try:
-        for files in _blocks(_plan(roots, store, model, config, writer), block):
-            by_path = {f.path: f for f in files}
-            hashed = ray.data.from_items([{"path": f.path} for f in files]).map_batches(
-                partial(_hash_batch, limits=config.limits), batch_size=config.chunk * 16, batch_format="numpy")
-            to_score: list[dict[str, str]] = []
-            twins: dict[str, list[WalkedFile]] = {}
-            for row in hashed.iter_rows():
-                f, sha = by_path[str(row["path"])], str(row["sha256"])
-                if row["error_code"]:
-                    writer.record(f, sha or None, error_code=str(row["error_code"]), error=str(row["error"]))
-                elif sha in twins:
-                    twins[sha].append(f)
-                elif (known := store.cached_score(sha, mv, pv)) is not None:
-                    writer.record(f, sha, score=known, reused=True)
-                else:
-                    twins[sha] = []
-                    to_score.append({"path": f.path, "sha256": sha})
-            writer.flush()
-            if not to_score:
-                continue
-            scored = (
-                ray.data.from_items(to_score)
-                .map_batches(partial(_prepare_batch, preprocess=model.preprocess, limits=config.limits),
-                             batch_size=config.chunk * 4, batch_format="numpy")
-                .map_batches(_ModelReplica, fn_constructor_args=(config, backend, model.preprocess.mean_bgr),
-                             batch_size=config.batch_size, batch_format="numpy", concurrency=n_replicas,
-                             num_gpus=gpus_each)
-            )
-            for batch in scored.iter_batches(batch_size=config.batch_size, batch_format="numpy"):
-                for i in range(len(batch["path"])):
-                    f, sha = by_path[str(batch["path"][i])], str(batch["sha256"][i])
-                    if batch["ok"][i]:
-                        score = float(batch["score"][i])
-                        writer.record(f, sha, score=score)
-                        for twin in twins.get(sha, []):
-                            writer.record(twin, sha, score=score, reused=True)
-                    else:
-                        writer.record(f, sha, error_code=str(batch["error_code"][i]), error=str(batch["error"][i]))
-                        for twin in twins.get(sha, []):
-                            writer.record(twin, sha, error_code=str(batch["error_code"][i]),
-                                          error=str(batch["error"][i]))
-                writer.flush()
+        return run(roots, sink, pool, scorer, config)
     finally:
-        summary.seconds = time.perf_counter() - start
-    store.finish_run(run_id, scored=summary.scored, reused=summary.reused, skipped=summary.skipped,
-                     errors=summary.errors)
-    return summary
+        scorer.close()

@@ -4,10 +4,10 @@ The walk is a generator over ``os.scandir`` (one directory listing in memory at 
 for a stable order), so a tree of millions of files never becomes a list. Directory symlinks are
 not followed (no cycles); file symlinks are.
 
-A file is an image when its first bytes are one of the allowed formats
-(:func:`nsfwlab.imageio.sniff_format`). A file whose *name* says image (``.jpg``, ``.heic``, ...)
-but whose content is not an allowed format is still yielded, so that the scan records why it
-could not be scored instead of silently ignoring it.
+A file is an image when its name says image (``.jpg``, ``.heic``, ...; taken without opening it, so
+the scan reads it once) or when its first bytes are one of the allowed formats
+(:func:`nsfwlab.imageio.sniff_format`). A file with an image name whose content is not an allowed
+format is yielded, so that the scan records why it could not be scored instead of silently ignoring it.
 """
 
 from __future__ import annotations
@@ -54,7 +54,10 @@ def matches(rel: str, patterns: Iterable[str]) -> bool:
 
 
 def _is_candidate(path: str, config: WalkConfig) -> bool:
-    return not config.sniff or looks_like_image(path)
+    """An image name is enough (the scan reads the file once, later); other names are sniffed."""
+    if not config.sniff or os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES:
+        return True
+    return looks_like_image(path)
 
 
 def _walk_dir(root: str, config: WalkConfig) -> Iterator[WalkedFile]:

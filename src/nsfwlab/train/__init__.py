@@ -1,12 +1,13 @@
 """Fine-tune open_nsfw on your labelled data, or train the seed tutorial's VGG-16 from scratch.
 
-Importing this package registers the ``vgg16`` architecture with :mod:`nsfwlab.checkpoint`, so
-its checkpoints load wherever ``--model PATH`` is accepted.
+Both networks are core architectures (:mod:`nsfwlab.model`, named in
+:mod:`nsfwlab.architectures`), so their checkpoints load wherever ``--model PATH`` is accepted
+without importing this package. ``VGG16`` is re-exported here.
 """
 
 from __future__ import annotations
 
-from ..checkpoint import register_architecture
+from ..model import VGG16
 from .augment import NO_AUGMENT, AugmentConfig, augment_batch
 from .cache import PreparedSet, prepare
 from .finetune import (
@@ -19,7 +20,6 @@ from .finetune import (
     set_trainable,
     stratified_split,
 )
-from .vgg import VGG16
 
 __all__ = [
     "MAX_UNFREEZE",
@@ -37,5 +37,3 @@ __all__ = [
     "set_trainable",
     "stratified_split",
 ]
-
-register_architecture("vgg16", VGG16)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import YAHOO_MEAN_BGR
 from ..errors import ConfigError
 
 __all__ = ["NO_AUGMENT", "AugmentConfig", "augment_batch"]
@@ -45,8 +46,9 @@ NO_AUGMENT = AugmentConfig(flip=0.0, crop_scale=1.0, brightness=0.0, contrast=0.
 
 
 def augment_batch(x: torch.Tensor, config: AugmentConfig, generator: torch.Generator,
-                  mean_bgr: Sequence[float] = (104.0, 117.0, 123.0)) -> torch.Tensor:
-    """A new augmented batch; ``x`` is (N, 3, H, W) mean-subtracted BGR and is left unchanged."""
+                  mean_bgr: Sequence[float] = YAHOO_MEAN_BGR) -> torch.Tensor:
+    """A new augmented batch; ``x`` is (N, 3, H, W) BGR minus ``mean_bgr`` (the preprocessing's
+    mean, :attr:`PreprocessConfig.mean_bgr`) and is left unchanged."""
     if x.ndim != 4 or x.shape[1] != 3:
         raise ConfigError(f"expected an NCHW batch with 3 channels, got shape {tuple(x.shape)}")
     n, _, h, w = x.shape

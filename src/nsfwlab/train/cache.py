@@ -1,9 +1,9 @@
 """Preprocess every training image once, with the core's exact pipeline, and keep the arrays.
 
-Arrays are kept as uint8 BGR pixels (the exact preprocessing output plus the integer mean, so
-the float input is recovered bit for bit) at 150 KB per image, a quarter of float32. With a
-``cache_dir`` they are also saved as ``.npy`` under a key of the files' paths, sizes, mtimes and
-the preprocessing version, so a resumed run does not decode everything again.
+Arrays are kept in the core's transport form (:func:`nsfwlab.preprocess.pack_array`): uint8 BGR
+pixels from which the float input is recovered bit for bit, at 150 KB per image, a quarter of
+float32. With a ``cache_dir`` they are also saved as ``.npy`` under a key of the files' paths,
+sizes, mtimes and the preprocessing version, so a resumed run does not decode everything again.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,17 +19,18 @@ from pathlib import Path
 import numpy as np
 
 from ..config import DecodeLimits, PreprocessConfig
+from ..datasets import LabelledItem, Problem
 from ..errors import ConfigError, ImageError, NsfwlabError
-from ..evaluate.data import LabelledItem, Problem
-from ..preprocess import preprocess
+from ..preprocess import pack_array, preprocess, unpack_array
 
-__all__ = ["PreparedSet", "prepare"]
+__all__ = ["PreparedSet", "prepare", "text_digest"]
 
 
 @dataclass(frozen=True)
 class PreparedSet:
-    """Preprocessed inputs of the readable images: ``pixels`` (N, H, W, 3) uint8 BGR (or float32
-    network inputs when the mean is not integral), labels, and the files that failed."""
+    """Preprocessed inputs of the readable images: ``pixels`` (N, H, W, 3) in the transport form
+    (uint8 BGR, or the float32 network inputs when they are not ``uint8 - mean``), labels, and
+    the files that failed."""
 
     pixels: np.ndarray
     labels: np.ndarray
@@ -43,30 +44,33 @@ class PreparedSet:
     def batch(self, index: Sequence[int] | np.ndarray) -> np.ndarray:
         """The float32 NHWC network inputs of the rows in ``index`` (exactly ``preprocess``'s output)."""
         rows = np.asarray(self.pixels[np.asarray(index)])
-        if rows.dtype == np.uint8:
-            return rows.astype(np.float32) - np.asarray(self.config.mean_bgr, dtype=np.float32)
-        return rows.astype(np.float32, copy=False)
+        return unpack_array(rows, self.config.mean_bgr)
 
 
-def _integral_mean(config: PreprocessConfig) -> bool:
-    return all(float(m).is_integer() for m in config.mean_bgr)
-
-
-def _to_storage(arr: np.ndarray, config: PreprocessConfig) -> np.ndarray:
-    if not _integral_mean(config):
-        return arr
-    return np.rint(arr + np.asarray(config.mean_bgr, dtype=np.float32)).astype(np.uint8)
+def text_digest(parts: Iterable[str]) -> str:
+    """A short sha256 (24 hex digits) of strings, which may hold undecodable file names."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode("utf-8", "surrogateescape"))
+    return h.hexdigest()[:24]
 
 
 def _fingerprint(items: Sequence[LabelledItem], config: PreprocessConfig) -> str:
-    h = hashlib.sha256(config.version.encode())
-    for it in items:
+    def line(it: LabelledItem) -> str:
         try:
             st = it.path.stat()
-            h.update(f"{it.path}\0{st.st_size}\0{st.st_mtime_ns}\0{it.label}\n".encode("utf-8", "surrogateescape"))
         except OSError:
-            h.update(f"{it.path}\0missing\n".encode("utf-8", "surrogateescape"))
-    return h.hexdigest()[:24]
+            return f"{it.path}\0missing\n"
+        return f"{it.path}\0{st.st_size}\0{st.st_mtime_ns}\0{it.label}\n"
+
+    return text_digest([config.version, *(line(it) for it in items)])
+
+
+def _stack(arrays: Sequence[np.ndarray], config: PreprocessConfig) -> np.ndarray:
+    """One array of packed rows; if any row could not be packed, all are stored as float32."""
+    if all(a.dtype == np.uint8 for a in arrays):
+        return np.stack(arrays)
+    return np.stack([unpack_array(a, config.mean_bgr) for a in arrays])
 
 
 def prepare(items: Sequence[LabelledItem], config: PreprocessConfig | None = None, *,
@@ -89,7 +93,7 @@ def prepare(items: Sequence[LabelledItem], config: PreprocessConfig | None = Non
 
     def one(it: LabelledItem) -> np.ndarray | NsfwlabError:
         try:
-            return _to_storage(preprocess(it.path, config, limits), config)
+            return pack_array(preprocess(it.path, config, limits), config.mean_bgr)
         except NsfwlabError as exc:
             return exc
         except Exception as exc:
@@ -111,7 +115,7 @@ def prepare(items: Sequence[LabelledItem], config: PreprocessConfig | None = Non
                 progress(1, 0 if isinstance(out, np.ndarray) else 1)
     if not arrays:
         raise ConfigError("no image of the data set could be decoded")
-    pixels = np.stack(arrays)
+    pixels = _stack(arrays, config)
     prepared = PreparedSet(pixels, np.asarray(labels, dtype=np.int64), tuple(paths), tuple(problems), config)
     if cache_files is not None:
         cache_files[0].parent.mkdir(parents=True, exist_ok=True)

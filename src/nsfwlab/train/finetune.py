@@ -2,18 +2,19 @@
 
 The loop: hash the files (duplicates stay on one side of the split; groups of identical files
 with conflicting labels are left out), preprocess every readable image once with the core's exact
-pipeline, split stratified and seeded, then train the unfrozen top stages with AdamW on a
-class-balanced cross-entropy, augmenting each batch; after each epoch measure the validation
-ROC AUC, keep the best weights, stop early after ``patience`` epochs without improvement, and
-(with ``state_path``) save everything needed to resume. Epoch ``e`` draws its shuffling,
-augmentation and dropout from seeds derived from ``(seed, e)``, so a resumed run reproduces an
+pipeline, split stratified and seeded (:func:`prepare_data` -> :class:`TrainData`), then train
+the unfrozen top stages with AdamW on a class-balanced cross-entropy, augmenting each batch
+(:func:`train_epoch`); after each epoch measure the validation ROC AUC (:func:`validate`), keep
+the best weights, stop early after ``patience`` epochs without improvement
+(:meth:`TrainState.end_epoch`), and (with ``state_path``) save everything needed to resume
+(:meth:`TrainState.to_dict`). Epoch ``e`` draws its shuffling, augmentation and dropout from
+seeds derived from ``(seed, e)`` (no generator state is carried), so a resumed run reproduces an
 uninterrupted one.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -25,10 +26,10 @@ from typing import Any
 import numpy as np
 
 from ..config import DecodeLimits, Device, PreprocessConfig
+from ..datasets import LabelledItem, LabelledSet, Problem, check_hygiene
 from ..errors import ConfigError
-from ..evaluate.data import LabelledItem, LabelledSet, Problem, check_hygiene
 from .augment import AugmentConfig, augment_batch
-from .cache import PreparedSet, prepare
+from .cache import PreparedSet, prepare, text_digest
 
 __all__ = [
     "MAX_UNFREEZE",
@@ -36,13 +37,19 @@ __all__ = [
     "EpochStats",
     "FinetuneConfig",
     "FinetuneResult",
+    "TrainData",
+    "TrainState",
+    "Validation",
     "finetune",
+    "prepare_data",
     "set_trainable",
     "stratified_split",
+    "train_epoch",
+    "validate",
 ]
 
-#: ``unfreeze`` counts stages from the top: 0 = the fc head only, 1..4 = also the last 1..4
-#: residual stages, 5 = everything including ``conv_1``.
+#: ``unfreeze`` counts the stages of ``model.stages()`` below the head, from the top: 0 = the fc
+#: head only, 1..4 = also the last 1..4 residual stages, 5 = everything including the stem (``conv_1``).
 MAX_UNFREEZE = 5
 
 
@@ -166,51 +173,134 @@ def stratified_split(labels: Sequence[int] | np.ndarray, groups: Sequence[str], 
     return train_idx, val_idx
 
 
-def _open_nsfw_steps(model: Any) -> list[tuple[str, Callable[[Any], Any]]]:
-    import torch
-
-    def stem(x: Any) -> Any:
-        return model.pool1(torch.relu(model.conv_1(x)))
-
-    return [("conv_1", stem)] + [(name, getattr(model, name)) for name in model.block_names]
 
 
 def set_trainable(model: Any, arch: Arch, unfreeze: int) -> int:
-    """Freeze all but the top ``unfreeze`` stages (and the head); returns the index of the first
-    trainable step of the forward pass (everything before it runs without gradients)."""
-    if arch is Arch.VGG16:
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return 0
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in model.fc_nsfw.parameters():
-        p.requires_grad_(True)
-    steps = _open_nsfw_steps(model)
-    first = len(steps)
-    for i, (name, _) in enumerate(steps):
-        stage = -1 if name == "conv_1" else int(name[5])
-        trainable = unfreeze >= MAX_UNFREEZE if stage < 0 else stage >= 4 - unfreeze
-        if trainable:
-            module = model.conv_1 if name == "conv_1" else getattr(model, name)
-            for p in module.parameters():
-                p.requires_grad_(True)
-            first = min(first, i)
+    """Freeze all but the head and the top ``unfreeze`` stages of ``model.stages()`` (``vgg16``
+    trains every stage whatever ``unfreeze``); returns the index in ``model.stages()`` of the
+    first trainable stage. Frozen parameters do not require gradients, so the frozen part of the
+    forward pass records no autograd graph: head-only training costs one forward pass per image."""
+    groups = model.stages()
+    first = 0 if arch is Arch.VGG16 else max(len(groups) - 1 - unfreeze, 0)
+    for i, (_, modules) in enumerate(groups):
+        for module in modules:
+            module.requires_grad_(i >= first)
     return first
 
 
-def _logits(model: Any, x: Any, arch: Arch, first_trainable: int) -> Any:
-    import torch
+@dataclass(frozen=True)
+class TrainData:
+    """The preprocessed readable images, the train/validation split (and a digest of it, which a
+    resumed run must match), and what was left out."""
 
-    if arch is Arch.VGG16:
-        return model(x)
-    steps = _open_nsfw_steps(model)
-    with torch.no_grad():
-        for _, fn in steps[:first_trainable]:
-            x = fn(x)
-    for _, fn in steps[first_trainable:]:
-        x = fn(x)
-    return model.forward_head(x)
+    prepared: PreparedSet
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    split_id: str
+    problems: tuple[Problem, ...]
+    excluded_conflicting: tuple[str, ...]
+
+    def class_weight(self) -> np.ndarray:
+        """Cross-entropy weights that give both classes of the training split equal total weight."""
+        counts = np.bincount(self.prepared.labels[self.train_idx], minlength=2).astype(np.float64)
+        return len(self.train_idx) / (2.0 * np.maximum(counts, 1.0))
+
+
+def prepare_data(items: Sequence[LabelledItem], config: FinetuneConfig, preprocess: PreprocessConfig, *,
+                 limits: DecodeLimits | None = None, workers: int = 2, cache_dir: str | os.PathLike | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> TrainData:
+    """Hash the files (identical contents stay on one side of the split; groups with conflicting
+    labels and unreadable files are left out), preprocess the rest once, and split them."""
+    hygiene = check_hygiene(items)
+    conflicting = tuple(sorted({p for g in hygiene.conflicting for p in g.paths}))
+    left_out = {p.path for p in hygiene.unreadable} | set(conflicting)
+    usable = [it for it in items if str(it.path) not in left_out]
+    prepared = prepare(usable, preprocess, limits=limits, workers=workers, cache_dir=cache_dir, progress=progress)
+    groups = [hygiene.digests.get(p, p) for p in prepared.paths]
+    train_idx, val_idx = stratified_split(prepared.labels, groups, config.val_fraction, config.seed)
+    split_id = text_digest(f"{tag}{prepared.paths[int(i)]}\n"
+                           for tag, idx in (("t", train_idx), ("v", val_idx)) for i in idx)
+    return TrainData(prepared, train_idx, val_idx, split_id, tuple(hygiene.unreadable) + prepared.problems,
+                     conflicting)
+
+
+@dataclass(frozen=True)
+class Validation:
+    auc: float
+    loss: float
+    accuracy: float
+
+
+@dataclass
+class TrainState:
+    """Everything a run carries from epoch to epoch, and all that resuming it needs. ``epoch`` is
+    the last finished epoch (0: the starting model has been measured). Random draws are not
+    state: epoch ``e`` seeds them from ``(config.seed, e)``."""
+
+    model: Any
+    optimizer: Any
+    epoch: int = -1
+    best_auc: float = float("-inf")
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    baseline_auc: float = float("nan")
+    best_state_dict: dict[str, Any] = field(default_factory=dict)
+    history: list[EpochStats] = field(default_factory=list)
+
+    def end_epoch(self, train_loss: float | None, val: Validation, seconds: float) -> EpochStats:
+        """Record the next epoch's outcome: keep the weights if validation AUC improved, count
+        epochs without improvement otherwise."""
+        self.epoch += 1
+        if self.epoch == 0:
+            self.baseline_auc = val.auc
+        improved = val.auc > self.best_auc + 1e-9
+        if improved:
+            self.best_auc, self.best_epoch, self.bad_epochs = val.auc, self.epoch, 0
+            self.best_state_dict = copy.deepcopy(self.model.state_dict())
+        else:
+            self.bad_epochs += 1
+        stats = EpochStats(self.epoch, train_loss, val.loss, val.auc, val.accuracy, seconds, improved)
+        self.history.append(stats)
+        return stats
+
+    def to_dict(self, config: FinetuneConfig, split_id: str) -> dict[str, Any]:
+        """The ``train_state`` record of a checkpoint (the current weights are its ``state_dict``)."""
+        return {"epoch": self.epoch, "config": config.to_dict(), "split": split_id,
+                "optimizer": self.optimizer.state_dict(), "best_state_dict": self.best_state_dict,
+                "best_auc": self.best_auc, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+                "baseline_auc": self.baseline_auc, "history": [h.to_dict() for h in self.history]}
+
+    @classmethod
+    def resume(cls, path: str | os.PathLike, model: Any, optimizer: Any, config: FinetuneConfig,
+               split_id: str) -> TrainState:
+        """The state saved at ``path``, loaded into ``model`` and ``optimizer``; a state of
+        another configuration (``epochs``/``patience`` aside) or another split is refused."""
+        from ..checkpoint import read_checkpoint
+
+        payload = read_checkpoint(path)
+        record = payload.get("train_state")
+        if not isinstance(record, dict):
+            raise ConfigError(f"{path} is a model checkpoint, not a training state (nothing to resume)")
+        try:
+            saved = {k: v for k, v in record["config"].items() if k not in _RESUMABLE}
+            now = {k: v for k, v in config.to_dict().items() if k not in _RESUMABLE}
+            if saved != now:
+                changed = sorted(k for k in now if saved.get(k) != now[k])
+                raise ConfigError(f"cannot resume: the configuration differs from the saved run in {changed}")
+            if record["split"] != split_id:
+                raise ConfigError("cannot resume: the data set or its train/validation split has changed")
+            model.load_state_dict(payload["state_dict"])
+            optimizer.load_state_dict(record["optimizer"])
+            return cls(model, optimizer, int(record["epoch"]), float(record["best_auc"]), int(record["best_epoch"]),
+                       int(record["bad_epochs"]), float(record["baseline_auc"]), record["best_state_dict"],
+                       [EpochStats(**h) for h in record["history"]])
+        except ConfigError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+            raise ConfigError(f"cannot resume: {path} is not a complete training state ({exc})") from None
+
+
+_RESUMABLE = ("epochs", "patience")  # may change between a run and its resumption
 
 
 def _to_nchw(batch: np.ndarray, device: str = "cpu") -> Any:
@@ -220,33 +310,60 @@ def _to_nchw(batch: np.ndarray, device: str = "cpu") -> Any:
     return x.to(device, non_blocking=True)
 
 
-def _validate(model: Any, data: PreparedSet, idx: np.ndarray, batch_size: int,
-              device: str = "cpu") -> tuple[float, float, float]:
+def train_epoch(state: TrainState, data: TrainData, config: FinetuneConfig, *, device: str = "cpu",
+                on_batch: Callable[[int], None] | None = None) -> float:
+    """Train epoch ``state.epoch + 1`` over the shuffled training split (augmented on the host
+    from a generator seeded by ``(config.seed, epoch)``); returns the mean training loss. The
+    epoch is not recorded: :meth:`TrainState.end_epoch` does that after validation."""
+    import torch
+
+    epoch = state.epoch + 1
+    seed = config.seed * 100_003 + epoch
+    torch.manual_seed(seed)  # dropout (vgg16)
+    gen = torch.Generator().manual_seed(seed)
+    order = np.random.default_rng([config.seed, epoch]).permutation(data.train_idx)
+    weight = torch.tensor(data.class_weight(), dtype=torch.float32, device=device) if config.balance else None
+    prepared, model = data.prepared, state.model
+    model.train()
+    total, seen = 0.0, 0
+    for i in range(0, len(order), config.batch_size):
+        part = order[i : i + config.batch_size]
+        x = _to_nchw(prepared.batch(part))
+        if config.augment.enabled:  # on the host, from the seeded CPU generator
+            x = augment_batch(x, config.augment, gen, prepared.config.mean_bgr)
+        x = x.to(device, non_blocking=True)
+        y = torch.from_numpy(prepared.labels[part]).to(device)
+        loss = torch.nn.functional.cross_entropy(model(x), y, weight=weight)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        state.optimizer.step()
+        total += float(loss.item()) * len(part)
+        seen += len(part)
+        if on_batch is not None:
+            on_batch(len(part))
+    return total / max(seen, 1)
+
+
+def validate(state: TrainState, data: TrainData, batch_size: int, device: str = "cpu") -> Validation:
+    """ROC AUC, mean cross-entropy and accuracy (at 0.5) of the model on the validation split."""
     import torch
     from sklearn.metrics import roc_auc_score
 
+    model, prepared, idx = state.model, data.prepared, data.val_idx
     model.eval()
     scores, losses = [], []
-    y = torch.from_numpy(data.labels[idx]).to(device)
+    y = torch.from_numpy(prepared.labels[idx]).to(device)
     with torch.no_grad():
         for i in range(0, len(idx), batch_size):
             part = idx[i : i + batch_size]
-            logits = model(_to_nchw(data.batch(part), device)).float()
+            logits = model(_to_nchw(prepared.batch(part), device)).float()
             losses.append(torch.nn.functional.cross_entropy(logits, y[i : i + len(part)], reduction="sum").item())
             scores.append(torch.softmax(logits, dim=1)[:, 1].cpu().numpy())
     s = np.concatenate(scores)
-    labels = data.labels[idx]
+    labels = prepared.labels[idx]
     auc = float(roc_auc_score(labels, s))
     acc = float(np.mean((s > 0.5) == (labels == 1)))
-    return auc, float(sum(losses) / len(idx)), acc
-
-
-def _split_digest(paths: Sequence[str], train_idx: np.ndarray, val_idx: np.ndarray) -> str:
-    h = hashlib.sha256()
-    for tag, idx in (("t", train_idx), ("v", val_idx)):
-        for i in idx:
-            h.update(f"{tag}{paths[int(i)]}\n".encode("utf-8", "surrogateescape"))
-    return h.hexdigest()[:24]
+    return Validation(auc, float(sum(losses) / len(idx)), acc)
 
 
 def _initial_model(config: FinetuneConfig) -> Any:
@@ -256,13 +373,35 @@ def _initial_model(config: FinetuneConfig) -> Any:
         from ..model import load_open_nsfw
 
         return load_open_nsfw()
-    from ..checkpoint import build_architecture
+    from ..architectures import build_architecture
 
     torch.manual_seed(config.seed)
     return build_architecture(config.arch.value)
 
 
-_RESUMABLE = ("epochs", "patience")  # may change between a run and its resumption
+def _start(config: FinetuneConfig, data: TrainData, device: str,
+           resume_from: str | os.PathLike | None) -> TrainState:
+    """A fresh state with the starting model measured (epoch 0), or the one saved at ``resume_from``."""
+    import torch
+
+    model = _initial_model(config).to(device)
+    set_trainable(model, config.arch, config.unfreeze)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    if resume_from is not None:
+        return TrainState.resume(resume_from, model, optimizer, config, data.split_id)
+    state = TrainState(model, optimizer)
+    t0 = time.perf_counter()
+    state.end_epoch(None, validate(state, data, config.batch_size, device), time.perf_counter() - t0)
+    return state
+
+
+def _save_state(path: str | os.PathLike, state: TrainState, config: FinetuneConfig, data: TrainData) -> None:
+    from ..checkpoint import save_checkpoint
+
+    save_checkpoint(path, state.model, arch=config.arch.value, preprocess=data.prepared.config,
+                    meta={"trained_by": "nsfwlab finetune (training state)"},
+                    extra={"train_state": state.to_dict(config, data.split_id)})
 
 
 def finetune(
@@ -293,116 +432,39 @@ def finetune(
     import torch
 
     from ..backends import resolve_device
-    from ..checkpoint import read_checkpoint, save_checkpoint
 
     config = config or FinetuneConfig()
     dev = resolve_device(device)
     if dev == "cuda" and not torch.cuda.is_available():
         raise ConfigError("CUDA was requested but torch sees no CUDA device")
-    pre = preprocess or PreprocessConfig()
     items = tuple(data.items if isinstance(data, LabelledSet) else data)
     if resume and (state_path is None or not Path(state_path).is_file()):
         raise ConfigError(f"nothing to resume: {state_path} does not exist (run without --resume first)")
+    prepared = prepare_data(items, config, preprocess or PreprocessConfig(), limits=limits, workers=workers,
+                            cache_dir=cache_dir, progress=on_prepare)
+    state = _start(config, prepared, dev, state_path if resume else None)
+    if not resume and on_epoch is not None:
+        on_epoch(state.history[-1])
 
-    hygiene = check_hygiene(items)
-    conflicting = tuple(sorted({p for g in hygiene.conflicting for p in g.paths}))
-    unreadable = {p.path for p in hygiene.unreadable}
-    usable = [it for it in items if str(it.path) not in unreadable and str(it.path) not in conflicting]
-    prepared = prepare(usable, pre, limits=limits, workers=workers, cache_dir=cache_dir, progress=on_prepare)
-    problems = tuple(hygiene.unreadable) + prepared.problems
-    groups = [hygiene.digests.get(p, p) for p in prepared.paths]
-    train_idx, val_idx = stratified_split(prepared.labels, groups, config.val_fraction, config.seed)
-    split_id = _split_digest(prepared.paths, train_idx, val_idx)
-
-    model = _initial_model(config).to(dev)
-    first_trainable = set_trainable(model, config.arch, config.unfreeze)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    counts = np.bincount(prepared.labels[train_idx], minlength=2).astype(np.float64)
-    balanced = len(train_idx) / (2.0 * np.maximum(counts, 1.0))
-    weight = torch.tensor(balanced, dtype=torch.float32, device=dev) if config.balance else None
-
-    history: list[EpochStats] = []
-    start = 1
-    if resume:
-        payload = read_checkpoint(state_path)  # type: ignore[arg-type]
-        state = payload.get("train_state")
-        if not isinstance(state, dict):
-            raise ConfigError(f"{state_path} is a model checkpoint, not a training state (nothing to resume)")
-        saved = {k: v for k, v in state["config"].items() if k not in _RESUMABLE}
-        now = {k: v for k, v in config.to_dict().items() if k not in _RESUMABLE}
-        if saved != now:
-            changed = sorted(k for k in now if saved.get(k) != now[k])
-            raise ConfigError(f"cannot resume: the configuration differs from the saved run in {changed}")
-        if state["split"] != split_id:
-            raise ConfigError("cannot resume: the data set or its train/validation split has changed")
-        model.load_state_dict(payload["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        history = [EpochStats(**h) for h in state["history"]]
-        best_state = state["best_state_dict"]
-        best_auc, best_epoch, bad = float(state["best_auc"]), int(state["best_epoch"]), int(state["bad_epochs"])
-        baseline = float(state["baseline_auc"])
-        start = int(state["epoch"]) + 1
-    else:
+    stopped_early = state.bad_epochs >= config.patience
+    while state.epoch < config.epochs and not stopped_early:
         t0 = time.perf_counter()
-        baseline, val_loss, val_acc = _validate(model, prepared, val_idx, config.batch_size, dev)
-        history.append(EpochStats(0, None, val_loss, baseline, val_acc, time.perf_counter() - t0, True))
-        if on_epoch is not None:
-            on_epoch(history[-1])
-        best_state = copy.deepcopy(model.state_dict())
-        best_auc, best_epoch, bad = baseline, 0, 0
-
-    stopped_early = bad >= config.patience
-    for epoch in range(start, config.epochs + 1):
-        if stopped_early:
-            break
-        t0 = time.perf_counter()
-        seed = config.seed * 100_003 + epoch
-        torch.manual_seed(seed)  # dropout (vgg16)
-        gen = torch.Generator().manual_seed(seed)
-        order = np.random.default_rng([config.seed, epoch]).permutation(train_idx)
-        model.train()
-        total, seen = 0.0, 0
-        for i in range(0, len(order), config.batch_size):
-            part = order[i : i + config.batch_size]
-            x = _to_nchw(prepared.batch(part))
-            if config.augment.enabled:  # on the host, from the seeded CPU generator
-                x = augment_batch(x, config.augment, gen, pre.mean_bgr)
-            x = x.to(dev, non_blocking=True)
-            y = torch.from_numpy(prepared.labels[part]).to(dev)
-            loss = torch.nn.functional.cross_entropy(_logits(model, x, config.arch, first_trainable), y, weight=weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.item()) * len(part)
-            seen += len(part)
-            if on_batch is not None:
-                on_batch(len(part))
-        auc, val_loss, val_acc = _validate(model, prepared, val_idx, config.batch_size, dev)
-        improved = auc > best_auc + 1e-9
-        if improved:
-            best_auc, best_epoch, bad = auc, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            bad += 1
-        history.append(EpochStats(epoch, total / max(seen, 1), val_loss, auc, val_acc,
-                                  time.perf_counter() - t0, improved))
-        stopped_early = bad >= config.patience and epoch < config.epochs
+        loss = train_epoch(state, prepared, config, device=dev, on_batch=on_batch)
+        stats = state.end_epoch(loss, validate(state, prepared, config.batch_size, dev), time.perf_counter() - t0)
+        stopped_early = state.bad_epochs >= config.patience and state.epoch < config.epochs
         if state_path is not None:
-            save_checkpoint(state_path, model, arch=config.arch.value, preprocess=pre,
-                            meta={"trained_by": "nsfwlab finetune (training state)"},
-                            extra={"train_state": {
-                                "epoch": epoch, "config": config.to_dict(), "split": split_id,
-                                "optimizer": optimizer.state_dict(), "best_state_dict": best_state,
-                                "best_auc": best_auc, "best_epoch": best_epoch, "bad_epochs": bad,
-                                "baseline_auc": baseline, "history": [h.to_dict() for h in history]}})
+            _save_state(state_path, state, config, prepared)
         if on_epoch is not None:
-            on_epoch(history[-1])
+            on_epoch(stats)
+    return _result(state, config, prepared, stopped_early)
 
-    model.load_state_dict(best_state)
+
+def _result(state: TrainState, config: FinetuneConfig, data: TrainData, stopped_early: bool) -> FinetuneResult:
+    """The best weights, on the CPU, frozen, in eval mode."""
+    model = state.model
+    model.load_state_dict(state.best_state_dict)
     model = model.cpu().eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return FinetuneResult(model, config, history, baseline, best_auc, best_epoch, len(train_idx), len(val_idx),
-                          stopped_early, problems, conflicting, pre)
-
+    model.requires_grad_(False)
+    return FinetuneResult(model, config, state.history, state.baseline_auc, state.best_auc, state.best_epoch,
+                          len(data.train_idx), len(data.val_idx), stopped_early, data.problems,
+                          data.excluded_conflicting, data.prepared.config)

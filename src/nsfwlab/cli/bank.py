@@ -1,0 +1,125 @@
+"""``nsfwlab bank import | export | stats``: PDQ hash lists in and out of a hash bank."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from ..errors import ConfigError, NsfwlabError
+from ._common import ExitCode, fail, output_file, stderr, stdout, tagged
+
+if TYPE_CHECKING:
+    from ..bank import Bank
+
+__all__ = ["bank_app"]
+
+bank_app = typer.Typer(help="A bank of human decisions keyed by PDQ perceptual hash (matched before the model).",
+                       no_args_is_help=True)
+
+#: Rows checked and written per transaction while importing (bounded memory for any list size).
+_IMPORT_CHUNK = 10_000
+
+
+def _open(path: Path, *, must_exist: bool) -> Bank:
+    from ..bank import Bank
+
+    if must_exist and not path.is_file():
+        raise ConfigError(f"no bank at {path} (create one with `nsfwlab bank import`)")
+    if not must_exist:
+        output_file(path)
+    return Bank(path)
+
+
+@bank_app.command("import")
+def import_command(
+    file: Path = typer.Argument(..., help="CSV: pdq (64 hex digits), decision (nsfw|safe), source (review:<id> or list:<name>; optional), reviewer, quality, added_at (optional). A header row is optional."),
+    bank: Path = typer.Option(..., "--bank", help="The bank file (SQLite; created if missing)."),
+    name: str | None = typer.Option(None, "--name", help="List name for rows without a source: list:<name> (default: the file's stem)."),
+) -> None:
+    """Import a hash list into a bank (a later decision for the same hash replaces the earlier one).
+
+    Bad rows are reported with their row numbers and skipped; the others are imported. Exit status:
+    0 all imported, 1 some rows bad, 2 usage error.
+    """
+    from ..bank import BankEntry, RowError, parse_rows
+
+    default_source = f"list:{name or file.stem}"
+    try:
+        store = _open(bank, must_exist=False)
+        handle = file.open(newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        raise fail(ConfigError(f"cannot read {file}: {exc.strerror or exc}")) from None
+    except NsfwlabError as exc:
+        raise fail(exc) from None
+    imported = bad = 0
+    chunk: list[BankEntry] = []
+    try:
+        with handle, store:
+            for item in parse_rows(csv.reader(handle), default_source=default_source):
+                if isinstance(item, RowError):
+                    bad += 1
+                    stderr.print(tagged("error:", "bold red", f" {file}: {item}"), highlight=False)
+                    continue
+                chunk.append(item)
+                if len(chunk) >= _IMPORT_CHUNK:
+                    imported += store.add_many(chunk)
+                    chunk = []
+            imported += store.add_many(chunk)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise fail(ConfigError(f"{file}: not a UTF-8 CSV file ({exc}); {imported} rows imported before it")) from None
+    stdout.print(f"imported {imported} hash(es) into {bank}" + (f"; {bad} bad row(s) skipped" if bad else ""),
+                 highlight=False)
+    if bad:
+        raise typer.Exit(int(ExitCode.INPUT_FAILED))
+
+
+@bank_app.command("export")
+def export_command(
+    bank: Path = typer.Option(..., "--bank", help="The bank file."),
+    out: Path = typer.Option(..., "--out", "-o", help="The CSV file to write ('-' for stdout)."),
+) -> None:
+    """Export a bank as CSV (pdq, decision, source, reviewer, quality, added_at): `bank import` reads it back."""
+    from ..bank import export_rows
+
+    try:
+        store = _open(bank, must_exist=True)
+        if str(out) != "-":
+            output_file(out)
+    except NsfwlabError as exc:
+        raise fail(exc) from None
+    with store:
+        rows = export_rows(store.entries())
+        if str(out) == "-":
+            csv.writer(sys.stdout, lineterminator="\n").writerows(rows)
+            return
+        tmp = out.with_name(out.name + ".partial")
+        with tmp.open("w", newline="", encoding="utf-8") as fh:
+            csv.writer(fh, lineterminator="\n").writerows(rows)
+        tmp.replace(out)
+    stdout.print(f"exported {bank} to {out}", highlight=False)
+
+
+@bank_app.command("stats")
+def stats_command(
+    bank: Path = typer.Option(..., "--bank", help="The bank file."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """How many hashes a bank holds, by decision and by source."""
+    try:
+        store = _open(bank, must_exist=True)
+    except NsfwlabError as exc:
+        raise fail(exc) from None
+    with store:
+        stats = store.stats()
+    if as_json:
+        stdout.print(json.dumps(stats.to_dict()), highlight=False)
+        return
+    stdout.print(f"{stats.total} hash(es): " + ", ".join(f"{k} {v}" for k, v in stats.decisions.items()),
+                 highlight=False)
+    for source, count in stats.sources.items():
+        stdout.print(f"  {source}: {count}", highlight=False)

@@ -1,0 +1,239 @@
+"""Labelled data sets: loading (a folder with ``safe/`` and ``nsfw/``, or a CSV of ``path,label``)
+and hygiene (unreadable files and duplicates by content hash, reported, never modified). Shared by
+the evaluate and train capabilities (and re-exported by :mod:`nsfwlab.evaluate`)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import stat
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .hashing import file_sha256
+
+__all__ = [
+    "DuplicateGroup",
+    "Hygiene",
+    "LabelledItem",
+    "LabelledSet",
+    "Problem",
+    "check_hygiene",
+    "load_csv",
+    "load_folder",
+    "load_labelled",
+    "parse_label",
+]
+
+#: Spellings accepted for the two classes (case-insensitive). 1 / ``nsfw`` is the positive class.
+_SAFE = frozenset({"safe", "sfw", "0", "neg", "negative", "false", "no"})
+_NSFW = frozenset({"nsfw", "unsafe", "1", "pos", "positive", "true", "yes"})
+
+
+@dataclass(frozen=True)
+class LabelledItem:
+    """One image file and its label (1 = NSFW, the positive class; 0 = safe)."""
+
+    path: Path
+    label: int
+
+
+@dataclass(frozen=True)
+class LabelledSet:
+    """The items of a data set, in a stable order, and where they came from."""
+
+    items: tuple[LabelledItem, ...]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def labels(self) -> list[int]:
+        return [it.label for it in self.items]
+
+    @property
+    def paths(self) -> list[Path]:
+        return [it.path for it in self.items]
+
+    def counts(self) -> dict[str, int]:
+        pos = sum(self.labels)
+        return {"safe": len(self.items) - pos, "nsfw": pos}
+
+
+def parse_label(raw: str) -> int:
+    """``safe``/``sfw``/``0`` -> 0, ``nsfw``/``unsafe``/``1`` -> 1; anything else is a ConfigError."""
+    value = raw.strip().lower()
+    if value in _SAFE:
+        return 0
+    if value in _NSFW:
+        return 1
+    raise ConfigError(f"unknown label {raw!r}: use 'safe' (or 0) and 'nsfw' (or 1)")
+
+
+def _files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def load_folder(root: str | os.PathLike) -> LabelledSet:
+    """Every file under ``root/safe`` (label 0) and ``root/nsfw`` (label 1), recursively, sorted.
+
+    Files are listed, not opened: whether they decode is found out when they are scored.
+    """
+    root = Path(root)
+    items: list[LabelledItem] = []
+    for sub, label in (("safe", 0), ("nsfw", 1)):
+        folder = root / sub
+        if not folder.is_dir():
+            raise ConfigError(f"{root} has no '{sub}/' folder: expected {root}/safe/ and {root}/nsfw/ "
+                              "(or pass a CSV of path,label)")
+        items.extend(LabelledItem(p, label) for p in _files_under(folder))
+    return _checked(LabelledSet(tuple(items), str(root)))
+
+
+def load_csv(path: str | os.PathLike) -> LabelledSet:
+    """A CSV of ``path,label`` rows (a header row ``path,label`` is optional). Relative paths are
+    taken relative to the CSV's folder. Blank lines and lines starting with ``#`` are skipped."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read CSV {path}: {exc}") from None
+    base = path.parent
+    items: list[LabelledItem] = []
+    for lineno, row in enumerate(csv.reader(text.splitlines()), start=1):
+        if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+            continue
+        if len(row) < 2:
+            raise ConfigError(f"{path}:{lineno}: expected 'path,label', got {','.join(row)!r}")
+        raw_path, raw_label = row[0].strip(), row[1]
+        if lineno == 1 and raw_path.lower() == "path" and raw_label.strip().lower() == "label":
+            continue
+        try:
+            label = parse_label(raw_label)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}:{lineno}: {exc.message}") from None
+        p = Path(raw_path)
+        items.append(LabelledItem(p if p.is_absolute() else base / p, label))
+    return _checked(LabelledSet(tuple(items), str(path)))
+
+
+def load_labelled(source: str | os.PathLike) -> LabelledSet:
+    """A folder with ``safe/`` and ``nsfw/`` subfolders, or a ``.csv`` file of ``path,label``."""
+    p = Path(source)
+    if p.is_dir():
+        return load_folder(p)
+    if p.is_file():
+        return load_csv(p)
+    raise ConfigError(f"{p} does not exist: pass a folder with safe/ and nsfw/, or a CSV of path,label")
+
+
+def _checked(data: LabelledSet) -> LabelledSet:
+    if not data.items:
+        raise ConfigError(f"{data.source} holds no images")
+    return data
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A file that could not be used, with the error code and message of why."""
+
+    path: str
+    label: int
+    code: str
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "label": self.label, "code": self.code, "message": self.message}
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    """Files with identical bytes. ``conflicting`` when they carry different labels."""
+
+    sha256: str
+    paths: tuple[str, ...]
+    labels: tuple[int, ...]
+
+    @property
+    def conflicting(self) -> bool:
+        return len(set(self.labels)) > 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sha256": self.sha256, "paths": list(self.paths), "labels": list(self.labels),
+                "conflicting": self.conflicting}
+
+
+@dataclass(frozen=True)
+class Hygiene:
+    """What is wrong with a data set. Nothing here is ever deleted or modified on disk."""
+
+    unreadable: tuple[Problem, ...] = ()
+    duplicates: tuple[DuplicateGroup, ...] = ()
+    #: path -> sha256 of its bytes (files that could be read)
+    digests: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def conflicting(self) -> tuple[DuplicateGroup, ...]:
+        return tuple(g for g in self.duplicates if g.conflicting)
+
+    def with_unreadable(self, problems: Iterable[Problem]) -> Hygiene:
+        """Add files found unreadable later (when decoding), keeping the first report per path."""
+        seen = {p.path for p in self.unreadable}
+        merged = list(self.unreadable) + [p for p in problems if p.path not in seen]
+        return Hygiene(tuple(merged), self.duplicates, self.digests)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "unreadable": [p.to_dict() for p in self.unreadable],
+            "duplicate_groups": [g.to_dict() for g in self.duplicates],
+            "duplicate_files": sum(len(g.paths) - 1 for g in self.duplicates),
+            "conflicting_label_groups": len(self.conflicting),
+        }
+
+
+def check_hygiene(items: Sequence[LabelledItem]) -> Hygiene:
+    """Hash every file (read-only) and group identical contents.
+
+    Files that cannot be read at all (missing, a directory, a pipe or device, no permission, empty)
+    are reported as unreadable here; files that read but do not decode are added by the scoring
+    pass (:meth:`Hygiene.with_unreadable`).
+    """
+    by_digest: dict[str, list[LabelledItem]] = defaultdict(list)
+    digests: dict[str, str] = {}
+    unreadable: list[Problem] = []
+    for it in items:
+        name = str(it.path)
+        try:
+            st = it.path.stat()
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError
+            if not stat.S_ISREG(st.st_mode):  # a pipe could block the hash; a device never end
+                unreadable.append(Problem(name, it.label, "image_error",
+                                          "not a regular file (a pipe, socket or device)"))
+                continue
+            if st.st_size == 0:
+                unreadable.append(Problem(name, it.label, "empty", "empty file (0 bytes)"))
+                continue
+            digest = file_sha256(it.path)
+        except FileNotFoundError:
+            unreadable.append(Problem(name, it.label, "image_error", "no such file"))
+            continue
+        except IsADirectoryError:
+            unreadable.append(Problem(name, it.label, "image_error", "is a directory, not an image file"))
+            continue
+        except OSError as exc:
+            unreadable.append(Problem(name, it.label, "image_error", f"cannot read file: {exc.strerror or exc}"))
+            continue
+        digests[name] = digest
+        by_digest[digest].append(it)
+    groups = tuple(
+        DuplicateGroup(d, tuple(str(i.path) for i in group), tuple(i.label for i in group))
+        for d, group in sorted(by_digest.items(), key=lambda kv: str(kv[1][0].path))
+        if len(group) > 1
+    )
+    return Hygiene(tuple(unreadable), groups, digests)

@@ -1,0 +1,139 @@
+"""The layering of docs/architecture.md, checked on the source: every import statement, lazy ones
+inside functions included, is read with ``ast``.
+
+- the core never imports a capability or the CLI;
+- a capability never imports another capability (what two share belongs in the core);
+- no module imports another module's private (``_name``) names;
+- no import circle between modules (a package's ``__init__`` re-exporting its own submodules is
+  not an edge of the circle it would otherwise close).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PACKAGE = "nsfwlab"
+
+#: Top-level parts of the package that are capabilities (packages); everything else but the CLI
+#: is the core.
+CAPABILITIES = {"scan", "serve", "evaluate", "train", "explain", "lab", "bank"}
+EDGE = {"cli", "__main__"}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in sorted((SRC / PACKAGE).rglob("*.py"))}
+
+
+def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> str:
+    if node.level == 0:
+        return node.module or ""
+    base = module.split(".")
+    if not is_package:
+        base = base[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _imports(module: str, path: Path) -> list[tuple[str, list[str]]]:
+    """(imported module, imported names) for every import in the file."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    out: list[tuple[str, list[str]]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.extend((alias.name, []) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            target = _resolve(module, path.name == "__init__.py", node)
+            out.append((target, [alias.name for alias in node.names]))
+    return [(t, names) for t, names in out if t == PACKAGE or t.startswith(PACKAGE + ".")]
+
+
+def _part(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+MODULES = _modules()
+IMPORTS = {m: _imports(m, p) for m, p in MODULES.items()}
+
+
+def _target_module(target: str, name: str) -> str:
+    """``from pkg import sub`` imports a module when ``pkg.sub`` is one."""
+    return f"{target}.{name}" if f"{target}.{name}" in MODULES else target
+
+
+def test_the_package_is_found() -> None:
+    assert f"{PACKAGE}.detector" in MODULES and f"{PACKAGE}.cli" in MODULES
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if _part(m) not in CAPABILITIES | EDGE))
+def test_the_core_imports_no_capability(module: str) -> None:
+    bad = [t2 for t, names in IMPORTS[module] for t2 in ([_target_module(t, n) for n in names] or [t])
+           if _part(t2) in CAPABILITIES | EDGE]
+    assert not bad, f"core module {module} imports {sorted(set(bad))}"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if _part(m) in CAPABILITIES))
+def test_capabilities_import_no_other_capability(module: str) -> None:
+    own = _part(module)
+    bad = [t2 for t, names in IMPORTS[module] for t2 in ([_target_module(t, n) for n in names] or [t])
+           if _part(t2) in CAPABILITIES | EDGE and _part(t2) != own]
+    assert not bad, f"{module} (capability {own!r}) imports {sorted(set(bad))}"
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    bad = []
+    for module, imports in IMPORTS.items():
+        package = module if MODULES[module].name == "__init__.py" else module.rpartition(".")[0]
+        for target, names in imports:
+            for name in names:
+                if not name.startswith("_") or name.startswith("__"):
+                    continue
+                # A private submodule of one's own package is that package's business.
+                if target == package and f"{target}.{name}" in MODULES:
+                    continue
+                bad.append(f"{module}: from {target} import {name}")
+    assert not bad, "\n".join(bad)
+
+
+def test_no_import_circles() -> None:
+    graph: dict[str, set[str]] = {m: set() for m in MODULES}
+    for module, imports in IMPORTS.items():
+        for target, names in imports:
+            for t in [_target_module(target, n) for n in names] or [target]:
+                if t not in MODULES or t == module:
+                    continue
+                if MODULES[module].name == "__init__.py" and t.startswith(module + "."):
+                    continue  # a package re-exporting its own submodules
+                if module.startswith(t + ".") and MODULES[t].name == "__init__.py":
+                    continue  # importing a name from one's own package is importing from its members
+                graph[module].add(t)
+    cycles = []
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append(" -> ".join([*stack[stack.index(nxt):], nxt]))
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    assert not cycles, "import circles:\n" + "\n".join(cycles)

@@ -1,0 +1,164 @@
+"""Score calibration: fitting (isotonic, Platt) with cross-validated Brier scores, the file format and
+its errors, `Detector(calibration=...)`, and `evaluate --calibrate` -> `score --calibration` end to end
+with the real model on real photos."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from nsfwlab import Detector, Thresholds
+from nsfwlab.calibration import Calibration, CalibrationMethod, load_calibration
+from nsfwlab.cli import app
+from nsfwlab.errors import ConfigError
+from synthetic import RedFraction, shapes_image
+
+pytest.importorskip("sklearn")
+from nsfwlab.evaluate.calibrate import brier_score, fit_calibration
+
+runner = CliRunner()
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _miscalibrated(n: int = 400) -> tuple[np.ndarray, np.ndarray]:
+    """Scores that rank well but are far too confident (the true rate at score s is about s ** 4)."""
+    rng = np.random.default_rng(0)
+    s = rng.uniform(0, 1, n)
+    return (rng.uniform(0, 1, n) < s**4).astype(int), s
+
+
+@pytest.mark.parametrize("method", list(CalibrationMethod))
+def test_fit_is_monotone_and_improves_brier(method: CalibrationMethod) -> None:
+    y, s = _miscalibrated()
+    fit = fit_calibration(y, s, method, model_version="m", preprocess_version="p", folds=5, seed=1)
+    assert fit.brier_before == pytest.approx(brier_score(y, s))
+    assert fit.brier_after < fit.brier_before  # cross-validated, so not just memorised
+    grid = np.linspace(0, 1, 1001)
+    out = fit.calibration.apply_array(grid)
+    assert np.all(np.diff(out) >= -1e-12) and out.min() >= 0 and out.max() <= 1
+    again = Calibration.loads(fit.calibration.dumps())
+    assert again == fit.calibration and np.array_equal(again.apply_array(grid), out)
+    assert fit.calibration.fitted_on["brier_after_cv"] == fit.brier_after
+
+
+def test_fit_needs_both_classes() -> None:
+    with pytest.raises(ConfigError, match="2 scored images of each class"):
+        fit_calibration([0, 0, 0, 1], [0.1, 0.2, 0.3, 0.9], "platt", model_version="m", preprocess_version="p")
+
+
+def test_platt_never_decreases() -> None:
+    """Labels that fall as the score rises: the fit is clamped to a constant, never a decreasing map."""
+    s = np.linspace(0.01, 0.99, 50)
+    y = (s < 0.5).astype(int)
+    cal = fit_calibration(y, s, "platt", model_version="m", preprocess_version="p").calibration
+    assert cal.params["a"] == 0.0 and np.all(np.diff(cal.apply_array(s)) >= 0)
+
+
+def test_bad_files_are_one_line_config_errors(tmp_path: Path) -> None:
+    cases = {
+        "broken.json": "{not json",
+        "other.json": json.dumps({"hello": 1}),
+        "method.json": json.dumps({"format": "nsfwlab-calibration/1", "method": "magic", "model_version": "m",
+                                   "preprocess_version": "p", "params": {}}),
+        "params.json": json.dumps({"format": "nsfwlab-calibration/1", "method": "isotonic", "model_version": "m",
+                                   "preprocess_version": "p", "params": {"x": [0, 1], "y": [1, 0]}}),
+        "platt.json": json.dumps({"format": "nsfwlab-calibration/1", "method": "platt", "model_version": "m",
+                                  "preprocess_version": "p", "params": {"a": -1, "b": 0}}),
+    }
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ConfigError) as info:
+            load_calibration(tmp_path / name)
+        assert "\n" not in str(info.value) and name in str(info.value), name
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_calibration(tmp_path / "missing.json")
+    res = runner.invoke(app, ["score", "--calibration", str(tmp_path / "broken.json"), str(tmp_path / "x.png")])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "not valid JSON" in res.output
+
+
+def test_detector_applies_a_calibration() -> None:
+    plain = Detector(RedFraction(), thresholds=Thresholds(0.3, 0.6))
+    cal = Calibration("platt", plain.model_version, plain.preprocess_version, {"a": 1.0, "b": 2.0})
+    det = Detector(RedFraction(), thresholds=Thresholds(0.3, 0.6), calibration=cal)
+    images = [shapes_image(c, i) for c in (0, 1) for i in range(3)]
+    red = np.zeros((64, 64, 3), np.uint8)
+    red[:20, :, 0] = 255
+    images.append(red)
+    for got, raw in zip(det.score_many(images), plain.score_many(images), strict=True):
+        assert got.raw_score == raw.score and raw.raw_score is None
+        assert got.score == pytest.approx(cal.apply(raw.score)) and got.label == det.label(got.score)
+        assert got.to_dict()["raw_score"] == raw.score and "raw_score" not in raw.to_dict()
+    assert det.score(red) == pytest.approx(cal.apply(plain.score(red)))
+    assert det.classify(red).model_score == plain.score(red)
+    assert det.describe()["calibration"] == "platt" and "calibration" not in plain.describe()
+
+
+def test_calibration_for_another_model_is_refused(tmp_path: Path) -> None:
+    cal = Calibration("platt", "someone-elses-model", "yahoo-exact-v1", {"a": 1.0, "b": 0.0})
+    with pytest.raises(ConfigError, match="fitted for model 'someone-elses-model'"):
+        Detector(RedFraction(), calibration=cal)
+    (tmp_path / "c.json").write_text(cal.dumps())
+    img = tmp_path / "x.png"
+    Image.fromarray(shapes_image(0, 0)).save(img)
+    res = runner.invoke(app, ["score", "--calibration", str(tmp_path / "c.json"), str(img)])
+    assert res.exit_code == 2 and "fitted for model" in res.output
+
+
+def _labelled(root: Path, photo_dir: Path) -> Path:
+    """A small labelled set for the real model: the photos and some abstract shapes (labels arbitrary
+    but fixed; the calibration only has to fit them)."""
+    for sub in ("safe", "nsfw"):
+        (root / sub).mkdir(parents=True)
+    for i, p in enumerate(sorted(photo_dir.glob("*.jpg"))):
+        (root / ("nsfw" if i % 2 else "safe") / p.name).write_bytes(p.read_bytes())
+    for i in range(6):
+        Image.fromarray(shapes_image(i % 2, i)).save(root / ("nsfw" if i % 3 == 0 else "safe") / f"s{i}.png")
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["isotonic", "platt"])
+def test_evaluate_calibrate_then_score_calibration(tmp_path: Path, photo_dir: Path, photo_paths: list[Path],
+                                                   detector, method: str) -> None:
+    data = _labelled(tmp_path / "data", photo_dir)
+    out = tmp_path / "report"
+    res = runner.invoke(app, ["evaluate", str(data), "--out", str(out), "--bootstrap", "20", "--calibrate", method,
+                              "--calibration-folds", "3"])
+    assert res.exit_code == 0, res.output
+    assert "calibration" in res.output and "Brier" in res.output
+    for name in ("reliability_before.png", "reliability_after.png"):
+        assert (out / name).read_bytes().startswith(PNG_MAGIC)
+    cal = load_calibration(out / "calibration.json")
+    assert cal.method.value == method and cal.model_version == detector.model_version
+    assert cal.fitted_on["n"] == 13 and cal.fitted_on["folds"] == 3
+
+    res = runner.invoke(app, ["score", "-f", "jsonl", "--calibration", str(out / "calibration.json"),
+                              *map(str, photo_paths)])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    for row, path in zip(rows, photo_paths, strict=True):
+        assert row["raw_score"] == detector.score(path)  # the exact model score, untouched
+        assert row["score"] == pytest.approx(cal.apply(row["raw_score"]), abs=1e-12)
+        assert row["label"] == detector.label(row["score"]).value
+    ordered = sorted(rows, key=lambda r: r["raw_score"])
+    assert all(a["score"] <= b["score"] for a, b in itertools.pairwise(ordered))
+    res = runner.invoke(app, ["score", "-f", "csv", "--calibration", str(out / "calibration.json"),
+                              str(photo_paths[0])])
+    header, line = res.stdout.splitlines()
+    assert header == "path,score,label,error,raw_score" and float(line.split(",")[-1]) == pytest.approx(
+        detector.score(photo_paths[0]), abs=1e-6)
+
+
+def test_evaluate_calibrate_needs_both_classes(tmp_path: Path) -> None:
+    for sub, n in (("safe", 3), ("nsfw", 1)):
+        (tmp_path / "d" / sub).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(shapes_image(0, i)).save(tmp_path / "d" / sub / f"{i}.png")
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "d"), "--out", str(tmp_path / "o"), "--calibrate", "platt"])
+    assert res.exit_code == 2 and "at least 2 images of each class" in res.output
