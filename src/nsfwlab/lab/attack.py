@@ -457,7 +457,8 @@ class _Problem:
     def levels(self) -> list[float]:
         if self.cfg.norm is Norm.LINF:
             return [float(e) for e in range(1, int(self.cfg.max_eps) + 1)]
-        return [float(v) for v in np.geomspace(0.25, self.cfg.max_eps, 10)]
+        # RMS budgets below ~0.5 level mostly round away; the ladder starts there
+        return [float(v) for v in np.geomspace(0.5, self.cfg.max_eps, 8)]
 
     def search(self) -> _Attempt:
         zero = torch.zeros_like(self.orig)
