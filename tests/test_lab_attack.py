@@ -153,3 +153,12 @@ def test_unreachable_budget_reports_failure(photos: dict[str, np.ndarray], detec
     assert not res.success
     assert res.score_after == _png_score(detector, res.image) < 0.999
     assert res.linf <= 1
+
+
+def test_public_names() -> None:
+    import nsfwlab.lab as lab
+
+    mine = {"AttackConfig", "AttackResult", "Attacker", "Goal", "GoalKind", "JpegMode", "Norm", "Space", "attack",
+            "RobustnessConfig", "RobustnessReport", "robustness", "Transform", "parse_transform", "parse_transforms"}
+    assert mine <= set(lab.__all__)
+    assert all(hasattr(lab, name) for name in lab.__all__)
