@@ -11,7 +11,6 @@ under each perturbation. The library returns values (the report, PNG plots, an H
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import math
@@ -24,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ..config import Thresholds
+from ..datasets import load_labelled
 from ..errors import ConfigError, NsfwlabError
 from ..imageio import ImageInput, describe_source, load_image
 from .attack import AttackConfig, Attacker, Goal, GoalKind, JpegMode
@@ -207,43 +207,11 @@ def _label_of(score: float, thresholds: Thresholds = Thresholds()) -> str:
     return thresholds.label(score).value
 
 
-_SAFE = frozenset({"safe", "sfw", "0", "neg", "negative", "false", "no"})
-_NSFW = frozenset({"nsfw", "unsafe", "1", "pos", "positive", "true", "yes"})
-
-
-def _label(raw: str, where: str) -> int:
-    key = raw.strip().lower()
-    if key in _NSFW:
-        return 1
-    if key in _SAFE:
-        return 0
-    raise ConfigError(f"{where}: label {raw!r} is neither nsfw/1 nor safe/0")
-
-
 def load_labels(source: str | Path) -> dict[str, int]:
     """Labels from a CSV of ``path,label`` (relative paths resolve against the CSV's folder; a header row is
-    allowed) or a folder with ``safe/`` and ``nsfw/`` subfolders. Keys are the paths the images are named by."""
-    root = Path(source)
-    if root.is_dir():
-        out = {str(p): y for y, sub in ((0, "safe"), (1, "nsfw"))
-               for p in sorted((root / sub).rglob("*")) if p.is_file()}
-        if not out:
-            raise ConfigError(f"{root}: a labels folder needs images under safe/ and nsfw/")
-        return out
-    try:
-        with root.open(newline="", encoding="utf-8") as fh:
-            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read labels {root}: {exc}") from None
-    if rows and rows[0][-1].strip().lower() == "label":
-        rows = rows[1:]
-    out = {}
-    for i, row in enumerate(rows, 1):
-        if len(row) < 2:
-            raise ConfigError(f"{root} line {i}: expected path,label")
-        path = Path(row[0].strip())
-        out[str(path if path.is_absolute() else root.parent / path)] = _label(row[1], f"{root} line {i}")
-    return out
+    allowed) or a folder with ``safe/`` and ``nsfw/`` subfolders (the core's :mod:`nsfwlab.datasets`
+    formats, as ``nsfwlab evaluate`` reads them). Keys are the paths the images are named by."""
+    return {str(item.path): item.label for item in load_labelled(source).items}
 
 
 # -- plots and HTML --------------------------------------------------------------------------------------------
