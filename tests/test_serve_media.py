@@ -19,8 +19,7 @@ from nsfwlab import DecodeLimits, Detector, Thresholds
 from nsfwlab.calibration import Calibration
 from nsfwlab.frames import FrameOptions
 from nsfwlab.serve import ServeConfig, create_app
-from synthetic import RedFraction
-from test_frames import GREY, RED, animation, clip
+from synthetic import GREY, RED, RedFraction, animation, clip
 from test_serve_api import ConstantBackend, jpeg_bytes
 
 with warnings.catch_warnings():
