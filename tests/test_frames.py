@@ -15,6 +15,7 @@ from nsfwlab.errors import (
     CorruptImageError,
     ImageTooLargeError,
     MediaTooLongError,
+    TruncatedImageError,
     UnsupportedFormatError,
 )
 from nsfwlab.frames import (
@@ -121,7 +122,10 @@ def test_a_truncated_video_is_an_error_not_a_partial_score(fake: Detector) -> No
     data = clip(seconds=2.0)
     for cut in (len(data) // 3, len(data) // 2, len(data) - 100):
         res = fake.score_frames(data[:cut])
-        assert isinstance(res.error, CorruptImageError), (cut, res)
+        assert isinstance(res.error, TruncatedImageError), (cut, res)
+    webm = clip("libvpx-vp9", "webm", seconds=2.0)
+    res = fake.score_frames(webm[: len(webm) // 2])
+    assert isinstance(res.error, CorruptImageError), res
 
 
 @pytest.mark.parametrize("fmt", ["GIF", "PNG", "WEBP"])
