@@ -267,7 +267,7 @@ def score_command(
     aggregate: str = typer.Option("max", "--aggregate", help="A file's score from its frames' scores: max, mean, pNN (e.g. p90) or topk-mean."),
     topk: int = typer.Option(3, "--topk", min=1, help="Frames averaged by --aggregate topk-mean."),
     min_consecutive: int = typer.Option(1, "--min-consecutive", min=1, help="Only runs of at least K consecutive high frames count (an isolated spike does not)."),
-    early_stop: bool = typer.Option(False, "--early-stop", help="Stop a file at the first batch of frames that makes it nsfw (its score is then a lower bound)."),
+    early_stop: bool = typer.Option(False, "--early-stop", help="End a file at the first batch of frames that makes it nsfw (faster; its frames and segments then cover only what was scored)."),
     per_frame: bool = typer.Option(False, "--per-frame", help="JSONL rows of videos/animations gain frame_scores [[t, score], ...]."),
     timeline: Path | None = typer.Option(None, "--timeline", help="Write a PNG of score against time, one subplot per video/animation (12 per page: OUT.png, OUT_2.png, ...)."),
 ) -> None:
