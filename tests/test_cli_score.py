@@ -261,7 +261,7 @@ def test_broken_link_named_as_image_is_reported(tmp_path: Path, photo_paths: lis
 
 
 # -- issue 13: unreadable directories, special files -------------------------------------------------
-def _deny_listing(monkeypatch: pytest.MonkeyPatch, *denied: Path) -> None:
+def deny_listing(monkeypatch: pytest.MonkeyPatch, *denied: Path) -> None:
     """os.scandir raises PermissionError for ``denied`` (chmod 000 does not stop root, who runs the tests)."""
     import os
 
@@ -276,13 +276,25 @@ def _deny_listing(monkeypatch: pytest.MonkeyPatch, *denied: Path) -> None:
     monkeypatch.setattr(os, "scandir", scandir)
 
 
+def deny_stat(monkeypatch: pytest.MonkeyPatch, denied: Path) -> None:
+    """Path.stat raises PermissionError for ``denied``, as under a folder without search permission."""
+    real_stat = Path.stat
+
+    def stat(self: Path, *args: object, **kwargs: object) -> object:
+        if self == denied:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_stat(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "stat", stat)
+
+
 def test_an_unreadable_subdirectory_is_reported_and_the_walk_goes_on(
         tmp_path: Path, photo_paths: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
     d = tmp_path / "tree"
     (d / "locked").mkdir(parents=True)
     for name in ("a.jpg", "locked/b.jpg", "z.jpg"):
         (d / name).write_bytes(photo_paths[0].read_bytes())
-    _deny_listing(monkeypatch, d / "locked")
+    deny_listing(monkeypatch, d / "locked")
     res = _run("score", "-f", "jsonl", str(d))
     rows = [json.loads(line) for line in res.stdout.splitlines()]
     assert res.exit_code == 1 and "Traceback" not in res.output
@@ -295,7 +307,7 @@ def test_an_unreadable_directory_given_is_one_error(tmp_path: Path, photo_paths:
     d = tmp_path / "locked"
     d.mkdir()
     (d / "a.jpg").write_bytes(photo_paths[0].read_bytes())
-    _deny_listing(monkeypatch, d)
+    deny_listing(monkeypatch, d)
     res = _run("score", "-f", "jsonl", str(d), str(photo_paths[1]))
     rows = [json.loads(line) for line in res.stdout.splitlines()]
     assert res.exit_code == 1 and [r["path"] for r in rows] == [str(d), str(photo_paths[1])]
@@ -307,14 +319,7 @@ def test_a_path_that_cannot_be_looked_at_is_one_error(tmp_path: Path, photo_path
     """Under a folder without search permission even stat() fails: Path.is_dir() used to raise."""
     hidden = tmp_path / "nosearch" / "photos"
     hidden.mkdir(parents=True)
-    real_stat = Path.stat
-
-    def stat(self: Path, *args: object, **kwargs: object) -> object:
-        if self == hidden:
-            raise PermissionError(13, "Permission denied", str(self))
-        return real_stat(self, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(Path, "stat", stat)
+    deny_stat(monkeypatch, hidden)
     res = _run("score", "-f", "jsonl", str(hidden), str(photo_paths[0]))
     rows = [json.loads(line) for line in res.stdout.splitlines()]
     assert res.exit_code == 1 and rows[0] == {"path": str(hidden), "error": "permission denied", "code": "image_error"}

@@ -18,6 +18,7 @@ from nsfwlab.errors import ConfigError
 from nsfwlab.evaluate import Target, TargetKind, check_hygiene, evaluate, load_csv, load_folder, load_labelled
 from nsfwlab.evaluate.plots import histogram_png, pr_png, roc_png
 from nsfwlab.evaluate.report import render_report, thumbnail
+from test_cli_score import deny_listing, deny_stat
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -225,18 +226,9 @@ def _copy_set(root: Path, photo_paths: list[Path]) -> Path:
 def test_an_unreadable_folder_is_reported_in_the_hygiene_and_evaluation_goes_on(
         tmp_path: Path, photo_paths: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """chmod 000 does not stop root (who runs the tests): os.scandir is made to refuse instead."""
-    import os
-
     root = _copy_set(tmp_path / "set", photo_paths)
     locked = root / "nsfw" / "locked"
-    real = os.scandir
-
-    def scandir(path: object = ".") -> object:
-        if os.fspath(path) == os.fspath(locked):  # type: ignore[arg-type]
-            raise PermissionError(13, "Permission denied", os.fspath(locked))
-        return real(path)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    deny_listing(monkeypatch, locked)
     data = load_folder(root)
     assert len(data) == 7 and data.items[-1].path == locked
     h = check_hygiene(data.items)
@@ -267,14 +259,7 @@ def test_a_set_that_cannot_be_looked_at_is_a_one_line_usage_error(tmp_path: Path
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "nosearch" / "set"
     target.mkdir(parents=True)
-    real_stat = Path.stat
-
-    def stat(self: Path, *args: object, **kwargs: object) -> object:
-        if self == target:
-            raise PermissionError(13, "Permission denied", str(self))
-        return real_stat(self, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(Path, "stat", stat)
+    deny_stat(monkeypatch, target)
     with pytest.raises(ConfigError, match=r"cannot read .*set: Permission denied"):
         load_labelled(target)
     res = CliRunner().invoke(app, ["evaluate", str(target), "--out", str(tmp_path / "out")])
