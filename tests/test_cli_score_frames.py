@@ -175,6 +175,26 @@ def test_csv_and_table_show_frames_and_segments(media: dict[str, Path], photo_pa
     assert res.exit_code == 0 and "segments" in res.stdout and "0.4-0.6 s" in res.stdout
 
 
+def test_csv_of_images_only_keeps_its_columns(media: dict[str, Path], photo_paths: list[Path]) -> None:
+    """The kind,frames,segments columns come when an input is a video, or a GIF/PNG/WebP (which may be
+    animated), by its first bytes: a JPEG-only CSV is what it always was; the table adds none."""
+    res = runner.invoke(app, ["score", "-f", "csv", str(photo_paths[0]), str(photo_paths[0].parent)],
+                        catch_exceptions=False)
+    assert res.stdout.splitlines()[0] == "path,score,label,error"
+    assert all(line.count(",") == 3 for line in res.stdout.splitlines())
+    res = runner.invoke(app, ["score", "-f", "csv", "--frames", "first", str(photo_paths[0]), str(media["third.gif"])],
+                        catch_exceptions=False)
+    assert res.stdout.splitlines()[0] == "path,score,label,error"  # first mode: a GIF is an image
+    res = runner.invoke(app, ["score", "-f", "csv", "-", str(photo_paths[0])], input=media["grey.png"].read_bytes(),
+                        catch_exceptions=False)
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert [(r["path"], r["kind"], r["frames"]) for r in rows] == [("-", "image", "1"),
+                                                                   (str(photo_paths[0]), "image", "1")]
+    res = runner.invoke(app, ["score", str(photo_paths[0]), str(media["grey.png"])], env={"COLUMNS": "250"},
+                        catch_exceptions=False)
+    assert "frames" not in res.stdout and "segments" not in res.stdout
+
+
 def test_timeline_png(media: dict[str, Path], photo_paths: list[Path], tmp_path: Path) -> None:
     out = tmp_path / "plots" / "timeline.png"
     res = runner.invoke(app, ["score", "--timeline", str(out), str(media["clip.mp4"]), str(media["third.gif"]),

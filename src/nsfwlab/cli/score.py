@@ -49,11 +49,28 @@ class OutputFormat(str, Enum):
     CSV = "csv"
 
 
-def _sniff_media(head: bytes) -> str | None:
-    return sniff_format(head) or sniff_video(head)
+class _MediaSeen:
+    """Whether some input's first bytes say video, or (in ``sample`` mode) GIF, PNG or WebP, which
+    may be animated: then the CSV has its kind,frames,segments columns. Learnt while the inputs
+    are listed (a directory's files are sniffed anyway; a named file costs one 32-byte read), so
+    an image-only CSV keeps the columns it always had."""
+
+    def __init__(self, mode: FrameMode) -> None:
+        self.mode = mode
+        self.media = False
+
+    def note(self, head: bytes | None) -> None:
+        if head and (sniff_video(head) is not None
+                     or (self.mode is FrameMode.SAMPLE and sniff_format(head) in _ANIMATED_FORMATS)):
+            self.media = True
+
+    def sniff(self, head: bytes) -> str | None:
+        """An image or video format by content (for the directory walk), noted."""
+        self.note(head)
+        return sniff_format(head) or sniff_video(head)
 
 
-def _expand(paths: list[str]) -> Iterator[tuple[str, object]]:
+def _expand(paths: list[str], seen: _MediaSeen) -> Iterator[tuple[str, object]]:
     """(name, source) pairs: files as given, directories recursively (sorted), '-' is stdin. A
     directory that cannot be listed is an error in its place."""
     for raw in paths:
@@ -68,16 +85,17 @@ def _expand(paths: list[str]) -> Iterator[tuple[str, object]]:
         if is_dir:
             empty = True
             # images and videos by content or name; README.txt is not one
-            for child in iter_image_files(p, sniff=_sniff_media, suffixes=_MEDIA_SUFFIXES):
+            for child in iter_image_files(p, sniff=seen.sniff, suffixes=_MEDIA_SUFFIXES):
                 empty = False
                 yield (child.source or raw, child) if isinstance(child, NsfwlabError) else (str(child), child)
             if empty:
                 yield raw, ImageError("directory holds no image files")
         else:
+            seen.note(_head(p))
             yield raw, p
 
 
-def _stdin_once(items: list[tuple[str, object]], limits: DecodeLimits) -> list[tuple[str, object]]:
+def _stdin_once(items: list[tuple[str, object]], limits: DecodeLimits, seen: _MediaSeen) -> list[tuple[str, object]]:
     """stdin read into bytes (at most --max-bytes + 1), so that it can be routed by its content
     and read by both the model and the bank."""
     out: list[tuple[str, object]] = []
@@ -86,6 +104,7 @@ def _stdin_once(items: list[tuple[str, object]], limits: DecodeLimits) -> list[t
         if id(src) == id(stdin):  # (`is` would narrow stdin to object for mypy)
             try:
                 src = read_bytes(stdin, limits)
+                seen.note(src[:32])
             except NsfwlabError as exc:
                 src = exc
         out.append((name, src))
@@ -293,14 +312,15 @@ def score_command(
     except NsfwlabError as exc:
         raise fail(exc) from None
 
-    items = _stdin_once(list(_expand(paths)), limits)
+    seen = _MediaSeen(frames)
+    items = _stdin_once(list(_expand(paths, seen)), limits, seen)
     calibrated = detector.calibration is not None
     failed = 0
     writer = csv.writer(sys.stdout, lineterminator="\n") if fmt is OutputFormat.CSV else None
     if writer is not None:
         writer.writerow(["path", "score", "label", "error"] + (["raw_score"] if calibrated else [])
                         + (["match_decision", "match_distance", "match_source"] if hash_bank is not None else [])
-                        + ["kind", "frames", "segments"])
+                        + (["kind", "frames", "segments"] if seen.media else []))
     rows: list[tuple[Result, Match | None]] = []  # for the table, printed at the end
     timelines: list[Timeline] = []
     inputs = (_route(name, src, options.mode, limits) for name, src in items)  # type: ignore[arg-type]
@@ -316,7 +336,7 @@ def score_command(
                 sys.stdout.write(_jsonl_line(res, match, per_frame) + "\n")
                 sys.stdout.flush()
             elif writer is not None:
-                writer.writerow(_csv_row(res, match, calibrated, hash_bank is not None))
+                writer.writerow(_csv_row(res, match, calibrated, hash_bank is not None, seen.media))
             else:
                 rows.append((res, match))
     if hash_bank is not None:
@@ -333,7 +353,7 @@ def _segments_json(res: FramesResult) -> str:
     return json.dumps([[round(a, 3), round(b, 3), round(m, 6)] for a, b, m in res.segments], separators=(",", ":"))
 
 
-def _csv_row(res: Result, match: Match | None, calibrated: bool, banked: bool) -> list[str]:
+def _csv_row(res: Result, match: Match | None, calibrated: bool, banked: bool, media: bool) -> list[str]:
     if res.ok:
         row = [res.source, f"{res.score:.6f}", res.label.value if res.label else "", ""]
     else:
@@ -343,6 +363,8 @@ def _csv_row(res: Result, match: Match | None, calibrated: bool, banked: bool) -
         row.append(f"{raw:.6f}" if raw is not None else "")
     if banked:
         row += [match.decision.value, str(match.distance), match.source] if match else ["", "", ""]
+    if not media:
+        return row
     if not res.ok:
         return [*row, "", "", ""]
     if isinstance(res, FramesResult):
