@@ -270,3 +270,11 @@ def test_a_truncated_webm_is_an_error_not_a_partial_score(tmp_path: Path) -> Non
     cut.write_bytes(data[: int(len(data) * 0.7)])
     code, (row,) = _jsonl(str(cut))
     assert code == 1 and row.get("code") in {"truncated", "corrupt"}, row
+
+
+def test_help_lists_the_frame_options() -> None:
+    res = runner.invoke(app, ["score", "--help"], env={"COLUMNS": "250", "TERMINAL_WIDTH": "250"})
+    for option in ("--frames", "--fps", "--max-frames", "--keyframes-only", "--aggregate", "--min-consecutive",
+                   "--early-stop", "--per-frame", "--timeline"):
+        assert option in res.stdout
+    assert "frame_scores: a (time, score) pair per frame scored." in res.stdout

@@ -287,7 +287,7 @@ def score_command(
     topk: int = typer.Option(3, "--topk", min=1, help="Frames averaged by --aggregate topk-mean."),
     min_consecutive: int = typer.Option(1, "--min-consecutive", min=1, help="Only runs of at least K consecutive high frames count (an isolated spike does not)."),
     early_stop: bool = typer.Option(False, "--early-stop", help="End a file at the first batch of frames that makes it nsfw (faster; its frames and segments then cover only what was scored)."),
-    per_frame: bool = typer.Option(False, "--per-frame", help="JSONL rows of videos/animations gain frame_scores [[t, score], ...]."),
+    per_frame: bool = typer.Option(False, "--per-frame", help="JSONL rows of videos/animations gain frame_scores: a (time, score) pair per frame scored."),
     timeline: Path | None = typer.Option(None, "--timeline", help="Write a PNG of score against time, one subplot per video/animation (12 per page: OUT.png, OUT_2.png, ...)."),
 ) -> None:
     """Score images, videos and animations with the exact open_nsfw model.
