@@ -1,0 +1,1 @@
+"""The lab: evolved and synthesised images."""
