@@ -23,10 +23,10 @@ from nsfwlab.explain import (
     SlidingWindow,
     make_target,
 )
-from nsfwlab.explain._windows import average_over_boxes, finish_resized, window_grid, window_starts
+from nsfwlab.explain._windows import average_over_boxes, window_grid, window_starts
 from nsfwlab.explain.gradients import DifferentiablePreprocess, TargetModel, reduce_channels, resized_tensor
 from nsfwlab.explain.overlay import attach_scale, blend, colorize, labelled_grid, normalize, overlay_with_scale
-from nsfwlab.preprocess import preprocess_rgb
+from nsfwlab.preprocess import finish_resized, preprocess_rgb
 from synthetic import RedFraction
 
 #: No JPEG round trip: with a 256x256 image the network input is exactly the central crop.

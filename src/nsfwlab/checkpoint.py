@@ -13,7 +13,6 @@ bundled graph and runs on the fast onnxruntime CPU backend; its preprocessing tr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from typing import Any
 
 from .config import Device, Precision, PreprocessConfig
 from .errors import ConfigError, ModelError
+from .hashing import file_sha256
 
 __all__ = [
     "ARCHITECTURES",
@@ -31,6 +31,7 @@ __all__ = [
     "build_architecture",
     "export_onnx",
     "load_model",
+    "load_torch_module",
     "read_checkpoint",
     "register_architecture",
     "save_checkpoint",
@@ -64,14 +65,6 @@ def build_architecture(name: str) -> Any:
         return ARCHITECTURES[name]()
     except KeyError:
         raise ConfigError(f"unknown architecture {name!r}; known: {sorted(ARCHITECTURES)}") from None
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_checkpoint(path: str | os.PathLike, model: Any, *, arch: str = "open_nsfw",
@@ -160,7 +153,7 @@ def load_model(path: str | os.PathLike, device: Device | str = Device.AUTO, *,
 
     p = Path(path)
     dev = resolve_device(device)
-    version = f"{p.stem}-{_file_digest(p)[:12]}" if p.is_file() else p.stem
+    version = f"{p.stem}-{file_sha256(p)[:12]}" if p.is_file() else p.stem
     if p.suffix.lower() == ".onnx":
         if not p.is_file():
             raise ModelError(f"model file {p} does not exist")
@@ -178,6 +171,44 @@ def load_model(path: str | os.PathLike, device: Device | str = Device.AUTO, *,
     torch_backend = TorchBackend(model, device=dev, precision=precision, threads=threads,
                                  model_version=str(payload.get("model_version") or version))
     return torch_backend, _preprocess_from(payload.get("preprocess"), p)
+
+
+def load_torch_module(path: str | os.PathLike) -> Any:
+    """The fp32 ``nn.Module`` (eval mode, CPU) of a model file, for gradients: a ``.pt``
+    checkpoint, or an ``.onnx`` graph written by :func:`export_onnx` (its weights are read back
+    from the graph's initializers, which keep the checkpoint's parameter names). Any other ONNX
+    graph is a :class:`~nsfwlab.errors.ModelError`: its weights cannot be mapped onto a network."""
+    import numpy as np
+    import torch
+
+    p = Path(path)
+    if p.suffix.lower() != ".onnx":
+        payload = read_checkpoint(p)
+        model = build_architecture(str(payload.get("arch", "open_nsfw")))
+        state = payload["state_dict"]
+    else:
+        from .model import read_onnx_graph
+
+        if not p.is_file():
+            raise ModelError(f"model file {p} does not exist")
+        sidecar = p.with_suffix(".json")
+        arch = "open_nsfw"
+        if sidecar.is_file():
+            try:
+                arch = str(json.loads(sidecar.read_text(encoding="utf-8")).get("arch") or arch)
+            except (OSError, ValueError, AttributeError) as exc:
+                raise ModelError(f"{sidecar}: unreadable preprocessing sidecar: {exc}") from None
+        model = build_architecture(arch)
+        _, initializers = read_onnx_graph(p)
+        prefix = "inner."
+        state = {k[len(prefix):]: torch.from_numpy(np.array(v, dtype=np.float32))
+                 for k, v in initializers.items() if k.startswith(prefix)}
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError) as exc:
+        raise ModelError(f"{p}: the weights cannot be mapped onto a PyTorch network for gradients ({exc}); "
+                         "pass the fine-tuned .pt checkpoint") from None
+    return model.float().eval()
 
 
 class NHWCWrapper:

@@ -12,6 +12,7 @@ from .errors import ConfigError
 
 __all__ = [
     "ENV_PREFIX",
+    "YAHOO_MEAN_BGR",
     "BackendName",
     "DecodeLimits",
     "Device",
@@ -23,6 +24,11 @@ __all__ = [
 ]
 
 ENV_PREFIX = "NSFWLAB_"
+
+#: open_nsfw's per-channel mean, in BGR order, subtracted from the 0..255 pixels (Yahoo's
+#: ``classify_nsfw.py``). The one definition: everything else takes it from here or from a
+#: :class:`PreprocessConfig`.
+YAHOO_MEAN_BGR: tuple[float, float, float] = (104.0, 117.0, 123.0)
 
 
 class Label(str, Enum):
@@ -126,7 +132,7 @@ class PreprocessConfig:
     jpeg_roundtrip: bool = True
     jpeg_quality: int = 75
     draft: bool = False
-    mean_bgr: tuple[float, float, float] = (104.0, 117.0, 123.0)
+    mean_bgr: tuple[float, float, float] = YAHOO_MEAN_BGR
 
     def __post_init__(self) -> None:
         if self.crop > self.resize:
@@ -147,7 +153,7 @@ class PreprocessConfig:
         parts.append(f"jpeg{self.jpeg_quality}" if self.jpeg_roundtrip else "nojpeg")
         if self.draft:
             parts.append("draft")
-        if self.mean_bgr != (104.0, 117.0, 123.0):
+        if self.mean_bgr != YAHOO_MEAN_BGR:
             parts.append("mean" + "-".join(f"{m:g}" for m in self.mean_bgr))
         return "custom-" + "_".join(parts)
 

@@ -116,6 +116,8 @@ class Detector:
         self.preprocess_config = preprocess or model_preprocess or PreprocessConfig()
         self.limits = limits or settings.limits
         self.workers = workers or 2
+        self._model_path = model
+        self._torch_models: dict[tuple[str, str], Any] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -142,6 +144,59 @@ class Detector:
     # -- building blocks --------------------------------------------------------------------
     def label(self, score: float) -> Label:
         return self.thresholds.label(score)
+
+    def torch_model(self, device: str | None = None, dtype: Any = None) -> Any:
+        """A gradient-capable ``torch.nn.Module`` with this Detector's weights (stock, a ``.pt``
+        checkpoint, or an ``.onnx`` exported from one), for explain, attacks and synthesis.
+
+        It takes the NCHW BGR mean-subtracted input of :attr:`preprocess_config` (see
+        :mod:`nsfwlab.preprocess.differentiable`) and returns logits ``[sfw, nsfw]``; eval mode,
+        parameters frozen (``requires_grad=False``: gradients are for inputs), on ``device``
+        (default: the CPU) in ``dtype`` (default float32). A torch backend's own module is returned
+        when it already has that device and dtype; otherwise it is a copy (one kept per device and
+        dtype), so moving the copy cannot change what the Detector scores. fp32 weights come from
+        the model file, never from an fp16 backend's rounded ones.
+        """
+        import torch
+
+        from .backends import TorchBackend
+
+        dev = torch.device(device or "cpu")
+        dt = dtype or torch.float32
+        own = self.backend.model if isinstance(self.backend, TorchBackend) else None
+        with self._lock:
+            if own is not None and next(own.parameters()).device == dev and next(own.parameters()).dtype == dt:
+                module = own
+            else:
+                key = (str(dev), str(dt))
+                if key not in self._torch_models:
+                    self._torch_models[key] = self._fp32_module().to(device=dev, dtype=dt).eval()
+                module = self._torch_models[key]
+            module.requires_grad_(False)
+            return module
+
+    def _fp32_module(self) -> Any:
+        import copy
+
+        import torch
+
+        from .backends import TorchBackend
+        from .weights import MODEL_VERSION
+
+        if self._model_path is not None:
+            from .checkpoint import load_torch_module
+
+            return load_torch_module(self._model_path)
+        torch_backend = self.backend if isinstance(self.backend, TorchBackend) else None
+        if torch_backend is not None and (torch_backend.dtype == torch.float32
+                                          or self.backend.model_version != MODEL_VERSION):
+            return copy.deepcopy(torch_backend.model).float().cpu()
+        if self.backend.model_version == MODEL_VERSION:  # stock weights: fp32 from the file, not from fp16
+            from .model import load_open_nsfw
+
+            return load_open_nsfw(Settings.from_env().model_path)
+        raise ConfigError(f"gradient methods need PyTorch weights, and model {self.model_version!r} runs on "
+                          f"{self.backend.name} only; pass its .pt checkpoint (Detector(model=...))")
 
     def preprocess(self, source: ImageInput) -> np.ndarray:
         """Decode safely and preprocess one input into its (224, 224, 3) float32 array."""

@@ -13,7 +13,7 @@ logits ``[sfw, nsfw]``; apply softmax for probabilities (:meth:`OpenNSFW.probabi
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import WeightsError
+from .errors import ConfigError, WeightsError
 
 __all__ = [
     "STAGES",
@@ -29,6 +29,7 @@ __all__ = [
     "OnnxConv",
     "OpenNSFW",
     "caffe_layer_name",
+    "forward_intermediates",
     "load_open_nsfw",
     "read_onnx_graph",
     "remap_onnx_weights",
@@ -99,6 +100,65 @@ class OpenNSFW(nn.Module):
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities ``[sfw, nsfw]``."""
         return torch.softmax(self.forward(x), dim=1)
+
+    def stages(self) -> list[tuple[str, list[nn.Module]]]:
+        """The network in order, as timm groups it: ``stem`` (conv_1), ``stage0`` .. ``stage3``
+        (their bottleneck blocks), ``head`` (fc_nsfw). Fine-tuning unfreezes from the end."""
+        groups: list[tuple[str, list[nn.Module]]] = [("stem", [self.conv_1])]
+        for s, (blocks, _, _) in enumerate(STAGES):
+            groups.append((f"stage{s}", [getattr(self, f"stage{s}_block{b}") for b in range(blocks)]))
+        groups.append(("head", [self.fc_nsfw]))
+        return groups
+
+    def layer_names(self) -> list[str]:
+        """Every name :meth:`forward_intermediates` accepts, in forward order: the stage names
+        (``stage2`` = the output of its last block) and every submodule (``stage2_block3``,
+        ``stage2_block3.branch2b``, ``conv_1``, ``pool1``, ``fc_nsfw`` ...)."""
+        return layer_names(self, self._stage_outputs())
+
+    def forward_intermediates(self, x: torch.Tensor,
+                              names: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(logits, {name: activation})`` for the named layers (see :meth:`layer_names`), in one
+        forward pass; the activations keep their graph, so objectives can take gradients."""
+        return forward_intermediates(self, x, names, self._stage_outputs())
+
+    def _stage_outputs(self) -> dict[str, nn.Module]:
+        return {name: mods[-1] for name, mods in self.stages()[1:-1]}
+
+
+def layer_names(model: nn.Module, aliases: Mapping[str, nn.Module] | None = None) -> list[str]:
+    """The names :func:`forward_intermediates` accepts for ``model``: ``aliases`` first, then
+    every named submodule."""
+    return [*(aliases or {}), *(name for name, _ in model.named_modules() if name)]
+
+
+def forward_intermediates(model: nn.Module, x: torch.Tensor, names: Sequence[str],
+                          aliases: Mapping[str, nn.Module] | None = None,
+                          ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Run ``model(x)`` once and return its output with the outputs of the named submodules
+    (``named_modules()`` names, or keys of ``aliases``), captured by forward hooks that are
+    removed afterwards. Unknown names are a :class:`~nsfwlab.errors.ConfigError`."""
+    modules = dict(model.named_modules())
+    wanted: dict[str, nn.Module] = {}
+    for name in names:
+        module = (aliases or {}).get(name) or (modules.get(name) if name else None)
+        if module is None:
+            known = layer_names(model, aliases)
+            raise ConfigError(f"{type(model).__name__} has no layer {name!r}; layers include "
+                              + ", ".join(known[:12]) + f" ... ({len(known)} in all)")
+        wanted[name] = module
+    captured: dict[str, torch.Tensor] = {}
+    handles = []
+    for name, module in wanted.items():
+        def hook(_m: nn.Module, _inp: object, out: torch.Tensor, name: str = name) -> None:
+            captured[name] = out
+        handles.append(module.register_forward_hook(hook))
+    try:
+        logits = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return logits, captured
 
 
 def caffe_layer_name(module_name: str) -> str:

@@ -7,13 +7,13 @@ Yahoo; wrapper Apache-2.0). Nothing is ever downloaded: the file is found in the
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from functools import lru_cache
 from pathlib import Path
 
 from .errors import WeightsError
+from .hashing import file_sha256
 
 __all__ = ["MODEL_VERSION", "ONNX_SHA256", "bundled_onnx_path", "resolve_onnx_path", "verify_sha256"]
 
@@ -40,11 +40,7 @@ def bundled_onnx_path() -> Path:
 
 @lru_cache(maxsize=8)
 def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def verify_sha256(path: str | os.PathLike, expected: str = ONNX_SHA256) -> Path:

@@ -4,7 +4,6 @@ and hygiene (unreadable files and duplicates by content hash, reported, never mo
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import stat
 from collections import defaultdict
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..hashing import file_sha256
 
 __all__ = [
     "DuplicateGroup",
@@ -195,14 +195,6 @@ class Hygiene:
         }
 
 
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check_hygiene(items: Sequence[LabelledItem]) -> Hygiene:
     """Hash every file (read-only) and group identical contents.
 
@@ -226,7 +218,7 @@ def check_hygiene(items: Sequence[LabelledItem]) -> Hygiene:
             if st.st_size == 0:
                 unreadable.append(Problem(name, it.label, "empty", "empty file (0 bytes)"))
                 continue
-            digest = _sha256(it.path)
+            digest = file_sha256(it.path)
         except FileNotFoundError:
             unreadable.append(Problem(name, it.label, "image_error", "no such file"))
             continue

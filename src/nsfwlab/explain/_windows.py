@@ -10,12 +10,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 from PIL import Image
 
-from ..config import PreprocessConfig
 from ..detector import Detector
 from ..errors import ConfigError
-from ..preprocess import center_crop, jpeg_roundtrip, preprocess_rgb, stack_batch, to_network_input
+from ..preprocess import finish_resized, preprocess_rgb, stack_batch
 
-__all__ = ["Box", "ProgressCallback", "WindowExplainer", "average_over_boxes", "finish_resized", "score_variants",
+__all__ = ["Box", "ProgressCallback", "WindowExplainer", "average_over_boxes", "score_variants",
            "window_grid", "window_starts"]
 
 #: (top, left, bottom, right) in pixels, bottom/right exclusive.
@@ -78,12 +77,6 @@ def average_over_boxes(values: Sequence[float] | np.ndarray, boxes: Sequence[Box
     np.divide(total, count, out=out, where=count > 0)
     return out.astype(np.float32)
 
-
-def finish_resized(resized: Image.Image, config: PreprocessConfig) -> np.ndarray:
-    """The exact pipeline's steps after the resize (JPEG round trip, crop, BGR, mean), composed
-    from :mod:`nsfwlab.preprocess`: ``preprocess_rgb(img) == finish_resized(resize_image(img))``."""
-    arr = jpeg_roundtrip(resized, config.jpeg_quality) if config.jpeg_roundtrip else np.asarray(resized)
-    return to_network_input(center_crop(arr, config.crop), config.mean_bgr)
 
 
 def score_variants(detector: Detector, render: Callable[[int], Image.Image], count: int, *,

@@ -6,7 +6,8 @@ JPEG round trip -> centre crop 224 -> RGB->BGR -> mean subtraction. Everything a
 round trip is differentiable and is done here in torch (:class:`DifferentiablePreprocess`). The
 JPEG round trip is not (quantisation has zero gradient almost everywhere); it is applied as a
 *straight-through* step: the forward pass uses Pillow's real JPEG output, so the explained score is
-exactly the Detector's, and the backward pass treats it as the identity. Attributions are taken
+exactly the Detector's, and the backward pass treats it as the identity (both from
+:mod:`nsfwlab.preprocess.differentiable`). Attributions are taken
 with respect to the 256x256 resized image (Pillow's exact resize output) and mapped back to the
 original resolution by bilinear resizing of the per-pixel map. The outer 16-pixel frame of the
 256x256 image is cropped away by the model and so always gets zero attribution.
@@ -29,7 +30,7 @@ from torch import nn
 from ..config import DecodeLimits, PreprocessConfig, Settings
 from ..errors import ConfigError, NsfwlabError
 from ..imageio import ImageInput, describe_source, load_image
-from ..preprocess import jpeg_roundtrip, resize_image
+from ..preprocess.differentiable import DifferentiablePreprocess, resized_tensor
 from ._windows import ProgressCallback
 from .options import Baseline, Reduction
 from .targets import Target, TargetName, make_target
@@ -49,41 +50,6 @@ __all__ = [
 ]
 
 
-class _StraightThroughJpeg(torch.autograd.Function):
-    """Forward: Pillow's JPEG round trip of each image (rounded to uint8). Backward: identity."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, quality: int) -> torch.Tensor:  # type: ignore[override]
-        arr = x.detach().clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        out = np.stack([jpeg_roundtrip(Image.fromarray(a), quality) for a in arr])
-        return torch.from_numpy(out).permute(0, 3, 1, 2).to(device=x.device, dtype=x.dtype)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        return grad, None
-
-
-class DifferentiablePreprocess(nn.Module):
-    """(N, 3, R, R) RGB float in [0, 255] (the resized image) -> the network's (N, 3, crop, crop)
-    BGR mean-subtracted input, with the JPEG round trip straight-through. On Pillow's resize output
-    this reproduces :func:`nsfwlab.preprocess.preprocess_rgb` exactly."""
-
-    def __init__(self, config: PreprocessConfig | None = None) -> None:
-        super().__init__()
-        self.config = config or PreprocessConfig()
-        self.register_buffer("mean_bgr", torch.tensor(self.config.mean_bgr, dtype=torch.float32).view(1, 3, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cfg = self.config
-        if cfg.jpeg_roundtrip:
-            x = _StraightThroughJpeg.apply(x, cfg.jpeg_quality)
-        h, w = x.shape[2], x.shape[3]
-        top, left = max((h - cfg.crop) // 2, 0), max((w - cfg.crop) // 2, 0)
-        x = x[:, :, top : top + cfg.crop, left : left + cfg.crop]
-        mean: torch.Tensor = self.mean_bgr  # type: ignore[assignment]
-        return x.flip(1) - mean.to(x.dtype)
-
-
 class TargetModel(nn.Module):
     """Resized RGB image -> preprocessing -> model -> target, as an (N, 1) output (captum's shape)."""
 
@@ -95,12 +61,6 @@ class TargetModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.target(self.model(self.pre(x))).unsqueeze(1)
-
-
-def resized_tensor(img: Image.Image, config: PreprocessConfig) -> torch.Tensor:
-    """Pillow's exact resize of an RGB image as a (1, 3, R, R) float32 tensor in [0, 255]."""
-    arr = np.asarray(resize_image(img, config.resize), dtype=np.float32)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0)
 
 
 def to_image_resolution(heat: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -180,7 +140,8 @@ class GradCAM(_TorchExplainer):
         pre = DifferentiablePreprocess(self.preprocess).to(self.device)
         model: Any = self.model
         with torch.enable_grad():
-            feats = model.forward_features(pre(x))
+            # The model's parameters may be frozen: the feature map is made a leaf of the graph.
+            feats = model.forward_features(pre(x)).detach().requires_grad_(True)
             out = target(model.forward_head(feats)).sum()
             (grad,) = torch.autograd.grad(out, feats)
         weights = grad.mean(dim=(2, 3), keepdim=True)

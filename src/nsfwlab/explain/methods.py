@@ -3,9 +3,8 @@ from one frozen options object, consistent with a Detector (same model, same pre
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -63,28 +62,10 @@ class ExplainOptions:
 
 
 def torch_model_for(detector: Detector) -> nn.Module:
-    """The fp32 PyTorch model that computes the same scores as ``detector``: its own model when
-    it runs the torch backend (a copy if it is fp16), else the stock weights. Raises a
-    ConfigError for a custom ONNX model, whose weights gradients cannot reach."""
-    from ..backends import TorchBackend
-    from ..weights import MODEL_VERSION
-
-    backend = detector.backend
-    if isinstance(backend, TorchBackend):
-        import torch
-
-        model: Any = backend.model
-        if backend.dtype != torch.float32 or backend.device != "cpu":
-            model = copy.deepcopy(model).float().cpu()
-        return model
-    if backend.model_version != MODEL_VERSION:
-        raise ConfigError(
-            f"gradient methods need the PyTorch weights of model {backend.model_version!r}; "
-            "pass the fine-tuned .pt checkpoint instead of an exported .onnx"
-        )
-    from ..model import load_open_nsfw
-
-    return load_open_nsfw()
+    """The fp32 PyTorch model that computes the same scores as ``detector``
+    (:meth:`Detector.torch_model`, a copy: explainers may move or hook it freely)."""
+    model: nn.Module = detector.torch_model()
+    return model
 
 
 def make_explainer(method: Method | str, detector: Detector | None = None, *,

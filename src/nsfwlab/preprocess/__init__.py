@@ -1,4 +1,6 @@
-"""Yahoo's exact open_nsfw preprocessing, and batch assembly.
+"""Yahoo's exact open_nsfw preprocessing, its named shortcuts, batch assembly and the uint8
+transport form: the one place where an image becomes the network's input. The torch forms of the
+same steps (differentiable, for gradients) are in :mod:`nsfwlab.preprocess.differentiable`.
 
 The exact pipeline (``PreprocessConfig()``), in this order: RGB image -> Pillow BILINEAR resize to
 256x256 -> JPEG encode with Pillow's defaults (quality 75) -> decode -> crop rows/cols 16..240 ->
@@ -20,12 +22,15 @@ from ..imageio import ImageInput, load_image
 __all__ = [
     "EXACT",
     "center_crop",
+    "finish_resized",
     "jpeg_roundtrip",
+    "pack_array",
     "preprocess",
     "preprocess_rgb",
     "resize_image",
     "stack_batch",
     "to_network_input",
+    "unpack_array",
 ]
 
 EXACT = PreprocessConfig()
@@ -59,14 +64,17 @@ def to_network_input(rgb: np.ndarray, mean_bgr: Sequence[float] = EXACT.mean_bgr
     return np.ascontiguousarray(bgr)
 
 
+def finish_resized(resized: Image.Image, config: PreprocessConfig = EXACT) -> np.ndarray:
+    """The steps after the resize (JPEG round trip, crop, BGR, mean) of an already resized RGB
+    image: ``preprocess_rgb(img) == finish_resized(resize_image(img, 256))``. For callers that
+    render many variants at the network's resolution (occlusion, evolution)."""
+    arr = jpeg_roundtrip(resized, config.jpeg_quality) if config.jpeg_roundtrip else np.asarray(resized)
+    return to_network_input(center_crop(arr, config.crop), config.mean_bgr)
+
+
 def preprocess_rgb(img: Image.Image, config: PreprocessConfig = EXACT) -> np.ndarray:
     """An RGB PIL image -> the network's (crop, crop, 3) float32 input."""
-    resized = resize_image(img, config.resize)
-    if config.jpeg_roundtrip:
-        arr = jpeg_roundtrip(resized, config.jpeg_quality)
-    else:
-        arr = np.asarray(resized)
-    return to_network_input(center_crop(arr, config.crop), config.mean_bgr)
+    return finish_resized(resize_image(img, config.resize), config)
 
 
 def preprocess(source: ImageInput, config: PreprocessConfig = EXACT,
@@ -81,3 +89,27 @@ def stack_batch(arrays: Sequence[np.ndarray]) -> np.ndarray:
     if not arrays:
         raise ValueError("cannot stack an empty batch")
     return np.ascontiguousarray(np.stack(arrays, axis=0), dtype=np.float32)
+
+
+def pack_array(arr: np.ndarray, mean_bgr: Sequence[float] = EXACT.mean_bgr) -> np.ndarray:
+    """A lossless, 4x smaller transport (or storage) form of a preprocessed array: the uint8 BGR
+    pixels when ``arr`` is exactly ``uint8 - mean`` in float32 (always, for the exact pipeline and
+    open_nsfw's integer mean), else ``arr`` itself. :func:`unpack_array` restores the identical
+    float32 array, so scores computed from the packed form equal the direct ones bit for bit."""
+    mean = np.asarray(mean_bgr, dtype=np.float32)
+    restored = arr + mean
+    if restored.min() < 0 or restored.max() > 255:
+        return arr
+    pixels = restored.astype(np.uint8)
+    back = pixels.astype(np.float32)
+    back -= mean
+    return pixels if np.array_equal(back, arr) else arr
+
+
+def unpack_array(arr: np.ndarray, mean_bgr: Sequence[float] = EXACT.mean_bgr) -> np.ndarray:
+    """The float32 network input of a :func:`pack_array` result (a float array passes through)."""
+    if arr.dtype != np.uint8:
+        return arr
+    out = arr.astype(np.float32)
+    out -= np.asarray(mean_bgr, dtype=np.float32)  # the same float32 operation as to_network_input
+    return out

@@ -13,7 +13,6 @@ Scores of different modes never mix: each mode has its own model and preprocessi
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import replace
@@ -24,6 +23,7 @@ import numpy as np
 
 from ..config import PreprocessConfig
 from ..errors import ConfigError, ModelError
+from ..hashing import file_sha256
 
 __all__ = [
     "QUANT_VERSION",
@@ -86,17 +86,9 @@ def calibration_batches(count: int = 48, batch: int = 8, seed: int = 0,
     return [stack_batch(arrays[i : i + batch]) for i in range(0, count, batch)]
 
 
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def int8_model_path(source: Path, cache_dir: Path) -> Path:
     """Where the int8 graph of ``source`` is cached (keyed by content and recipe)."""
-    return cache_dir / "int8" / f"{source.stem}-{_digest(source)[:16]}-{QUANT_VERSION}.onnx"
+    return cache_dir / "int8" / f"{source.stem}-{file_sha256(source)[:16]}-{QUANT_VERSION}.onnx"
 
 
 def quantize_int8(source: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None,

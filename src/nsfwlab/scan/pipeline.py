@@ -35,6 +35,7 @@ import numpy as np
 from ..backends import Backend
 from ..config import DecodeLimits, Device, Label, Precision, PreprocessConfig, Thresholds
 from ..errors import ConfigError, ImageError, ModelError, NsfwlabError
+from ..preprocess import pack_array, unpack_array
 from .modes import QUANT_VERSION, ScanMode, fast_preprocess, quantize_int8
 from .store import Decision, FileRecord, ResultStore, Status
 from .walk import WalkConfig, WalkedFile, walk
@@ -267,28 +268,6 @@ def prepare_file(file: WalkedFile, preprocess: PreprocessConfig, limits: DecodeL
     except Exception as exc:
         return Prepared(file, sha, error_code=ImageError.code, error=f"unexpected {type(exc).__name__}: {exc}")
     return Prepared(file, sha, array=arr)
-
-
-def pack_array(arr: np.ndarray, mean_bgr: tuple[float, float, float]) -> np.ndarray:
-    """A lossless, 4x smaller transport form of a preprocessed array: the uint8 BGR pixels when
-    ``arr`` is exactly ``uint8 - mean`` in float32 (always, for the integer means of open_nsfw),
-    else ``arr`` itself. :func:`unpack_array` restores the identical float32 array."""
-    mean = np.asarray(mean_bgr, dtype=np.float32)
-    restored = arr + mean
-    if restored.min() < 0 or restored.max() > 255:
-        return arr
-    pixels = restored.astype(np.uint8)
-    back = pixels.astype(np.float32)
-    back -= mean
-    return pixels if np.array_equal(back, arr) else arr
-
-
-def unpack_array(arr: np.ndarray, mean_bgr: tuple[float, float, float]) -> np.ndarray:
-    if arr.dtype != np.uint8:
-        return arr
-    out = arr.astype(np.float32)
-    out -= np.asarray(mean_bgr, dtype=np.float32)  # the same float32 operation as the core's
-    return out
 
 
 def _prepare_chunk(files: list[WalkedFile], ctx: WorkerContext) -> list[Prepared]:
