@@ -54,6 +54,10 @@ from .explain import censor_command, explain_command  # noqa: E402
 
 app.command("explain")(explain_command)
 app.command("censor")(censor_command)
+from .lab_synth import evolve_command, synthesize_command  # noqa: E402
+
+app.command("evolve")(evolve_command)
+app.command("synthesize")(synthesize_command)
 
 
 def _prose(doc: str) -> str:

@@ -42,7 +42,9 @@ __all__ = [
     "detector_scorer",
     "evolve",
     "fitness_from_scores",
+    "history_plot_png",
     "png_bytes",
+    "population_size",
 ]
 
 #: uint8 images (P, H, W, 3) -> NSFW probabilities (P,).
@@ -171,7 +173,7 @@ class EvolveResult:
         c = self.config
         return {
             "shape": c.shape.value, "count": c.count, "to": c.to, "goal": c.goal, "algorithm": c.algorithm.value,
-            "population": _population_size(c), "budget": c.budget, "seed": c.seed, "size": c.size,
+            "population": population_size(c), "budget": c.budget, "seed": c.seed, "size": c.size,
             "stop_at": c.stop_at, "score": self.score, "reached": self.reached, "fitness": self.fitness,
             "evaluations": self.evaluations, "seconds": round(self.seconds, 3),
             "shapes": self.shapes, "history": [h.to_dict() for h in self.history],
@@ -221,7 +223,8 @@ class _Strategy(Protocol):
     def tell(self, genomes: np.ndarray, fitness: np.ndarray) -> None: ...
 
 
-def _population_size(config: EvolveConfig) -> int:
+def population_size(config: EvolveConfig) -> int:
+    """The population a configuration runs with (its own, else the algorithm's default)."""
     if config.population is not None:
         return config.population
     if config.algorithm is Algorithm.GA:
@@ -241,7 +244,7 @@ class _GeneticAlgorithm:
             weights = (1.0,)
 
         self._fitness_class = Fitness
-        self.size = _population_size(config)
+        self.size = population_size(config)
         length = config.genome_length
         self.indpb = min(1.0, 8.0 / length)
         self.toolbox = base.Toolbox()
@@ -261,14 +264,15 @@ class _GeneticAlgorithm:
 
         if self._pending:
             raise RuntimeError("ask() twice without tell()")
-        if all(ind.fitness.valid for ind in self.population):
-            elite = tools.selBest(self.population, 1)
-            offspring = algorithms.varAnd(self.toolbox.select(self.population, self.size - 1), self.toolbox,
-                                          self.CXPB, self.MUTPB)
-            for ind in offspring:
-                ind[:] = np.clip(ind, 0.0, 1.0).tolist()
-            self.population = [self.toolbox.clone(elite[0]), *offspring]
-        self._pending = [ind for ind in self.population if not ind.fitness.valid]
+        while not self._pending:  # a generation where nothing changed needs no scoring: breed again
+            if all(ind.fitness.valid for ind in self.population):
+                elite = tools.selBest(self.population, 1)
+                offspring = algorithms.varAnd(self.toolbox.select(self.population, self.size - 1), self.toolbox,
+                                              self.CXPB, self.MUTPB)
+                for ind in offspring:
+                    ind[:] = np.clip(ind, 0.0, 1.0).tolist()
+                self.population = [self.toolbox.clone(elite[0]), *offspring]
+            self._pending = [ind for ind in self.population if not ind.fitness.valid]
         return np.asarray(self._pending, dtype=np.float64)
 
     def tell(self, genomes: np.ndarray, fitness: np.ndarray) -> None:
@@ -286,7 +290,7 @@ class _CMA:
         import cma
 
         opts = {
-            "bounds": [0.0, 1.0], "popsize": _population_size(config), "seed": config.seed + 1,
+            "bounds": [0.0, 1.0], "popsize": population_size(config), "seed": config.seed + 1,
             "verbose": -9, "CMA_diagonal": separable, "maxfevals": float("inf"),
             "tolfun": 0.0, "tolfunhist": 0.0, "tolx": 0.0, "tolstagnation": 10**9, "tolflatfitness": 10**9,
         }
@@ -379,3 +383,26 @@ def _run(config: EvolveConfig, scorer: Scorer, verify: Callable[[bytes], float] 
     return EvolveResult(config, best.genome, best.image, png, score, best.fitness, evaluations,
                         time.perf_counter() - start, done, history, frames)
 
+
+
+def history_plot_png(history: list[Generation], config: EvolveConfig) -> bytes:
+    """A PNG plot of the best score and the best and mean fitness against evaluations."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    evals = [h.evaluations for h in history]
+    fig = Figure(figsize=(7, 6))
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    top.plot(evals, [h.best_score for h in history], color="tab:red")
+    top.set_ylabel("best NSFW score")
+    top.set_title(f"{config.count} {config.shape.value}s, {config.algorithm.value}, {config.goal} {config.to:g}")
+    bottom.plot(evals, [h.best_fitness for h in history], label="best")
+    bottom.plot(evals, [h.mean_fitness for h in history], label="population mean", alpha=0.7)
+    bottom.set_ylabel("fitness (log-odds)")
+    bottom.set_xlabel("evaluations")
+    bottom.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
