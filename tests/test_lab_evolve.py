@@ -173,3 +173,20 @@ def test_evolve_command_usage_errors(tmp_path: Path) -> None:
     assert res.exit_code == 2 and ".png" in res.output
     res = CliRunner().invoke(app, ["evolve", "--out", str(tmp_path / "x.png"), "--report", str(tmp_path / "r.txt")])
     assert res.exit_code == 2 and ".json" in res.output
+
+
+def test_ctrl_c_keeps_the_best_so_far() -> None:
+    calls = {"n": 0}
+
+    def scorer(images: np.ndarray) -> np.ndarray:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return _redness(images)
+
+    config = EvolveConfig(shape=ShapeKind.CIRCLE, count=3, population=6, budget=1000, size=16)
+    result = evolve(config, scorer)
+    assert result.interrupted and not result.reached and result.evaluations == 12
+    assert result.report()["interrupted"] is True
+    with pytest.raises(KeyboardInterrupt):  # nothing to keep yet: the interrupt goes on
+        evolve(config, lambda images: (_ for _ in ()).throw(KeyboardInterrupt))

@@ -143,7 +143,9 @@ def evolve_command(
             _write_frames(frames, result.frames)
     except NsfwlabError as exc:
         raise fail(exc) from None
-    if config.goal != "target" and stop_at is None:
+    if result.interrupted:
+        verdict = "interrupted"
+    elif config.goal != "target" and stop_at is None:
         verdict = f"{config.goal}d over the budget"
     else:
         verdict = f"{'target' if config.goal == 'target' else 'stop-at'} "
@@ -225,7 +227,8 @@ def synthesize_command(
 
     Every reported number is measured on the saved PNGs through the exact pipeline.
 
-    Exit status: 0 done, 2 usage error, 3 model error.
+    Exit status: 0 done, 1 interrupted (Ctrl-C: the images so far are still written), 2 usage
+    error, 3 model error.
     """
     from ..backends import resolve_device
     from ..detector import Detector
@@ -262,4 +265,7 @@ def synthesize_command(
     for path, score, a, b in zip(paths, result.scores, result.logits_start, result.logits_end, strict=True):
         stdout.print(f"{path}: score {score:.6f}; logits [sfw, nsfw] {a[0]:.3f}, {a[1]:.3f} -> {b[0]:.3f}, {b[1]:.3f}",
                      highlight=False)
-    stdout.print(f"{objective}: {steps} steps in {result.seconds:.1f} s", highlight=False)
+    stdout.print(f"{objective}: {result.steps} steps in {result.seconds:.1f} s"
+                 + (" (interrupted)" if result.interrupted else ""), highlight=False)
+    if result.interrupted:
+        raise typer.Exit(int(ExitCode.INPUT_FAILED))

@@ -164,6 +164,7 @@ class EvolveResult:
     reached: bool
     history: list[Generation] = field(default_factory=list)
     frames: list[tuple[int, np.ndarray]] = field(default_factory=list)
+    interrupted: bool = False
 
     @property
     def shapes(self) -> list[dict[str, Any]]:
@@ -174,7 +175,8 @@ class EvolveResult:
         return {
             "shape": c.shape.value, "count": c.count, "to": c.to, "goal": c.goal, "algorithm": c.algorithm.value,
             "population": population_size(c), "budget": c.budget, "seed": c.seed, "size": c.size,
-            "stop_at": c.stop_at, "score": self.score, "reached": self.reached, "fitness": self.fitness,
+            "stop_at": c.stop_at, "score": self.score, "reached": self.reached, "interrupted": self.interrupted,
+            "fitness": self.fitness,
             "evaluations": self.evaluations, "seconds": round(self.seconds, 3),
             "shapes": self.shapes, "history": [h.to_dict() for h in self.history],
         }
@@ -332,6 +334,9 @@ def evolve(config: EvolveConfig, scorer: Scorer, *, verify: Callable[[bytes], fl
            progress: Callable[[Generation], None] | None = None) -> EvolveResult:
     """Run the optimiser until the budget is spent or the goal is reached.
 
+    Ctrl-C (KeyboardInterrupt) after the first generation ends the run early with the best so
+    far (``interrupted``, not ``reached``) instead of losing it.
+
     ``scorer`` scores a batch of uint8 images (:func:`detector_scorer`). ``verify`` scores a PNG
     file's bytes (``Detector.score``): a candidate that seems to reach the goal is confirmed with
     it before the run stops, and the returned score is its verdict on the returned PNG.
@@ -353,11 +358,18 @@ def _run(config: EvolveConfig, scorer: Scorer, verify: Callable[[bytes], float] 
     frames_every = config.frames_every
     evaluations, generation, reached = 0, 0, False
     start = time.perf_counter()
+    interrupted = False
     while evaluations < config.budget and not reached:
-        asked = strategy.ask()
-        genomes = asked[: config.budget - evaluations]  # the budget is a hard cap
-        images = render_population(genomes, config.shape, config.size, config.background)
-        scores = np.asarray(scorer(images), dtype=np.float64)
+        try:
+            asked = strategy.ask()
+            genomes = asked[: config.budget - evaluations]  # the budget is a hard cap
+            images = render_population(genomes, config.shape, config.size, config.background)
+            scores = np.asarray(scorer(images), dtype=np.float64)
+        except KeyboardInterrupt:
+            if best.genome is None:
+                raise
+            interrupted = True  # keep the best so far: the caller writes it
+            break
         fitness = fitness_from_scores(scores, config.to)
         if len(genomes) == len(asked):
             strategy.tell(genomes, fitness)
@@ -381,7 +393,7 @@ def _run(config: EvolveConfig, scorer: Scorer, verify: Callable[[bytes], float] 
         frames.append((generation, best.image.copy()))
     done = config.reached(score) or (config.goal != "target" and config.stop_at is None)
     return EvolveResult(config, best.genome, best.image, png, score, best.fitness, evaluations,
-                        time.perf_counter() - start, done, history, frames)
+                        time.perf_counter() - start, done and not interrupted, history, frames, interrupted)
 
 
 

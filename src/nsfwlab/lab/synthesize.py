@@ -201,6 +201,7 @@ class SynthResult:
     seconds: float
     steps: int
     history: list[float] = field(default_factory=list)
+    interrupted: bool = False
 
     def report(self, config: SynthConfig) -> dict[str, Any]:
         items = [{"score": s, "logits_start": a, "logits_end": b, "objectives_start": o0, "objectives_end": o1}
@@ -209,7 +210,8 @@ class SynthResult:
         return {"objective": config.objective, "param": config.param.value, "steps": self.steps, "lr": config.lr,
                 "size": config.size, "batch": config.batch, "seed": config.seed, "tv": config.tv, "l2": config.l2,
                 "diversity": config.diversity_weight, "transforms": config.transforms,
-                "seconds": round(self.seconds, 3), **items[0], "images": items, "loss_history": self.history}
+                "seconds": round(self.seconds, 3), "interrupted": self.interrupted, **items[0], "images": items,
+                "loss_history": self.history}
 
 
 class Synthesizer:
@@ -316,7 +318,8 @@ class Synthesizer:
 
     # -- run ----------------------------------------------------------------------------------
     def run(self, progress: Callable[[int, float], None] | None = None) -> SynthResult:
-        """Optimise for ``config.steps`` steps; ``progress(step, loss)`` after each."""
+        """Optimise for ``config.steps`` steps; ``progress(step, loss)`` after each. Ctrl-C stops
+        early and returns the images as they are (``interrupted``)."""
         import torch
 
         from .fourier import robustness_transforms
@@ -330,15 +333,20 @@ class Synthesizer:
         with torch.no_grad():
             first = _to_uint8(image())
         history: list[float] = []
+        interrupted = False
         for step in range(c.steps):
-            opt.zero_grad(set_to_none=True)
-            x01 = image()
-            if c.transforms:
-                x01 = robustness_transforms(x01, rng)
-            _, terms = self._terms(x01)
-            loss = -self._objective(terms).mean()
-            loss.backward()
-            opt.step()
+            try:
+                opt.zero_grad(set_to_none=True)
+                x01 = image()
+                if c.transforms:
+                    x01 = robustness_transforms(x01, rng)
+                _, terms = self._terms(x01)
+                loss = -self._objective(terms).mean()
+                loss.backward()
+                opt.step()
+            except KeyboardInterrupt:
+                interrupted = True  # stop with the images as they are: the caller writes them
+                break
             history.append(float(loss.detach()))
             if progress is not None:
                 progress(step + 1, history[-1])
@@ -349,7 +357,7 @@ class Synthesizer:
         pngs = [png_bytes(img) for img in final]
         scores = [float(self.detector.score(p)) for p in pngs]
         return SynthResult(list(final), pngs, scores, start_logits, end_logits, start_obj, end_obj,
-                           time.perf_counter() - start, c.steps, history)
+                           time.perf_counter() - start, len(history), history, interrupted)
 
     def exact(self, images: np.ndarray) -> tuple[list[list[float]], list[dict[str, float]]]:
         """``[sfw, nsfw]`` logits and objective terms of uint8 images through the exact pipeline
