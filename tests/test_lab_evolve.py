@@ -173,6 +173,12 @@ def test_evolve_command_usage_errors(tmp_path: Path) -> None:
     assert res.exit_code == 2 and ".png" in res.output
     res = CliRunner().invoke(app, ["evolve", "--out", str(tmp_path / "x.png"), "--report", str(tmp_path / "r.txt")])
     assert res.exit_code == 2 and ".json" in res.output
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    for extra in (["--out", str(blocker / "x.png")], ["--out", str(tmp_path / "x.png"), "--frames", str(blocker / "f")],
+                  ["--out", str(tmp_path / "x.png"), "--report", str(blocker / "r.json")]):
+        res = CliRunner().invoke(app, ["evolve", *extra])
+        assert res.exit_code == 2 and "cannot write to" in res.output, extra  # refused before any work
 
 
 def test_ctrl_c_keeps_the_best_so_far() -> None:

@@ -205,6 +205,10 @@ def test_synthesize_command_usage_errors(tmp_path: Path) -> None:
     assert res.exit_code == 2
     res = CliRunner().invoke(app, ["synthesize", "--out", str(tmp_path / "x.png"), "--also", "missing.pt:1"])
     assert res.exit_code == 2 and "no such file" in res.output
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    res = CliRunner().invoke(app, ["synthesize", "--out", str(blocker / "x.png")])
+    assert res.exit_code == 2 and "cannot write to" in res.output
 
 
 def test_also_network_dataclass_defaults() -> None:

@@ -246,9 +246,9 @@ def synthesize_command(
                              tv=tv, l2=l2, diversity=diversity, transforms=transforms, code_dim=code_dim)
         specs = [parse_also(a) for a in also]
         dev = resolve_device(device)
-        det = Detector(BackendName.AUTO, dev, model=model)
         networks = [load_also(s, size=also_size, device=dev) for s in specs]
         gen = load_generator(generator, dev) if generator is not None else None
+        det = Detector(BackendName.AUTO, dev, model=model)
         synth = Synthesizer(det, config, also=networks, generator=gen, device=dev)
         with det, progress_bar(steps, "synthesizing", unit="step", enabled=progress) as advance:
             result = synth.run(lambda step, loss: advance(1))

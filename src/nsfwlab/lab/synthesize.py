@@ -181,6 +181,7 @@ class SynthConfig:
             raise ConfigError(f"--batch must lie in 1..64, got {self.batch}")
         if min(self.tv, self.l2, self.diversity or 0.0) < 0.0:
             raise ConfigError("penalty and diversity weights must not be negative")
+        parse_objective(self.objective)  # a typo is a usage error before any model loads
 
     @property
     def diversity_weight(self) -> float:
