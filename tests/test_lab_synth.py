@@ -26,6 +26,9 @@ from nsfwlab.lab.synthesize import (
     parse_also,
 )
 
+# TorchScript is deprecated from torch 2.13 on, but it is the format --also and --generator take.
+pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:DeprecationWarning")
+
 
 class _MeanColour(torch.nn.Module):
     """A tiny second network: 4 classes from the mean colour (fixed weights)."""
