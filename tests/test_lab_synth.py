@@ -68,7 +68,7 @@ def tiny_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_parameterisation_round_trips(cls: type) -> None:
     g = torch.Generator().manual_seed(0)
     param = cls(2, 32, generator=g)
-    start = param()
+    start = param().detach()
     assert start.shape == (2, 3, 32, 32) and 0.0 <= float(start.min()) and float(start.max()) <= 1.0
     image = torch.rand(2, 3, 32, 32, generator=g) * 0.98 + 0.01
     param.set_image(image)
