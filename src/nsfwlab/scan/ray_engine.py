@@ -8,11 +8,18 @@ pool and the scorer differ:
   read each file once, hash, decode and preprocess with the core), at most ``ScanConfig.window``
   files in flight, results back as uint8 pixels. They do not open the store (SQLite must not be
   shared across hosts): the driver's sink finds content already scored, before the model runs;
-- the model runs in an actor pool of replicas (one per GPU where the cluster has GPUs, else one per
-  four CPUs), each built from the scan config exactly as the local engine builds it
+- the model runs in replicas (actors: one per GPU where the cluster has GPUs, else one per four
+  CPUs), each built from the scan config exactly as the local engine builds it
   (:func:`~nsfwlab.scan.config.build_scan_model`), a batch in flight per replica.
 
 So scores, deduplication and the store's rows are the local engine's. Ray is imported only here.
+
+A worker node may die mid-scan (the store is on the driver, whose node must live): Ray re-runs its
+decoding tasks, rebuilds their results lost with it, and restarts its replicas elsewhere, retrying
+their batches, all a bounded number of times (:data:`TASK_RETRIES`, :data:`REPLICA_RESTARTS`).
+Past that a file is reported ``worker_died`` (retried on the next run), a replica's batch goes to
+another replica, and a cluster that keeps losing workers stops the scan with a one-line
+:class:`~nsfwlab.errors.ModelError`; what was written stays.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from .store import ResultStore
 from .walk import WalkedFile
 from .worker import Prepared, prepare_chunk, worker_died
 
-__all__ = ["REPLICA_RESTARTS", "TASK_RETRIES", "RayPool", "RayScorer", "scan_ray"]
+__all__ = ["MAX_LOST_IN_A_ROW", "REPLICA_RESTARTS", "TASK_RETRIES", "RayPool", "RayScorer", "scan_ray"]
 
 logger = logging.getLogger(__name__)
 
