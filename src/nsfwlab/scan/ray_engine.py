@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 TASK_RETRIES = 3
 #: Restarts of a model replica whose worker or node died; its calls in flight are retried on the
 #: restarted replica. A replica past its restarts is dropped and its batch goes to another one.
+#: A call is retried only while its replica restarts, so this bounds the calls' retries too.
 REPLICA_RESTARTS = 3
 #: Files in a row whose task failed even alone: the cluster has lost its workers, the scan stops.
 MAX_LOST_IN_A_ROW = 4
@@ -125,7 +126,10 @@ class RayScorer:
         # a hang on a one-CPU cluster, or after a node loss). On CPUs, Ray's default: it is placed
         # on a node with a free CPU and holds none; on GPUs, it holds its GPU only.
         holds = {"num_gpus": gpus_each, "num_cpus": 0} if gpus_each else {}
-        actor = ray.remote(max_restarts=REPLICA_RESTARTS, max_task_retries=REPLICA_RESTARTS, **holds)(_ModelReplica)
+        # A call is retried for as long as its replica is restarting (so bounded by the restarts):
+        # until Ray has marked a lost node dead (seconds), the calls to its replica keep failing,
+        # and a fixed number of retries would be spent before the restart.
+        actor = ray.remote(max_restarts=REPLICA_RESTARTS, max_task_retries=-1, **holds)(_ModelReplica)
         self.ray, self.sink, self.batch_size = ray, sink, config.batch_size
         self.idle = [actor.remote(config, backend, model.preprocess.mean_bgr) for _ in range(replicas)]
         self.busy: dict[Any, tuple[Any, _Batch]] = {}  # call -> (replica, its batch)
