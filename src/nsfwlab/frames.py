@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -292,8 +293,13 @@ def _cut_short(data: bytes, container: str) -> bool:
     return _boxes_overrun(data) if container == "MP4" else _ebml_overrun(data)
 
 
+#: PyAV's decoration of FFmpeg's messages: "[Errno 1094995529] ...: '<none>'" (the buffer has no name).
+_AV_NOISE = re.compile(r"^\[Errno -?\d+\]\s*|:\s*'<none>'$")
+
+
 def _video_error(data: bytes, container: str, exc: BaseException) -> CorruptImageError:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = _AV_NOISE.sub("", text) or type(exc).__name__
     lowered = text.lower()
     if isinstance(exc, EOFError) or "moov atom not found" in lowered or "end of file" in lowered \
             or "truncat" in lowered or _cut_short(data, container):
