@@ -16,6 +16,7 @@ from ..errors import ConfigError
 from ..imageio import ImageInput
 from ..objectives import Target, TargetName
 from ._windows import ProgressCallback, WindowExplainer, average_over_boxes, score_variants
+from .options import ExplainCaps
 
 __all__ = ["SlidingWindow", "default_window"]
 
@@ -27,10 +28,11 @@ def default_window(height: int, width: int) -> int:
 
 class SlidingWindow(WindowExplainer):
     """Sliding-window heatmaps through a Detector; ``window``/``stride`` in original pixels
-    (defaults: a third of the short side, and a quarter of the window)."""
+    (defaults: a third of the short side, and a quarter of the window); over
+    ``caps.max_work_side`` the crops are taken from the working copy (geometry scaled to it)."""
 
     def __init__(self, detector: Detector | None = None, *, window: int | None = None,
-                 stride: int | None = None) -> None:
+                 stride: int | None = None, caps: ExplainCaps | None = None) -> None:
         if window is not None and window < 1:
             raise ConfigError(f"window must be at least 1 pixel, got {window}")
         if stride is not None and stride < 1:
@@ -38,6 +40,8 @@ class SlidingWindow(WindowExplainer):
         self._detector = detector
         self.window = window
         self.stride = stride
+        self.caps = caps or ExplainCaps()
+        self.explicit = window is not None or stride is not None
 
     def geometry(self, height: int, width: int) -> tuple[int, int]:
         window = self.window or default_window(height, width)
