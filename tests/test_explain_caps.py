@@ -268,3 +268,16 @@ def test_censor_smoothing_is_the_clipped_box_mean_twice():
 
     np.testing.assert_allclose(_smooth(heat, 2), box(box(heat, 2), 2), rtol=0, atol=1e-14)
     np.testing.assert_allclose(_smooth(heat[:1], 3), box(box(heat[:1], 3), 3), rtol=0, atol=1e-14)
+
+
+def test_sliding_window_crops_come_from_the_original(fake):
+    # A red pattern finer than the working copy can hold: crops of the original see it.
+    arr = np.full((400, 400, 3), GREY, np.uint8)
+    arr[::2, ::2] = RED
+    img = Image.fromarray(arr)
+    caps = ExplainCaps(max_work_side=200)
+    heat = SlidingWindow(fake, window=200, stride=100, caps=caps).explain(img)
+    assert heat.shape == (200, 200)
+    crop_score = fake.score(img.crop((0, 0, 200, 200)))
+    assert crop_score > 0.1 and heat[0, 0] == pytest.approx(crop_score, abs=1e-6)
+    assert fake.score(working_copy(img, caps)) == 0.0  # the downscaled copy has no red pixel left

@@ -87,14 +87,14 @@ class WindowExplainer:
         return window_grid(wh, ww, size, stride)
 
     def _setup(self, image: ImageInput,
-               target: Target | TargetName | str | None) -> tuple[Target, Image.Image, list[Box]]:
-        """The target (refused before any work when it needs logits), the working copy of the
-        decoded image and its windows."""
+               target: Target | TargetName | str | None) -> tuple[Target, Image.Image, Image.Image, list[Box]]:
+        """The target (refused before any work when it needs logits), the decoded image, its
+        working copy (the image itself under the cap) and the windows on the working copy."""
         tgt = make_target(target)
         tgt.from_probabilities(np.asarray([0.5]))  # fail fast on targets that need logits
         img = load_input(image, self.detector.limits)
         boxes = self.plan(img.height, img.width)
-        return tgt, working_copy(img, self.caps), boxes
+        return tgt, img, working_copy(img, self.caps), boxes
 
 
 def window_starts(length: int, size: int, stride: int) -> list[int]:

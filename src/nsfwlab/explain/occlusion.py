@@ -104,7 +104,7 @@ class Occlusion(WindowExplainer):
                 progress: ProgressCallback | None = None) -> np.ndarray:
         """An (H, W) float32 heatmap (the working copy's size): the mean drop of ``target`` when
         each pixel is hidden."""
-        tgt, img, boxes = self._setup(image, target)
+        tgt, _, img, boxes = self._setup(image, target)  # boxes slide over the working copy
         det = self.detector
         resizer = LocalResizer(img, self._filler(img), det.preprocess_config.resize)
 
