@@ -41,7 +41,8 @@ def _compare(full: np.ndarray, capped: np.ndarray) -> dict[str, float]:
     scale = float(np.abs(ref).max()) or 1.0
     diff = np.abs(ref - capped)
     r = float(np.corrcoef(ref.ravel(), capped.ravel())[0, 1]) if ref.std() > 0 and capped.std() > 0 else 1.0
-    return {"r": r, "max_rel": float(diff.max()) / scale, "mean_rel": float(diff.mean()) / scale}
+    return {"r": r, "max_rel": float(diff.max()) / scale, "mean_rel": float(diff.mean()) / scale,
+            "full_max": scale, "max_abs": float(diff.max())}
 
 
 def main() -> None:
@@ -64,16 +65,19 @@ def main() -> None:
             for m, make in makers.items():
                 t = time.perf_counter()
                 capped = make(caps).explain(img)
-                row = {"photo": f"{name} {img.width}x{img.height}", "work": f"{work.width}x{work.height}",
+                row = {"photo": f"{name} {img.width}x{img.height}", "score": det.score(img),
+                       "work": f"{work.width}x{work.height}",
                        "method": m, "work_score_drift": score_drift, "seconds": time.perf_counter() - t,
                        **_compare(full[m], capped)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    print("\n| photo | working copy | method | r | max abs diff / max | mean abs diff / max | work-copy score drift |")
+    print("\n| photo (score) | working copy | method | r | max abs diff (full map's max abs) | max / mean diff "
+          "relative | work-copy score drift |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['photo']} | {r['work']} | {r['method']} | {r['r']:.3f} | {r['max_rel']:.3f} | "
-              f"{r['mean_rel']:.4f} | {r['work_score_drift']:.4f} |")
+        print(f"| {r['photo']} ({r['score']:.4f}) | {r['work']} | {r['method']} | {r['r']:.3f} | "
+              f"{r['max_abs']:.2g} ({r['full_max']:.2g}) | {r['max_rel']:.3f} / {r['mean_rel']:.4f} | "
+              f"{r['work_score_drift']:.4f} |")
     out = Path(__file__).resolve().parent / "out"
     out.mkdir(exist_ok=True)
     (out / "bench_explain_caps.json").write_text(json.dumps(rows, indent=1))

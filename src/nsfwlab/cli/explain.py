@@ -206,7 +206,7 @@ def explain_command(
     except NsfwlabError as exc:
         raise fail(exc) from None
     work = next(iter(heats.values())).shape
-    worked = "" if work == (h, w) else f", explained on a {work[1]}x{work[0]} working copy"
+    worked = "" if work == (h, w) else f" on a {work[1]}x{work[0]} working copy"
     stdout.print(f"{image}: {w}x{h}, score {score:.6f} ({tgt.name} explained{worked})", highlight=False)
     for m, heat in heats.items():
         y, x = (round((int(v) + 0.5) * size / n - 0.5) for v, size, n in
