@@ -16,6 +16,11 @@ path: API key, rate limit, admission, body read, the decode pool) and a 16x16 JP
 open server, one with an API key, and one with a key and a rate limit that never refuses; plus the
 time to answer a request over its rate limit. It runs against whichever ``nsfwlab`` is imported,
 so two source trees can be compared (``PYTHONPATH=other/src``).
+
+``--bank-latency N`` measures the latency a hash bank adds: N sequential requests of one
+1024-px photo each, in process with the fake model, against a server without a bank and one with
+a bank of 10,000 hashes (PDQ hashing of the decoded image and the lookup, in the decode pool), in
+interleaved rounds; plus PDQ hashing of the same JPEG bytes alone (decoding included).
 """
 
 from __future__ import annotations
@@ -251,16 +256,69 @@ def model_batch_curve(sizes: tuple[int, ...] = (1, 2, 4, 8, 16), reps: int = 6,
     return {bs: round(float(np.median(v)), 1) for bs, v in rates.items()}
 
 
+def fake_detector() -> Any:
+    """A Detector with the fake model of tests/synthetic.py: no model cost in the numbers."""
+    from nsfwlab import Detector
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from synthetic import RedFraction
+
+    return Detector(RedFraction())
+
+
+def bank_latency(n: int, reps: int = 3, banked: int = 10_000) -> dict[str, Any]:
+    """Median wall milliseconds per sequential request without and with a hash bank (see the
+    module docstring), and of PDQ-hashing the JPEG bytes alone."""
+    import tempfile
+
+    from nsfwlab.bank import Bank, BankEntry, pdq_hash
+    from nsfwlab.serve import ServeConfig, create_app
+
+    images = web_jpegs()
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bank.sqlite3"
+        with Bank(path) as bank:
+            bank.add_many(BankEntry.make(rng.bytes(32).hex(), "nsfw", "list:bench") for _ in range(banked))
+
+        async def timed(config: dict[str, Any]) -> list[float]:
+            app = create_app(ServeConfig(batching=False, **config), fake_detector())
+            async with app.router.lifespan_context(app):
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://b", timeout=60) as c:
+                    for _, body in images:  # warm-up
+                        await c.post("/v1/score", content=body)
+                    out = []
+                    for i in range(n):
+                        t0 = time.perf_counter()
+                        r = await c.post("/v1/score", content=images[i % len(images)][1])
+                        out.append((time.perf_counter() - t0) * 1000)
+                        assert r.status_code == 200, r.text
+                    return out
+
+        samples: dict[str, list[float]] = {"no bank": [], f"bank of {banked} hashes": []}
+        for _ in range(reps):  # interleaved, so that load from other processes hits both alike
+            samples["no bank"] += asyncio.run(timed({}))
+            samples[f"bank of {banked} hashes"] += asyncio.run(timed({"bank": path}))
+    hashing = []
+    for _ in range(reps):
+        for _, body in images:
+            t0 = time.perf_counter()
+            pdq_hash(body)
+            hashing.append((time.perf_counter() - t0) * 1000)
+    out: dict[str, Any] = {k: {"p50_ms": round(float(np.median(v)), 1), "p90_ms": round(float(np.percentile(v, 90)), 1)}
+                           for k, v in samples.items()}
+    out["pdq_hash_of_the_bytes_alone_p50_ms"] = round(float(np.median(hashing)), 1)
+    out["requests_per_cell"] = n * reps
+    return out
+
+
 def app_overhead(n: int, reps: int = 5) -> dict[str, dict[str, float]]:
     """Median CPU microseconds per request, all threads of the process (see the module docstring;
     the client's share is in it too, alike for every cell), by configuration and body."""
     import httpx
 
-    from nsfwlab import Detector
     from nsfwlab.serve import ServeConfig, create_app
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from synthetic import RedFraction  # a fake model: no model cost in the numbers
 
     buf = io.BytesIO()
     Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(buf, format="JPEG")
@@ -274,7 +332,7 @@ def app_overhead(n: int, reps: int = 5) -> dict[str, dict[str, float]]:
         pass
 
     async def timed(config: dict[str, Any], body: bytes, status: int) -> float:
-        app = create_app(ServeConfig(batching=False, **config), Detector(RedFraction()))  # no batch wait
+        app = create_app(ServeConfig(batching=False, **config), fake_detector())  # no batch wait
         limited = status == 422 and config.get("rate_limit") == "1/h"
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
@@ -330,12 +388,15 @@ def main() -> None:
     p.add_argument("--json", help="write the results here")
     p.add_argument("--overhead", type=int, default=0, metavar="N",
                    help="only measure the app's cost per request, N requests per cell (in process)")
+    p.add_argument("--bank-latency", type=int, default=0, metavar="N",
+                   help="only measure the latency a hash bank adds, N sequential requests per round (in process)")
     args = p.parse_args()
 
-    if args.overhead:
+    if args.overhead or args.bank_latency:
         info = machine()
         print(f"# {info}", flush=True)
-        result = {"machine": info, "us_per_request": app_overhead(args.overhead)}
+        result = ({"machine": info, "us_per_request": app_overhead(args.overhead)} if args.overhead
+                  else {"machine": info, "bank_latency": bank_latency(args.bank_latency)})
         print(json.dumps(result, indent=2))
         if args.json:
             with open(args.json, "w") as fh:

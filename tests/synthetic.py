@@ -1,10 +1,13 @@
-"""Synthetic fixtures shared by several test modules (and by benchmarks/bench_evaluate.py, which
-measures on the same set): abstract generated images and a fake backend. No photos, nothing
-explicit."""
+"""Synthetic fixtures shared by several test modules (generated clips and animations among them)
+(and by benchmarks/bench_evaluate.py, which measures on the same set): abstract generated images and
+a fake backend. No photos, nothing explicit."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
+from PIL import Image
 
 from nsfwlab.config import YAHOO_MEAN_BGR
 
@@ -37,3 +40,33 @@ class RedFraction:
         red = (rgb[..., 0] > 179) & (rgb[..., 1] < 74) & (rgb[..., 2] < 74)
         p = red.reshape(len(batch), -1).mean(axis=1)
         return np.stack([1 - p, p], axis=1).astype(np.float32)
+
+
+RED, GREY = (230, 20, 20), (128, 128, 128)
+
+
+def clip(codec: str = "libx264", fmt: str = "mp4", seconds: float = 6.0, fps: int = 10,
+         red: tuple[float, float] = (2.0, 4.0), size: tuple[int, int] = (64, 48)) -> bytes:
+    """A clip of grey frames, red between ``red[0]`` and ``red[1]`` seconds."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format=fmt) as out:
+        stream = out.add_stream(codec, rate=fps)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for i in range(int(seconds * fps)):
+            colour = RED if red[0] <= i / fps < red[1] else GREY
+            frame = av.VideoFrame.from_ndarray(np.full((size[1], size[0], 3), colour, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def animation(colours: list[tuple[int, int, int]], fmt: str = "GIF", duration: int | list[int] = 200) -> bytes:
+    frames = [Image.new("RGB", (32, 32), c) for c in colours]
+    buf = io.BytesIO()
+    frames[0].save(buf, format=fmt, save_all=True, append_images=frames[1:], duration=duration, loop=0)
+    return buf.getvalue()

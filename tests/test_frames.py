@@ -5,11 +5,8 @@ RedFraction) scores a frame by its share of red pixels, so the "explicit" stand-
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
-from PIL import Image
 
 from nsfwlab import Detector
 from nsfwlab.config import DecodeLimits
@@ -18,6 +15,7 @@ from nsfwlab.errors import (
     CorruptImageError,
     ImageTooLargeError,
     MediaTooLongError,
+    TruncatedImageError,
     UnsupportedFormatError,
 )
 from nsfwlab.frames import (
@@ -29,37 +27,9 @@ from nsfwlab.frames import (
     segments,
     sniff_video,
 )
-from synthetic import RedFraction
+from synthetic import GREY, RED, RedFraction, animation, clip
 
 av = pytest.importorskip("av")
-
-RED, GREY = (230, 20, 20), (128, 128, 128)
-
-
-def clip(codec: str = "libx264", fmt: str = "mp4", seconds: float = 6.0, fps: int = 10,
-         red: tuple[float, float] = (2.0, 4.0), size: tuple[int, int] = (64, 48)) -> bytes:
-    """A clip of grey frames, red between ``red[0]`` and ``red[1]`` seconds."""
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format=fmt) as out:
-        stream = out.add_stream(codec, rate=fps)
-        stream.width, stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for i in range(int(seconds * fps)):
-            colour = RED if red[0] <= i / fps < red[1] else GREY
-            frame = av.VideoFrame.from_ndarray(np.full((size[1], size[0], 3), colour, np.uint8), format="rgb24")
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return buf.getvalue()
-
-
-def animation(colours: list[tuple[int, int, int]], fmt: str = "GIF", duration: int | list[int] = 200) -> bytes:
-    frames = [Image.new("RGB", (32, 32), c) for c in colours]
-    buf = io.BytesIO()
-    frames[0].save(buf, format=fmt, save_all=True, append_images=frames[1:], duration=duration, loop=0)
-    return buf.getvalue()
-
 
 @pytest.fixture(scope="module")
 def fake() -> Detector:
@@ -152,7 +122,10 @@ def test_a_truncated_video_is_an_error_not_a_partial_score(fake: Detector) -> No
     data = clip(seconds=2.0)
     for cut in (len(data) // 3, len(data) // 2, len(data) - 100):
         res = fake.score_frames(data[:cut])
-        assert isinstance(res.error, CorruptImageError), (cut, res)
+        assert isinstance(res.error, TruncatedImageError), (cut, res)
+    webm = clip("libvpx-vp9", "webm", seconds=2.0)
+    res = fake.score_frames(webm[: len(webm) // 2])
+    assert isinstance(res.error, CorruptImageError), res
 
 
 @pytest.mark.parametrize("fmt", ["GIF", "PNG", "WEBP"])

@@ -11,8 +11,8 @@ import nsfwlab
 def test_public_names() -> None:
     assert sorted(nsfwlab.__all__) == sorted([
         "BackendName", "BackendUnavailableError", "ConfigError", "CorruptImageError", "DecodeLimits",
-        "Detector", "Device", "EmptyImageError", "ImageError", "ImageTooLargeError", "Label",
-        "ModelError", "NsfwlabError", "Precision", "PreprocessConfig", "ScoreResult", "Thresholds",
+        "Detector", "Device", "EmptyImageError", "FramesResult", "ImageError", "ImageTooLargeError", "Label",
+        "MediaTooLongError", "ModelError", "NsfwlabError", "Precision", "PreprocessConfig", "ScoreResult", "Thresholds",
         "TruncatedImageError", "UnsupportedFormatError", "WeightsError", "__version__", "nsfw_score",
     ])
     for name in nsfwlab.__all__:

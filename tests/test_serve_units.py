@@ -165,7 +165,8 @@ def test_admission_refuses_when_full_and_frees_on_leave() -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [{"max_files": 0}, {"max_body_bytes": -1}, {"queue_size": 0}, {"max_wait_ms": -1.0}, {"audit_rate": 1.5},
-     {"formats": ("JPEG", "EPS")}, {"formats": ()}, {"api_keys": (" padded",)}, {"api_keys": ("",)}],
+     {"formats": ("JPEG", "EPS")}, {"formats": ()}, {"api_keys": (" padded",)}, {"api_keys": ("",)},
+     {"match_distance": 257}, {"match_distance": -1}],
 )
 def test_serve_config_rejects_bad_values(kwargs: dict) -> None:
     with pytest.raises(ConfigError):
@@ -178,6 +179,8 @@ def test_serve_config_batching_switch() -> None:
     naive = ServeConfig(max_batch=8, max_wait_ms=4, batching=False)
     assert naive.model_batch == 1 and naive.max_wait_s == 0.0
     assert isinstance(ServeConfig(data_dir="x").data_dir, Path)  # type: ignore[arg-type]
+    assert isinstance(ServeConfig(bank="b.sqlite3").bank, Path)  # type: ignore[arg-type]
+    assert ServeConfig(formats=("JPEG", "MP4")).formats == ("JPEG", "MP4")  # videos may be allowed alone
 
 
 # -- micro-batcher -----------------------------------------------------------------------------------

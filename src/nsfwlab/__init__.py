@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from .config import BackendName, DecodeLimits, Device, Label, Precision, PreprocessConfig, Thresholds
-from .detector import Detector, ScoreResult, nsfw_score
+from .detector import Detector, FramesResult, ScoreResult, nsfw_score
 from .errors import (
     BackendUnavailableError,
     ConfigError,
@@ -17,6 +17,7 @@ from .errors import (
     EmptyImageError,
     ImageError,
     ImageTooLargeError,
+    MediaTooLongError,
     ModelError,
     NsfwlabError,
     TruncatedImageError,
@@ -38,9 +39,11 @@ __all__ = [
     "Detector",
     "Device",
     "EmptyImageError",
+    "FramesResult",
     "ImageError",
     "ImageTooLargeError",
     "Label",
+    "MediaTooLongError",
     "ModelError",
     "NsfwlabError",
     "Precision",

@@ -244,11 +244,28 @@ def _av() -> Any:
     return av
 
 
-def _video_error(av: Any, container: str, exc: BaseException) -> CorruptImageError:
+def _boxes_overrun(data: bytes) -> bool:
+    """Whether an ISO-BMFF file's top-level boxes claim more bytes than the file has (a file cut
+    short: FFmpeg only says "invalid data" when the ``moov`` box is missing or incomplete)."""
+    offset = 0
+    while offset + 8 <= len(data):
+        size = int.from_bytes(data[offset : offset + 4], "big")
+        header = 8
+        if size == 1 and offset + 16 <= len(data):
+            size, header = int.from_bytes(data[offset + 8 : offset + 16], "big"), 16
+        if size == 0:
+            return False  # the last box runs to the end of the file
+        if size < header:
+            return False  # not a box structure we can judge: corrupt, not cut
+        offset += size
+    return offset != len(data)
+
+
+def _video_error(data: bytes, container: str, exc: BaseException) -> CorruptImageError:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     lowered = text.lower()
     if isinstance(exc, EOFError) or "moov atom not found" in lowered or "end of file" in lowered \
-            or "truncat" in lowered:
+            or "truncat" in lowered or (container == "MP4" and _boxes_overrun(data)):
         return TruncatedImageError(f"truncated {container} video: {text}")
     return CorruptImageError(f"corrupt {container} video: {text}")
 
@@ -262,7 +279,7 @@ def _video_frames(data: bytes, container: str, options: FrameOptions, limits: De
     try:
         handle = av.open(io.BytesIO(data), mode="r", format=demuxer, options=opts)
     except av.FFmpegError as exc:
-        raise _video_error(av, container, exc) from None
+        raise _video_error(data, container, exc) from None
     with handle:
         if not handle.streams.video:
             raise UnsupportedFormatError(f"{container} file has no video stream")
@@ -288,7 +305,7 @@ def _video_frames(data: bytes, container: str, options: FrameOptions, limits: De
         if options.keyframes_only:
             stream.codec_context.skip_frame = "NONKEY"
         stream.thread_type = "AUTO"
-        yield from _sample_video(av, handle, stream, container, duration, options)
+        yield from _sample_video(av, handle, stream, container, duration, options, data)
 
 
 def _declared_duration(av: Any, handle: Any, stream: Any) -> float | None:
@@ -300,7 +317,7 @@ def _declared_duration(av: Any, handle: Any, stream: Any) -> float | None:
 
 
 def _sample_video(av: Any, handle: Any, stream: Any, container: str, duration: float | None,
-                  options: FrameOptions) -> Iterator[Frame]:
+                  options: FrameOptions, data: bytes) -> Iterator[Frame]:
     interval = 1.0 / options.fps
     if duration is not None and duration > 0 and options.mode is FrameMode.SAMPLE:
         interval = max(interval, duration / options.max_frames)
@@ -327,7 +344,7 @@ def _sample_video(av: Any, handle: Any, stream: Any, container: str, duration: f
             # the sampling grid: the next sample is due one interval after this one's slot
             next_t = (math.floor(t / interval + 1e-9) + 1) * interval
     except av.FFmpegError as exc:  # damaged data, at the start or after good frames: the file is refused
-        raise _video_error(av, container, exc) from None
+        raise _video_error(data, container, exc) from None
     if emitted == 0:
         raise TruncatedImageError(f"{container} video holds no decodable frame") if decoded == 0 \
             else CorruptImageError(f"{container} video: no frame could be sampled")

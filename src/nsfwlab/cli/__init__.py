@@ -57,6 +57,10 @@ app.command("censor")(censor_command)
 from .bank import bank_app  # noqa: E402
 
 app.add_typer(bank_app, name="bank")
+from .lab_attack import attack_command, robustness_command  # noqa: E402
+
+app.command("attack")(attack_command)
+app.command("robustness")(robustness_command)
 
 
 def _prose(doc: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import shutil
 import socket
@@ -13,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from ..calibration import load_calibration
 from ..config import BackendName, DecodeLimits, Device, Precision, Thresholds
 from ..errors import ConfigError, ModelError, NsfwlabError
+from ..frames import FrameMode, FrameOptions
 from ._common import ExitCode, fail, output_dir, progress_bar, stderr, tagged
 
 if TYPE_CHECKING:
@@ -60,7 +63,16 @@ def serve_command(
     queue_size: int = typer.Option(128, min=1, help="Images waiting for the model before 429."),
     max_concurrent: int = typer.Option(64, min=1, help="Scoring requests handled at once before 429."),
     body_timeout: float = typer.Option(60.0, min=0.001, help="Seconds a request may take to send its body before 408 (slow or stalled uploads)."),
-    decode_workers: int = typer.Option(2, min=1, help="Threads decoding and preprocessing."),
+    decode_workers: int = typer.Option(2, min=1, help="Threads decoding and preprocessing (and scoring videos)."),
+    frames: FrameMode = typer.Option(FrameMode.SAMPLE, "--frames", help="Videos and animations: score sampled frames, or only the first (the original pipeline)."),
+    fps: float = typer.Option(2.0, "--fps", min=0.001, help="Video frames scored per second of video."),
+    max_frames: int = typer.Option(300, "--max-frames", min=1, help="Most frames scored per video or animation (spread evenly beyond it)."),
+    aggregate: str = typer.Option("max", "--aggregate", help="Frame scores -> the file's score: max, mean, topk-mean or pNN (e.g. p90)."),
+    min_consecutive: int = typer.Option(1, "--min-consecutive", min=1, help="Frames in a row a high score must last to count (removes single-frame spikes)."),
+    bank: Path | None = typer.Option(None, "--bank", help="Hash bank file (default: bank.sqlite3 in --data-dir when there is one): near-duplicates of banked images take the human decision; reviewers' decisions are banked."),
+    no_bank: bool = typer.Option(False, "--no-bank", help="No hash bank, even with --data-dir."),
+    match_distance: int = typer.Option(31, "--match-distance", min=0, max=256, help="Most differing PDQ bits (of 256) for a bank match."),
+    calibration: Path | None = typer.Option(None, "--calibration", help="A calibration.json from `evaluate --calibrate`: score becomes the calibrated probability (labels and the review band follow it); raw_score keeps the model's."),
     device: Device = typer.Option(Device.AUTO, help="Where the model runs."),
     backend: BackendName = typer.Option(BackendName.AUTO, help="Inference engine."),
     precision: Precision = typer.Option(Precision.AUTO, help="torch backend precision."),
@@ -71,10 +83,11 @@ def serve_command(
     ssl_keyfile: Path | None = typer.Option(None, "--ssl-keyfile", help="The certificate's PEM private key (if not in the certificate file)."),
     ssl_keyfile_password: str | None = typer.Option(None, "--ssl-keyfile-password", help="Password of an encrypted private key."),
 ) -> None:
-    """Run the HTTP scoring service (FastAPI on uvicorn) with limits, metrics and a review page.
+    """Run the HTTP scoring service (FastAPI on uvicorn) with limits, metrics, a review page and
+    a hash bank of reviewers' decisions.
 
-    POST /v1/score, GET /healthz /readyz /metrics /review /docs. SIGTERM finishes in-flight
-    requests, then exits.
+    POST /v1/score (images, animations, videos), GET /healthz /readyz /metrics /review /docs.
+    SIGTERM finishes in-flight requests, then exits.
     """
     try:
         import uvicorn
@@ -85,17 +98,21 @@ def serve_command(
 
         thresholds = Thresholds(safe_below=safe_below, nsfw_above=nsfw_above)
         limits = DecodeLimits.from_env(max_bytes, max_pixels)
+        calibrated = load_calibration(calibration) if calibration is not None else None  # fails now, not later
+        frame_options = FrameOptions(mode=frames, fps=fps, max_frames=max_frames, aggregate=aggregate,
+                                     min_consecutive=min_consecutive)
         config = ServeConfig(
             data_dir=data_dir, max_body_bytes=max_body_bytes, max_files=max_files, limits=limits,
             max_concurrent_requests=max_concurrent, queue_size=queue_size, body_timeout_s=body_timeout,
             max_batch=max_batch,
             max_wait_ms=max_wait_ms, batching=batching, decode_workers=decode_workers,
             api_keys=_read_keys(api_key, api_key_file), audit_rate=audit_rate, rate_limit=rate_limit,
+            frames=frame_options, bank=_bank_path(bank, no_bank, data_dir), match_distance=match_distance,
         )
 
         def load() -> Detector:
             return Detector(backend, device, thresholds=thresholds, batch_size=max_batch, precision=precision,
-                            model=model, limits=limits, workers=decode_workers)
+                            model=model, limits=limits, workers=decode_workers, calibration=calibrated)
 
         if model is not None and not model.is_file():  # the model loads in the background: fail now
             raise ModelError(f"model file {model} does not exist")
@@ -109,6 +126,21 @@ def serve_command(
                             "it may use it"), highlight=False)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout or None,
                 **tls)
+
+
+def _bank_path(bank: Path | None, no_bank: bool, data_dir: Path | None) -> Path | None:
+    """The bank file: --bank, else bank.sqlite3 in --data-dir (when PDQ hashing is installed)."""
+    if no_bank:
+        if bank is not None:
+            raise ConfigError("--bank and --no-bank contradict each other")
+        return None
+    if bank is not None or data_dir is None:
+        return bank
+    if importlib.util.find_spec("pdqhash") is None:
+        stderr.print(tagged("warning:", "yellow", " no hash bank: pdqhash is not installed "
+                            "(pip install 'nsfwlab[bank]')"), highlight=False)
+        return None
+    return data_dir / "bank.sqlite3"
 
 
 def _check_tls(certfile: Path | None, keyfile: Path | None, password: str | None) -> dict[str, Any]:

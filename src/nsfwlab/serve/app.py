@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import NsfwlabError
 from .config import ServeConfig
 from .errors import InvalidRequestError, NotFoundError, ServeError, describe_validation, http_status_for
+from .matching import check_bank
 from .metrics import ServiceMetrics
 from .review import ReviewStore
 from .routers import ops, review, score
@@ -118,6 +119,7 @@ def create_app(config: ServeConfig | None = None, detector: DetectorSource = Non
     if config.data_dir is not None:
         # An unusable --data-dir is a typed error here, not a traceback at the server's startup.
         ReviewStore(config.data_dir).close()
+    check_bank(config.bank)
     svc = Service(config, detector)
 
     @asynccontextmanager

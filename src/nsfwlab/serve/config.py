@@ -5,12 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..bank import DEFAULT_MAX_DISTANCE
 from ..config import DecodeLimits
 from ..errors import ConfigError
+from ..frames import VIDEO_CONTAINERS, FrameOptions
 from ..imageio import ALLOWED_FORMATS
 from .ratelimit import RateLimit
 
-__all__ = ["ServeConfig"]
+__all__ = ["SERVE_FORMATS", "VIDEO_FORMATS", "ServeConfig"]
+
+#: Video containers (by content) a server may accept beside the core's image formats.
+VIDEO_FORMATS: tuple[str, ...] = tuple(VIDEO_CONTAINERS)
+#: Every format a server may accept: the core's images, then the video containers.
+SERVE_FORMATS: tuple[str, ...] = ALLOWED_FORMATS + VIDEO_FORMATS
 
 
 @dataclass(frozen=True)
@@ -24,7 +31,8 @@ class ServeConfig:
     - ``max_files``: image parts in one multipart request; over it: 413.
     - ``limits``: the core's per-image caps (encoded bytes, and pixels read from the header, so a
       decompression bomb is refused without being decoded): 413.
-    - ``formats``: allowed formats (a subset of the core's allowlist, checked by magic bytes): 415.
+    - ``formats``: allowed formats, checked by magic bytes: a subset of the core's images and of
+      the video containers ``MP4`` (MP4/MOV) and ``MATROSKA`` (MKV/WebM): 415.
     - ``max_concurrent_requests``: scoring requests being handled at once; over it: 429 at once.
     - ``queue_size``: images waiting for the model; a request that would overflow it: 429 at once.
     - ``body_timeout_s``: seconds a request may take to send its whole body; over it: 408 (a slow
@@ -41,6 +49,15 @@ class ServeConfig:
     (content-addressed) for the ``/review`` page; ``audit_rate`` is the share of confident
     decisions (safe or nsfw) that are queued too, drawn with ``audit_seed``.
 
+    Videos and animations (animated GIF, WebP, PNG) are scored frame by frame through
+    ``Detector.score_frames`` with ``frames`` (:class:`~nsfwlab.frames.FrameOptions`: sampling,
+    aggregation, the caps on duration and decoded frames, 413 ``too_long``) in the decode pool;
+    their per-frame pixel cap is the detector's ``limits`` (the CLI gives both the same).
+
+    ``bank``: a hash bank file (:class:`~nsfwlab.bank.Bank`); still images whose PDQ hash is within
+    ``match_distance`` bits of a banked one take its human decision as their label, and reviewers'
+    safe/nsfw decisions are banked. ``None``: no bank.
+
     ``api_keys``: when non-empty, ``/v1/*`` requests must carry one of them in ``X-API-Key`` or
     ``Authorization: Bearer``; otherwise 401.
 
@@ -53,7 +70,7 @@ class ServeConfig:
     max_body_bytes: int = 32 * 1024 * 1024
     max_files: int = 16
     limits: DecodeLimits = field(default_factory=DecodeLimits.from_env)
-    formats: tuple[str, ...] = ALLOWED_FORMATS
+    formats: tuple[str, ...] = SERVE_FORMATS
     max_concurrent_requests: int = 64
     queue_size: int = 128
     body_timeout_s: float = 60.0
@@ -65,6 +82,9 @@ class ServeConfig:
     audit_rate: float = 0.0
     audit_seed: int | None = None
     rate_limit: RateLimit | str | None = None
+    frames: FrameOptions = field(default_factory=FrameOptions)
+    bank: Path | None = None
+    match_distance: int = DEFAULT_MAX_DISTANCE
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_files", "max_concurrent_requests", "queue_size",
@@ -78,17 +98,21 @@ class ServeConfig:
             raise ConfigError(f"max_wait_ms must not be negative, got {self.max_wait_ms}")
         if not 0.0 <= self.audit_rate <= 1.0:
             raise ConfigError(f"audit_rate must lie in [0, 1], got {self.audit_rate}")
-        unknown = [f for f in self.formats if f not in ALLOWED_FORMATS]
+        unknown = [f for f in self.formats if f not in SERVE_FORMATS]
         if unknown or not self.formats:
             raise ConfigError(
-                f"formats must be a non-empty subset of {', '.join(ALLOWED_FORMATS)}; got {list(self.formats)}"
+                f"formats must be a non-empty subset of {', '.join(SERVE_FORMATS)}; got {list(self.formats)}"
             )
+        if not isinstance(self.match_distance, int) or not 0 <= self.match_distance <= 256:
+            raise ConfigError(f"match_distance must be an integer from 0 to 256, got {self.match_distance!r}")
         if any(not k or k != k.strip() for k in self.api_keys):
             raise ConfigError("API keys must be non-empty and carry no surrounding whitespace")
         if isinstance(self.rate_limit, str):
             object.__setattr__(self, "rate_limit", RateLimit.parse(self.rate_limit))
-        if self.data_dir is not None and not isinstance(self.data_dir, Path):
-            object.__setattr__(self, "data_dir", Path(self.data_dir))
+        for name in ("data_dir", "bank"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
 
     @property
     def model_batch(self) -> int:

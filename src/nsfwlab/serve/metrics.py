@@ -40,6 +40,11 @@ class ServiceMetrics:
                                      ["reason"], registry=r)
         self.review_labels = Counter("nsfwlab_review_labels", "Human review decisions by label",
                                      ["label"], registry=r)
+        self.bank_matches = Counter("nsfwlab_bank_matches", "Uploads that matched the hash bank, by banked decision",
+                                    ["decision"], registry=r)
+        self.bank_added = Counter("nsfwlab_bank_added", "Review decisions sent to the hash bank, by outcome "
+                                  "(added, or skipped: a video, below PDQ's quality floor, an error)",
+                                  ["outcome"], registry=r)
         self.key_requests = Counter("nsfwlab_key_requests", "Requests to /v1 by API key id (a hash, never the key; "
                                     "'-' without keys) and outcome (allowed or rate_limited)",
                                     ["key", "outcome"], registry=r)

@@ -12,6 +12,8 @@ import random
 import threading
 from pathlib import Path
 
+from PIL import Image
+
 from ..config import DecodeLimits, Label
 from .errors import NotFoundError
 from .review import QueueReason, ReviewStore
@@ -65,8 +67,10 @@ class ReviewQueue:
             return self._rng.random() < self.audit_rate
 
     def submit(self, data: bytes, fmt: str, *, name: str, score: float, label: Label, reason: QueueReason,
-               model_version: str) -> str:
-        """Store one image for review and return its id (its sha256). Blocking: run in a pool."""
+               model_version: str, thumbnail: Image.Image | None = None) -> str:
+        """Store one image (or video, with the frame to show as ``thumbnail``) for review and return
+        its id (its sha256). Blocking: run in a pool."""
         item = self.require_store().add(data, fmt, score=score, model_label=label.value, reason=reason,
-                                        model_version=model_version, filename=name, limits=self.limits)
+                                        model_version=model_version, filename=name, limits=self.limits,
+                                        thumbnail=thumbnail)
         return item.sha256

@@ -33,6 +33,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from ..config import DecodeLimits
 from ..errors import ConfigError
 from ..imageio import load_image
@@ -51,8 +53,9 @@ __all__ = [
     "clean_name",
 ]
 
-#: File extension of each allowed format in the image store and in exports.
-FORMAT_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif"}
+#: File extension of each allowed format (images, then video containers) in the store and in exports.
+FORMAT_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif",
+                     "MP4": "mp4", "MATROSKA": "mkv"}
 
 THUMBNAIL_SIZE = 256
 #: Age in seconds after which a temporary file in the store is a crash's leftover.
@@ -257,11 +260,13 @@ class ReviewStore:
     # -- writing --------------------------------------------------------------------------------
     def add(self, data: bytes, fmt: str, *, score: float, model_label: str, reason: QueueReason,
             model_version: str, filename: str = "", limits: DecodeLimits | None = None,
-            now: float | None = None) -> ReviewItem:
-        """Keep an image for review (once per distinct content) and return its item.
+            now: float | None = None, thumbnail: Image.Image | None = None) -> ReviewItem:
+        """Keep an image (or a video) for review (once per distinct content) and return its item.
 
-        The image bytes and a thumbnail are written before the row, so a crash never leaves a row
-        without its image. Adding the same bytes again returns the existing item unchanged.
+        The thumbnail is made from ``thumbnail`` when given (a video's or animation's frame), else
+        from the image itself. The bytes and the thumbnail are written before the row, so a crash
+        never leaves a row without its image. Adding the same bytes again returns the existing item
+        unchanged.
         """
         sha = hashlib.sha256(data).hexdigest()
         existing = self.get(sha)
@@ -270,7 +275,7 @@ class ReviewStore:
         ext = FORMAT_EXTENSIONS.get(fmt.upper())
         if ext is None:
             raise ConfigError(f"unknown image format {fmt!r}")
-        thumb = load_image(data, limits).copy()
+        thumb = (thumbnail if thumbnail is not None else load_image(data, limits)).copy()
         thumb.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
         buf = io.BytesIO()
         thumb.save(buf, format="JPEG", quality=85)

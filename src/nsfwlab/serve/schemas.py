@@ -7,19 +7,41 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from ..bank import Decision
 from ..config import Label
 from .review import ReviewLabel
 
-__all__ = ["ERROR_RESPONSES", "SCORE_BODY", "ErrorResponse", "LabelRequest", "ReviewFilter", "ScoreItem",
+__all__ = ["ERROR_RESPONSES", "SCORE_BODY", "BankMatch", "ErrorResponse", "LabelRequest", "ReviewFilter", "ScoreItem",
            "ScoreResponse", "inline_schema"]
 
 
+class BankMatch(BaseModel):
+    """A human decision from the hash bank for a near-duplicate of this image."""
+
+    decision: Decision = Field(description="the banked decision: safe or nsfw")
+    distance: int = Field(ge=0, le=256, description="differing PDQ bits (of 256) to the banked hash")
+    source: str = Field(description="where the decision came from: review:<id> or list:<name>")
+
+
 class ScoreItem(BaseModel):
-    """One uploaded image: a score and label, or the error that stopped it."""
+    """One uploaded image, animation or video: a score and label, or the error that stopped it."""
 
     filename: str
-    score: float | None = Field(default=None, ge=0.0, le=1.0, description="NSFW probability (absent on error)")
-    label: Label | None = Field(default=None, description="safe / review / nsfw by the server's thresholds")
+    score: float | None = Field(default=None, ge=0.0, le=1.0,
+                                description="NSFW probability, calibrated when the server has a calibration "
+                                            "(absent on error)")
+    raw_score: float | None = Field(default=None, ge=0.0, le=1.0,
+                                    description="the exact model score (only with a calibration, for still images)")
+    label: Label | None = Field(default=None, description="safe / review / nsfw by the server's thresholds, or "
+                                                          "the banked human decision when `match` is present")
+    kind: str | None = Field(default=None, description="image, animation or video")
+    frames: int | None = Field(default=None, description="frames scored (animations and videos)")
+    segments: list[tuple[float, float, float]] | None = Field(
+        default=None, description="[start_s, end_s, max_score] runs of frames above the NSFW threshold "
+                                  "(animations and videos)")
+    frame_scores: list[tuple[float, float]] | None = Field(
+        default=None, description="[time_s, score] of every scored frame (with ?per_frame=1)")
+    match: BankMatch | None = Field(default=None, description="the hash bank's decision (still images)")
     review_id: str | None = Field(default=None, description="sha256 of the image when it was queued for review")
     error: str | None = Field(default=None, description="what was wrong with this image (absent on success)")
     code: str | None = Field(default=None, description="machine-readable error code (absent on success)")
@@ -52,8 +74,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text}
     for status, text in {
         400: "malformed request", 401: "missing or invalid API key", 404: "no such item, or review is disabled",
-        413: "body, image or file count over a cap", 415: "not an allowed image format",
-        422: "truncated, corrupt or empty image, or an invalid parameter", 429: "overloaded or rate limited, retry",
+        413: "body, image, video length or file count over a cap",
+        415: "not an allowed image or video format", 422: "truncated, corrupt or empty file, or an invalid parameter",
+        429: "overloaded or rate limited, retry",
         503: "model not loaded yet, or shutting down",
     }.items()
 }
@@ -71,6 +94,7 @@ SCORE_BODY = {
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
         "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
         "image/png": {"schema": {"type": "string", "format": "binary"}},
+        "video/mp4": {"schema": {"type": "string", "format": "binary"}},
     },
 }
 

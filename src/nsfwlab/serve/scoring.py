@@ -1,13 +1,23 @@
 """Scoring one request's uploads, in three stages:
 
-1. ``decode``: each upload is checked against the allowed formats and preprocessed through the
-   core (the detector's pipeline under the server's ``limits``) in the decode pool; a bad file
-   becomes its own error entry.
-2. ``model``: the preprocessed images go through the micro-batcher's model calls. (A stage that
-   settles some images without the model, such as a match against known hashes, belongs between
-   1 and 2: it takes the decoded uploads and returns the ones still to score.)
-3. ``label``: each score is labelled by the detector's thresholds, counted, and queued for human
-   review when :class:`~nsfwlab.serve.queue.ReviewQueue` says so.
+1. ``prepare`` (in the decode pool): each upload's format is checked by its bytes against the
+   server's ``formats``.
+
+   - A still image is decoded once under the server's ``limits``, preprocessed through the core
+     (the detector's pipeline) and, with a hash bank, PDQ-hashed from that same decoded image and
+     looked up: the match seam (:mod:`~nsfwlab.serve.matching`).
+   - A video or an animation is scored whole here by ``Detector.score_frames`` with the server's
+     :class:`~nsfwlab.frames.FrameOptions`: its frames reach the model from this pool thread in
+     batches of the detector's ``batch_size`` (not through the micro-batcher), so the event loop
+     never blocks and at most ``decode_workers`` files decode at once.
+
+   A bad file becomes its own error entry.
+2. ``model``: the still images go through the micro-batcher's model calls. A matched image is
+   scored too: the answer reports the model's score beside the human decision.
+3. ``label``: each raw score is calibrated and labelled by the detector (``Detector.result``); a
+   bank match replaces the label by the human decision and keeps the item out of the review queue.
+   The others are queued for review when :class:`~nsfwlab.serve.queue.ReviewQueue` says so (a
+   video or animation with its highest-scoring frame as the thumbnail).
 """
 
 from __future__ import annotations
@@ -15,89 +25,156 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from PIL import Image
 
+from ..bank import Match
 from ..config import Label
-from ..detector import Detector
-from ..errors import ImageError, NsfwlabError, UnsupportedFormatError
-from ..imageio import sniff_format
-from ..preprocess import preprocess
-from .config import ServeConfig
+from ..detector import Detector, FramesResult
+from ..errors import BackendUnavailableError, ImageError, NsfwlabError, UnsupportedFormatError
+from ..frames import iter_frames, media_kind, sniff_video
+from ..imageio import load_image, read_bytes, sniff_format
+from ..preprocess import preprocess_rgb
+from .config import VIDEO_FORMATS
 from .errors import http_status_for
+from .matching import lookup_upload
 from .review import QueueReason
-from .schemas import ScoreItem, ScoreResponse
+from .schemas import BankMatch, ScoreItem, ScoreResponse
 from .service import Service
 
-__all__ = ["Decoded", "score_uploads"]
+__all__ = ["Framed", "Still", "Upload", "score_uploads"]
 
 log = logging.getLogger("nsfwlab.serve")
 
+#: Image formats that may be animated (scored frame by frame when they are).
+_ANIMATED_FORMATS = ("GIF", "WEBP", "PNG")
+
 
 @dataclass(frozen=True)
-class Decoded:
-    """One upload ready for the model: its name, bytes, sniffed format and network input."""
+class Upload:
+    """One readable upload: its name, bytes and sniffed format."""
 
     name: str
     data: bytes
     fmt: str
+
+
+@dataclass(frozen=True)
+class Still(Upload):
+    """A still image ready for the model: its network input, and its bank match."""
+
     array: np.ndarray
+    match: Match | None = None
 
 
-def _decode(config: ServeConfig, det: Detector, name: str, data: bytes) -> Decoded | NsfwlabError:
+@dataclass(frozen=True)
+class Framed(Upload):
+    """A video or animation, already scored frame by frame."""
+
+    result: FramesResult
+
+
+Prepared = Still | Framed | NsfwlabError
+
+
+def _prepare(svc: Service, det: Detector, name: str, data: bytes) -> Prepared:
     """Errors are returned, not raised: one hostile file must not fail the request."""
     try:
-        fmt = sniff_format(data[:32])
-        if fmt is not None and fmt not in config.formats:
-            raise UnsupportedFormatError(f"{fmt} is not accepted by this server; allowed: {', '.join(config.formats)}")
-        return Decoded(name, data, fmt or "", preprocess(data, det.preprocess_config, config.limits))
+        fmt = sniff_video(data[:16]) or sniff_format(data[:32])
+        if fmt is not None and fmt not in svc.config.formats:
+            raise UnsupportedFormatError(f"{fmt} is not accepted by this server; allowed: "
+                                         f"{', '.join(svc.config.formats)}")
+        if fmt in VIDEO_FORMATS or (fmt in _ANIMATED_FORMATS and media_kind(data) == "animation"):
+            return _score_frames(svc, det, name, data, fmt or "")
+        return _decode_still(svc, det, name, data, fmt or "")
     except NsfwlabError as exc:
         return exc
     except Exception as exc:
         return ImageError(f"unexpected {type(exc).__name__}: {exc}")
 
 
-async def score_uploads(svc: Service, uploads: list[tuple[str, bytes]]) -> tuple[int, ScoreResponse]:
-    """Score ``uploads``; the status is 200 when at least one image was scored, else that of the
-    first error."""
+def _decode_still(svc: Service, det: Detector, name: str, data: bytes, fmt: str) -> Still:
+    cfg = det.preprocess_config
+    # What Detector.preprocess does, keeping the decoded image for the PDQ hash (a draft decode
+    # is reduced: then the bank hashes the bytes at full size).
+    img = load_image(data, svc.config.limits, draft_size=cfg.resize if cfg.draft else None)
+    array = preprocess_rgb(img, cfg)
+    match = lookup_upload(svc.bank, data if cfg.draft else img, svc.config.match_distance, svc.metrics)
+    return Still(name, data, fmt, array, match)
+
+
+def _score_frames(svc: Service, det: Detector, name: str, data: bytes, fmt: str) -> Framed:
+    read_bytes(data, svc.config.limits)  # the server's byte cap (413), as for images
+    result = det.score_frames(data, svc.config.frames)
+    if isinstance(result.error, BackendUnavailableError):
+        raise UnsupportedFormatError(f"this server cannot decode videos: {result.error.message}")
+    if result.error is not None:
+        raise result.error
+    return Framed(name, data, fmt, result)
+
+
+async def score_uploads(svc: Service, uploads: list[tuple[str, bytes]], *,
+                        per_frame: bool = False) -> tuple[int, ScoreResponse]:
+    """Score ``uploads``; the status is 200 when at least one file was scored, else that of the
+    first error. ``per_frame``: report every frame's score of videos and animations."""
     det, batcher = svc.require_ready()
     batcher.check_capacity(len(uploads))
-    decoded = await asyncio.gather(*(svc.run(_decode, svc.config, det, name, data) for name, data in uploads))
-    ready = [d for d in decoded if isinstance(d, Decoded)]
-    svc.metrics.queue_depth.set(batcher.depth + len(ready))
-    scores = dict(zip(map(id, ready), await batcher.score([d.array for d in ready]), strict=True))
+    prepared: list[Prepared] = await asyncio.gather(
+        *(svc.run(_prepare, svc, det, name, data) for name, data in uploads))
+    stills = [p for p in prepared if isinstance(p, Still)]
+    svc.metrics.queue_depth.set(batcher.depth + len(stills))
+    raws = dict(zip(map(id, stills), await batcher.score([s.array for s in stills]), strict=True))
     svc.metrics.queue_depth.set(batcher.depth)
-    items = [_item(svc, det, name, d, scores) for (name, _), d in zip(uploads, decoded, strict=True)]
-    await _queue_for_review(svc, det, ready, items)
-    first_error = next((d for d in decoded if isinstance(d, NsfwlabError)), None)
-    status = 200 if ready or first_error is None else http_status_for(first_error)
+    items = [_item(svc, det, name, p, raws, per_frame) for (name, _), p in zip(uploads, prepared, strict=True)]
+    await _queue_for_review(svc, det, prepared, items)
+    first_error = next((p for p in prepared if isinstance(p, NsfwlabError)), None)
+    scored = any(not isinstance(p, NsfwlabError) for p in prepared)
+    status = 200 if scored or first_error is None else http_status_for(first_error)
     return status, ScoreResponse(results=items, model=det.describe())
 
 
-def _item(svc: Service, det: Detector, name: str, d: Decoded | NsfwlabError, scores: dict[int, float]) -> ScoreItem:
+def _item(svc: Service, det: Detector, name: str, p: Prepared, raws: dict[int, float],
+          per_frame: bool) -> ScoreItem:
     m = svc.metrics
-    if isinstance(d, NsfwlabError):
+    if isinstance(p, NsfwlabError):
         m.images.labels(outcome="error").inc()
-        m.errors.labels(code=d.code).inc()
-        return ScoreItem(filename=name, error=d.message, code=d.code)
-    s = float(scores[id(d)])
-    label = det.label(s)
+        m.errors.labels(code=p.code).inc()
+        return ScoreItem(filename=name, error=p.message, code=p.code)
+    fields: dict[str, Any]
+    if isinstance(p, Framed):
+        r = p.result
+        assert r.score is not None and r.label is not None
+        score, label = r.score, r.label
+        fields = {"kind": r.kind, "frames": r.frames, "segments": list(r.segments)}
+        if per_frame:
+            fields["frame_scores"] = list(r.frame_scores)
+    else:
+        res = det.result(name, float(raws[id(p)]))
+        assert res.score is not None and res.label is not None
+        score, label = res.score, res.label
+        fields = {"kind": "image", "raw_score": res.raw_score}
+        if p.match is not None:
+            label = Label(p.match.decision.value)
+            fields["match"] = BankMatch.model_validate(p.match.to_dict())
     m.images.labels(outcome="scored").inc()
-    m.scores.observe(s)
+    m.scores.observe(score)
     m.labels.labels(label=label.value).inc()
-    return ScoreItem(filename=name, score=s, label=label)
+    return ScoreItem(filename=name, score=score, label=label, **fields)
 
 
-async def _queue_for_review(svc: Service, det: Detector, ready: list[Decoded], items: list[ScoreItem]) -> None:
-    if svc.review.store is None or not ready:
+async def _queue_for_review(svc: Service, det: Detector, prepared: list[Prepared], items: list[ScoreItem]) -> None:
+    if svc.review.store is None:
         return
-    scored = [(i, item) for i, item in enumerate(items) if item.score is not None]
     jobs = []
-    for (idx, item), d in zip(scored, ready, strict=True):
+    for idx, (p, item) in enumerate(zip(prepared, items, strict=True)):
+        if isinstance(p, NsfwlabError) or item.match is not None:  # a banked decision needs no human
+            continue
         assert item.label is not None and item.score is not None
         reason = svc.review.reason_for(item.label)
         if reason is not None:
-            jobs.append((idx, reason, svc.run(_submit, svc, det, d, item.score, item.label, reason)))
+            jobs.append((idx, reason, svc.run(_submit, svc, det, p, item.score, item.label, reason)))
     ids = await asyncio.gather(*(job for _, _, job in jobs))
     for (idx, reason, _), rid in zip(jobs, ids, strict=True):
         if rid is not None:
@@ -105,12 +182,25 @@ async def _queue_for_review(svc: Service, det: Detector, ready: list[Decoded], i
             items[idx] = items[idx].model_copy(update={"review_id": rid})
 
 
-def _submit(svc: Service, det: Detector, d: Decoded, score: float, label: Label,
+def _submit(svc: Service, det: Detector, p: Upload, score: float, label: Label,
             reason: QueueReason) -> str | None:
     try:
-        return svc.review.submit(d.data, d.fmt, name=d.name, score=score, label=label, reason=reason,
-                                 model_version=det.model_version)
+        thumbnail = _thumbnail_frame(svc, det, p) if isinstance(p, Framed) else None
+        return svc.review.submit(p.data, p.fmt, name=p.name, score=score, label=label, reason=reason,
+                                 model_version=det.model_version, thumbnail=thumbnail)
     except Exception as exc:  # a full disk must not lose the score itself
-        log.error("could not queue %s for review: %s", d.name, exc)
+        log.error("could not queue %s for review: %s", p.name, exc)
         svc.metrics.errors.labels(code="review_store_failed").inc()
         return None
+
+
+def _thumbnail_frame(svc: Service, det: Detector, p: Framed) -> Image.Image | None:
+    """The highest-scoring sampled frame (the earliest of equals), decoded again; else the first."""
+    best_t = max(p.result.frame_scores, key=lambda ts: ts[1])[0]
+    first: Image.Image | None = None
+    for frame in iter_frames(p.data, svc.config.frames, det.limits):
+        if frame.time == best_t:
+            return frame.image().copy()
+        if first is None:
+            first = frame.image().copy()
+    return first

@@ -1,5 +1,5 @@
 """The state of one app (``app.state.service``): detector, micro-batcher, decode pool, review
-queue, admission and metrics, started and stopped by the app's lifespan."""
+queue, hash bank, admission and metrics, started and stopped by the app's lifespan."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ..bank import Bank
 from ..detector import Detector
 from ..errors import NsfwlabError
 from .batching import MicroBatcher
 from .config import ServeConfig
 from .errors import NotReadyError
 from .limits import Admission
+from .matching import open_bank
 from .metrics import ServiceMetrics
 from .queue import ReviewQueue
 from .ratelimit import RateLimit, RateLimiter
@@ -42,6 +44,7 @@ class Service:
         self._owns_detector = not isinstance(detector, Detector)
         self.detector: Detector | None = None
         self.batcher: MicroBatcher | None = None
+        self.bank: Bank | None = None
         self.load_error: str | None = None
         self.shutting_down = False
         self._pool: ThreadPoolExecutor | None = None
@@ -54,6 +57,7 @@ class Service:
         self.load_error = None
         self._pool = ThreadPoolExecutor(self.config.decode_workers, thread_name_prefix="nsfwlab-serve")
         self.review.open()
+        self.bank = open_bank(self.config.bank, self.config.limits)
         if isinstance(self._detector_source, Detector):
             self._attach(self._detector_source)
         else:
@@ -102,6 +106,9 @@ class Service:
             self._pool.shutdown(wait=True)
             self._pool = None
         self.review.close()
+        if self.bank is not None:
+            self.bank.close()
+            self.bank = None
         if self.detector is not None and self._owns_detector:
             self.detector.close()
         self.detector = None

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from ..deps import Caller, authenticated, get_service
 from ..errors import InvalidRequestError, NotFoundError, describe_validation
 from ..limits import CountingReceive
+from ..matching import bank_review_decision
 from ..review import ReviewStatus
 from ..schemas import ERROR_RESPONSES, LabelRequest, ReviewFilter, inline_schema
 from ..service import Service
@@ -110,7 +111,10 @@ async def label_body(request: Request, svc: Service = Depends(get_service)) -> L
               "application/json": {"schema": inline_schema(LabelRequest)}}}})
 async def review_label(sha256: str = _SHA, body: LabelRequest = Depends(label_body),
                        who: Caller = Security(authenticated), svc: Service = Depends(get_service)) -> dict[str, Any]:
+    """A safe or nsfw decision on a still image also enters the hash bank (when the server has one):
+    ``bank`` in the answer says whether it was banked, with its PDQ hash."""
     store = svc.review.require_store()
     item = await svc.run(lambda: store.set_label(sha256, body.label, body.reviewer, key_id=who.key_id))
     svc.metrics.review_labels.labels(label=body.label.value).inc()
-    return item.to_dict()
+    banked = await svc.run(bank_review_decision, svc.bank, store, item, svc.metrics)
+    return item.to_dict() if banked is None else {**item.to_dict(), "bank": banked.to_dict()}

@@ -16,16 +16,19 @@ __all__ = ["router"]
 router = APIRouter(prefix="/v1", tags=["score"], dependencies=[Security(caller)])
 
 
-@router.post("/score", summary="Score one or more images", response_model=ScoreResponse,
+@router.post("/score", summary="Score one or more images, animations or videos", response_model=ScoreResponse,
              openapi_extra={"requestBody": SCORE_BODY}, responses=dict(ERROR_RESPONSES),
              dependencies=[admitted])
 async def score(request: Request, svc: Service = Depends(get_service),
                 filename: str | None = Query(None, max_length=255,
-                                             description="name reported for a raw-body upload")) -> Response:
-    """Multipart field ``file`` (repeatable) or a raw image body. A request with several files
-    answers 200 when at least one image was scored, with an error entry for each bad one; when
-    none could be scored it answers the status of the first error."""
+                                             description="name reported for a raw-body upload"),
+                per_frame: bool = Query(False, description="also report every scored frame of videos and "
+                                                           "animations as frame_scores")) -> Response:
+    """Multipart field ``file`` (repeatable) or a raw body. Still images are scored as they are;
+    videos and animations frame by frame (``kind``, ``frames``, ``segments``). A request with
+    several files answers 200 when at least one file was scored, with an error entry for each bad
+    one; when none could be scored it answers the status of the first error."""
     svc.require_ready()
     uploads = await read_uploads(request, svc.config, filename)
-    status, body = await score_uploads(svc, uploads)
+    status, body = await score_uploads(svc, uploads, per_frame=per_frame)
     return JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=status)

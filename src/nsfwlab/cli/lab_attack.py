@@ -1,0 +1,229 @@
+"""``nsfwlab attack`` (the smallest change to a chosen score) and ``nsfwlab robustness`` (how easily scores move).
+
+Only this module writes files; the lab returns values. torch and matplotlib are imported inside the commands."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from ..config import Device
+from ..errors import ConfigError, ModelError, NsfwlabError
+from ._common import ExitCode, fail, output_dir, output_file, progress_bar, stderr, stdout, tagged
+
+__all__ = ["attack_command", "robustness_command"]
+
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def _expand(inputs: list[Path]) -> list[Path]:
+    """Files as given; folders become their image files (by suffix, sorted, recursive)."""
+    out: list[Path] = []
+    for p in inputs:
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in _IMAGE_SUFFIXES))
+        else:
+            out.append(p)
+    return out
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    try:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _png_bytes(image: Any) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _targets(images: list[Path], out: Path) -> list[Path]:
+    """Where each result goes: ``out`` itself for one image named .png, else ``out/<stem>.png`` (made unique)."""
+    if len(images) == 1 and out.suffix.lower() == ".png":
+        return [output_file(out)]
+    if out.suffix.lower() == ".png":
+        raise ConfigError(f"{len(images)} images need a folder for --out, not {out}")
+    output_dir(out)
+    seen: dict[str, int] = {}
+    names = []
+    for p in images:
+        stem = p.stem
+        n = seen.get(stem, 0)
+        seen[stem] = n + 1
+        names.append(out / (f"{stem}.png" if n == 0 else f"{stem}-{n}.png"))
+    return names
+
+
+def _error(path: Path, exc: BaseException) -> str:
+    msg = str(exc.with_source(str(path))) if isinstance(exc, NsfwlabError) else f"{path}: {exc}"
+    stderr.print(tagged("error:", "bold red", f" {msg}"), highlight=False)
+    return msg
+
+
+def _table(rows: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("image", "before", "after", "goal", "L-inf", "PSNR", "steps", "seconds", ""):
+        table.add_column(col, justify="left" if col in ("image", "goal", "") else "right",
+                         overflow="fold")
+    for r in rows:
+        if "error" in r:
+            table.add_row(r["source"], "-", "-", "-", "-", "-", "-", "-", "error")
+            continue
+        psnr = "inf" if r["psnr"] is None else f"{r['psnr']:.1f}"
+        table.add_row(r["source"], f"{r['score_before']:.4f}", f"{r['score_after']:.4f}", r["goal"],
+                      f"{r['linf']:g}/255", psnr, str(r["steps"]), f"{r['seconds']:.1f}",
+                      "ok" if r["success"] else "NOT reached")
+    stdout.print(table)
+
+
+def attack_command(
+    images: list[Path] = typer.Argument(..., help="Images (or folders of images) to attack."),
+    to: float = typer.Option(..., "--to", min=0.0, max=1.0, help="Target score: >= 0.95 means at least, "
+                             "<= 0.05 at most, otherwise within --tolerance."),
+    out: Path = typer.Option(..., "--out", "-o", help="Result PNG (one image) or folder (several)."),
+    max_eps: float = typer.Option(8.0, "--max-eps", min=1.0, max=255.0, help="Largest budget, in levels of 1/255."),
+    norm: str = typer.Option("linf", help="Budget norm: linf or l2 (RMS change per value)."),
+    tolerance: float = typer.Option(0.01, min=0.0001, max=0.49, help="How close a mid-range target must be met."),
+    steps: int = typer.Option(30, min=1, help="Optimiser steps per budget level."),
+    jpeg: str = typer.Option("differentiable", help="JPEG step: differentiable, straight-through or eot."),
+    survive_jpeg: int | None = typer.Option(None, "--survive-jpeg", min=1, max=100,
+                                            help="The result must still meet the target after a JPEG re-save at Q."),
+    space: str = typer.Option("original", help="original (the image's own resolution) or resized (256x256)."),
+    report: Path | None = typer.Option(None, "--report", help="Write every result (and error) as JSON here."),
+    seed: int = typer.Option(0, help="Seed of the thinning mask."),
+    device: Device = typer.Option(Device.AUTO, help="Where the gradients are computed."),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr."),
+) -> None:
+    """The smallest change that gives each image the score --to, verified by the exact pipeline.
+
+    Every score printed is the Detector's score of the written PNG.
+
+    Exit status: 0 every target reached, 1 some not reached (the best attempt is still written and flagged in
+    the report) or an input could not be read, 2 usage error, 3 model error.
+    """
+    from ..lab.attack import AttackConfig, Attacker
+
+    try:
+        config = AttackConfig(max_eps=max_eps, norm=norm, tolerance=tolerance, steps=steps, jpeg=jpeg,  # type: ignore[arg-type]
+                              survive_jpeg=survive_jpeg, space=space, seed=seed, device=device.value)  # type: ignore[arg-type]
+        files = _expand(images)
+        if not files:
+            raise ConfigError("no images found in the given folders")
+        targets = _targets(files, out)
+        if report is not None:
+            output_file(report)
+        attacker = Attacker(config)
+    except NsfwlabError as exc:
+        raise fail(exc) from None
+    rows: list[dict[str, Any]] = []
+    failed = False
+    with progress_bar(len(files), "attacking", enabled=progress) as advance:
+        for path, target in zip(files, targets, strict=True):
+            try:
+                result = attacker.run(path, to)
+                _write_bytes(target, _png_bytes(result.image))
+                row = {**result.to_dict(), "source": str(path), "out": str(target)}
+                failed |= not result.success
+                advance()
+            except ModelError as exc:
+                raise fail(exc) from None
+            except (NsfwlabError, OSError) as exc:
+                row = {"source": str(path), "error": _error(path, exc)}
+                failed = True
+                advance(errors=1)
+            rows.append(row)
+    _table(rows)
+    if report is not None:
+        _write_bytes(report, json.dumps({"target": to, "config": _config_dict(config), "results": rows},
+                                        indent=1).encode("utf-8"))
+    if failed:
+        raise typer.Exit(int(ExitCode.INPUT_FAILED))
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {k: getattr(v, "value", v) for k, v in asdict(config).items()}
+
+
+def robustness_command(
+    inputs: list[Path] = typer.Argument(..., help="Images or folders of images."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for robustness.json, the plots and report.html."),
+    labels: Path | None = typer.Option(None, "--labels", help="Labels: a CSV of path,label or a folder with "
+                                       "safe/ and nsfw/ (gives the AUC under each perturbation)."),
+    perturb: str | None = typer.Option(None, "--perturb", help="Comma-separated perturbations: jpeg:Q, scale:F, "
+                                       "blur:R, noise:S, crop:F, rotate:D, flip, grayscale, bits:B, median:K "
+                                       "(default: a standard set)."),
+    attack: bool = typer.Option(True, "--attack/--no-attack", help="Measure the smallest flipping budget."),
+    defences: str = typer.Option("jpeg:75,bits:4,median:3", "--defences",
+                                 help="Defences to attack through (comma-separated), or 'none'."),
+    max_eps: float = typer.Option(8.0, "--max-eps", min=1.0, max=255.0, help="Largest budget, in levels of 1/255."),
+    steps: int = typer.Option(30, min=1, help="Optimiser steps per budget level."),
+    jpeg: str = typer.Option("differentiable", help="The attack's JPEG step: differentiable, straight-through, eot."),
+    thumbnails: bool = typer.Option(True, "--thumbnails/--no-thumbnails", help="Blurred thumbnails in report.html."),
+    seed: int = typer.Option(0, help="Seed of the noise perturbation and the attack."),
+    device: Device = typer.Option(Device.AUTO, help="Where the attack's gradients are computed."),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr."),
+) -> None:
+    """Scores under everyday perturbations and the smallest verified attack budget that flips each label.
+
+    Writes robustness.json, jpeg_curve.png, min_eps.png and report.html into --out.
+
+    Exit status: 0 done, 1 some inputs could not be read, 2 usage error, 3 model error.
+    """
+    from ..detector import Detector
+    from ..lab.robustness import (
+        RobustnessConfig,
+        load_labels,
+        plot_jpeg_curve,
+        plot_min_eps,
+        render_html,
+        robustness,
+    )
+    from ..lab.transforms import DEFAULT_PERTURBATIONS
+
+    try:
+        specs = tuple(s for s in (perturb.split(",") if perturb else DEFAULT_PERTURBATIONS) if s.strip())
+        defs = () if defences.strip().lower() in ("", "none") else tuple(d for d in defences.split(",") if d.strip())
+        config = RobustnessConfig(perturbations=specs, attack=attack, max_eps=max_eps, steps=steps,
+                                  jpeg=jpeg, defences=defs, seed=seed, device=device.value)  # type: ignore[arg-type]
+        files = _expand(inputs)
+        if not files:
+            raise ConfigError("no images found in the given folders")
+        output_dir(out)
+        label_map = load_labels(labels) if labels is not None else None
+        if label_map is not None:
+            label_map = {str(Path(k).resolve()): v for k, v in label_map.items()}
+        det = Detector(device="cpu")
+        with progress_bar(len(files), "robustness", enabled=progress) as advance:
+            rep = robustness([str(f.resolve()) if label_map else str(f) for f in files], config=config,
+                             detector=det, labels=label_map, progress=advance)
+        plots = {"score against JPEG quality": plot_jpeg_curve(rep), "smallest flipping budget": plot_min_eps(rep)}
+        _write_bytes(out / "robustness.json", json.dumps(rep.to_dict(), indent=1).encode("utf-8"))
+        _write_bytes(out / "jpeg_curve.png", plots["score against JPEG quality"])
+        _write_bytes(out / "min_eps.png", plots["smallest flipping budget"])
+        _write_bytes(out / "report.html", render_html(rep, plots, thumbnails=thumbnails).encode("utf-8"))
+    except NsfwlabError as exc:
+        raise fail(exc) from None
+    for im in rep.images:
+        if im.error is not None:
+            stderr.print(tagged("error:", "bold red", f" {im.error}"), highlight=False)
+            continue
+        eps = im.min_eps["value"] if im.min_eps else None
+        stdout.print(f"{im.path}: score {im.score:.4f}, min eps {eps if eps is not None else '-'}", highlight=False)
+    stdout.print(f"wrote {out / 'robustness.json'}, {out / 'report.html'}", highlight=False)
+    if rep.summary["errors"]:
+        raise typer.Exit(int(ExitCode.INPUT_FAILED))
