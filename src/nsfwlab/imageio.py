@@ -152,7 +152,11 @@ def read_bytes(source: str | os.PathLike | bytes | bytearray | memoryview | IO[b
                     "(raise DecodeLimits.max_bytes / --max-bytes to allow it)"
                 )
             with path.open("rb") as fh:
-                data = fh.read(limits.max_bytes + 1)
+                # Sized by the file, not the cap: read(n) allocates n bytes up front. A file that
+                # grew since stat is read on, up to the cap + 1 (the cap is checked below).
+                data = fh.read(min(size, limits.max_bytes) + 1)
+                if len(data) > size:
+                    data += fh.read(limits.max_bytes + 1 - len(data))
         except FileNotFoundError:
             raise ImageError("no such file") from None
         except PermissionError:
