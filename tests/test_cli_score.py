@@ -258,3 +258,106 @@ def test_broken_link_named_as_image_is_reported(tmp_path: Path, photo_paths: lis
     rows = [json.loads(line) for line in res.stdout.splitlines()]
     assert [Path(r["path"]).name for r in rows] == ["gone.jpg", "ok.jpg"]
     assert rows[0]["error"] == "no such file" and res.exit_code == 1
+
+
+# -- issue 13: unreadable directories, special files -------------------------------------------------
+def deny_listing(monkeypatch: pytest.MonkeyPatch, *denied: Path) -> None:
+    """os.scandir raises PermissionError for ``denied`` (chmod 000 does not stop root, who runs the tests)."""
+    import os
+
+    real = os.scandir
+    blocked = {os.fspath(p) for p in denied}
+
+    def scandir(path: object = ".") -> object:
+        if os.fspath(path) in blocked:  # type: ignore[arg-type]
+            raise PermissionError(13, "Permission denied", os.fspath(path))  # type: ignore[arg-type]
+        return real(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+def deny_stat(monkeypatch: pytest.MonkeyPatch, denied: Path) -> None:
+    """Path.stat raises PermissionError for ``denied``, as under a folder without search permission."""
+    real_stat = Path.stat
+
+    def stat(self: Path, *args: object, **kwargs: object) -> object:
+        if self == denied:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_stat(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "stat", stat)
+
+
+def test_an_unreadable_subdirectory_is_reported_and_the_walk_goes_on(
+        tmp_path: Path, photo_paths: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    d = tmp_path / "tree"
+    (d / "locked").mkdir(parents=True)
+    for name in ("a.jpg", "locked/b.jpg", "z.jpg"):
+        (d / name).write_bytes(photo_paths[0].read_bytes())
+    deny_listing(monkeypatch, d / "locked")
+    res = _run("score", "-f", "jsonl", str(d))
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert [Path(r["path"]).name for r in rows] == ["a.jpg", "locked", "z.jpg"]
+    assert rows[1]["error"] == "cannot list directory: permission denied" and "score" in rows[2]
+
+
+def test_an_unreadable_directory_given_is_one_error(tmp_path: Path, photo_paths: list[Path],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    d = tmp_path / "locked"
+    d.mkdir()
+    (d / "a.jpg").write_bytes(photo_paths[0].read_bytes())
+    deny_listing(monkeypatch, d)
+    res = _run("score", "-f", "jsonl", str(d), str(photo_paths[1]))
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert res.exit_code == 1 and [r["path"] for r in rows] == [str(d), str(photo_paths[1])]
+    assert rows[0]["error"] == "cannot list directory: permission denied" and "score" in rows[1]
+
+
+def test_a_path_that_cannot_be_looked_at_is_one_error(tmp_path: Path, photo_paths: list[Path],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a folder without search permission even stat() fails: Path.is_dir() used to raise."""
+    hidden = tmp_path / "nosearch" / "photos"
+    hidden.mkdir(parents=True)
+    deny_stat(monkeypatch, hidden)
+    res = _run("score", "-f", "jsonl", str(hidden), str(photo_paths[0]))
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert res.exit_code == 1 and rows[0] == {"path": str(hidden), "error": "permission denied", "code": "image_error"}
+    assert "score" in rows[1]
+
+
+def test_pipes_and_device_links_named_as_images_are_reported_not_opened(tmp_path: Path,
+                                                                        photo_paths: list[Path]) -> None:
+    import os
+
+    d = tmp_path / "special"
+    d.mkdir()
+    os.mkfifo(d / "pipe.jpg")  # opening it would block forever
+    os.mkfifo(d / "pipe")  # no image name: skipped like any other file that is not an image
+    (d / "null.mp4").symlink_to("/dev/null")
+    (d / "ok.jpg").write_bytes(photo_paths[0].read_bytes())
+    res = _run("score", "-f", "jsonl", str(d))
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [Path(r["path"]).name for r in rows] == ["null.mp4", "ok.jpg", "pipe.jpg"]
+    assert rows[0]["error"].startswith("not a regular file") and rows[2]["error"].startswith("not a regular file")
+    assert res.exit_code == 1
+
+
+def test_walk_tree_is_sorted_like_rglob_and_reports_kinds(tmp_path: Path) -> None:
+    import os
+
+    from nsfwlab.imageio import EntryKind, walk_tree
+
+    for rel in ("b/c.jpg", "b/a/x", "a.jpg", "b.jpg", "b/a.jpg", "c/d/e/f.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "missing")
+    (tmp_path / "loop").symlink_to(tmp_path)  # a link to a directory: not followed
+    os.mkfifo(tmp_path / "fifo")
+    entries = list(walk_tree(tmp_path))
+    expected = sorted(p for p in tmp_path.rglob("*") if not p.is_dir() or p.is_symlink())
+    expected.remove(tmp_path / "loop")
+    assert [e.path for e in entries] == expected
+    kinds = {e.path.name: e.kind for e in entries}
+    assert kinds["gone.jpg"] is EntryKind.BROKEN_LINK and kinds["fifo"] is EntryKind.SPECIAL
+    assert kinds["f.png"] is EntryKind.FILE

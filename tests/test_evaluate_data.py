@@ -18,6 +18,7 @@ from nsfwlab.errors import ConfigError
 from nsfwlab.evaluate import Target, TargetKind, check_hygiene, evaluate, load_csv, load_folder, load_labelled
 from nsfwlab.evaluate.plots import histogram_png, pr_png, roc_png
 from nsfwlab.evaluate.report import render_report, thumbnail
+from test_cli_score import deny_listing, deny_stat
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -208,3 +209,58 @@ def test_cli_evaluate_usage_errors(tmp_path: Path) -> None:
     (data / "nsfw" / "bad.jpg").write_bytes(b"\xff\xd8\xff garbage")
     res = runner.invoke(app, ["evaluate", str(data), "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "both safe and NSFW" in res.output
+
+
+# -- issue 13: unreadable folders and special files in a labelled set ---------------------------------
+def _copy_set(root: Path, photo_paths: list[Path]) -> Path:
+    (root / "safe").mkdir(parents=True)
+    (root / "nsfw" / "locked").mkdir(parents=True)
+    for p in photo_paths[:3]:
+        shutil.copy(p, root / "safe" / p.name)
+    for p in photo_paths[3:6]:
+        shutil.copy(p, root / "nsfw" / p.name)
+    shutil.copy(photo_paths[6], root / "nsfw" / "locked" / photo_paths[6].name)
+    return root
+
+
+def test_an_unreadable_folder_is_reported_in_the_hygiene_and_evaluation_goes_on(
+        tmp_path: Path, photo_paths: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """chmod 000 does not stop root (who runs the tests): os.scandir is made to refuse instead."""
+    root = _copy_set(tmp_path / "set", photo_paths)
+    locked = root / "nsfw" / "locked"
+    deny_listing(monkeypatch, locked)
+    data = load_folder(root)
+    assert len(data) == 7 and data.items[-1].path == locked
+    h = check_hygiene(data.items)
+    assert [(p.path, p.label, p.message) for p in h.unreadable] == [
+        (str(locked), 1, "cannot list directory: permission denied")]
+    res = CliRunner().invoke(app, ["evaluate", str(root), "--out", str(tmp_path / "out"), "--bootstrap", "20"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert f"unreadable: {locked}: cannot list directory: permission denied" in res.output
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["data"]["unreadable"][0]["path"] == str(locked)
+
+
+def test_special_files_and_broken_links_in_a_folder_are_reported(tmp_path: Path, photo_paths: list[Path]) -> None:
+    import os
+
+    root = _copy_set(tmp_path / "set", photo_paths)
+    os.mkfifo(root / "safe" / "pipe.jpg")
+    (root / "safe" / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    (root / "nsfw" / "zero.jpg").symlink_to("/dev/zero")
+    (root / "nsfw" / ".hidden").write_bytes(b"")  # hidden names stay out of the set
+    got = {Path(p.path).name: p.message for p in check_hygiene(load_folder(root).items).unreadable}
+    assert got == {"pipe.jpg": "not a regular file (a pipe, socket or device)",
+                   "gone.jpg": "broken symbolic link (its target does not exist)",
+                   "zero.jpg": "not a regular file (a pipe, socket or device)"}
+
+
+def test_a_set_that_cannot_be_looked_at_is_a_one_line_usage_error(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "nosearch" / "set"
+    target.mkdir(parents=True)
+    deny_stat(monkeypatch, target)
+    with pytest.raises(ConfigError, match=r"cannot read .*set: Permission denied"):
+        load_labelled(target)
+    res = CliRunner().invoke(app, ["evaluate", str(target), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and "Traceback" not in res.output and "Permission denied" in res.output

@@ -361,7 +361,7 @@ def test_public_names():
     import nsfwlab.explain as ex
 
     assert set(ex.__all__) == {
-        "ALL_METHODS", "Baseline", "Censor", "CensorResult", "CensorStep", "Deconvnet", "ExplainOptions",
+        "ALL_METHODS", "Baseline", "Censor", "CensorResult", "CensorStep", "Deconvnet", "ExplainCaps", "ExplainOptions",
         "Explainer", "Fill", "GradCAM", "GuidedBackprop", "IntegratedGradients", "LogitMargin", "Method",
         "NsfwLogit", "NsfwProbability", "Occlusion", "Reduction", "SlidingWindow", "Style", "Target",
         "TargetName", "blend", "explain_many", "hide", "labelled_grid", "make_explainer", "make_target",

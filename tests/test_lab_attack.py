@@ -13,7 +13,7 @@ from PIL import Image
 
 from nsfwlab.errors import ConfigError
 from nsfwlab.lab import AttackConfig, Attacker, Goal, GoalKind, attack
-from nsfwlab.lab.attack import image_metrics
+from nsfwlab.lab.attacks import image_metrics
 from nsfwlab.preprocess import preprocess_rgb
 from nsfwlab.preprocess.differentiable import network_input, straight_through_jpeg
 from nsfwlab.preprocess.resize import resize_exact
@@ -79,7 +79,7 @@ def test_forward_is_the_exact_pipeline(photos: dict[str, np.ndarray], detector, 
 
 
 def test_gradient_reaches_full_resolution(attacker: Attacker, photos: dict[str, np.ndarray]) -> None:
-    from nsfwlab.lab.attack import _Problem
+    from nsfwlab.lab.attacks import _Problem
 
     arr = photos["chelsea"][:150, :200]
     prob = _Problem(attacker, arr, [None], None)

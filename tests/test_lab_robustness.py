@@ -16,7 +16,7 @@ from nsfwlab.cli import app
 from nsfwlab.config import Thresholds
 from nsfwlab.errors import ConfigError
 from nsfwlab.lab import GoalKind, RobustnessConfig, parse_transform, parse_transforms, robustness
-from nsfwlab.lab.robustness import boundary_goal, load_labels, plot_jpeg_curve, plot_min_eps, render_html
+from nsfwlab.lab.robust import boundary_goal, load_labels, plot_jpeg_curve, plot_min_eps, render_html
 
 runner = CliRunner()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nsfwlab.lab.robustness import ImageRobustness, RobustnessReport, plot_jpeg_curve, plot_min_eps, render_html
+from nsfwlab.lab.robust import ImageRobustness, RobustnessReport, plot_jpeg_curve, plot_min_eps, render_html
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .config import read_text_file
 from .errors import ConfigError
 
 __all__ = ["CALIBRATION_FORMAT", "Calibration", "CalibrationMethod", "load_calibration"]
@@ -128,12 +129,7 @@ def load_calibration(source: str | os.PathLike | Calibration) -> Calibration:
     if isinstance(source, Calibration):
         return source
     path = Path(source)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read calibration {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"calibration {path} is not UTF-8 JSON") from None
+    text = read_text_file(path, "calibration", " (expected calibration.json)")
     try:
         return Calibration.loads(text)
     except ConfigError as exc:

@@ -15,6 +15,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .hashing import file_sha256
+from .imageio import EntryKind, walk_tree
 
 __all__ = [
     "DuplicateGroup",
@@ -36,10 +37,13 @@ _NSFW = frozenset({"nsfw", "unsafe", "1", "pos", "positive", "true", "yes"})
 
 @dataclass(frozen=True)
 class LabelledItem:
-    """One image file and its label (1 = NSFW, the positive class; 0 = safe)."""
+    """One image file and its label (1 = NSFW, the positive class; 0 = safe). ``problem`` says why
+    a path found when listing the set cannot be used (a directory that cannot be listed): it is
+    reported by :func:`check_hygiene` like any unreadable file, never scored."""
 
     path: Path
     label: int
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,8 +79,20 @@ def parse_label(raw: str) -> int:
     raise ConfigError(f"unknown label {raw!r}: use 'safe' (or 0) and 'nsfw' (or 1)")
 
 
-def _files_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+def _files_under(folder: Path, label: int) -> list[LabelledItem]:
+    """Every entry under ``folder`` but hidden names, sorted: regular files, and also pipes,
+    devices and broken links (reported by :func:`check_hygiene`, not silently skipped) and
+    directories that cannot be listed (with their ``problem``)."""
+    return [LabelledItem(e.path, label, e.error) for e in walk_tree(folder)
+            if e.kind is EntryKind.UNREADABLE or not e.path.name.startswith(".")]
+
+
+def _is_dir(path: Path) -> bool:
+    """``path.is_dir()``, but a path that cannot even be looked at is a one-line ConfigError."""
+    try:
+        return path.is_dir()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def load_folder(root: str | os.PathLike) -> LabelledSet:
@@ -88,10 +104,10 @@ def load_folder(root: str | os.PathLike) -> LabelledSet:
     items: list[LabelledItem] = []
     for sub, label in (("safe", 0), ("nsfw", 1)):
         folder = root / sub
-        if not folder.is_dir():
+        if not _is_dir(folder):
             raise ConfigError(f"{root} has no '{sub}/' folder: expected {root}/safe/ and {root}/nsfw/ "
                               "(or pass a CSV of path,label)")
-        items.extend(LabelledItem(p, label) for p in _files_under(folder))
+        items.extend(_files_under(folder, label))
     return _checked(LabelledSet(tuple(items), str(root)))
 
 
@@ -125,7 +141,7 @@ def load_csv(path: str | os.PathLike) -> LabelledSet:
 def load_labelled(source: str | os.PathLike) -> LabelledSet:
     """A folder with ``safe/`` and ``nsfw/`` subfolders, or a ``.csv`` file of ``path,label``."""
     p = Path(source)
-    if p.is_dir():
+    if _is_dir(p):
         return load_folder(p)
     if p.is_file():
         return load_csv(p)
@@ -199,8 +215,9 @@ class Hygiene:
 def check_hygiene(items: Sequence[LabelledItem]) -> Hygiene:
     """Hash every file (read-only) and group identical contents.
 
-    Files that cannot be read at all (missing, a directory, a pipe or device, no permission, empty)
-    are reported as unreadable here; files that read but do not decode are added by the scoring
+    Files that cannot be read at all (missing, a broken link, a directory, a pipe or device, no
+    permission, empty) and directories of the set that could not be listed are reported as
+    unreadable here; files that read but do not decode are added by the scoring
     pass (:meth:`Hygiene.with_unreadable`).
     """
     by_digest: dict[str, list[LabelledItem]] = defaultdict(list)
@@ -208,6 +225,9 @@ def check_hygiene(items: Sequence[LabelledItem]) -> Hygiene:
     unreadable: list[Problem] = []
     for it in items:
         name = str(it.path)
+        if it.problem is not None:
+            unreadable.append(Problem(name, it.label, "image_error", it.problem))
+            continue
         try:
             st = it.path.stat()
             if stat.S_ISDIR(st.st_mode):
@@ -221,7 +241,9 @@ def check_hygiene(items: Sequence[LabelledItem]) -> Hygiene:
                 continue
             digest = file_sha256(it.path)
         except FileNotFoundError:
-            unreadable.append(Problem(name, it.label, "image_error", "no such file"))
+            broken = it.path.is_symlink()
+            unreadable.append(Problem(name, it.label, "image_error",
+                                      "broken symbolic link (its target does not exist)" if broken else "no such file"))
             continue
         except IsADirectoryError:
             unreadable.append(Problem(name, it.label, "image_error", "is a directory, not an image file"))

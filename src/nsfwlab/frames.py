@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -245,8 +246,9 @@ def _av() -> Any:
 
 
 def _boxes_overrun(data: bytes) -> bool:
-    """Whether an ISO-BMFF file's top-level boxes claim more bytes than the file has (a file cut
-    short: FFmpeg only says "invalid data" when the ``moov`` box is missing or incomplete)."""
+    """Whether an ISO-BMFF file's top-level boxes claim more bytes than the file has: a file cut
+    short (FFmpeg says only "invalid data" when ``moov`` is cut, and decodes the frames before
+    the cut of a "fast start" file without complaint)."""
     offset = 0
     while offset + 8 <= len(data):
         size = int.from_bytes(data[offset : offset + 4], "big")
@@ -258,19 +260,56 @@ def _boxes_overrun(data: bytes) -> bool:
         if size < header:
             return False  # not a box structure we can judge: corrupt, not cut
         offset += size
-    return offset != len(data)
+    return offset != len(data)  # past the end, or a box header cut off
+
+
+def _ebml_vint(data: bytes, pos: int, marker: bool) -> tuple[int, int] | None:
+    """An EBML variable-size integer at ``pos``: (value, length), the length marker kept for IDs."""
+    if pos >= len(data) or data[pos] == 0:
+        return None
+    length = 9 - data[pos].bit_length()
+    if pos + length > len(data):
+        return None
+    value = int.from_bytes(data[pos : pos + length], "big")
+    return (value if marker else value & ((1 << (7 * length)) - 1)), length
+
+
+def _ebml_overrun(data: bytes) -> bool:
+    """Whether a Matroska/WebM file's top-level elements (the EBML header, the Segment) claim more
+    bytes than the file has. A Segment of unknown size (live streams) cannot be judged."""
+    offset = 0
+    while offset < len(data):
+        ident = _ebml_vint(data, offset, marker=True)
+        size = _ebml_vint(data, offset + ident[1], marker=False) if ident else None
+        if ident is None or size is None:
+            return True  # the file ends inside an element header
+        if size[0] == (1 << (7 * size[1])) - 1:
+            return False  # unknown size: runs to the end of the file
+        offset += ident[1] + size[1] + size[0]
+    return offset > len(data)
+
+
+def _cut_short(data: bytes, container: str) -> bool:
+    return _boxes_overrun(data) if container == "MP4" else _ebml_overrun(data)
+
+
+#: PyAV's decoration of FFmpeg's messages: "[Errno 1094995529] ...: '<none>'" (the buffer has no name).
+_AV_NOISE = re.compile(r"^\[Errno -?\d+\]\s*|:\s*'<none>'$")
 
 
 def _video_error(data: bytes, container: str, exc: BaseException) -> CorruptImageError:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = _AV_NOISE.sub("", text) or type(exc).__name__
     lowered = text.lower()
     if isinstance(exc, EOFError) or "moov atom not found" in lowered or "end of file" in lowered \
-            or "truncat" in lowered or (container == "MP4" and _boxes_overrun(data)):
+            or "truncat" in lowered or _cut_short(data, container):
         return TruncatedImageError(f"truncated {container} video: {text}")
     return CorruptImageError(f"corrupt {container} video: {text}")
 
 
 def _video_frames(data: bytes, container: str, options: FrameOptions, limits: DecodeLimits) -> Iterator[Frame]:
+    if _cut_short(data, container):  # FFmpeg would decode the frames before the cut without a word
+        raise TruncatedImageError(f"truncated {container} video: the file ends before its data does")
     av = _av()
     demuxer = VIDEO_CONTAINERS[container]
     # No file name, URL or protocol: FFmpeg reads these bytes through a Python buffer. The mov

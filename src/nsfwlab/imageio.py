@@ -22,8 +22,9 @@ import re
 import stat
 import struct
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import IO, Union
 
@@ -43,8 +44,11 @@ from .errors import (
 __all__ = [
     "ALLOWED_FORMATS",
     "IMAGE_SUFFIXES",
+    "VIDEO_SUFFIXES",
     "DecodedImage",
+    "EntryKind",
     "ImageInput",
+    "TreeEntry",
     "describe_source",
     "iter_image_files",
     "load_image",
@@ -53,6 +57,7 @@ __all__ = [
     "read_bytes",
     "sniff_format",
     "to_rgb",
+    "walk_tree",
 ]
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], Image.Image, np.ndarray]
@@ -147,7 +152,11 @@ def read_bytes(source: str | os.PathLike | bytes | bytearray | memoryview | IO[b
                     "(raise DecodeLimits.max_bytes / --max-bytes to allow it)"
                 )
             with path.open("rb") as fh:
-                data = fh.read(limits.max_bytes + 1)
+                # Sized by the file, not the cap: read(n) allocates n bytes up front. A file that
+                # grew since stat is read on, up to the cap + 1 (the cap is checked below).
+                data = fh.read(min(size, limits.max_bytes) + 1)
+                if len(data) > size:
+                    data += fh.read(limits.max_bytes + 1 - len(data))
         except FileNotFoundError:
             raise ImageError("no such file") from None
         except PermissionError:
@@ -358,29 +367,120 @@ IMAGE_SUFFIXES = frozenset({
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".bmp", ".dib", ".tif", ".tiff",
     ".heic", ".heif", ".avif", ".jxl",
 })
+#: Names that claim to be videos (MP4/QuickTime and Matroska/WebM; scored frame by frame by
+#: :mod:`nsfwlab.frames`), taken from a directory like image names.
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".webm", ".mkv"})
 
 
-def looks_like_image(path: str | os.PathLike) -> bool:
-    """Whether a file found in a directory is taken as an image: an allowed format by its first
-    bytes, or an image name (so a broken ``.jpg`` is still reported). Unreadable files count, so
-    that their error is reported rather than hidden."""
+class EntryKind(str, Enum):
+    """What :func:`walk_tree` found at a path."""
+
+    FILE = "file"  # a regular file, or a link to one (or an entry whose type could not be read)
+    SPECIAL = "special"  # a pipe, socket or device: reading it could block forever or never end
+    BROKEN_LINK = "broken_link"  # a symbolic link whose target does not exist
+    UNREADABLE = "unreadable"  # a directory that could not be listed
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    """One entry of a directory tree; ``error`` says why an ``UNREADABLE`` directory was not listed."""
+
+    path: Path
+    kind: EntryKind
+    error: str | None = None
+
+
+def _os_reason(exc: OSError) -> str:
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return str(exc.strerror or exc).lower()
+
+
+def _sorted_listing(folder: Path) -> list[os.DirEntry[str]] | str:
+    """The entries of ``folder`` sorted by name, or why it cannot be listed."""
+    try:
+        with os.scandir(folder) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        return _os_reason(exc)
+
+
+def _entry_kind(entry: os.DirEntry[str]) -> EntryKind | None:
+    """The kind of a non-directory entry; None for a link to a directory (never followed)."""
+    try:
+        if entry.is_file():  # follows links
+            return EntryKind.FILE
+        if not entry.is_symlink():
+            return EntryKind.SPECIAL
+    except OSError:  # the type cannot be read (no search permission): reading it reports why
+        return EntryKind.FILE
+    if os.path.isdir(entry.path):
+        return None
+    return EntryKind.BROKEN_LINK if not os.path.exists(entry.path) else EntryKind.SPECIAL
+
+
+def walk_tree(directory: str | os.PathLike) -> Iterator[TreeEntry]:
+    """Every entry under ``directory`` that is not a directory, recursively, in sorted path order
+    (one listing in memory per level; directory links are not followed, so no cycles). A
+    directory that cannot be listed (no read or search permission, gone, too many links) is
+    yielded as ``UNREADABLE`` with the reason, in its place, and the walk goes on: nothing is
+    lost silently and nothing raises."""
+    root = Path(directory)
+    first = _sorted_listing(root)
+    if isinstance(first, str):
+        yield TreeEntry(root, EntryKind.UNREADABLE, f"cannot list directory: {first}")
+        return
+    stack: list[Iterator[os.DirEntry[str]]] = [iter(first)]
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+            continue
+        path = Path(entry.path)
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+        except OSError:
+            is_dir = False
+        if is_dir:
+            listing = _sorted_listing(path)
+            if isinstance(listing, str):
+                yield TreeEntry(path, EntryKind.UNREADABLE, f"cannot list directory: {listing}")
+            else:
+                stack.append(iter(listing))
+            continue
+        kind = _entry_kind(entry)
+        if kind is not None:
+            yield TreeEntry(path, kind)
+
+
+def looks_like_image(path: str | os.PathLike, *, sniff: Callable[[bytes], str | None] = sniff_format,
+                     suffixes: Collection[str] = IMAGE_SUFFIXES) -> bool:
+    """Whether a regular file found in a directory is taken as an image: an allowed format by its
+    first bytes (``sniff``), or an image name (``suffixes``; so a broken ``.jpg`` is still
+    reported). Unreadable files count, so that their error is reported rather than hidden. Pass
+    ``sniff`` and ``suffixes`` that also know videos to take those too."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(32)
     except OSError:
         return True
-    if sniff_format(head) is not None:
+    if sniff(head) is not None:
         return True
-    return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_SUFFIXES
+    return os.path.splitext(os.fspath(path))[1].lower() in suffixes
 
 
-def iter_image_files(directory: str | os.PathLike) -> Iterator[Path]:
-    """The image files under ``directory`` (recursive, sorted; see :func:`looks_like_image`).
-    Regular files only: pipes and devices in a tree are skipped; broken links with an image name
-    are yielded, so that they are reported."""
-    for child in sorted(Path(directory).rglob("*")):
-        if child.is_file():
-            if looks_like_image(child):
-                yield child
-        elif child.is_symlink() and not child.exists() and child.suffix.lower() in IMAGE_SUFFIXES:
-            yield child  # a broken link named as an image is reported, not silently lost
+def iter_image_files(directory: str | os.PathLike, *, sniff: Callable[[bytes], str | None] = sniff_format,
+                     suffixes: Collection[str] = IMAGE_SUFFIXES) -> Iterator[Path | ImageError]:
+    """The image files under ``directory`` (recursive, sorted; see :func:`walk_tree` and
+    :func:`looks_like_image`), and, in their place, an :class:`ImageError` (its ``source`` the
+    path) for each directory that cannot be listed. Regular files are sniffed; pipes, devices and
+    broken links are never opened, and are yielded only when their name says image (so that
+    reading them reports what they are), else skipped like any file that is not an image."""
+    for entry in walk_tree(directory):
+        if entry.kind is EntryKind.UNREADABLE:
+            yield ImageError(entry.error or "cannot list directory", source=str(entry.path))
+        elif entry.kind is EntryKind.FILE:
+            if looks_like_image(entry.path, sniff=sniff, suffixes=suffixes):
+                yield entry.path
+        elif entry.path.suffix.lower() in suffixes:
+            yield entry.path

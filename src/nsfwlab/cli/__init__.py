@@ -61,6 +61,10 @@ from .lab_attack import attack_command, robustness_command  # noqa: E402
 
 app.command("attack")(attack_command)
 app.command("robustness")(robustness_command)
+from .lab_synth import evolve_command, synthesize_command  # noqa: E402
+
+app.command("evolve")(evolve_command)
+app.command("synthesize")(synthesize_command)
 
 
 def _prose(doc: str) -> str:

@@ -13,7 +13,7 @@ import typer
 
 from ..config import BackendName, Device
 from ..errors import ConfigError, NsfwlabError
-from ..explain.options import Baseline, Fill, Method, Reduction, Style
+from ..explain.options import Baseline, ExplainCaps, Fill, Method, Reduction, Style
 from ._common import ExitCode, fail, output_file, progress_bar, stdout
 
 __all__ = ["censor_command", "explain_command"]
@@ -48,6 +48,9 @@ def _display_max(method: Method, heat: Any) -> float | None:
 #: batches win there and the preprocessing threads keep the model busy; a GPU wants large ones.
 CPU_BATCH, CUDA_BATCH = 4, 32
 
+#: The default caps (docs/explain.md, "Caps").
+_CAPS = ExplainCaps()
+
 
 def _detector(backend: BackendName, device: Device, model: Path | None, batch_size: int | None) -> Any:
     from ..backends import resolve_device
@@ -70,6 +73,38 @@ def _save_png(path: Path, arr: Any) -> None:
         raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+def _picture(img: Any, heats: dict[Method, Any], score: float, caps: Any, *, cmap: str, alpha: float,
+             max_side: int | None) -> Any:
+    """The overlay (one method) or labelled grid (several), drawn at the image's size capped to
+    ``caps.max_output_side`` on the long side; heatmaps are resized to it."""
+    import numpy as np
+    from PIL import Image
+
+    from ..explain import overlay
+    from ..explain.caps import fit_side, resize_map
+
+    out_h, out_w = fit_side(img.height, img.width, caps.max_output_side)
+    view = img if (out_h, out_w) == (img.height, img.width) else img.resize((out_w, out_h), Image.Resampling.BILINEAR)
+    rgb = np.asarray(view)
+    if len(heats) == 1:
+        (m, heat), = heats.items()
+        return overlay.overlay_with_scale(rgb, resize_map(heat, out_h, out_w), cmap=cmap, alpha=alpha,
+                                          label=_LABELS[m.value], vmax=_display_max(m, heat))
+    panels = [(f"original (score {score:.3f})", rgb)]
+    for m, heat in heats.items():
+        vmax = _display_max(m, heat)
+        clip = "" if vmax is None else f", p{_PIXEL_PERCENTILE:g}"
+        # Signed maps (occlusion drops) start their colours at 0 in the grid: hot means
+        # "raises the score"; regions that lower it share the coldest colour.
+        vmin = 0.0 if float(heat.min()) < 0.0 < float(heat.max()) else None
+        panels.append((f"{_LABELS[m.value]} [{heat.min():.3g}, {heat.max():.3g}{clip}]",
+                       overlay.blend(rgb, resize_map(heat, out_h, out_w), cmap=cmap, alpha=alpha, vmin=vmin,
+                                     vmax=vmax)))
+    columns = min(4, len(panels))
+    grid = overlay.labelled_grid(panels, columns=columns, max_side=max_side or max(64, caps.max_output_side // 4))
+    return overlay.attach_scale(grid, 0.0, 1.0, cmap=cmap, label="per map: 0 or min .. max")
+
+
 def _check_png(path: Path) -> None:
     if path.suffix.lower() != ".png":
         raise ConfigError(f"{path}: output images are written as PNG; use a .png name")
@@ -81,7 +116,8 @@ def explain_command(
     out: Path = typer.Option(..., "--out", "-o", help="Overlay PNG (with --method all: a labelled grid)."),
     method: Method = typer.Option(Method.ALL, "--method", "-m", help="Explanation method."),
     save_heatmap: Path | None = typer.Option(
-        None, "--save-heatmap", help="Save the raw heatmap(s) at the image's size: .npy (one method) or .npz (all)."),
+        None, "--save-heatmap", help="Save the raw heatmap(s) at the image's size (the working copy's over "
+        "--max-work-side): .npy (one method) or .npz (all)."),
     target: str = typer.Option("nsfw-probability", help="What to explain: nsfw-probability, logit-margin, "
                                "nsfw-logit, or an objective such as 'nsfw-sfw' or 'channel:stage3:17' "
                                "(all but the first two: gradient methods only; layers: not Grad-CAM)."),
@@ -95,16 +131,27 @@ def explain_command(
     reduction: Reduction = typer.Option(Reduction.ABS, help="How gradient attributions become one value per pixel."),
     cmap: str = typer.Option("jet", help="matplotlib colormap."),
     alpha: float = typer.Option(0.5, min=0.0, max=1.0, help="Heatmap weight in the blend."),
-    max_side: int | None = typer.Option(None, min=16, help="Cap the longer side of each grid panel (huge images)."),
+    max_side: int | None = typer.Option(None, min=16, help="Cap the longer side of each grid panel "
+                                        "(default: --max-output-side / 4)."),
+    max_work_side: int = typer.Option(_CAPS.max_work_side, min=16, help="Explain a copy of the image downscaled "
+                                      "to this long side (larger images only; the score stays the original's)."),
+    max_windows: int = typer.Option(_CAPS.max_windows, min=1, help="At most this many occlusion/sliding "
+                                    "windows (default grids are coarsened to fit; explicit ones refused)."),
+    max_output_side: int = typer.Option(_CAPS.max_output_side, min=16, help="Draw the overlay at most this large "
+                                        "on the long side."),
+    max_aspect: float = typer.Option(_CAPS.max_aspect, min=1.0, help="Refuse images more than this many times "
+                                     "longer than wide (or wider than long)."),
     device: Device = typer.Option(Device.AUTO, help="Where the model runs."),
     backend: BackendName = typer.Option(BackendName.AUTO, help="Engine of the black-box methods."),
     model: Path | None = typer.Option(None, "--model", help="A fine-tuned checkpoint (.pt); .onnx for black-box methods only."),
     batch_size: int | None = typer.Option(None, min=1, help="Windows per model call (default: 4 on CPU, 32 on CUDA)."),
     progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr (default: on a terminal)."),
 ) -> None:
-    """Heatmaps of what the model looks at, blended over the image at its own resolution.
+    """Heatmaps of what the model looks at, blended over the image at its own resolution (at most
+    --max-output-side on the long side).
 
-    Exit status: 0 done, 1 the image could not be read, 2 usage error, 3 model error.
+    Exit status: 0 done, 1 the image could not be read or is over a cap (aspect ratio), 2 usage
+    error (e.g. an explicit grid over --max-windows), 3 model error.
     """
     import numpy as np
 
@@ -119,20 +166,22 @@ def explain_command(
                                   + (" (one array per method)" if method is Method.ALL else ""))
             output_file(save_heatmap)
         from ..explain import methods as M
-        from ..explain import overlay
+        from ..explain.caps import check_aspect
         from ..objectives import parse_objective
 
         tgt = parse_objective(target)
         wanted = list(M.ALL_METHODS) if method is Method.ALL else [method]
         if any(m not in M.GRADIENT_METHODS for m in wanted):
             tgt.from_probabilities(np.asarray([0.5]))  # black-box methods need a probability target
+        caps = ExplainCaps(max_work_side=max_work_side, max_windows=max_windows,
+                           max_output_side=max_output_side, max_aspect=max_aspect)
         det = _detector(backend, device, model, batch_size)
         img = M.load_input(image, det.limits)
-        rgb = np.asarray(img)
-        h, w = rgb.shape[:2]
+        w, h = img.size
+        check_aspect(h, w, caps)
         opts = M.ExplainOptions(box=box, stride=stride, fill=fill, window=window, window_stride=window_stride,
                                 steps=steps, baseline=baseline, reduction=reduction,
-                                device=resolve_device(device))
+                                device=resolve_device(device), caps=caps)
         gradients = any(m in M.GRADIENT_METHODS for m in wanted)
         torch_model = M.torch_model_for(det, opts.device) if gradients else None
         explainers = {m: M.make_explainer(m, det, options=opts, model=torch_model) for m in wanted}
@@ -142,22 +191,7 @@ def explain_command(
         with det, progress_bar(total, "explaining", unit="win", enabled=progress) as advance:
             for m, e in explainers.items():
                 heats[m] = e.explain(img, target=tgt, progress=advance)
-        if len(heats) == 1:
-            (m, heat), = heats.items()
-            picture = overlay.overlay_with_scale(rgb, heat, cmap=cmap, alpha=alpha, label=_LABELS[m.value],
-                                                 vmax=_display_max(m, heat))
-        else:
-            panels = [(f"original (score {score:.3f})", rgb)]
-            for m, heat in heats.items():
-                vmax = _display_max(m, heat)
-                clip = "" if vmax is None else f", p{_PIXEL_PERCENTILE:g}"
-                # Signed maps (occlusion drops) start their colours at 0 in the grid: hot means
-                # "raises the score"; regions that lower it share the coldest colour.
-                vmin = 0.0 if float(heat.min()) < 0.0 < float(heat.max()) else None
-                panels.append((f"{_LABELS[m.value]} [{heat.min():.3g}, {heat.max():.3g}{clip}]",
-                               overlay.blend(rgb, heat, cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax)))
-            grid = overlay.labelled_grid(panels, columns=min(4, len(panels)), max_side=max_side)
-            picture = overlay.attach_scale(grid, 0.0, 1.0, cmap=cmap, label="per map: 0 or min .. max")
+        picture = _picture(img, heats, score, caps, cmap=cmap, alpha=alpha, max_side=max_side)
         _save_png(out, picture)
         if save_heatmap is not None:
             try:
@@ -171,9 +205,12 @@ def explain_command(
                 raise ConfigError(f"cannot write {save_heatmap}: {exc.strerror or exc}") from None
     except NsfwlabError as exc:
         raise fail(exc) from None
-    stdout.print(f"{image}: {w}x{h}, score {score:.6f} ({tgt.name} explained)", highlight=False)
+    work = next(iter(heats.values())).shape
+    worked = "" if work == (h, w) else f" on a {work[1]}x{work[0]} working copy"
+    stdout.print(f"{image}: {w}x{h}, score {score:.6f} ({tgt.name} explained{worked})", highlight=False)
     for m, heat in heats.items():
-        y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
+        y, x = (round((int(v) + 0.5) * size / n - 0.5) for v, size, n in
+                zip(np.unravel_index(int(np.argmax(heat)), heat.shape), (h, w), heat.shape, strict=True))
         stdout.print(f"  {m.value:<22} range [{heat.min():.4g}, {heat.max():.4g}], peak at x={x} y={y}",
                      highlight=False)
     stdout.print(f"wrote {out}" + (f" and {save_heatmap}" if save_heatmap else ""), highlight=False)
@@ -189,6 +226,11 @@ def censor_command(
     box: int | None = typer.Option(None, min=1, help="Occlusion box in pixels (default: 1/5 of the short side)."),
     stride: int | None = typer.Option(None, min=1, help="Occlusion stride in pixels (default: box/2)."),
     max_steps: int = typer.Option(10, min=1, help="At most this many explain-and-hide steps."),
+    max_work_side: int = typer.Option(_CAPS.max_work_side, min=16, help="Censor on a copy downscaled to this long "
+                                      "side, then apply the mask to the original (larger images only)."),
+    max_windows: int = typer.Option(_CAPS.max_windows, min=1, help="At most this many heatmap windows per step."),
+    max_aspect: float = typer.Option(_CAPS.max_aspect, min=1.0, help="Refuse images more than this many times "
+                                     "longer than wide (or wider than long)."),
     save_mask: Path | None = typer.Option(None, "--save-mask", help="Also write the hidden region as a PNG mask."),
     device: Device = typer.Option(Device.AUTO, help="Where the model runs."),
     backend: BackendName = typer.Option(BackendName.AUTO, help="Inference engine."),
@@ -198,8 +240,9 @@ def censor_command(
 ) -> None:
     """Hide the regions the heatmaps mark, step by step, until the image scores below --target.
 
-    Exit status: 0 target reached, 1 the image could not be read or the target was not reached
-    (the best attempt is still written), 2 usage error, 3 model error.
+    Exit status: 0 target reached, 1 the image could not be read, is over a cap (aspect ratio) or
+    the target was not reached (the best attempt is still written), 2 usage error (e.g. an
+    explicit grid over --max-windows), 3 model error.
     """
     import numpy as np
 
@@ -216,14 +259,15 @@ def censor_command(
         from ..explain import methods as M
         from ..explain.censor import Censor
 
+        caps = ExplainCaps(max_work_side=max_work_side, max_windows=max_windows, max_aspect=max_aspect)
         det = _detector(backend, device, model, batch_size)
         explainer = None
-        if method is not Method.OCCLUSION or box is not None or stride is not None:
-            b = box
-            opts = M.ExplainOptions(box=b, stride=stride if stride else (max(1, b // 2) if b else None),
-                                    device=resolve_device(device))
+        if method is not Method.OCCLUSION:
+            opts = M.ExplainOptions(device=resolve_device(device), caps=caps)
             explainer = M.make_explainer(method, det, options=opts)
-        censor = Censor(det, explainer=explainer, style=style, strength=strength, max_steps=max_steps)
+        censor = Censor(det, explainer=explainer, style=style, strength=strength, max_steps=max_steps,
+                        box=box if method is Method.OCCLUSION else None,
+                        stride=stride if method is Method.OCCLUSION else None, caps=caps)
         with det, progress_bar(None, "censoring", unit="img", enabled=progress) as advance:
             result = censor.censor(image, target=target, progress=advance)
         _save_png(out, result.image)

@@ -114,7 +114,7 @@ def attack_command(
     Exit status: 0 every target reached, 1 some not reached (the best attempt is still written and flagged in
     the report) or an input could not be read, 2 usage error, 3 model error.
     """
-    from ..lab.attack import AttackConfig, Attacker
+    from ..lab.attacks import AttackConfig, Attacker
 
     try:
         config = AttackConfig(max_eps=max_eps, norm=norm, tolerance=tolerance, steps=steps, jpeg=jpeg,  # type: ignore[arg-type]
@@ -185,7 +185,7 @@ def robustness_command(
     Exit status: 0 done, 1 some inputs could not be read, 2 usage error, 3 model error.
     """
     from ..detector import Detector
-    from ..lab.robustness import (
+    from ..lab.robust import (
         RobustnessConfig,
         load_labels,
         plot_jpeg_curve,

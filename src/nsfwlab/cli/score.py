@@ -1,28 +1,46 @@
-"""``nsfwlab score``: score image files, print a table, JSON lines or CSV."""
+"""``nsfwlab score``: score image files, videos and animations; print a table, JSON lines or CSV.
+
+Each input is routed by its content: videos (MP4/MOV, Matroska/WebM) and animated GIF/WebP/APNG
+are scored over their frames (:meth:`Detector.score_frames`, :mod:`nsfwlab.frames`), still images
+in batches (:meth:`Detector.iter_score`), and the results are printed in input order.
+"""
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
+import stat
 import sys
-from collections.abc import Iterator
-from dataclasses import replace
+import warnings
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Union, cast
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
 from ..config import BackendName, DecodeLimits, Device, Label, Precision, Thresholds
-from ..detector import Detector, ScoreResult
+from ..detector import Detector, FramesResult, ScoreResult
 from ..errors import ConfigError, ImageError, NsfwlabError
-from ..imageio import iter_image_files, read_bytes
-from ._common import ExitCode, fail, progress_bar, stderr, stdout, tagged
+from ..frames import FrameMode, FrameOptions, media_kind, sniff_video
+from ..imageio import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageInput, iter_image_files, read_bytes, sniff_format
+from ._common import ExitCode, fail, output_file, progress_bar, stderr, stdout, tagged
 
 if TYPE_CHECKING:
     from ..bank import Bank, Match
+    from ._timeline import Timeline
+
+__all__ = ["OutputFormat", "score_command"]
+
+Result = Union[ScoreResult, FramesResult]
+#: Formats that may hold an animation (checked by content: frames.media_kind).
+_ANIMATED_FORMATS = ("GIF", "PNG", "WEBP")
+_MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
 
 
 class OutputFormat(str, Enum):
@@ -31,48 +49,163 @@ class OutputFormat(str, Enum):
     CSV = "csv"
 
 
-def _expand(paths: list[str]) -> Iterator[tuple[str, object]]:
-    """(name, source) pairs: files as given, directories recursively (sorted), '-' is stdin."""
+class _MediaSeen:
+    """Whether some input's first bytes say video, or (in ``sample`` mode) GIF, PNG or WebP, which
+    may be animated: then the CSV has its kind,frames,segments columns. Learnt while the inputs
+    are listed (a directory's files are sniffed anyway; a named file costs one 32-byte read), so
+    an image-only CSV keeps the columns it always had."""
+
+    def __init__(self, mode: FrameMode) -> None:
+        self.mode = mode
+        self.media = False
+
+    def note(self, head: bytes | None) -> None:
+        if head and (sniff_video(head) is not None
+                     or (self.mode is FrameMode.SAMPLE and sniff_format(head) in _ANIMATED_FORMATS)):
+            self.media = True
+
+    def sniff(self, head: bytes) -> str | None:
+        """An image or video format by content (for the directory walk), noted."""
+        self.note(head)
+        return sniff_format(head) or sniff_video(head)
+
+
+def _expand(paths: list[str], seen: _MediaSeen) -> Iterator[tuple[str, object]]:
+    """(name, source) pairs: files as given, directories recursively (sorted), '-' is stdin. A
+    directory that cannot be listed is an error in its place."""
     for raw in paths:
         if raw == "-":
-            yield "-", sys.stdin.buffer  # read by the detector: at most --max-bytes + 1 bytes
+            yield "-", sys.stdin.buffer  # read once, capped, by _stdin_once
             continue
         p = Path(raw)
-        if p.is_dir():
+        try:
+            is_dir = p.is_dir()
+        except OSError:  # cannot even be looked at (no search permission): reading it says why
+            is_dir = False
+        if is_dir:
             empty = True
-            for child in iter_image_files(p):  # images by content or name; README.txt is not one
+            # images and videos by content or name; README.txt is not one
+            for child in iter_image_files(p, sniff=seen.sniff, suffixes=_MEDIA_SUFFIXES):
                 empty = False
-                yield str(child), child
+                yield (child.source or raw, child) if isinstance(child, NsfwlabError) else (str(child), child)
             if empty:
                 yield raw, ImageError("directory holds no image files")
         else:
+            seen.note(_head(p))
             yield raw, p
 
 
-def _jsonl_line(res: ScoreResult, match: Match | None = None) -> str:
-    row = res.to_dict()
-    if match is not None:
-        row["match"] = match.to_dict()
-    return json.dumps(row, ensure_ascii=False)
-
-
-def _stdin_once(items: list[tuple[str, object]], limits: DecodeLimits) -> list[tuple[str, object]]:
-    """stdin read into bytes (capped), so that both the model and the bank can read it."""
+def _stdin_once(items: list[tuple[str, object]], limits: DecodeLimits, seen: _MediaSeen) -> list[tuple[str, object]]:
+    """stdin read into bytes (at most --max-bytes + 1), so that it can be routed by its content
+    and read by both the model and the bank."""
     out: list[tuple[str, object]] = []
     stdin = sys.stdin.buffer
     for name, src in items:
         if id(src) == id(stdin):  # (`is` would narrow stdin to object for mypy)
             try:
                 src = read_bytes(stdin, limits)
+                seen.note(src[:32])
             except NsfwlabError as exc:
                 src = exc
         out.append((name, src))
     return out
 
 
-def _bank_match(bank: Bank | None, res: ScoreResult, source: object, distance: int) -> tuple[ScoreResult, Match | None]:
-    """The result with the bank's human decision as its label when the image matches a banked hash."""
-    if bank is None or not res.ok:
+# -- routing: frames or the batched image path ------------------------------------------------
+@dataclass(frozen=True)
+class _Input:
+    """One input, routed: ``frames`` (a video or animation) goes through Detector.score_frames."""
+
+    name: str
+    source: object  # a Path, the bytes already read, or the NsfwlabError to report
+    frames: bool = False
+
+
+def _head(path: Path) -> bytes | None:
+    """The first bytes of a regular file; None when it is not one or cannot be read (reading it
+    again on the image path then reports why; a pipe is never opened)."""
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            return None
+        with path.open("rb") as fh:
+            return fh.read(32)
+    except OSError:
+        return None
+
+
+def _route(name: str, src: object, mode: FrameMode, limits: DecodeLimits) -> _Input:
+    """Videos by their first bytes; in ``sample`` mode also GIF/PNG/WebP files that are animated
+    (those are read once here, and their bytes passed on: never read twice)."""
+    if isinstance(src, NsfwlabError) or not isinstance(src, (bytes, Path)):
+        return _Input(name, src)
+    head = src[:32] if isinstance(src, bytes) else _head(src)
+    if head is None:
+        return _Input(name, src)
+    if sniff_video(head) is not None:
+        return _Input(name, src, frames=True)
+    if mode is FrameMode.FIRST or sniff_format(head) not in _ANIMATED_FORMATS:
+        return _Input(name, src)
+    try:
+        data = src if isinstance(src, bytes) else read_bytes(src, limits)
+    except NsfwlabError as exc:
+        return _Input(name, exc)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # hostile files warn (DecompressionBombWarning); decoding refuses them
+        kind = media_kind(data)
+    return _Input(name, data, frames=kind == "animation")
+
+
+class _StillRun:
+    """Consecutive still images of the routed stream, fed to Detector.iter_score (names in step);
+    it ends at the first video or animation, kept in ``held`` for Detector.score_frames."""
+
+    def __init__(self, inputs: Iterator[_Input]) -> None:
+        self.inputs = inputs
+        self.held: _Input | None = None
+        self.pulled: deque[_Input] = deque()  # read ahead by iter_score, results not yet out
+
+    def sources(self) -> Iterator[ImageInput | NsfwlabError]:
+        for item in self.inputs:
+            if item.frames:
+                self.held = item
+                return
+            self.pulled.append(item)
+            yield cast("ImageInput | NsfwlabError", item.source)
+
+    def names(self) -> Iterator[str]:
+        while True:  # iter_score takes a name right after each source
+            yield self.pulled[-1].name
+
+
+def _score_frames(detector: Detector, item: _Input, options: FrameOptions) -> FramesResult:
+    res = detector.score_frames(item.source, options)  # type: ignore[arg-type]
+    if res.error is not None:
+        res.error.with_source(item.name)
+    return replace(res, source=item.name)
+
+
+def _score_stream(detector: Detector, inputs: Iterable[_Input], options: FrameOptions) -> Iterator[tuple[Result, _Input]]:
+    """Every input's result, in input order: runs of still images batched, videos and
+    animations one at a time over their frames."""
+    rest = iter(inputs)
+    held = next(rest, None)
+    while held is not None:
+        if held.frames:
+            yield _score_frames(detector, held, options), held
+            held = next(rest, None)
+            continue
+        run = _StillRun(itertools.chain([held], rest))
+        for res in detector.iter_score(run.sources(), run.names()):
+            yield res, run.pulled.popleft()
+        held = run.held
+
+
+# -- the hash bank ------------------------------------------------------------------------------
+def _bank_match(bank: Bank | None, res: Result, source: object, distance: int) -> tuple[Result, Match | None]:
+    """The result with the bank's human decision as its label when the image matches a banked
+    hash. An animation is matched by its first frame (as the bank hashes any image file); a
+    video is not matched (the bank holds image hashes)."""
+    if bank is None or not res.ok or (isinstance(res, FramesResult) and res.kind == "video"):
         return res, None
     try:
         match = bank.match(source, distance)  # type: ignore[arg-type]
@@ -95,8 +228,42 @@ def _open_bank(path: Path | None, limits: DecodeLimits) -> Bank | None:
     return Bank(path, limits=limits)
 
 
+def _jsonl_line(res: Result, match: Match | None, per_frame: bool) -> str:
+    row = res.to_dict(per_frame) if isinstance(res, FramesResult) else res.to_dict()
+    if match is not None:
+        row["match"] = match.to_dict()
+    return json.dumps(row, ensure_ascii=False)
+
+
+def _frame_options(mode: FrameMode, fps: float, max_frames: int, keyframes_only: bool, aggregate: str, topk: int,
+                   min_consecutive: int, early_stop: bool) -> FrameOptions:
+    return FrameOptions(mode=mode, fps=fps, max_frames=max_frames, keyframes_only=keyframes_only,
+                        aggregate=aggregate, topk=topk, min_consecutive=min_consecutive, early_stop=early_stop)
+
+
+def _timeline_entry(res: Result) -> Timeline | None:
+    from ._timeline import Timeline
+
+    if not isinstance(res, FramesResult) or not res.ok or res.score is None or res.label is None:
+        return None
+    return Timeline(res.source, res.kind, res.score, res.label.value, res.frame_scores, res.segments)
+
+
+def _write_timeline(out: Path, entries: list[Timeline], thresholds: Thresholds) -> None:
+    from ._timeline import page_paths, timeline_pngs
+
+    if not entries:
+        stderr.print(f"no video or animation was scored: {out} not written", style="yellow", highlight=False)
+        return
+    pages = timeline_pngs(entries, thresholds)
+    paths = page_paths(out, len(pages))
+    for path, png in zip(paths, pages, strict=True):
+        path.write_bytes(png)
+    stderr.print(f"timeline: {', '.join(map(str, paths))}", highlight=False)
+
+
 def score_command(
-    paths: list[str] = typer.Argument(..., metavar="PATH", help="Image files or directories ('-' reads stdin)."),
+    paths: list[str] = typer.Argument(..., metavar="PATH", help="Image or video files, or directories ('-' reads stdin)."),
     fmt: OutputFormat = typer.Option(OutputFormat.TABLE, "--format", "-f", help="Output format."),
     device: Device = typer.Option(Device.AUTO, help="Where the model runs."),
     backend: BackendName = typer.Option(BackendName.AUTO, help="Inference engine (auto: onnxruntime on CPU, torch on CUDA)."),
@@ -104,16 +271,26 @@ def score_command(
     safe_below: float = typer.Option(0.2, help="Scores below this are labelled 'safe'."),
     nsfw_above: float = typer.Option(0.8, help="Scores above this are labelled 'nsfw'; between is 'review'."),
     model: Path | None = typer.Option(None, "--model", help="A fine-tuned checkpoint (.pt) or exported .onnx instead of the stock model."),
-    batch_size: int = typer.Option(16, min=1, help="Images per model call."),
+    batch_size: int = typer.Option(16, min=1, help="Images (or frames of one video) per model call."),
     workers: int = typer.Option(2, min=1, help="Threads decoding and preprocessing."),
-    max_pixels: int | None = typer.Option(None, min=1, help="Refuse images with more pixels: decompression bombs (default: $NSFWLAB_MAX_PIXELS, else 100000000)."),
-    max_bytes: int | None = typer.Option(None, min=1, help="Refuse files larger than this (default: $NSFWLAB_MAX_BYTES, else 67108864)."),
-    progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr (default: when stderr is a terminal)."),
+    max_pixels: int | None = typer.Option(None, min=1, help="Refuse images (and video frames) with more pixels: decompression bombs (default: $NSFWLAB_MAX_PIXELS, else 100000000)."),
+    max_bytes: int | None = typer.Option(None, min=1, help="Refuse files larger than this, videos too (default: $NSFWLAB_MAX_BYTES, else 67108864)."),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bar (files) on stderr (default: when stderr is a terminal)."),
     calibration: Path | None = typer.Option(None, "--calibration", help="A calibration.json from `evaluate --calibrate`: scores become calibrated probabilities (labels follow them); raw_score keeps the model's."),
-    bank: Path | None = typer.Option(None, "--bank", help="A hash bank (`nsfwlab bank`): an image matching a banked PDQ hash takes the human decision as its label (the model score is still reported)."),
+    bank: Path | None = typer.Option(None, "--bank", help="A hash bank (`nsfwlab bank`): an image (an animation: its first frame) matching a banked PDQ hash takes the human decision as its label (the model score is still reported). Videos are not matched."),
     match_distance: int = typer.Option(31, "--match-distance", min=0, max=256, help="Most differing PDQ bits (of 256) for a bank match."),
+    frames: FrameMode = typer.Option(FrameMode.SAMPLE, "--frames", help="sample: score videos and animated GIF/WebP/APNG over their frames; first: the original pipeline's first frame only."),
+    fps: float = typer.Option(2.0, "--fps", help="Video frames scored per second of video."),
+    max_frames: int = typer.Option(300, "--max-frames", min=1, help="Most frames scored per file (spread evenly over longer ones)."),
+    keyframes_only: bool = typer.Option(False, "--keyframes-only", help="Decode only a video's keyframes: much faster, coarser (misses what lies between keyframes)."),
+    aggregate: str = typer.Option("max", "--aggregate", help="A file's score from its frames' scores: max, mean, pNN (e.g. p90) or topk-mean."),
+    topk: int = typer.Option(3, "--topk", min=1, help="Frames averaged by --aggregate topk-mean."),
+    min_consecutive: int = typer.Option(1, "--min-consecutive", min=1, help="Only runs of at least K consecutive high frames count (an isolated spike does not)."),
+    early_stop: bool = typer.Option(False, "--early-stop", help="End a file at the first batch of frames that makes it nsfw (faster; its frames and segments then cover only what was scored)."),
+    per_frame: bool = typer.Option(False, "--per-frame", help="JSONL rows of videos/animations gain frame_scores: a (time, score) pair per frame scored."),
+    timeline: Path | None = typer.Option(None, "--timeline", help="Write a PNG of score against time, one subplot per video/animation (12 per page: OUT.png, OUT_2.png, ...)."),
 ) -> None:
-    """Score images with the exact open_nsfw model.
+    """Score images, videos and animations with the exact open_nsfw model.
 
     Goes on past bad inputs. Exit status: 0 all scored, 1 some input failed, 2 usage error,
     3 the model could not be loaded.
@@ -121,67 +298,111 @@ def score_command(
     try:
         limits = DecodeLimits.from_env(max_bytes, max_pixels)
         thresholds = Thresholds(safe_below=safe_below, nsfw_above=nsfw_above)
+        options = _frame_options(frames, fps, max_frames, keyframes_only, aggregate, topk, min_consecutive, early_stop)
+        if per_frame and fmt is not OutputFormat.JSONL:
+            raise ConfigError("--per-frame needs --format jsonl")
+        if timeline is not None:
+            from ._timeline import check_matplotlib
+
+            check_matplotlib()
+            output_file(timeline)
         detector = Detector(backend, device, thresholds=thresholds, batch_size=batch_size, workers=workers,
                             precision=precision, model=model, limits=limits, calibration=calibration)
         hash_bank = _open_bank(bank, limits)
     except NsfwlabError as exc:
         raise fail(exc) from None
 
-    items = list(_expand(paths))
-    if hash_bank is not None:
-        items = _stdin_once(items, limits)
-    sources = dict(items)
+    seen = _MediaSeen(frames)
+    items = _stdin_once(list(_expand(paths, seen)), limits, seen)
     calibrated = detector.calibration is not None
     failed = 0
     writer = csv.writer(sys.stdout, lineterminator="\n") if fmt is OutputFormat.CSV else None
     if writer is not None:
         writer.writerow(["path", "score", "label", "error"] + (["raw_score"] if calibrated else [])
-                        + (["match_decision", "match_distance", "match_source"] if hash_bank is not None else []))
-    columns = ["path", "score"] + (["raw score"] if calibrated else []) + ["label"] + (["match"] if hash_bank else [])
-    table = Table(*columns, title=None, show_edge=False) if fmt is OutputFormat.TABLE else None
+                        + (["match_decision", "match_distance", "match_source"] if hash_bank is not None else [])
+                        + (["kind", "frames", "segments"] if seen.media else []))
+    rows: list[tuple[Result, Match | None]] = []  # for the table, printed at the end
+    timelines: list[Timeline] = []
+    inputs = (_route(name, src, options.mode, limits) for name, src in items)  # type: ignore[arg-type]
 
-    with detector, progress_bar(len(items), "scoring", enabled=progress) as advance:
-        for scored in detector.iter_score((src for _, src in items), (name for name, _ in items)):  # type: ignore[misc]
-            res, match = _bank_match(hash_bank, scored, sources.get(scored.source), match_distance)
+    with detector, progress_bar(len(items), "scoring", unit="file", enabled=progress) as advance:
+        for scored, item in _score_stream(detector, inputs, options):
+            res, match = _bank_match(hash_bank, scored, item.source, match_distance)
             advance(1, errors=0 if res.ok else 1)
             failed += 0 if res.ok else 1
+            if timeline is not None and (entry := _timeline_entry(res)) is not None:
+                timelines.append(entry)
             if fmt is OutputFormat.JSONL:
-                sys.stdout.write(_jsonl_line(res, match) + "\n")
+                sys.stdout.write(_jsonl_line(res, match, per_frame) + "\n")
                 sys.stdout.flush()
             elif writer is not None:
-                writer.writerow(_csv_row(res, match, calibrated, hash_bank is not None))
-            elif table is not None:
-                table.add_row(*_table_row(res, match, calibrated, hash_bank is not None))
+                writer.writerow(_csv_row(res, match, calibrated, hash_bank is not None, seen.media))
+            else:
+                rows.append((res, match))
     if hash_bank is not None:
         hash_bank.close()
-    if table is not None:
-        stdout.print(table)
+    if fmt is OutputFormat.TABLE:
+        stdout.print(_table(rows, calibrated, hash_bank is not None))
+    if timeline is not None:
+        _write_timeline(timeline, timelines, thresholds)
     if failed:
         raise typer.Exit(int(ExitCode.INPUT_FAILED))
 
 
-def _csv_row(res: ScoreResult, match: Match | None, calibrated: bool, banked: bool) -> list[str]:
+def _segments_json(res: FramesResult) -> str:
+    return json.dumps([[round(a, 3), round(b, 3), round(m, 6)] for a, b, m in res.segments], separators=(",", ":"))
+
+
+def _csv_row(res: Result, match: Match | None, calibrated: bool, banked: bool, media: bool) -> list[str]:
     if res.ok:
         row = [res.source, f"{res.score:.6f}", res.label.value if res.label else "", ""]
     else:
         row = [res.source, "", "", str(res.error.message if res.error else "")]
     if calibrated:
-        row.append(f"{res.raw_score:.6f}" if res.raw_score is not None else "")
+        raw = res.raw_score if isinstance(res, ScoreResult) else None
+        row.append(f"{raw:.6f}" if raw is not None else "")
     if banked:
         row += [match.decision.value, str(match.distance), match.source] if match else ["", "", ""]
-    return row
+    if not media:
+        return row
+    if not res.ok:
+        return [*row, "", "", ""]
+    if isinstance(res, FramesResult):
+        return [*row, res.kind, str(res.frames), _segments_json(res)]
+    return [*row, "image", "1", ""]
 
 
-def _table_row(res: ScoreResult, match: Match | None, calibrated: bool, banked: bool) -> list[str | Text]:
+def _segments_text(res: FramesResult, most: int = 4) -> str:
+    shown = [f"{a:.1f}-{b:.1f} s ({m:.3f})" for a, b, m in res.segments[:most]]
+    more = len(res.segments) - most
+    return "; ".join(shown) + (f"; +{more} more" if more > 0 else "") if shown else "none"
+
+
+def _table(rows: list[tuple[Result, Match | None]], calibrated: bool, banked: bool) -> Table:
+    media = any(isinstance(res, FramesResult) for res, _ in rows)
+    columns = (["path", "score"] + (["raw score"] if calibrated else []) + ["label"] + (["match"] if banked else [])
+               + (["frames", "segments"] if media else []))
+    table = Table(*columns, title=None, show_edge=False)
+    for res, match in rows:
+        table.add_row(*_table_row(res, match, calibrated, banked, media))
+    return table
+
+
+def _table_row(res: Result, match: Match | None, calibrated: bool, banked: bool, media: bool) -> list[str | Text]:
+    tail: list[str | Text] = []
+    if media:
+        tail = ([str(res.frames), _segments_text(res)] if isinstance(res, FramesResult) and res.ok
+                else ["", ""] if not res.ok else ["1", ""])
     if not res.ok:
         return [res.source, Text("error", style="red"), *([""] if calibrated else []),
-                Text(res.error.message if res.error else "", style="red"), *([""] if banked else [])]
+                Text(res.error.message if res.error else "", style="red"), *([""] if banked else []), *tail]
     label = res.label.value if res.label else "safe"
     style = {"safe": "green", "review": "yellow", "nsfw": "red"}[label]
     row: list[str | Text] = [res.source, f"{res.score:.6f}"]
     if calibrated:
-        row.append(f"{res.raw_score:.6f}" if res.raw_score is not None else "")
+        raw = res.raw_score if isinstance(res, ScoreResult) else None
+        row.append(f"{raw:.6f}" if raw is not None else "")
     row.append(Text(label, style=style))
     if banked:
         row.append(f"{match.decision.value} ({match.distance} bits, {match.source})" if match else "")
-    return row
+    return row + tail

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from ..calibration import load_calibration
-from ..config import BackendName, DecodeLimits, Device, Precision, Thresholds
+from ..config import BackendName, DecodeLimits, Device, Precision, Thresholds, read_text_file
 from ..errors import ConfigError, ModelError, NsfwlabError
 from ..frames import FrameMode, FrameOptions
 from ._common import ExitCode, fail, output_dir, progress_bar, stderr, tagged
@@ -29,12 +29,7 @@ __all__ = ["review_app", "serve_command"]
 def _read_keys(api_key: list[str], api_key_file: Path | None) -> tuple[str, ...]:
     keys = [k.strip() for k in api_key if k.strip()]
     if api_key_file is not None:
-        try:
-            text = api_key_file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read the API key file {api_key_file}: {exc.strerror or exc}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"the API key file {api_key_file} is not UTF-8 text (one key per line)") from None
+        text = read_text_file(api_key_file, "the API key file", " (one key per line)")
         from_file = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
         if not from_file:
             # Starting anyway would serve everyone without a key: the opposite of what was asked.

@@ -7,7 +7,8 @@
 Black-box methods (occlusion, sliding window) run through a :class:`~nsfwlab.Detector`; gradient
 methods (Grad-CAM, guided backprop, deconvnet, integrated gradients) on the PyTorch model through
 the differentiable part of the exact preprocessing. Every explainer returns an (H, W) float32
-heatmap at the image's own resolution; pictures come from :mod:`nsfwlab.explain.overlay`.
+heatmap at the image's own resolution (at the working copy's, for an image over
+:class:`ExplainCaps`' ``max_work_side``); pictures come from :mod:`nsfwlab.explain.overlay`.
 
 Targets are the core's objectives (:mod:`nsfwlab.objectives`), re-exported here (and from
 ``nsfwlab.explain.targets``) under the names explain has always offered. Names are imported lazily
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from .gradients import Deconvnet, GradCAM, GuidedBackprop, IntegratedGradients
     from .methods import ALL_METHODS, Explainer, ExplainOptions, explain_many, make_explainer, torch_model_for
     from .occlusion import Occlusion
-    from .options import Baseline, Fill, Method, Reduction, Style
+    from .options import Baseline, ExplainCaps, Fill, Method, Reduction, Style
     from .overlay import blend, labelled_grid, overlay_with_scale
     from .sliding import SlidingWindow
 
@@ -36,6 +37,7 @@ _EXPORTS: dict[str, str] = {
     "CensorResult": ".censor",
     "CensorStep": ".censor",
     "Deconvnet": ".gradients",
+    "ExplainCaps": ".options",
     "ExplainOptions": ".methods",
     "Explainer": ".methods",
     "Fill": ".options",
@@ -69,6 +71,7 @@ __all__ = [
     "CensorResult",
     "CensorStep",
     "Deconvnet",
+    "ExplainCaps",
     "ExplainOptions",
     "Explainer",
     "Fill",

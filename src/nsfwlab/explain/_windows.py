@@ -1,6 +1,6 @@
 """Shared machinery of the explainers: loading their input, and for the black-box methods window
 grids, per-pixel averaging, and batched scoring of many image variants through a
-:class:`~nsfwlab.detector.Detector`. (A leaf of the package: it imports no other explain module.)"""
+:class:`~nsfwlab.detector.Detector`. (It imports only the leaves ``caps`` and ``options``.)"""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from ..imageio import ImageInput, describe_source, load_image
 from ..objectives import Target, TargetName, make_target
 from ..preprocess import finish_resized, preprocess_rgb, stack_batch
 from ..readahead import ordered_map
+from .caps import check_aspect, fit_side, working_copy
+from .options import ExplainCaps
 
 if TYPE_CHECKING:
     from ..config import PreprocessConfig
@@ -43,12 +45,15 @@ def load_input(image: ImageInput, limits: DecodeLimits | None = None) -> Image.I
 
 class WindowExplainer:
     """Shared by the window-based explainers (occlusion, sliding window): a Detector built on
-    first use when none was given, and the number of windows an image needs."""
+    first use when none was given, the working copy (:func:`~nsfwlab.explain.caps.working_copy`)
+    and its windows, at most ``caps.max_windows`` of them."""
 
     _detector: Detector | None
+    caps: ExplainCaps
+    explicit: bool  # the caller fixed the window or stride: a grid over the cap is refused
 
     def geometry(self, height: int, width: int) -> tuple[int, int]:  # pragma: no cover - abstract
-        """The (window size, stride) used for an image of this size."""
+        """The (window size, stride) in pixels of an image of this size."""
         raise NotImplementedError
 
     @property
@@ -59,16 +64,37 @@ class WindowExplainer:
 
     def count(self, height: int, width: int) -> int:
         """How many windows (model inputs besides the original) an image of this size needs."""
-        return len(window_grid(height, width, *self.geometry(height, width)))
+        return len(self.plan(height, width))
+
+    def plan(self, height: int, width: int) -> list[Box]:
+        """The windows on the working copy of an image of this size: an explicit geometry (in
+        pixels of the image) scaled to the working copy, or the default one of the working copy.
+        A default grid with more than ``caps.max_windows`` windows is coarsened (window and
+        stride grow together) until it fits; an explicit one is refused with a ConfigError."""
+        check_aspect(height, width, self.caps)
+        wh, ww = fit_side(height, width, self.caps.max_work_side)
+        if self.explicit:
+            scale = max(wh, ww) / max(height, width)
+            size, stride = (max(1, round(v * scale)) for v in self.geometry(height, width))
+        else:
+            size, stride = self.geometry(wh, ww)  # defaults are fractions of the explained image
+        cap = self.caps.max_windows
+        while (n := len(window_starts(wh, size, stride)) * len(window_starts(ww, size, stride))) > cap:
+            if self.explicit:
+                raise ConfigError(f"{n} windows of {size} px every {stride} px on the {ww}x{wh} working copy "
+                                  f"are over the cap of {cap}: use a larger box/stride or raise --max-windows")
+            size, stride = max(size + 1, round(size * 1.25)), max(stride + 1, round(stride * 1.25))
+        return window_grid(wh, ww, size, stride)
 
     def _setup(self, image: ImageInput,
-               target: Target | TargetName | str | None) -> tuple[Target, Image.Image, list[Box]]:
-        """The target (refused before any work when it needs logits), the decoded image and its
-        windows."""
+               target: Target | TargetName | str | None) -> tuple[Target, Image.Image, Image.Image, list[Box]]:
+        """The target (refused before any work when it needs logits), the decoded image, its
+        working copy (the image itself under the cap) and the windows on the working copy."""
         tgt = make_target(target)
         tgt.from_probabilities(np.asarray([0.5]))  # fail fast on targets that need logits
         img = load_input(image, self.detector.limits)
-        return tgt, img, window_grid(img.height, img.width, *self.geometry(img.height, img.width))
+        boxes = self.plan(img.height, img.width)
+        return tgt, img, working_copy(img, self.caps), boxes
 
 
 def window_starts(length: int, size: int, stride: int) -> list[int]:

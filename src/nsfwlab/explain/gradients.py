@@ -41,7 +41,8 @@ from ..imageio import ImageInput
 from ..objectives import Target, TargetName, evaluate, make_target
 from ..preprocess.differentiable import DifferentiablePreprocess, resized_tensor
 from ._windows import ProgressCallback, load_input
-from .options import Baseline, Reduction
+from .caps import check_aspect, fit_side, resize_map
+from .options import Baseline, ExplainCaps, Reduction
 
 __all__ = [
     "Baseline",
@@ -103,13 +104,8 @@ def private_module(model: nn.Module, device: torch.device) -> nn.Module:
     return view.eval()
 
 
-def to_image_resolution(heat: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize a 2-D map to (height, width) with bilinear interpolation (float32)."""
-    heat = np.asarray(heat, dtype=np.float32)
-    if heat.shape == (height, width):
-        return heat.copy()
-    resized = Image.fromarray(heat, mode="F").resize((width, height), resample=Image.Resampling.BILINEAR)
-    return np.asarray(resized, dtype=np.float32)
+#: Resize a 2-D map to (height, width), bilinear, float32 (:func:`nsfwlab.explain.caps.resize_map`).
+to_image_resolution = resize_map
 
 
 def reduce_channels(attr: np.ndarray, reduction: Reduction | str) -> np.ndarray:
@@ -129,8 +125,9 @@ class _TorchExplainer:
     another device or in another dtype is copied once, here."""
 
     def __init__(self, model: nn.Module | None = None, *, preprocess: PreprocessConfig | None = None,
-                 device: str = "cpu", limits: DecodeLimits | None = None) -> None:
+                 device: str = "cpu", limits: DecodeLimits | None = None, caps: ExplainCaps | None = None) -> None:
         self.limits = limits or Settings.from_env().limits
+        self.caps = caps or ExplainCaps()
         if model is not None and not isinstance(model, nn.Module):
             raise ConfigError("model must be a torch.nn.Module taking NCHW BGR input and returning logits")
         dev = torch_device(device)
@@ -143,7 +140,17 @@ class _TorchExplainer:
         self.device = device
 
     def _load(self, image: ImageInput) -> Image.Image:
-        return load_input(image, self.limits)
+        """The decoded image, refused when its aspect ratio is over ``caps.max_aspect``. It is
+        used at full resolution: the model sees it resized to 256x256 anyway, so the explained
+        score is the Detector's; only the returned map is capped (:meth:`_heatmap`)."""
+        img = load_input(image, self.limits)
+        check_aspect(img.height, img.width, self.caps)
+        return img
+
+    def _heatmap(self, heat: np.ndarray, img: Image.Image) -> np.ndarray:
+        """A map on the resized canvas brought to the image's size, or to the working copy's
+        when the image is over ``caps.max_work_side``."""
+        return resize_map(heat, *fit_side(img.height, img.width, self.caps.max_work_side))
 
     def _input(self, img: Image.Image) -> torch.Tensor:
         return resized_tensor(img, self.preprocess).to(self.device)
@@ -169,7 +176,7 @@ class GradCAM(_TorchExplainer):
         cam = self.cam(self._input(img), make_target(target))
         if progress is not None:
             progress(1)
-        return to_image_resolution(cam, img.height, img.width)
+        return self._heatmap(cam, img)
 
     def cam(self, x: torch.Tensor, target: Target) -> np.ndarray:
         """(1, 3, R, R) resized image -> the (R, R) Grad-CAM map on the resized canvas."""
@@ -202,8 +209,8 @@ class _CaptumExplainer(_TorchExplainer):
 
     def __init__(self, model: nn.Module | None = None, *, preprocess: PreprocessConfig | None = None,
                  device: str = "cpu", reduction: Reduction | str = Reduction.ABS,
-                 limits: DecodeLimits | None = None) -> None:
-        super().__init__(model, preprocess=preprocess, device=device, limits=limits)
+                 limits: DecodeLimits | None = None, caps: ExplainCaps | None = None) -> None:
+        super().__init__(model, preprocess=preprocess, device=device, limits=limits, caps=caps)
         self.reduction = option(Reduction, reduction, "reduction")
 
     def _method(self, wrapped: nn.Module) -> Any:  # pragma: no cover - abstract
@@ -230,7 +237,7 @@ class _CaptumExplainer(_TorchExplainer):
         attr = self._attributions(self._input(img), make_target(target))
         if progress is not None:
             progress(1)
-        return to_image_resolution(reduce_channels(attr, self.reduction), img.height, img.width)
+        return self._heatmap(reduce_channels(attr, self.reduction), img)
 
 
 def _captum() -> Any:
@@ -266,8 +273,9 @@ class IntegratedGradients(_CaptumExplainer):
     def __init__(self, model: nn.Module | None = None, *, preprocess: PreprocessConfig | None = None,
                  device: str = "cpu", steps: int = 32, baseline: Baseline | str = Baseline.BLACK,
                  batch_size: int = 16, reduction: Reduction | str = Reduction.ABS,
-                 limits: DecodeLimits | None = None) -> None:
-        super().__init__(model, preprocess=preprocess, device=device, reduction=reduction, limits=limits)
+                 limits: DecodeLimits | None = None, caps: ExplainCaps | None = None) -> None:
+        super().__init__(model, preprocess=preprocess, device=device, reduction=reduction, limits=limits,
+                         caps=caps)
         if steps < 1:
             raise ConfigError(f"steps must be at least 1, got {steps}")
         if batch_size < 1:

@@ -3,7 +3,7 @@ from one frozen options object, consistent with a Detector (same model, same pre
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -14,7 +14,7 @@ from ..errors import ConfigError
 from ..imageio import ImageInput
 from ..objectives import Target, TargetName
 from ._windows import ProgressCallback, load_input
-from .options import Baseline, Fill, Method, Reduction
+from .options import Baseline, ExplainCaps, Fill, Method, Reduction
 
 if TYPE_CHECKING:
     from torch import nn
@@ -42,7 +42,8 @@ GRADIENT_METHODS = frozenset({Method.GRADCAM, Method.GUIDED_BACKPROP, Method.DEC
 
 
 class Explainer(Protocol):
-    """What every explainer offers: an (H, W) float32 heatmap of the image's own size."""
+    """What every explainer offers: an (H, W) float32 heatmap of the image's own size, or of its
+    working copy when the image is over ``ExplainCaps.max_work_side``."""
 
     def explain(self, image: ImageInput, *, target: Target | TargetName | str | None = None,
                 progress: ProgressCallback | None = None) -> np.ndarray: ...
@@ -61,6 +62,7 @@ class ExplainOptions:
     baseline: Baseline = Baseline.BLACK
     reduction: Reduction = Reduction.ABS
     device: str = "cpu"  # where gradient methods run
+    caps: ExplainCaps = field(default_factory=ExplainCaps)  # working-copy size, windows, aspect ratio (docs/explain.md)
 
 
 def torch_model_for(detector: Detector, device: str | None = None) -> nn.Module:
@@ -89,23 +91,23 @@ def make_explainer(method: Method | str, detector: Detector | None = None, *,
     if method is Method.OCCLUSION:
         from .occlusion import Occlusion
 
-        return Occlusion(det, box=opts.box, stride=opts.stride, fill=opts.fill)
+        return Occlusion(det, box=opts.box, stride=opts.stride, fill=opts.fill, caps=opts.caps)
     if method is Method.SLIDING_WINDOW:
         from .sliding import SlidingWindow
 
-        return SlidingWindow(det, window=opts.window, stride=opts.window_stride)
+        return SlidingWindow(det, window=opts.window, stride=opts.window_stride, caps=opts.caps)
     from . import gradients as g
 
     net = model if model is not None else torch_model_for(det, opts.device)
-    pre, device, limits = det.preprocess_config, opts.device, det.limits
+    pre, device, limits, caps = det.preprocess_config, opts.device, det.limits, opts.caps
     if method is Method.GRADCAM:
-        return g.GradCAM(net, preprocess=pre, device=device, limits=limits)
+        return g.GradCAM(net, preprocess=pre, device=device, limits=limits, caps=caps)
     if method is Method.GUIDED_BACKPROP:
-        return g.GuidedBackprop(net, preprocess=pre, device=device, reduction=opts.reduction, limits=limits)
+        return g.GuidedBackprop(net, preprocess=pre, device=device, reduction=opts.reduction, limits=limits, caps=caps)
     if method is Method.DECONVNET:
-        return g.Deconvnet(net, preprocess=pre, device=device, reduction=opts.reduction, limits=limits)
+        return g.Deconvnet(net, preprocess=pre, device=device, reduction=opts.reduction, limits=limits, caps=caps)
     return g.IntegratedGradients(net, preprocess=pre, device=device, steps=opts.steps, baseline=opts.baseline,
-                                 reduction=opts.reduction, limits=limits)
+                                 reduction=opts.reduction, limits=limits, caps=caps)
 
 
 def explain_many(image: ImageInput, methods: list[Method] | tuple[Method, ...], detector: Detector | None = None,

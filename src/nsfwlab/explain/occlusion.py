@@ -21,7 +21,7 @@ from ..imageio import ImageInput
 from ..objectives import Target, TargetName
 from ..preprocess import resize_image
 from ._windows import ProgressCallback, WindowExplainer, average_over_boxes, score_variants
-from .options import Fill
+from .options import ExplainCaps, Fill
 
 __all__ = ["Fill", "LocalResizer", "Occlusion", "default_box", "mean_rgb"]
 
@@ -69,11 +69,13 @@ class Occlusion(WindowExplainer):
     """Occlusion heatmaps through a Detector.
 
     ``box`` and ``stride`` are in pixels of the original image (defaults: a sixth of the short
-    side, and a third of the box, so every pixel is covered by about nine boxes).
+    side, and a third of the box, so every pixel is covered by about nine boxes). Over
+    ``caps.max_work_side`` the boxes slide over the working copy (geometry scaled to it) and the
+    heatmap has the working copy's size; see :class:`~nsfwlab.explain.options.ExplainCaps`.
     """
 
     def __init__(self, detector: Detector | None = None, *, box: int | None = None,
-                 stride: int | None = None, fill: Fill | str = Fill.MEAN) -> None:
+                 stride: int | None = None, fill: Fill | str = Fill.MEAN, caps: ExplainCaps | None = None) -> None:
         if box is not None and box < 1:
             raise ConfigError(f"box must be at least 1 pixel, got {box}")
         if stride is not None and stride < 1:
@@ -82,6 +84,8 @@ class Occlusion(WindowExplainer):
         self._detector = detector
         self.box = box
         self.stride = stride
+        self.caps = caps or ExplainCaps()
+        self.explicit = box is not None or stride is not None
 
     def geometry(self, height: int, width: int) -> tuple[int, int]:
         """The (box, stride) used for an image of this size."""
@@ -98,8 +102,9 @@ class Occlusion(WindowExplainer):
 
     def explain(self, image: ImageInput, *, target: Target | TargetName | str | None = None,
                 progress: ProgressCallback | None = None) -> np.ndarray:
-        """An (H, W) float32 heatmap: the mean drop of ``target`` when each pixel is hidden."""
-        tgt, img, boxes = self._setup(image, target)
+        """An (H, W) float32 heatmap (the working copy's size): the mean drop of ``target`` when
+        each pixel is hidden."""
+        tgt, _, img, boxes = self._setup(image, target)  # boxes slide over the working copy
         det = self.detector
         resizer = LocalResizer(img, self._filler(img), det.preprocess_config.resize)
 

@@ -3,9 +3,38 @@ so the CLI and HTTP schema can use them without loading a model stack."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 
-__all__ = ["Baseline", "Fill", "Method", "Reduction", "Style"]
+from ..errors import ConfigError
+
+__all__ = ["Baseline", "ExplainCaps", "Fill", "Method", "Reduction", "Style"]
+
+
+@dataclass(frozen=True)
+class ExplainCaps:
+    """Bounds on the work and memory of explain and censor (docs/explain.md, "Caps").
+
+    ``max_work_side``: explainers work on a copy of the image whose long side is at most this
+    many pixels (images under it are used as they are; heatmaps come back at the working size).
+    ``max_windows``: occlusion and sliding windows score at most this many windows per image
+    (default grids are coarsened to fit; an explicit box/stride that needs more is refused).
+    ``max_output_side``: pictures (overlays, grids) are drawn at most this large on the long side.
+    ``max_aspect``: images longer than this many times their width (or wider than their height)
+    are refused.
+    """
+
+    max_work_side: int = 2048
+    max_windows: int = 4096
+    max_output_side: int = 4096
+    max_aspect: float = 20.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_work_side", "max_windows", "max_output_side"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.max_aspect >= 1.0:
+            raise ConfigError(f"max_aspect must be at least 1, got {self.max_aspect}")
 
 
 class Method(str, Enum):

@@ -12,23 +12,41 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import ConfigError
 
-__all__ = ["attach_scale", "blend", "colorize", "colour_scale", "labelled_grid", "normalize", "overlay_with_scale"]
+__all__ = ["BLOCK_PIXELS", "attach_scale", "blend", "colorize", "colour_scale", "labelled_grid", "normalize",
+           "overlay_with_scale", "value_range"]
 
 
-def normalize(heat: np.ndarray, vmin: float | None = None,
-              vmax: float | None = None) -> tuple[np.ndarray, float, float]:
-    """Map ``heat`` linearly to [0, 1]: ``vmin`` -> 0 and ``vmax`` -> 1 (defaults: the map's
-    minimum and maximum; a constant map becomes all zeros). Returns (map, vmin, vmax)."""
-    heat = np.asarray(heat, dtype=np.float64)
+#: Pictures are coloured and blended in blocks of about this many pixels, so that the float64
+#: temporaries of a large picture stay small.
+BLOCK_PIXELS = 1 << 18
+
+
+def value_range(heat: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> tuple[float, float]:
+    """The (vmin, vmax) :func:`normalize` uses: the given values, else the map's min and max."""
+    heat = np.asarray(heat)
     if heat.ndim != 2:
         raise ConfigError(f"a heatmap must be 2-D, got shape {heat.shape}")
     if not np.isfinite(heat).all():
         raise ConfigError("the heatmap holds NaN or infinite values")
     lo = float(heat.min()) if vmin is None else float(vmin)
     hi = float(heat.max()) if vmax is None else float(vmax)
+    return lo, hi
+
+
+def normalize(heat: np.ndarray, vmin: float | None = None,
+              vmax: float | None = None) -> tuple[np.ndarray, float, float]:
+    """Map ``heat`` linearly to [0, 1]: ``vmin`` -> 0 and ``vmax`` -> 1 (defaults: the map's
+    minimum and maximum; a constant map becomes all zeros). Returns (map, vmin, vmax)."""
+    lo, hi = value_range(heat, vmin, vmax)
+    heat = np.asarray(heat, dtype=np.float64)
     if hi <= lo:
         return np.zeros_like(heat, dtype=np.float32), lo, hi
     return np.clip((heat - lo) / (hi - lo), 0.0, 1.0).astype(np.float32), lo, hi
+
+
+def _block_rows(width: int) -> int:
+    """How many rows of ``width`` pixels make a block of about :data:`BLOCK_PIXELS` pixels."""
+    return max(1, BLOCK_PIXELS // max(1, width))
 
 
 def _cmap(name: str):  # type: ignore[no-untyped-def]
@@ -41,9 +59,16 @@ def _cmap(name: str):  # type: ignore[no-untyped-def]
 
 
 def colorize(norm: np.ndarray, cmap: str = "jet") -> np.ndarray:
-    """[0, 1] map -> uint8 RGB through a matplotlib colormap."""
-    rgba = _cmap(cmap)(np.asarray(norm, dtype=np.float64), bytes=True)
-    return np.ascontiguousarray(rgba[..., :3])
+    """[0, 1] map -> uint8 RGB through a matplotlib colormap (in row blocks)."""
+    colours = _cmap(cmap)
+    norm = np.asarray(norm)
+    if norm.ndim != 2:
+        return np.ascontiguousarray(colours(np.asarray(norm, dtype=np.float64), bytes=True)[..., :3])
+    out = np.empty((*norm.shape, 3), dtype=np.uint8)
+    rows = _block_rows(norm.shape[1])
+    for r in range(0, norm.shape[0], rows):
+        out[r : r + rows] = colours(np.asarray(norm[r : r + rows], dtype=np.float64), bytes=True)[..., :3]
+    return out
 
 
 def _as_rgb(image: np.ndarray) -> np.ndarray:
@@ -64,10 +89,15 @@ def blend(image: np.ndarray, heat: np.ndarray, *, cmap: str = "jet", alpha: floa
         raise ConfigError(f"heatmap {heat.shape} and image {img.shape[:2]} differ in size")
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"alpha must lie in [0, 1], got {alpha}")
-    norm, _, _ = normalize(heat, vmin, vmax)
-    colour = colorize(norm, cmap).astype(np.float32)
-    out = (1.0 - alpha) * img.astype(np.float32) + alpha * colour
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    lo, hi = value_range(heat, vmin, vmax)
+    out = np.empty_like(img)
+    rows = _block_rows(img.shape[1])
+    for r in range(0, img.shape[0], rows):
+        norm, _, _ = normalize(heat[r : r + rows], lo, hi)
+        colour = colorize(norm, cmap).astype(np.float32)
+        mixed = (1.0 - alpha) * img[r : r + rows].astype(np.float32) + alpha * colour
+        out[r : r + rows] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+    return out
 
 
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
@@ -111,7 +141,7 @@ def overlay_with_scale(image: np.ndarray, heat: np.ndarray, *, cmap: str = "jet"
                        vmin: float | None = None, vmax: float | None = None, label: str = "") -> np.ndarray:
     """:func:`blend` at the image's own resolution, with a colour scale attached on the right:
     the left ``W`` columns are exactly the blended image."""
-    _, lo, hi = normalize(heat, vmin, vmax)
+    lo, hi = value_range(heat, vmin, vmax)
     blended = blend(image, heat, cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax)
     return attach_scale(blended, lo, hi, cmap=cmap, label=label)
 

@@ -1,26 +1,74 @@
-"""The lab: adversarial attacks, robustness reports (and, from the lab-synth side, synthesis).
+"""The lab: adversarial attacks and robustness reports; images evolved or synthesised against
+open_nsfw. Every score the lab reports is the exact pipeline's (``Detector.score``) on the saved
+uint8 pixels.
 
-Every score the lab reports is the exact pipeline's (``Detector.score``) on the saved uint8 pixels.
+>>> from nsfwlab.lab import attack, evolve, robustness
+>>> attack("painting.png", 0.983).score_after          # doctest: +SKIP
+
+The attack and robustness names load torch and are imported on first use (``nsfwlab.lab.attacks``,
+``nsfwlab.lab.robust``, ``nsfwlab.lab.transforms``), so the command line stays light; DEAP and
+pycma load only when a run starts.
 """
 
-from .attack import AttackConfig, Attacker, AttackResult, Goal, GoalKind, JpegMode, Norm, Space, attack
-from .robustness import RobustnessConfig, RobustnessReport, robustness
-from .transforms import Transform, parse_transform, parse_transforms
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .evolve import Algorithm, EvolveConfig, EvolveResult, detector_scorer, evolve
+from .render import ShapeKind, render, render_population
+from .synthesize import Param, SynthConfig, Synthesizer, SynthResult
+
+if TYPE_CHECKING:
+    from .attacks import AttackConfig, Attacker, AttackResult, Goal, GoalKind, JpegMode, Norm, Space, attack
+    from .robust import RobustnessConfig, RobustnessReport, robustness
+    from .transforms import Transform, parse_transform, parse_transforms
+
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(("AttackConfig", "AttackResult", "Attacker", "Goal", "GoalKind", "JpegMode", "Norm", "Space",
+                     "attack"), ".attacks"),
+    **dict.fromkeys(("RobustnessConfig", "RobustnessReport", "robustness"), ".robust"),
+    **dict.fromkeys(("Transform", "parse_transform", "parse_transforms"), ".transforms"),
+}
 
 __all__ = [
+    "Algorithm",
     "AttackConfig",
     "AttackResult",
     "Attacker",
+    "EvolveConfig",
+    "EvolveResult",
     "Goal",
     "GoalKind",
     "JpegMode",
     "Norm",
+    "Param",
     "RobustnessConfig",
     "RobustnessReport",
+    "ShapeKind",
     "Space",
+    "SynthConfig",
+    "SynthResult",
+    "Synthesizer",
     "Transform",
     "attack",
+    "detector_scorer",
+    "evolve",
     "parse_transform",
     "parse_transforms",
+    "render",
+    "render_population",
     "robustness",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -26,7 +26,7 @@ from ..config import Thresholds
 from ..datasets import load_labelled
 from ..errors import ConfigError, NsfwlabError
 from ..imageio import ImageInput, describe_source, load_image
-from .attack import AttackConfig, Attacker, Goal, GoalKind, JpegMode
+from .attacks import AttackConfig, Attacker, Goal, GoalKind, JpegMode
 from .transforms import DEFAULT_DEFENCES, DEFAULT_PERTURBATIONS, Transform, parse_transforms
 
 __all__ = [

@@ -1,0 +1,219 @@
+"""Synthesis: parameterisations round-trip, the objective rises on the real model, a second
+network's class rises under --also, generators plug in, and every reported number is the exact
+pipeline's. Images are small and steps few; nothing generated is kept."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from nsfwlab.cli import app
+from nsfwlab.errors import ConfigError, ModelError
+from nsfwlab.lab.fourier import FourierImage, PixelImage, robustness_transforms
+from nsfwlab.lab.synthesize import (
+    AlsoNetwork,
+    AlsoSpec,
+    Param,
+    SynthConfig,
+    Synthesizer,
+    load_also,
+    load_generator,
+    parse_also,
+)
+
+# TorchScript is deprecated from torch 2.13 on, but it is the format --also and --generator take.
+pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:DeprecationWarning")
+
+
+class _MeanColour(torch.nn.Module):
+    """A tiny second network: 4 classes from the mean colour (fixed weights)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(3, 4)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [-1.0, -1.0, -1.0]]) * 4)
+            self.fc.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.mean((2, 3)))
+
+
+class _Generator(torch.nn.Module):
+    """A tiny generator: code (N, 8) -> (N, 3, 16, 16) in [0, 1]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.code_dim = 8  # kept by TorchScript: the synthesizer reads it
+        torch.manual_seed(0)
+        self.fc = torch.nn.Linear(8, 3 * 16 * 16)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.fc(z)).view(-1, 3, 16, 16)
+
+
+@pytest.fixture(scope="module")
+def tiny_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("nets") / "mean_colour.pt"
+    torch.jit.save(torch.jit.script(_MeanColour()), str(path))
+    return path
+
+
+@pytest.mark.parametrize("cls", [FourierImage, PixelImage])
+def test_parameterisation_round_trips(cls: type) -> None:
+    g = torch.Generator().manual_seed(0)
+    param = cls(2, 32, generator=g)
+    start = param().detach()
+    assert start.shape == (2, 3, 32, 32) and 0.0 <= float(start.min()) and float(start.max()) <= 1.0
+    image = torch.rand(2, 3, 32, 32, generator=g) * 0.98 + 0.01
+    param.set_image(image)
+    assert float((param().detach() - image).abs().max()) < 1e-4
+
+
+def test_fourier_gradients_reach_low_frequencies_like_high_ones() -> None:
+    param = FourierImage(1, 32, generator=torch.Generator().manual_seed(0))
+    param().mean().backward()
+    grad = param.spectrum.grad
+    assert grad is not None and float(grad[0, :, 0, 0].abs().sum()) > 0  # the DC term moves the mean
+
+
+def test_robustness_transforms_keep_the_size_and_follow_the_generator() -> None:
+    x = torch.rand(2, 3, 40, 40, generator=torch.Generator().manual_seed(1))
+    a = robustness_transforms(x, torch.Generator().manual_seed(5))
+    b = robustness_transforms(x, torch.Generator().manual_seed(5))
+    c = robustness_transforms(x, torch.Generator().manual_seed(6))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_parse_also() -> None:
+    assert parse_also("net.pt:3") == AlsoSpec(Path("net.pt"), 3, 1.0)
+    assert parse_also("dir:x/net.pt:3:0.5") == AlsoSpec(Path("dir:x/net.pt"), 3, 0.5)
+    for bad in ("net.pt", "net.pt:x", "net.pt:1:heavy", ":"):
+        with pytest.raises(ConfigError):
+            parse_also(bad)
+
+
+def test_load_also_checks_its_input(tiny_pt: Path, tmp_path: Path) -> None:
+    net = load_also(AlsoSpec(tiny_pt, 2), size=16)
+    assert net.class_index == 2 and not any(p.requires_grad for p in net.module.parameters())
+    with pytest.raises(ConfigError, match="out of range"):
+        load_also(AlsoSpec(tiny_pt, 9), size=16)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ModelError):
+        load_also(AlsoSpec(junk, 0))
+    with pytest.raises(ConfigError):
+        load_also(AlsoSpec(tmp_path / "missing.pt", 0))
+    onnx = tmp_path / "net.onnx"
+    onnx.write_bytes(b"x")
+    try:
+        import onnx2torch  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match="onnx2torch"):
+            load_also(AlsoSpec(onnx, 0))
+    else:  # pragma: no cover - depends on the environment
+        with pytest.raises(ModelError):
+            load_also(AlsoSpec(onnx, 0))
+
+
+def test_config_errors() -> None:
+    for kwargs in ({"steps": -1}, {"lr": 0.0}, {"size": 8}, {"batch": 0}, {"tv": -1.0}):
+        with pytest.raises(ConfigError):
+            SynthConfig(**kwargs)  # type: ignore[arg-type]
+    assert SynthConfig(batch=3).diversity_weight == 1.0 and SynthConfig().diversity_weight == 0.0
+
+
+@pytest.mark.slow
+def test_synthesis_raises_its_objective_and_reports_the_exact_pipeline(detector) -> None:
+    config = SynthConfig(objective="nsfw", steps=4, lr=0.1, size=64, transforms=False, tv=0.1)
+    result = Synthesizer(detector, config).run()
+    start, end = result.objectives_start[0], result.objectives_end[0]
+    assert end["nsfw-logit"] > start["nsfw-logit"] + 0.5
+    assert result.logits_end[0][1] == pytest.approx(end["nsfw-logit"], abs=1e-5)
+    assert result.scores[0] == detector.score(result.pngs[0])
+    p = float(torch.softmax(torch.tensor(result.logits_end[0]), 0)[1])
+    assert p == pytest.approx(result.scores[0], abs=1e-4)  # torch logits vs onnxruntime score
+    assert "tv" in end and len(result.history) == 4
+
+
+@pytest.mark.slow
+def test_also_raises_the_second_networks_class(detector, tiny_pt: Path) -> None:
+    net = load_also(AlsoSpec(tiny_pt, 2, 10.0), size=16)
+    config = SynthConfig(objective="0.1*nsfw", steps=4, lr=0.5, size=32, param=Param.PIXELS)
+    result = Synthesizer(detector, config, also=[net]).run()
+    key = f"also0:{net.name}:2"
+    assert result.objectives_end[0][key] > result.objectives_start[0][key] + 0.2
+
+
+@pytest.mark.slow
+def test_generator_and_batch_with_diversity(detector, tmp_path: Path) -> None:
+    path = tmp_path / "gen.pt"
+    torch.jit.save(torch.jit.script(_Generator()), str(path))
+    gen = load_generator(path)
+    config = SynthConfig(objective="nsfw", steps=2, size=32, batch=2)
+    result = Synthesizer(detector, config, generator=gen).run()
+    assert len(result.images) == 2 and result.images[0].shape == (32, 32, 3)
+    assert "diversity" in result.objectives_end[0]
+    assert not np.array_equal(result.images[0], result.images[1])
+
+
+def test_generator_without_code_size_is_refused(detector) -> None:
+    class NoDim(torch.nn.Module):
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return z
+
+    with pytest.raises(ConfigError, match="code-dim"):
+        Synthesizer(detector, SynthConfig(), generator=NoDim())
+
+
+def test_unknown_layer_in_objective_is_a_config_error(detector) -> None:
+    with pytest.raises(ConfigError):
+        Synthesizer(detector, SynthConfig(objective="channel:nope:1"))
+
+
+@pytest.mark.slow
+def test_synthesize_command_writes_images_report_and_blurred_gallery(tmp_path: Path, tiny_pt: Path,
+                                                                    detector) -> None:
+    out, report = tmp_path / "syn.png", tmp_path / "syn.json"
+    res = CliRunner().invoke(app, ["synthesize", "--objective", "nsfw", "--steps", "1", "--size", "32",
+                                   "--batch", "2", "--out", str(out), "--report", str(report),
+                                   "--also", f"{tiny_pt}:1:0.5", "--also-size", "16", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(report.read_text())
+    assert set(data) >= {"score", "logits_start", "logits_end", "objectives_start", "objectives_end", "seconds"}
+    paths = [tmp_path / "syn-0.png", tmp_path / "syn-1.png"]
+    assert [d["score"] for d in data["images"]] == [detector.score(p) for p in paths]
+    page = (tmp_path / "syn.html").read_text()
+    assert page.count("<figure>") == 2 and "score" in page
+
+
+def test_gallery_blurs_high_scores_by_default() -> None:
+    from nsfwlab.cli.lab_synth import _gallery_html
+
+    page = _gallery_html(["a.png", "b.png"], [b"1", b"2"], [0.01, 0.95], "nsfw", blur=True).decode()
+    assert page.count('class="thumb blurred"') == 1
+    assert page.index('class="thumb blurred"') > page.index('alt="a.png"')  # b, the high score, is blurred
+    assert "thumb blurred" not in _gallery_html(["b.png"], [b"2"], [0.95], "nsfw", blur=False).decode()
+
+
+def test_synthesize_command_usage_errors(tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["synthesize", "--out", str(tmp_path / "x.jpg")])
+    assert res.exit_code == 2 and ".png" in res.output
+    res = CliRunner().invoke(app, ["synthesize", "--out", str(tmp_path / "x.png"), "--objective", "nsfw++"])
+    assert res.exit_code == 2
+    res = CliRunner().invoke(app, ["synthesize", "--out", str(tmp_path / "x.png"), "--also", "missing.pt:1"])
+    assert res.exit_code == 2 and "no such file" in res.output
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    res = CliRunner().invoke(app, ["synthesize", "--out", str(blocker / "x.png")])
+    assert res.exit_code == 2 and "cannot write to" in res.output
+
+
+def test_also_network_dataclass_defaults() -> None:
+    net = AlsoNetwork(module=_MeanColour(), class_index=0)
+    assert net.size == 224 and net.weight == 1.0
