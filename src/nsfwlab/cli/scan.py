@@ -46,6 +46,7 @@ def scan_command(
     max_frames: int = typer.Option(300, "--max-frames", min=1, help="Most frames scored per file (spread evenly beyond it)."),
     keyframes_only: bool = typer.Option(False, "--keyframes-only", help="Decode only video keyframes (faster, coarser)."),
     aggregate: str = typer.Option("max", "--aggregate", help="How frame scores become the file's score: max, mean, topk-mean or pNN (e.g. p90)."),
+    topk: int = typer.Option(3, "--topk", min=1, help="Frames averaged by --aggregate topk-mean."),
     min_consecutive: int = typer.Option(1, "--min-consecutive", min=1, help="A file is flagged only by at least this many consecutive high frames."),
     calibration: Path | None = typer.Option(None, "--calibration", help="A calibration.json from `evaluate --calibrate`: scores become calibrated probabilities (labels follow them); raw_score keeps the model's."),
     bank: Path | None = typer.Option(None, "--bank", help="A hash bank (`nsfwlab bank`): an image matching a banked PDQ hash takes the human decision as its label (the model score is kept)."),
@@ -72,7 +73,7 @@ def scan_command(
     try:
         config = ScanConfig(
             frames=FrameOptions(mode=frames, fps=fps, max_frames=max_frames, keyframes_only=keyframes_only,
-                                aggregate=aggregate, min_consecutive=min_consecutive),
+                                aggregate=aggregate, topk=topk, min_consecutive=min_consecutive),
             calibration=load_calibration(calibration) if calibration else None,
             bank=str(bank) if bank else None, match_distance=match_distance,
             mode=mode, device=device, engine=engine, executor=executor, batch_size=batch_size, workers=workers,
