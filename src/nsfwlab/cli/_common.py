@@ -25,8 +25,16 @@ from rich.progress import (
 from rich.text import Text
 
 from ..errors import ConfigError, ImageError, ModelError, NsfwlabError
+from ..frames import FrameMode
 
 __all__ = [
+    "AGGREGATE_OPTION",
+    "FPS_OPTION",
+    "FRAMES_OPTION",
+    "KEYFRAMES_ONLY_OPTION",
+    "MAX_FRAMES_OPTION",
+    "MIN_CONSECUTIVE_OPTION",
+    "TOPK_OPTION",
     "ExitCode", "exit_code_for", "fail", "output_dir", "output_file", "progress_bar", "stderr", "stdout", "tagged",
 ]
 
@@ -34,6 +42,17 @@ __all__ = [
 # them would be eaten or raise MarkupError. Style with ``style=`` or :func:`tagged` instead.
 stdout = Console(soft_wrap=True, markup=False)
 stderr = Console(stderr=True, soft_wrap=True, markup=False)
+
+
+# The frame options of every command that scores videos and animations (score, scan, serve): one
+# definition each, so their names, defaults and help never drift apart (docs/frames.md).
+FRAMES_OPTION = typer.Option(FrameMode.SAMPLE, "--frames", help="Videos and animated GIF/WebP/APNG: score frames sampled over the whole file (sample) or only the first frame, as the original pipeline (first).")
+FPS_OPTION = typer.Option(2.0, "--fps", min=0.001, help="Video frames scored per second of video.")
+MAX_FRAMES_OPTION = typer.Option(300, "--max-frames", min=1, help="Most frames scored per file (spread evenly over longer ones).")
+KEYFRAMES_ONLY_OPTION = typer.Option(False, "--keyframes-only", help="Decode only a video's keyframes: much faster, coarser (misses what lies between keyframes).")
+AGGREGATE_OPTION = typer.Option("max", "--aggregate", help="A file's score from its frames' scores: max, mean, pNN (e.g. p90) or topk-mean.")
+TOPK_OPTION = typer.Option(3, "--topk", min=1, help="Frames averaged by --aggregate topk-mean.")
+MIN_CONSECUTIVE_OPTION = typer.Option(1, "--min-consecutive", min=1, help="Only runs of at least K consecutive high frames count (an isolated spike does not).")
 
 
 class ExitCode(IntEnum):

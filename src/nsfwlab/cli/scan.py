@@ -14,7 +14,21 @@ from ..scan.config import Engine, Executor
 from ..scan.export import ExportFormat
 from ..scan.modes import ScanMode
 from ..scan.store import Status, StoreWriteError
-from ._common import ExitCode, fail, progress_bar, stderr, stdout, tagged
+from ._common import (
+    AGGREGATE_OPTION,
+    FPS_OPTION,
+    FRAMES_OPTION,
+    KEYFRAMES_ONLY_OPTION,
+    MAX_FRAMES_OPTION,
+    MIN_CONSECUTIVE_OPTION,
+    TOPK_OPTION,
+    ExitCode,
+    fail,
+    progress_bar,
+    stderr,
+    stdout,
+    tagged,
+)
 
 __all__ = ["export_command", "scan_command"]
 
@@ -41,13 +55,13 @@ def scan_command(
     max_pixels: int | None = typer.Option(None, min=1, help="Refuse images with more pixels (default: $NSFWLAB_MAX_PIXELS, else 100000000)."),
     max_bytes: int | None = typer.Option(None, min=1, help="Refuse files larger than this (default: $NSFWLAB_MAX_BYTES, else 67108864)."),
     cache_dir: Path | None = typer.Option(None, help="Where fast mode caches its int8 model (default ~/.cache/nsfwlab)."),
-    frames: FrameMode = typer.Option(FrameMode.SAMPLE, "--frames", help="Videos and animations: score frames sampled over the whole file (sample) or only the first frame (first)."),
-    fps: float = typer.Option(2.0, "--fps", help="Video frames sampled per second of video."),
-    max_frames: int = typer.Option(300, "--max-frames", min=1, help="Most frames scored per file (spread evenly beyond it)."),
-    keyframes_only: bool = typer.Option(False, "--keyframes-only", help="Decode only video keyframes (faster, coarser)."),
-    aggregate: str = typer.Option("max", "--aggregate", help="How frame scores become the file's score: max, mean, topk-mean or pNN (e.g. p90)."),
-    topk: int = typer.Option(3, "--topk", min=1, help="Frames averaged by --aggregate topk-mean."),
-    min_consecutive: int = typer.Option(1, "--min-consecutive", min=1, help="A file is flagged only by at least this many consecutive high frames."),
+    frames: FrameMode = FRAMES_OPTION,
+    fps: float = FPS_OPTION,
+    max_frames: int = MAX_FRAMES_OPTION,
+    keyframes_only: bool = KEYFRAMES_ONLY_OPTION,
+    aggregate: str = AGGREGATE_OPTION,
+    topk: int = TOPK_OPTION,
+    min_consecutive: int = MIN_CONSECUTIVE_OPTION,
     calibration: Path | None = typer.Option(None, "--calibration", help="A calibration.json from `evaluate --calibrate`: scores become calibrated probabilities (labels follow them); raw_score keeps the model's."),
     bank: Path | None = typer.Option(None, "--bank", help="A hash bank (`nsfwlab bank`): an image matching a banked PDQ hash takes the human decision as its label (the model score is kept)."),
     match_distance: int = typer.Option(31, "--match-distance", min=0, max=256, help="Most differing PDQ bits (of 256) for a bank match."),

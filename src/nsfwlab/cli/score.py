@@ -29,7 +29,22 @@ from ..detector import Detector, FramesResult, ScoreResult
 from ..errors import ConfigError, ImageError, NsfwlabError
 from ..frames import FrameMode, FrameOptions, media_kind, sniff_video
 from ..imageio import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageInput, iter_image_files, read_bytes, sniff_format
-from ._common import ExitCode, fail, output_file, progress_bar, stderr, stdout, tagged
+from ._common import (
+    AGGREGATE_OPTION,
+    FPS_OPTION,
+    FRAMES_OPTION,
+    KEYFRAMES_ONLY_OPTION,
+    MAX_FRAMES_OPTION,
+    MIN_CONSECUTIVE_OPTION,
+    TOPK_OPTION,
+    ExitCode,
+    fail,
+    output_file,
+    progress_bar,
+    stderr,
+    stdout,
+    tagged,
+)
 
 if TYPE_CHECKING:
     from ..bank import Bank, Match
@@ -279,13 +294,13 @@ def score_command(
     calibration: Path | None = typer.Option(None, "--calibration", help="A calibration.json from `evaluate --calibrate`: scores become calibrated probabilities (labels follow them); raw_score keeps the model's."),
     bank: Path | None = typer.Option(None, "--bank", help="A hash bank (`nsfwlab bank`): an image (an animation: its first frame) matching a banked PDQ hash takes the human decision as its label (the model score is still reported). Videos are not matched."),
     match_distance: int = typer.Option(31, "--match-distance", min=0, max=256, help="Most differing PDQ bits (of 256) for a bank match."),
-    frames: FrameMode = typer.Option(FrameMode.SAMPLE, "--frames", help="sample: score videos and animated GIF/WebP/APNG over their frames; first: the original pipeline's first frame only."),
-    fps: float = typer.Option(2.0, "--fps", help="Video frames scored per second of video."),
-    max_frames: int = typer.Option(300, "--max-frames", min=1, help="Most frames scored per file (spread evenly over longer ones)."),
-    keyframes_only: bool = typer.Option(False, "--keyframes-only", help="Decode only a video's keyframes: much faster, coarser (misses what lies between keyframes)."),
-    aggregate: str = typer.Option("max", "--aggregate", help="A file's score from its frames' scores: max, mean, pNN (e.g. p90) or topk-mean."),
-    topk: int = typer.Option(3, "--topk", min=1, help="Frames averaged by --aggregate topk-mean."),
-    min_consecutive: int = typer.Option(1, "--min-consecutive", min=1, help="Only runs of at least K consecutive high frames count (an isolated spike does not)."),
+    frames: FrameMode = FRAMES_OPTION,
+    fps: float = FPS_OPTION,
+    max_frames: int = MAX_FRAMES_OPTION,
+    keyframes_only: bool = KEYFRAMES_ONLY_OPTION,
+    aggregate: str = AGGREGATE_OPTION,
+    topk: int = TOPK_OPTION,
+    min_consecutive: int = MIN_CONSECUTIVE_OPTION,
     early_stop: bool = typer.Option(False, "--early-stop", help="End a file at the first batch of frames that makes it nsfw (faster; its frames and segments then cover only what was scored)."),
     per_frame: bool = typer.Option(False, "--per-frame", help="JSONL rows of videos/animations gain frame_scores: a (time, score) pair per frame scored."),
     timeline: Path | None = typer.Option(None, "--timeline", help="Write a PNG of score against time, one subplot per video/animation (12 per page: OUT.png, OUT_2.png, ...)."),

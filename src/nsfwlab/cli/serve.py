@@ -18,7 +18,19 @@ from ..calibration import load_calibration
 from ..config import BackendName, DecodeLimits, Device, Precision, Thresholds, read_text_file
 from ..errors import ConfigError, ModelError, NsfwlabError
 from ..frames import FrameMode, FrameOptions
-from ._common import ExitCode, fail, output_dir, progress_bar, stderr, tagged
+from ._common import (
+    AGGREGATE_OPTION,
+    FPS_OPTION,
+    FRAMES_OPTION,
+    MAX_FRAMES_OPTION,
+    MIN_CONSECUTIVE_OPTION,
+    ExitCode,
+    fail,
+    output_dir,
+    progress_bar,
+    stderr,
+    tagged,
+)
 
 if TYPE_CHECKING:
     from ..serve.review import ReviewStore
@@ -59,11 +71,11 @@ def serve_command(
     max_concurrent: int = typer.Option(64, min=1, help="Scoring requests handled at once before 429."),
     body_timeout: float = typer.Option(60.0, min=0.001, help="Seconds a request may take to send its body before 408 (slow or stalled uploads)."),
     decode_workers: int = typer.Option(2, min=1, help="Threads decoding and preprocessing (and scoring videos)."),
-    frames: FrameMode = typer.Option(FrameMode.SAMPLE, "--frames", help="Videos and animations: score sampled frames, or only the first (the original pipeline)."),
-    fps: float = typer.Option(2.0, "--fps", min=0.001, help="Video frames scored per second of video."),
-    max_frames: int = typer.Option(300, "--max-frames", min=1, help="Most frames scored per video or animation (spread evenly beyond it)."),
-    aggregate: str = typer.Option("max", "--aggregate", help="Frame scores -> the file's score: max, mean, topk-mean or pNN (e.g. p90)."),
-    min_consecutive: int = typer.Option(1, "--min-consecutive", min=1, help="Frames in a row a high score must last to count (removes single-frame spikes)."),
+    frames: FrameMode = FRAMES_OPTION,
+    fps: float = FPS_OPTION,
+    max_frames: int = MAX_FRAMES_OPTION,
+    aggregate: str = AGGREGATE_OPTION,
+    min_consecutive: int = MIN_CONSECUTIVE_OPTION,
     bank: Path | None = typer.Option(None, "--bank", help="Hash bank file (default: bank.sqlite3 in --data-dir when there is one): near-duplicates of banked images take the human decision; reviewers' decisions are banked."),
     no_bank: bool = typer.Option(False, "--no-bank", help="No hash bank, even with --data-dir."),
     match_distance: int = typer.Option(31, "--match-distance", min=0, max=256, help="Most differing PDQ bits (of 256) for a bank match."),
