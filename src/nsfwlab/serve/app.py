@@ -15,7 +15,6 @@ blocks the event loop. Every error becomes JSON ``{"error", "code"}`` with the s
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import NsfwlabError
 from .config import ServeConfig
-from .errors import InvalidRequestError, NotFoundError, ServeError, describe_validation, http_status_for
+from .errors import InvalidRequestError, NotFoundError, describe_validation, error_headers, http_status_for
 from .matching import check_bank
 from .metrics import ServiceMetrics
 from .review import ReviewStore
@@ -74,16 +73,10 @@ class _MetricsMiddleware:
 
 def error_response(exc: NsfwlabError, metrics: ServiceMetrics | None = None) -> JSONResponse:
     """The one JSON shape of every error: ``{"error", "code"}``, with its status and headers."""
-    status = http_status_for(exc)
-    headers: dict[str, str] = {}
-    retry = exc.retry_after if isinstance(exc, ServeError) else None
-    if retry is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(retry)))
-    if status == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="nsfwlab"'
     if metrics is not None:
         metrics.errors.labels(code=exc.code).inc()
-    return JSONResponse({"error": exc.message, "code": exc.code}, status_code=status, headers=headers)
+    return JSONResponse({"error": exc.message, "code": exc.code}, status_code=http_status_for(exc),
+                        headers=error_headers(exc))
 
 
 def _install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:

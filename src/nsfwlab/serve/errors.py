@@ -8,6 +8,7 @@ in :data:`CORE_STATUS`. Nothing here imports the web stack.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -27,6 +28,7 @@ __all__ = [
     "TooManyFilesError",
     "UnauthorizedError",
     "describe_validation",
+    "error_headers",
     "http_status_for",
 ]
 
@@ -111,6 +113,18 @@ def http_status_for(exc: core.NsfwlabError) -> int:
     if isinstance(exc, ServeError):
         return exc.status
     return next((status for cls, status in CORE_STATUS if isinstance(exc, cls)), 500)
+
+
+def error_headers(exc: core.NsfwlabError) -> dict[str, str]:
+    """The headers an error's answer carries: ``Retry-After`` for those that say when to come back
+    (429, 503), ``WWW-Authenticate`` for 401. Used by every path that answers an error's status."""
+    headers: dict[str, str] = {}
+    retry = exc.retry_after if isinstance(exc, ServeError) else None
+    if retry is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry)))
+    if http_status_for(exc) == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="nsfwlab"'
+    return headers
 
 
 def describe_validation(errors: Iterable[Mapping[str, Any]], where: str | None = None) -> str:

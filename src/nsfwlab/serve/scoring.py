@@ -38,7 +38,7 @@ from ..frames import iter_frames, media_kind, sniff_video
 from ..imageio import load_image, read_bytes, sniff_format
 from ..preprocess import preprocess_rgb
 from .config import VIDEO_FORMATS
-from .errors import http_status_for
+from .errors import error_headers, http_status_for
 from .matching import lookup_upload
 from .review import QueueReason
 from .schemas import BankMatch, ScoreItem, ScoreResponse
@@ -116,9 +116,10 @@ def _score_frames(svc: Service, det: Detector, name: str, data: bytes, fmt: str)
 
 
 async def score_uploads(svc: Service, uploads: list[tuple[str, bytes]], *,
-                        per_frame: bool = False) -> tuple[int, ScoreResponse]:
+                        per_frame: bool = False) -> tuple[int, dict[str, str], ScoreResponse]:
     """Score ``uploads``; the status is 200 when at least one file was scored, else that of the
-    first error. ``per_frame``: report every frame's score of videos and animations."""
+    first error, with that error's headers (``Retry-After``). ``per_frame``: report every frame's
+    score of videos and animations."""
     det, batcher = svc.require_ready()
     batcher.check_capacity(len(uploads))
     prepared: list[Prepared] = await asyncio.gather(
@@ -131,8 +132,10 @@ async def score_uploads(svc: Service, uploads: list[tuple[str, bytes]], *,
     await _queue_for_review(svc, det, prepared, items)
     first_error = next((p for p in prepared if isinstance(p, NsfwlabError)), None)
     scored = any(not isinstance(p, NsfwlabError) for p in prepared)
-    status = 200 if scored or first_error is None else http_status_for(first_error)
-    return status, ScoreResponse(results=items, model=det.describe())
+    body = ScoreResponse(results=items, model=det.describe())
+    if scored or first_error is None:
+        return 200, {}, body
+    return http_status_for(first_error), error_headers(first_error), body
 
 
 def _item(svc: Service, det: Detector, name: str, p: Prepared, raws: dict[int, float],

@@ -30,5 +30,5 @@ async def score(request: Request, svc: Service = Depends(get_service),
     one; when none could be scored it answers the status of the first error."""
     svc.require_ready()
     uploads = await read_uploads(request, svc.config, filename)
-    status, body = await score_uploads(svc, uploads, per_frame=per_frame)
-    return JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=status)
+    status, headers, body = await score_uploads(svc, uploads, per_frame=per_frame)
+    return JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=status, headers=headers)
