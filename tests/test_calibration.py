@@ -134,6 +134,9 @@ def test_evaluate_calibrate_then_score_calibration(tmp_path: Path, photo_dir: Pa
     assert "calibration" in res.output and "Brier" in res.output
     for name in ("reliability_before.png", "reliability_after.png"):
         assert (out / name).read_bytes().startswith(PNG_MAGIC)
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert f"Calibration ({method})" in html and "Brier score" in html
+    assert 'id="plot-reliability_before"' in html and 'id="plot-reliability_after"' in html
     cal = load_calibration(out / "calibration.json")
     assert cal.method.value == method and cal.model_version == detector.model_version
     assert cal.fitted_on["n"] == 13 and cal.fitted_on["folds"] == 3

@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -112,9 +113,15 @@ def evaluate_command(
         "pr": pr_png(m_labels, m_scores, ap_text=f"(AP {m.average_precision.value:.3f})"),
         "histogram": histogram_png(m_labels, m_scores, thresholds=m.current, recommended=m.recommended),
     }
+    fit: Any = None
+    if calibrate is not None:
+        fit, reliability = _fit_calibration(result, calibrate, calibration_folds, seed)
+        plots.update(reliability)
     shown = result.false_positives()[:gallery] + result.false_negatives()[:gallery]
     thumbs = {it.path: thumbnail(it.path, limits=limits) for it in shown}
-    html = render_report(result, plots, thumbs, max_gallery=gallery)
+    calibration = None if fit is None else {"method": calibrate.value if calibrate else "", "folds": fit.folds,
+                                            "brier_before": fit.brier_before, "brier_after": fit.brier_after}
+    html = render_report(result, plots, thumbs, max_gallery=gallery, calibration=calibration)
 
     out.mkdir(parents=True, exist_ok=True)
     _write_text(out / "metrics.json", json.dumps(result.to_dict(), indent=2))
@@ -139,15 +146,19 @@ def evaluate_command(
                      f"group(s), {len(h.conflicting)} with conflicting labels (see report)", style="yellow")
     for p in h.unreadable:
         stderr.print(tagged("unreadable:", "red", f" {p.path}: {p.message}"), highlight=False)
+    if fit is not None:
+        _write_text(out / "calibration.json", fit.calibration.dumps())
+        stdout.print(f"calibration ({calibrate.value if calibrate else ''}): Brier {fit.brier_before:.4f} -> "
+                     f"{fit.brier_after:.4f} ({fit.folds}-fold cross-validated): {out / 'calibration.json'}",
+                     highlight=False)
     stdout.print(f"report: {out / 'report.html'}", highlight=False)
-    if calibrate is not None:
-        _write_calibration(out, result, calibrate, calibration_folds, seed)
     if h.unreadable:
         raise typer.Exit(int(ExitCode.INPUT_FAILED))
 
 
-def _write_calibration(out: Path, evaluation: object, method: CalibrationMethod, folds: int, seed: int) -> None:
-    """Fit the calibration on the scored set; write calibration.json and the two reliability diagrams."""
+def _fit_calibration(evaluation: object, method: CalibrationMethod, folds: int,
+                     seed: int) -> tuple[Any, dict[str, bytes]]:
+    """Fit the calibration on the scored set, cross-validated; the fit and its two reliability diagrams."""
     from ..evaluate.calibrate import fit_calibration
     from ..evaluate.plots import reliability_png
 
@@ -159,14 +170,13 @@ def _write_calibration(out: Path, evaluation: object, method: CalibrationMethod,
                               preprocess_version=model["preprocess_version"], folds=folds, seed=seed)
     except NsfwlabError as exc:
         raise fail(exc) from None
-    _write_text(out / "calibration.json", fit.calibration.dumps())
-    (out / "reliability_before.png").write_bytes(
-        reliability_png(labels, scores, brier=fit.brier_before, title="Reliability: model scores"))
-    (out / "reliability_after.png").write_bytes(
-        reliability_png(labels, fit.out_of_fold, brier=fit.brier_after,
-                        title=f"Reliability: {method.value} calibration ({fit.folds}-fold cross-validated)"))
-    stdout.print(f"calibration ({method.value}): Brier {fit.brier_before:.4f} -> {fit.brier_after:.4f} "
-                 f"({fit.folds}-fold cross-validated): {out / 'calibration.json'}", highlight=False)
+    plots = {
+        "reliability_before": reliability_png(labels, scores, brier=fit.brier_before, title="Reliability: model scores"),
+        "reliability_after": reliability_png(
+            labels, fit.out_of_fold, brier=fit.brier_after,
+            title=f"Reliability: {method.value} calibration ({fit.folds}-fold cross-validated)"),
+    }
+    return fit, plots
 
 
 def finetune_command(

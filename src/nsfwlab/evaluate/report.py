@@ -119,9 +119,12 @@ def _count_note(n: int, shown: int, order: str) -> str:
 
 
 def render_report(evaluation: Evaluation, plots: Mapping[str, bytes], thumbs: Mapping[str, bytes | None], *,
-                  max_gallery: int = 48, title: str = "nsfwlab evaluation") -> str:
-    """The report as one HTML string. ``plots`` maps ``roc``/``pr``/``histogram`` to PNG bytes;
-    ``thumbs`` maps gallery paths to JPEG thumbnails (see :func:`thumbnail`)."""
+                  max_gallery: int = 48, title: str = "nsfwlab evaluation",
+                  calibration: Mapping[str, Any] | None = None) -> str:
+    """The report as one HTML string. ``plots`` maps ``roc``/``pr``/``histogram`` (and, with a
+    ``calibration`` summary ``{method, folds, brier_before, brier_after}``, ``reliability_before`` /
+    ``reliability_after``) to PNG bytes; ``thumbs`` maps gallery paths to JPEG thumbnails (see
+    :func:`thumbnail`)."""
     d = evaluation.to_dict()
     m = evaluation.metrics
     rec = m.recommended
@@ -168,6 +171,16 @@ def render_report(evaluation: Evaluation, plots: Mapping[str, bytes], thumbs: Ma
         if name in plots:
             parts.append(f'<img id="plot-{name}" alt="{name}" src="{data_uri(plots[name], "image/png")}">')
     parts.append("</div>")
+    if calibration is not None:
+        parts.append(f"<h2 id=calibration>Calibration ({_e(calibration['method'])})</h2><p>Brier score "
+                     f"{calibration['brier_before']:.4f} before, {calibration['brier_after']:.4f} after "
+                     f"({int(calibration['folds'])}-fold cross-validated; lower is better). "
+                     "<code>calibration.json</code> applies it: <code>nsfwlab score --calibration</code>.</p>"
+                     "<div class=plots>")
+        for name in ("reliability_before", "reliability_after"):
+            if name in plots:
+                parts.append(f'<img id="plot-{name}" alt="{name}" src="{data_uri(plots[name], "image/png")}">')
+        parts.append("</div>")
     fp_items = evaluation.false_positives()[:max_gallery]
     fn_items = evaluation.false_negatives()[:max_gallery]
     n_fp, n_fn = len(evaluation.false_positives()), len(evaluation.false_negatives())
