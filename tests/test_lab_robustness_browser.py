@@ -3,21 +3,14 @@ blurred and a click reveals one. The report is built from assigned values: the p
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from browser import ARGS, CHROMIUM, MARKS
 from nsfwlab.lab.robust import ImageRobustness, RobustnessReport, plot_jpeg_curve, plot_min_eps, render_html
 
-CHROMIUM = "/usr/bin/chromium"
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed at /usr/bin/chromium"),
-]
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+pytestmark = MARKS
 
 
 def _report(paths: list[Path]) -> RobustnessReport:

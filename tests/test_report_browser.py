@@ -3,25 +3,18 @@ thumbnails decode, thumbnails start blurred and a click reveals one; a screensho
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from browser import ARGS, CHROMIUM, MARKS
 from nsfwlab.config import Thresholds
 from nsfwlab.evaluate import Hygiene, Problem, Target, TargetKind, compute_metrics
 from nsfwlab.evaluate.evaluation import Evaluation, ScoredItem
 from nsfwlab.evaluate.plots import histogram_png, pr_png, roc_png
 from nsfwlab.evaluate.report import render_report, thumbnail
 
-CHROMIUM = "/usr/bin/chromium"
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed at /usr/bin/chromium"),
-]
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+pytestmark = MARKS
 
 
 def _evaluation(photo_paths: list[Path]) -> Evaluation:

@@ -5,7 +5,6 @@ SQLite store."""
 from __future__ import annotations
 
 import io
-import os
 import re
 import time
 from pathlib import Path
@@ -15,17 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from browser import ARGS, CHROMIUM, MARKS
 from nsfwlab.serve import QueueReason, ReviewStore
 from test_serve_server import running_server
 
-CHROMIUM = "/usr/bin/chromium"
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed at /usr/bin/chromium"),
-]
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+pytestmark = MARKS
 
 
 def jpeg(arr: np.ndarray) -> bytes:
