@@ -89,6 +89,10 @@ class Target:
     def __sub__(self, other: Target) -> Target:
         return Summed(self, Negated(other))
 
+    def summands(self) -> list[Target]:
+        """The terms this target adds up (itself, unless it is a sum): ``(a + b).summands() == [a, b]``."""
+        return [self]
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -229,6 +233,9 @@ class Summed(Target):
         self.left, self.right = left, right
         self.name = f"{left.name}+{right.name}"
         self.layers = tuple(dict.fromkeys(left.layers + right.layers))
+
+    def summands(self) -> list[Target]:
+        return self.left.summands() + self.right.summands()
 
     def __call__(self, logits: torch.Tensor, activations: Activations | None = None) -> torch.Tensor:
         return self.left(logits, activations) + self.right(logits, activations)

@@ -169,6 +169,9 @@ class SynthConfig:
     diversity: float | None = None
     transforms: bool = True
     code_dim: int | None = None
+    #: With a sum of several terms (``nsfw+sfw``), maximise a soft minimum of their gains over the
+    #: start image, so that every term rises ("both at once", seed 003), not only the cheapest one.
+    balance: bool = True
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -228,6 +231,11 @@ class Synthesizer:
 
         self.detector, self.config, self.also, self.device = detector, config, list(also), device
         self.target: Target = parse_objective(config.objective)
+        summands = self.target.summands()
+        #: The summed terms optimised together (balanced), by report name; empty for one term.
+        self.summands: dict[str, Target] = ({f"term{i}:{t.name}": t for i, t in enumerate(summands)}
+                                            if config.balance and len(summands) > 1 else {})
+        self._base: dict[str, Any] = {}
         self.model = detector.torch_model(device)
         self.preprocess = DifferentiablePreprocess(detector.preprocess_config)
         self.generator = generator
@@ -292,6 +300,7 @@ class Synthesizer:
         else:
             logits, acts = self.model(inp), {}
         terms: dict[str, Any] = {self.target.name: self.target(logits, acts)}
+        terms.update({name: t(logits, acts) for name, t in self.summands.items()})
         for i, net in enumerate(self.also):
             small = F.interpolate(x01, size=(net.size, net.size), mode="bilinear", antialias=True, align_corners=False)
             log_probs = torch.log_softmax(net.module(small), dim=1)
@@ -310,10 +319,16 @@ class Synthesizer:
         return {**w, "tv": -self.config.tv, "l2": -self.config.l2, "diversity": -self.config.diversity_weight}
 
     def _objective(self, terms: dict[str, Any]) -> Any:
+        import torch
+
         weights = self._weights()
         total = terms[self.target.name]
+        if self.summands and self._base:
+            # A soft minimum (temperature 1, in logit units) of each term's gain over the start image.
+            gains = torch.stack([terms[name] - self._base[name] for name in self.summands])
+            total = -torch.logsumexp(-gains, dim=0)
         for name, value in terms.items():
-            if name != self.target.name:
+            if name != self.target.name and name not in self.summands:
                 total = total + weights[name] * value
         return total
 
@@ -333,6 +348,9 @@ class Synthesizer:
         start = time.perf_counter()
         with torch.no_grad():
             first = _to_uint8(image())
+            if self.summands:
+                _, at_start = self._terms(image())
+                self._base = {name: at_start[name] for name in self.summands}
         history: list[float] = []
         interrupted = False
         for step in range(c.steps):
