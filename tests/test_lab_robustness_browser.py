@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from browser import ARGS, CHROMIUM, MARKS
+from browser import MARKS, open_page
 from nsfwlab.lab.robust import ImageRobustness, RobustnessReport, plot_jpeg_curve, plot_min_eps, render_html
 
 pytestmark = MARKS
@@ -23,30 +21,20 @@ def _report(paths: list[Path]) -> RobustnessReport:
 
 
 def test_robustness_report_in_browser(tmp_path: Path, photo_paths: list[Path]) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api")
     rep = _report(photo_paths[:2])
     page_html = render_html(rep, {"score against JPEG quality": plot_jpeg_curve(rep),
                                   "smallest flipping budget": plot_min_eps(rep)})
     report = tmp_path / "report.html"
     report.write_text(page_html, encoding="utf-8")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(report.as_uri())
-            page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
-            assert page.locator("figure img").count() == 2
-            thumbs = page.locator("img.t")
-            assert thumbs.count() == 2
-            blur = "el => getComputedStyle(el).filter"
-            assert all("blur" in thumbs.nth(i).evaluate(blur) for i in range(2))
-            thumbs.first.click()
-            assert thumbs.nth(0).evaluate(blur) == "none" and "blur" in thumbs.nth(1).evaluate(blur)
-            assert "corrupt JPEG data" in page.content()
-            shot = page.screenshot(path=str(tmp_path / "robustness.png"), full_page=True)
-            assert shot.startswith(b"\x89PNG")
-            assert errors == []
-        finally:
-            browser.close()
+    with open_page(report) as (page, errors):
+        assert page.locator("figure img").count() == 2
+        thumbs = page.locator("img.t")
+        assert thumbs.count() == 2
+        blur = "el => getComputedStyle(el).filter"
+        assert all("blur" in thumbs.nth(i).evaluate(blur) for i in range(2))
+        thumbs.first.click()
+        assert thumbs.nth(0).evaluate(blur) == "none" and "blur" in thumbs.nth(1).evaluate(blur)
+        assert "corrupt JPEG data" in page.content()
+        shot = page.screenshot(path=str(tmp_path / "robustness.png"), full_page=True)
+        assert shot.startswith(b"\x89PNG")
+        assert errors == []

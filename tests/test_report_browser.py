@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from browser import ARGS, CHROMIUM, MARKS
+from browser import MARKS, open_page
 from nsfwlab.config import Thresholds
 from nsfwlab.evaluate import Hygiene, Problem, Target, TargetKind, compute_metrics
 from nsfwlab.evaluate.evaluation import Evaluation, ScoredItem
@@ -31,7 +29,6 @@ def _evaluation(photo_paths: list[Path]) -> Evaluation:
 
 
 def test_report_renders_blurred_and_reveals_on_click(tmp_path: Path, photo_paths: list[Path]) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api")
     ev = _evaluation(photo_paths)
     assert [Path(it.path).name for it in ev.false_positives()] == [photo_paths[2].name]
     assert [Path(it.path).name for it in ev.false_negatives()] == [photo_paths[3].name]
@@ -43,40 +40,29 @@ def test_report_renders_blurred_and_reveals_on_click(tmp_path: Path, photo_paths
     report = tmp_path / "report.html"
     report.write_text(render_report(ev, plots, thumbs), encoding="utf-8")
 
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(report.as_uri())
-            page.wait_for_function(
-                "Array.from(document.images).length > 0 && "
-                "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
-            assert page.locator("img[id^=plot-]").count() == 3
-            thumbs_loc = page.locator("figure.thumb img")
-            assert thumbs_loc.count() == 2
-            blur = "el => getComputedStyle(el).filter"
-            assert all("blur" in thumbs_loc.nth(i).evaluate(blur) for i in range(2))
-            auc = ev.metrics.roc_auc
-            assert f"{auc.value:.4f}" in page.locator("#auc").inner_text()
-            assert f"[{auc.low:.4f}, {auc.high:.4f}]" in page.locator("#auc").inner_text()
-            assert page.locator("#recommendations tr").count() == 3  # header + one row per target
-            assert "broken.jpg" in page.locator("#unreadable").inner_text()
-            shot = page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
-            assert shot.startswith(b"\x89PNG") and len(shot) > 20_000
+    with open_page(report) as (page, errors):
+        assert page.locator("img[id^=plot-]").count() == 3
+        thumbs_loc = page.locator("figure.thumb img")
+        assert thumbs_loc.count() == 2
+        blur = "el => getComputedStyle(el).filter"
+        assert all("blur" in thumbs_loc.nth(i).evaluate(blur) for i in range(2))
+        auc = ev.metrics.roc_auc
+        assert f"{auc.value:.4f}" in page.locator("#auc").inner_text()
+        assert f"[{auc.low:.4f}, {auc.high:.4f}]" in page.locator("#auc").inner_text()
+        assert page.locator("#recommendations tr").count() == 3  # header + one row per target
+        assert "broken.jpg" in page.locator("#unreadable").inner_text()
+        shot = page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        assert shot.startswith(b"\x89PNG") and len(shot) > 20_000
 
-            page.locator("figure.thumb .frame").first.click()
-            page.wait_for_timeout(250)  # the CSS transition
-            assert thumbs_loc.nth(0).evaluate(blur) == "none"
-            assert "blur" in thumbs_loc.nth(1).evaluate(blur)
-            page.locator("#reveal-all").click()
-            page.wait_for_timeout(250)
-            assert all(thumbs_loc.nth(i).evaluate(blur) == "none" for i in range(2))
-            page.locator("#reveal-all").click()
-            page.wait_for_timeout(250)
-            assert all("blur" in thumbs_loc.nth(i).evaluate(blur) for i in range(2))
-            page.screenshot(path=str(tmp_path / "report-bottom.png"), full_page=True)
-            assert errors == []
-        finally:
-            browser.close()
+        page.locator("figure.thumb .frame").first.click()
+        page.wait_for_timeout(250)  # the CSS transition
+        assert thumbs_loc.nth(0).evaluate(blur) == "none"
+        assert "blur" in thumbs_loc.nth(1).evaluate(blur)
+        page.locator("#reveal-all").click()
+        page.wait_for_timeout(250)
+        assert all(thumbs_loc.nth(i).evaluate(blur) == "none" for i in range(2))
+        page.locator("#reveal-all").click()
+        page.wait_for_timeout(250)
+        assert all("blur" in thumbs_loc.nth(i).evaluate(blur) for i in range(2))
+        page.screenshot(path=str(tmp_path / "report-bottom.png"), full_page=True)
+        assert errors == []
