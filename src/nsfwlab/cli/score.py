@@ -73,6 +73,8 @@ class _MediaSeen:
     def __init__(self, mode: FrameMode) -> None:
         self.mode = mode
         self.media = False
+        #: First bytes of the files named on the command line, read once here, reused by routing.
+        self.heads: dict[Path, bytes | None] = {}
 
     def note(self, head: bytes | None) -> None:
         if head and (sniff_video(head) is not None
@@ -106,7 +108,8 @@ def _expand(paths: list[str], seen: _MediaSeen) -> Iterator[tuple[str, object]]:
             if empty:
                 yield raw, ImageError("directory holds no image files")
         else:
-            seen.note(_head(p))
+            seen.heads[p] = _head(p)
+            seen.note(seen.heads[p])
             yield raw, p
 
 
@@ -148,12 +151,14 @@ def _head(path: Path) -> bytes | None:
         return None
 
 
-def _route(name: str, src: object, mode: FrameMode, limits: DecodeLimits) -> _Input:
-    """Videos by their first bytes; in ``sample`` mode also GIF/PNG/WebP files that are animated
-    (those are read once here, and their bytes passed on: never read twice)."""
+def _route(name: str, src: object, mode: FrameMode, limits: DecodeLimits,
+           heads: dict[Path, bytes | None]) -> _Input:
+    """Videos by their first bytes (``heads``: those already read while listing the inputs); in
+    ``sample`` mode also GIF/PNG/WebP files that are animated (those are read once here, and their
+    bytes passed on: never read twice)."""
     if isinstance(src, NsfwlabError) or not isinstance(src, (bytes, Path)):
         return _Input(name, src)
-    head = src[:32] if isinstance(src, bytes) else _head(src)
+    head = src[:32] if isinstance(src, bytes) else (heads[src] if src in heads else _head(src))
     if head is None:
         return _Input(name, src)
     if sniff_video(head) is not None:
@@ -338,7 +343,7 @@ def score_command(
                         + (["kind", "frames", "segments"] if seen.media else []))
     rows: list[tuple[Result, Match | None]] = []  # for the table, printed at the end
     timelines: list[Timeline] = []
-    inputs = (_route(name, src, options.mode, limits) for name, src in items)  # type: ignore[arg-type]
+    inputs = (_route(name, src, options.mode, limits, seen.heads) for name, src in items)  # type: ignore[arg-type]
 
     with detector, progress_bar(len(items), "scoring", unit="file", enabled=progress) as advance:
         for scored, item in _score_stream(detector, inputs, options):
