@@ -65,6 +65,62 @@ def web_photos(n: int, out: Path, *, seed: int = 0, size: tuple[int, int] = (120
     return paths
 
 
+#: Web sizes for :func:`mixed_photos` (landscape; about a third are turned to portrait).
+MIXED_SIZES = ((320, 240), (640, 480), (800, 600), (1024, 768), (1280, 720), (1200, 800), (1600, 900),
+               (1920, 1080))
+
+
+def mixed_photos(n: int, out: Path, *, seed: int = 0, png_share: float = 0.15) -> list[Path]:
+    """``n`` photos of mixed web sizes, 320x240 to 1920x1080, ``png_share`` of them PNG (the rest
+    JPEG, quality 75 to 95): the corpus of the whole-command scan benchmark. Deterministic."""
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    sources = _sources()
+    paths = []
+    for i in range(n):
+        src = sources[i % len(sources)]
+        w, h = MIXED_SIZES[int(rng.integers(0, len(MIXED_SIZES)))]
+        if rng.random() < 1 / 3:
+            w, h = h, w
+        scale = max(w / src.width, h / src.height) * float(rng.uniform(1.0, 1.3))
+        big = src.resize((int(src.width * scale) + 1, int(src.height * scale) + 1), Image.Resampling.BILINEAR)
+        left = int(rng.integers(0, big.width - w + 1))
+        top = int(rng.integers(0, big.height - h + 1))
+        img = big.crop((left, top, left + w, top + h))
+        if rng.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        img = ImageEnhance.Color(img).enhance(float(rng.uniform(0.7, 1.3)))
+        if rng.random() < png_share:
+            p = out / f"mixed_{i:05d}.png"
+            img.save(p)
+        else:
+            p = out / f"mixed_{i:05d}.jpg"
+            img.save(p, quality=int(rng.integers(75, 96)))
+        paths.append(p)
+    return paths
+
+
+def paintings(photos: list[Path], out: Path) -> list[Path]:
+    """Painting-like renderings of ``photos`` (no painting ships offline): a median filter flattens
+    the texture into brush-like patches, colours are posterised and saturated, edges enhanced,
+    then JPEG quality 90 at the photo's size. Deterministic."""
+    from PIL import ImageFilter, ImageOps
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, src in enumerate(photos):
+        with Image.open(src) as im:
+            img = im.convert("RGB")
+        size = 5 if min(img.size) < 600 else 7
+        img = img.filter(ImageFilter.ModeFilter(size)).filter(ImageFilter.MedianFilter(3))
+        img = ImageOps.posterize(img, 4 + i % 3)
+        img = ImageEnhance.Color(img).enhance(1.4).filter(ImageFilter.EDGE_ENHANCE)
+        p = out / f"painting_{i:05d}.jpg"
+        img.save(p, quality=90)
+        paths.append(p)
+    return paths
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("out", type=Path)

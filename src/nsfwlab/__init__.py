@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from .config import BackendName, DecodeLimits, Device, Label, Precision, PreprocessConfig, Thresholds
 from .detector import Detector, FramesResult, ScoreResult, nsfw_score
 from .errors import (
@@ -25,10 +23,18 @@ from .errors import (
     WeightsError,
 )
 
-try:
-    __version__ = version("nsfwlab")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
-    __version__ = "0.0.0+unknown"
+
+def __getattr__(name: str) -> str:
+    # ``__version__`` is read from the installed metadata on first use: importlib.metadata costs
+    # ~50 ms of every command's start-up (measured; BENCHMARKS.md, "Scan").
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("nsfwlab")
+        except PackageNotFoundError:  # pragma: no cover - a source tree without install
+            return "0.0.0+unknown"
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "BackendName",

