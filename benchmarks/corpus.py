@@ -42,23 +42,27 @@ def _sources() -> list[Image.Image]:
     return out
 
 
+def _variant(src: Image.Image, w: int, h: int, rng: np.random.Generator) -> Image.Image:
+    """A ``w`` x ``h`` view of ``src``: upscaled, cropped at random, maybe mirrored, colour-shifted."""
+    scale = max(w / src.width, h / src.height) * float(rng.uniform(1.0, 1.3))
+    big = src.resize((int(src.width * scale) + 1, int(src.height * scale) + 1), Image.Resampling.BICUBIC)
+    left = int(rng.integers(0, big.width - w + 1))
+    top = int(rng.integers(0, big.height - h + 1))
+    img = big.crop((left, top, left + w, top + h))
+    if rng.random() < 0.5:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    img = ImageEnhance.Color(img).enhance(float(rng.uniform(0.7, 1.3)))
+    return ImageEnhance.Brightness(img).enhance(float(rng.uniform(0.85, 1.15)))
+
+
 def web_photos(n: int, out: Path, *, seed: int = 0, size: tuple[int, int] = (1200, 800)) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     sources = _sources()
     paths = []
     for i in range(n):
-        src = sources[i % len(sources)]
         w, h = size if i % 3 else size[::-1]
-        scale = max(w / src.width, h / src.height) * float(rng.uniform(1.0, 1.3))
-        big = src.resize((int(src.width * scale) + 1, int(src.height * scale) + 1), Image.Resampling.BICUBIC)
-        left = int(rng.integers(0, big.width - w + 1))
-        top = int(rng.integers(0, big.height - h + 1))
-        img = big.crop((left, top, left + w, top + h))
-        if rng.random() < 0.5:
-            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        img = ImageEnhance.Color(img).enhance(float(rng.uniform(0.7, 1.3)))
-        img = ImageEnhance.Brightness(img).enhance(float(rng.uniform(0.85, 1.15)))
+        img = _variant(sources[i % len(sources)], w, h, rng)
         p = out / f"web_{i:05d}.jpg"
         img.save(p, quality=85)
         paths.append(p)
@@ -76,21 +80,14 @@ def mixed_photos(n: int, out: Path, *, seed: int = 0, png_share: float = 0.15) -
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     sources = _sources()
+    pngs = set(rng.choice(n, size=round(n * png_share), replace=False).tolist())
     paths = []
     for i in range(n):
-        src = sources[i % len(sources)]
         w, h = MIXED_SIZES[int(rng.integers(0, len(MIXED_SIZES)))]
         if rng.random() < 1 / 3:
             w, h = h, w
-        scale = max(w / src.width, h / src.height) * float(rng.uniform(1.0, 1.3))
-        big = src.resize((int(src.width * scale) + 1, int(src.height * scale) + 1), Image.Resampling.BILINEAR)
-        left = int(rng.integers(0, big.width - w + 1))
-        top = int(rng.integers(0, big.height - h + 1))
-        img = big.crop((left, top, left + w, top + h))
-        if rng.random() < 0.5:
-            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        img = ImageEnhance.Color(img).enhance(float(rng.uniform(0.7, 1.3)))
-        if rng.random() < png_share:
+        img = _variant(sources[i % len(sources)], w, h, rng)
+        if i in pngs:
             p = out / f"mixed_{i:05d}.png"
             img.save(p)
         else:
