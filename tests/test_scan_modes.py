@@ -45,7 +45,7 @@ def test_int8_model_is_built_once_and_cached(cache_dir: Path) -> None:
 def test_fast_mode_drift_and_versions(cache_dir: Path, web_tree: Path, tmp_path: Path, detector) -> None:
     fast = build_scan_model(ScanConfig(mode=ScanMode.FAST, cache_dir=str(cache_dir)))
     assert fast.model_version == f"{detector.model_version}-{QUANT_VERSION}"
-    assert fast.preprocess_version == "custom-r256_c224_jpeg75_draft"
+    assert fast.preprocess_version == "custom-r256_c224_jpeg75_draft2x"
     db = tmp_path / "r.sqlite"
     with ResultStore(db) as store:
         scan([web_tree], store, ScanConfig(workers=1, batch_size=8))
@@ -69,3 +69,21 @@ def test_bad_cache_dir_is_a_config_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(ConfigError, match="cannot create the model cache"):
         quantize_int8(cache_dir=blocker / "sub")
+
+
+@pytest.mark.parametrize(("size", "decoded"), [((1920, 1080), (960, 540)), ((1200, 800), (1200, 800)),
+                                              ((4000, 3000), (1000, 750)), ((300, 200), (300, 200))])
+def test_fast_mode_decodes_jpegs_at_twice_the_resize_at_least(size: tuple[int, int],
+                                                              decoded: tuple[int, int]) -> None:
+    """The DCT scale keeps both sides >= 2 x 256, so the bilinear resize still reduces by >= 2
+    (scaling down to 256 itself drifted up to 0.16 on painting-like images)."""
+    import io
+
+    from nsfwlab import PreprocessConfig
+    from nsfwlab.imageio import load_image
+
+    fast = PreprocessConfig(draft=True)
+    assert fast.draft_size == 512 and PreprocessConfig().draft_size is None
+    buf = io.BytesIO()
+    Image.new("RGB", size, (120, 80, 40)).save(buf, format="JPEG")
+    assert load_image(buf.getvalue(), draft_size=fast.draft_size).size == decoded

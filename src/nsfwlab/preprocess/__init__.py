@@ -80,8 +80,7 @@ def preprocess_rgb(img: Image.Image, config: PreprocessConfig = EXACT) -> np.nda
 def preprocess(source: ImageInput, config: PreprocessConfig = EXACT,
                limits: DecodeLimits | None = None) -> np.ndarray:
     """Decode ``source`` safely and preprocess it; raises an ``ImageError`` for bad input."""
-    draft = config.resize if config.draft else None
-    return preprocess_rgb(load_image(source, limits, draft_size=draft), config)
+    return preprocess_rgb(load_image(source, limits, draft_size=config.draft_size), config)
 
 
 def stack_batch(arrays: Sequence[np.ndarray]) -> np.ndarray:

@@ -99,7 +99,7 @@ def _decode_still(svc: Service, det: Detector, name: str, data: bytes, fmt: str)
     cfg = det.preprocess_config
     # What Detector.preprocess does, keeping the decoded image for the PDQ hash (a draft decode
     # is reduced: then the bank hashes the bytes at full size).
-    img = load_image(data, svc.config.limits, draft_size=cfg.resize if cfg.draft else None)
+    img = load_image(data, svc.config.limits, draft_size=cfg.draft_size)
     array = preprocess_rgb(img, cfg)
     match = lookup_upload(svc.bank, data if cfg.draft else img, svc.config.match_distance, svc.metrics)
     return Still(name, data, fmt, array, match)
