@@ -15,6 +15,10 @@ fi
 # torch first, so that the project's "torch>=2.3" is already satisfied by the chosen build.
 .venv/bin/python -m pip install -q "$TORCH_SPEC"
 .venv/bin/python -m pip install -q -e '.[dev]'
+# Bytecode for the editable source, as pip writes it for an ordinary install: where Python may not
+# write it (PYTHONDONTWRITEBYTECODE), every command would otherwise compile nsfwlab's ~100 modules
+# again, at every start.
+.venv/bin/python -m compileall -q src >/dev/null
 
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -23,6 +23,8 @@ Stages, in the order they run (``plan()``):
   exact also reports the fast-vs-exact score drift over the corpus.
 - ``preprocess_cpu``: the exact (and the fast/DCT-scaled) CPU preprocessing alone on every core,
   the ceiling of exact mode on a GPU machine.
+- ``cpu_balance``: ``scan --device cpu`` (fast mode) on up to 1,000 files for several splits of the
+  cores between decoding workers and model threads (the defaults first), and exact mode once.
 - ``decode`` (CUDA only): batched nvJPEG decoding alone, + the GPU preprocessing, + the fp16 model:
   the fast path's ceilings without the CPU workers and the store.
 - ``compile`` (CUDA only): ``torch.compile`` of the fp16 channels-last model: compile time,
@@ -578,18 +580,24 @@ def stage_compile(ctx: Ctx) -> dict[str, Any]:
 
 
 def scan_once(ctx: Ctx, root: Path, mode: str, *, tag: str, batch_size: int, workers: int | None = None,
-              timeout: float = 120.0) -> dict[str, Any]:
+              timeout: float = 120.0, device: str | None = None, threads: int | None = None,
+              executor: str | None = None) -> dict[str, Any]:
     """One ``python -m nsfwlab scan`` with a fresh store, timed as a whole command."""
     db = ctx.work / "db" / f"{tag}.sqlite"
     db.parent.mkdir(parents=True, exist_ok=True)
     for p in db.parent.glob(db.name + "*"):
         p.unlink()
-    cmd = [ctx.python, "-m", "nsfwlab", "scan", str(root), "--db", str(db), "--device", ctx.device,
+    cmd = [ctx.python, "-m", "nsfwlab", "scan", str(root), "--db", str(db), "--device", device or ctx.device,
            "--mode", mode, "--batch-size", str(batch_size), "--no-progress", "--json"]
     if workers:
         cmd += ["--workers", str(workers)]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    if executor:
+        cmd += ["--executor", executor]
     n = len(corpus_files(root))
     res: dict[str, Any] = {"mode": mode, "batch_size": batch_size, "workers": workers or "default",
+                           "threads": threads or "default", "executor": executor or "auto",
                            "files": n, "db": str(db), "command": " ".join(cmd[1:])}
     t0 = time.perf_counter()
     try:
@@ -684,6 +692,53 @@ def stage_scan_mixed(ctx: Ctx) -> dict[str, Any]:
     return {"corpus": stats, "run": r, "ok": r.get("status") == "ok"}
 
 
+def balance_configs(ctx: Ctx) -> list[dict[str, Any]]:
+    """Decoding workers x model threads for the CPU scan on this machine's cores (issue 14: "the
+    balance of decoding threads and model threads on 2 to 16 cores"); the defaults first."""
+    n = cores()
+    if not ctx.cuda:
+        return [{}, {"workers": 1, "threads": 1, "executor": "thread"}]
+    half, quarter = max(1, n // 2), max(1, n // 4)
+    return [{}, {"executor": "process", "workers": half, "threads": half},
+            {"executor": "thread", "workers": half, "threads": half},
+            {"executor": "process", "workers": n - quarter, "threads": quarter},
+            {"executor": "process", "workers": quarter, "threads": n - quarter}]
+
+
+def stage_cpu_balance(ctx: Ctx) -> dict[str, Any]:
+    """``scan --device cpu`` (fast, then exact with the defaults) on up to 1,000 of the corpus's
+    files, for each balance of decoding workers and model threads: what the CPU path gives on a
+    16-core machine, and whether the defaults are the best split."""
+    root = ctx.work / "balance"
+    files = corpus_files(ctx.corpus, 1000 if ctx.cuda else None)
+    root.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        link = root / f.name
+        if not link.exists():
+            link.symlink_to(f)
+    runs = []
+    configs = [("fast", c) for c in balance_configs(ctx)] + [("exact", {})]
+    for i, (mode, cfg) in enumerate(configs):
+        left = ctx.left() - 3
+        if left < 8:
+            runs.append({"mode": mode, **cfg, "status": "skipped", "reason": "out of stage time"})
+            continue
+        r = scan_once(ctx, root, mode, tag=f"balance_{i}", batch_size=32, device="cpu",
+                      timeout=left / max(1, len(configs) - i) * 1.5, **cfg)
+        runs.append(r)
+        print(f"  cpu {mode} {cfg or 'defaults'}: {r.get('status')} {r.get('images_per_s_scan')} images/s (scan), "
+              f"{r.get('images_per_s_wall')} (whole command)", flush=True)
+    good = [r for r in runs if r.get("status") == "ok" and r["mode"] == "fast"]
+    out: dict[str, Any] = {"files": len(files), "cores": cores(), "runs": runs, "ok": bool(good)}
+    if good:
+        best = max(good, key=lambda r: r["images_per_s_scan"])
+        out["best_fast"] = {k: best[k] for k in ("workers", "threads", "executor", "images_per_s_scan",
+                                                 "images_per_s_wall")}
+        out["defaults_share_of_best"] = round(good[0]["images_per_s_scan"] / best["images_per_s_scan"], 3) \
+            if runs[0].get("status") == "ok" else None
+    return out
+
+
 # ------------------------------------------------------------------------ CPU preprocessing
 
 
@@ -776,6 +831,7 @@ STAGES: dict[str, tuple[Callable[[Ctx], dict[str, Any]], int, bool]] = {
     "scan_fast": (stage_scan_fast, 60, False),
     "scan_exact": (stage_scan_exact, 75, False),
     "preprocess_cpu": (stage_preprocess_cpu, 30, False),
+    "cpu_balance": (stage_cpu_balance, 45, False),
     "decode": (stage_decode, 30, True),
     "compile": (stage_compile, 100, True),
     "scan_mixed": (stage_scan_mixed, 45, True),
@@ -861,6 +917,8 @@ def merge(work: Path, device: str, out: Path, *, log: str | None = None, started
         "fast_vs_exact_drift": _get(res, "scan_exact", "fast_vs_exact"),
         "cpu_preprocess_exact_images_per_s": prep_exact,
         "cpu_preprocess_fast_images_per_s": _get(res, "preprocess_cpu", "fast_draft", "images_per_s"),
+        "cpu_scan_fast_best": _get(res, "cpu_balance", "best_fast"),
+        "cpu_scan_defaults_share_of_best": _get(res, "cpu_balance", "defaults_share_of_best"),
         "exact_scan_share_of_cpu_ceiling": round(exact_best / prep_exact, 3) if exact_best and prep_exact else None,
         "decode": None if device != "cuda" else {
             k: _get(res, "decode", k, "images_per_s")

@@ -130,6 +130,17 @@ def test_cpu_preprocessing_rates(report: dict) -> None:
     assert report["summary"]["exact_scan_share_of_cpu_ceiling"] > 0
 
 
+def test_cpu_balance_runs_every_split(report: dict) -> None:
+    bal = report["stages"]["cpu_balance"]["result"]
+    assert bal["files"] == N and bal["cores"] == gpu_check.cores()
+    runs = bal["runs"]
+    assert [r["mode"] for r in runs] == ["fast", "fast", "exact"]
+    assert all(r["status"] == "ok" and r["scored"] == N for r in runs), runs
+    assert runs[1]["workers"] == 1 and runs[1]["threads"] == 1 and "--threads 1" in runs[1]["command"]
+    assert "--device cpu" in runs[0]["command"] and bal["best_fast"]["images_per_s_scan"] > 0
+    assert 0 < bal["defaults_share_of_best"] <= 1
+
+
 def test_merge_reports_timeouts_skips_failures_and_missing_stages(tmp_path: Path) -> None:
     stages = tmp_path / "stages"
     stages.mkdir()
@@ -171,7 +182,8 @@ def test_the_script_on_the_cpu_writes_its_report(tmp_path: Path) -> None:
     log = (out / "gpu_check.log").read_text()
     assert rep["device"] == "cpu" and rep["log"] == str(out / "gpu_check.log")
     assert rep["summary"]["stages"] == {"env": "ok", "corpus": "ok", "model": "skipped", "scan_fast": "skipped",
-                                        "scan_exact": "skipped", "preprocess_cpu": "skipped"}
+                                        "scan_exact": "skipped", "preprocess_cpu": "skipped",
+                                        "cpu_balance": "skipped"}
     assert rep["stages"]["corpus"]["result"]["n"] == 2 and rep["stages"]["env"]["shell_seconds"] >= 0
     assert "stage corpus: exit 0" in log and "==== gpu_check summary ====" in log
 
