@@ -14,7 +14,7 @@ Inputs may be hostile. The rules, in order:
 6. Every pixel mode becomes RGB deterministically (see :func:`to_rgb`).
 
 8-bit non-palette PNGs are decoded by libspng (``pyspng``), whose pixels equal Pillow's and come
-1.5x faster (:func:`_library_decode`); Pillow decodes everything else, and any PNG libspng refuses
+1.6x faster (:func:`_library_decode`); Pillow decodes everything else, and any PNG libspng refuses
 (so a broken file fails with Pillow's diagnosis). The tests hold the pixels equal to Pillow's.
 """
 
@@ -375,14 +375,14 @@ _SPNG_COLOUR_TYPES = frozenset({0, 2, 4, 6})
 
 def _library_decode(data: bytes, opened: DecodedImage) -> Image.Image | None:
     """Decode a header-checked 8-bit grey/RGB/grey+alpha/RGBA PNG with libspng, whose pixels are
-    Pillow's ``convert("RGB")`` exactly (alpha dropped) at 1.5x the speed on photos
+    Pillow's ``convert("RGB")`` exactly (alpha dropped) at 1.6x the speed on photos
     (BENCHMARKS.md, "Scan"). ``None`` for every other file, and when libspng refuses one: Pillow
     then decodes it, or names what is wrong with it.
 
     JPEGs stay with Pillow: libjpeg-turbo's own TurboJPEG API (simplejpeg) decodes the same pixels,
     but turning its array into a Pillow image for the resize costs what it saves (measured).
     """
-    if not (opened.format == "PNG" and data[12:16] == b"IHDR" and data[24] == 8
+    if not (opened.format == "PNG" and len(data) > 33 and data[12:16] == b"IHDR" and data[24] == 8
             and data[25] in _SPNG_COLOUR_TYPES):
         return None
     try:
