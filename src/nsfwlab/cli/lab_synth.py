@@ -214,6 +214,7 @@ def synthesize_command(
     l2: float = typer.Option(0.0, help="L2 penalty weight (distance from mid-grey)."),
     transforms: bool = typer.Option(True, "--transforms/--no-transforms", help="Random jitter, scale and rotation each step."),
     balance: bool = typer.Option(True, "--balance/--no-balance", help="An objective of several summed terms (nsfw+sfw) raises each of them (a soft minimum of their gains), not only the cheapest; --no-balance optimises the plain sum."),
+    settle: float | None = typer.Option(None, "--settle", min=0.0, max=1.0, help="Fraction of the last steps run without the transforms, tuning the final image to the exact pipeline it is measured on (default: 0.2 for a balanced sum such as nsfw+sfw, else 0)."),
     generator: Path | None = typer.Option(None, "--generator", help="A TorchScript generator (code -> image in [0, 1])."),
     code_dim: int | None = typer.Option(None, "--code-dim", min=1, help="The generator's code size (if it has no code_dim)."),
     gallery: Path | None = typer.Option(None, "--gallery", help="HTML gallery of the images and scores "
@@ -244,7 +245,8 @@ def synthesize_command(
         if gallery is not None:
             _check_suffix(gallery, (".html", ".htm"), "--gallery")
         config = SynthConfig(objective=objective, param=param, steps=steps, lr=lr, size=size, batch=batch, seed=seed,
-                             tv=tv, l2=l2, diversity=diversity, transforms=transforms, code_dim=code_dim, balance=balance)
+                             tv=tv, l2=l2, diversity=diversity, transforms=transforms, code_dim=code_dim, balance=balance,
+                             settle=settle)
         specs = [parse_also(a) for a in also]
         dev = resolve_device(device)
         networks = [load_also(s, size=also_size, device=dev) for s in specs]
