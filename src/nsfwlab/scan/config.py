@@ -34,6 +34,10 @@ class Executor(str, Enum):
     THREAD = "thread"
 
 
+#: Default images per model call (:meth:`ScanConfig.model_batch`).
+CPU_BATCH, CUDA_BATCH = 8, 32
+
+
 @dataclass(frozen=True)
 class ScanConfig:
     """How a scan runs. ``workers``: decoding threads or processes (see :attr:`n_workers`); ``threads``: model
@@ -42,13 +46,14 @@ class ScanConfig:
     are sampled and their frame scores combined (``None``: score stills only, as before);
     ``calibration``: reported scores (and labels) are calibrated, the model's raw score kept;
     ``bank``: a hash bank's path: a still image within ``match_distance`` PDQ bits of a banked hash
-    takes the human decision as its label (the model's score is kept)."""
+    takes the human decision as its label (the model's score is kept); ``batch_size``: images per
+    model call (default: :meth:`model_batch`)."""
 
     mode: ScanMode = ScanMode.EXACT
     device: Device = Device.CPU
     engine: Engine = Engine.LOCAL
     executor: Executor = Executor.AUTO
-    batch_size: int = 32
+    batch_size: int | None = None
     workers: int | None = None
     threads: int | None = None
     chunk: int = 4
@@ -64,10 +69,10 @@ class ScanConfig:
     match_distance: int = 31
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "chunk", "max_attempts"):
+        for name in ("chunk", "max_attempts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("workers", "threads"):
+        for name in ("batch_size", "workers", "threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
@@ -92,10 +97,16 @@ class ScanConfig:
         cores = os.cpu_count() or 1
         return cores if self.executor_kind is Executor.THREAD else max(1, cores // 2)
 
+    def model_batch(self, device: str) -> int:
+        """Images per model call: ``batch_size``, else 8 where the model runs on the CPU and 32 on
+        CUDA. onnxruntime's cost per image rises with the batch on these CPUs: whole scans ran ~9%
+        faster at 8 than at 32 (BENCHMARKS.md, "Scan")."""
+        return self.batch_size or (CUDA_BATCH if device == "cuda" else CPU_BATCH)
+
     @property
     def window(self) -> int:
         """Files in flight at most (decoded or being decoded, not yet written)."""
-        return max(2 * self.batch_size, 4 * self.n_workers * self.chunk)
+        return max(2 * (self.batch_size or CPU_BATCH), 4 * self.n_workers * self.chunk)
 
 
 @dataclass(frozen=True)
@@ -131,7 +142,7 @@ def build_scan_model(config: ScanConfig) -> ScanModel:
             torch.backends.cudnn.allow_tf32 = False
             torch.backends.cuda.matmul.allow_tf32 = False
         det = Detector(device=device, precision=Precision.FP32, threads=config.threads, model=config.model,
-                       batch_size=config.batch_size)
+                       batch_size=config.model_batch(device))
         return ScanModel(det.backend, det.preprocess_config, ScanMode.EXACT)
     if device == "cuda":
         # fp16 channels-last on the GPU (|Δ| ~7e-4 against fp32); the GPU pipeline adds GPU decoding.
@@ -151,7 +162,8 @@ def build_scan_model(config: ScanConfig) -> ScanModel:
         backend: Backend = OnnxRuntimeBackend(path, verify=False, threads=config.threads,
                                               model_version=f"{MODEL_VERSION}-{QUANT_VERSION}")
         return ScanModel(backend, fast_preprocess(PreprocessConfig()), ScanMode.FAST)
-    det = Detector(device=device, threads=config.threads, model=config.model, batch_size=config.batch_size)
+    det = Detector(device=device, threads=config.threads, model=config.model,
+                   batch_size=config.model_batch(device))
     base = det.preprocess_config
     source = getattr(det.backend, "onnx_path", None)
     if source is not None:

@@ -196,7 +196,7 @@ def scan_gpu(roots: list[str], store: ResultStore, config: ScanConfig, *, model:
     and the GPU JPEG encoder; they exist so that this path's logic runs in CPU-only tests.
     """
     sink = Sink(store, model, config, Engine.LOCAL.value, progress, run_engine="local-gpu")
-    scorer = GpuScorer(sink, model, config.batch_size, config.limits, device=device, decode=decode,
+    scorer = GpuScorer(sink, model, config.model_batch(device), config.limits, device=device, decode=decode,
                        roundtrip=roundtrip)
     pool = Workers(config.n_workers, worker_context(store, model, config, gpu_route=True),
                             config.executor_kind)

@@ -51,7 +51,7 @@ def scan_local(roots: list[str], store: ResultStore, config: ScanConfig, *, mode
     """The local engine: worker threads or processes decode, the model runs in this thread."""
     sink = Sink(store, model, config, Engine.LOCAL.value, progress)
     pool = Workers(config.n_workers, worker_context(store, model, config), config.executor_kind)
-    return run(roots, sink, pool, ArrayScorer(sink, model, config.batch_size), config)
+    return run(roots, sink, pool, ArrayScorer(sink, model, config.model_batch(model.backend.device)), config)
 
 
 def scan(roots: Iterable[str | os.PathLike], store: ResultStore, config: ScanConfig | None = None, *,

@@ -130,7 +130,7 @@ class RayScorer:
         # until Ray has marked a lost node dead (seconds), the calls to its replica keep failing,
         # and a fixed number of retries would be spent before the restart.
         actor = ray.remote(max_restarts=REPLICA_RESTARTS, max_task_retries=-1, **holds)(_ModelReplica)
-        self.ray, self.sink, self.batch_size = ray, sink, config.batch_size
+        self.ray, self.sink, self.batch_size = ray, sink, config.model_batch(model.backend.device)
         self.idle = [actor.remote(config, backend, model.preprocess.mean_bgr) for _ in range(replicas)]
         self.busy: dict[Any, tuple[Any, _Batch]] = {}  # call -> (replica, its batch)
         self.queue: deque[_Batch] = deque()

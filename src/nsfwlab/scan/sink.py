@@ -168,7 +168,7 @@ class Sink:
                 f = p.frames
                 self.sampled[sha] = _Sampled(f.kind, f.times, f.durations, [None] * len(f.arrays))
             new = True
-        if len(self.records) >= 4 * self.config.batch_size:
+        if len(self.records) >= 4 * self.config.model_batch(self.model.backend.device):
             self.flush()
         return new
 
