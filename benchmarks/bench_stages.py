@@ -17,8 +17,6 @@ import hashlib
 import json
 import os
 import platform
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,13 +42,11 @@ def _best(fn: Callable[[Any], object], items: Sequence[Any], repeats: int) -> fl
 
 
 def _startup(path: Path, mode: str, cache: Path) -> float:
+    """CPU-seconds of a whole one-file ``nsfwlab scan``."""
+    from bench_modes import scan_cmd, timed
+
     with tempfile.TemporaryDirectory() as d:
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        subprocess.run([str(Path(sys.executable).parent / "nsfwlab"), "scan", str(path), "--db", f"{d}/s.sqlite",
-                        "--mode", mode, "--no-progress", "--cache-dir", str(cache)], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        return timed(scan_cmd(path, Path(d) / "s.sqlite", mode, cache, []))[1]
 
 
 def main() -> None:

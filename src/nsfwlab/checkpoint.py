@@ -24,7 +24,7 @@ from typing import Any
 from .architectures import ARCHITECTURES, build_architecture, register_architecture
 from .config import Device, Precision, PreprocessConfig
 from .errors import ModelError
-from .hashing import file_sha256
+from .hashing import model_file_sha256
 
 __all__ = [
     "ARCHITECTURES",
@@ -127,7 +127,7 @@ def load_model(path: str | os.PathLike, device: Device | str = Device.AUTO, *,
 
     p = Path(path)
     dev = resolve_device(device)
-    version = f"{p.stem}-{file_sha256(p)[:12]}" if p.is_file() else p.stem
+    version = f"{p.stem}-{model_file_sha256(p)[:12]}" if p.is_file() else p.stem
     if p.suffix.lower() == ".onnx":
         if not p.is_file():
             raise ModelError(f"model file {p} does not exist")

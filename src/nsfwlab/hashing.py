@@ -23,8 +23,8 @@ def _stat_keyed_sha256(path: str, size: int, mtime_ns: int, inode: int) -> str:
 
 def model_file_sha256(path: str | os.PathLike) -> str:
     """:func:`file_sha256` of a model file, computed once per process for the same file (keyed by
-    its resolved path, size, mtime and inode): verifying the weights and naming the cached int8
-    graph after them read the 23 MB file once, not twice."""
+    its resolved path, size, mtime and inode): verifying the weights, naming a checkpoint's
+    version and naming the cached int8 graph after it read the file once, not two or three times."""
     p = Path(path).resolve()
     st = p.stat()
     return _stat_keyed_sha256(str(p), st.st_size, st.st_mtime_ns, st.st_ino)

@@ -108,6 +108,8 @@ class Sink:
         self.sampled: dict[str, _Sampled] = {}  # videos and animations being scored, by content
         self.hashes: dict[str, Any] = {}  # PDQ hashes of the contents being scored (bank matching)
         self.bank = _open_bank(config)
+        #: Records written per transaction: four model batches.
+        self.flush_every = 4 * config.model_batch(model.backend.device)
 
     def close(self) -> None:
         if self.bank is not None:
@@ -168,7 +170,7 @@ class Sink:
                 f = p.frames
                 self.sampled[sha] = _Sampled(f.kind, f.times, f.durations, [None] * len(f.arrays))
             new = True
-        if len(self.records) >= 4 * self.config.model_batch(self.model.backend.device):
+        if len(self.records) >= self.flush_every:
             self.flush()
         return new
 
