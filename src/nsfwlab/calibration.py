@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import read_text_file
 from .errors import ConfigError
+from .sidefiles import read_text_file
 
 __all__ = ["CALIBRATION_FORMAT", "Calibration", "CalibrationMethod", "load_calibration"]
 

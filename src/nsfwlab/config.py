@@ -44,18 +44,6 @@ def option(cls: type[E], value: E | str, what: str) -> E:
         raise ConfigError(f"unknown {what} {value!r}; choose one of: {choices}") from None
 
 
-def read_text_file(path: str | os.PathLike, what: str, hint: str = "") -> str:
-    """The UTF-8 text of a small configuration file (a calibration, an API key list), or a one-line
-    :class:`ConfigError` naming ``what`` and, for a binary file, ``hint`` about the expected content."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {os.fspath(path)}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{what} {os.fspath(path)} is not UTF-8 text{hint}") from None
-
-
 class Label(str, Enum):
     """The three score bands of the original authors: safe, human review, NSFW."""
 

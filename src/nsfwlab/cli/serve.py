@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from ..calibration import load_calibration
-from ..config import BackendName, DecodeLimits, Device, Precision, Thresholds, read_text_file
+from ..config import BackendName, DecodeLimits, Device, Precision, Thresholds
 from ..errors import ConfigError, ModelError, NsfwlabError
 from ..frames import FrameMode, FrameOptions
+from ..sidefiles import read_text_file
 from ._common import (
     AGGREGATE_OPTION,
     FPS_OPTION,
