@@ -8,6 +8,8 @@ classes to exit codes (``nsfwlab.cli``) and HTTP statuses (``nsfwlab.serve``) in
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "BackendUnavailableError",
     "ConfigError",
@@ -29,15 +31,24 @@ class NsfwlabError(Exception):
 
     code = "error"
 
-    def __init__(self, message: str, *, source: str | None = None) -> None:
+    def __init__(self, message: str, *, source: str | None = None, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.source = source
+        #: The library parameter the error is about (``"steps"``, ``"trust_code"``), named in the message
+        #: as written in Python. The CLI shows its own flag in its place (:meth:`render`).
+        self.param = param
 
     def __str__(self) -> str:
-        if self.source:
-            return f"{self.source}: {self.message}"
-        return self.message
+        return self.render()
+
+    def render(self, flags: dict[str, str] | None = None) -> str:
+        """The one-line message; with ``flags``, the parameter's name reads as the flag the user typed
+        (``{"steps": "--steps"}``) so that library errors never hard-code command-line syntax."""
+        message = self.message
+        if self.param and flags and self.param in flags:
+            message = re.sub(rf"(?<![\w-]){re.escape(self.param)}(?![\w-])", flags[self.param], message, count=1)
+        return f"{self.source}: {message}" if self.source else message
 
     def with_source(self, source: str) -> NsfwlabError:
         """Return this error tagged with the input it concerns (a path or a name)."""

@@ -81,9 +81,19 @@ def tagged(tag: str, style: str, text: str) -> Text:
     return Text.assemble((tag, style), text)
 
 
-def fail(exc: NsfwlabError) -> typer.Exit:
-    """Print a one-line error and return the Exit to raise."""
-    stderr.print(tagged("error:", "bold red", f" {exc}"), highlight=False)
+def flag_for(param: str) -> str:
+    """The command-line flag of a library parameter: ``trust_code`` -> ``--trust-code``."""
+    return "--" + param.replace("_", "-")
+
+
+def fail(exc: NsfwlabError, flags: dict[str, str] | None = None) -> typer.Exit:
+    """Print a one-line error and return the Exit to raise.
+
+    An error about a library parameter (``exc.param``) names the flag instead: ``flags`` maps
+    parameters whose flag is not simply :func:`flag_for` of their name (``{"n_steps": "--steps"}``)."""
+    if exc.param:
+        flags = {exc.param: flag_for(exc.param), **(flags or {})}
+    stderr.print(tagged("error:", "bold red", f" {exc.render(flags)}"), highlight=False)
     return typer.Exit(int(exit_code_for(exc)))
 
 
