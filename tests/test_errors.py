@@ -15,7 +15,8 @@ def test_render_replaces_the_parameter_name_only_as_a_whole_word() -> None:
 
 def test_flag_for_and_source() -> None:
     assert flag_for("trust_code") == "--trust-code"
-    exc = ModelError("a TorchScript file is a program; pass trust_code to run it", param="trust_code", source="n.pt")
+    exc = ModelError("a TorchScript file is a program; pass trust_code to run it",
+                     param="trust_code", source="n.pt")
     assert exc.render({"trust_code": "--trust-code"}) == "n.pt: a TorchScript file is a program; pass --trust-code to run it"
 
 
