@@ -17,7 +17,8 @@ def test_flag_for_and_source() -> None:
     assert flag_for("trust_code") == "--trust-code"
     exc = ModelError("a TorchScript file is a program; pass trust_code to run it",
                      param="trust_code", source="n.pt")
-    assert exc.render({"trust_code": "--trust-code"}) == "n.pt: a TorchScript file is a program; pass --trust-code to run it"
+    expected = "n.pt: a TorchScript file is a program; pass --trust-code to run it"
+    assert exc.render({"trust_code": "--trust-code"}) == expected
 
 
 def test_cli_fail_prints_the_flag(capsys) -> None:
