@@ -22,7 +22,7 @@ def test_overrides_replace_fields_and_keep_the_rest() -> None:
 
 
 def test_unknown_keyword_and_wrong_config_type_are_refused() -> None:
-    with pytest.raises(ConfigError, match="unknown _Config field.*stepz; known: lr, steps"):
+    with pytest.raises(ConfigError, match=r"unknown _Config field.*stepz; known: lr, steps"):
         configure(_Config, None, {"stepz": 3})
     with pytest.raises(ConfigError, match="config must be a _Config"):
         configure(_Config, object(), {})  # type: ignore[arg-type]
