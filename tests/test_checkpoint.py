@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -112,19 +110,6 @@ def test_a_broken_preprocessing_sidecar_is_a_model_error(stock_checkpoint: Path,
         sidecar.write_text(text)
         with pytest.raises(ModelError, match=message):
             load_model(out, "cpu")
-
-
-def test_architectures_live_in_the_core() -> None:
-    """Loading a vgg16 checkpoint used to import the training capability (a circle checkpoint <->
-    train): the table of architectures is the core's, and importing checkpoint loads no capability."""
-    code = ("import sys, nsfwlab.checkpoint as ck; "
-            "assert not [m for m in sys.modules if m.startswith(('nsfwlab.train', 'nsfwlab.evaluate'))]; "
-            "assert {'open_nsfw', 'vgg16'} <= set(ck.ARCHITECTURES); "
-            "assert 'torch' not in sys.modules; "
-            "m = ck.build_architecture('vgg16'); "
-            "assert type(m).__module__ == 'nsfwlab.model' and type(m).__name__ == 'VGG16', type(m); "
-            "assert 'nsfwlab.train' not in sys.modules")
-    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_a_vgg16_checkpoint_round_trips(tmp_path: Path) -> None:

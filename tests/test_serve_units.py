@@ -411,16 +411,6 @@ def test_export_from_a_directory_without_a_store_fails_cleanly(tmp_path: Path) -
     assert "no review store" in result.output and "Traceback" not in result.output
 
 
-def test_cli_and_review_store_do_not_import_the_web_stack() -> None:
-    import subprocess
-    import sys
-
-    code = ("import sys, nsfwlab, nsfwlab.cli, nsfwlab.serve; nsfwlab.serve.ReviewStore; "
-            "heavy = [m for m in ('fastapi', 'starlette', 'uvicorn', 'prometheus_client') if m in sys.modules]; "
-            "assert not heavy, heavy")
-    subprocess.run([sys.executable, "-c", code], check=True)
-
-
 def test_public_names_are_pinned() -> None:
     import nsfwlab.serve as serve
     import nsfwlab.serve.app as app_module
