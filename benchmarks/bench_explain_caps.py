@@ -1,4 +1,4 @@
-"""Drift of explain's working copy (issue 13): how much do heatmaps change when an image over
+"""Drift of explain's working copy: how much do heatmaps change when an image over
 ``ExplainCaps.max_work_side`` is explained on a downscaled copy instead of at full resolution?
 
     PYTHONPATH=src .venv/bin/python benchmarks/bench_explain_caps.py

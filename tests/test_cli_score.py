@@ -260,7 +260,7 @@ def test_broken_link_named_as_image_is_reported(tmp_path: Path, photo_paths: lis
     assert rows[0]["error"] == "no such file" and res.exit_code == 1
 
 
-# -- issue 13: unreadable directories, special files -------------------------------------------------
+# -- unreadable directories, special files -------------------------------------------------
 def deny_listing(monkeypatch: pytest.MonkeyPatch, *denied: Path) -> None:
     """os.scandir raises PermissionError for ``denied`` (chmod 000 does not stop root, who runs the tests)."""
     import os

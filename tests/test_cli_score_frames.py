@@ -1,4 +1,4 @@
-"""`nsfwlab score` on videos and animations (issue 12): routing by content, frame options, output
+"""`nsfwlab score` on videos and animations: routing by content, frame options, output
 columns, the timeline, calibration and the bank for these rows, and hostile files as one-line errors.
 
 The CLI's Detector is given the fake RedFraction backend (tests/synthetic.py): a red frame is the

@@ -211,7 +211,7 @@ def test_cli_evaluate_usage_errors(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "both safe and NSFW" in res.output
 
 
-# -- issue 13: unreadable folders and special files in a labelled set ---------------------------------
+# -- unreadable folders and special files in a labelled set ---------------------------------
 def _copy_set(root: Path, photo_paths: list[Path]) -> Path:
     (root / "safe").mkdir(parents=True)
     (root / "nsfw" / "locked").mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""Explain and censor caps (issue 13): extreme shapes are refused or worked on at a bounded size.
+"""Explain and censor caps: extreme shapes are refused or worked on at a bounded size.
 
 Memory is measured with tracemalloc (numpy arrays are traced; Pillow's own image buffers are not),
 on small-but-extreme synthetic images and a fake backend whose score is the fraction of red pixels.

@@ -1,4 +1,4 @@
-"""`scan --bank` and `scan --calibration` (issue 13), as `nsfwlab score` does them: a still image
+"""`scan --bank` and `scan --calibration`, as `nsfwlab score` does them: a still image
 matching a banked PDQ hash takes the human decision as its label (match columns kept); calibrated
 scores with the model's raw score kept; identical content reused across calibrations."""
 

@@ -291,7 +291,7 @@ def parse_objective(expr: str) -> Target:
     """A :class:`Target` from text: terms ``[WEIGHT*]NAME`` (or ``NAME*WEIGHT``) joined by ``+``
     and ``-``, where NAME is ``nsfw`` / ``sfw`` (the logits), ``nsfw-logit``, ``sfw-logit``,
     ``nsfw-probability``, ``logit-margin``, ``channel:LAYER:K`` or ``neuron:LAYER:K``.
-    ``-nsfw`` minimises the NSFW logit; ``nsfw+sfw`` raises both (seed 003's "pareidolia")."""
+    ``-nsfw`` minimises the NSFW logit; ``nsfw+sfw`` raises both ("pareidolia")."""
     text = expr.strip()
     result: Target | None = None
     pos = 0

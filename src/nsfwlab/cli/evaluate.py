@@ -182,7 +182,7 @@ def _fit_calibration(evaluation: object, method: CalibrationMethod, folds: int,
 def finetune_command(
     data: Path = typer.Argument(..., help="A folder with safe/ and nsfw/ subfolders, or a CSV of path,label."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the best model (an nsfwlab .pt checkpoint); OUT.history.png gets the per-epoch curves."),
-    arch: str = typer.Option("open_nsfw", help="open_nsfw (transfer learning) or vgg16 (from scratch, the seed's baseline)."),
+    arch: str = typer.Option("open_nsfw", help="open_nsfw (transfer learning) or vgg16 (from scratch, a baseline)."),
     unfreeze: int = typer.Option(1, min=0, max=5, help="open_nsfw stages to train, from the top: 0 head only, 1-4 stages, 5 everything."),
     epochs: int = typer.Option(10, min=1, help="Most epochs."),
     patience: int = typer.Option(3, min=1, help="Stop after this many epochs without a better validation AUC."),

@@ -95,7 +95,7 @@ def evolve_command(
     batch_size: int = typer.Option(8, min=1, help="Images per model call."),
     progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress on stderr (default: on a terminal)."),
 ) -> None:
-    """Evolve an image of coloured shapes towards an NSFW score (the seed's genetic experiment).
+    """Evolve an image of coloured shapes towards an NSFW score.
 
     Every candidate is scored through the exact pipeline (JPEG round trip included), so the
     printed score is what `nsfwlab score` prints for the written PNG.

@@ -257,7 +257,7 @@ class GuidedBackprop(_CaptumExplainer):
 
 
 class Deconvnet(_CaptumExplainer):
-    """The deconvnet of Zeiler & Fergus 2014 (the seed's third method): the backward pass through
+    """The deconvnet of Zeiler & Fergus 2014: the backward pass through
     each ReLU rectifies the gradient itself, ignoring the forward activation."""
 
     def _method(self, wrapped: nn.Module) -> Any:

@@ -6,7 +6,7 @@ learned mock of the JPEG step, and reached L-inf 10/255. Here the whole pipeline
 - ``space="original"`` (default): the perturbation lives on the image at its own resolution; the forward pass is
   Pillow's BILINEAR resize bit for bit (:func:`nsfwlab.preprocess.resize.resize_exact`) with the gradient of its
   linear map, then the JPEG round trip, crop, BGR, mean (the core's differentiable preprocessing).
-- ``space="resized"``: the seed's setting; the 256x256 resized image is optimised (and returned).
+- ``space="resized"``: the classic setting; the 256x256 resized image is optimised (and returned).
 - The JPEG step: ``differentiable`` (default: forward Pillow's real round trip, backward kornia's differentiable
   JPEG at quality 75; kornia needs sides that are multiples of 16, else straight-through is used),
   ``straight-through`` (forward Pillow's, backward identity), ``eot`` (gradients summed over re-encodings at
@@ -101,7 +101,7 @@ class Goal:
 
     @classmethod
     def from_target(cls, to: float, before: float, tolerance: float) -> Goal:
-        """The issue's rule: ``to >= 0.95`` above the score means at least; ``<= 0.05`` below, at most."""
+        """The goal's rule: ``to >= 0.95`` above the score means at least; ``<= 0.05`` below, at most."""
         if to >= 0.95 and to > before:
             return cls(GoalKind.AT_LEAST, to, tolerance)
         if to <= 0.05 and to < before:

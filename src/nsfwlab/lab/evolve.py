@@ -1,4 +1,4 @@
-"""Evolve images made of coloured shapes towards an NSFW score (the seed's "genetic" experiment).
+"""Evolve images made of coloured shapes towards an NSFW score (a genetic algorithm, or CMA-ES).
 
 A genome (see :mod:`nsfwlab.lab.render`) is drawn onto a canvas; a whole population is drawn in
 one call and scored in batches through the exact pipeline (the Detector's preprocessing of the
@@ -235,7 +235,7 @@ def population_size(config: EvolveConfig) -> int:
 
 
 class _GeneticAlgorithm:
-    """The seed's GA on DEAP's operators, one elite kept; only changed genomes are re-scored."""
+    """A simple GA on DEAP's operators, one elite kept; only changed genomes are re-scored."""
 
     CXPB, MUTPB, SIGMA, TOURNAMENT = 0.5, 0.3, 0.1, 3
 

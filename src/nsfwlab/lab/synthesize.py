@@ -1,4 +1,4 @@
-"""Synthesise images that maximise an objective on open_nsfw (activation maximisation, seed 003).
+"""Synthesise images that maximise an objective on open_nsfw (activation maximisation).
 
 The image comes from a parameterisation (:mod:`nsfwlab.lab.fourier`: a decorrelated Fourier
 spectrum, plain pixels, or a TorchScript generator's code), passes random robustness transforms
@@ -175,7 +175,7 @@ class SynthConfig:
     transforms: bool = True
     code_dim: int | None = None
     #: With a sum of several terms (``nsfw+sfw``), maximise a soft minimum of their gains over the
-    #: start image, so that every term rises ("both at once", seed 003), not only the cheapest one.
+    #: start image, so that every term rises ("both at once"), not only the cheapest one.
     balance: bool = True
     #: The fraction of the last steps that run without the robustness transforms, so that the final
     #: image is tuned to the exact, un-transformed pipeline its numbers are measured on. ``None``:
