@@ -141,7 +141,7 @@ class PreprocessConfig:
     The defaults are Yahoo's exact pipeline: Pillow bilinear resize to 256x256, a JPEG round trip
     at ``jpeg_quality`` (Pillow's default 75), centre crop 224, RGB->BGR, mean subtraction.
     ``draft`` lets libjpeg decode JPEGs at a reduced DCT scale before the resize (faster, with a
-    measured drift; see README) and is off in the exact pipeline: the smallest of libjpeg's 1/2,
+    measured drift; see docs/scan.md) and is off in the exact pipeline: the smallest of libjpeg's 1/2,
     1/4, 1/8 scales that keeps both sides >= :attr:`draft_size`, twice ``resize``, so that the
     bilinear resize still reduces by at least 2. Scaling right down to ``resize`` (as Pillow's
     ``draft`` does when asked for the output size) replaces most of the antialiasing filter with
