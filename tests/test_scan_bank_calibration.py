@@ -63,7 +63,7 @@ def test_a_banked_image_takes_the_human_decision(two_photos: Path, tmp_path: Pat
 
 
 def test_a_missing_bank_is_a_usage_error(two_photos: Path, tmp_path: Path) -> None:
-    with ResultStore(tmp_path / "r.sqlite") as store, pytest.raises(ConfigError, match="bank .* does not exist"):
+    with ResultStore(tmp_path / "r.sqlite") as store, pytest.raises(ConfigError, match=r"bank .* does not exist"):
         scan([two_photos], store, _config(bank=str(tmp_path / "nope.sqlite")), backend=RedFraction())
 
 
