@@ -16,10 +16,12 @@ from nsfwlab.scan.walk import matches
 
 def test_public_names_are_pinned() -> None:
     assert sorted(nsfwlab.scan.__all__) == [
-        "COLUMNS", "Decision", "Engine", "Executor", "ExportFilter", "ExportFormat", "FileRecord", "ResultStore",
-        "ScanConfig", "ScanMode", "ScanModel", "ScanSummary", "Status", "StoreError", "WalkConfig",
+        "COLUMNS", "Engine", "Executor", "ExportFilter", "ExportFormat", "FileRecord", "ResultStore",
+        "ScanAction", "ScanConfig", "ScanMode", "ScanModel", "ScanSummary", "Status", "StoreError", "WalkConfig",
         "build_scan_model", "iter_records", "quantize_int8", "scan", "walk", "write_export",
     ]
+    with pytest.warns(DeprecationWarning, match="ScanAction"):
+        assert nsfwlab.scan.Decision is nsfwlab.scan.ScanAction  # the old name, for one release
     assert [m.value for m in ScanMode] == ["exact", "fast"]
     assert [e.value for e in Engine] == ["local", "ray"]
     assert [f.value for f in ExportFormat] == ["csv", "jsonl", "parquet"]

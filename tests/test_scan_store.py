@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nsfwlab.scan import Decision, FileRecord, ResultStore, Status, StoreError
+from nsfwlab.scan import FileRecord, ResultStore, ScanAction, Status, StoreError
 from nsfwlab.scan.store import SCHEMA_VERSION
 
 MV, PV = "model-a", "pre-a"
@@ -34,25 +34,25 @@ def test_store_is_wal_and_versioned(tmp_path: Path) -> None:
 
 def test_decide_skips_unchanged_ok_and_rescans_changed(tmp_path: Path) -> None:
     with ResultStore(tmp_path / "r.sqlite") as store:
-        assert store.decide("/a", 10, 1, MV, PV, max_attempts=3) is Decision.SCAN
+        assert store.decide("/a", 10, 1, MV, PV, max_attempts=3) is ScanAction.SCAN
         store.write([ok("/a", 0.1)])
-        assert store.decide("/a", 10, 1, MV, PV, max_attempts=3) is Decision.SKIP
-        assert store.decide("/a", 11, 1, MV, PV, max_attempts=3) is Decision.SCAN  # size changed
-        assert store.decide("/a", 10, 2, MV, PV, max_attempts=3) is Decision.SCAN  # mtime changed
-        assert store.decide("/a", 10, 1, "model-b", PV, max_attempts=3) is Decision.SCAN  # other model
-        assert store.decide("/a", 10, 1, MV, "pre-b", max_attempts=3) is Decision.SCAN  # other preprocessing
+        assert store.decide("/a", 10, 1, MV, PV, max_attempts=3) is ScanAction.SKIP
+        assert store.decide("/a", 11, 1, MV, PV, max_attempts=3) is ScanAction.SCAN  # size changed
+        assert store.decide("/a", 10, 2, MV, PV, max_attempts=3) is ScanAction.SCAN  # mtime changed
+        assert store.decide("/a", 10, 1, "model-b", PV, max_attempts=3) is ScanAction.SCAN  # other model
+        assert store.decide("/a", 10, 1, MV, "pre-b", max_attempts=3) is ScanAction.SCAN  # other preprocessing
 
 
 def test_failed_file_is_retried_until_max_attempts_then_reset_by_a_change(tmp_path: Path) -> None:
     with ResultStore(tmp_path / "r.sqlite") as store:
         for attempt in (1, 2, 3):
-            assert store.decide("/bad", 10, 1, MV, PV, max_attempts=3) is Decision.SCAN
+            assert store.decide("/bad", 10, 1, MV, PV, max_attempts=3) is ScanAction.SCAN
             store.write([err("/bad")])
             (row,) = list(store.iter_rows())
             assert row["attempts"] == attempt and row["status"] == "error" and row["error_code"] == "corrupt"
-        assert store.decide("/bad", 10, 1, MV, PV, max_attempts=3) is Decision.SKIP
+        assert store.decide("/bad", 10, 1, MV, PV, max_attempts=3) is ScanAction.SKIP
         # The file changes: scanned again, attempts restart.
-        assert store.decide("/bad", 12, 5, MV, PV, max_attempts=3) is Decision.SCAN
+        assert store.decide("/bad", 12, 5, MV, PV, max_attempts=3) is ScanAction.SCAN
         store.write([err("/bad", size=12, mtime=5)])
         assert next(store.iter_rows())["attempts"] == 1
         # ... and a success replaces the error row (still one row).
@@ -113,10 +113,10 @@ def test_non_utf8_file_names_are_stored_escaped_and_found_again(tmp_path: Path) 
     name = b"/photos/bad\xffname.jpg".decode("utf-8", "surrogateescape")
     with ResultStore(tmp_path / "r.sqlite") as store:
         store.start_run(model_version=MV, preprocess_version=PV, mode="exact", engine="local", roots=[name])
-        assert store.decide(name, 10, 1, MV, PV, max_attempts=3) is Decision.SCAN
+        assert store.decide(name, 10, 1, MV, PV, max_attempts=3) is ScanAction.SCAN
         store.write([ok(name, 0.1), FileRecord(name + "2", 10, 1, None, Status.ERROR, MV, PV, "exact",
                                                error_code="corrupt", error=f"{name}2: bad")])
-        assert store.decide(name, 10, 1, MV, PV, max_attempts=3) is Decision.SKIP
+        assert store.decide(name, 10, 1, MV, PV, max_attempts=3) is ScanAction.SKIP
         rows = list(store.iter_rows())
     assert [r["path"] for r in rows] == ["/photos/bad\\xffname.jpg", "/photos/bad\\xffname.jpg2"]
     assert rows[1]["error"] == "/photos/bad\\xffname.jpg2: bad"

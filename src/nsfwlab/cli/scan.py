@@ -13,7 +13,8 @@ from ..frames import FrameMode
 from ..scan.config import Engine, Executor
 from ..scan.export import ExportFormat
 from ..scan.modes import ScanMode
-from ..scan.store import Status, StoreWriteError
+from ..scan.sink import ScanSummary
+from ..scan.store import ResultStore, Status, StoreWriteError
 from ._common import (
     AGGREGATE_OPTION,
     FPS_OPTION,
@@ -116,22 +117,30 @@ def scan_command(
     if json_summary:
         stdout.print_json(json.dumps(summary.to_dict()))
     else:
-        labels = ", ".join(f"{k} {v}" for k, v in summary.labels.items())
-        stderr.print(tagged(
-            "scanned", "bold",
-            f" {summary.seen} files in {summary.seconds:.1f}s "
-            f"({summary.files_per_second:.1f} files/s): scored {summary.scored}, reused {summary.reused} "
-            f"(identical content), skipped {summary.skipped} (already in the store), errors {summary.errors}"
-            + (f", missing {summary.missing} (deleted since scanned; rows kept)" if summary.missing else "")
-            + (f", matched {summary.matched} (hash bank)" if summary.matched else ""),
-        ), highlight=False)
-        stderr.print(f"labels: {labels}; model {summary.model_version}, preprocessing {summary.preprocess_version}",
-                     highlight=False)
-        if summary.error_codes:
-            stderr.print("errors by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.error_codes.items())),
-                         highlight=False)
+        _print_summary(summary)
     if summary.errors:
         raise typer.Exit(int(ExitCode.INPUT_FAILED))
+
+
+def _print_summary(summary: ScanSummary) -> None:
+    labels = ", ".join(f"{k} {v}" for k, v in summary.labels.items())
+    rate = (f" ({summary.files_per_second:.1f} files/s written)" if summary.processed and summary.seconds > 0
+            else "")
+    stderr.print(tagged(
+        "scanned", "bold",
+        f" {summary.seen} files in {summary.seconds:.2f}s{rate}: scored {summary.scored}, reused {summary.reused} "
+        f"(identical content), skipped {summary.skipped} (already in the store), errors {summary.errors}"
+        + (f", missing {summary.missing} (deleted since scanned; rows kept)" if summary.missing else "")
+        + (f", matched {summary.matched} (hash bank)" if summary.matched else ""),
+    ), highlight=False)
+    if summary.rederived:
+        stderr.print(f"re-derived {summary.rederived} rows with the new {', '.join(summary.changed)} "
+                     "from their stored model scores (the model did not run again)", highlight=False)
+    stderr.print(f"labels: {labels}; model {summary.model_version}, preprocessing {summary.preprocess_version}",
+                 highlight=False)
+    if summary.error_codes:
+        stderr.print("errors by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.error_codes.items())),
+                     highlight=False)
 
 
 def export_command(
@@ -145,14 +154,31 @@ def export_command(
     model_version: str | None = typer.Option(None, "--model-version", help="Only rows of this model version."),
     preprocess_version: str | None = typer.Option(None, "--preprocess-version", help="Only rows of this preprocessing."),
 ) -> None:
-    """Export the results store: one record per file and model version (path, score, label, status, ...)."""
+    """Export the results store: one record per file (path, score, label, status, ...) of one model
+    version: the one scanned last, unless --model-version names another."""
     from ..scan import ExportFilter, ResultStore, write_export
 
     try:
-        filt = ExportFilter(label=label, status=status, min_score=min_score, max_score=max_score,
-                            model_version=model_version, preprocess_version=preprocess_version)
         with ResultStore(db, readonly=True) as store:
+            if model_version is None:
+                model_version, preprocess_version = _default_version(store, preprocess_version)
+            filt = ExportFilter(label=label, status=status, min_score=min_score, max_score=max_score,
+                                model_version=model_version, preprocess_version=preprocess_version)
             n = write_export(store, out, fmt, filt)
     except NsfwlabError as exc:
         raise fail(exc) from None
     stderr.print(f"wrote {n} records to {out}", highlight=False)
+
+
+def _default_version(store: ResultStore, preprocess_version: str | None) -> tuple[str | None, str | None]:
+    """The model version (and its preprocessing) scanned last; a note on stderr when the store holds several."""
+    versions = [(m, p) for m, p, _ in store.versions() if preprocess_version in (None, p)]
+    latest = store.latest_version()
+    if len(versions) <= 1 or latest is None:
+        return None, preprocess_version
+    if preprocess_version is not None and latest[1] != preprocess_version:
+        latest = max(versions)  # the last scan used other preprocessing: any of this one's, named below
+    stderr.print(tagged("note:", "yellow", f" the store holds {len(versions)} model versions "
+                        f"({', '.join(f'{m} / {p}' for m, p in versions)}); exporting {latest[0]} / {latest[1]}, "
+                        "the latest: pass --model-version (and --preprocess-version) to choose"), highlight=False)
+    return latest

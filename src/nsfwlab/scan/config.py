@@ -122,6 +122,11 @@ class ScanModel:
         return self.backend.model_version
 
     @property
+    def model_id(self) -> str:
+        """The model's id in the zoo (``open_nsfw`` for the stock model and its fine-tunes)."""
+        return str(getattr(self.backend, "model_id", None) or "open_nsfw")
+
+    @property
     def preprocess_version(self) -> str:
         return self.preprocess.version
 

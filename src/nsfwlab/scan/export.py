@@ -18,6 +18,7 @@ from typing import Any
 
 from ..config import Label
 from ..errors import ConfigError
+from .schema import RESULT_COLUMNS
 from .store import COLUMNS, FRAME_COLUMNS, ResultStore, Status
 
 __all__ = ["ExportFilter", "ExportFormat", "iter_records", "write_export"]
@@ -82,15 +83,10 @@ def _write_parquet(rows: Iterator[dict[str, Any]], path: Path, batch: int = 6553
         import pyarrow.parquet as pq
     except ImportError:
         raise ConfigError("parquet export needs pyarrow: pip install 'nsfwlab[scan]'") from None
-    schema = pa.schema([
-        ("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()), ("sha256", pa.string()),
-        ("score", pa.float64()), ("label", pa.string()), ("status", pa.string()), ("error_code", pa.string()),
-        ("error", pa.string()), ("attempts", pa.int64()), ("reused", pa.bool_()), ("model_version", pa.string()),
-        ("preprocess_version", pa.string()), ("mode", pa.string()), ("first_seen", pa.float64()),
-        ("scored_at", pa.float64()), ("kind", pa.string()), ("frames", pa.int64()), ("raw_score", pa.float64()),
-        ("match_decision", pa.string()), ("match_distance", pa.int64()), ("match_source", pa.string()),
-        ("frame_scores", pa.list_(pa.list_(pa.float64()))), ("segments", pa.list_(pa.list_(pa.float64()))),
-    ])
+    types = {"TEXT": pa.string(), "INTEGER": pa.int64(), "REAL": pa.float64()}
+    schema = pa.schema(
+        [(c.name, pa.bool_() if c.name == "reused" else types[c.sql.split()[0]]) for c in RESULT_COLUMNS]
+        + [(name, pa.list_(pa.list_(pa.float64()))) for name in FRAME_COLUMNS])
     n = 0
     with pq.ParquetWriter(str(path), schema) as writer:
         buf: list[dict[str, Any]] = []

@@ -30,6 +30,7 @@ __all__ = [
     "Prepared",
     "Route",
     "WorkerContext",
+    "pdq_of",
     "prepare_bytes",
     "prepare_chunk",
     "prepare_file",
@@ -142,13 +143,14 @@ def prepare_frames(file: WalkedFile, sha: str | None, data: bytes, preprocess: P
                    limits: DecodeLimits, options: FrameOptions) -> Prepared | None:
     """The sampled frames of a video or animation, preprocessed by the core (as
     :meth:`nsfwlab.Detector.score_frames` does); ``None`` for a still image."""
-    from ..frames import iter_frames, media_kind
+    from ..frames import iter_frames
     from ..preprocess import preprocess_rgb
+    from ..verdict import Kind, kind_of
 
-    kind = media_kind(data)
-    if kind == "image":
+    kind = kind_of(data)
+    if kind is Kind.IMAGE:
         return None
-    out = FrameArrays(kind, [], [], [])
+    out = FrameArrays(kind.value, [], [], [])
     for frame in iter_frames(data, options, limits):
         out.arrays.append(preprocess_rgb(frame.image(), preprocess))
         out.times.append(frame.time)
@@ -176,13 +178,13 @@ def prepare_bytes(file: WalkedFile, sha: str | None, data: bytes, preprocess: Pr
         return _failure(file, sha, exc)
 
 
-def _pdq_hash(data: bytes, limits: DecodeLimits) -> Any:
+def pdq_of(data: bytes, limits: DecodeLimits) -> Any:
     """The PDQ hash of a still image's bytes (``None`` for a video, an animation or an undecodable file)."""
     from ..bank import pdq_hash
-    from ..frames import media_kind
+    from ..verdict import Kind, kind_of
 
     try:
-        return pdq_hash(data, limits) if media_kind(data) == "image" else None
+        return pdq_hash(data, limits) if kind_of(data) is Kind.IMAGE else None
     except NsfwlabError:
         return None
 
@@ -203,7 +205,7 @@ def prepare_file(file: WalkedFile, preprocess: PreprocessConfig, limits: DecodeL
     p = Prepared(file, sha, cached=cached) if cached is not None else \
         prepare_bytes(file, sha, data, preprocess, limits, gpu_route=gpu_route, frames=frames)
     if pdq and p.frames is None and not p.failed:
-        p.pdq = _pdq_hash(data, limits)
+        p.pdq = pdq_of(data, limits)
     return p
 
 

@@ -31,7 +31,7 @@ class ScoreItem(BaseModel):
                                 description="NSFW probability, calibrated when the server has a calibration "
                                             "(absent on error)")
     raw_score: float | None = Field(default=None, ge=0.0, le=1.0,
-                                    description="the exact model score (only with a calibration, for still images)")
+                                    description="the exact model score (only with a calibration)")
     label: Label | None = Field(default=None, description="safe / review / nsfw by the server's thresholds, or "
                                                           "the banked human decision when `match` is present")
     kind: str | None = Field(default=None, description="image, animation or video")
@@ -42,6 +42,8 @@ class ScoreItem(BaseModel):
     frame_scores: list[tuple[float, float]] | None = Field(
         default=None, description="[time_s, score] of every scored frame (with ?per_frame=1)")
     match: BankMatch | None = Field(default=None, description="the hash bank's decision (still images)")
+    match_skipped: str | None = Field(default=None, description="why the hash bank was not consulted or could not "
+                                                                "match (a video or animation, a featureless image)")
     review_id: str | None = Field(default=None, description="sha256 of the image when it was queued for review")
     error: str | None = Field(default=None, description="what was wrong with this image (absent on success)")
     code: str | None = Field(default=None, description="machine-readable error code (absent on success)")
