@@ -7,7 +7,6 @@ in batches (:meth:`Detector.iter_score`), and the results are printed in input o
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import stat
@@ -29,6 +28,7 @@ from ..detector import Detector, FramesResult, ScoreResult
 from ..errors import ConfigError, ImageError, NsfwlabError
 from ..frames import FrameMode, FrameOptions, media_kind, sniff_video
 from ..imageio import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageInput, iter_image_files, read_bytes, sniff_format
+from ..outputs import atomic_output, csv_writer, printable
 from ._common import (
     AGGREGATE_OPTION,
     FPS_OPTION,
@@ -278,7 +278,8 @@ def _write_timeline(out: Path, entries: list[Timeline], thresholds: Thresholds) 
     pages = timeline_pngs(entries, thresholds)
     paths = page_paths(out, len(pages))
     for path, png in zip(paths, pages, strict=True):
-        path.write_bytes(png)
+        with atomic_output(path, binary=True, what="timeline") as fh:
+            fh.write(png)
     stderr.print(f"timeline: {', '.join(map(str, paths))}", highlight=False)
 
 
@@ -336,7 +337,7 @@ def score_command(
     items = _stdin_once(list(_expand(paths, seen)), limits, seen)
     calibrated = detector.calibration is not None
     failed = 0
-    writer = csv.writer(sys.stdout, lineterminator="\n") if fmt is OutputFormat.CSV else None
+    writer = csv_writer(sys.stdout) if fmt is OutputFormat.CSV else None
     if writer is not None:
         writer.writerow(["path", "score", "label", "error"] + (["raw_score"] if calibrated else [])
                         + (["match_decision", "match_distance", "match_source"] if hash_bank is not None else [])
@@ -364,7 +365,10 @@ def score_command(
     if fmt is OutputFormat.TABLE:
         stdout.print(_table(rows, calibrated, hash_bank is not None))
     if timeline is not None:
-        _write_timeline(timeline, timelines, thresholds)
+        try:
+            _write_timeline(timeline, timelines, thresholds)
+        except NsfwlabError as exc:
+            raise fail(exc) from None
     if failed:
         raise typer.Exit(int(ExitCode.INPUT_FAILED))
 
@@ -414,15 +418,16 @@ def _table_row(res: Result, match: Match | None, calibrated: bool, banked: bool,
         tail = ([str(res.frames), _segments_text(res)] if isinstance(res, FramesResult) and res.ok
                 else ["", ""] if not res.ok else ["1", ""])
     if not res.ok:
-        return [res.source, Text("error", style="red"), *([""] if calibrated else []),
-                Text(res.error.message if res.error else "", style="red"), *([""] if banked else []), *tail]
+        return [printable(res.source), Text("error", style="red"), *([""] if calibrated else []),
+                Text(printable(res.error.message) if res.error else "", style="red"), *([""] if banked else []),
+                *tail]
     label = res.label.value if res.label else "safe"
     style = {"safe": "green", "review": "yellow", "nsfw": "red"}[label]
-    row: list[str | Text] = [res.source, f"{res.score:.6f}"]
+    row: list[str | Text] = [printable(res.source), f"{res.score:.6f}"]
     if calibrated:
         raw = res.raw_score if isinstance(res, ScoreResult) else None
         row.append(f"{raw:.6f}" if raw is not None else "")
     row.append(Text(label, style=style))
     if banked:
-        row.append(f"{match.decision.value} ({match.distance} bits, {match.source})" if match else "")
+        row.append(printable(f"{match.decision.value} ({match.distance} bits, {match.source})") if match else "")
     return row + tail
