@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,7 @@ ON CONFLICT (pdq) DO UPDATE SET decision = excluded.decision, source = excluded.
 """
 
 
-class Decision(str, Enum):
+class Decision(StrEnum):
     NSFW = "nsfw"
     SAFE = "safe"
 

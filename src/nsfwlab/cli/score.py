@@ -15,7 +15,7 @@ import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Union, cast
 
@@ -58,7 +58,7 @@ _ANIMATED_FORMATS = ("GIF", "PNG", "WEBP")
 _MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     TABLE = "table"
     JSONL = "jsonl"
     CSV = "csv"

@@ -11,7 +11,7 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from ..config import Label
@@ -22,7 +22,7 @@ from .store import COLUMNS, FRAME_COLUMNS, ResultStore, Status
 __all__ = ["ExportFilter", "ExportFormat", "iter_records", "write_export"]
 
 
-class ExportFormat(str, Enum):
+class ExportFormat(StrEnum):
     CSV = "csv"
     JSONL = "jsonl"
     PARQUET = "parquet"

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -226,13 +226,13 @@ class StoreWriteError(StoreError):
     code = "store_write"
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     OK = "ok"
     ERROR = "error"
     MISSING = "missing"  # the file was deleted after it was scanned
 
 
-class Decision(str, Enum):
+class Decision(StrEnum):
     """What the scanner does with one walked file."""
 
     SKIP = "skip"  # already scored (or given up on) with this version and unchanged

@@ -29,7 +29,7 @@ import time
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,7 @@ THUMBNAIL_SIZE = 256
 STALE_TMP_S = 600.0
 
 
-class ReviewLabel(str, Enum):
+class ReviewLabel(StrEnum):
     """A reviewer's decision."""
 
     SAFE = "safe"
@@ -71,7 +71,7 @@ class ReviewLabel(str, Enum):
     SKIP = "skip"
 
 
-class ReviewStatus(str, Enum):
+class ReviewStatus(StrEnum):
     """Where an item stands: not yet decided, or its latest decision."""
 
     PENDING = "pending"
@@ -80,7 +80,7 @@ class ReviewStatus(str, Enum):
     SKIP = "skip"
 
 
-class QueueReason(str, Enum):
+class QueueReason(StrEnum):
     """Why an image was queued: its score is in the review band, or it is a random audit sample."""
 
     BAND = "band"
