@@ -86,7 +86,7 @@ def test_bad_arguments_are_config_errors(bank: Bank, tmp_path: Path) -> None:
     with pytest.raises(ImageError):
         bank.match(b"not an image")
     (tmp_path / "text.sqlite3").write_text("hello, not a database " * 100)
-    with pytest.raises(ConfigError, match="cannot open bank"):
+    with pytest.raises(ConfigError, match="not a usable SQLite database"):
         Bank(tmp_path / "text.sqlite3")
     assert parse_hash(" " + good.upper() + "\n") == good and hamming(good, "ab" * 31 + "aa") == 1
 

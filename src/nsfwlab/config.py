@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import TypeVar
 
 from .errors import ConfigError
@@ -44,7 +44,7 @@ def option(cls: type[E], value: E | str, what: str) -> E:
         raise ConfigError(f"unknown {what} {value!r}; choose one of: {choices}") from None
 
 
-class Label(str, Enum):
+class Label(StrEnum):
     """The three score bands of the original authors: safe, human review, NSFW."""
 
     SAFE = "safe"
@@ -52,19 +52,19 @@ class Label(str, Enum):
     NSFW = "nsfw"
 
 
-class Device(str, Enum):
+class Device(StrEnum):
     AUTO = "auto"
     CPU = "cpu"
     CUDA = "cuda"
 
 
-class BackendName(str, Enum):
+class BackendName(StrEnum):
     AUTO = "auto"
     ONNXRUNTIME = "onnxruntime"
     TORCH = "torch"
 
 
-class Precision(str, Enum):
+class Precision(StrEnum):
     """Numeric precision of the torch backend. ``auto`` is fp16 on CUDA and fp32 on CPU."""
 
     AUTO = "auto"

@@ -28,7 +28,7 @@ import struct
 import warnings
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import IO, Union
 
@@ -407,7 +407,7 @@ IMAGE_SUFFIXES = frozenset({
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".webm", ".mkv"})
 
 
-class EntryKind(str, Enum):
+class EntryKind(StrEnum):
     """What :func:`walk_tree` found at a path."""
 
     FILE = "file"  # a regular file, or a link to one (or an entry whose type could not be read)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -49,7 +49,7 @@ Activations = Mapping[str, "torch.Tensor"]
 NSFW, SFW = 1, 0
 
 
-class TargetName(str, Enum):
+class TargetName(StrEnum):
     """The named targets offered by the CLI and HTTP schema."""
 
     NSFW_PROBABILITY = "nsfw-probability"

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from ..errors import ConfigError, NsfwlabError
+from ..outputs import atomic_output, csv_writer, printable
 from ._common import ExitCode, fail, output_file, stderr, stdout, tagged
 
 if TYPE_CHECKING:
@@ -95,13 +96,14 @@ def export_command(
     with store:
         rows = export_rows(store.entries())
         if str(out) == "-":
-            csv.writer(sys.stdout, lineterminator="\n").writerows(rows)
+            csv_writer(sys.stdout).writerows(rows)
             return
-        tmp = out.with_name(out.name + ".partial")
-        with tmp.open("w", newline="", encoding="utf-8") as fh:
-            csv.writer(fh, lineterminator="\n").writerows(rows)
-        tmp.replace(out)
-    stdout.print(f"exported {bank} to {out}", highlight=False)
+        try:
+            with atomic_output(out, what="bank export") as fh:
+                csv_writer(fh).writerows(rows)
+        except NsfwlabError as exc:
+            raise fail(exc) from None
+    stdout.print(f"exported {printable(bank)} to {printable(out)}", highlight=False)
 
 
 @bank_app.command("stats")
@@ -121,5 +123,5 @@ def stats_command(
         return
     stdout.print(f"{stats.total} hash(es): " + ", ".join(f"{k} {v}" for k, v in stats.decisions.items()),
                  highlight=False)
-    for source, count in stats.sources.items():
-        stdout.print(f"  {source}: {count}", highlight=False)
+    for source, count in stats.sources.items():  # imported text: control characters shown as escapes
+        stdout.print(f"  {printable(source)}: {count}", highlight=False)

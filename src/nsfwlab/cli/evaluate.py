@@ -6,7 +6,6 @@ are imported inside the commands.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 from collections.abc import Callable
@@ -19,6 +18,7 @@ import typer
 from ..calibration import CalibrationMethod
 from ..config import BackendName, DecodeLimits, Device, Thresholds
 from ..errors import ConfigError, NsfwlabError
+from ..outputs import atomic_output, csv_writer
 from ._common import ExitCode, fail, output_dir, output_file, progress_bar, stderr, stdout, tagged
 
 __all__ = ["evaluate_command", "export_onnx_command", "finetune_command"]
@@ -41,7 +41,7 @@ def _write_text(path: Path, text: str) -> None:
 
 def _scores_csv(evaluation: object) -> str:
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csv_writer(buf)  # file names: control characters escaped, formula prefixes defused
     w.writerow(["path", "label", "score"])
     for it in evaluation.scored:  # type: ignore[attr-defined]
         w.writerow([it.path, "nsfw" if it.label else "safe", f"{it.score:.6f}"])
@@ -267,8 +267,13 @@ def finetune_command(
 
     curve = out.with_name(out.stem + ".history.png")
     h = result.history
-    curve.write_bytes(training_png([s.epoch for s in h], [s.val_auc for s in h], [s.val_loss for s in h],
-                                   [s.train_loss for s in h], best_epoch=result.best_epoch))
+    png = training_png([s.epoch for s in h], [s.val_auc for s in h], [s.val_loss for s in h],
+                       [s.train_loss for s in h], best_epoch=result.best_epoch)
+    try:
+        with atomic_output(curve, binary=True, what="training curve") as fh:
+            fh.write(png)
+    except NsfwlabError as exc:
+        raise fail(exc) from None
     stdout.print(f"validation AUC: start {result.baseline_auc:.4f} -> best {result.best_auc:.4f} (epoch "
                  f"{result.best_epoch}); {result.n_train} train / {result.n_val} validation images"
                  + ("; stopped early" if result.stopped_early else ""), highlight=False)

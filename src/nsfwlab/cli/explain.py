@@ -5,7 +5,6 @@ imported inside the commands."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import typer
 from ..config import BackendName, Device
 from ..errors import ConfigError, NsfwlabError
 from ..explain.options import Baseline, ExplainCaps, Fill, Method, Reduction, Style
+from ..outputs import atomic_output
 from ._common import ExitCode, fail, output_file, progress_bar, stdout
 
 __all__ = ["censor_command", "explain_command"]
@@ -66,11 +66,10 @@ def _save_png(path: Path, arr: Any) -> None:
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        Image.fromarray(arr).save(tmp, format="PNG")
-        os.replace(tmp, path)
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
+    with atomic_output(path, binary=True) as fh:
+        Image.fromarray(arr).save(fh, format="PNG")
 
 
 def _picture(img: Any, heats: dict[Method, Any], score: float, caps: Any, *, cmap: str, alpha: float,

@@ -5,7 +5,6 @@ Only this module writes files; the lab returns values. torch and matplotlib are 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import typer
 
 from ..config import Device
 from ..errors import ConfigError, ModelError, NsfwlabError
+from ..outputs import atomic_output
 from ._common import ExitCode, fail, output_dir, output_file, progress_bar, stderr, stdout, tagged
 
 __all__ = ["attack_command", "robustness_command"]
@@ -32,12 +32,8 @@ def _expand(inputs: list[Path]) -> list[Path]:
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    try:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
+    with atomic_output(path, binary=True) as fh:
+        fh.write(data)
 
 
 def _png_bytes(image: Any) -> bytes:

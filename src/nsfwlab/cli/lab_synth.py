@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from ..errors import ConfigError, NsfwlabError
 from ..lab.evolve import Algorithm
 from ..lab.render import ShapeKind
 from ..lab.synthesize import Param
+from ..outputs import atomic_output
 from ._common import ExitCode, fail, output_dir, output_file, progress_bar, stderr, stdout
 
 __all__ = ["evolve_command", "synthesize_command"]
@@ -28,11 +28,10 @@ def _write_bytes(path: Path, data: bytes) -> None:
     """Write atomically (a temporary file renamed over the target)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
+    with atomic_output(path, binary=True) as fh:
+        fh.write(data)
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:

@@ -8,7 +8,6 @@ the hash bank), and this module prints them in input order.
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import stat
@@ -16,7 +15,7 @@ import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Union, cast
 
@@ -29,6 +28,7 @@ from ..detector import Detector, FramesResult, ScoreResult
 from ..errors import ConfigError, ImageError, NsfwlabError
 from ..frames import FrameMode, FrameOptions, sniff_video
 from ..imageio import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageInput, iter_image_files, read_bytes, sniff_format
+from ..outputs import atomic_output, csv_writer, printable
 from ..verdict import ANIMATED_FORMATS, Kind, kind_of, may_hold_frames
 from ._common import (
     AGGREGATE_OPTION,
@@ -55,7 +55,7 @@ Result = Union[ScoreResult, FramesResult]
 _MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     TABLE = "table"
     JSONL = "jsonl"
     CSV = "csv"
@@ -244,7 +244,8 @@ def _write_timeline(out: Path, entries: list[Timeline], thresholds: Thresholds) 
     pages = timeline_pngs(entries, thresholds)
     paths = page_paths(out, len(pages))
     for path, png in zip(paths, pages, strict=True):
-        path.write_bytes(png)
+        with atomic_output(path, binary=True, what="timeline") as fh:
+            fh.write(png)
     stderr.print(f"timeline: {', '.join(map(str, paths))}", highlight=False)
 
 
@@ -304,7 +305,7 @@ def score_command(
     items = _stdin_once(list(_expand(paths, seen)), limits, seen)
     calibrated = detector.calibration is not None
     failed = 0
-    writer = csv.writer(sys.stdout, lineterminator="\n") if fmt is OutputFormat.CSV else None
+    writer = csv_writer(sys.stdout) if fmt is OutputFormat.CSV else None
     if writer is not None:
         writer.writerow(["path", "score", "label", "error"] + (["raw_score"] if calibrated else [])
                         + (["match_decision", "match_distance", "match_source", "match_skipped"] if banked else [])
@@ -329,7 +330,10 @@ def score_command(
     if fmt is OutputFormat.TABLE:
         stdout.print(_table(rows, calibrated, banked))
     if timeline is not None:
-        _write_timeline(timeline, timelines, thresholds)
+        try:
+            _write_timeline(timeline, timelines, thresholds)
+        except NsfwlabError as exc:
+            raise fail(exc) from None
     if failed:
         raise typer.Exit(int(ExitCode.INPUT_FAILED))
 
@@ -379,17 +383,18 @@ def _table_row(res: Result, calibrated: bool, banked: bool, media: bool) -> list
         tail = ([str(res.frames), _segments_text(res)] if isinstance(res, FramesResult) and res.ok
                 else ["", ""] if not res.ok else ["1", ""])
     if not res.ok:
-        return [res.source, Text("error", style="red"), *([""] if calibrated else []),
-                Text(res.error.message if res.error else "", style="red"), *([""] if banked else []), *tail]
+        return [printable(res.source), Text("error", style="red"), *([""] if calibrated else []),
+                Text(printable(res.error.message) if res.error else "", style="red"), *([""] if banked else []),
+                *tail]
     label = res.label.value if res.label else "safe"
     style = {"safe": "green", "review": "yellow", "nsfw": "red"}[label]
-    row: list[str | Text] = [res.source, f"{res.score:.6f}"]
+    row: list[str | Text] = [printable(res.source), f"{res.score:.6f}"]
     if calibrated:
         row.append(f"{res.raw_score:.6f}" if res.raw_score is not None else "")
     row.append(Text(label, style=style))
     if banked:
         match = res.match
         skipped = res.bank_check.skipped if res.bank_check else None
-        row.append(f"{match.decision.value} ({match.distance} bits, {match.source})" if match
+        row.append(printable(f"{match.decision.value} ({match.distance} bits, {match.source})") if match
                    else f"none: {skipped}" if skipped else "")
     return row + tail

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import os
 import shutil
@@ -18,6 +17,7 @@ from ..calibration import load_calibration
 from ..config import BackendName, DecodeLimits, Device, Precision, Thresholds
 from ..errors import ConfigError, ModelError, NsfwlabError
 from ..frames import FrameMode, FrameOptions
+from ..outputs import atomic_output, csv_writer
 from ..sidefiles import read_text_file
 from ._common import (
     AGGREGATE_OPTION,
@@ -187,15 +187,13 @@ def _check_listen(host: str, port: int) -> None:
 
 
 def _write_audit(path: Path, store: ReviewStore) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
+    with atomic_output(path, what="audit log") as fh:
+        writer = csv_writer(fh, lineterminator="\r\n")
         writer.writerow(["id", "review_id", "label", "previous_label", "reviewer", "key_id", "at", "at_unix"])
         for e in store.audit():
             at = datetime.fromtimestamp(e.at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
             writer.writerow([e.id, e.review_id, e.label.value, e.previous_label.value, e.reviewer, e.key_id or "",
                              at, f"{e.at:.3f}"])
-    os.replace(tmp, path)
 
 
 review_app = typer.Typer(help="Human review: export the labelled images.", no_args_is_help=True)
@@ -245,11 +243,15 @@ def export_command(
                              item.reviewer or "", f"{item.labelled_at or 0:.3f}", clean_name(item.filename, ""),
                              item.model_version])
                 advance(1)
-        with (out / "labels.csv").open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["path", "label", "score", "reason", "reviewer", "labelled_at", "filename", "model_version"])
-            writer.writerows(rows)
-        _write_audit(out / "audit.csv", store)
+        try:
+            with atomic_output(out / "labels.csv", what="labels") as fh:
+                writer = csv_writer(fh, lineterminator="\r\n")
+                writer.writerow(["path", "label", "score", "reason", "reviewer", "labelled_at", "filename",
+                                 "model_version"])
+                writer.writerows(rows)
+            _write_audit(out / "audit.csv", store)
+        except NsfwlabError as exc:
+            raise fail(exc) from None
     counts = {k: sum(1 for r in rows if r[1] == k) for k in ("safe", "nsfw")}
     stderr.print(f"exported {counts['safe']} safe and {counts['nsfw']} nsfw images to {out}", highlight=False)
     if failed:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 
-class TargetKind(str, Enum):
+class TargetKind(StrEnum):
     """What a recommended threshold must achieve on the data it is fitted to."""
 
     FPR = "fpr"  # at most this fraction of safe images flagged NSFW (sets nsfw_above)

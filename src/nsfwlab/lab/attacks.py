@@ -28,7 +28,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any
 
 import numpy as np
@@ -60,25 +60,25 @@ __all__ = [
 ProgressCallback = Callable[[str], None]
 
 
-class Norm(str, Enum):
+class Norm(StrEnum):
     """The budget's norm: L-inf (max change per value) or L2 (its RMS per value), both in /255 levels."""
 
     LINF = "linf"
     L2 = "l2"
 
 
-class JpegMode(str, Enum):
+class JpegMode(StrEnum):
     STRAIGHT_THROUGH = "straight-through"
     DIFFERENTIABLE = "differentiable"
     EOT = "eot"
 
 
-class Space(str, Enum):
+class Space(StrEnum):
     ORIGINAL = "original"
     RESIZED = "resized"
 
 
-class GoalKind(str, Enum):
+class GoalKind(StrEnum):
     AT_LEAST = "at-least"
     AT_MOST = "at-most"
     WITHIN = "within"

@@ -25,7 +25,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Protocol
 
 import numpy as np
@@ -51,7 +51,7 @@ __all__ = [
 Scorer = Callable[[np.ndarray], np.ndarray]
 
 
-class Algorithm(str, Enum):
+class Algorithm(StrEnum):
     GA = "ga"
     CMAES = "cmaes"
     SEP_CMAES = "sep-cmaes"

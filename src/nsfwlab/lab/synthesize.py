@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ DIVERSITY_LAYER = "stage1"
 BALANCED_SETTLE = 0.2
 
 
-class Param(str, Enum):
+class Param(StrEnum):
     FFT = "fft"
     PIXELS = "pixels"
 

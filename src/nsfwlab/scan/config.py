@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from ..backends import Backend
 from ..calibration import Calibration
@@ -19,12 +19,12 @@ from .walk import WalkConfig
 __all__ = ["Engine", "Executor", "ScanConfig", "ScanModel", "build_scan_model", "check_roots"]
 
 
-class Engine(str, Enum):
+class Engine(StrEnum):
     LOCAL = "local"
     RAY = "ray"
 
 
-class Executor(str, Enum):
+class Executor(StrEnum):
     """How the local engine decodes in parallel. ``auto``: threads on machines with up to 4 cores
     (measured faster there: no pickling, no second interpreter), processes above (no GIL
     contention, and a decoder crash only costs the file that caused it)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import replace
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,7 @@ __all__ = [
 QUANT_VERSION = "int8q1"
 
 
-class ScanMode(str, Enum):
+class ScanMode(StrEnum):
     EXACT = "exact"
     FAST = "fast"
 

@@ -31,11 +31,12 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..sqlitefiles import DatabaseKind, application_id, open_database
 from .schema import COLUMNS, FRAME_COLUMNS, KEY, SCHEMA_VERSION, WRITTEN, migration_script, results_ddl, upsert_sql
 
 __all__ = [
@@ -53,6 +54,9 @@ __all__ = [
 
 #: Columns of schema 1, which every store has (what tells an nsfwlab store from a foreign file).
 _V1_COLUMNS = COLUMNS[:16]
+#: How :func:`open_database` tells a results store (also one written before it set ``application_id``).
+_KIND = DatabaseKind("results store", application_id("NsfS"), frozenset({"meta", "results", "runs"}),
+                     {"results": frozenset(_V1_COLUMNS)})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -149,13 +153,13 @@ class StoreWriteError(StoreError):
     code = "store_write"
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     OK = "ok"
     ERROR = "error"
     MISSING = "missing"  # the file was deleted after it was scanned
 
 
-class ScanAction(str, Enum):
+class ScanAction(StrEnum):
     """What the scanner does with one walked file."""
 
     SKIP = "skip"  # already scored (or given up on) with this version and policy, and unchanged
@@ -240,41 +244,26 @@ class ResultStore:
             raise StoreError(f"results database {self.path} does not exist (run `nsfwlab scan` first)")
         if not readonly and self.path.parent and not self.path.parent.exists():
             raise StoreError(f"directory {self.path.parent} of the results database does not exist")
+        self._conn = open_database(self.path, _KIND, readonly=readonly, timeout=timeout, error=StoreError)
         try:
-            version = self._inspect(timeout)  # read-only: nothing is written to a file that is not ours
-            if readonly:
-                uri = self.path.resolve().as_uri() + "?mode=ro"
-                self._conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
-            else:
-                self._conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
-            self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            version = self._inspect()
             if not readonly:
                 self._open_for_writing(version)
                 self._has_frames = self._conn.execute("SELECT 1 FROM frames LIMIT 1").fetchone() is not None
-            elif version is None:
-                raise StoreError(f"{self.path} is an SQLite file but holds no nsfwlab results")
         except sqlite3.DatabaseError as exc:
+            self._conn.close()
             raise self._readonly(exc) or StoreError(
                 f"{self.path} is not a usable SQLite results database: {exc}") from None
+        except BaseException:
+            self._conn.close()
+            raise
 
-    def _inspect(self, timeout: float) -> int | None:
-        """The schema version of an existing store (``None``: a new or empty file), looked at through a
-        read-only connection; another application's database is refused before anything is written."""
-        if not self.path.is_file() or self.path.stat().st_size == 0:
+    def _inspect(self) -> int | None:
+        """The schema version of the store (``None``: a new or empty file). :func:`open_database` has
+        refused another application's database before anything was written to it."""
+        if self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
             return None
-        uri = self.path.resolve().as_uri() + "?mode=ro"
-        conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
-        try:
-            tables = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if not tables:
-                return None
-            columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(results)")}
-            if not {"meta", "results", "runs"} <= tables or not set(_V1_COLUMNS) <= columns:
-                raise StoreError(f"{self.path} is an SQLite database of another application, not an nsfwlab "
-                                 "results store; it was left untouched: give another --db")
-            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        finally:
-            conn.close()
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         version = int(row[0]) if row is not None else 1
         if version > SCHEMA_VERSION:
             raise StoreError(f"{self.path} has results schema {version}, written by a newer nsfwlab; "

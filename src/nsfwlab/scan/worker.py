@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 
-class Route(str, Enum):
+class Route(StrEnum):
     GPU = "gpu"  # raw JPEG bytes, decoded by nvJPEG
     CPU = "cpu"  # preprocessed by the core on a CPU worker
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -59,7 +59,7 @@ class ErrorResponse(BaseModel):
     code: str
 
 
-class ReviewFilter(str, Enum):
+class ReviewFilter(StrEnum):
     PENDING = "pending"
     SAFE = "safe"
     NSFW = "nsfw"

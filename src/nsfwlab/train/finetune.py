@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ __all__ = [
 MAX_UNFREEZE = 5
 
 
-class Arch(str, Enum):
+class Arch(StrEnum):
     OPEN_NSFW = "open_nsfw"  # transfer learning from Yahoo's weights
     VGG16 = "vgg16"  # the seed tutorial's VGG-16, trained from scratch (a baseline)
 
