@@ -458,8 +458,16 @@ def test_serve_refuses_unusable_tls_files(tmp_path: Path) -> None:
     unreadable = tmp_path / "locked.pem"
     unreadable.write_text("x")
     unreadable.chmod(0)
+    huge, fifo = tmp_path / "huge.pem", tmp_path / "fifo.pem"
+    huge.write_bytes(b"-" * (2 << 20))
+    os.mkfifo(fifo)  # OpenSSL would wait on it for ever
     cases = [
-        (["--ssl-certfile", str(tmp_path / "missing.pem")], "no such file"),
+        (["--ssl-certfile", str(huge)], "the limit is"),
+        (["--ssl-certfile", str(fifo)], "is not a regular file"),
+        (["--ssl-certfile", str(cert), "--ssl-keyfile", str(fifo)], "is not a regular file"),
+        (["--ssl-certfile", str(tmp_path / "missing.pem")], "No such file"),
+        (["--ssl-certfile", str(tmp_path)], "is not a regular file"),
+        (["--ssl-certfile", "/dev/zero"], "is not a regular file"),
         (["--ssl-keyfile", str(key)], "need --ssl-certfile"),
         (["--ssl-certfile", str(cert), "--ssl-keyfile", str(key)], "cannot use the TLS certificate"),  # no password
         (["--ssl-certfile", str(cert), "--ssl-keyfile", str(key), "--ssl-keyfile-password", "wrong"],
@@ -468,7 +476,7 @@ def test_serve_refuses_unusable_tls_files(tmp_path: Path) -> None:
          "cannot use the TLS certificate"),
     ]
     if os.geteuid() != 0:  # root reads anything
-        cases.append((["--ssl-certfile", str(unreadable)], "not readable"))
+        cases.append((["--ssl-certfile", str(unreadable)], "Permission denied"))
     for args, message in cases:
         result = CliRunner().invoke(cli_app, ["serve", "--port", "1", *args])
         assert result.exit_code == 2, (args, result.output)
