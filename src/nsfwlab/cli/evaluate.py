@@ -182,7 +182,7 @@ def _fit_calibration(evaluation: object, method: CalibrationMethod, folds: int,
 def finetune_command(
     data: Path = typer.Argument(..., help="A folder with safe/ and nsfw/ subfolders, or a CSV of path,label."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the best model (an nsfwlab .pt checkpoint); OUT.history.png gets the per-epoch curves."),
-    arch: str = typer.Option("open_nsfw", help="open_nsfw (transfer learning) or vgg16 (from scratch, the seed's baseline)."),
+    arch: str = typer.Option("open_nsfw", help="open_nsfw (transfer learning), vgg16 (from scratch, the seed's baseline), or any registered architecture (from scratch)."),
     unfreeze: int = typer.Option(1, min=0, max=5, help="open_nsfw stages to train, from the top: 0 head only, 1-4 stages, 5 everything."),
     epochs: int = typer.Option(10, min=1, help="Most epochs."),
     patience: int = typer.Option(3, min=1, help="Stop after this many epochs without a better validation AUC."),
@@ -208,14 +208,12 @@ def finetune_command(
     loads wherever --model is accepted (score, scan, serve, evaluate).
     """
     from ..datasets import load_labelled
-    from ..train import Arch, AugmentConfig, EpochStats, FinetuneConfig, finetune
+    from ..train import AugmentConfig, EpochStats, FinetuneConfig, finetune
     from ..train.augment import NO_AUGMENT
 
     state_path = state or out.with_name(out.stem + ".state.pt")
     try:
-        if arch not in {a.value for a in Arch}:
-            raise ConfigError(f"unknown --arch {arch!r}: use open_nsfw or vgg16")
-        config = FinetuneConfig(arch=Arch(arch),
+        config = FinetuneConfig(arch=arch,
                                 unfreeze=unfreeze, epochs=epochs, patience=patience, batch_size=batch_size, lr=lr,
                                 weight_decay=weight_decay, val_fraction=val_fraction, seed=seed, balance=balance,
                                 augment=AugmentConfig() if augment else NO_AUGMENT)
@@ -236,8 +234,8 @@ def finetune_command(
                      f"val acc {s.val_accuracy:.3f}  {s.seconds:6.1f}s{mark}", highlight=False)
 
     counts = dataset.counts()
-    stderr.print(f"{len(dataset)} images ({counts['safe']} safe, {counts['nsfw']} nsfw); arch {config.arch.value}"
-                 + (f", unfreeze {unfreeze}" if config.arch is Arch.OPEN_NSFW else ", from scratch"), highlight=False)
+    stderr.print(f"{len(dataset)} images ({counts['safe']} safe, {counts['nsfw']} nsfw); arch {config.arch}"
+                 + (", from scratch" if config.from_scratch else f", unfreeze {unfreeze}"), highlight=False)
     try:
         with _Phases(progress) as bars:
             bars.start("preprocessing", len(dataset))
