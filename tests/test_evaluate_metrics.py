@@ -13,8 +13,8 @@ from nsfwlab.config import Label, Thresholds
 from nsfwlab.errors import ConfigError
 from nsfwlab.evaluate.metrics import (
     Recommendation,
-    Target,
     TargetKind,
+    TargetRate,
     bootstrap_interval,
     compute_metrics,
     confusion,
@@ -101,7 +101,7 @@ def test_bootstrap_of_a_perfect_separator_is_degenerate() -> None:
     assert (iv.value, iv.low, iv.high) == (1.0, 1.0, 1.0)
 
 
-def _check_recommendation(y: np.ndarray, s: np.ndarray, target: Target) -> None:
+def _check_recommendation(y: np.ndarray, s: np.ndarray, target: TargetRate) -> None:
     rec = recommend_threshold(y, s, target)
     distinct = np.unique(np.concatenate([[0.0], s]))
     if target.kind is TargetKind.FPR:
@@ -127,7 +127,7 @@ def _precision_at(y: np.ndarray, s: np.ndarray, t: float) -> float | None:
     return tp / int(np.sum(flagged)) if tp else None
 
 
-def _check_precision_recommendation(y: np.ndarray, s: np.ndarray, target: Target, rec: Recommendation) -> None:
+def _check_precision_recommendation(y: np.ndarray, s: np.ndarray, target: TargetRate, rec: Recommendation) -> None:
     """Brute force over every threshold that changes the flagged set (0 and each distinct score):
     met <=> some threshold reaches the target; when met, the recommended one reaches it and no
     lower one does (maximum recall); the reported confusion is the one at the threshold."""
@@ -156,14 +156,14 @@ def test_recommendations_meet_targets_on_fitted_data(seed: int, n: int, fpr: flo
                                                      precision: float, ties: bool) -> None:
     y, s = _data(n=n, seed=seed, ties=ties)
     y[:2] = [0, 1]  # both classes present
-    for target in (Target(TargetKind.FPR, fpr), Target(TargetKind.RECALL, recall),
-                   Target(TargetKind.PRECISION, precision)):
+    for target in (TargetRate(TargetKind.FPR, fpr), TargetRate(TargetKind.RECALL, recall),
+                   TargetRate(TargetKind.PRECISION, precision)):
         _check_recommendation(y, s, target)
 
 
 def test_recommended_bands_meet_every_target_through_thresholds_label() -> None:
     y, s = _data(n=500, seed=11)
-    targets = [Target(TargetKind.FPR, 0.02), Target(TargetKind.RECALL, 0.95), Target(TargetKind.FPR, 0.05)]
+    targets = [TargetRate(TargetKind.FPR, 0.02), TargetRate(TargetKind.RECALL, 0.95), TargetRate(TargetKind.FPR, 0.05)]
     m = compute_metrics(y, s, targets=targets, n_boot=20)
     bands = m.recommended
     labels = np.array([bands.label(v).value for v in s])
@@ -176,8 +176,8 @@ def test_crossing_targets_give_an_empty_review_band() -> None:
     # well separated data: the recall threshold lies above the FPR threshold
     y = np.array([0] * 50 + [1] * 50)
     s = np.concatenate([np.linspace(0.0, 0.3, 50), np.linspace(0.7, 1.0, 50)])
-    recs = [recommend_threshold(y, s, Target(TargetKind.FPR, 0.1)),
-            recommend_threshold(y, s, Target(TargetKind.RECALL, 0.9))]
+    recs = [recommend_threshold(y, s, TargetRate(TargetKind.FPR, 0.1)),
+            recommend_threshold(y, s, TargetRate(TargetKind.RECALL, 0.9))]
     bands = recommend_thresholds(recs, Thresholds())
     assert bands.safe_below == bands.nsfw_above
     labels = np.array([bands.label(v).value for v in s])
@@ -187,7 +187,7 @@ def test_crossing_targets_give_an_empty_review_band() -> None:
 def test_unreachable_precision_is_reported_not_met() -> None:
     y = np.array([0, 0, 1, 1])
     s = np.array([0.9, 0.8, 0.2, 0.1])  # the highest scores are all safe
-    rec = recommend_threshold(y, s, Target(TargetKind.PRECISION, 0.9))
+    rec = recommend_threshold(y, s, TargetRate(TargetKind.PRECISION, 0.9))
     assert not rec.met
     _check_recommendation(y, s, rec.target)
     m = compute_metrics(y, s, targets=[rec.target], n_boot=5)
@@ -204,8 +204,8 @@ def test_errors_are_typed() -> None:
     with pytest.raises(ConfigError, match="finite"):
         compute_metrics([0, 1], [0.1, float("nan")])
     with pytest.raises(ConfigError):
-        Target(TargetKind.RECALL, 0.0)
+        TargetRate(TargetKind.RECALL, 0.0)
     with pytest.raises(ConfigError):
-        Target(TargetKind.FPR, 1.0)
+        TargetRate(TargetKind.FPR, 1.0)
     with pytest.raises(ConfigError):
-        Target("nope", 0.5)  # type: ignore[arg-type]
+        TargetRate("nope", 0.5)  # type: ignore[arg-type]

@@ -25,11 +25,11 @@ __all__ = ["evaluate_command", "export_onnx_command", "finetune_command"]
 
 
 def _targets(fpr: list[float] | None, recall: list[float] | None, precision: list[float] | None) -> list:
-    from ..evaluate.metrics import DEFAULT_TARGETS, Target, TargetKind
+    from ..evaluate.metrics import DEFAULT_TARGETS, TargetKind, TargetRate
 
-    targets = [Target(TargetKind.FPR, v) for v in fpr or []]
-    targets += [Target(TargetKind.RECALL, v) for v in recall or []]
-    targets += [Target(TargetKind.PRECISION, v) for v in precision or []]
+    targets = [TargetRate(TargetKind.FPR, v) for v in fpr or []]
+    targets += [TargetRate(TargetKind.RECALL, v) for v in recall or []]
+    targets += [TargetRate(TargetKind.PRECISION, v) for v in precision or []]
     return targets or list(DEFAULT_TARGETS)
 
 

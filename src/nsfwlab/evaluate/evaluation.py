@@ -10,7 +10,7 @@ from ..config import Thresholds
 from ..datasets import Hygiene, LabelledSet, Problem, check_hygiene
 from ..detector import Detector, ScoreResult
 from ..errors import ImageError
-from .metrics import DEFAULT_TARGETS, Metrics, Target, compute_metrics
+from .metrics import DEFAULT_TARGETS, Metrics, TargetRate, compute_metrics
 
 __all__ = ["Evaluation", "ScoredItem", "evaluate"]
 
@@ -59,7 +59,7 @@ class Evaluation:
         }
 
 
-def evaluate(data: LabelledSet, detector: Detector, *, targets: Sequence[Target] = DEFAULT_TARGETS,
+def evaluate(data: LabelledSet, detector: Detector, *, targets: Sequence[TargetRate] = DEFAULT_TARGETS,
              n_boot: int = 1000, level: float = 0.95, seed: int = 0, drop_duplicates: bool = False,
              progress: Callable[[ScoreResult], None] | None = None) -> Evaluation:
     """Hash the files (hygiene), score the readable ones in batches, and compute the metrics at the

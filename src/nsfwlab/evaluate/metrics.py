@@ -28,8 +28,8 @@ __all__ = [
     "Interval",
     "Metrics",
     "Recommendation",
-    "Target",
     "TargetKind",
+    "TargetRate",
     "bootstrap_interval",
     "compute_metrics",
     "confusion",
@@ -49,7 +49,11 @@ class TargetKind(str, Enum):
 
 
 @dataclass(frozen=True)
-class Target:
+class TargetRate:
+    """A rate a recommended threshold must achieve: ``TargetRate("fpr", 0.01)`` (at most 1% of safe
+    images flagged), ``TargetRate("recall", 0.95)``, ``TargetRate("precision", 0.9)``. (Not to be
+    confused with :mod:`nsfwlab.objectives`' targets, what the lab maximises.)"""
+
     kind: TargetKind
     value: float
 
@@ -69,7 +73,7 @@ class Target:
         return f"{self.kind.value}={self.value:g}"
 
 
-DEFAULT_TARGETS: tuple[Target, ...] = (Target(TargetKind.FPR, 0.01), Target(TargetKind.RECALL, 0.95))
+DEFAULT_TARGETS: tuple[TargetRate, ...] = (TargetRate(TargetKind.FPR, 0.01), TargetRate(TargetKind.RECALL, 0.95))
 
 
 @dataclass(frozen=True)
@@ -155,7 +159,7 @@ def confusion(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.n
 class Recommendation:
     """The threshold chosen for one target and what it achieves on the data it was fitted to."""
 
-    target: Target
+    target: TargetRate
     threshold: float
     sets: str  # "nsfw_above" or "safe_below"
     achieved: Confusion
@@ -173,7 +177,7 @@ def _need(count_fraction: float, n: int) -> int:
 
 
 def recommend_threshold(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray,
-                        target: Target) -> Recommendation:
+                        target: TargetRate) -> Recommendation:
     """The threshold meeting ``target`` on this data with the least cost to the other error.
 
     - FPR ``f``: the smallest ``nsfw_above`` with ``#{safe: score > t} <= f * #safe`` (maximum
@@ -314,7 +318,7 @@ def _bands(y: np.ndarray, s: np.ndarray, th: Thresholds) -> dict[str, dict[str, 
 
 
 def compute_metrics(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, *,
-                    thresholds: Thresholds | None = None, targets: Sequence[Target] = DEFAULT_TARGETS,
+                    thresholds: Thresholds | None = None, targets: Sequence[TargetRate] = DEFAULT_TARGETS,
                     n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> Metrics:
     """ROC AUC and average precision (with bootstrap intervals), confusion at the current bands,
     and recommended thresholds. Needs both classes; raises :class:`ConfigError` otherwise."""
@@ -336,3 +340,15 @@ def compute_metrics(labels: Sequence[int] | np.ndarray, scores: Sequence[float] 
         at_nsfw_above=confusion(y, s, th.nsfw_above, ">"), at_safe_below=confusion(y, s, th.safe_below, ">="),
         bands=_bands(y, s, th), recommendations=recs, recommended=recommend_thresholds(recs, th),
     )
+
+
+def __getattr__(name: str) -> Any:
+    # ``Target``: the former name of TargetRate (it clashed with nsfwlab.objectives.Target), a
+    # deprecated alias until 0.3.
+    if name == "Target":
+        import warnings
+
+        warnings.warn("nsfwlab.evaluate.metrics.Target is deprecated: use TargetRate", DeprecationWarning,
+                      stacklevel=2)
+        return TargetRate
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
