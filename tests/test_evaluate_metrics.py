@@ -209,3 +209,50 @@ def test_errors_are_typed() -> None:
         TargetRate(TargetKind.FPR, 1.0)
     with pytest.raises(ConfigError):
         TargetRate("nope", 0.5)  # type: ignore[arg-type]
+
+
+def test_counts_the_caller_gives_are_bounded_before_any_allocation() -> None:
+    """``n_boot=10**9`` used to allocate a 7.5 GB array of replicates; every count has a documented maximum."""
+    import time
+
+    from nsfwlab.evaluate.calibrate import MAX_FOLDS, fit_calibration
+    from nsfwlab.evaluate.metrics import MAX_BOOTSTRAP
+    from nsfwlab.evaluate.plots import MAX_BINS, histogram_png, reliability_png
+
+    y, s = np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])
+    t0 = time.perf_counter()
+    for n_boot in (10**9, MAX_BOOTSTRAP + 1, 0, 2.5, True):
+        with pytest.raises(ConfigError, match=r"n_boot must be an integer in \[1, 100000\]") as info:
+            bootstrap_interval(y, s, fast_roc_auc, n_boot=n_boot)  # type: ignore[arg-type]
+        assert info.value.param == "n_boot"
+    with pytest.raises(ConfigError, match="n_boot"):
+        compute_metrics(y, s, n_boot=10**9)
+    with pytest.raises(ConfigError, match="level") as info:
+        compute_metrics(y, s, level=float("nan"))
+    assert info.value.param == "level"
+    for bins in (10**9, 0, MAX_BINS + 1):
+        with pytest.raises(ConfigError, match="bins must be") as info:
+            histogram_png(y, s, bins=bins)
+        with pytest.raises(ConfigError, match="bins must be"):
+            reliability_png(y, s, bins=bins)
+        assert info.value.param == "bins"
+    with pytest.raises(ConfigError, match="folds must be") as info:
+        fit_calibration(y, s, "platt", model_version="m", preprocess_version="p", folds=MAX_FOLDS + 1)
+    assert info.value.param == "folds"
+    assert time.perf_counter() - t0 < 5
+    assert bootstrap_interval(y, s, fast_roc_auc, n_boot=MAX_BOOTSTRAP // 1000).n_boot == 100
+
+
+def test_cli_bounds_name_their_flags(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from nsfwlab.cli import app
+
+    for sub in ("safe", "nsfw"):
+        (tmp_path / "d" / sub).mkdir(parents=True)
+    runner = CliRunner()
+    for args, flag in ((["--bootstrap", str(10**9)], "--bootstrap"), (["--gallery", str(10**9)], "--gallery"),
+                       (["--calibration-folds", "1000"], "--calibration-folds")):
+        res = runner.invoke(app, ["evaluate", str(tmp_path / "d"), "--out", str(tmp_path / "o"), *args])
+        assert res.exit_code == 2, res.output
+        assert f"{flag} must be an integer" in res.output and "Traceback" not in res.output

@@ -33,6 +33,10 @@ def _targets(fpr: list[float] | None, recall: list[float] | None, precision: lis
     return targets or list(DEFAULT_TARGETS)
 
 
+#: Library parameters whose flag is not simply their name with dashes.
+_FLAGS = {"n_boot": "--bootstrap", "level": "--ci", "max_gallery": "--gallery", "folds": "--calibration-folds"}
+
+
 def _write_text(path: Path, text: str) -> None:
     """Write UTF-8 whatever the locale; a file name that is not valid UTF-8 (it reaches us with
     surrogate escapes) is written back as its own bytes instead of failing the whole report."""
@@ -81,10 +85,15 @@ def evaluate_command(
     """
     from ..detector import Detector
     from ..evaluate import evaluate, load_labelled
+    from ..evaluate.calibrate import check_folds
+    from ..evaluate.metrics import check_bootstrap
     from ..evaluate.plots import histogram_png, pr_png, roc_png
-    from ..evaluate.report import render_report, thumbnail
+    from ..evaluate.report import check_gallery, render_report, thumbnail
 
     try:
+        check_bootstrap(bootstrap, ci)
+        check_folds(calibration_folds)
+        check_gallery(gallery)
         limits = DecodeLimits.from_env(max_bytes, max_pixels)
         targets = _targets(target_fpr, target_recall, target_precision)
         dataset = load_labelled(data)
@@ -92,7 +101,7 @@ def evaluate_command(
         detector = Detector(backend, device, thresholds=Thresholds(safe_below, nsfw_above), batch_size=batch_size,
                             workers=workers, model=model, limits=limits)
     except NsfwlabError as exc:
-        raise fail(exc) from None
+        raise fail(exc, _FLAGS) from None
     counts = dataset.counts()
     if calibrate is not None and min(counts.values()) < 2:
         raise fail(ConfigError("--calibrate needs at least 2 images of each class (safe and nsfw)"))
@@ -104,7 +113,7 @@ def evaluate_command(
                               drop_duplicates=drop_duplicates,
                               progress=lambda r: advance(1, errors=0 if r.ok else 1))
     except NsfwlabError as exc:
-        raise fail(exc) from None
+        raise fail(exc, _FLAGS) from None
 
     m = result.metrics
     plots = {
@@ -169,7 +178,7 @@ def _fit_calibration(evaluation: object, method: CalibrationMethod, folds: int,
         fit = fit_calibration(labels, scores, method, model_version=model["model_version"],
                               preprocess_version=model["preprocess_version"], folds=folds, seed=seed)
     except NsfwlabError as exc:
-        raise fail(exc) from None
+        raise fail(exc, _FLAGS) from None
     plots = {
         "reliability_before": reliability_png(labels, scores, brier=fit.brier_before, title="Reliability: model scores"),
         "reliability_after": reliability_png(

@@ -10,7 +10,7 @@ from ..config import Thresholds
 from ..datasets import Hygiene, LabelledSet, Problem, check_hygiene
 from ..detector import Detector, ScoreResult
 from ..errors import ImageError
-from .metrics import DEFAULT_TARGETS, Metrics, TargetRate, compute_metrics
+from .metrics import DEFAULT_TARGETS, Metrics, TargetRate, check_bootstrap, compute_metrics
 
 __all__ = ["Evaluation", "ScoredItem", "evaluate"]
 
@@ -66,6 +66,7 @@ def evaluate(data: LabelledSet, detector: Detector, *, targets: Sequence[TargetR
     detector's thresholds. Unreadable files are reported in ``hygiene`` and left out of the
     metrics; nothing on disk is changed. ``drop_duplicates`` scores each distinct content once
     (first path in order) and leaves out groups whose copies carry different labels."""
+    check_bootstrap(n_boot, level)  # before minutes of scoring
     hygiene = check_hygiene(data.items)
     bad = {p.path for p in hygiene.unreadable}
     if progress is not None:  # files that could not even be read count as done (with an error)

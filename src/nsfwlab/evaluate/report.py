@@ -12,9 +12,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..config import DecodeLimits
+from ..errors import ConfigError
 from .evaluation import Evaluation, ScoredItem
 
-__all__ = ["data_uri", "render_report", "thumbnail"]
+__all__ = ["MAX_GALLERY", "check_gallery", "data_uri", "render_report", "thumbnail"]
 
 
 def data_uri(data: bytes, mime: str) -> str:
@@ -118,6 +119,17 @@ def _count_note(n: int, shown: int, order: str) -> str:
     return note + (f", first {shown} shown" if n > shown else "")
 
 
+#: The most thumbnails per error gallery: each is a ~10 KB data URI inside the one HTML file.
+MAX_GALLERY = 1000
+
+
+def check_gallery(max_gallery: int) -> None:
+    """ConfigError unless ``0 <= max_gallery <= MAX_GALLERY``."""
+    if isinstance(max_gallery, bool) or not isinstance(max_gallery, int) or not 0 <= max_gallery <= MAX_GALLERY:
+        raise ConfigError(f"max_gallery must be an integer in [0, {MAX_GALLERY}], got {max_gallery!r}",
+                          param="max_gallery")
+
+
 def render_report(evaluation: Evaluation, plots: Mapping[str, bytes], thumbs: Mapping[str, bytes | None], *,
                   max_gallery: int = 48, title: str = "nsfwlab evaluation",
                   calibration: Mapping[str, Any] | None = None) -> str:
@@ -125,6 +137,7 @@ def render_report(evaluation: Evaluation, plots: Mapping[str, bytes], thumbs: Ma
     ``calibration`` summary ``{method, folds, brier_before, brier_after}``, ``reliability_before`` /
     ``reliability_after``) to PNG bytes; ``thumbs`` maps gallery paths to JPEG thumbnails (see
     :func:`thumbnail`)."""
+    check_gallery(max_gallery)
     d = evaluation.to_dict()
     m = evaluation.metrics
     rec = m.recommended
