@@ -256,3 +256,92 @@ def test_cli_bounds_name_their_flags(tmp_path) -> None:
         res = runner.invoke(app, ["evaluate", str(tmp_path / "d"), "--out", str(tmp_path / "o"), *args])
         assert res.exit_code == 2, res.output
         assert f"{flag} must be an integer" in res.output and "Traceback" not in res.output
+
+
+def test_clopper_pearson_matches_its_closed_forms() -> None:
+    from nsfwlab.evaluate.uncertainty import clopper_pearson
+
+    assert clopper_pearson(0, 30) == (0.0, pytest.approx(1 - 0.025 ** (1 / 30)))
+    assert clopper_pearson(30, 30) == (pytest.approx(0.025 ** (1 / 30)), 1.0)
+    low, high = clopper_pearson(7, 40, 0.9)
+    low2, high2 = clopper_pearson(33, 40, 0.9)
+    assert low == pytest.approx(1 - high2) and high == pytest.approx(1 - low2)  # symmetric
+    assert low < 7 / 40 < high
+    assert clopper_pearson(0, 0) == (0.0, 1.0)
+    with pytest.raises(ConfigError):
+        clopper_pearson(5, 3)
+
+
+@pytest.mark.parametrize(("target", "upper"), [(0.01, True), (0.05, True), (0.95, False), (0.5, False)])
+def test_min_examples_is_the_fewest_that_demonstrate(target: float, upper: bool) -> None:
+    from nsfwlab.evaluate.uncertainty import clopper_pearson, min_examples
+
+    n = min_examples(target, 0.95, upper=upper)
+    assert n is not None
+
+    def shown(m: int) -> bool:
+        low, high = clopper_pearson(0 if upper else m, m)
+        return high <= target if upper else low >= target
+
+    assert shown(n) and not shown(n - 1)
+    assert min_examples(0.01, 0.95, upper=True) == 368
+    assert min_examples(0.0, upper=True) is None and min_examples(1.0, upper=False) is None
+
+
+def test_an_fpr_target_met_on_too_few_safe_images_is_not_demonstrated() -> None:
+    """30 safe images and no false positive used to read "fpr=0.01 met": the 95% interval of 0/30
+    reaches 11.6%, so the data cannot support 1%; the JSON and warnings say so and by how much."""
+    y = np.r_[np.zeros(30), np.ones(30)].astype(int)
+    s = np.r_[np.linspace(0.0, 0.3, 30), np.linspace(0.6, 1.0, 30)]
+    m = compute_metrics(y, s, targets=[TargetRate(TargetKind.FPR, 0.01)], n_boot=20)
+    (rec,) = m.recommendations
+    assert rec.met and not rec.demonstrated and rec.min_examples == 368
+    assert rec.rate is not None and rec.rate.high == pytest.approx(1 - 0.025 ** (1 / 30))
+    d = m.to_dict()["recommendations"][0]
+    assert d["met"] is True and d["demonstrated"] is False and d["min_examples"] == 368
+    assert d["rate_interval"]["ci_high"] == pytest.approx(0.1157, abs=1e-4)
+    assert any("368 safe images" in w and "11.6%" in w for w in m.warnings)
+
+    y = np.r_[np.zeros(400), np.ones(30)].astype(int)  # enough safe images: demonstrated
+    s = np.r_[np.linspace(0.0, 0.3, 400), np.linspace(0.6, 1.0, 30)]
+    (rec,) = compute_metrics(y, s, targets=[TargetRate(TargetKind.FPR, 0.01)], n_boot=20).recommendations
+    # the least strict threshold meeting 1% lets 4 of 400 through (interval up to 2.5%): met, not
+    # demonstrated; the threshold that flags no safe image demonstrates it (0/400: up to 0.92%)
+    assert rec.met and not rec.demonstrated and rec.achieved.fp == 4
+    assert rec.demonstrated_threshold == pytest.approx(0.3)
+    assert "nsfw_above = 0.3 demonstrates it" in (rec.note() or "")
+    strict = recommend_threshold(y, s, TargetRate(TargetKind.FPR, 0.03))  # 12/400 allowed; 5/400 demonstrates
+    assert strict.met and not strict.demonstrated and strict.demonstrated_threshold is not None
+    assert confusion(y, s, strict.demonstrated_threshold).fp == 5
+
+
+def test_recall_and_auc_on_few_images_come_with_warnings() -> None:
+    y = np.r_[np.zeros(40), np.ones(10)].astype(int)
+    s = np.r_[np.linspace(0.0, 0.5, 40), np.linspace(0.4, 1.0, 10)]
+    m = compute_metrics(y, s, targets=[TargetRate(TargetKind.RECALL, 0.9)], n_boot=50)
+    (rec,) = m.recommendations
+    assert rec.met and not rec.demonstrated and rec.rate is not None and rec.rate.low < 0.9
+    assert rec.min_examples == 36  # 0.9 ** 35 > 0.025 >= 0.9 ** 36
+    assert any(w.startswith("ROC AUC and average precision rest on 40 safe and 10 nsfw") for w in m.warnings)
+    assert any("recall=0.9" in w and "36 nsfw images" in w for w in m.warnings)
+    big = compute_metrics(np.r_[np.zeros(60), np.ones(60)].astype(int), np.r_[np.zeros(60), np.ones(60)],
+                          targets=[], n_boot=20)
+    assert big.warnings == ()
+
+
+def test_the_report_shows_what_is_demonstrated_and_the_warnings() -> None:
+    import json
+
+    from nsfwlab.datasets import Hygiene
+    from nsfwlab.evaluate import Evaluation, ScoredItem
+    from nsfwlab.evaluate.report import render_report
+
+    y = [0] * 30 + [1] * 30
+    s = list(np.r_[np.linspace(0.0, 0.3, 30), np.linspace(0.6, 1.0, 30)])
+    m = compute_metrics(y, s, targets=[TargetRate(TargetKind.FPR, 0.01)], n_boot=20)
+    ev = Evaluation("set", tuple(ScoredItem(f"{i}.png", lab, sc) for i, (lab, sc) in enumerate(zip(y, s, strict=True))),
+                    Hygiene(), m, {"model_version": "m"})
+    html = render_report(ev, {}, {})
+    assert "<div id=warnings>" in html and "368 safe images" in html
+    assert "demonstrated</th>" in html and "&ge; 368 safe images" in html
+    assert json.loads(json.dumps(ev.to_dict()))["warnings"] == list(m.warnings)

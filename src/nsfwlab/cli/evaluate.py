@@ -145,10 +145,12 @@ def evaluate_command(
     for r in m.recommendations:
         a = r.achieved.to_dict()
         rates = ", ".join(f"{k} {'n/a' if a[k] is None else format(a[k], '.3f')}" for k in ("recall", "fpr", "precision"))
-        stdout.print(f"  {r.target.name}: {r.sets} = {r.threshold:.6g}  ({rates}){'' if r.met else '  NOT MET'}",
-                     highlight=False)
+        status = "  NOT MET" if not r.met else "" if r.demonstrated else "  met here, NOT DEMONSTRATED (too few images)"
+        stdout.print(f"  {r.target.name}: {r.sets} = {r.threshold:.6g}  ({rates}){status}", highlight=False)
     stdout.print(f"recommended bands: safe_below={m.recommended.safe_below:.6g} nsfw_above={m.recommended.nsfw_above:.6g}",
                  highlight=False)
+    for warning in m.warnings:
+        stderr.print(tagged("warning:", "yellow", f" {warning}"), highlight=False)
     h = result.hygiene
     if h.duplicates:
         stderr.print(f"{sum(len(g.paths) - 1 for g in h.duplicates)} duplicate file(s) in {len(h.duplicates)} "
