@@ -13,7 +13,7 @@ import nsfwlab.train
 def test_public_names_are_pinned() -> None:
     assert sorted(nsfwlab.evaluate.__all__) == sorted([
         "DEFAULT_TARGETS", "Confusion", "DuplicateGroup", "Evaluation", "Hygiene", "Interval", "LabelledItem",
-        "LabelledSet", "Metrics", "Problem", "Recommendation", "ScoredItem", "Target", "TargetKind",
+        "LabelledSet", "Metrics", "Problem", "Recommendation", "ScoredItem", "TargetKind", "TargetRate",
         "bootstrap_interval", "check_hygiene", "compute_metrics", "confusion", "evaluate", "load_csv",
         "load_folder", "load_labelled", "parse_label", "recommend_threshold", "recommend_thresholds"])
     assert sorted(nsfwlab.train.__all__) == sorted([

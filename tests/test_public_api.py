@@ -27,3 +27,26 @@ def test_error_hierarchy() -> None:
     codes = {getattr(errors, n).code for n in errors.__all__}
     assert len(codes) == len(errors.__all__)  # codes are unique
 
+
+def test_evaluate_names_and_the_deprecated_target_alias() -> None:
+    """The evaluation target is ``TargetRate``: ``Target`` is the lab's "what to maximise"
+    (nsfwlab.objectives); the old evaluate name still imports, with a DeprecationWarning."""
+    import warnings
+
+    import pytest
+
+    from nsfwlab import evaluate, objectives
+    from nsfwlab.evaluate import metrics
+
+    assert "TargetRate" in evaluate.__all__ and "Target" not in evaluate.__all__
+    assert "Target" not in metrics.__all__ and hasattr(objectives, "Target")
+    with pytest.warns(DeprecationWarning, match="use TargetRate"):
+        from nsfwlab.evaluate import Target
+    assert Target is evaluate.TargetRate
+    with pytest.warns(DeprecationWarning):
+        assert metrics.Target is metrics.TargetRate
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert evaluate.TargetRate("fpr", 0.01).name == "fpr=0.01"
+    with pytest.raises(AttributeError):
+        evaluate.NoSuchName  # noqa: B018

@@ -10,7 +10,7 @@ from ..config import Thresholds
 from ..datasets import Hygiene, LabelledSet, Problem, check_hygiene
 from ..detector import Detector, ScoreResult
 from ..errors import ImageError
-from .metrics import DEFAULT_TARGETS, Metrics, Target, compute_metrics
+from .metrics import DEFAULT_TARGETS, Metrics, TargetRate, check_bootstrap, compute_metrics
 
 __all__ = ["Evaluation", "ScoredItem", "evaluate"]
 
@@ -59,13 +59,14 @@ class Evaluation:
         }
 
 
-def evaluate(data: LabelledSet, detector: Detector, *, targets: Sequence[Target] = DEFAULT_TARGETS,
+def evaluate(data: LabelledSet, detector: Detector, *, targets: Sequence[TargetRate] = DEFAULT_TARGETS,
              n_boot: int = 1000, level: float = 0.95, seed: int = 0, drop_duplicates: bool = False,
              progress: Callable[[ScoreResult], None] | None = None) -> Evaluation:
     """Hash the files (hygiene), score the readable ones in batches, and compute the metrics at the
     detector's thresholds. Unreadable files are reported in ``hygiene`` and left out of the
     metrics; nothing on disk is changed. ``drop_duplicates`` scores each distinct content once
     (first path in order) and leaves out groups whose copies carry different labels."""
+    check_bootstrap(n_boot, level)  # before minutes of scoring
     hygiene = check_hygiene(data.items)
     bad = {p.path for p in hygiene.unreadable}
     if progress is not None:  # files that could not even be read count as done (with an error)
