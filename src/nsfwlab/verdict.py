@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from .calibration import Calibration
 from .config import Label, Thresholds
 from .errors import NsfwlabError
@@ -49,6 +51,7 @@ __all__ = [
     "Kind",
     "Policy",
     "Verdict",
+    "band_counts",
     "check_bank",
     "decide_frames",
     "decide_still",
@@ -213,6 +216,13 @@ def decide_frames(kind: Kind | str, times: Sequence[float], durations: Sequence[
                    frame_scores=tuple((float(t), s) for t, s in zip(times, scores, strict=True)),
                    segments=tuple((round(a, TIME_DIGITS), round(b, TIME_DIGITS), m) for a, b, m in spans),
                    match=match, match_skipped=skipped)
+
+
+def band_counts(scores: Any, thresholds: Thresholds) -> dict[str, int]:
+    """How many of ``scores`` (an array) fall in each band: ``{"safe": n, "review": n, "nsfw": n}``."""
+    s = np.asarray(scores, dtype=np.float64)
+    safe, nsfw = int(np.sum(s < thresholds.safe_below)), int(np.sum(s > thresholds.nsfw_above))
+    return {Label.SAFE.value: safe, Label.REVIEW.value: int(s.size) - safe - nsfw, Label.NSFW.value: nsfw}
 
 
 def stop_early(scores: Sequence[float], policy: Policy) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..config import Thresholds
+from ..config import Label, Thresholds
 from ..datasets import load_labelled
 from ..errors import ConfigError, NsfwlabError
 from ..imageio import ImageInput, describe_source, load_image
@@ -98,9 +98,10 @@ class RobustnessReport:
 def boundary_goal(score: float, thresholds: Thresholds) -> Goal:
     """The goal that moves ``score``'s label across the nearer band boundary."""
     lo, hi = thresholds.safe_below, thresholds.nsfw_above
-    if score < lo:
+    band = thresholds.label(score)
+    if band is Label.SAFE:
         return Goal(GoalKind.AT_LEAST, lo)
-    if score > hi:
+    if band is Label.NSFW:
         return Goal(GoalKind.AT_MOST, hi)
     if score - lo <= hi - score:
         return Goal(GoalKind.AT_MOST, max(lo - _EDGE, 0.0))
