@@ -270,8 +270,8 @@ class ResultStore:
                 return None
             columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(results)")}
             if not {"meta", "results", "runs"} <= tables or not set(_V1_COLUMNS) <= columns:
-                raise StoreError(f"{self.path} is an SQLite database of another application, not an nsfwlab "
-                                 "results store; it was left untouched: give another --db")
+                raise StoreError(f"path {self.path} is an SQLite database of another application, not an nsfwlab "
+                                 "results store; it was left untouched: give another one", param="path")
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         finally:
             conn.close()
@@ -295,8 +295,8 @@ class ResultStore:
 
     def _readonly(self, exc: sqlite3.Error) -> StoreError | None:
         if "readonly" in str(exc) or "read-only" in str(exc):
-            return StoreError(f"{self.path} is read-only (file permissions or a read-only file system): "
-                              "make it writable or give another --db")
+            return StoreError(f"path {self.path} is read-only (file permissions or a read-only file system): "
+                              "make it writable or give another one", param="path")
         return None
 
     def _migrate(self, version: int) -> None:
