@@ -117,14 +117,14 @@ def _min_eps(attacker: Attacker, img: Image.Image, goal: Goal, view: Transform |
 def _one(img: Image.Image, name: str, det: Any, transforms: list[Transform], defences: list[Transform],
          attacker: Attacker | None) -> ImageRobustness:
     arr = np.asarray(img)
-    score = det.score(arr)
-    perturbed = {t.spec: det.score(t(arr)) for t in transforms}
+    score = det.nsfw_score(arr)
+    perturbed = {t.spec: det.nsfw_score(t(arr)) for t in transforms}
     min_eps = None
     defended: dict[str, dict[str, Any]] = {}
     if attacker is not None:
         min_eps = _min_eps(attacker, img, boundary_goal(score, det.thresholds), None)
         for d in defences:
-            s = det.score(d(arr))
+            s = det.nsfw_score(d(arr))
             defended[d.spec] = {"score": s, "min_eps": _min_eps(attacker, img, boundary_goal(s, det.thresholds), d)}
     return ImageRobustness(name, score, det.label(score).value, perturbed, min_eps, defended)
 
