@@ -44,7 +44,7 @@ def test_jsonl_in_input_order(photo_paths: list[Path], detector) -> None:
     assert [r["path"] for r in rows] == [str(p) for p in photo_paths[:3]]
     for row, path in zip(rows, photo_paths[:3], strict=True):
         assert set(row) == {"path", "score", "label"}
-        assert abs(row["score"] - detector.score(path)) <= 1e-6
+        assert abs(row["score"] - detector.nsfw_score(path)) <= 1e-6
         assert row["label"] in {"safe", "review", "nsfw"}
 
 

@@ -50,3 +50,27 @@ def test_evaluate_names_and_the_deprecated_target_alias() -> None:
         assert evaluate.TargetRate("fpr", 0.01).name == "fpr=0.01"
     with pytest.raises(AttributeError):
         evaluate.NoSuchName  # noqa: B018
+
+
+def test_verdict_names() -> None:
+    """nsfwlab.verdict: the one place raw model output becomes an answer (used by Detector, scan, serve)."""
+    from nsfwlab import verdict
+
+    assert sorted(verdict.__all__) == sorted([
+        "ANIMATED_FORMATS", "BankCheck", "Kind", "Policy", "Verdict", "band_counts", "check_bank", "decide_frames",
+        "decide_still", "kind_of", "may_hold_frames", "stop_early",
+    ])
+    for name in verdict.__all__:
+        assert hasattr(verdict, name), name
+
+
+def test_old_names_stay_importable_as_deprecated_aliases() -> None:
+    import warnings
+
+    from nsfwlab.scan import store
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert store.Decision is store.ScanAction
+    assert any(issubclass(w.category, DeprecationWarning) for w in caught)
+    assert callable(nsfwlab.Detector.score) and callable(nsfwlab.Detector.nsfw_score)

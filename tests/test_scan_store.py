@@ -6,7 +6,9 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from nsfwlab.cli import app
 from nsfwlab.scan import FileRecord, ResultStore, ScanAction, Status, StoreError
 from nsfwlab.scan.store import SCHEMA_VERSION
 
@@ -99,8 +101,12 @@ def test_bad_database_files_are_clear_errors(tmp_path: Path) -> None:
         ResultStore(tmp_path / "no" / "dir" / "r.sqlite")
     other = tmp_path / "other.sqlite"
     sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
-    with pytest.raises(StoreError, match="another application"):
+    with pytest.raises(StoreError, match="another application") as refused:
         ResultStore(other, readonly=True)
+    # the library names its parameter, never a command-line flag; the CLI shows --db in its place
+    assert "--" not in refused.value.message and refused.value.param == "path"
+    res = CliRunner().invoke(app, ["export", "--db", str(other), "-f", "csv", "-o", str(tmp_path / "o.csv")])
+    assert res.exit_code == 2 and f"--db {other} is an SQLite database of another application" in res.output
     empty = tmp_path / "empty.sqlite"
     sqlite3.connect(empty).execute("PRAGMA user_version = 0").connection.close()
     with pytest.raises(StoreError, match="no nsfwlab results"):
@@ -137,3 +143,19 @@ def test_frames_follow_their_row_and_go_when_it_is_rewritten(tmp_path: Path) -> 
     conn = sqlite3.connect(tmp_path / "r.sqlite")
     assert conn.execute("SELECT COUNT(*) FROM frames").fetchone()[0] == 0
     assert conn.execute("SELECT COUNT(*) FROM segments").fetchone()[0] == 0
+
+
+def test_the_schema_is_declared_once_and_the_store_matches_it(tmp_path: Path) -> None:
+    """The table the store creates has exactly the declared columns, in order; an export has them too."""
+    from nsfwlab.scan.schema import COLUMNS, RESULT_COLUMNS, results_ddl, upsert_sql
+
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        store.write([FileRecord("/a", 1, 1, "h", Status.OK, MV, PV, "exact", score=0.1, label="safe", raw_score=0.1)])
+        (row,) = list(store.iter_rows())
+    conn = sqlite3.connect(tmp_path / "r.sqlite")
+    names = [r[1] for r in conn.execute("PRAGMA table_info(results)")]
+    conn.close()
+    assert names == ["id", *COLUMNS] and tuple(row) == COLUMNS
+    assert all(c.meaning for c in RESULT_COLUMNS)
+    assert results_ddl().count("\n    ") == len(COLUMNS) + 2  # id, the columns, the key
+    assert upsert_sql().count("?") == len(COLUMNS) - 1  # all but attempts, counted by the upsert

@@ -3,12 +3,15 @@ the answers come from :mod:`nsfwlab.verdict` (calibration, bands, aggregation, t
 
 from __future__ import annotations
 
+import itertools
 import os
+import stat
 import threading
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -18,121 +21,28 @@ from .backends import Backend, create_backend
 from .calibration import Calibration, load_calibration
 from .config import BackendName, DecodeLimits, Device, Label, Precision, PreprocessConfig, Settings, Thresholds, option
 from .errors import ConfigError, ImageError, NsfwlabError
-from .frames import FrameOptions, iter_frames
+from .frames import FrameOptions, iter_frames, sniff_video
 from .imageio import ImageInput, describe_source, load_image, read_bytes
 from .preprocess import preprocess, preprocess_rgb, stack_batch
 from .readahead import ordered_map
-from .verdict import BankCheck, Kind, Policy, Verdict, check_bank, decide_frames, decide_still, kind_of, stop_early
+from .verdict import (
+    BankCheck,
+    FramesResult,
+    Kind,
+    Policy,
+    ScoreResult,
+    check_bank,
+    decide_frames,
+    decide_still,
+    kind_of,
+    may_hold_frames,
+    stop_early,
+)
 
 if TYPE_CHECKING:
-    from .bank import Bank, Match
+    from .bank import Bank
 
 __all__ = ["Detector", "FramesResult", "ScoreResult", "nsfw_score"]
-
-
-@dataclass(frozen=True)
-class ScoreResult:
-    """The outcome for one input: a score and label, or the error that stopped it.
-
-    With a calibration, ``score`` is the calibrated probability (and the label follows it) and
-    ``raw_score`` the exact model score; without one, ``raw_score`` is None and ``score`` is the model's.
-    ``bank_check``: what the Detector's hash bank said (``None``: no bank).
-    """
-
-    source: str
-    score: float | None = None
-    label: Label | None = None
-    error: NsfwlabError | None = None
-    raw_score: float | None = None
-    bank_check: BankCheck | None = None
-
-    @classmethod
-    def from_verdict(cls, source: str, v: Verdict, check: BankCheck | None = None) -> ScoreResult:
-        return cls(source, v.score, v.label, raw_score=v.raw_score if v.calibrated else None, bank_check=check)
-
-    @property
-    def match(self) -> Match | None:
-        """The hash bank's match, which decided the label."""
-        return None if self.bank_check is None else self.bank_check.match
-
-    @property
-    def model_score(self) -> float | None:
-        """The exact model score, calibrated or not."""
-        return self.score if self.raw_score is None else self.raw_score
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def to_dict(self) -> dict[str, Any]:
-        if self.error is not None:
-            return {"path": self.source, "error": self.error.message, "code": self.error.code}
-        assert self.label is not None
-        out: dict[str, Any] = {"path": self.source, "score": self.score, "label": self.label.value}
-        if self.raw_score is not None:
-            out["raw_score"] = self.raw_score
-        return _with_bank(out, self.bank_check)
-
-
-def _with_bank(out: dict[str, Any], check: BankCheck | None) -> dict[str, Any]:
-    """``match`` (or null, and ``match_skipped``: why) when a bank was consulted."""
-    if check is not None:
-        out["match"] = None if check.match is None else check.match.to_dict()
-        if check.skipped is not None:
-            out["match_skipped"] = check.skipped
-    return out
-
-
-@dataclass(frozen=True)
-class FramesResult:
-    """The outcome for an image, animation or video scored frame by frame
-    (:meth:`Detector.score_frames`): the aggregated score and its label, the sampled frames'
-    ``(time_s, score)``, and the ``(start_s, end_s, max_score)`` segments above the NSFW band;
-    or the error that stopped it."""
-
-    source: str
-    score: float | None = None
-    label: Label | None = None
-    kind: str = "image"
-    frame_scores: tuple[tuple[float, float], ...] = ()
-    segments: tuple[tuple[float, float, float], ...] = ()
-    stopped_early: bool = False
-    error: NsfwlabError | None = None
-    raw_score: float | None = None
-    bank_check: BankCheck | None = None
-
-    @classmethod
-    def from_verdict(cls, source: str, v: Verdict, *, stopped_early: bool = False,
-                     check: BankCheck | None = None) -> FramesResult:
-        return cls(source, v.score, v.label, v.kind.value, v.frame_scores, v.segments, stopped_early,
-                   raw_score=v.raw_score if v.calibrated else None, bank_check=check)
-
-    @property
-    def match(self) -> Match | None:
-        return None if self.bank_check is None else self.bank_check.match
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    @property
-    def frames(self) -> int:
-        return len(self.frame_scores)
-
-    def to_dict(self, per_frame: bool = False) -> dict[str, Any]:
-        if self.error is not None:
-            return {"path": self.source, "error": self.error.message, "code": self.error.code}
-        assert self.label is not None
-        out: dict[str, Any] = {"path": self.source, "score": self.score, "label": self.label.value,
-                               "kind": self.kind, "frames": self.frames,
-                               "segments": [list(seg) for seg in self.segments]}
-        if self.raw_score is not None:
-            out["raw_score"] = self.raw_score
-        if self.stopped_early:
-            out["stopped_early"] = True
-        if per_frame:
-            out["frame_scores"] = [list(fs) for fs in self.frame_scores]
-        return _with_bank(out, self.bank_check)
 
 
 def _check_model_backend(model: str | os.PathLike, backend: BackendName | str | Backend,
@@ -499,6 +409,43 @@ class Detector:
         verdict = decide_frames(kind, times, durations, raws, policy, check)
         return FramesResult.from_verdict(name, verdict, stopped_early=stopped, check=check)
 
+    # -- a mixed stream -------------------------------------------------------------------------
+    def score_media(self, items: Iterable[tuple[str, object]],
+                    options: FrameOptions | None = None) -> Iterator[ScoreResult | FramesResult]:
+        """Score a stream of named inputs (a path, bytes, or the :class:`NsfwlabError` to report in
+        its place), in input order, each routed by its content (:func:`nsfwlab.verdict.kind_of`):
+        runs of still images batched (:meth:`iter_score`), videos and animations over their frames
+        (:meth:`score_frames`). An animated GIF/PNG/WebP is read once, and its bytes passed on."""
+        opts = options or FrameOptions()
+        routed = (self._route(name, src) for name, src in items)
+        held = next(routed, None)
+        while held is not None:
+            if held.frames:
+                framed = self.score_frames(held.source, opts)  # type: ignore[arg-type]
+                err = framed.error.with_source(held.name) if framed.error else None
+                yield replace(framed, source=held.name, error=err)
+                held = next(routed, None)
+                continue
+            run = _StillRun(itertools.chain([held], routed))
+            for still in self.iter_score(run.sources(), run.names()):
+                run.pulled.popleft()
+                yield still
+            held = run.held
+
+    def _route(self, name: str, src: object) -> _Routed:
+        if isinstance(src, NsfwlabError) or not isinstance(src, (bytes, Path)):
+            return _Routed(name, src)
+        head = src[:32] if isinstance(src, bytes) else _head(src)
+        if head is None or not may_hold_frames(head):
+            return _Routed(name, src)  # reading it on the image path says what is wrong
+        if sniff_video(head[:16]) is not None:
+            return _Routed(name, src, frames=True)
+        try:
+            data = src if isinstance(src, bytes) else read_bytes(src, self.limits)
+        except NsfwlabError as exc:
+            return _Routed(name, exc)
+        return _Routed(name, data, frames=kind_of(data) is Kind.ANIMATION)
+
     def close(self) -> None:
         with self._lock:
             if self._pool is not None:
@@ -513,6 +460,48 @@ class Detector:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class _Routed:
+    """One input of :meth:`Detector.score_media`: ``frames`` goes through ``score_frames``."""
+
+    name: str
+    source: object  # a Path, the bytes already read, or the NsfwlabError to report
+    frames: bool = False
+
+
+def _head(path: Path) -> bytes | None:
+    """The first bytes of a regular file; None when it is not one or cannot be read (a pipe is never opened)."""
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            return None
+        with path.open("rb") as fh:
+            return fh.read(32)
+    except OSError:
+        return None
+
+
+class _StillRun:
+    """Consecutive still images of a routed stream, fed to ``iter_score`` (names in step); it ends
+    at the first video or animation, kept in ``held`` for ``score_frames``."""
+
+    def __init__(self, inputs: Iterator[_Routed]) -> None:
+        self.inputs = inputs
+        self.held: _Routed | None = None
+        self.pulled: deque[_Routed] = deque()  # read ahead by iter_score, results not yet out
+
+    def sources(self) -> Iterator[ImageInput | NsfwlabError]:
+        for item in self.inputs:
+            if item.frames:
+                self.held = item
+                return
+            self.pulled.append(item)
+            yield item.source  # type: ignore[misc]
+
+    def names(self) -> Iterator[str]:
+        while True:  # iter_score takes a name right after each source
+            yield self.pulled[-1].name
 
 
 def _open_bank(bank: Bank | str | os.PathLike | None, limits: DecodeLimits) -> tuple[Bank | None, bool]:

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from .calibration import Calibration
 from .config import Label, Thresholds
 from .errors import NsfwlabError
@@ -46,9 +48,12 @@ if TYPE_CHECKING:
 __all__ = [
     "ANIMATED_FORMATS",
     "BankCheck",
+    "FramesResult",
     "Kind",
     "Policy",
+    "ScoreResult",
     "Verdict",
+    "band_counts",
     "check_bank",
     "decide_frames",
     "decide_still",
@@ -182,6 +187,111 @@ class Verdict:
                 "match_skipped": self.match_skipped}
 
 
+@dataclass(frozen=True)
+class ScoreResult:
+    """The outcome for one input: a score and label, or the error that stopped it.
+
+    With a calibration, ``score`` is the calibrated probability (and the label follows it) and
+    ``raw_score`` the exact model score; without one, ``raw_score`` is None and ``score`` is the model's.
+    ``bank_check``: what the Detector's hash bank said (``None``: no bank).
+    """
+
+    source: str
+    score: float | None = None
+    label: Label | None = None
+    error: NsfwlabError | None = None
+    raw_score: float | None = None
+    bank_check: BankCheck | None = None
+
+    @classmethod
+    def from_verdict(cls, source: str, v: Verdict, check: BankCheck | None = None) -> ScoreResult:
+        return cls(source, v.score, v.label, raw_score=v.raw_score if v.calibrated else None, bank_check=check)
+
+    @property
+    def match(self) -> Match | None:
+        """The hash bank's match, which decided the label."""
+        return None if self.bank_check is None else self.bank_check.match
+
+    @property
+    def model_score(self) -> float | None:
+        """The exact model score, calibrated or not."""
+        return self.score if self.raw_score is None else self.raw_score
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"path": self.source, "error": self.error.message, "code": self.error.code}
+        assert self.label is not None
+        out: dict[str, Any] = {"path": self.source, "score": self.score, "label": self.label.value}
+        if self.raw_score is not None:
+            out["raw_score"] = self.raw_score
+        return _with_bank(out, self.bank_check)
+
+
+def _with_bank(out: dict[str, Any], check: BankCheck | None) -> dict[str, Any]:
+    """``match`` (or null, and ``match_skipped``: why) when a bank was consulted."""
+    if check is not None:
+        out["match"] = None if check.match is None else check.match.to_dict()
+        if check.skipped is not None:
+            out["match_skipped"] = check.skipped
+    return out
+
+
+@dataclass(frozen=True)
+class FramesResult:
+    """The outcome for an image, animation or video scored frame by frame
+    (:meth:`~nsfwlab.detector.Detector.score_frames`): the aggregated score and its label, the sampled frames'
+    ``(time_s, score)``, and the ``(start_s, end_s, max_score)`` segments above the NSFW band;
+    or the error that stopped it."""
+
+    source: str
+    score: float | None = None
+    label: Label | None = None
+    kind: str = "image"
+    frame_scores: tuple[tuple[float, float], ...] = ()
+    segments: tuple[tuple[float, float, float], ...] = ()
+    stopped_early: bool = False
+    error: NsfwlabError | None = None
+    raw_score: float | None = None
+    bank_check: BankCheck | None = None
+
+    @classmethod
+    def from_verdict(cls, source: str, v: Verdict, *, stopped_early: bool = False,
+                     check: BankCheck | None = None) -> FramesResult:
+        return cls(source, v.score, v.label, v.kind.value, v.frame_scores, v.segments, stopped_early,
+                   raw_score=v.raw_score if v.calibrated else None, bank_check=check)
+
+    @property
+    def match(self) -> Match | None:
+        return None if self.bank_check is None else self.bank_check.match
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def frames(self) -> int:
+        return len(self.frame_scores)
+
+    def to_dict(self, per_frame: bool = False) -> dict[str, Any]:
+        if self.error is not None:
+            return {"path": self.source, "error": self.error.message, "code": self.error.code}
+        assert self.label is not None
+        out: dict[str, Any] = {"path": self.source, "score": self.score, "label": self.label.value,
+                               "kind": self.kind, "frames": self.frames,
+                               "segments": [list(seg) for seg in self.segments]}
+        if self.raw_score is not None:
+            out["raw_score"] = self.raw_score
+        if self.stopped_early:
+            out["stopped_early"] = True
+        if per_frame:
+            out["frame_scores"] = [list(fs) for fs in self.frame_scores]
+        return _with_bank(out, self.bank_check)
+
+
 def _matched(label: Label, check: BankCheck | None) -> tuple[Label, Match | None, str | None]:
     if check is None:
         return label, None, None
@@ -213,6 +323,13 @@ def decide_frames(kind: Kind | str, times: Sequence[float], durations: Sequence[
                    frame_scores=tuple((float(t), s) for t, s in zip(times, scores, strict=True)),
                    segments=tuple((round(a, TIME_DIGITS), round(b, TIME_DIGITS), m) for a, b, m in spans),
                    match=match, match_skipped=skipped)
+
+
+def band_counts(scores: Any, thresholds: Thresholds) -> dict[str, int]:
+    """How many of ``scores`` (an array) fall in each band: ``{"safe": n, "review": n, "nsfw": n}``."""
+    s = np.asarray(scores, dtype=np.float64)
+    safe, nsfw = int(np.sum(s < thresholds.safe_below)), int(np.sum(s > thresholds.nsfw_above))
+    return {Label.SAFE.value: safe, Label.REVIEW.value: int(s.size) - safe - nsfw, Label.NSFW.value: nsfw}
 
 
 def stop_early(scores: Sequence[float], policy: Policy) -> bool:

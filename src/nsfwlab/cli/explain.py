@@ -185,7 +185,7 @@ def explain_command(
         torch_model = M.torch_model_for(det, opts.device) if gradients else None
         explainers = {m: M.make_explainer(m, det, options=opts, model=torch_model) for m in wanted}
         total = sum(M.work_units(m, e, h, w) for m, e in explainers.items())
-        score = det.score(img)
+        score = det.nsfw_score(img)
         heats: dict[Method, np.ndarray] = {}
         with det, progress_bar(total, "explaining", unit="win", enabled=progress) as advance:
             for m, e in explainers.items():

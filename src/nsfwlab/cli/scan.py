@@ -33,6 +33,9 @@ from ._common import (
 
 __all__ = ["export_command", "scan_command"]
 
+#: Library parameters whose flag is not their name: the store's ``path`` is ``--db``.
+_FLAGS = {"path": "--db"}
+
 
 def scan_command(
     paths: list[Path] = typer.Argument(..., metavar="DIR", help="Directories (scanned recursively) or files."),
@@ -106,10 +109,10 @@ def scan_command(
             summary = scan(roots, store, config, progress=lambda n, errors: advance(n, errors=errors))
     except StoreWriteError as exc:
         # Not a usage error: the scan ran, its committed results are kept (a full disk, an I/O error).
-        fail(exc)
+        fail(exc, _FLAGS)
         raise typer.Exit(int(ExitCode.INPUT_FAILED)) from None
     except NsfwlabError as exc:
-        raise fail(exc) from None
+        raise fail(exc, _FLAGS) from None
     except KeyboardInterrupt:
         stderr.print("interrupted: everything committed so far is kept; run the same command again to resume")
         raise typer.Exit(130) from None
@@ -166,7 +169,7 @@ def export_command(
                                 model_version=model_version, preprocess_version=preprocess_version)
             n = write_export(store, out, fmt, filt)
     except NsfwlabError as exc:
-        raise fail(exc) from None
+        raise fail(exc, _FLAGS) from None
     stderr.print(f"wrote {n} records to {out}", highlight=False)
 
 

@@ -1,23 +1,20 @@
 """``nsfwlab score``: score image files, videos and animations; print a table, JSON lines or CSV.
 
-Each input is routed by its content (:func:`nsfwlab.verdict.kind_of`): videos and animations are
-scored over their frames (:meth:`Detector.score_frames`), still images in batches
-(:meth:`Detector.iter_score`); the Detector's verdict decides every answer (calibration, bands,
-the hash bank), and this module prints them in input order.
+The inputs are listed here (files, directories, stdin) and scored by :meth:`Detector.score_media`,
+which routes each by its content (videos and animations over their frames, still images in
+batches); the verdict decides every answer (calibration, bands, the hash bank). This module parses
+the options and prints the results in input order.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import stat
 import sys
-from collections import deque
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Union, cast
+from typing import TYPE_CHECKING, Union
 
 import typer
 from rich.table import Table
@@ -27,9 +24,9 @@ from ..config import BackendName, DecodeLimits, Device, Precision, Thresholds
 from ..detector import Detector, FramesResult, ScoreResult
 from ..errors import ConfigError, ImageError, NsfwlabError
 from ..frames import FrameMode, FrameOptions, sniff_video
-from ..imageio import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageInput, iter_image_files, read_bytes, sniff_format
+from ..imageio import IMAGE_SUFFIXES, VIDEO_SUFFIXES, iter_image_files, read_bytes, sniff_format
 from ..outputs import atomic_output, csv_writer, printable
-from ..verdict import ANIMATED_FORMATS, Kind, kind_of, may_hold_frames
+from ..verdict import may_hold_frames
 from ._common import (
     AGGREGATE_OPTION,
     FPS_OPTION,
@@ -69,8 +66,6 @@ class _MediaSeen:
 
     def __init__(self) -> None:
         self.media = False
-        #: First bytes of the files named on the command line, read once here, reused by routing.
-        self.heads: dict[Path, bytes | None] = {}
 
     def note(self, head: bytes | None) -> None:
         if head and may_hold_frames(head):
@@ -103,8 +98,7 @@ def _expand(paths: list[str], seen: _MediaSeen) -> Iterator[tuple[str, object]]:
             if empty:
                 yield raw, ImageError("directory holds no image files")
         else:
-            seen.heads[p] = _head(p)
-            seen.note(seen.heads[p])
+            seen.note(_head(p))
             yield raw, p
 
 
@@ -124,19 +118,8 @@ def _stdin_once(items: list[tuple[str, object]], limits: DecodeLimits, seen: _Me
     return out
 
 
-# -- routing: frames or the batched image path ------------------------------------------------
-@dataclass(frozen=True)
-class _Input:
-    """One input, routed: ``frames`` (a video or animation) goes through Detector.score_frames."""
-
-    name: str
-    source: object  # a Path, the bytes already read, or the NsfwlabError to report
-    frames: bool = False
-
-
 def _head(path: Path) -> bytes | None:
-    """The first bytes of a regular file; None when it is not one or cannot be read (reading it
-    again on the image path then reports why; a pipe is never opened)."""
+    """The first bytes of a regular file (None: not one, or unreadable; a pipe is never opened)."""
     try:
         if not stat.S_ISREG(path.stat().st_mode):
             return None
@@ -144,71 +127,6 @@ def _head(path: Path) -> bytes | None:
             return fh.read(32)
     except OSError:
         return None
-
-
-def _route(name: str, src: object, limits: DecodeLimits, heads: dict[Path, bytes | None]) -> _Input:
-    """Videos by their first bytes (``heads``: those already read while listing the inputs), and
-    GIF/PNG/WebP files by :func:`~nsfwlab.verdict.kind_of` (those are read once here, and their
-    bytes passed on: never read twice)."""
-    if isinstance(src, NsfwlabError) or not isinstance(src, (bytes, Path)):
-        return _Input(name, src)
-    head = src[:32] if isinstance(src, bytes) else (heads[src] if src in heads else _head(src))
-    if head is None:
-        return _Input(name, src)
-    if sniff_video(head) is not None:
-        return _Input(name, src, frames=True)
-    if sniff_format(head) not in ANIMATED_FORMATS:
-        return _Input(name, src)
-    try:
-        data = src if isinstance(src, bytes) else read_bytes(src, limits)
-    except NsfwlabError as exc:
-        return _Input(name, exc)
-    return _Input(name, data, frames=kind_of(data) is Kind.ANIMATION)
-
-
-class _StillRun:
-    """Consecutive still images of the routed stream, fed to Detector.iter_score (names in step);
-    it ends at the first video or animation, kept in ``held`` for Detector.score_frames."""
-
-    def __init__(self, inputs: Iterator[_Input]) -> None:
-        self.inputs = inputs
-        self.held: _Input | None = None
-        self.pulled: deque[_Input] = deque()  # read ahead by iter_score, results not yet out
-
-    def sources(self) -> Iterator[ImageInput | NsfwlabError]:
-        for item in self.inputs:
-            if item.frames:
-                self.held = item
-                return
-            self.pulled.append(item)
-            yield cast("ImageInput | NsfwlabError", item.source)
-
-    def names(self) -> Iterator[str]:
-        while True:  # iter_score takes a name right after each source
-            yield self.pulled[-1].name
-
-
-def _score_frames(detector: Detector, item: _Input, options: FrameOptions) -> FramesResult:
-    res = detector.score_frames(item.source, options)  # type: ignore[arg-type]
-    if res.error is not None:
-        res.error.with_source(item.name)
-    return replace(res, source=item.name)
-
-
-def _score_stream(detector: Detector, inputs: Iterable[_Input], options: FrameOptions) -> Iterator[tuple[Result, _Input]]:
-    """Every input's result, in input order: runs of still images batched, videos and
-    animations one at a time over their frames."""
-    rest = iter(inputs)
-    held = next(rest, None)
-    while held is not None:
-        if held.frames:
-            yield _score_frames(detector, held, options), held
-            held = next(rest, None)
-            continue
-        run = _StillRun(itertools.chain([held], rest))
-        for res in detector.iter_score(run.sources(), run.names()):
-            yield res, run.pulled.popleft()
-        held = run.held
 
 
 def _check_bank(path: Path | None) -> None:
@@ -312,10 +230,8 @@ def score_command(
                         + (["kind", "frames", "segments"] if seen.media else []))
     rows: list[Result] = []  # for the table, printed at the end
     timelines: list[Timeline] = []
-    inputs = (_route(name, src, limits, seen.heads) for name, src in items)  # type: ignore[arg-type]
-
     with detector, progress_bar(len(items), "scoring", unit="file", enabled=progress) as advance:
-        for res, _item in _score_stream(detector, inputs, options):
+        for res in detector.score_media(items, options):
             advance(1, errors=0 if res.ok else 1)
             failed += 0 if res.ok else 1
             if timeline is not None and (entry := _timeline_entry(res)) is not None:

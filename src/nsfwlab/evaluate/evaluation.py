@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import Thresholds
+from ..config import Label, Thresholds
 from ..datasets import Hygiene, LabelledSet, Problem, check_hygiene
 from ..detector import Detector, ScoreResult
 from ..errors import ImageError
@@ -39,13 +39,13 @@ class Evaluation:
     def false_positives(self, thresholds: Thresholds | None = None) -> list[ScoredItem]:
         """Safe images labelled NSFW (``score > nsfw_above``), highest score first."""
         th = thresholds or self.metrics.recommended
-        fps = [it for it in self.scored if it.label == 0 and it.score > th.nsfw_above]
+        fps = [it for it in self.scored if it.label == 0 and th.label(it.score) is Label.NSFW]
         return sorted(fps, key=lambda it: -it.score)
 
     def false_negatives(self, thresholds: Thresholds | None = None) -> list[ScoredItem]:
         """NSFW images labelled safe (``score < safe_below``), lowest score first."""
         th = thresholds or self.metrics.recommended
-        fns = [it for it in self.scored if it.label == 1 and it.score < th.safe_below]
+        fns = [it for it in self.scored if it.label == 1 and th.label(it.score) is Label.SAFE]
         return sorted(fns, key=lambda it: it.score)
 
     def to_dict(self) -> dict[str, Any]:

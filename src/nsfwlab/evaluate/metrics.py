@@ -21,6 +21,7 @@ import numpy as np
 
 from ..config import Thresholds
 from ..errors import ConfigError
+from ..verdict import band_counts
 from .uncertainty import MIN_CLASS_FOR_AUC, RateInterval, demonstrating_threshold, min_examples
 
 __all__ = [
@@ -392,10 +393,7 @@ class Metrics:
 def _bands(y: np.ndarray, s: np.ndarray, th: Thresholds) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for name, cls in (("safe", 0), ("nsfw", 1)):
-        sc = s[y == cls]
-        safe = int(np.sum(sc < th.safe_below))
-        nsfw = int(np.sum(sc > th.nsfw_above))
-        out[name] = {"safe": safe, "review": len(sc) - safe - nsfw, "nsfw": nsfw}
+        out[name] = band_counts(s[y == cls], th)
     return out
 
 

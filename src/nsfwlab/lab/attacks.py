@@ -362,7 +362,7 @@ class _Problem:
 
     def verify(self, delta: torch.Tensor | np.ndarray) -> list[float]:
         arr = self.pixels(delta)
-        return [self.a.detector.score(arr if v is None else v(arr)) for v in self.views]
+        return [self.a.detector.nsfw_score(arr if v is None else v(arr)) for v in self.views]
 
     def verified_if_met(self, delta: torch.Tensor) -> list[float] | None:
         scores = self.verify(delta)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..config import Thresholds
+from ..config import Label, Thresholds
 from ..datasets import load_labelled
 from ..errors import ConfigError, NsfwlabError
 from ..imageio import ImageInput, describe_source, load_image
@@ -98,9 +98,10 @@ class RobustnessReport:
 def boundary_goal(score: float, thresholds: Thresholds) -> Goal:
     """The goal that moves ``score``'s label across the nearer band boundary."""
     lo, hi = thresholds.safe_below, thresholds.nsfw_above
-    if score < lo:
+    band = thresholds.label(score)
+    if band is Label.SAFE:
         return Goal(GoalKind.AT_LEAST, lo)
-    if score > hi:
+    if band is Label.NSFW:
         return Goal(GoalKind.AT_MOST, hi)
     if score - lo <= hi - score:
         return Goal(GoalKind.AT_MOST, max(lo - _EDGE, 0.0))
@@ -116,14 +117,14 @@ def _min_eps(attacker: Attacker, img: Image.Image, goal: Goal, view: Transform |
 def _one(img: Image.Image, name: str, det: Any, transforms: list[Transform], defences: list[Transform],
          attacker: Attacker | None) -> ImageRobustness:
     arr = np.asarray(img)
-    score = det.score(arr)
-    perturbed = {t.spec: det.score(t(arr)) for t in transforms}
+    score = det.nsfw_score(arr)
+    perturbed = {t.spec: det.nsfw_score(t(arr)) for t in transforms}
     min_eps = None
     defended: dict[str, dict[str, Any]] = {}
     if attacker is not None:
         min_eps = _min_eps(attacker, img, boundary_goal(score, det.thresholds), None)
         for d in defences:
-            s = det.score(d(arr))
+            s = det.nsfw_score(d(arr))
             defended[d.spec] = {"score": s, "min_eps": _min_eps(attacker, img, boundary_goal(s, det.thresholds), d)}
     return ImageRobustness(name, score, det.label(score).value, perturbed, min_eps, defended)
 

@@ -409,7 +409,7 @@ class Synthesizer:
         start_logits, start_obj = self.exact(first)
         end_logits, end_obj = self.exact(final)
         pngs = [png_bytes(img) for img in final]
-        scores = [float(self.detector.score(p)) for p in pngs]
+        scores = [float(self.detector.nsfw_score(p)) for p in pngs]
         return SynthResult(list(final), pngs, scores, start_logits, end_logits, start_obj, end_obj,
                            time.perf_counter() - start, len(history), history, interrupted)
 

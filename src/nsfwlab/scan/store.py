@@ -284,8 +284,8 @@ class ResultStore:
 
     def _readonly(self, exc: sqlite3.Error) -> StoreError | None:
         if "readonly" in str(exc) or "read-only" in str(exc):
-            return StoreError(f"{self.path} is read-only (file permissions or a read-only file system): "
-                              "make it writable or give another --db")
+            return StoreError(f"path {self.path} is read-only (file permissions or a read-only file system): "
+                              "make it writable or give another one", param="path")
         return None
 
     def _migrate(self, version: int) -> None:
