@@ -13,7 +13,7 @@ import torch
 
 from nsfwlab import Detector, PreprocessConfig
 from nsfwlab.checkpoint import export_onnx, load_model, read_checkpoint, save_checkpoint
-from nsfwlab.errors import ConfigError, ModelError
+from nsfwlab.errors import ModelError
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_foreign_and_broken_files_are_refused(tmp_path: Path) -> None:
         load_model(wrong, "cpu")
     unknown = tmp_path / "unknown.pt"
     torch.save({"format": "nsfwlab-checkpoint-v1", "arch": "alexnet", "state_dict": {}}, unknown)
-    with pytest.raises(ConfigError, match="unknown architecture"):
+    with pytest.raises(ModelError, match="unknown architecture 'alexnet'"):  # a bad model file: exit 3
         load_model(unknown, "cpu")
 
 
@@ -105,10 +105,11 @@ def test_an_onnx_graph_of_another_shape_is_refused_at_load(tmp_path: Path) -> No
 def test_a_broken_preprocessing_sidecar_is_a_model_error(stock_checkpoint: Path, tmp_path: Path) -> None:
     out = export_onnx(stock_checkpoint, tmp_path / "m.onnx")
     sidecar = out.with_suffix(".json")
-    for text, message in (("{junk", "unreadable preprocessing sidecar"), ("[1, 2]", "no 'preprocess' object"),
-                          ('{"preprocess": {"crop": 999}}', "invalid preprocessing record: crop"),
-                          ('{"preprocess": {"colour": 1}}', "invalid preprocessing record"),
-                          ('{"preprocess": {"mean_bgr": "abc"}}', "invalid preprocessing record")):
+    for text, message in (("{junk", "preprocessing sidecar .* is not valid JSON"), ("[1, 2]", "must be a JSON object"),
+                          ('{"arch": null}', "no 'preprocess' object"),
+                          ('{"preprocess": {"crop": 999}}', r"field crop must lie in \[32, 256\]"),
+                          ('{"preprocess": {"colour": 1}}', r"unknown preprocessing field\(s\) colour"),
+                          ('{"preprocess": {"mean_bgr": "abc"}}', "mean_bgr must be a list of 3 numbers")):
         sidecar.write_text(text)
         with pytest.raises(ModelError, match=message):
             load_model(out, "cpu")
