@@ -139,3 +139,25 @@ def test_a_vgg16_checkpoint_round_trips(tmp_path: Path) -> None:
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+
+
+def test_a_checkpoint_scans_on_the_cpu_as_its_cached_onnx_export(stock_checkpoint: Path, tmp_path: Path,
+                                                                 photo_paths) -> None:
+    """The torch CPU backend is several times slower than onnxruntime: a scan runs a .pt as its ONNX
+    export, made once per checkpoint content, with the checkpoint's scores and model_version."""
+    from nsfwlab.scan import ScanConfig, build_scan_model
+    from nsfwlab.scan.modes import model_for_cpu
+
+    cache = tmp_path / "cache"
+    exported = Path(model_for_cpu(str(stock_checkpoint), "cpu", cache) or "")
+    assert exported.parent == cache / "onnx" and exported.suffix == ".onnx" and exported.with_suffix(".json").is_file()
+    stamp = exported.stat().st_mtime_ns
+    assert model_for_cpu(str(stock_checkpoint), "cpu", cache) == str(exported)  # cached, not exported again
+    assert exported.stat().st_mtime_ns == stamp and sorted(p.name for p in exported.parent.iterdir()) == sorted(
+        [exported.name, exported.with_suffix(".json").name])
+    assert model_for_cpu(str(stock_checkpoint), "cuda", cache) == str(stock_checkpoint)
+    model = build_scan_model(ScanConfig(model=str(stock_checkpoint), cache_dir=str(cache)))
+    torch_det = Detector(model=stock_checkpoint)
+    assert model.backend.name == "onnxruntime" and model.model_version == torch_det.model_version
+    batch = np.stack([torch_det.preprocess(p) for p in photo_paths[:3]])
+    assert np.abs(model.backend.predict(batch)[:, 1] - torch_det.predict_arrays(batch)).max() <= 1e-5

@@ -33,6 +33,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "NHWCWrapper",
     "build_architecture",
+    "cached_onnx_export",
     "export_onnx",
     "load_model",
     "load_torch_module",
@@ -209,6 +210,7 @@ def load_model(path: str | os.PathLike, device: Device | str = Device.AUTO, *,
         pre = preprocess_record(record["preprocess"], p.with_suffix(".json")) if record else PreprocessConfig()
         if record:
             _architecture(record.get("arch"), p.with_suffix(".json"))
+            version = _model_version(record.get("model_version"), version, p.with_suffix(".json"))
         backend = OnnxRuntimeBackend(p, device=dev, threads=threads, verify=False, model_version=version)
     else:
         payload = read_checkpoint(p)
@@ -273,23 +275,76 @@ class NHWCWrapper:
         return _Wrapped(model)
 
 
-def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, *, opset: int = 17) -> Path:
+def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, *, opset: int = 17,
+                model_version: str | None = None) -> Path:
     """Export a checkpoint to ONNX (NHWC float32 input ``input:0``, output ``outputs``) plus a
-    ``.json`` sidecar with its preprocessing, for the onnxruntime backend."""
+    ``.json`` sidecar with its preprocessing, for the onnxruntime backend. ``model_version``, when
+    given, is recorded in the sidecar and becomes the exported model's version (the same weights
+    keep the same version)."""
     import torch
 
     payload = read_checkpoint(checkpoint)
+    crop = preprocess_record(payload.get("preprocess"), Path(checkpoint)).crop
     model = build_architecture(payload["arch"])
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise ModelError(f"{checkpoint}: weights do not fit architecture {payload['arch']!r}: {exc}") from None
     wrapped = NHWCWrapper(model.eval())
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    dummy = torch.zeros(1, 224, 224, 3)
+    dummy = torch.zeros(1, crop, crop, 3)
     torch.onnx.export(wrapped, (dummy,), str(tmp), input_names=["input:0"], output_names=["outputs"],
                       dynamic_axes={"input:0": {0: "batch"}, "outputs": {0: "batch"}}, opset_version=opset,
                       dynamo=False)
     os.replace(tmp, out)
-    out.with_suffix(".json").write_text(json.dumps({"preprocess": payload.get("preprocess") or {},
-                                                     "arch": payload["arch"]}, indent=2))
+    sidecar: dict[str, Any] = {"preprocess": payload.get("preprocess") or {}, "arch": payload["arch"]}
+    if model_version:
+        sidecar["model_version"] = model_version
+    out.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
     return out
+
+
+#: Largest |score difference| between a checkpoint's torch model and its automatic ONNX export on a
+#: test batch for the export to be used (measured: ~1e-6 on open_nsfw).
+EXPORT_TOLERANCE = 1e-4
+
+
+def cached_onnx_export(checkpoint: str | os.PathLike, cache_dir: str | os.PathLike) -> Path | None:
+    """The ONNX export of a ``.pt`` checkpoint for onnxruntime (several times faster than the torch
+    CPU backend), made once and cached as ``<cache_dir>/onnx/<name>-<sha256[:16]>.onnx`` with its
+    sidecar, which keeps the checkpoint's preprocessing, architecture and model_version (scores keep the
+    checkpoint's version). ``None`` when the export does not score as the checkpoint does (more than
+    :data:`EXPORT_TOLERANCE` apart on a test batch): the caller keeps the torch model."""
+    import shutil
+
+    import numpy as np
+
+    p = Path(checkpoint)
+    payload = read_checkpoint(p)
+    sha = model_file_sha256(p)
+    version = _model_version(payload.get("model_version"), f"{p.stem}-{sha[:12]}", p)
+    out = Path(cache_dir) / "onnx" / f"{p.stem}-{sha[:16]}.onnx"
+    if out.is_file() and out.with_suffix(".json").is_file():
+        return out
+    work = out.parent / f".{out.stem}.{os.getpid()}.tmp"
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelError(f"cannot create the model cache {out.parent}: {exc.strerror or exc}") from None
+    try:
+        exported = export_onnx(p, work / "model.onnx", model_version=version)
+        torch_backend, pre = load_model(p, "cpu")
+        onnx_backend, _ = load_model(exported, "cpu")
+        rng = np.random.default_rng(1)
+        batch = rng.uniform(-123.0, 151.0, (4, pre.crop, pre.crop, 3)).astype(np.float32)
+        drift = float(np.abs(torch_backend.predict(batch) - onnx_backend.predict(batch)).max())
+        if drift > EXPORT_TOLERANCE:
+            return None
+        # The sidecar first: a graph in the cache always has its sidecar.
+        os.replace(exported.with_suffix(".json"), out.with_suffix(".json"))
+        os.replace(exported, out)
+        return out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
