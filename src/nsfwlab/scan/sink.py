@@ -250,6 +250,9 @@ class Sink:
 
     def scored(self, shas: Sequence[str], scores: Sequence[float]) -> None:
         """Raw scores of contents (or frames) :meth:`add` asked for: record them, and write the batch."""
+        if self.model.guard is not None:  # fast mode: still images scored near a band boundary, again exactly
+            scores = self.model.guard.review([(self.waiting[s][0].path if s in self.waiting else None, s)
+                                              for s in shas], scores)
         for sha, score in zip(shas, scores, strict=True):
             if _FRAME_KEY in sha:
                 self._frame_scored(sha, float(score))
