@@ -118,9 +118,12 @@ def explain_command(
     save_heatmap: Path | None = typer.Option(
         None, "--save-heatmap", help="Save the raw heatmap(s) at the image's size (the working copy's over "
         "--max-work-side): .npy (one method) or .npz (all)."),
-    target: str = typer.Option("nsfw-probability", help="What to explain: nsfw-probability, logit-margin, "
-                               "nsfw-logit, or an objective such as 'nsfw-sfw' or 'channel:stage3:17' "
-                               "(all but the first two: gradient methods only; layers: not Grad-CAM)."),
+    target: str | None = typer.Option(None, help="What to explain: nsfw-probability, logit-margin, "
+                                      "nsfw-logit, or an objective such as 'nsfw-sfw' or 'channel:stage3:17' "
+                                      "(all but the first two: gradient methods only; layers: not Grad-CAM). "
+                                      "Default: nsfw-probability; for Grad-CAM the predicted class."),
+    layer: str | None = typer.Option(None, help="Grad-CAM's feature map, e.g. stage2 or stage3_block1 "
+                                     "(default: the last stage)."),
     box: int | None = typer.Option(None, min=1, help="Occlusion box in pixels (default: 1/6 of the short side)."),
     stride: int | None = typer.Option(None, min=1, help="Occlusion stride in pixels (default: box/3)."),
     fill: Fill = typer.Option(Fill.MEAN, help="What fills the occlusion box."),
@@ -169,9 +172,9 @@ def explain_command(
         from ..explain.caps import check_aspect
         from ..objectives import parse_objective
 
-        tgt = parse_objective(target)
+        tgt = parse_objective(target) if target is not None else None
         wanted = list(M.ALL_METHODS) if method is Method.ALL else [method]
-        if any(m not in M.GRADIENT_METHODS for m in wanted):
+        if tgt is not None and any(m not in M.GRADIENT_METHODS for m in wanted):
             tgt.from_probabilities(np.asarray([0.5]))  # black-box methods need a probability target
         caps = ExplainCaps(max_work_side=max_work_side, max_windows=max_windows,
                            max_output_side=max_output_side, max_aspect=max_aspect)
@@ -180,7 +183,7 @@ def explain_command(
         w, h = img.size
         check_aspect(h, w, caps)
         opts = M.ExplainOptions(box=box, stride=stride, fill=fill, window=window, window_stride=window_stride,
-                                steps=steps, baseline=baseline, reduction=reduction,
+                                steps=steps, baseline=baseline, reduction=reduction, layer=layer,
                                 device=resolve_device(device), caps=caps)
         gradients = any(m in M.GRADIENT_METHODS for m in wanted)
         torch_model = M.torch_model_for(det, opts.device) if gradients else None
@@ -206,8 +209,10 @@ def explain_command(
     except NsfwlabError as exc:
         raise fail(exc) from None
     work = next(iter(heats.values())).shape
+    explained = tgt.name if tgt is not None else (
+        "predicted class" if wanted == [Method.GRADCAM] else "nsfw-probability; Grad-CAM: predicted class")
     worked = "" if work == (h, w) else f" on a {work[1]}x{work[0]} working copy"
-    stdout.print(f"{image}: {w}x{h}, score {score:.6f} ({tgt.name} explained{worked})", highlight=False)
+    stdout.print(f"{image}: {w}x{h}, score {score:.6f} ({explained} explained{worked})", highlight=False)
     for m, heat in heats.items():
         y, x = (round((int(v) + 0.5) * size / n - 0.5) for v, size, n in
                 zip(np.unravel_index(int(np.argmax(heat)), heat.shape), (h, w), heat.shape, strict=True))
