@@ -14,7 +14,7 @@ import typer
 from ..config import BackendName, Device
 from ..errors import ConfigError, NsfwlabError
 from ..explain.options import Baseline, ExplainCaps, Fill, Method, Reduction, Style
-from ._common import ExitCode, fail, output_file, progress_bar, stdout
+from ._common import ExitCode, fail, output_file, progress_bar, stderr, stdout, tagged
 
 __all__ = ["censor_command", "explain_command"]
 
@@ -284,5 +284,9 @@ def censor_command(
     stdout.print(f"{image}: score {result.score_before:.4f} -> {result.score_after:.4f} "
                  f"(target {target:g} {verdict}); hid {100 * result.hidden_fraction:.1f}% of the image "
                  f"in {len(result.steps)} step(s) with {style.value}; wrote {out}", highlight=False)
+    if result.kept_input and result.steps:
+        stderr.print(tagged("warning:", "bold yellow", f" no censoring step lowered the score (the lowest tried "
+                            f"was {min(st.score for st in result.steps):.4f}); wrote the input unchanged"),
+                     highlight=False)
     if not result.reached:
         raise typer.Exit(int(ExitCode.INPUT_FAILED))
