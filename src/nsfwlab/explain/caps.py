@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from ..errors import ImageTooLargeError
+from .. import sizing
 from ..sizing import downscale, fit_side
 from .options import ExplainCaps
 
@@ -17,11 +17,7 @@ __all__ = ["ExplainCaps", "check_aspect", "fit_side", "resize_map", "working_cop
 
 def check_aspect(height: int, width: int, caps: ExplainCaps) -> None:
     """Refuse an image whose long side is more than ``caps.max_aspect`` times its short side."""
-    aspect = max(height, width) / max(1, min(height, width))
-    if aspect > caps.max_aspect:
-        raise ImageTooLargeError(
-            f"image is {width}x{height}: aspect ratio {aspect:.4g}:1 is over explain's cap of "
-            f"{caps.max_aspect:g}:1 (raise it with --max-aspect / ExplainCaps.max_aspect)")
+    sizing.check_aspect(height, width, caps.max_aspect, who="explain")
 
 
 def working_copy(img: Image.Image, caps: ExplainCaps) -> Image.Image:
