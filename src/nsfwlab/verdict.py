@@ -30,7 +30,7 @@ import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -70,7 +70,7 @@ TIME_DIGITS = 3
 NOT_MATCHED_MEDIA = "videos and animations are not matched: one frame's hash is not the file's"
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     IMAGE = "image"
     ANIMATION = "animation"
     VIDEO = "video"

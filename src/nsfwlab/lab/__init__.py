@@ -3,7 +3,7 @@ open_nsfw. Every score the lab reports is the exact pipeline's (``Detector.score
 uint8 pixels.
 
 >>> from nsfwlab.lab import attack, evolve, robustness
->>> attack("painting.png", 0.983).score_after          # doctest: +SKIP
+>>> attack("painting.png", to=0.983).score_after       # doctest: +SKIP
 
 The attack and robustness names load torch and are imported on first use (``nsfwlab.lab.attacks``,
 ``nsfwlab.lab.robust``, ``nsfwlab.lab.transforms``), so the command line stays light; DEAP and
