@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from nsfwlab.cli import app
 from nsfwlab.errors import ConfigError, ModelError
 from nsfwlab.lab.fourier import FourierImage, PixelImage, robustness_transforms
+from nsfwlab.lab.networks import build_network, is_torchscript, load_network, save_network
 from nsfwlab.lab.synthesize import (
     BALANCED_SETTLE,
     AlsoNetwork,
@@ -59,11 +60,81 @@ class _Generator(torch.nn.Module):
         return torch.sigmoid(self.fc(z)).view(-1, 3, 16, 16)
 
 
+class _WritesFiles(torch.nn.Module):
+    """A TorchScript program whose forward rewrites a file (what a model file that is code can do)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self.fc = torch.nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mapped = torch.from_file(self.path, shared=True, size=4, dtype=torch.uint8)
+        mapped.fill_(88)  # b"XXXX" over the file's first bytes
+        return self.fc(x.mean((2, 3))) + mapped[:1].float() * 0
+
+
 @pytest.fixture(scope="module")
 def tiny_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("nets") / "mean_colour.pt"
     torch.jit.save(torch.jit.script(_MeanColour()), str(path))
     return path
+
+
+def test_torchscript_is_refused_without_trust_and_nothing_is_written(tmp_path: Path) -> None:
+    """A TorchScript file is a program: loading it as a second network or a generator is refused
+    (before its code runs) unless the caller trusts it; trusted, it loads and its code does run."""
+    canary = tmp_path / "canary.txt"
+    canary.write_bytes(b"safe")
+    evil = tmp_path / "evil.pt"
+    torch.jit.save(torch.jit.script(_WritesFiles(str(canary))), str(evil))
+    assert is_torchscript(evil)
+    with pytest.raises(ModelError, match="TorchScript") as info:
+        load_also(AlsoSpec(evil, 0), size=8)
+    assert info.value.param == "trust_code"
+    with pytest.raises(ModelError, match="TorchScript"):
+        load_generator(evil)
+    res = CliRunner().invoke(app, ["synthesize", "--out", str(tmp_path / "x.png"), "--also", f"{evil}:0",
+                                   "--steps", "1", "--size", "32", "--device", "cpu", "--no-progress"])
+    assert res.exit_code == 3 and "--trust-code" in res.output and "trust_code" not in res.output, res.output
+    assert canary.read_bytes() == b"safe"
+    net = load_also(AlsoSpec(evil, 1), size=8, trust_code=True)  # the probe call runs its code
+    assert net.class_index == 1 and canary.read_bytes() == b"XXXX"
+
+
+def test_a_tensors_only_network_loads_without_trust(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = build_network("convnet", {"classes": 5, "channels": [4, 8]})
+    path = save_network(tmp_path / "net.pt", net)
+    assert not is_torchscript(path)
+    loaded = load_also(AlsoSpec(path, 4), size=16)
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.allclose(loaded.module(x), net(x)) and not any(p.requires_grad for p in loaded.module.parameters())
+    gen = build_network("mlp-generator", {"code_dim": 4, "size": 8, "hidden": [16]})
+    back = load_generator(save_network(tmp_path / "gen.pt", gen))
+    assert back.code_dim == 4 and back(torch.zeros(1, 4)).shape == (1, 3, 8, 8)
+    conv = build_network("conv-generator", {"code_dim": 4, "channels": [8, 4]})
+    assert conv(torch.zeros(2, 4)).shape == (2, 3, 16, 16)
+    bad = tmp_path / "bad.pt"
+    torch.save({"format": "nsfwlab-network-v1", "arch": "convnet", "config": {"classes": 3},
+                "state_dict": net.state_dict()}, bad)
+    with pytest.raises(ModelError, match="do not fit"):
+        load_network(bad, param="also")
+    with pytest.raises(ModelError, match="unknown network architecture"):
+        torch.save({"format": "nsfwlab-network-v1", "arch": "nope", "state_dict": {}}, bad)
+        load_network(bad, param="also")
+
+
+def test_an_nsfwlab_checkpoint_is_a_second_network_behind_its_preprocessing(tmp_path: Path) -> None:
+    from nsfwlab.checkpoint import build_architecture, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_architecture("open_nsfw").eval()
+    path = save_checkpoint(tmp_path / "ft.pt", model)
+    net = load_also(AlsoSpec(path, 1), size=64)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert net.module(x).shape == (1, 2)
 
 
 @pytest.mark.parametrize("cls", [FourierImage, PixelImage])
@@ -101,10 +172,10 @@ def test_parse_also() -> None:
 
 
 def test_load_also_checks_its_input(tiny_pt: Path, tmp_path: Path) -> None:
-    net = load_also(AlsoSpec(tiny_pt, 2), size=16)
+    net = load_also(AlsoSpec(tiny_pt, 2), size=16, trust_code=True)
     assert net.class_index == 2 and not any(p.requires_grad for p in net.module.parameters())
     with pytest.raises(ConfigError, match="out of range"):
-        load_also(AlsoSpec(tiny_pt, 9), size=16)
+        load_also(AlsoSpec(tiny_pt, 9), size=16, trust_code=True)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a model")
     with pytest.raises(ModelError):
@@ -197,7 +268,7 @@ def test_synthesize_command_defaults_raise_both_logits_by_two(tmp_path: Path) ->
 
 
 def test_also_raises_the_second_networks_class(detector, tiny_pt: Path) -> None:
-    net = load_also(AlsoSpec(tiny_pt, 2, 10.0), size=16)
+    net = load_also(AlsoSpec(tiny_pt, 2, 10.0), size=16, trust_code=True)
     config = SynthConfig(objective="0.1*nsfw", steps=4, lr=0.5, size=32, param=Param.PIXELS)
     result = Synthesizer(detector, config, also=[net]).run()
     key = f"also0:{net.name}:2"
@@ -208,7 +279,7 @@ def test_also_raises_the_second_networks_class(detector, tiny_pt: Path) -> None:
 def test_generator_and_batch_with_diversity(detector, tmp_path: Path) -> None:
     path = tmp_path / "gen.pt"
     torch.jit.save(torch.jit.script(_Generator()), str(path))
-    gen = load_generator(path)
+    gen = load_generator(path, trust_code=True)
     config = SynthConfig(objective="nsfw", steps=2, size=32, batch=2)
     result = Synthesizer(detector, config, generator=gen).run()
     assert len(result.images) == 2 and result.images[0].shape == (32, 32, 3)
@@ -236,7 +307,8 @@ def test_synthesize_command_writes_images_report_and_blurred_gallery(tmp_path: P
     out, report = tmp_path / "syn.png", tmp_path / "syn.json"
     res = CliRunner().invoke(app, ["synthesize", "--objective", "nsfw", "--steps", "1", "--size", "32",
                                    "--batch", "2", "--out", str(out), "--report", str(report),
-                                   "--also", f"{tiny_pt}:1:0.5", "--also-size", "16", "--device", "cpu"])
+                                   "--also", f"{tiny_pt}:1:0.5", "--also-size", "16", "--device", "cpu",
+                                   "--trust-code"])
     assert res.exit_code == 0, res.output
     data = json.loads(report.read_text())
     assert set(data) >= {"score", "logits_start", "logits_end", "objectives_start", "objectives_end", "seconds"}

@@ -200,8 +200,9 @@ def synthesize_command(
     objective: str = typer.Option("nsfw", "--objective", help="What to maximise: nsfw, sfw, nsfw+sfw, 0.5*nsfw+sfw, "
                                   "-nsfw, logit-margin, channel:LAYER:K, neuron:LAYER:K."),
     report: Path | None = typer.Option(None, "--report", help="JSON report: score, logits_start/end, objective values, seconds."),
-    also: list[str] = typer.Option([], "--also", help="MODEL:CLASS[:WEIGHT]: a second network (TorchScript .pt, "
-                                   "or .onnx with onnx2torch) taking (N, 3, S, S) RGB in [0, 1]; its class joins "
+    also: list[str] = typer.Option([], "--also", help="MODEL:CLASS[:WEIGHT]: a second network (a tensors-only file "
+                                   "from nsfwlab.lab.networks.save_network, an nsfwlab checkpoint, .onnx with onnx2torch, "
+                                   "or TorchScript with --trust-code) taking (N, 3, S, S) RGB in [0, 1]; its class joins "
                                    "the objective. Repeatable."),
     also_size: int = typer.Option(224, "--also-size", min=8, max=1024, help="Input side of the --also networks."),
     param: Param = typer.Option(Param.FFT, "--param", help="Image parameterisation: decorrelated Fourier or plain pixels."),
@@ -215,7 +216,8 @@ def synthesize_command(
     transforms: bool = typer.Option(True, "--transforms/--no-transforms", help="Random jitter, scale and rotation each step."),
     balance: bool = typer.Option(True, "--balance/--no-balance", help="An objective of several summed terms (nsfw+sfw) raises each of them (a soft minimum of their gains), not only the cheapest; --no-balance optimises the plain sum."),
     settle: float | None = typer.Option(None, "--settle", min=0.0, max=1.0, help="Fraction of the last steps run without the transforms, tuning the final image to the exact pipeline it is measured on (default: 0.2 for a balanced sum such as nsfw+sfw, else 0)."),
-    generator: Path | None = typer.Option(None, "--generator", help="A TorchScript generator (code -> image in [0, 1])."),
+    generator: Path | None = typer.Option(None, "--generator", help="A generator (code -> image in [0, 1]): a tensors-only file or, with --trust-code, TorchScript."),
+    trust_code: bool = typer.Option(False, "--trust-code", help="Allow TorchScript files for --also and --generator. TorchScript is a program: it runs its own code and can read and write your files; use only files you trust."),
     code_dim: int | None = typer.Option(None, "--code-dim", min=1, help="The generator's code size (if it has no code_dim)."),
     gallery: Path | None = typer.Option(None, "--gallery", help="HTML gallery of the images and scores "
                                         "(default with --batch > 1: OUT.html)."),
@@ -249,8 +251,8 @@ def synthesize_command(
                              settle=settle)
         specs = [parse_also(a) for a in also]
         dev = resolve_device(device)
-        networks = [load_also(s, size=also_size, device=dev) for s in specs]
-        gen = load_generator(generator, dev) if generator is not None else None
+        networks = [load_also(s, size=also_size, device=dev, trust_code=trust_code) for s in specs]
+        gen = load_generator(generator, dev, trust_code=trust_code) if generator is not None else None
         det = Detector(BackendName.AUTO, dev, model=model)
         synth = Synthesizer(det, config, also=networks, generator=gen, device=dev)
         with det, progress_bar(steps, "synthesizing", unit="step", enabled=progress) as advance:

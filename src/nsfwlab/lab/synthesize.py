@@ -20,14 +20,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError
 from ..objectives import Target, parse_objective
 from .evolve import png_bytes
+from .networks import AlsoNetwork, AlsoSpec, load_also, load_generator, parse_also
 
 __all__ = [
     "BALANCED_SETTLE",
@@ -52,110 +52,6 @@ BALANCED_SETTLE = 0.2
 class Param(str, Enum):
     FFT = "fft"
     PIXELS = "pixels"
-
-
-@dataclass(frozen=True)
-class AlsoSpec:
-    """``MODEL:CLASS[:WEIGHT]`` from the command line."""
-
-    path: Path
-    class_index: int
-    weight: float = 1.0
-
-
-def parse_also(text: str) -> AlsoSpec:
-    """Read ``MODEL:CLASS[:WEIGHT]`` (the model path may itself hold colons)."""
-    parts = text.rsplit(":", 2)
-    try:
-        if len(parts) == 3 and _is_int(parts[1]):
-            return AlsoSpec(Path(parts[0]), int(parts[1]), float(parts[2]))
-        head, _, cls = text.rpartition(":")
-        if head and _is_int(cls):
-            return AlsoSpec(Path(head), int(cls))
-    except ValueError:
-        pass
-    raise ConfigError(f"--also {text!r}: expected MODEL:CLASS[:WEIGHT], e.g. places.pt:17:0.5")
-
-
-def _is_int(text: str) -> bool:
-    return text.strip().isdigit()
-
-
-@dataclass
-class AlsoNetwork:
-    """A second network: (N, 3, size, size) RGB in [0, 1] -> logits; its class's log-probability
-    joins the objective with ``weight``."""
-
-    module: Any
-    class_index: int
-    weight: float = 1.0
-    size: int = 224
-    name: str = "also"
-
-
-def load_also(spec: AlsoSpec, *, size: int = 224, device: str = "cpu") -> AlsoNetwork:
-    """Load a TorchScript ``.pt`` (or an ``.onnx`` through onnx2torch, when it is installed)."""
-    import torch
-
-    path = spec.path
-    if not path.is_file():
-        raise ConfigError(f"--also {path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        module = _onnx_module(path)
-    elif suffix in (".pt", ".pth", ".ts"):
-        try:
-            module = torch.jit.load(str(path), map_location=device)
-        except Exception as exc:  # torch raises RuntimeError/ValueError on bad archives
-            raise ModelError(f"--also {path}: not a TorchScript module ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''}); save it with torch.jit.save") from None
-    else:
-        raise ConfigError(f"--also {path}: expected a TorchScript .pt or an .onnx file")
-    module = module.to(device).eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    with torch.no_grad():
-        try:
-            out = module(torch.full((1, 3, size, size), 0.5, device=device))
-        except Exception as exc:
-            raise ModelError(f"--also {path}: failed on a (1, 3, {size}, {size}) input: "
-                             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-    if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        raise ModelError(f"--also {path}: expected logits of shape (N, classes), got "
-                         f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
-    if not 0 <= spec.class_index < out.shape[1]:
-        raise ConfigError(f"--also {path}: class {spec.class_index} out of range (the model has {out.shape[1]})")
-    return AlsoNetwork(module, spec.class_index, spec.weight, size, path.name)
-
-
-def _onnx_module(path: Path) -> Any:
-    try:
-        from onnx2torch import convert
-    except ImportError:
-        raise ConfigError(
-            f"--also {path}: an .onnx second network needs onnx2torch (onnxruntime has no gradients); "
-            "`pip install onnx2torch` with the torchvision built for your torch, or pass a TorchScript .pt"
-        ) from None
-    try:
-        return convert(str(path))
-    except Exception as exc:
-        raise ModelError(f"--also {path}: onnx2torch cannot convert it: {type(exc).__name__}: {exc}") from None
-
-
-def load_generator(path: Path, device: str = "cpu") -> Any:
-    """A TorchScript generator: codes (N, D) -> images (N, 3, H, W) in [0, 1]."""
-    import torch
-
-    if not path.is_file():
-        raise ConfigError(f"--generator {path}: no such file")
-    try:
-        module = torch.jit.load(str(path), map_location=device)
-    except Exception as exc:
-        raise ModelError(f"--generator {path}: not a TorchScript module ({type(exc).__name__})") from None
-    module.eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module
 
 
 @dataclass(frozen=True)
