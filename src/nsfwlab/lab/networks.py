@@ -47,11 +47,25 @@ NETWORK_FORMAT = "nsfwlab-network-v1"
 
 
 # -- the architectures a tensors-only file may name -------------------------------------------------
+class _Standardise:
+    """``(x - 0.5) / 0.25``: RGB in [0, 1] to roughly zero mean and unit spread, as classifiers see it."""
+
+    def __new__(cls) -> Any:
+        from torch import Tensor, nn
+
+        class Standardise(nn.Module):
+            def forward(self, x: Tensor) -> Tensor:
+                return (x - 0.5) * 4.0
+
+        return Standardise()
+
+
 def _conv_net(classes: int = 2, channels: Sequence[int] = (16, 32), kernel: int = 3) -> Any:
-    """Strided ``kernel``-square convolutions with ReLU, global average pool, a linear head."""
+    """Input standardised (``(x - 0.5) / 0.25``), strided ``kernel``-square convolutions with ReLU,
+    global average pool, a linear head."""
     from torch import nn
 
-    layers: list[nn.Module] = []
+    layers: list[nn.Module] = [_Standardise()]
     width = 3
     for c in channels:
         layers += [nn.Conv2d(width, int(c), int(kernel), stride=2, padding=int(kernel) // 2), nn.ReLU()]
