@@ -405,3 +405,24 @@ def test_the_old_entry_points_warn_and_forward(detector) -> None:
     with pytest.warns(DeprecationWarning, match="imageparam"):
         fourier = importlib.import_module("nsfwlab.lab.fourier")
     assert fourier.FourierImage is FourierImage and fourier.robustness_transforms is robustness_transforms
+
+
+@pytest.mark.slow
+def test_also_makes_class_k_the_top_class_of_a_random_net_and_the_image_nsfw(detector, tmp_path: Path) -> None:
+    """`synthesize --objective nsfw --also NET:K` with a randomly initialised small conv net (its
+    logits span a few tenths): balanced by default, so class K becomes the net's top class while the
+    NSFW score passes 0.9. The plain sum (--no-balance) leaves the net's class where it was (measured:
+    class 0's log-probability -1.411 -> -1.386 against -1.293 balanced; class 3 stays on top)."""
+    torch.manual_seed(0)
+    path = save_network(tmp_path / "random.pt", build_network("convnet", {"classes": 4, "channels": [8, 16]}))
+    report = tmp_path / "r.json"
+    res = CliRunner().invoke(app, ["synthesize", "--objective", "nsfw", "--also", f"{path}:0", "--steps", "60",
+                                   "--size", "64", "--also-size", "64", "--out", str(tmp_path / "x.png"),
+                                   "--report", str(report), "--device", "cpu", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(report.read_text())
+    assert data["balance"] and data["objectives_start"]["also0:top_class"] != 0
+    assert data["objectives_end"]["also0:top_class"] == 0 and data["score"] >= 0.9, data["objectives_end"]
+    plain = synthesize(None, detector, objective="nsfw", also=(AlsoSpec(path, 0),), steps=60, size=64,
+                       also_size=64, balance=False)
+    assert plain.objectives_end[0]["also0:top_class"] != 0

@@ -105,7 +105,7 @@ def evolve_command(
     error, 3 model error.
     """
     from ..detector import Detector
-    from ..lab.evolve import EvolveConfig, detector_scorer, evolve, history_plot_png, population_size
+    from ..lab.evolve import EvolveConfig, evolve, history_plot_png, population_size
 
     try:
         _check_suffix(out, (".png",), "the output image")
@@ -125,7 +125,8 @@ def evolve_command(
         with det, progress_bar(budget, "evolving", unit="eval", enabled=progress) as advance:
             shown = {"evaluations": 0, "generation": 0}
 
-            def on_generation(row: Any) -> None:
+            def on_generation(event: Any) -> None:
+                row = event.item
                 advance(row.evaluations - shown["evaluations"])
                 shown["evaluations"] = row.evaluations
                 if progress is not False and (progress or stderr.is_terminal) and row.generation % 25 == 0:
@@ -133,7 +134,7 @@ def evolve_command(
                     stderr.print(f"generation {row.generation}: best {row.best_score:.6f}, {row.evaluations} "
                                  f"evaluations, {row.rate:.1f} eval/s, ETA {eta}", highlight=False)
 
-            result = evolve(config, detector_scorer(det), verify=det.score, progress=on_generation)
+            result = evolve(None, det, config, progress=on_generation)
         _write_bytes(out, result.png)
         if report is not None:
             _write_json(report, {**result.report(), "image": str(out), "plot": str(plot)})
@@ -142,7 +143,7 @@ def evolve_command(
         if frames is not None and result.frames:
             _write_frames(frames, result.frames)
     except NsfwlabError as exc:
-        raise fail(exc) from None
+        raise fail(exc, {"frames_every": "--frame-every"}) from None
     if result.interrupted:
         verdict = "interrupted"
     elif config.goal != "target" and stop_at is None:
