@@ -106,7 +106,8 @@ def csv_cell(value: object) -> object:
     if isinstance(value, bool | int | float):
         return value
     text = str(value)
-    if text.startswith(FORMULA_PREFIXES) and not _NUMBER.fullmatch(text):
+    # A lone "-" (standard input's name) is no formula: spreadsheets read it as text.
+    if text.startswith(FORMULA_PREFIXES) and text != "-" and not _NUMBER.fullmatch(text):
         text = "'" + text
     return printable(text)
 
