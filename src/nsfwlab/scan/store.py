@@ -36,7 +36,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .schema import COLUMNS, FRAME_COLUMNS, KEY, SCHEMA_VERSION, WRITTEN, migration_script, results_ddl, upsert_sql
+from .schema import (
+    COLUMNS,
+    FRAME_COLUMNS,
+    KEY,
+    RESULT_COLUMNS,
+    SCHEMA_VERSION,
+    WRITTEN,
+    migration_script,
+    results_ddl,
+    upsert_sql,
+)
 
 __all__ = [
     "COLUMNS",
@@ -52,7 +62,7 @@ __all__ = [
 ]
 
 #: Columns of schema 1, which every store has (what tells an nsfwlab store from a foreign file).
-_V1_COLUMNS = COLUMNS[:16]
+_V1_COLUMNS = tuple(c.name for c in RESULT_COLUMNS if c.since == 1)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
