@@ -144,7 +144,7 @@ def test_score_with_a_bank(tmp_path: Path, photos: dict[str, np.ndarray], detect
     rows = {Path(r["path"]).name: r for r in map(json.loads, res.stdout.splitlines())}
     assert rows["near.jpg"]["label"] == "nsfw" and rows["near.jpg"]["match"]["source"] == "review:r1"
     assert rows["near.jpg"]["match"]["distance"] <= 31
-    assert rows["near.jpg"]["score"] == detector.score(near)  # the model's score is still the exact one
+    assert rows["near.jpg"]["score"] == detector.nsfw_score(near)  # the model's score is still the exact one
     assert rows["chelsea.png"]["match"] is None and rows["chelsea.png"]["label"] == detector.classify(other).label.value
     res = runner.invoke(app, ["score", "-f", "csv", "--bank", str(bank_path), "-"], input=near.read_bytes())
     row = next(csv.DictReader(io.StringIO(res.stdout)))

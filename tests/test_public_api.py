@@ -57,11 +57,12 @@ def test_verdict_names() -> None:
     from nsfwlab import verdict
 
     assert sorted(verdict.__all__) == sorted([
-        "ANIMATED_FORMATS", "BankCheck", "Kind", "Policy", "Verdict", "band_counts", "check_bank", "decide_frames",
-        "decide_still", "kind_of", "may_hold_frames", "stop_early",
+        "ANIMATED_FORMATS", "BankCheck", "FramesResult", "Kind", "Policy", "ScoreResult", "Verdict", "band_counts",
+        "check_bank", "decide_frames", "decide_still", "kind_of", "may_hold_frames", "stop_early",
     ])
     for name in verdict.__all__:
         assert hasattr(verdict, name), name
+    assert nsfwlab.ScoreResult is verdict.ScoreResult and nsfwlab.detector.ScoreResult is verdict.ScoreResult
 
 
 def test_old_names_stay_importable_as_deprecated_aliases() -> None:

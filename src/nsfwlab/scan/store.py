@@ -37,7 +37,17 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..sqlitefiles import DatabaseKind, application_id, open_database
-from .schema import COLUMNS, FRAME_COLUMNS, KEY, SCHEMA_VERSION, WRITTEN, migration_script, results_ddl, upsert_sql
+from .schema import (
+    COLUMNS,
+    FRAME_COLUMNS,
+    KEY,
+    RESULT_COLUMNS,
+    SCHEMA_VERSION,
+    WRITTEN,
+    migration_script,
+    results_ddl,
+    upsert_sql,
+)
 
 __all__ = [
     "COLUMNS",
@@ -53,7 +63,7 @@ __all__ = [
 ]
 
 #: Columns of schema 1, which every store has (what tells an nsfwlab store from a foreign file).
-_V1_COLUMNS = COLUMNS[:16]
+_V1_COLUMNS = tuple(c.name for c in RESULT_COLUMNS if c.since == 1)
 #: How :func:`open_database` tells a results store (also one written before it set ``application_id``).
 _KIND = DatabaseKind("results store", application_id("NsfS"), frozenset({"meta", "results", "runs"}),
                      {"results": frozenset(_V1_COLUMNS)})

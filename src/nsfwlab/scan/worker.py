@@ -123,14 +123,16 @@ def _lookup(ctx: WorkerContext, sha: str) -> float | None:
     if conn is None:
         return None
     try:
-        row = conn.execute(
-            "SELECT COALESCE(raw_score, score) FROM results "
+        cur = conn.cursor()
+        cur.row_factory = sqlite3.Row
+        row = cur.execute(
+            "SELECT COALESCE(raw_score, score) AS raw FROM results "
             "WHERE sha256 = ? AND model_version = ? AND preprocess_version = ? "
             "AND status = 'ok' LIMIT 1", (sha, ctx.model_version, ctx.preprocess_version),
         ).fetchone()
     except sqlite3.Error:
         return None
-    return None if row is None else float(row[0])
+    return None if row is None else float(row["raw"])
 
 
 def _failure(file: WalkedFile, sha: str | None, exc: Exception) -> Prepared:
