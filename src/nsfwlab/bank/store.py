@@ -214,13 +214,17 @@ class Bank:
         rows = [(e.pdq, e.decision.value, e.source, e.reviewer, e.quality, e.added_at) for e in entries]
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany(_UPSERT, rows)
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    self._db.executemany(_UPSERT, rows)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:  # a full disk, an I/O error, a lock held too long
+                raise ConfigError(f"cannot write to bank {self.path}: {exc}; everything committed before is kept"
+                                  ) from None
             self._catch_up()
         return len(rows)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import typer
 
 from ..errors import ConfigError, NsfwlabError
 from ..outputs import atomic_output, csv_writer, printable
+from ..sidefiles import open_side_file
 from ._common import ExitCode, fail, output_file, stderr, stdout, tagged
 
 if TYPE_CHECKING:
@@ -24,6 +26,8 @@ bank_app = typer.Typer(help="A bank of human decisions keyed by PDQ perceptual h
 
 #: Rows checked and written per transaction while importing (bounded memory for any list size).
 _IMPORT_CHUNK = 10_000
+#: Largest hash list imported (about 2.5 million rows of hash, decision and source).
+HASH_LIST_MAX_BYTES = 256 << 20
 
 
 def _open(path: Path, *, must_exist: bool) -> Bank:
@@ -51,11 +55,13 @@ def import_command(
 
     default_source = f"list:{name or file.stem}"
     try:
+        # A regular file only (a FIFO would hang, /dev/zero never end), read as a stream under a cap.
+        raw = open_side_file(file, "hash list", max_bytes=HASH_LIST_MAX_BYTES)
+        handle = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
         store = _open(bank, must_exist=False)
-        handle = file.open(newline="", encoding="utf-8-sig")
-    except OSError as exc:
-        raise fail(ConfigError(f"cannot read {file}: {exc.strerror or exc}")) from None
     except NsfwlabError as exc:
+        if "raw" in locals():
+            raw.close()
         raise fail(exc) from None
     imported = bad = 0
     chunk: list[BankEntry] = []
@@ -73,6 +79,11 @@ def import_command(
             imported += store.add_many(chunk)
     except (UnicodeDecodeError, csv.Error) as exc:
         raise fail(ConfigError(f"{file}: not a UTF-8 CSV file ({exc}); {imported} rows imported before it")) from None
+    except OSError as exc:
+        raise fail(ConfigError(f"cannot read {file}: {exc.strerror or exc}; {imported} rows imported before it")
+                   ) from None
+    except NsfwlabError as exc:  # a full disk, a list over the size cap: what was imported before is kept
+        raise fail(ConfigError(f"{exc.message}; {imported} rows imported before it")) from None
     stdout.print(f"imported {imported} hash(es) into {bank}" + (f"; {bad} bad row(s) skipped" if bad else ""),
                  highlight=False)
     if bad:

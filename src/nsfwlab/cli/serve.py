@@ -18,7 +18,7 @@ from ..config import BackendName, DecodeLimits, Device, Precision, Thresholds
 from ..errors import ConfigError, ModelError, NsfwlabError
 from ..frames import FrameMode, FrameOptions
 from ..outputs import atomic_output, csv_writer
-from ..sidefiles import read_text_file
+from ..sidefiles import read_side_file, read_text_file
 from ._common import (
     AGGREGATE_OPTION,
     FPS_OPTION,
@@ -161,6 +161,8 @@ def _check_tls(certfile: Path | None, keyfile: Path | None, password: str | None
     for path in (certfile, keyfile):
         if path is not None and not os.access(path, os.R_OK):
             raise ConfigError(f"cannot read the TLS file {path}: {'not readable' if path.exists() else 'no such file'}")
+        if path is not None:  # a regular file of sane size: a FIFO would hang the server's start
+            read_side_file(path, "the TLS file")
     try:
         # Never OpenSSL's interactive prompt for an encrypted key without --ssl-keyfile-password.
         secret = password if password is not None else (lambda: "")
