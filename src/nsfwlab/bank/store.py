@@ -28,7 +28,7 @@ from ..sqlitefiles import DatabaseKind, application_id, open_database
 from .index import HashIndex, IndexKind, create_index
 from .pdq import HASH_HEX_LEN, QUALITY_FLOOR, PdqHash, hash_words, parse_hash, pdq_hash
 
-__all__ = ["DEFAULT_MAX_DISTANCE", "Bank", "BankEntry", "BankStats", "Decision", "Lookup", "Match",
+__all__ = ["DEFAULT_MAX_DISTANCE", "Bank", "BankEntry", "BankStats", "BankWriteError", "Decision", "Lookup", "Match",
            "check_source"]
 
 #: Meta's suggested PDQ match threshold (out of 256 bits).
@@ -60,6 +60,12 @@ ON CONFLICT (pdq) DO UPDATE SET decision = excluded.decision, source = excluded.
 class Decision(StrEnum):
     NSFW = "nsfw"
     SAFE = "safe"
+
+
+class BankWriteError(ConfigError):
+    """Decisions could not be written (a full disk, an I/O error): what was committed before is kept."""
+
+    code = "bank_write"
 
 
 def _decision(value: Decision | str) -> Decision:
@@ -223,8 +229,8 @@ class Bank:
                         self._db.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:  # a full disk, an I/O error, a lock held too long
-                raise ConfigError(f"cannot write to bank {self.path}: {exc}; everything committed before is kept"
-                                  ) from None
+                raise BankWriteError(f"cannot write to bank {self.path}: {exc}; everything committed before is "
+                                     "kept") from None
             self._catch_up()
         return len(rows)
 

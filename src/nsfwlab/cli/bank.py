@@ -51,17 +51,19 @@ def import_command(
     Bad rows are reported with their row numbers and skipped; the others are imported. Exit status:
     0 all imported, 1 some rows bad, 2 usage error.
     """
-    from ..bank import BankEntry, RowError, parse_rows
+    from ..bank import BankEntry, BankWriteError, RowError, parse_rows
 
     default_source = f"list:{name or file.stem}"
     try:
         # A regular file only (a FIFO would hang, /dev/zero never end), read as a stream under a cap.
-        raw = open_side_file(file, "hash list", max_bytes=HASH_LIST_MAX_BYTES)
-        handle = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+        handle = io.TextIOWrapper(open_side_file(file, "hash list", max_bytes=HASH_LIST_MAX_BYTES),
+                                  encoding="utf-8-sig", newline="")
+    except NsfwlabError as exc:
+        raise fail(exc) from None
+    try:
         store = _open(bank, must_exist=False)
     except NsfwlabError as exc:
-        if "raw" in locals():
-            raw.close()
+        handle.close()
         raise fail(exc) from None
     imported = bad = 0
     chunk: list[BankEntry] = []
@@ -82,7 +84,11 @@ def import_command(
     except OSError as exc:
         raise fail(ConfigError(f"cannot read {file}: {exc.strerror or exc}; {imported} rows imported before it")
                    ) from None
-    except NsfwlabError as exc:  # a full disk, a list over the size cap: what was imported before is kept
+    except BankWriteError as exc:
+        # Not a usage error (as for scan): the import ran, and the rows committed before are kept.
+        fail(BankWriteError(f"{exc.message}; {imported} rows imported before it"))
+        raise typer.Exit(int(ExitCode.INPUT_FAILED)) from None
+    except NsfwlabError as exc:  # a list over the size cap: what was imported before it is kept
         raise fail(ConfigError(f"{exc.message}; {imported} rows imported before it")) from None
     stdout.print(f"imported {imported} hash(es) into {bank}" + (f"; {bad} bad row(s) skipped" if bad else ""),
                  highlight=False)
