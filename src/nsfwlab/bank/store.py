@@ -160,7 +160,10 @@ class Bank:
 
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
-        db = open_database(path, _KIND, check_same_thread=False)  # refuses another application's file
+        try:
+            db = open_database(path, _KIND, check_same_thread=False)  # refuses another application's file
+        except ConfigError as exc:
+            raise ConfigError(f"cannot open bank {path}: {exc.message}") from None
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
