@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from nsfwlab.bank import Bank, BankWriteError
 from nsfwlab.cli import app
+from nsfwlab.errors import ConfigError
 
 runner = CliRunner()
 HASH = "ab" * 32
@@ -100,3 +101,15 @@ def test_bank_import_on_a_full_disk_is_one_line(tmp_path: Path, monkeypatch: pyt
     res = runner.invoke(app, ["bank", "import", str(hashes), "--bank", str(tmp_path / "bank.sqlite")])
     assert res.exit_code == 1, res.output  # as scan on a full disk: the command ran, what it committed is kept
     assert "disk is full" in _one_line(res.output) and "0 rows imported before it" in res.output
+
+
+def test_a_streamed_side_file_that_grows_past_its_cap_stops_at_the_cap(tmp_path: Path) -> None:
+    from nsfwlab.sidefiles import open_side_file
+
+    path = tmp_path / "list.csv"
+    path.write_bytes(b"x" * 100)
+    with open_side_file(path, "hash list", max_bytes=1000) as fh:
+        with path.open("ab") as grow:  # written to after the size was checked
+            grow.write(b"y" * 5000)
+        with pytest.raises(ConfigError, match="over the limit of 1,000 bytes"):
+            fh.read()
