@@ -158,7 +158,8 @@ def test_public_names() -> None:
     import nsfwlab.calibration
 
     assert sorted(nsfwlab.bank.__all__) == sorted([
-        "CSV_COLUMNS", "DEFAULT_MAX_DISTANCE", "QUALITY_FLOOR", "Bank", "BankEntry", "BankStats", "Decision",
+        "CSV_COLUMNS", "DEFAULT_MAX_DISTANCE", "QUALITY_FLOOR", "Bank", "BankEntry", "BankStats", "BankWriteError",
+        "Decision",
         "HashIndex", "IndexKind", "LinearIndex", "Lookup", "Match", "MultiIndex", "PdqHash", "RowError",
         "check_source", "create_index", "export_rows", "hamming", "parse_hash", "parse_rows", "pdq_hash"])
     assert sorted(nsfwlab.calibration.__all__) == ["CALIBRATION_FORMAT", "Calibration", "CalibrationMethod",

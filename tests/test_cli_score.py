@@ -252,12 +252,12 @@ def test_broken_link_named_as_image_is_reported(tmp_path: Path, photo_paths: lis
     d = tmp_path / "links"
     d.mkdir()
     (d / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
-    (d / "gone.txt").symlink_to(tmp_path / "deleted.txt")
+    (d / "gone.txt").symlink_to(tmp_path / "deleted.txt")  # whatever its name, as scan reports it
     (d / "ok.jpg").write_bytes(photo_paths[0].read_bytes())
     res = _run("score", "-f", "jsonl", str(d))
     rows = [json.loads(line) for line in res.stdout.splitlines()]
-    assert [Path(r["path"]).name for r in rows] == ["gone.jpg", "ok.jpg"]
-    assert rows[0]["error"] == "no such file" and res.exit_code == 1
+    assert [Path(r["path"]).name for r in rows] == ["gone.jpg", "gone.txt", "ok.jpg"]
+    assert rows[0]["error"] == rows[1]["error"] == "no such file" and res.exit_code == 1
 
 
 # -- unreadable directories, special files -------------------------------------------------
@@ -333,13 +333,13 @@ def test_pipes_and_device_links_named_as_images_are_reported_not_opened(tmp_path
     d = tmp_path / "special"
     d.mkdir()
     os.mkfifo(d / "pipe.jpg")  # opening it would block forever
-    os.mkfifo(d / "pipe")  # no image name: skipped like any other file that is not an image
+    os.mkfifo(d / "pipe")  # whatever its name: reported, never skipped silently (as scan does)
     (d / "null.mp4").symlink_to("/dev/null")
     (d / "ok.jpg").write_bytes(photo_paths[0].read_bytes())
     res = _run("score", "-f", "jsonl", str(d))
     rows = [json.loads(line) for line in res.stdout.splitlines()]
-    assert [Path(r["path"]).name for r in rows] == ["null.mp4", "ok.jpg", "pipe.jpg"]
-    assert rows[0]["error"].startswith("not a regular file") and rows[2]["error"].startswith("not a regular file")
+    assert [Path(r["path"]).name for r in rows] == ["null.mp4", "ok.jpg", "pipe", "pipe.jpg"]
+    assert all(rows[i]["error"].startswith("not a regular file") for i in (0, 2, 3))
     assert res.exit_code == 1
 
 

@@ -146,3 +146,24 @@ def test_score_csv_and_table_neutralise_hostile_file_names(tmp_path: Path, monke
     res = runner.invoke(app, ["score", "-f", "table", "=x.jpg", *paths])
     text = re.sub(r"\x1b\[[0-9;]*m", "", res.output)  # rich's own colours, when it sees a terminal
     assert "\x1b" not in text and "\x07" not in text and "a\\x1b[2Jb.jpg" in text
+
+
+def test_review_export_csvs_defuse_formulas_from_names_and_reviewers(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from nsfwlab.serve.review import QueueReason, ReviewStore
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (90, 60, 30)).save(buf, format="JPEG")
+    with ReviewStore(tmp_path / "data") as store:
+        item = store.add(buf.getvalue(), "JPEG", score=0.5, model_label="review", reason=QueueReason.BAND,
+                         model_version="m", filename="=HYPERLINK(\"evil\",\"y\").jpg")
+        store.set_label(item.sha256, "nsfw", "@SUM(A1:A2)")
+    res = runner.invoke(app, ["review", "export", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "o"),
+                              "--no-progress"])
+    assert res.exit_code == 0, res.output
+    for name in ("labels.csv", "audit.csv"):
+        rows = list(csv.reader((tmp_path / "o" / name).open(newline="", encoding="utf-8")))
+        assert len(rows) == 2 and all(_safe(cell) for row in rows for cell in row), rows
+    labels = list(csv.DictReader((tmp_path / "o" / "labels.csv").open(newline="", encoding="utf-8")))
+    assert labels[0]["filename"] == "'=HYPERLINK(\"evil\",\"y\").jpg" and labels[0]["reviewer"] == "'@SUM(A1:A2)"

@@ -3,6 +3,7 @@ non-SQLite file or a device is refused with one line before anything is written 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sqlite3
 from pathlib import Path
@@ -152,3 +153,24 @@ def test_scan_refuses_dev_null_as_its_database(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["scan", str(tmp_path), "--db", "/dev/null", "--no-progress"])
     assert res.exit_code == 2 and "not a regular file" in _one_line(res.output)
     assert os.path.exists("/dev/null-journal") == existed
+
+
+def test_serve_refuses_a_foreign_bank_or_review_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    started: list[object] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: started.append(a))
+    (tmp_path / "db").mkdir()
+    other = tmp_path / "db" / "other.sqlite"
+    before = _foreign(other)
+    data = tmp_path / "data"
+    data.mkdir()
+    review_before = _foreign(data / "review.sqlite3")
+    cases = [["--data-dir", str(data), "--no-bank"]]
+    if importlib.util.find_spec("pdqhash") is not None:  # the bank is checked only when it can be used
+        cases.append(["--bank", str(other)])
+    for args in cases:
+        res = CliRunner().invoke(app, ["serve", "--port", "1", *args])
+        assert res.exit_code == 2 and not started, res.output
+        assert "another application" in _one_line(res.output)
+    assert _snapshot(other) == before and _snapshot(data / "review.sqlite3") == review_before

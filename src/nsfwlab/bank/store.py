@@ -28,7 +28,7 @@ from ..sqlitefiles import DatabaseKind, application_id, open_database
 from .index import HashIndex, IndexKind, create_index
 from .pdq import HASH_HEX_LEN, QUALITY_FLOOR, PdqHash, hash_words, parse_hash, pdq_hash
 
-__all__ = ["DEFAULT_MAX_DISTANCE", "Bank", "BankEntry", "BankStats", "Decision", "Lookup", "Match",
+__all__ = ["DEFAULT_MAX_DISTANCE", "Bank", "BankEntry", "BankStats", "BankWriteError", "Decision", "Lookup", "Match",
            "check_source"]
 
 #: Meta's suggested PDQ match threshold (out of 256 bits).
@@ -60,6 +60,12 @@ ON CONFLICT (pdq) DO UPDATE SET decision = excluded.decision, source = excluded.
 class Decision(StrEnum):
     NSFW = "nsfw"
     SAFE = "safe"
+
+
+class BankWriteError(ConfigError):
+    """Decisions could not be written (a full disk, an I/O error): what was committed before is kept."""
+
+    code = "bank_write"
 
 
 def _decision(value: Decision | str) -> Decision:
@@ -154,7 +160,10 @@ class Bank:
 
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
-        db = open_database(path, _KIND, check_same_thread=False)  # refuses another application's file
+        try:
+            db = open_database(path, _KIND, check_same_thread=False)  # refuses another application's file
+        except ConfigError as exc:
+            raise ConfigError(f"cannot open bank {path}: {exc.message}") from None
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
@@ -214,13 +223,17 @@ class Bank:
         rows = [(e.pdq, e.decision.value, e.source, e.reviewer, e.quality, e.added_at) for e in entries]
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany(_UPSERT, rows)
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    self._db.executemany(_UPSERT, rows)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:  # a full disk, an I/O error, a lock held too long
+                raise BankWriteError(f"cannot write to bank {self.path}: {exc}; everything committed before is "
+                                     "kept") from None
             self._catch_up()
         return len(rows)
 

@@ -12,7 +12,7 @@ import typer
 
 from ..config import Device
 from ..errors import ConfigError, ModelError, NsfwlabError
-from ..outputs import atomic_output
+from ..outputs import atomic_output, printable
 from ._common import ExitCode, fail, output_dir, output_file, progress_bar, stderr, stdout, tagged
 
 __all__ = ["attack_command", "robustness_command"]
@@ -76,10 +76,10 @@ def _table(rows: list[dict[str, Any]]) -> None:
                          overflow="fold")
     for r in rows:
         if "error" in r:
-            table.add_row(r["source"], "-", "-", "-", "-", "-", "-", "-", "error")
+            table.add_row(printable(r["source"]), "-", "-", "-", "-", "-", "-", "-", "error")
             continue
         psnr = "inf" if r["psnr"] is None else f"{r['psnr']:.1f}"
-        table.add_row(r["source"], f"{r['score_before']:.4f}", f"{r['score_after']:.4f}", r["goal"],
+        table.add_row(printable(r["source"]), f"{r['score_before']:.4f}", f"{r['score_after']:.4f}", r["goal"],
                       f"{r['linf']:g}/255", psnr, str(r["steps"]), f"{r['seconds']:.1f}",
                       "ok" if r["success"] else "NOT reached")
     stdout.print(table)
@@ -260,7 +260,7 @@ def robustness_command(
         eps = im.min_eps["value"] if im.min_eps else None
         pixels = im.min_eps.get("pixels") if im.min_eps else None
         where = f" (on a {im.working_copy} working copy)" if im.working_copy else ""
-        stdout.print(f"{im.path}: score {im.score:.4f}, min eps {eps if eps is not None else '-'}, "
+        stdout.print(f"{printable(im.path)}: score {im.score:.4f}, min eps {eps if eps is not None else '-'}, "
                      f"changed pixels {pixels if pixels is not None else '-'}{where}", highlight=False)
     for note in rep.summary.get("warnings", []):
         stderr.print(tagged("warning:", "bold yellow", f" {note}"), highlight=False)

@@ -47,8 +47,8 @@ def scan_command(
                                       "(auto: threads on up to 4 cores, processes above; processes isolate "
                                       "decoder crashes)."),
     engine: Engine = typer.Option(Engine.LOCAL, "--engine", help="local: this machine; ray: a Ray cluster (RAY_ADDRESS) or a local Ray instance."),
-    include: list[str] = typer.Option([], "--include", help="Only paths matching this glob (repeatable; e.g. '*.jpg')."),
-    exclude: list[str] = typer.Option([], "--exclude", help="Skip paths matching this glob (repeatable; wins over --include)."),
+    include: list[str] = typer.Option([], "--include", help="Only paths matching this gitignore-style pattern (repeatable; e.g. '*.jpg')."),
+    exclude: list[str] = typer.Option([], "--exclude", help="Skip paths matching this gitignore-style pattern (repeatable; wins over --include; 'thumbs/' skips every thumbs folder, '/thumbs' only the top one)."),
     model: Path | None = typer.Option(None, "--model", help="A fine-tuned checkpoint (.pt) or exported .onnx."),
     batch_size: int | None = typer.Option(None, min=1, help="Images per model call (default: 8 on the CPU, where onnxruntime runs small batches cheaper per image, 32 on CUDA)."),
     workers: int | None = typer.Option(None, min=1, help="Decoding threads (default: one per core) or processes (default: half the cores)."),
