@@ -25,6 +25,10 @@ __all__ = ["PlanNet"]
 
 
 def _same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's SAME padding (before, after). At stride 1 it does not depend on the size, and is
+    computed without it so that an ONNX export keeps it static."""
+    if stride == 1:
+        return (kernel - 1) // 2, kernel - 1 - (kernel - 1) // 2
     out = -(-size // stride)
     total = max((out - 1) * stride + kernel - size, 0)
     return total // 2, total - total // 2

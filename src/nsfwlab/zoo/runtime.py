@@ -101,9 +101,12 @@ def export_onnx(net: Any, size: int, opset: int = 17) -> bytes:
 
     buffer = io.BytesIO()
     axes = {"input": {0: "batch"}, "probabilities": {0: "batch"}}
-    torch.onnx.export(net, (torch.zeros(1, 3, size, size),), buffer,  # type: ignore[arg-type]
-                      input_names=["input"], output_names=["probabilities"], dynamic_axes=axes,
-                      opset_version=opset, dynamo=False)
+    try:
+        torch.onnx.export(net, (torch.zeros(1, 3, size, size),), buffer,  # type: ignore[arg-type]
+                          input_names=["input"], output_names=["probabilities"], dynamic_axes=axes,
+                          opset_version=opset, dynamo=False)
+    except Exception as exc:  # the exporter raises many types, with pages of graph dump
+        raise ModelError(f"the ONNX export failed: {str(exc).splitlines()[0][:200]}") from None
     return buffer.getvalue()
 
 
