@@ -242,3 +242,24 @@ def test_importing_the_zoo_loads_no_framework() -> None:
     code = "import sys, nsfwlab.zoo; print([m for m in ('torch', 'onnxruntime', 'safetensors') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_open_nsfw_in_the_zoo_scores_as_the_detector(detector, photos: dict[str, np.ndarray]) -> None:
+    from PIL import Image
+
+    model = zoo.load("open_nsfw")
+    images = [photos["astronaut"], photos["coffee"]]
+    expected = [detector.score(Image.fromarray(a)) for a in images]
+    assert np.allclose(model.score(images), expected, atol=1e-6)
+    assert model.card.id == zoo.DEFAULT_MODEL and model.backend == "onnxruntime"
+
+
+def test_an_ensemble_combines_member_scores_by_mean_or_max() -> None:
+    a = zoo.ZooModel(BUILTIN["open_nsfw"], runner=lambda items: np.array([[0.9, 0.1]] * len(items)),
+                     backend="onnxruntime")
+    b = zoo.ZooModel(BUILTIN["nsfwjs-mobilenetv2"], backend="torch",
+                     runner=lambda items: np.array([[0.0, 0.2, 0.1, 0.5, 0.2]] * len(items)))
+    images = [np.zeros((4, 4, 3), np.uint8)]
+    assert zoo.EnsembleModel("e", [a, b], "mean").score(images)[0] == pytest.approx(0.4)
+    assert zoo.EnsembleModel("e", [a, b], "max").predict(images)[0] == pytest.approx([0.1, 0.7])
+    assert zoo.EnsembleModel("e", [a, b], "max").score(images)[0] == pytest.approx(0.7)
