@@ -24,9 +24,10 @@ from nsfwlab.zoo.tfjs import bundle_export, parse_js_literal, read_weights
 
 
 def test_js_literal_subset_is_read_as_data() -> None:
-    value, end = parse_js_literal('{a:!0,b:!1,c:.5,"d e":[1,-2e3,null,"x\\"y"],f:{}}rest')
+    literal = '{a:!0,b:!1,c:.5,"d e":[1,-2e3,null,"x\\"y"],f:{}}'
+    value, end = parse_js_literal(literal + "rest")
     assert value == {"a": True, "b": False, "c": 0.5, "d e": [1, -2000.0, None, 'x"y'], "f": {}}
-    assert end == len(value and '{a:!0,b:!1,c:.5,"d e":[1,-2e3,null,"x\\"y"],f:{}}')
+    assert end == len(literal)
 
 
 @pytest.mark.parametrize("text", ["{a:alert(1)}", "{a:1;b:2}", "[1,2", "{a:function(){}}"])
@@ -263,3 +264,63 @@ def test_an_ensemble_combines_member_scores_by_mean_or_max() -> None:
     assert zoo.EnsembleModel("e", [a, b], "mean").score(images)[0] == pytest.approx(0.4)
     assert zoo.EnsembleModel("e", [a, b], "max").predict(images)[0] == pytest.approx([0.1, 0.7])
     assert zoo.EnsembleModel("e", [a, b], "max").score(images)[0] == pytest.approx(0.7)
+
+
+def _tiny_nsfwjs_package(kernel_q: np.ndarray, dense: np.ndarray) -> bytes:
+    """An npm tarball shaped like nsfwjs's: one Keras layers model as browserify-style bundles."""
+    import base64
+    import io
+    import tarfile
+
+    layers = [
+        {"name": "input_1", "class_name": "InputLayer", "config": {"batch_input_shape": [None, 4, 4, 3]},
+         "inbound_nodes": []},
+        {"name": "conv", "class_name": "Conv2D", "config": {"strides": [2, 2], "padding": "same",
+         "activation": "linear", "use_bias": False, "dilation_rate": [1, 1]},
+         "inbound_nodes": [[["input_1", 0, 0, {}]]]},
+        {"name": "relu", "class_name": "ReLU", "config": {"max_value": 6, "negative_slope": 0, "threshold": 0},
+         "inbound_nodes": [[["conv", 0, 0, {}]]]},
+        {"name": "flat", "class_name": "Flatten", "config": {}, "inbound_nodes": [[["relu", 0, 0, {}]]]},
+        {"name": "out", "class_name": "Dense", "config": {"units": 2, "activation": "softmax", "use_bias": False},
+         "inbound_nodes": [[["flat", 0, 0, {}]]]},
+    ]
+    manifest = [{"paths": ["group1-shard1of1"], "weights": [
+        {"name": "conv/kernel", "shape": [3, 3, 3, 2], "dtype": "float32",
+         "quantization": {"dtype": "uint8", "scale": 0.01, "min": -1.0}},
+        {"name": "out/kernel", "shape": [8, 2], "dtype": "float32"}]}]
+    model = {"modelTopology": {"model_config": {"class_name": "Model", "config": {
+        "layers": layers, "input_layers": [["input_1", 0, 0]], "output_layers": [["out", 0, 0]]}}},
+        "weightsManifest": manifest}
+    # JavaScript literal style, as the minified bundles write it: true as !0.
+    model_js = "!function(e){module.exports=e()}(function(){a.exports=" + json.dumps(model).replace("true", "!0") \
+        + "});"
+    shard = base64.b64encode(kernel_q.tobytes() + dense.astype("<f4").tobytes()).decode()
+    shard_js = f'!function(e){{module.exports=e()}}(function(){{a.exports="{shard}"}});'
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, text in (("model.min.js", model_js), ("group1-shard1of1.min.js", shard_js)):
+            data = text.encode()
+            info = tarfile.TarInfo(f"package/dist/models/tiny/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_a_tfjs_package_converts_to_a_network_with_tensorflow_semantics() -> None:
+    import torch.nn.functional as F
+
+    from nsfwlab.zoo.convert import convert_package
+    from nsfwlab.zoo.runtime import build_plan_net
+
+    rng = np.random.default_rng(3)
+    kernel_q = rng.integers(0, 256, (3, 3, 3, 2), dtype=np.uint8)
+    dense = rng.normal(size=(8, 2)).astype(np.float32)
+    net = build_plan_net(convert_package(_tiny_nsfwjs_package(kernel_q, dense), "tiny", 1), "tiny")
+    x = torch.from_numpy(rng.random((1, 3, 4, 4), dtype=np.float32))
+    kernel = torch.from_numpy((kernel_q.astype(np.float64) * 0.01 - 1.0).astype(np.float32)).permute(3, 2, 0, 1)
+    hidden = F.conv2d(F.pad(x, (0, 1, 0, 1)), kernel, stride=2).clamp(0, 6)  # SAME: the odd pixel after
+    expected = torch.softmax(hidden.permute(0, 2, 3, 1).flatten(1) @ torch.from_numpy(dense), dim=1)
+    with torch.no_grad():
+        assert torch.allclose(net(x), expected, atol=1e-6)
+    with pytest.raises(WeightsError, match="no package/dist/models/other"):
+        convert_package(_tiny_nsfwjs_package(kernel_q, dense), "other", 1)
