@@ -64,11 +64,11 @@ OPEN_NSFW = ModelCard(
 BUILTIN: dict[str, ModelCard] = {card.id: card for card in (
     OPEN_NSFW,
     _nsfwjs("nsfwjs-mobilenetv2", 224, "44443da9e9d35ddb7ac24e88e71f344234260e3b80d12d96ce8b28952041ffa8",
-            10521524, 1e-4, "MobileNetV2 (224 px, Keras layers model)"),
+            10521524, 4e-6, "MobileNetV2 (224 px, Keras layers model)"),
     _nsfwjs("nsfwjs-mobilenetv2-mid", 224, "78ae6b65e1ba2cb20c7a3d561e9698ba096dcfc1897177ddd28f5492b1e82675",
-            17262284, 1e-4, "MobileNetV2-mid (224 px, TF graph model)"),
+            17262284, 4e-6, "MobileNetV2-mid (224 px, TF graph model)"),
     _nsfwjs("nsfwjs-inceptionv3", 299, "18619b225b23a30d33333bd46f4cdf7278df2e290b59829acb22655f7404dfa4",
-            89591988, 1e-4, "InceptionV3 (299 px, Keras layers model)"),
+            89591988, 1e-6, "InceptionV3 (299 px, Keras layers model)"),
 )}
 
 
