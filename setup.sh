@@ -29,4 +29,15 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "setup: chromium not found; browser tests will be skipped (sudo apt-get install chromium)" >&2
   fi
 fi
+# The model zoo's freely licensed weights (nsfwjs 4.4.0, MIT) through npm's own client (`npm pack`),
+# sha256-verified and converted into the cache (NSFWLAB_HOME, default ~/.cache/nsfwlab), so that the
+# zoo's tests run offline. Without npm they are skipped with a reason; `nsfwlab models import` serves
+# machines with no network.
+if command -v npm >/dev/null 2>&1; then
+  for id in nsfwjs-mobilenetv2 nsfwjs-mobilenetv2-mid nsfwjs-inceptionv3; do
+    .venv/bin/nsfwlab models fetch "$id" || echo "setup: could not fetch $id; its tests will be skipped" >&2
+  done
+else
+  echo "setup: npm not found; the nsfwjs models are not fetched and their tests will be skipped" >&2
+fi
 .venv/bin/nsfwlab --version

@@ -204,11 +204,14 @@ class Settings:
     - ``NSFWLAB_MAX_BYTES``, ``NSFWLAB_MAX_PIXELS``: decode caps.
     - ``NSFWLAB_MODEL_PATH``: an ONNX file to use instead of the bundled one (sha256 is still checked).
     - ``NSFWLAB_THREADS``: threads for the CPU backends (default: all cores).
+    - ``NSFWLAB_HOME``: the model zoo's weight cache (default ``$XDG_CACHE_HOME/nsfwlab``, else
+      ``~/.cache/nsfwlab``).
     """
 
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     model_path: str | None = None
     threads: int | None = None
+    home: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -216,4 +219,6 @@ class Settings:
         limits = DecodeLimits.from_env(env=env)
         threads_raw = env.get(ENV_PREFIX + "THREADS")
         threads = _env_int(env, "THREADS", 0) if threads_raw else None
-        return cls(limits=limits, model_path=env.get(ENV_PREFIX + "MODEL_PATH") or None, threads=threads)
+        home = env.get(ENV_PREFIX + "HOME") or os.path.join(
+            env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "nsfwlab")
+        return cls(limits=limits, model_path=env.get(ENV_PREFIX + "MODEL_PATH") or None, threads=threads, home=home)

@@ -66,6 +66,9 @@ from .lab_synth import evolve_command, synthesize_command  # noqa: E402
 
 app.command("evolve")(evolve_command)
 app.command("synthesize")(synthesize_command)
+from .models import models_app  # noqa: E402
+
+app.add_typer(models_app, name="models")
 
 
 def _prose(doc: str) -> str:
