@@ -157,3 +157,12 @@ def test_the_guard_keeps_the_fast_score_of_a_file_changed_since(tmp_path: Path) 
     assert calls == [1] and guard.rescored == 1 and guard.checked == 3
     with pytest.raises(Exception, match="guard_margin"):
         ScanConfig(guard_margin=-0.1)
+
+
+def test_the_guard_margin_is_a_scan_option(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from nsfwlab.cli import app
+
+    result = CliRunner().invoke(app, ["scan", str(tmp_path), "--db", str(tmp_path / "r.db"), "--guard-margin", "2"])
+    assert result.exit_code == 2 and "--guard-margin must lie in [0, 1]" in result.output, result.output

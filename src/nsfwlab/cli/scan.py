@@ -12,7 +12,7 @@ from ..errors import NsfwlabError
 from ..frames import FrameMode
 from ..scan.config import Engine, Executor
 from ..scan.export import ExportFormat
-from ..scan.modes import ScanMode
+from ..scan.modes import FAST_GUARD_MARGIN, ScanMode
 from ..scan.sink import ScanSummary
 from ..scan.store import ResultStore, Status, StoreWriteError
 from ._common import (
@@ -58,7 +58,8 @@ def scan_command(
     nsfw_above: float = typer.Option(0.8, help="Scores above this are labelled 'nsfw'."),
     max_pixels: int | None = typer.Option(None, min=1, help="Refuse images with more pixels (default: $NSFWLAB_MAX_PIXELS, else 100000000)."),
     max_bytes: int | None = typer.Option(None, min=1, help="Refuse files larger than this (default: $NSFWLAB_MAX_BYTES, else 67108864)."),
-    cache_dir: Path | None = typer.Option(None, help="Where fast mode caches its int8 model (default ~/.cache/nsfwlab)."),
+    cache_dir: Path | None = typer.Option(None, help="Where fast mode caches its int8 model, and a scan a .pt checkpoint's ONNX export (default ~/.cache/nsfwlab)."),
+    guard_margin: float = typer.Option(FAST_GUARD_MARGIN, "--guard-margin", help="Fast mode on a CPU re-scores exactly an image whose fast score lies this close to a band boundary, so its label is exact's (0: never; docs/scan.md)."),
     frames: FrameMode = FRAMES_OPTION,
     fps: float = FPS_OPTION,
     max_frames: int = MAX_FRAMES_OPTION,
@@ -100,6 +101,7 @@ def scan_command(
             limits=DecodeLimits.from_env(max_bytes, max_pixels),
             walk=WalkConfig(include=tuple(include), exclude=tuple(exclude)),
             model=str(model) if model else None, cache_dir=str(cache_dir) if cache_dir else None,
+            guard_margin=guard_margin,
         )
         roots = check_roots(paths)
         total = None
