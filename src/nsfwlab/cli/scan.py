@@ -41,7 +41,7 @@ def scan_command(
     paths: list[Path] = typer.Argument(..., metavar="DIR", help="Directories (scanned recursively) or files."),
     db: Path = typer.Option(..., "--db", help="SQLite results store (created if missing; re-runs resume)."),
     mode: ScanMode = typer.Option(ScanMode.EXACT, "--mode", help="exact: scores equal `nsfwlab score`; fast: DCT-scaled decode + int8 "
-                             "(CPU) or GPU decode/resize + fp16 (CUDA), drift stated in docs/scan.md."),
+                             "(CPU; labels near a band boundary re-scored exactly, see --guard-margin) or GPU decode/resize + fp16 (CUDA); drift measured in docs/scan.md."),
     device: Device = typer.Option(Device.CPU, help="Where the model runs (cuda: GPU decoding in fast mode)."),
     executor: Executor = typer.Option(Executor.AUTO, "--executor", help="Decode in threads or processes "
                                       "(auto: threads on up to 4 cores, processes above; processes isolate "
