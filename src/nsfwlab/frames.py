@@ -10,10 +10,12 @@ Inputs are recognised by content, never by name:
   FFmpeg, so playlists, ``concat``/``subfile`` tricks and external data references cannot open
   anything); only the decoders named in :data:`VIDEO_DECODERS` run.
 
-Caps: the container's own duration, frame size and frame count are checked before any frame is
-decoded (:class:`~nsfwlab.errors.MediaTooLongError`, :class:`~nsfwlab.errors.ImageTooLargeError`),
-and decoding stops at :attr:`FrameOptions.max_decoded_frames`, :attr:`FrameOptions.max_total_pixels`
-and :attr:`FrameOptions.max_seconds` of wall time.
+Caps: the container's own duration, frame size and frame count, and an animation's decoding work
+(frames x canvas pixels, :attr:`~nsfwlab.config.DecodeLimits.max_animation_pixels`), are checked
+before any frame is decoded (:class:`~nsfwlab.errors.MediaTooLongError`,
+:class:`~nsfwlab.errors.ImageTooLargeError`), and decoding stops at
+:attr:`FrameOptions.max_decoded_frames`, :attr:`FrameOptions.max_total_pixels` and
+:attr:`FrameOptions.max_seconds` of wall time.
 
 Sampling (:class:`FrameOptions`): videos at ``fps`` frames per second of stream time (2 by
 default), spread evenly over the whole video when that would exceed ``max_frames``; animations
@@ -36,7 +38,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .config import DecodeLimits
+from .config import ENV_PREFIX, MIN_FRAME_PIXELS, DecodeLimits
 from .errors import (
     BackendUnavailableError,
     ConfigError,
@@ -186,12 +188,7 @@ def _image_frames(data: bytes, options: FrameOptions, limits: DecodeLimits) -> I
         yield Frame(0, 0.0, _frame_seconds(img), lambda: _safe_rgb(img, decoded.format))
         return
     count = _count_frames(img, decoded.format)
-    if count > options.max_decoded_frames:
-        raise MediaTooLongError(f"{decoded.format} animation has {count} frames, over the cap of "
-                                f"{options.max_decoded_frames} (FrameOptions.max_decoded_frames)")
-    if count * img.width * img.height > options.max_total_pixels:
-        raise ImageTooLargeError(f"{decoded.format} animation of {count} frames of {img.width}x{img.height} "
-                                 f"is over the cap of {options.max_total_pixels} decoded pixels")
+    _check_animation_cost(decoded.format, count, img.width, img.height, options, limits)
     chosen = _evenly(count, options.max_frames)
     deadline = time.monotonic() + options.max_seconds
     t = 0.0
@@ -207,6 +204,23 @@ def _image_frames(data: bytes, options: FrameOptions, limits: DecodeLimits) -> I
         t += duration
         if time.monotonic() > deadline:
             raise MediaTooLongError(f"decoding took over {options.max_seconds:g} s (FrameOptions.max_seconds)")
+
+
+def _check_animation_cost(fmt: str, count: int, width: int, height: int, options: FrameOptions,
+                          limits: DecodeLimits) -> None:
+    """Refuse an animation whose decoding would cost too much, from its headers alone: every frame
+    is decoded onto the whole canvas, so the work is frames x canvas pixels."""
+    if count > options.max_decoded_frames:
+        raise MediaTooLongError(f"{fmt} animation has {count} frames, over the cap of "
+                                f"{options.max_decoded_frames} (FrameOptions.max_decoded_frames)")
+    cost = count * max(width * height, MIN_FRAME_PIXELS)
+    if cost > limits.max_animation_pixels:
+        raise ImageTooLargeError(f"{fmt} animation of {count} frames of {width}x{height} would decode {cost:,} "
+                                 f"pixels, over the cap of {limits.max_animation_pixels:,} "
+                                 f"(DecodeLimits.max_animation_pixels, ${ENV_PREFIX}MAX_ANIMATION_PIXELS)")
+    if count * width * height > options.max_total_pixels:
+        raise ImageTooLargeError(f"{fmt} animation of {count} frames of {width}x{height} is over the cap of "
+                                 f"{options.max_total_pixels} decoded pixels (FrameOptions.max_total_pixels)")
 
 
 def _count_frames(img: Image.Image, fmt: str) -> int:
