@@ -71,6 +71,7 @@ def serve_command(
     max_files: int = typer.Option(16, min=1, help="Most images in one request (413)."),
     max_bytes: int | None = typer.Option(None, min=1, help="Cap on one encoded image (413) (default: $NSFWLAB_MAX_BYTES, else 67108864)."),
     max_pixels: int | None = typer.Option(None, min=1, help="Cap on width x height, read from the header (413) (default: $NSFWLAB_MAX_PIXELS, else 100000000)."),
+    max_animation_pixels: int | None = typer.Option(None, min=1, help="Cap on an animation's decoding work, frames x canvas pixels, read from its headers (413) (default: $NSFWLAB_MAX_ANIMATION_PIXELS, else 250000000)."),
     max_batch: int = typer.Option(16, min=1, help="Most images per model call (micro-batching of concurrent requests)."),
     max_wait_ms: float = typer.Option(5.0, min=0.0, help="Longest wait for a batch to fill."),
     batching: bool = typer.Option(True, "--batching/--no-batching", help="Micro-batch concurrent requests."),
@@ -111,7 +112,7 @@ def serve_command(
         from ..serve.app import create_app
 
         thresholds = Thresholds(safe_below=safe_below, nsfw_above=nsfw_above)
-        limits = DecodeLimits.from_env(max_bytes, max_pixels)
+        limits = DecodeLimits.from_env(max_bytes, max_pixels, max_animation_pixels=max_animation_pixels)
         calibrated = load_calibration(calibration) if calibration is not None else None  # fails now, not later
         frame_options = FrameOptions(mode=frames, fps=fps, max_frames=max_frames, aggregate=aggregate,
                                      min_consecutive=min_consecutive)

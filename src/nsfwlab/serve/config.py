@@ -50,6 +50,12 @@ class ServeConfig:
     (content-addressed) for the ``/review`` page; ``audit_rate`` is the share of confident
     decisions (safe or nsfw) that are queued too, drawn with ``audit_seed``.
 
+    Videos and animations cost far more than a still (every frame decoded): they are decoded and
+    scored by their own ``media_workers`` threads, apart from the ``decode_workers`` that serve
+    still images, so stills are never queued behind them; at most ``max_concurrent_media`` of
+    them are handled or waiting at once, beyond which a request carrying one is answered 429 at
+    once. Their decoding work is capped before decoding by ``limits.max_animation_pixels``.
+
     Videos and animations (animated GIF, WebP, PNG) are scored frame by frame through
     ``Detector.score_frames`` with ``frames`` (:class:`~nsfwlab.frames.FrameOptions`: sampling,
     aggregation, the caps on duration and decoded frames, 413 ``too_long``) in the decode pool;
@@ -88,6 +94,8 @@ class ServeConfig:
     max_wait_ms: float = 5.0
     batching: bool = True
     decode_workers: int = 2
+    media_workers: int = 1
+    max_concurrent_media: int = 4
     api_keys: tuple[str, ...] = ()
     audit_rate: float = 0.0
     audit_seed: int | None = None
@@ -100,7 +108,7 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_files", "max_concurrent_requests", "queue_size",
-                     "max_batch", "decode_workers", "max_json_bytes"):
+                     "max_batch", "decode_workers", "max_json_bytes", "media_workers", "max_concurrent_media"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
