@@ -199,6 +199,18 @@ def test_a_truncated_video_is_an_error_not_a_partial_score(fake: Detector) -> No
         assert isinstance(res.error, TruncatedImageError), (cut, res)
 
 
+@pytest.mark.parametrize("extra", [b"\n", b"appended text, not part of the video\n" * 3, bytes(range(256)) * 40,
+                                   b"\x00\x00\x00\x00free"])
+def test_a_complete_mp4_followed_by_other_bytes_is_trailing_data_not_truncated(fake: Detector, extra: bytes) -> None:
+    data = clip(seconds=1.0)
+    res = fake.score_frames(data + extra)
+    assert isinstance(res.error, CorruptImageError) and not isinstance(res.error, TruncatedImageError), res.error
+    assert res.error.code == "corrupt"
+    assert f"{len(extra):,} bytes of trailing data after a complete file" in str(res.error)
+    assert f"ends at byte {len(data):,}" in str(res.error)
+    assert fake.score_frames(data).ok
+
+
 @pytest.mark.parametrize("fmt", ["GIF", "PNG", "WEBP"])
 def test_a_truncated_animation_is_an_error(fake: Detector, fmt: str) -> None:
     data = animation([(i * 40, 0, 0) for i in range(5)], fmt=fmt)

@@ -262,19 +262,39 @@ def _av() -> Any:
 def _boxes_overrun(data: bytes) -> bool:
     """Whether an ISO-BMFF file's top-level boxes claim more bytes than the file has: a file cut
     short (FFmpeg says only "invalid data" when ``moov`` is cut, and decodes the frames before
-    the cut of a "fast start" file without complaint)."""
+    the cut of a "fast start" file without complaint). Bytes after a complete file are not a cut
+    (:func:`_trailing_bytes`)."""
+    end, complete = _box_walk(data)
+    return end != len(data) and not complete
+
+
+def _trailing_bytes(data: bytes) -> int:
+    """How many bytes follow a complete ISO-BMFF file (``moov`` and ``mdat`` both whole) that are
+    not whole boxes: another file or text appended to a video, never part of it."""
+    end, complete = _box_walk(data)
+    return len(data) - end if complete and end < len(data) else 0
+
+
+def _box_walk(data: bytes) -> tuple[int, bool]:
+    """Where the whole top-level boxes end, and whether ``moov`` and ``mdat`` are among them (the
+    file is complete there). What follows the end is a cut box, or bytes appended to the file."""
     offset = 0
+    seen: set[bytes] = set()
     while offset + 8 <= len(data):
+        complete = {b"moov", b"mdat"} <= seen
         size = int.from_bytes(data[offset : offset + 4], "big")
         header = 8
         if size == 1 and offset + 16 <= len(data):
             size, header = int.from_bytes(data[offset + 8 : offset + 16], "big"), 16
-        if size == 0:
-            return False  # the last box runs to the end of the file
-        if size < header:
-            return False  # not a box structure we can judge: corrupt, not cut
+        if size < header and not complete:
+            # size 0: the last box runs to the end of the file; below the header: not a box
+            # structure we can judge (corrupt, not cut)
+            return len(data), False
+        if size < header or offset + size > len(data):
+            return offset, complete
+        seen.add(data[offset + 4 : offset + 8])
         offset += size
-    return offset != len(data)  # past the end, or a box header cut off
+    return offset, {b"moov", b"mdat"} <= seen
 
 
 def _ebml_vint(data: bytes, pos: int, marker: bool) -> tuple[int, int] | None:
@@ -324,6 +344,10 @@ def _video_error(data: bytes, container: str, exc: BaseException) -> CorruptImag
 def _video_frames(data: bytes, container: str, options: FrameOptions, limits: DecodeLimits) -> Iterator[Frame]:
     if _cut_short(data, container):  # FFmpeg would decode the frames before the cut without a word
         raise TruncatedImageError(f"truncated {container} video: the file ends before its data does")
+    extra = _trailing_bytes(data) if container == "MP4" else 0
+    if extra:  # another file or text appended to a whole video: refused, never decoded as part of it
+        raise CorruptImageError(f"corrupt {container} video: {extra:,} bytes of trailing data after a complete "
+                                f"file (it ends at byte {len(data) - extra:,})")
     av = _av()
     demuxer = VIDEO_CONTAINERS[container]
     # No file name, URL or protocol: FFmpeg reads these bytes through a Python buffer. The mov
