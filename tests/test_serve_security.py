@@ -84,10 +84,18 @@ def test_a_key_file_of_blank_lines_is_refused(tmp_path: Path, served_apps: list[
 
 def test_keys_from_the_command_line_are_served(served_apps: list[object]) -> None:
     result = CliRunner().invoke(cli_app, ["serve", "--port", "0", "--api-key", " k3y ", "--allow-origin",
-                                          "HTTPS://Review.Example.com:443/"])
+                                          "HTTPS://Review.Example.com:443/", "--media-workers", "2",
+                                          "--max-concurrent-media", "3", "--max-animation-pixels", "1000"])
     assert result.exit_code == 0, result.output
     config = served_apps[0].state.service.config  # type: ignore[attr-defined]
     assert config.api_keys == ("k3y",) and config.allow_origins == ("https://review.example.com",)
+    assert (config.media_workers, config.max_concurrent_media, config.limits.max_animation_pixels) == (2, 3, 1000)
+
+
+def test_a_bad_allowed_origin_names_the_flag(served_apps: list[object]) -> None:
+    result = CliRunner().invoke(cli_app, ["serve", "--port", "0", "--allow-origin", "*"])
+    assert result.exit_code == 2 and "--allow-origin" in result.output and "Traceback" not in result.output
+    assert not served_apps
 
 
 @pytest.mark.parametrize("keys", [("",), (" k",), "abc", ("ok", "")])
