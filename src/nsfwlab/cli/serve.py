@@ -63,6 +63,7 @@ def serve_command(
     api_key: list[str] = typer.Option([], "--api-key", help="Require this key (repeatable). Prefer --api-key-file."),
     api_key_file: Path | None = typer.Option(None, "--api-key-file", help="File with one API key per line."),
     allow_origin: list[str] = typer.Option([], "--allow-origin", help="A web origin (https://host[:port]) besides the server's own whose pages may send POSTs, e.g. a review front end (repeatable); others get 403."),
+    allow_host: list[str] = typer.Option([], "--allow-host", help="A host name the Host header may carry (repeatable); listening on a loopback address, only localhost, 127.0.0.1 and [::1] are allowed besides these (against DNS rebinding); elsewhere any, unless given."),
     safe_below: float = typer.Option(0.2, help="Scores below this are 'safe'."),
     nsfw_above: float = typer.Option(0.8, help="Scores above this are 'nsfw'; between is 'review' (queued for humans)."),
     audit_rate: float = typer.Option(0.0, min=0.0, max=1.0, help="Share of confident decisions also queued for review."),
@@ -126,7 +127,7 @@ def serve_command(
             media_workers=media_workers, max_concurrent_media=max_concurrent_media,
             api_keys=_read_keys(api_key, api_key_file), audit_rate=audit_rate, rate_limit=rate_limit,
             frames=frame_options, bank=_bank_path(bank, no_bank, data_dir), match_distance=match_distance,
-            allow_origins=tuple(allow_origin),
+            allow_origins=tuple(allow_origin), allowed_hosts=_allowed_hosts(host, allow_host),
         )
 
         def load() -> Detector:
@@ -139,12 +140,25 @@ def serve_command(
         app = create_app(config, load)
         _check_listen(host, port)
     except NsfwlabError as exc:
-        raise fail(exc, {"allow_origins": "--allow-origin", "api_keys": "--api-key"}) from None
-    if not config.api_keys and host not in ("127.0.0.1", "localhost", "::1"):
+        raise fail(exc, {"allow_origins": "--allow-origin", "allowed_hosts": "--allow-host",
+                         "api_keys": "--api-key"}) from None
+    if not config.api_keys and host not in _LOOPBACK:
         stderr.print(tagged("warning:", "yellow", f" listening on {host} without --api-key-file: anyone who can reach "
                             "it may use it"), highlight=False)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout or None,
                 **tls)
+
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _allowed_hosts(host: str, allow_host: list[str]) -> tuple[str, ...]:
+    """The Host names served: on a loopback address its names (a page of another site whose name
+    resolves to 127.0.0.1 would be same-origin: DNS rebinding) and ``--allow-host``; elsewhere
+    ``--allow-host`` alone (none: any)."""
+    if host in _LOOPBACK:
+        return ("localhost", "127.0.0.1", "[::1]", *allow_host)
+    return tuple(allow_host)
 
 
 def _bank_path(bank: Path | None, no_bank: bool, data_dir: Path | None) -> Path | None:

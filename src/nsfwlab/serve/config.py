@@ -10,7 +10,7 @@ from ..config import DecodeLimits
 from ..errors import ConfigError
 from ..frames import VIDEO_CONTAINERS, FrameOptions
 from ..imageio import ALLOWED_FORMATS
-from .origin import normalize_origin
+from .origin import normalize_host, normalize_origin
 from .ratelimit import RateLimit
 
 __all__ = ["SERVE_FORMATS", "VIDEO_FORMATS", "ServeConfig"]
@@ -73,6 +73,11 @@ class ServeConfig:
     ``Origin`` is refused with 403 (:mod:`~nsfwlab.serve.origin`). Requests without ``Origin``
     (not from a browser page) pass. No CORS headers are ever sent.
 
+    ``allowed_hosts``: when non-empty, the host names (without port) a request's ``Host`` header
+    may carry; any other is refused with 403 on every route. A server on a loopback address
+    should allow only its loopback names: a web page whose own host name resolves to 127.0.0.1
+    (DNS rebinding) is otherwise same-origin to it. Empty: any host.
+
     ``max_json_bytes``: the cap on a JSON request body (the review label), checked on
     ``Content-Length`` and while the body streams in: 413 at once. JSON routes accept only
     ``Content-Type: application/json`` (415), so a cross-site HTML form cannot post to them.
@@ -104,6 +109,7 @@ class ServeConfig:
     bank: Path | None = None
     match_distance: int = DEFAULT_MAX_DISTANCE
     allow_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
     max_json_bytes: int = 64 * 1024
 
     def __post_init__(self) -> None:
@@ -133,6 +139,9 @@ class ServeConfig:
         if isinstance(self.allow_origins, str):
             raise ConfigError("allow_origins must be a tuple of origins, not one string", param="allow_origins")
         object.__setattr__(self, "allow_origins", tuple(normalize_origin(o) for o in self.allow_origins))
+        if isinstance(self.allowed_hosts, str):
+            raise ConfigError("allowed_hosts must be a tuple of host names, not one string", param="allowed_hosts")
+        object.__setattr__(self, "allowed_hosts", tuple(normalize_host(h) for h in self.allowed_hosts))
         if isinstance(self.rate_limit, str):
             object.__setattr__(self, "rate_limit", RateLimit.parse(self.rate_limit))
         for name in ("data_dir", "bank"):
