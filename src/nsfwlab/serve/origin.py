@@ -56,7 +56,7 @@ def normalize_origin(text: str) -> str:
 def own_origin(scope: dict[str, Any]) -> str | None:
     """The origin a browser gives a page served by this server on this request's connection:
     the connection's scheme and the ``Host`` header (``None`` without a usable one)."""
-    host = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"host"), None)
+    host = _header(scope, b"host")
     if not host:
         return None
     scheme = "https" if scope.get("scheme") in ("https", "wss") else "http"
@@ -83,7 +83,7 @@ def normalize_host(text: str) -> str:
 
 def host_name(scope: dict[str, Any]) -> str | None:
     """The host name of a request's ``Host`` header, normalised, without its port."""
-    host = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"host"), None)
+    host = _header(scope, b"host")
     if not host:
         return None
     try:
