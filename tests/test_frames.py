@@ -201,8 +201,10 @@ def test_a_truncated_video_is_an_error_not_a_partial_score(fake: Detector) -> No
 
 @pytest.mark.parametrize("extra", [b"\n", b"appended text, not part of the video\n" * 3, bytes(range(256)) * 40,
                                    b"\x00\x00\x00\x00free"])
-def test_a_complete_mp4_followed_by_other_bytes_is_trailing_data_not_truncated(fake: Detector, extra: bytes) -> None:
-    data = clip(seconds=1.0)
+@pytest.mark.parametrize(("codec", "fmt"), [("libx264", "mp4"), ("libvpx-vp9", "webm")])
+def test_a_complete_video_followed_by_other_bytes_is_trailing_data_not_truncated(fake: Detector, extra: bytes,
+                                                                                codec: str, fmt: str) -> None:
+    data = clip(codec, fmt, seconds=1.0)
     res = fake.score_frames(data + extra)
     assert isinstance(res.error, CorruptImageError) and not isinstance(res.error, TruncatedImageError), res.error
     assert res.error.code == "corrupt"

@@ -259,22 +259,6 @@ def _av() -> Any:
     return av
 
 
-def _boxes_overrun(data: bytes) -> bool:
-    """Whether an ISO-BMFF file's top-level boxes claim more bytes than the file has: a file cut
-    short (FFmpeg says only "invalid data" when ``moov`` is cut, and decodes the frames before
-    the cut of a "fast start" file without complaint). Bytes after a complete file are not a cut
-    (:func:`_trailing_bytes`)."""
-    end, complete = _box_walk(data)
-    return end != len(data) and not complete
-
-
-def _trailing_bytes(data: bytes) -> int:
-    """How many bytes follow a complete ISO-BMFF file (``moov`` and ``mdat`` both whole) that are
-    not whole boxes: another file or text appended to a video, never part of it."""
-    end, complete = _box_walk(data)
-    return len(data) - end if complete and end < len(data) else 0
-
-
 def _box_walk(data: bytes) -> tuple[int, bool]:
     """Where the whole top-level boxes end, and whether ``moov`` and ``mdat`` are among them (the
     file is complete there). What follows the end is a cut box, or bytes appended to the file."""
@@ -308,23 +292,51 @@ def _ebml_vint(data: bytes, pos: int, marker: bool) -> tuple[int, int] | None:
     return (value if marker else value & ((1 << (7 * length)) - 1)), length
 
 
-def _ebml_overrun(data: bytes) -> bool:
-    """Whether a Matroska/WebM file's top-level elements (the EBML header, the Segment) claim more
-    bytes than the file has. A Segment of unknown size (live streams) cannot be judged."""
+#: The two top-level elements of a whole Matroska/WebM file.
+_EBML_HEADER, _SEGMENT = 0x1A45DFA3, 0x18538067
+
+
+def _ebml_walk(data: bytes) -> tuple[int, bool]:
+    """Where the whole top-level elements of a Matroska/WebM file end, and whether the EBML header
+    and the Segment are among them (the file is complete there). A Segment of unknown size (live
+    streams) runs to the end of the file and cannot be judged."""
     offset = 0
+    seen: set[int] = set()
     while offset < len(data):
+        complete = {_EBML_HEADER, _SEGMENT} <= seen
         ident = _ebml_vint(data, offset, marker=True)
         size = _ebml_vint(data, offset + ident[1], marker=False) if ident else None
         if ident is None or size is None:
-            return True  # the file ends inside an element header
-        if size[0] == (1 << (7 * size[1])) - 1:
-            return False  # unknown size: runs to the end of the file
-        offset += ident[1] + size[1] + size[0]
-    return offset > len(data)
+            return offset, complete  # the file ends inside an element header, or this is no element
+        if size[0] == (1 << (7 * size[1])) - 1 and not complete:
+            return len(data), False  # unknown size: runs to the end of the file
+        end = offset + ident[1] + size[1] + size[0]
+        if end > len(data) or size[0] == (1 << (7 * size[1])) - 1:
+            return offset, complete
+        seen.add(ident[0])
+        offset = end
+    return offset, {_EBML_HEADER, _SEGMENT} <= seen
+
+
+def _layout(data: bytes, container: str) -> tuple[int, bool]:
+    return _box_walk(data) if container == "MP4" else _ebml_walk(data)
 
 
 def _cut_short(data: bytes, container: str) -> bool:
-    return _boxes_overrun(data) if container == "MP4" else _ebml_overrun(data)
+    """Whether the file's top-level structure claims more bytes than the file has: a file cut
+    short (FFmpeg says only "invalid data" when an MP4's ``moov`` is cut, and decodes the frames
+    before the cut of a "fast start" file without complaint). Bytes after a complete file are
+    not a cut (:func:`_trailing_bytes`)."""
+    end, complete = _layout(data, container)
+    return end != len(data) and not complete
+
+
+def _trailing_bytes(data: bytes, container: str) -> int:
+    """How many bytes follow a complete file (MP4: ``moov`` and ``mdat`` whole; Matroska: the EBML
+    header and the Segment whole) without forming whole top-level parts: another file or text
+    appended to a video, never part of it."""
+    end, complete = _layout(data, container)
+    return len(data) - end if complete and end < len(data) else 0
 
 
 #: PyAV's decoration of FFmpeg's messages: "[Errno 1094995529] ...: '<none>'" (the buffer has no name).
@@ -344,7 +356,7 @@ def _video_error(data: bytes, container: str, exc: BaseException) -> CorruptImag
 def _video_frames(data: bytes, container: str, options: FrameOptions, limits: DecodeLimits) -> Iterator[Frame]:
     if _cut_short(data, container):  # FFmpeg would decode the frames before the cut without a word
         raise TruncatedImageError(f"truncated {container} video: the file ends before its data does")
-    extra = _trailing_bytes(data) if container == "MP4" else 0
+    extra = _trailing_bytes(data, container)
     if extra:  # another file or text appended to a whole video: refused, never decoded as part of it
         raise CorruptImageError(f"corrupt {container} video: {extra:,} bytes of trailing data after a complete "
                                 f"file (it ends at byte {len(data) - extra:,})")
