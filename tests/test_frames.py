@@ -5,6 +5,10 @@ RedFraction) scores a frame by its share of red pixels, so the "explicit" stand-
 
 from __future__ import annotations
 
+import struct
+import time
+import zlib
+
 import numpy as np
 import pytest
 
@@ -99,6 +103,72 @@ def test_a_gif_of_100000_frames_is_refused_by_its_frame_cap_quickly(fake: Detect
     assert isinstance(res.error, MediaTooLongError) and res.error.code == "too_long"
 
 
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+
+def _apng_canvas(side: int, frames: int) -> bytes:
+    """An APNG of ``frames`` frames on a ``side`` x ``side`` grey canvas, written by hand: the
+    first frame fills the canvas (a run of zeros, compressed to little), the others are 1x1."""
+    def fctl(seq: int, w: int, h: int) -> bytes:
+        return _png_chunk(b"fcTL", struct.pack(">IIIIIHHBB", seq, w, h, 0, 0, 1, 10, 0, 0))
+
+    out = [b"\x89PNG\r\n\x1a\n", _png_chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)),
+           _png_chunk(b"acTL", struct.pack(">II", frames, 0)), fctl(0, side, side),
+           _png_chunk(b"IDAT", zlib.compress(bytes((side + 1) * side), 9))]
+    seq = 1
+    for _ in range(frames - 1):
+        out += [fctl(seq, 1, 1), _png_chunk(b"fdAT", struct.pack(">I", seq + 1) + zlib.compress(b"\x00\x80"))]
+        seq += 2
+    return b"".join([*out, _png_chunk(b"IEND", b"")])
+
+
+def _gif_canvas(side: int, frames: int) -> bytes:
+    """A GIF of ``frames`` 1x1 frames on a ``side`` x ``side`` logical screen."""
+    head = b"GIF89a" + struct.pack("<HH", side, side) + b"\x80\x00\x00" + b"\x00\x00\x00\xff\xff\xff"
+    frame = b"\x21\xf9\x04\x00\x0a\x00\x00\x00" + b"\x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00" + b"\x02\x02\x44\x01\x00"
+    return head + frame * frames + b"\x3b"
+
+
+@pytest.fixture(scope="module")
+def costly_apng() -> bytes:
+    return _apng_canvas(9000, 40)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF"])
+def test_an_animation_too_costly_to_decode_is_refused_from_its_headers(costly_apng: bytes, fmt: str) -> None:
+    """40 frames on a 9000x9000 canvas: small files, 3.2 billion pixels to decode (tens of seconds)."""
+    data = costly_apng if fmt == "PNG" else _gif_canvas(9000, 40)
+    assert len(data) < 200_000
+    start = time.perf_counter()
+    with pytest.raises(ImageTooLargeError, match=r"max_animation_pixels") as info:
+        next(iter_frames(data, FrameOptions(), DecodeLimits()))
+    assert time.perf_counter() - start < 3.0
+    assert "40 frames of 9000x9000" in str(info.value) and "\n" not in str(info.value)
+    assert info.value.code == "too_large"
+
+
+def test_the_animation_cost_cap_counts_frames_times_canvas() -> None:
+    data = _gif_canvas(200, 10)  # 10 x 40,000 pixels
+    assert len(list(iter_frames(data, FrameOptions(), DecodeLimits(max_animation_pixels=400_000)))) == 10
+    with pytest.raises(ImageTooLargeError, match="400,000 pixels, over the cap of 399,999"):
+        list(iter_frames(data, FrameOptions(), DecodeLimits(max_animation_pixels=399_999)))
+    tiny = _gif_of_frames(100)  # 1x1 frames still cost their per-frame floor
+    with pytest.raises(ImageTooLargeError, match=r"1,638,400 pixels"):
+        list(iter_frames(tiny, FrameOptions(), DecodeLimits(max_animation_pixels=1_000_000)))
+    assert len(list(iter_frames(data, FrameOptions(mode="first"), DecodeLimits(max_animation_pixels=1)))) == 1
+
+
+def test_the_animation_cost_cap_comes_from_the_environment() -> None:
+    assert DecodeLimits().max_animation_pixels == 250_000_000
+    env = {"NSFWLAB_MAX_ANIMATION_PIXELS": "1234"}
+    assert DecodeLimits.from_env(env=env).max_animation_pixels == 1234
+    assert DecodeLimits.from_env(max_animation_pixels=5, env=env).max_animation_pixels == 5
+    for bad in (0, -1):
+        with pytest.raises(ConfigError, match="max_animation_pixels"):
+            DecodeLimits(max_animation_pixels=bad)
+
+
 def test_many_frames_are_sampled_evenly_up_to_the_cap(fake: Detector) -> None:
     res = fake.score_frames(_gif_of_frames(2_000), FrameOptions(max_frames=5))
     assert res.ok and res.frames == 5
@@ -127,6 +197,20 @@ def test_a_truncated_video_is_an_error_not_a_partial_score(fake: Detector) -> No
     for cut in (len(webm) // 2, len(webm) * 9 // 10, len(webm) - 1):
         res = fake.score_frames(webm[:cut])
         assert isinstance(res.error, TruncatedImageError), (cut, res)
+
+
+@pytest.mark.parametrize("extra", [b"\n", b"appended text, not part of the video\n" * 3, bytes(range(256)) * 40,
+                                   b"\x00\x00\x00\x00free"])
+@pytest.mark.parametrize(("codec", "fmt"), [("libx264", "mp4"), ("libvpx-vp9", "webm")])
+def test_a_complete_video_followed_by_other_bytes_is_trailing_data_not_truncated(fake: Detector, extra: bytes,
+                                                                                codec: str, fmt: str) -> None:
+    data = clip(codec, fmt, seconds=1.0)
+    res = fake.score_frames(data + extra)
+    assert isinstance(res.error, CorruptImageError) and not isinstance(res.error, TruncatedImageError), res.error
+    assert res.error.code == "corrupt"
+    assert f"{len(extra):,} bytes of trailing data after a complete file" in str(res.error)
+    assert f"ends at byte {len(data):,}" in str(res.error)
+    assert fake.score_frames(data).ok
 
 
 @pytest.mark.parametrize("fmt", ["GIF", "PNG", "WEBP"])

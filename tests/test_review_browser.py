@@ -224,3 +224,32 @@ def test_a_page_of_another_origin_cannot_label_items(tmp_path: Path, photos: dic
     assert re.search(r'nsfwlab_errors_total\{code="forbidden_origin"\} 3\.0', metrics), metrics
     with ReviewStore(data_dir, create=False) as store:
         assert store.audit_count() == 0
+
+
+def test_a_page_reaching_a_local_server_by_dns_rebinding_is_refused(tmp_path: Path,
+                                                                     photos: dict[str, np.ndarray]) -> None:
+    """chromium resolves rebind.test to 127.0.0.1 (as a rebinding DNS server would make it): the
+    page is then same-origin to the local server, so the Origin rule passes, but its requests say
+    ``Host: rebind.test`` and a server on loopback answers only its loopback names."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    data_dir = tmp_path / "data"
+    with running_server(tmp_path, "--data-dir", str(data_dir), "--safe-below", "0", "--nsfw-above", "1") as srv, \
+            sync_api.sync_playwright() as pw:
+        resp = httpx.post(srv.url + "/v1/score", content=jpeg(photos["coffee"]), timeout=60)
+        rid = resp.json()["results"][0]["review_id"]
+        browser = pw.chromium.launch(executable_path=CHROMIUM,
+                                     args=[*ARGS, "--host-resolver-rules=MAP rebind.test 127.0.0.1"])
+        try:
+            page = browser.new_page()
+            answer = page.goto(f"http://rebind.test:{srv.port}/review")
+            assert answer is not None and answer.status == 403
+            assert "forbidden_host" in page.content()
+            status = page.evaluate("""async (rid) => (await fetch(`/v1/review/items/${rid}/label`, {method: "POST",
+                headers: {"Content-Type": "application/json"}, body: JSON.stringify({label: "safe"})})).status""", rid)
+            assert status == 403
+            assert page.goto(f"http://localhost:{srv.port}/review") is not None  # its own names still work
+            page.locator(".card").first.wait_for()
+        finally:
+            browser.close()
+        items = httpx.get(srv.url + "/v1/review/items?status=all").json()["items"]
+    assert [i["status"] for i in items] == ["pending"]

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -84,10 +85,18 @@ def test_a_key_file_of_blank_lines_is_refused(tmp_path: Path, served_apps: list[
 
 def test_keys_from_the_command_line_are_served(served_apps: list[object]) -> None:
     result = CliRunner().invoke(cli_app, ["serve", "--port", "0", "--api-key", " k3y ", "--allow-origin",
-                                          "HTTPS://Review.Example.com:443/"])
+                                          "HTTPS://Review.Example.com:443/", "--media-workers", "2",
+                                          "--max-concurrent-media", "3", "--max-animation-pixels", "1000"])
     assert result.exit_code == 0, result.output
     config = served_apps[0].state.service.config  # type: ignore[attr-defined]
     assert config.api_keys == ("k3y",) and config.allow_origins == ("https://review.example.com",)
+    assert (config.media_workers, config.max_concurrent_media, config.limits.max_animation_pixels) == (2, 3, 1000)
+
+
+def test_a_bad_allowed_origin_names_the_flag(served_apps: list[object]) -> None:
+    result = CliRunner().invoke(cli_app, ["serve", "--port", "0", "--allow-origin", "*"])
+    assert result.exit_code == 2 and "--allow-origin" in result.output and "Traceback" not in result.output
+    assert not served_apps
 
 
 @pytest.mark.parametrize("keys", [("",), (" k",), "abc", ("ok", "")])
@@ -211,3 +220,42 @@ def test_non_origins_are_refused(text: str) -> None:
         normalize_origin(text)
     with pytest.raises(ConfigError, match="allow_origins"):
         ServeConfig(allow_origins=(text,))
+
+
+# -- Host (DNS rebinding) -------------------------------------------------------------------------
+def test_only_allowed_host_names_are_answered(tmp_path: Path) -> None:
+    """A page of evil.example whose name was made to resolve to 127.0.0.1 is same-origin to a local
+    server, but its requests say ``Host: evil.example``: refused on every route, reads too."""
+    config = {"allowed_hosts": ("LocalHost", "127.0.0.1", "::1")}
+    with _make_client(tmp_path, **config) as client:
+        client.base_url = httpx.URL("http://localhost:8000")
+        rid = client.post("/v1/score", content=tiny_png(3)).json()["results"][0]["review_id"]
+        for host in ("evil.example:8000", "evil.example", "localhost.evil.example", "127.0.0.2:8000"):
+            for method, path in (("GET", "/v1/review/items"), ("GET", f"/v1/review/items/{rid}/thumbnail"),
+                                 ("GET", "/healthz"), ("POST", f"/v1/review/items/{rid}/label")):
+                resp = client.request(method, path, json={"label": "safe"}, headers={"Host": host})
+                assert resp.status_code == 403 and resp.json()["code"] == "forbidden_host", (host, path, resp.text)
+        assert _status_of(client, rid) == "pending"
+        for host in ("localhost:8000", "127.0.0.1:1", "[::1]:8000", "LOCALHOST"):
+            assert client.get("/healthz", headers={"Host": host}).status_code == 200, host
+        resp = client.post(f"/v1/review/items/{rid}/label", json={"label": "nsfw"},
+                           headers={"Host": "127.0.0.1:8000", "Origin": "http://127.0.0.1:8000"})
+        assert resp.status_code == 200 and _status_of(client, rid) == "nsfw"
+
+
+def test_serve_allows_the_loopback_names_when_it_listens_on_loopback(served_apps: list[object]) -> None:
+    for args, expected in (([], ("localhost", "127.0.0.1", "[::1]")),
+                           (["--allow-host", "Review.Example"], ("localhost", "127.0.0.1", "[::1]", "review.example")),
+                           (["--host", "0.0.0.0", "--api-key", "k"], ()),
+                           (["--host", "0.0.0.0", "--api-key", "k", "--allow-host", "a.example"], ("a.example",))):
+        result = CliRunner().invoke(cli_app, ["serve", "--port", "0", *args])
+        assert result.exit_code == 0, result.output
+        assert served_apps.pop().state.service.config.allowed_hosts == expected  # type: ignore[attr-defined]
+    result = CliRunner().invoke(cli_app, ["serve", "--port", "0", "--allow-host", "a.example:80"])
+    assert result.exit_code == 2 and "--allow-host" in result.output
+
+
+@pytest.mark.parametrize("text", ["", "a.example:80", "http://a.example", "a/b", "a b", "user@a"])
+def test_non_host_names_are_refused(text: str) -> None:
+    with pytest.raises(ConfigError, match="allowed_hosts"):
+        ServeConfig(allowed_hosts=(text,))

@@ -10,10 +10,12 @@ Inputs are recognised by content, never by name:
   FFmpeg, so playlists, ``concat``/``subfile`` tricks and external data references cannot open
   anything); only the decoders named in :data:`VIDEO_DECODERS` run.
 
-Caps: the container's own duration, frame size and frame count are checked before any frame is
-decoded (:class:`~nsfwlab.errors.MediaTooLongError`, :class:`~nsfwlab.errors.ImageTooLargeError`),
-and decoding stops at :attr:`FrameOptions.max_decoded_frames`, :attr:`FrameOptions.max_total_pixels`
-and :attr:`FrameOptions.max_seconds` of wall time.
+Caps: the container's own duration, frame size and frame count, and an animation's decoding work
+(frames x canvas pixels, :attr:`~nsfwlab.config.DecodeLimits.max_animation_pixels`), are checked
+before any frame is decoded (:class:`~nsfwlab.errors.MediaTooLongError`,
+:class:`~nsfwlab.errors.ImageTooLargeError`), and decoding stops at
+:attr:`FrameOptions.max_decoded_frames`, :attr:`FrameOptions.max_total_pixels` and
+:attr:`FrameOptions.max_seconds` of wall time.
 
 Sampling (:class:`FrameOptions`): videos at ``fps`` frames per second of stream time (2 by
 default), spread evenly over the whole video when that would exceed ``max_frames``; animations
@@ -36,7 +38,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .config import DecodeLimits
+from .config import ENV_PREFIX, MIN_FRAME_PIXELS, DecodeLimits
 from .errors import (
     BackendUnavailableError,
     ConfigError,
@@ -186,12 +188,7 @@ def _image_frames(data: bytes, options: FrameOptions, limits: DecodeLimits) -> I
         yield Frame(0, 0.0, _frame_seconds(img), lambda: _safe_rgb(img, decoded.format))
         return
     count = _count_frames(img, decoded.format)
-    if count > options.max_decoded_frames:
-        raise MediaTooLongError(f"{decoded.format} animation has {count} frames, over the cap of "
-                                f"{options.max_decoded_frames} (FrameOptions.max_decoded_frames)")
-    if count * img.width * img.height > options.max_total_pixels:
-        raise ImageTooLargeError(f"{decoded.format} animation of {count} frames of {img.width}x{img.height} "
-                                 f"is over the cap of {options.max_total_pixels} decoded pixels")
+    _check_animation_cost(decoded.format, count, img.width, img.height, options, limits)
     chosen = _evenly(count, options.max_frames)
     deadline = time.monotonic() + options.max_seconds
     t = 0.0
@@ -207,6 +204,23 @@ def _image_frames(data: bytes, options: FrameOptions, limits: DecodeLimits) -> I
         t += duration
         if time.monotonic() > deadline:
             raise MediaTooLongError(f"decoding took over {options.max_seconds:g} s (FrameOptions.max_seconds)")
+
+
+def _check_animation_cost(fmt: str, count: int, width: int, height: int, options: FrameOptions,
+                          limits: DecodeLimits) -> None:
+    """Refuse an animation whose decoding would cost too much, from its headers alone: every frame
+    is decoded onto the whole canvas, so the work is frames x canvas pixels."""
+    if count > options.max_decoded_frames:
+        raise MediaTooLongError(f"{fmt} animation has {count} frames, over the cap of "
+                                f"{options.max_decoded_frames} (FrameOptions.max_decoded_frames)")
+    cost = count * max(width * height, MIN_FRAME_PIXELS)
+    if cost > limits.max_animation_pixels:
+        raise ImageTooLargeError(f"{fmt} animation of {count} frames of {width}x{height} would decode {cost:,} "
+                                 f"pixels, over the cap of {limits.max_animation_pixels:,} "
+                                 f"(DecodeLimits.max_animation_pixels, ${ENV_PREFIX}MAX_ANIMATION_PIXELS)")
+    if count * width * height > options.max_total_pixels:
+        raise ImageTooLargeError(f"{fmt} animation of {count} frames of {width}x{height} is over the cap of "
+                                 f"{options.max_total_pixels} decoded pixels (FrameOptions.max_total_pixels)")
 
 
 def _count_frames(img: Image.Image, fmt: str) -> int:
@@ -245,22 +259,26 @@ def _av() -> Any:
     return av
 
 
-def _boxes_overrun(data: bytes) -> bool:
-    """Whether an ISO-BMFF file's top-level boxes claim more bytes than the file has: a file cut
-    short (FFmpeg says only "invalid data" when ``moov`` is cut, and decodes the frames before
-    the cut of a "fast start" file without complaint)."""
+def _box_walk(data: bytes) -> tuple[int, bool]:
+    """Where the whole top-level boxes end, and whether ``moov`` and ``mdat`` are among them (the
+    file is complete there). What follows the end is a cut box, or bytes appended to the file."""
     offset = 0
+    seen: set[bytes] = set()
     while offset + 8 <= len(data):
+        complete = {b"moov", b"mdat"} <= seen
         size = int.from_bytes(data[offset : offset + 4], "big")
         header = 8
         if size == 1 and offset + 16 <= len(data):
             size, header = int.from_bytes(data[offset + 8 : offset + 16], "big"), 16
-        if size == 0:
-            return False  # the last box runs to the end of the file
-        if size < header:
-            return False  # not a box structure we can judge: corrupt, not cut
+        if size < header and not complete:
+            # size 0: the last box runs to the end of the file; below the header: not a box
+            # structure we can judge (corrupt, not cut)
+            return len(data), False
+        if size < header or offset + size > len(data):
+            return offset, complete
+        seen.add(data[offset + 4 : offset + 8])
         offset += size
-    return offset != len(data)  # past the end, or a box header cut off
+    return offset, {b"moov", b"mdat"} <= seen
 
 
 def _ebml_vint(data: bytes, pos: int, marker: bool) -> tuple[int, int] | None:
@@ -274,23 +292,51 @@ def _ebml_vint(data: bytes, pos: int, marker: bool) -> tuple[int, int] | None:
     return (value if marker else value & ((1 << (7 * length)) - 1)), length
 
 
-def _ebml_overrun(data: bytes) -> bool:
-    """Whether a Matroska/WebM file's top-level elements (the EBML header, the Segment) claim more
-    bytes than the file has. A Segment of unknown size (live streams) cannot be judged."""
+#: The two top-level elements of a whole Matroska/WebM file.
+_EBML_HEADER, _SEGMENT = 0x1A45DFA3, 0x18538067
+
+
+def _ebml_walk(data: bytes) -> tuple[int, bool]:
+    """Where the whole top-level elements of a Matroska/WebM file end, and whether the EBML header
+    and the Segment are among them (the file is complete there). A Segment of unknown size (live
+    streams) runs to the end of the file and cannot be judged."""
     offset = 0
+    seen: set[int] = set()
     while offset < len(data):
+        complete = {_EBML_HEADER, _SEGMENT} <= seen
         ident = _ebml_vint(data, offset, marker=True)
         size = _ebml_vint(data, offset + ident[1], marker=False) if ident else None
         if ident is None or size is None:
-            return True  # the file ends inside an element header
-        if size[0] == (1 << (7 * size[1])) - 1:
-            return False  # unknown size: runs to the end of the file
-        offset += ident[1] + size[1] + size[0]
-    return offset > len(data)
+            return offset, complete  # the file ends inside an element header, or this is no element
+        if size[0] == (1 << (7 * size[1])) - 1 and not complete:
+            return len(data), False  # unknown size: runs to the end of the file
+        end = offset + ident[1] + size[1] + size[0]
+        if end > len(data) or size[0] == (1 << (7 * size[1])) - 1:
+            return offset, complete
+        seen.add(ident[0])
+        offset = end
+    return offset, {_EBML_HEADER, _SEGMENT} <= seen
+
+
+def _layout(data: bytes, container: str) -> tuple[int, bool]:
+    return _box_walk(data) if container == "MP4" else _ebml_walk(data)
 
 
 def _cut_short(data: bytes, container: str) -> bool:
-    return _boxes_overrun(data) if container == "MP4" else _ebml_overrun(data)
+    """Whether the file's top-level structure claims more bytes than the file has: a file cut
+    short (FFmpeg says only "invalid data" when an MP4's ``moov`` is cut, and decodes the frames
+    before the cut of a "fast start" file without complaint). Bytes after a complete file are
+    not a cut (:func:`_trailing_bytes`)."""
+    end, complete = _layout(data, container)
+    return end != len(data) and not complete
+
+
+def _trailing_bytes(data: bytes, container: str) -> int:
+    """How many bytes follow a complete file (MP4: ``moov`` and ``mdat`` whole; Matroska: the EBML
+    header and the Segment whole) without forming whole top-level parts: another file or text
+    appended to a video, never part of it."""
+    end, complete = _layout(data, container)
+    return len(data) - end if complete and end < len(data) else 0
 
 
 #: PyAV's decoration of FFmpeg's messages: "[Errno 1094995529] ...: '<none>'" (the buffer has no name).
@@ -310,6 +356,10 @@ def _video_error(data: bytes, container: str, exc: BaseException) -> CorruptImag
 def _video_frames(data: bytes, container: str, options: FrameOptions, limits: DecodeLimits) -> Iterator[Frame]:
     if _cut_short(data, container):  # FFmpeg would decode the frames before the cut without a word
         raise TruncatedImageError(f"truncated {container} video: the file ends before its data does")
+    extra = _trailing_bytes(data, container)
+    if extra:  # another file or text appended to a whole video: refused, never decoded as part of it
+        raise CorruptImageError(f"corrupt {container} video: {extra:,} bytes of trailing data after a complete "
+                                f"file (it ends at byte {len(data) - extra:,})")
     av = _av()
     demuxer = VIDEO_CONTAINERS[container]
     # No file name, URL or protocol: FFmpeg reads these bytes through a Python buffer. The mov

@@ -63,6 +63,7 @@ def serve_command(
     api_key: list[str] = typer.Option([], "--api-key", help="Require this key (repeatable). Prefer --api-key-file."),
     api_key_file: Path | None = typer.Option(None, "--api-key-file", help="File with one API key per line."),
     allow_origin: list[str] = typer.Option([], "--allow-origin", help="A web origin (https://host[:port]) besides the server's own whose pages may send POSTs, e.g. a review front end (repeatable); others get 403."),
+    allow_host: list[str] = typer.Option([], "--allow-host", help="A host name the Host header may carry (repeatable); listening on a loopback address, only localhost, 127.0.0.1 and [::1] are allowed besides these (against DNS rebinding); elsewhere any, unless given."),
     safe_below: float = typer.Option(0.2, help="Scores below this are 'safe'."),
     nsfw_above: float = typer.Option(0.8, help="Scores above this are 'nsfw'; between is 'review' (queued for humans)."),
     audit_rate: float = typer.Option(0.0, min=0.0, max=1.0, help="Share of confident decisions also queued for review."),
@@ -71,6 +72,7 @@ def serve_command(
     max_files: int = typer.Option(16, min=1, help="Most images in one request (413)."),
     max_bytes: int | None = typer.Option(None, min=1, help="Cap on one encoded image (413) (default: $NSFWLAB_MAX_BYTES, else 67108864)."),
     max_pixels: int | None = typer.Option(None, min=1, help="Cap on width x height, read from the header (413) (default: $NSFWLAB_MAX_PIXELS, else 100000000)."),
+    max_animation_pixels: int | None = typer.Option(None, min=1, help="Cap on an animation's decoding work, frames x canvas pixels, read from its headers (413) (default: $NSFWLAB_MAX_ANIMATION_PIXELS, else 250000000)."),
     max_batch: int = typer.Option(16, min=1, help="Most images per model call (micro-batching of concurrent requests)."),
     max_wait_ms: float = typer.Option(5.0, min=0.0, help="Longest wait for a batch to fill."),
     batching: bool = typer.Option(True, "--batching/--no-batching", help="Micro-batch concurrent requests."),
@@ -78,6 +80,8 @@ def serve_command(
     max_concurrent: int = typer.Option(64, min=1, help="Scoring requests handled at once before 429."),
     body_timeout: float = typer.Option(60.0, min=0.001, help="Seconds a request may take to send its body before 408 (slow or stalled uploads)."),
     decode_workers: int = typer.Option(2, min=1, help="Threads decoding and preprocessing (and scoring videos)."),
+    media_workers: int = typer.Option(1, min=1, help="Threads decoding and scoring animations and videos, apart from the still images' threads."),
+    max_concurrent_media: int = typer.Option(4, min=1, help="Animations and videos handled or waiting at once before 429."),
     frames: FrameMode = FRAMES_OPTION,
     fps: float = FPS_OPTION,
     max_frames: int = MAX_FRAMES_OPTION,
@@ -111,7 +115,7 @@ def serve_command(
         from ..serve.app import create_app
 
         thresholds = Thresholds(safe_below=safe_below, nsfw_above=nsfw_above)
-        limits = DecodeLimits.from_env(max_bytes, max_pixels)
+        limits = DecodeLimits.from_env(max_bytes, max_pixels, max_animation_pixels=max_animation_pixels)
         calibrated = load_calibration(calibration) if calibration is not None else None  # fails now, not later
         frame_options = FrameOptions(mode=frames, fps=fps, max_frames=max_frames, aggregate=aggregate,
                                      min_consecutive=min_consecutive)
@@ -120,9 +124,10 @@ def serve_command(
             max_concurrent_requests=max_concurrent, queue_size=queue_size, body_timeout_s=body_timeout,
             max_batch=max_batch,
             max_wait_ms=max_wait_ms, batching=batching, decode_workers=decode_workers,
+            media_workers=media_workers, max_concurrent_media=max_concurrent_media,
             api_keys=_read_keys(api_key, api_key_file), audit_rate=audit_rate, rate_limit=rate_limit,
             frames=frame_options, bank=_bank_path(bank, no_bank, data_dir), match_distance=match_distance,
-            allow_origins=tuple(allow_origin),
+            allow_origins=tuple(allow_origin), allowed_hosts=_allowed_hosts(host, allow_host),
         )
 
         def load() -> Detector:
@@ -135,12 +140,25 @@ def serve_command(
         app = create_app(config, load)
         _check_listen(host, port)
     except NsfwlabError as exc:
-        raise fail(exc, {"allow_origins": "--allow-origin", "api_keys": "--api-key"}) from None
-    if not config.api_keys and host not in ("127.0.0.1", "localhost", "::1"):
+        raise fail(exc, {"allow_origins": "--allow-origin", "allowed_hosts": "--allow-host",
+                         "api_keys": "--api-key"}) from None
+    if not config.api_keys and host not in _LOOPBACK:
         stderr.print(tagged("warning:", "yellow", f" listening on {host} without --api-key-file: anyone who can reach "
                             "it may use it"), highlight=False)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout or None,
                 **tls)
+
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _allowed_hosts(host: str, allow_host: list[str]) -> tuple[str, ...]:
+    """The Host names served: on a loopback address its names (a page of another site whose name
+    resolves to 127.0.0.1 would be same-origin: DNS rebinding) and ``--allow-host``; elsewhere
+    ``--allow-host`` alone (none: any)."""
+    if host in _LOOPBACK:
+        return ("localhost", "127.0.0.1", "[::1]", *allow_host)
+    return tuple(allow_host)
 
 
 def _bank_path(bank: Path | None, no_bank: bool, data_dir: Path | None) -> Path | None:

@@ -133,7 +133,8 @@ def create_app(config: ServeConfig | None = None, detector: DetectorSource = Non
                               "a human-review queue. Images are never fetched from URLs.")
     app.state.service = svc
     # Added last, the metrics middleware is outermost: it also counts the origin check's refusals.
-    app.add_middleware(OriginMiddleware, allowed=config.allow_origins, metrics=svc.metrics)
+    app.add_middleware(OriginMiddleware, allowed=config.allow_origins, metrics=svc.metrics,
+                       hosts=config.allowed_hosts)
     app.add_middleware(_MetricsMiddleware, metrics=svc.metrics)
     _install_error_handlers(app, svc.metrics)
     for router in (ops.router, score.router, review.page, review.api):

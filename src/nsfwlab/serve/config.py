@@ -10,7 +10,7 @@ from ..config import DecodeLimits
 from ..errors import ConfigError
 from ..frames import VIDEO_CONTAINERS, FrameOptions
 from ..imageio import ALLOWED_FORMATS
-from .origin import normalize_origin
+from .origin import normalize_host, normalize_origin
 from .ratelimit import RateLimit
 
 __all__ = ["SERVE_FORMATS", "VIDEO_FORMATS", "ServeConfig"]
@@ -50,6 +50,12 @@ class ServeConfig:
     (content-addressed) for the ``/review`` page; ``audit_rate`` is the share of confident
     decisions (safe or nsfw) that are queued too, drawn with ``audit_seed``.
 
+    Videos and animations cost far more than a still (every frame decoded): they are decoded and
+    scored by their own ``media_workers`` threads, apart from the ``decode_workers`` that serve
+    still images, so stills are never queued behind them; at most ``max_concurrent_media`` of
+    them are handled or waiting at once, beyond which a request carrying one is answered 429 at
+    once. Their decoding work is capped before decoding by ``limits.max_animation_pixels``.
+
     Videos and animations (animated GIF, WebP, PNG) are scored frame by frame through
     ``Detector.score_frames`` with ``frames`` (:class:`~nsfwlab.frames.FrameOptions`: sampling,
     aggregation, the caps on duration and decoded frames, 413 ``too_long``) in the decode pool;
@@ -66,6 +72,11 @@ class ServeConfig:
     may send state-changing requests (POST, PUT, PATCH, DELETE); a request from any other
     ``Origin`` is refused with 403 (:mod:`~nsfwlab.serve.origin`). Requests without ``Origin``
     (not from a browser page) pass. No CORS headers are ever sent.
+
+    ``allowed_hosts``: when non-empty, the host names (without port) a request's ``Host`` header
+    may carry; any other is refused with 403 on every route. A server on a loopback address
+    should allow only its loopback names: a web page whose own host name resolves to 127.0.0.1
+    (DNS rebinding) is otherwise same-origin to it. Empty: any host.
 
     ``max_json_bytes``: the cap on a JSON request body (the review label), checked on
     ``Content-Length`` and while the body streams in: 413 at once. JSON routes accept only
@@ -88,6 +99,8 @@ class ServeConfig:
     max_wait_ms: float = 5.0
     batching: bool = True
     decode_workers: int = 2
+    media_workers: int = 1
+    max_concurrent_media: int = 4
     api_keys: tuple[str, ...] = ()
     audit_rate: float = 0.0
     audit_seed: int | None = None
@@ -96,11 +109,12 @@ class ServeConfig:
     bank: Path | None = None
     match_distance: int = DEFAULT_MAX_DISTANCE
     allow_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
     max_json_bytes: int = 64 * 1024
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_files", "max_concurrent_requests", "queue_size",
-                     "max_batch", "decode_workers", "max_json_bytes"):
+                     "max_batch", "decode_workers", "max_json_bytes", "media_workers", "max_concurrent_media"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -125,6 +139,9 @@ class ServeConfig:
         if isinstance(self.allow_origins, str):
             raise ConfigError("allow_origins must be a tuple of origins, not one string", param="allow_origins")
         object.__setattr__(self, "allow_origins", tuple(normalize_origin(o) for o in self.allow_origins))
+        if isinstance(self.allowed_hosts, str):
+            raise ConfigError("allowed_hosts must be a tuple of host names, not one string", param="allowed_hosts")
+        object.__setattr__(self, "allowed_hosts", tuple(normalize_host(h) for h in self.allowed_hosts))
         if isinstance(self.rate_limit, str):
             object.__setattr__(self, "rate_limit", RateLimit.parse(self.rate_limit))
         for name in ("data_dir", "bank"):

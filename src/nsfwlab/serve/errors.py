@@ -18,6 +18,7 @@ __all__ = [
     "CORE_STATUS",
     "BadRequestError",
     "BodyTooLargeError",
+    "ForbiddenHostError",
     "ForbiddenOriginError",
     "InvalidRequestError",
     "NotFoundError",
@@ -67,6 +68,11 @@ class UnauthorizedError(ServeError, code="unauthorized", status=401):
 class ForbiddenOriginError(ServeError, code="forbidden_origin", status=403):
     """A state-changing request came from a web page of another origin (its ``Origin`` header is
     neither the server's own origin nor one of ``ServeConfig.allow_origins``)."""
+
+
+class ForbiddenHostError(ServeError, code="forbidden_host", status=403):
+    """The request's ``Host`` header is none of ``ServeConfig.allowed_hosts`` (a page reaching a
+    local server through a DNS name of its own: DNS rebinding)."""
 
 
 class UnsupportedMediaTypeError(ServeError, code="unsupported_media_type", status=415):

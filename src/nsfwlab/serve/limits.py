@@ -123,8 +123,9 @@ def check_declared_length(headers: Mapping[str, str], cap: int, cap_name: str) -
 class Admission:
     """A non-blocking counter of requests in progress: ``enter`` refuses at once when full."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, what: str = "requests") -> None:
         self.limit = limit
+        self.what = what
         self._active = 0
         self._lock = threading.Lock()
 
@@ -136,7 +137,7 @@ class Admission:
         with self._lock:
             if self._active >= self.limit:
                 raise OverloadedError(
-                    f"{self._active} requests are already being handled (limit {self.limit}); retry shortly"
+                    f"{self._active} {self.what} are already being handled (limit {self.limit}); retry shortly"
                 )
             self._active += 1
 

@@ -9,19 +9,26 @@ server's own origin (the scheme of the connection and its ``Host`` header) nor o
 ``ServeConfig.allow_origins`` is refused with 403 before any route runs. Requests without
 ``Origin`` (curl, SDKs, server-to-server calls) are not browsers' cross-site requests and pass.
 The service sends no CORS headers, so no other origin's script can read its answers either.
+
+One attack passes the Origin rule: DNS rebinding, where a page's own host name is made to resolve
+to the server (127.0.0.1), so its requests are same-origin. They still carry the page's host name
+in ``Host``: with ``ServeConfig.allowed_hosts`` set (the CLI sets the loopback names when it
+listens on a loopback address), any other ``Host`` is refused with 403 on every request.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError
-from .errors import ForbiddenOriginError, error_headers, http_status_for
+from .errors import ForbiddenHostError, ForbiddenOriginError, ServeError, error_headers, http_status_for
 from .metrics import ServiceMetrics
 
-__all__ = ["STATE_CHANGING_METHODS", "OriginMiddleware", "normalize_origin", "own_origin"]
+__all__ = ["STATE_CHANGING_METHODS", "OriginMiddleware", "host_name", "normalize_host", "normalize_origin",
+           "own_origin"]
 
 STATE_CHANGING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -49,7 +56,7 @@ def normalize_origin(text: str) -> str:
 def own_origin(scope: dict[str, Any]) -> str | None:
     """The origin a browser gives a page served by this server on this request's connection:
     the connection's scheme and the ``Host`` header (``None`` without a usable one)."""
-    host = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"host"), None)
+    host = _header(scope, b"host")
     if not host:
         return None
     scheme = "https" if scope.get("scheme") in ("https", "wss") else "http"
@@ -59,30 +66,78 @@ def own_origin(scope: dict[str, Any]) -> str | None:
         return None
 
 
-class OriginMiddleware:
-    """Answers 403 ``forbidden_origin`` to a state-changing request from another web origin."""
+def normalize_host(text: str) -> str:
+    """A host name as ``allowed_hosts`` holds it: lower case, IPv6 in brackets, no port."""
+    name = text.strip().lower()
+    bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+    if ":" in bare:
+        try:
+            return f"[{ipaddress.IPv6Address(bare)}]"
+        except ValueError:
+            pass
+    elif bare and all(c.isalnum() or c in ".-_" for c in bare):
+        return bare
+    raise ConfigError(f"allowed_hosts: {text!r} is not a host name (give a name or an address, without a port)",
+                      param="allowed_hosts")
 
-    def __init__(self, app: Any, allowed: Iterable[str], metrics: ServiceMetrics | None = None) -> None:
+
+def host_name(scope: dict[str, Any]) -> str | None:
+    """The host name of a request's ``Host`` header, normalised, without its port."""
+    host = _header(scope, b"host")
+    if not host:
+        return None
+    try:
+        name = urlsplit(f"http://{host}").hostname
+    except ValueError:
+        return None
+    try:
+        return normalize_host(name) if name else None
+    except ConfigError:
+        return None
+
+
+def _header(scope: dict[str, Any], name: bytes) -> str | None:
+    return next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == name), None)
+
+
+class OriginMiddleware:
+    """Answers 403 ``forbidden_host`` to a request whose ``Host`` is not allowed (when
+    ``allowed_hosts`` is set), and 403 ``forbidden_origin`` to a state-changing request from
+    another web origin."""
+
+    def __init__(self, app: Any, allowed: Iterable[str], metrics: ServiceMetrics | None = None,
+                 hosts: Iterable[str] = ()) -> None:
         self.app = app
         self.allowed = frozenset(allowed)
+        self.hosts = frozenset(hosts)
         self.metrics = metrics
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope.get("method", "") in STATE_CHANGING_METHODS:
-            origin = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"origin"), None)
-            if origin is not None and not self._allows(origin, scope):
+        if scope["type"] == "http":
+            refusal = self._refusal(scope)
+            if refusal is not None:
                 from starlette.responses import JSONResponse
 
-                exc = ForbiddenOriginError(
-                    f"requests from the web origin {origin[:200]!r} may not change this server's state "
-                    "(only its own origin and the allowed origins may)")
                 if self.metrics is not None:
-                    self.metrics.errors.labels(code=exc.code).inc()
-                response = JSONResponse({"error": exc.message, "code": exc.code}, status_code=http_status_for(exc),
-                                        headers=error_headers(exc))
+                    self.metrics.errors.labels(code=refusal.code).inc()
+                response = JSONResponse({"error": refusal.message, "code": refusal.code},
+                                        status_code=http_status_for(refusal), headers=error_headers(refusal))
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    def _refusal(self, scope: dict[str, Any]) -> ServeError | None:
+        if self.hosts and host_name(scope) not in self.hosts:
+            host = _header(scope, b"host") or ""
+            return ForbiddenHostError(f"this server does not answer to the host name {host[:200]!r} "
+                                      f"(allowed: {', '.join(sorted(self.hosts))})")
+        if scope.get("method", "") in STATE_CHANGING_METHODS:
+            origin = _header(scope, b"origin")
+            if origin is not None and not self._allows(origin, scope):
+                return ForbiddenOriginError(
+                    f"requests from the web origin {origin[:200]!r} may not change this server's state "
+                    "(only its own origin and the allowed origins may)")
+        return None
 
     def _allows(self, origin: str, scope: dict[str, Any]) -> bool:
         try:

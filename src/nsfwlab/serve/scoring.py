@@ -1,6 +1,7 @@
 """Scoring one request's uploads, in three stages:
 
-1. ``prepare`` (in the decode pool): each upload's format is checked by its bytes against the
+1. ``prepare`` (in the decode pool; animations and videos in the media pool, see
+   :meth:`~nsfwlab.serve.service.Service.run_upload`): each upload's format is checked by its bytes against the
    server's ``formats``.
 
    - A still image is decoded once under the server's ``limits``, preprocessed through the core
@@ -9,7 +10,7 @@
    - A video or an animation is scored whole here by ``Detector.score_frames`` with the server's
      :class:`~nsfwlab.frames.FrameOptions`: its frames reach the model from this pool thread in
      batches of the detector's ``batch_size`` (not through the micro-batcher), so the event loop
-     never blocks and at most ``decode_workers`` files decode at once.
+     never blocks, and at most ``media_workers`` of them decode at once, beside the stills.
 
    A bad file becomes its own error entry.
 2. ``model``: the still images go through the micro-batcher's model calls. A matched image is
@@ -123,7 +124,7 @@ async def score_uploads(svc: Service, uploads: list[tuple[str, bytes]], *,
     det, batcher = svc.require_ready()
     batcher.check_capacity(len(uploads))
     prepared: list[PreparedUpload] = await asyncio.gather(
-        *(svc.run(_prepare, svc, det, name, data) for name, data in uploads))
+        *(svc.run_upload(data, _prepare, svc, det, name, data) for name, data in uploads))
     stills = [p for p in prepared if isinstance(p, Still)]
     svc.metrics.queue_depth.set(batcher.depth + len(stills))
     raws = dict(zip(map(id, stills), await batcher.score([s.array for s in stills]), strict=True))
@@ -179,7 +180,8 @@ async def _queue_for_review(svc: Service, det: Detector, prepared: list[Prepared
         assert item.label is not None and item.score is not None
         reason = svc.review.reason_for(item.label)
         if reason is not None:
-            jobs.append((idx, reason, svc.run(_submit, svc, det, p, item.score, item.label, reason)))
+            run = svc.run_media if isinstance(p, Framed) else svc.run  # a Framed thumbnail decodes frames again
+            jobs.append((idx, reason, run(_submit, svc, det, p, item.score, item.label, reason)))
     ids = await asyncio.gather(*(job for _, _, job in jobs))
     for (idx, reason, _), rid in zip(jobs, ids, strict=True):
         if rid is not None:

@@ -1,5 +1,6 @@
-"""The state of one app (``app.state.service``): detector, micro-batcher, decode pool, review
-queue, hash bank, admission and metrics, started and stopped by the app's lifespan."""
+"""The state of one app (``app.state.service``): detector, micro-batcher, decode pools (one for
+still images, one for animations and videos), review queue, hash bank, admission and metrics,
+started and stopped by the app's lifespan."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 from ..bank import Bank
 from ..detector import Detector
 from ..errors import NsfwlabError
+from ..frames import media_kind
 from .batching import MicroBatcher
 from .config import ServeConfig
 from .errors import NotReadyError
@@ -36,6 +38,7 @@ class Service:
         self.config = config
         self.metrics = ServiceMetrics()
         self.admission = Admission(config.max_concurrent_requests)
+        self.media_admission = Admission(config.max_concurrent_media, "animations and videos")
         self.review = ReviewQueue(config.data_dir, audit_rate=config.audit_rate, audit_seed=config.audit_seed,
                                   limits=config.limits)
         limit = config.rate_limit
@@ -48,6 +51,7 @@ class Service:
         self.load_error: str | None = None
         self.shutting_down = False
         self._pool: ThreadPoolExecutor | None = None
+        self._media_pool: ThreadPoolExecutor | None = None
         self._loader: threading.Thread | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -56,6 +60,7 @@ class Service:
         self.shutting_down = False
         self.load_error = None
         self._pool = ThreadPoolExecutor(self.config.decode_workers, thread_name_prefix="nsfwlab-serve")
+        self._media_pool = ThreadPoolExecutor(self.config.media_workers, thread_name_prefix="nsfwlab-media")
         self.review.open()
         self.bank = open_bank(self.config.bank, self.config.limits)
         if isinstance(self._detector_source, Detector):
@@ -102,9 +107,10 @@ class Service:
         if self.batcher is not None:
             self.batcher.stop()
             self.batcher = None
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        for pool in (self._pool, self._media_pool):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._pool = self._media_pool = None
         self.review.close()
         if self.bank is not None:
             self.bank.close()
@@ -132,3 +138,38 @@ class Service:
         if self._pool is None:
             raise NotReadyError("the server is not running")
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def run_media(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run blocking ``fn(*args)`` on an animation or a video, in the media pool."""
+        if self._media_pool is None:
+            raise NotReadyError("the server is not running")
+        return await asyncio.get_running_loop().run_in_executor(self._media_pool, fn, *args)
+
+    async def run_upload(self, data: bytes, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` for the upload ``data``: in the media pool, holding a media slot, when it
+        is an animation or a video (``OverloadedError``, 429, when all ``max_concurrent_media``
+        slots are taken); else in the decode pool."""
+
+        def unless_media() -> Any:  # one trip through the decode pool for a still, as before
+            return _MEDIA if _is_media(data) else fn(*args)
+
+        result = await self.run(unless_media)
+        if result is not _MEDIA:
+            return result
+        self.media_admission.enter()
+        try:
+            return await self.run_media(fn, *args)
+        finally:
+            self.media_admission.leave()
+
+
+_MEDIA = object()
+
+
+def _is_media(data: bytes) -> bool:
+    """Whether ``data`` is a video or an animation, from its headers (what it is exactly, and
+    whether the server accepts it, is for the scoring to say)."""
+    try:
+        return media_kind(data) != "image"
+    except Exception:
+        return False
