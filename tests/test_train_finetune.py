@@ -413,3 +413,35 @@ def test_finetune_trains_an_architecture_registered_later(small_dir: Path, tmp_p
     finally:
         ARCHITECTURES.pop("tiny_test_net", None)
     assert FinetuneConfig(arch=Arch.VGG16).arch == "vgg16"  # the enum's names still work
+
+
+def test_near_duplicates_stay_on_one_side_of_the_split(tmp_path: Path, photos) -> None:
+    """Resized copies of one photo used to land on both sides of the split (validation AUC then
+    measures memory): they are grouped by PDQ distance now."""
+    from nsfwlab.train.finetune import prepare_data
+
+    items = []
+    for i, (name, arr) in enumerate(sorted(photos.items())):
+        img = Image.fromarray(arr).convert("RGB")
+        for j, size in enumerate((None, (300, 300), (200, 260))):
+            path = tmp_path / f"{name}_{j}.jpg"
+            (img if size is None else img.resize(size)).save(path, quality=85)
+            items.append(LabelledItem(path, i % 2))
+    twins = {str(it.path): it.path.stem.rsplit("_", 1)[0] for it in items}
+
+    def sides(data) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for side, idx in (("train", data.train_idx), ("val", data.val_idx)):
+            for k in idx:
+                out.setdefault(twins[data.prepared.paths[int(k)]], set()).add(side)
+        return out
+
+    split_apart = False
+    for seed in range(4):
+        cfg = FinetuneConfig(val_fraction=0.3, seed=seed)
+        grouped = prepare_data(items, cfg, PreprocessConfig(), cache_dir=tmp_path / "cache")  # preprocessed once
+        assert all(len(v) == 1 for v in sides(grouped).values()), sides(grouped)
+        assert grouped.near_duplicates == 2 * len(photos)
+        plain = prepare_data(items, cfg, PreprocessConfig(), cache_dir=tmp_path / "cache", near_duplicate_distance=None)
+        split_apart |= any(len(v) == 2 for v in sides(plain).values())
+    assert split_apart, "without grouping some photo should straddle the split (the test would prove nothing)"

@@ -1,15 +1,15 @@
 """Transfer learning from the open_nsfw weights (or VGG-16 from scratch) on a labelled set.
 
-The loop: hash the files (duplicates stay on one side of the split; groups of identical files
-with conflicting labels are left out), preprocess every readable image once with the core's exact
-pipeline, split stratified and seeded (:func:`prepare_data` -> :class:`TrainData`), then train
-the unfrozen top stages with AdamW on a class-balanced cross-entropy, augmenting each batch
-(:func:`train_epoch`); after each epoch measure the validation ROC AUC (:func:`validate`), keep
-the best weights, stop early after ``patience`` epochs without improvement
-(:meth:`TrainState.end_epoch`), and (with ``state_path``) save everything needed to resume
-(:meth:`TrainState.to_dict`). Epoch ``e`` draws its shuffling, augmentation and dropout from
-seeds derived from ``(seed, e)`` (no generator state is carried), so a resumed run reproduces an
-uninterrupted one.
+The loop: hash the files (identical files and PDQ near-duplicates stay on one side of the split;
+groups of identical files with conflicting labels are left out), preprocess every readable image
+once with the core's exact pipeline, split stratified and seeded (:func:`prepare_data` ->
+:class:`TrainData`), then train the unfrozen top stages with AdamW on a class-balanced
+cross-entropy, augmenting each batch (:func:`train_epoch`); after each epoch measure the
+validation ROC AUC (:func:`validate`), keep the best weights, stop early after ``patience``
+epochs without improvement (:meth:`TrainState.end_epoch`), and (with ``state_path``) save
+everything needed to resume (:meth:`TrainState.to_dict`). Epoch ``e`` draws its shuffling,
+augmentation and dropout from seeds derived from ``(seed, e)`` (no generator state is carried),
+so a resumed run reproduces an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..config import DecodeLimits, Device, PreprocessConfig
-from ..datasets import LabelledItem, LabelledSet, Problem, check_hygiene
+from ..datasets import NEAR_DUPLICATE_DISTANCE, LabelledItem, LabelledSet, Problem, check_hygiene, near_duplicate_groups
 from ..errors import ConfigError
 from .augment import AugmentConfig, augment_batch
 from .cache import PreparedSet, prepare, text_digest
@@ -161,6 +161,8 @@ class FinetuneResult:
     problems: tuple[Problem, ...]
     excluded_conflicting: tuple[str, ...]
     preprocess: PreprocessConfig
+    #: images kept on the side of the split of a near-duplicate (PDQ), beyond identical files
+    near_duplicates: int = 0
 
     def meta(self) -> dict[str, Any]:
         """What the checkpoint records about its training (``checkpoint['meta']``)."""
@@ -172,6 +174,7 @@ class FinetuneResult:
             "best_epoch": self.best_epoch,
             "n_train": self.n_train,
             "n_val": self.n_val,
+            "near_duplicates_grouped": self.near_duplicates,
             "stopped_early": self.stopped_early,
             "history": [h.to_dict() for h in self.history],
             "unreadable": [p.to_dict() for p in self.problems],
@@ -234,6 +237,8 @@ class TrainData:
     split_id: str
     problems: tuple[Problem, ...]
     excluded_conflicting: tuple[str, ...]
+    #: images kept with another one as a near-duplicate (PDQ), beyond identical files
+    near_duplicates: int = 0
 
     def class_weight(self) -> np.ndarray:
         """Cross-entropy weights that give both classes of the training split equal total weight."""
@@ -243,20 +248,27 @@ class TrainData:
 
 def prepare_data(items: Sequence[LabelledItem], config: FinetuneConfig, preprocess: PreprocessConfig, *,
                  limits: DecodeLimits | None = None, workers: int = 2, cache_dir: str | os.PathLike | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> TrainData:
-    """Hash the files (identical contents stay on one side of the split; groups with conflicting
-    labels and unreadable files are left out), preprocess the rest once, and split them."""
+                 progress: Callable[[int, int], None] | None = None,
+                 near_duplicate_distance: int | None = NEAR_DUPLICATE_DISTANCE) -> TrainData:
+    """Hash the files (identical contents, and near-duplicates whose PDQ hashes lie within
+    ``near_duplicate_distance`` bits, stay on one side of the split: otherwise validation measures
+    memory; ``None`` groups identical files only), leave out groups with conflicting labels and
+    unreadable files, preprocess the rest once, and split them."""
     hygiene = check_hygiene(items)
     conflicting = tuple(sorted({p for g in hygiene.conflicting for p in g.paths}))
     left_out = {p.path for p in hygiene.unreadable} | set(conflicting)
     usable = [it for it in items if str(it.path) not in left_out]
     prepared = prepare(usable, preprocess, limits=limits, workers=workers, cache_dir=cache_dir, progress=progress)
     groups = [hygiene.digests.get(p, p) for p in prepared.paths]
+    identical = len(set(groups))
+    if near_duplicate_distance is not None:
+        groups = near_duplicate_groups(prepared.paths, keys=groups, max_distance=near_duplicate_distance,
+                                       limits=limits, workers=workers)
     train_idx, val_idx = stratified_split(prepared.labels, groups, config.val_fraction, config.seed)
     split_id = text_digest(f"{tag}{prepared.paths[int(i)]}\n"
                            for tag, idx in (("t", train_idx), ("v", val_idx)) for i in idx)
     return TrainData(prepared, train_idx, val_idx, split_id, tuple(hygiene.unreadable) + prepared.problems,
-                     conflicting)
+                     conflicting, identical - len(set(groups)))
 
 
 @dataclass(frozen=True)
@@ -453,6 +465,7 @@ def finetune(
     on_prepare: Callable[[int, int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    near_duplicate_distance: int | None = NEAR_DUPLICATE_DISTANCE,
 ) -> FinetuneResult:
     """Train and return the best model by validation AUC (epoch 0 is the starting model, so the
     result is never worse than it on the validation split).
@@ -463,6 +476,7 @@ def finetune(
     and ``on_epoch(stats)`` report progress; an exception raised in a callback stops the run,
     and the last saved state is intact. ``device``: ``cpu``, ``cuda`` or ``auto`` (fp32 on both;
     the cached arrays stay in host memory and each batch is copied over).
+    ``near_duplicate_distance``: see :func:`prepare_data` (``None``: identical files only).
     """
     import torch
 
@@ -477,7 +491,7 @@ def finetune(
         raise ConfigError(f"no training state to continue from: {state_path} does not exist (run once without "
                           "resume first)", param="resume")
     prepared = prepare_data(items, config, preprocess or PreprocessConfig(), limits=limits, workers=workers,
-                            cache_dir=cache_dir, progress=on_prepare)
+                            cache_dir=cache_dir, progress=on_prepare, near_duplicate_distance=near_duplicate_distance)
     state = _start(config, prepared, dev, state_path if resume else None)
     if not resume and on_epoch is not None:
         on_epoch(state.history[-1])
@@ -503,4 +517,4 @@ def _result(state: TrainState, config: FinetuneConfig, data: TrainData, stopped_
     model.requires_grad_(False)
     return FinetuneResult(model, config, state.history, state.baseline_auc, state.best_auc, state.best_epoch,
                           len(data.train_idx), len(data.val_idx), stopped_early, data.problems,
-                          data.excluded_conflicting, data.prepared.config)
+                          data.excluded_conflicting, data.prepared.config, data.near_duplicates)
