@@ -409,7 +409,11 @@ def test_finetune_trains_an_architecture_registered_later(small_dir: Path, tmp_p
         assert all(p.requires_grad for p in model.parameters())
         result = finetune(load_folder(small_dir), config)
         assert isinstance(result.model, _TinyNet) and len(result.history) == 2
-        assert read_checkpoint(result.save(tmp_path / "tiny.pt"))["arch"] == "tiny_test_net"
+        saved = read_checkpoint(result.save(tmp_path / "tiny.pt"))
+        assert saved["arch"] == "tiny_test_net"
+        # 4 validation images: the validation AUC comes with a warning (it used to read 1.0 on 10 images, unqualified)
+        assert result.val_counts == (2, 2) and saved["meta"]["warnings"] == list(result.warnings)
+        assert result.warnings[0].startswith("validation AUC rests on 2 safe and 2 nsfw images")
     finally:
         ARCHITECTURES.pop("tiny_test_net", None)
     assert FinetuneConfig(arch=Arch.VGG16).arch == "vgg16"  # the enum's names still work

@@ -296,6 +296,8 @@ def finetune_command(
                  + ("; stopped early" if result.stopped_early else ""), highlight=False)
     for p in result.problems:
         stderr.print(tagged("unreadable:", "red", f" {p.path}: {p.message}"), highlight=False)
+    for warning in result.warnings:
+        stderr.print(tagged("warning:", "yellow", f" {warning}"), highlight=False)
     if result.near_duplicates:
         stderr.print(f"{result.near_duplicates} near-duplicate image(s) kept on the side of the split of their "
                      "twin (PDQ)", highlight=False)

@@ -57,6 +57,9 @@ MAX_UNFREEZE = 5
 #: Upper bounds of the counts a caller gives (a typo such as ``epochs=10**9`` is refused at once
 #: rather than running for ever): far above any useful run on one machine.
 MAX_EPOCHS = 10_000
+#: Below this many validation images in a class, the result warns that its validation AUC says
+#: little (the threshold evaluate uses for its AUC, :data:`nsfwlab.evaluate.uncertainty.MIN_CLASS_FOR_AUC`).
+MIN_VAL_PER_CLASS = 30
 MAX_BATCH_SIZE = 4096
 
 
@@ -163,10 +166,23 @@ class FinetuneResult:
     preprocess: PreprocessConfig
     #: images kept on the side of the split of a near-duplicate (PDQ), beyond identical files
     near_duplicates: int = 0
+    #: safe and nsfw images in the validation split
+    val_counts: tuple[int, int] = (0, 0)
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """One sentence when the validation AUC rests on too few images to mean much."""
+        safe, nsfw = self.val_counts
+        if min(safe, nsfw) >= MIN_VAL_PER_CLASS:
+            return ()
+        return (f"validation AUC rests on {safe} safe and {nsfw} nsfw images (fewer than {MIN_VAL_PER_CLASS} in a "
+                f"class): {self.best_auc:.3f} may be far from the AUC on new images; measure the model with "
+                "evaluate on a held-out set",)
 
     def meta(self) -> dict[str, Any]:
         """What the checkpoint records about its training (``checkpoint['meta']``)."""
         return {
+            "warnings": list(self.warnings),
             "trained_by": "nsfwlab finetune",
             "config": self.config.to_dict(),
             "baseline_val_auc": self.baseline_auc,
@@ -511,10 +527,11 @@ def finetune(
 
 def _result(state: TrainState, config: FinetuneConfig, data: TrainData, stopped_early: bool) -> FinetuneResult:
     """The best weights, on the CPU, frozen, in eval mode."""
+    safe, nsfw = (int(v) for v in np.bincount(data.prepared.labels[data.val_idx], minlength=2)[:2])
     model = state.model
     model.load_state_dict(state.best_state_dict)
     model = model.cpu().eval()
     model.requires_grad_(False)
     return FinetuneResult(model, config, state.history, state.baseline_auc, state.best_auc, state.best_epoch,
                           len(data.train_idx), len(data.val_idx), stopped_early, data.problems,
-                          data.excluded_conflicting, data.prepared.config, data.near_duplicates)
+                          data.excluded_conflicting, data.prepared.config, data.near_duplicates, (safe, nsfw))
