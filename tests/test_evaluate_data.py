@@ -295,3 +295,19 @@ def test_near_duplicate_groups_join_resized_and_slightly_cropped_copies(tmp_path
     assert got["a.png"] == "k-a.png" and got["a_crop95.png"] == "k-a_crop95.png"  # distance 0: PDQ joins nothing
     with pytest.raises(ConfigError, match="max_distance"):
         near_duplicate_groups(paths, max_distance=300)
+
+
+def test_a_csv_may_name_each_image_s_source_group_and_is_read_as_a_side_file(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from nsfwlab import datasets
+
+    csv_path = tmp_path / "set.csv"
+    csv_path.write_text("path,label,group\na1.jpg,safe,photo-a\na2.jpg,safe,photo-a\nb.jpg,nsfw,\nc.jpg,nsfw\n")
+    data = load_csv(csv_path)
+    assert [it.group for it in data.items] == ["photo-a", "photo-a", None, None]
+    keys = [(str(it.path), f"group:{it.group}") if it.group else str(it.path) for it in data.items]
+    groups = datasets.near_duplicate_groups(data.paths, keys=keys, max_distance=None)  # no hashing
+    assert groups[0] == groups[1] != groups[2] != groups[3]
+    monkeypatch.setattr(datasets, "MAX_CSV_BYTES", 16)  # a CSV is capped like every side file
+    with pytest.raises(ConfigError, match=r"set\.csv"):
+        load_csv(csv_path)

@@ -449,3 +449,30 @@ def test_near_duplicates_stay_on_one_side_of_the_split(tmp_path: Path, photos) -
         plain = prepare_data(items, cfg, PreprocessConfig(), cache_dir=tmp_path / "cache", near_duplicate_distance=None)
         split_apart |= any(len(v) == 2 for v in sides(plain).values())
     assert split_apart, "without grouping some photo should straddle the split (the test would prove nothing)"
+
+
+def test_crops_of_one_source_named_in_the_csv_stay_on_one_side(tmp_path: Path, photos) -> None:
+    """Crops that cut a third of a photo are beyond PDQ (100+ bits apart): a CSV's group column
+    keeps them together, where they used to be split across train and validation."""
+    from nsfwlab.datasets import load_csv
+    from nsfwlab.train.finetune import prepare_data
+
+    rows = []
+    for i, (name, arr) in enumerate(sorted(photos.items())):
+        img = Image.fromarray(arr).convert("RGB")
+        w, h = img.size
+        for j, box in enumerate(((0, 0, 2 * w // 3, 2 * h // 3), (w // 3, h // 3, w, h))):
+            img.crop(box).save(tmp_path / f"{name}_{j}.png")
+            rows.append(f"{name}_{j}.png,{i % 2},{name}")
+    (tmp_path / "grouped.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "plain.csv").write_text("\n".join(r.rsplit(",", 1)[0] for r in rows) + "\n")
+
+    def straddling(csv_name: str, seed: int) -> list[str]:
+        data = prepare_data(load_csv(tmp_path / csv_name).items, FinetuneConfig(val_fraction=0.3, seed=seed),
+                            PreprocessConfig(), cache_dir=tmp_path / "cache")
+        val = {Path(data.prepared.paths[int(k)]).stem.rsplit("_", 1)[0] for k in data.val_idx}
+        train = {Path(data.prepared.paths[int(k)]).stem.rsplit("_", 1)[0] for k in data.train_idx}
+        return sorted(val & train)
+
+    assert any(straddling("plain.csv", seed) for seed in range(4))  # PDQ alone does not join them
+    assert not any(straddling("grouped.csv", seed) for seed in range(4))

@@ -129,7 +129,7 @@ def evaluate_command(
     }
     fit: Any = None
     if calibrate is not None:
-        fit, reliability = _fit_calibration(result, calibrate, calibration_folds, seed, limits)
+        fit, reliability = _fit_calibration(result, dataset, calibrate, calibration_folds, seed, limits)
         plots.update(reliability)
     shown = result.false_positives()[:gallery] + result.false_negatives()[:gallery]
     thumbs = {it.path: thumbnail(it.path, limits=limits) for it in shown}
@@ -173,10 +173,10 @@ def evaluate_command(
         raise typer.Exit(int(ExitCode.INPUT_FAILED))
 
 
-def _fit_calibration(evaluation: object, method: CalibrationMethod, folds: int, seed: int,
+def _fit_calibration(evaluation: object, dataset: Any, method: CalibrationMethod, folds: int, seed: int,
                      limits: DecodeLimits) -> tuple[Any, dict[str, bytes]]:
-    """Fit the calibration on the scored set, cross-validated with near-duplicates kept in one
-    fold; the fit and its two reliability diagrams."""
+    """Fit the calibration on the scored set, cross-validated with near-duplicates (and images of
+    one CSV group) kept in one fold; the fit and its two reliability diagrams."""
     from ..datasets import near_duplicate_groups
     from ..evaluate.calibrate import fit_calibration
     from ..evaluate.plots import reliability_png
@@ -186,8 +186,11 @@ def _fit_calibration(evaluation: object, method: CalibrationMethod, folds: int, 
     paths = [it.path for it in evaluation.scored]  # type: ignore[attr-defined]
     digests = evaluation.hygiene.digests  # type: ignore[attr-defined]
     model = evaluation.model  # type: ignore[attr-defined]
+    sources = {str(it.path): it.group for it in dataset.items}
+    keys = [(digests.get(p, p), f"group:{g}") if (g := sources.get(p)) is not None else digests.get(p, p)
+            for p in paths]
     try:
-        groups = near_duplicate_groups(paths, keys=[digests.get(p, p) for p in paths], limits=limits)
+        groups = near_duplicate_groups(paths, keys=keys, limits=limits)
         fit = fit_calibration(labels, scores, method, model_version=model["model_version"],
                               preprocess_version=model["preprocess_version"], folds=folds, seed=seed, groups=groups)
     except NsfwlabError as exc:

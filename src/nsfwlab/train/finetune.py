@@ -253,7 +253,7 @@ class TrainData:
     split_id: str
     problems: tuple[Problem, ...]
     excluded_conflicting: tuple[str, ...]
-    #: images kept with another one as a near-duplicate (PDQ), beyond identical files
+    #: images kept with another one by PDQ or a shared group, beyond identical files
     near_duplicates: int = 0
 
     def class_weight(self) -> np.ndarray:
@@ -266,20 +266,23 @@ def prepare_data(items: Sequence[LabelledItem], config: FinetuneConfig, preproce
                  limits: DecodeLimits | None = None, workers: int = 2, cache_dir: str | os.PathLike | None = None,
                  progress: Callable[[int, int], None] | None = None,
                  near_duplicate_distance: int | None = NEAR_DUPLICATE_DISTANCE) -> TrainData:
-    """Hash the files (identical contents, and near-duplicates whose PDQ hashes lie within
-    ``near_duplicate_distance`` bits, stay on one side of the split: otherwise validation measures
-    memory; ``None`` groups identical files only), leave out groups with conflicting labels and
-    unreadable files, preprocess the rest once, and split them."""
+    """Hash the files (identical contents, images of one :attr:`LabelledItem.group`, and
+    near-duplicates whose PDQ hashes lie within ``near_duplicate_distance`` bits stay on one side
+    of the split: otherwise validation measures memory; ``None``: no PDQ), leave out groups of
+    identical files with conflicting labels and unreadable files, preprocess the rest once, and
+    split them."""
     hygiene = check_hygiene(items)
     conflicting = tuple(sorted({p for g in hygiene.conflicting for p in g.paths}))
     left_out = {p.path for p in hygiene.unreadable} | set(conflicting)
     usable = [it for it in items if str(it.path) not in left_out]
     prepared = prepare(usable, preprocess, limits=limits, workers=workers, cache_dir=cache_dir, progress=progress)
-    groups = [hygiene.digests.get(p, p) for p in prepared.paths]
-    identical = len(set(groups))
-    if near_duplicate_distance is not None:
-        groups = near_duplicate_groups(prepared.paths, keys=groups, max_distance=near_duplicate_distance,
-                                       limits=limits, workers=workers)
+    digests = [hygiene.digests.get(p, p) for p in prepared.paths]
+    sources = {str(it.path): it.group for it in usable}
+    keys = [(d, f"group:{g}") if (g := sources.get(p)) is not None else d for d, p in zip(digests, prepared.paths,
+                                                                                           strict=True)]
+    identical = len(set(digests))
+    groups = near_duplicate_groups(prepared.paths, keys=keys, max_distance=near_duplicate_distance, limits=limits,
+                                   workers=workers)
     train_idx, val_idx = stratified_split(prepared.labels, groups, config.val_fraction, config.seed)
     split_id = text_digest(f"{tag}{prepared.paths[int(i)]}\n"
                            for tag, idx in (("t", train_idx), ("v", val_idx)) for i in idx)
