@@ -476,3 +476,16 @@ def test_crops_of_one_source_named_in_the_csv_stay_on_one_side(tmp_path: Path, p
 
     assert any(straddling("plain.csv", seed) for seed in range(4))  # PDQ alone does not join them
     assert not any(straddling("grouped.csv", seed) for seed in range(4))
+
+
+def test_worker_counts_are_bounded(small_dir: Path) -> None:
+    from nsfwlab.datasets import near_duplicate_groups
+    from nsfwlab.train.cache import MAX_WORKERS
+
+    items = load_folder(small_dir).items[:2]
+    for call in (lambda: prepare(items, workers=10**6), lambda: prepare(items, workers=0),
+                 lambda: near_duplicate_groups([it.path for it in items], workers=10**6)):
+        with pytest.raises(ConfigError, match=r"workers must lie in \[1, ") as info:
+            call()
+        assert info.value.param == "workers"
+    assert MAX_WORKERS == 256

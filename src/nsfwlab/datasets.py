@@ -321,8 +321,8 @@ def near_duplicate_groups(paths: Sequence[str | os.PathLike], *,
     if max_distance is not None and (isinstance(max_distance, bool) or not isinstance(max_distance, int)
                                      or not 0 <= max_distance <= 256):
         raise ConfigError(f"max_distance must be an integer in [0, 256], got {max_distance!r}", param="max_distance")
-    if workers < 1:
-        raise ConfigError(f"workers must be at least 1, got {workers}", param="workers")
+    if not 1 <= workers <= 256:  # threads; more than the cores only costs memory
+        raise ConfigError(f"workers must lie in [1, 256], got {workers}", param="workers")
     parent = list(range(len(paths)))
 
     def root(i: int) -> int:
