@@ -489,3 +489,11 @@ def test_worker_counts_are_bounded(small_dir: Path) -> None:
             call()
         assert info.value.param == "workers"
     assert MAX_WORKERS == 256
+
+
+@pytest.mark.parametrize(("field", "value"), [("flip", 1.5), ("crop_scale", 0.1), ("brightness", float("nan")),
+                                              ("brightness", 1e9), ("contrast", -0.1)])
+def test_augmentation_errors_name_their_parameter(field: str, value: float) -> None:
+    with pytest.raises(ConfigError) as info:
+        AugmentConfig(**{field: value})  # type: ignore[arg-type]
+    assert info.value.param == field and str(info.value).startswith(field)
