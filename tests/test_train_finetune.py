@@ -497,3 +497,21 @@ def test_augmentation_errors_name_their_parameter(field: str, value: float) -> N
     with pytest.raises(ConfigError) as info:
         AugmentConfig(**{field: value})  # type: ignore[arg-type]
     assert info.value.param == field and str(info.value).startswith(field)
+
+
+def test_near_duplicate_errors_name_finetune_s_parameter(small_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from nsfwlab.train.finetune import prepare_data
+
+    everything = load_folder(small_dir).items
+    items = everything[:2] + everything[-2:]  # two of each class
+    with pytest.raises(ConfigError, match="near_duplicate_distance must be") as info:
+        prepare_data(items, FinetuneConfig(), PreprocessConfig(), near_duplicate_distance=300)
+    assert info.value.param == "near_duplicate_distance"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pdqhash" else real(name, *a))
+    with pytest.raises(ConfigError, match="needs the pdqhash package") as info:
+        prepare_data(items, FinetuneConfig(), PreprocessConfig())
+    assert "near_duplicate_distance=None" in str(info.value)
+    prepare_data(items, FinetuneConfig(val_fraction=0.5), PreprocessConfig(), near_duplicate_distance=None)

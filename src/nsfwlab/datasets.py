@@ -378,4 +378,5 @@ def _check_pdq() -> None:
     import importlib.util
 
     if importlib.util.find_spec("pdqhash") is None:
-        raise ConfigError("near-duplicate grouping needs the pdqhash package: pip install 'nsfwlab[bank]'")
+        raise ConfigError("near-duplicate grouping needs the pdqhash package: pip install 'nsfwlab[evaluate]' "
+                          "(or pass max_distance=None to group identical files only)", param="max_distance")

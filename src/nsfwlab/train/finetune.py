@@ -210,7 +210,7 @@ def stratified_split(labels: Sequence[int] | np.ndarray, groups: Sequence[str], 
     contents) on one side. Each class needs at least two groups."""
     y = np.asarray(labels)
     if len(groups) != len(y):
-        raise ConfigError("one group per label expected")
+        raise ConfigError(f"one group per label expected: {len(y)} labels, {len(groups)} groups", param="groups")
     rng = np.random.default_rng(seed)
     val: list[int] = []
     for cls in (0, 1):
@@ -281,8 +281,14 @@ def prepare_data(items: Sequence[LabelledItem], config: FinetuneConfig, preproce
     keys = [(d, f"group:{g}") if (g := sources.get(p)) is not None else d for d, p in zip(digests, prepared.paths,
                                                                                            strict=True)]
     identical = len(set(digests))
-    groups = near_duplicate_groups(prepared.paths, keys=keys, max_distance=near_duplicate_distance, limits=limits,
-                                   workers=workers)
+    try:
+        groups = near_duplicate_groups(prepared.paths, keys=keys, max_distance=near_duplicate_distance,
+                                       limits=limits, workers=workers)
+    except ConfigError as exc:  # the caller's parameter is near_duplicate_distance
+        if exc.param != "max_distance":
+            raise
+        raise ConfigError(exc.message.replace("max_distance", "near_duplicate_distance"),
+                          param="near_duplicate_distance") from None
     train_idx, val_idx = stratified_split(prepared.labels, groups, config.val_fraction, config.seed)
     split_id = text_digest(f"{tag}{prepared.paths[int(i)]}\n"
                            for tag, idx in (("t", train_idx), ("v", val_idx)) for i in idx)
