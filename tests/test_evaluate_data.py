@@ -264,3 +264,50 @@ def test_a_set_that_cannot_be_looked_at_is_a_one_line_usage_error(tmp_path: Path
         load_labelled(target)
     res = CliRunner().invoke(app, ["evaluate", str(target), "--out", str(tmp_path / "out")])
     assert res.exit_code == 2 and "Traceback" not in res.output and "Permission denied" in res.output
+
+
+def test_near_duplicate_groups_join_resized_and_slightly_cropped_copies(tmp_path: Path, photos) -> None:
+    from nsfwlab.datasets import near_duplicate_groups
+
+    img = Image.fromarray(photos["astronaut"])
+    w, h = img.size
+    img.save(tmp_path / "a.png")
+    img.resize((256, 256)).save(tmp_path / "a_small.jpg", quality=80)
+    img.crop((w // 40, h // 40, w - w // 40, h - h // 40)).save(tmp_path / "a_crop95.png")
+    shutil.copy(tmp_path / "a_small.jpg", tmp_path / "a_copy.jpg")
+    Image.fromarray(photos["coffee"]).save(tmp_path / "c.png")
+    Image.fromarray(photos["chelsea"]).save(tmp_path / "ch.png")
+    for i, v in enumerate((127, 128)):  # flat images: low-quality hashes are never joined
+        Image.fromarray(np.full((64, 64, 3), v, np.uint8)).save(tmp_path / f"flat{i}.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    paths = sorted(tmp_path.iterdir())
+    names = [p.name for p in paths]
+    groups = dict(zip(names, near_duplicate_groups(paths), strict=True))
+    assert {n for n in names if groups[n] == groups["a.png"]} == {"a.png", "a_small.jpg", "a_crop95.png",
+                                                                   "a_copy.jpg"}
+    assert groups["a.png"] == str(tmp_path / "a.png")  # the first image names its group
+    for n in ("c.png", "ch.png", "flat0.png", "flat1.png", "bad.png"):
+        assert groups[n] == str(tmp_path / n)
+    # keys: images start grouped by them (identical contents), PDQ merges groups
+    keys = {n: f"k-{n}" for n in names} | {"a_small.jpg": "same", "a_copy.jpg": "same", "flat1.png": "same"}
+    got = dict(zip(names, near_duplicate_groups(paths, keys=[keys[n] for n in names], max_distance=0), strict=True))
+    assert got["a_small.jpg"] == got["a_copy.jpg"] == got["flat1.png"] == "same"
+    assert got["a.png"] == "k-a.png" and got["a_crop95.png"] == "k-a_crop95.png"  # distance 0: PDQ joins nothing
+    with pytest.raises(ConfigError, match="max_distance"):
+        near_duplicate_groups(paths, max_distance=300)
+
+
+def test_a_csv_may_name_each_image_s_source_group_and_is_read_as_a_side_file(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from nsfwlab import datasets
+
+    csv_path = tmp_path / "set.csv"
+    csv_path.write_text("path,label,group\na1.jpg,safe,photo-a\na2.jpg,safe,photo-a\nb.jpg,nsfw,\nc.jpg,nsfw\n")
+    data = load_csv(csv_path)
+    assert [it.group for it in data.items] == ["photo-a", "photo-a", None, None]
+    keys = [(str(it.path), f"group:{it.group}") if it.group else str(it.path) for it in data.items]
+    groups = datasets.near_duplicate_groups(data.paths, keys=keys, max_distance=None)  # no hashing
+    assert groups[0] == groups[1] != groups[2] != groups[3]
+    monkeypatch.setattr(datasets, "MAX_CSV_BYTES", 16)  # a CSV is capped like every side file
+    with pytest.raises(ConfigError, match=r"set\.csv"):
+        load_csv(csv_path)

@@ -345,3 +345,32 @@ def test_the_report_shows_what_is_demonstrated_and_the_warnings() -> None:
     assert "<div id=warnings>" in html and "368 safe images" in html
     assert "demonstrated</th>" in html and "&ge; 368 safe images" in html
     assert json.loads(json.dumps(ev.to_dict()))["warnings"] == list(m.warnings)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(4, 400), ties=st.booleans(),
+       kind=st.sampled_from(["fpr", "recall", "precision"]), value=st.sampled_from([0.01, 0.05, 0.2, 0.5, 0.9]))
+def test_demonstrated_threshold_is_the_least_strict_that_demonstrates(seed: int, n: int, ties: bool, kind: str,
+                                                                      value: float) -> None:
+    from nsfwlab.evaluate.uncertainty import clopper_pearson
+
+    y, s = _data(n=n, seed=seed, ties=ties)
+    y[:2] = [0, 1]
+    if kind == "recall":
+        value = 1.0 - value  # recall targets worth asking for are high
+
+    def shown(t: float) -> bool:
+        c = confusion(y, s, t, ">=" if kind == "recall" else ">")
+        if kind == "fpr":
+            return clopper_pearson(c.fp, c.fp + c.tn)[1] <= value
+        k, m = (c.tp, c.tp + c.fn) if kind == "recall" else (c.tp, c.tp + c.fp)
+        return c.tp > 0 and clopper_pearson(k, m)[0] >= value
+
+    rec = recommend_threshold(y, s, TargetRate(kind, value))
+    candidates = np.unique(np.concatenate([[0.0], s]))
+    good = [float(t) for t in candidates if shown(float(t))]
+    if kind == "recall":  # safe_below: the largest threshold that still demonstrates it
+        assert rec.demonstrated_threshold == (max(good) if good else None)
+    else:  # nsfw_above: the smallest
+        assert rec.demonstrated_threshold == (min(good) if good else None)
+    assert rec.demonstrated == (rec.met and shown(rec.threshold))

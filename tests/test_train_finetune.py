@@ -399,7 +399,109 @@ def test_finetune_trains_an_architecture_registered_later(small_dir: Path, tmp_p
         assert all(p.requires_grad for p in model.parameters())
         result = finetune(load_folder(small_dir), config)
         assert isinstance(result.model, _TinyNet) and len(result.history) == 2
-        assert read_checkpoint(result.save(tmp_path / "tiny.pt"))["arch"] == "tiny_test_net"
+        saved = read_checkpoint(result.save(tmp_path / "tiny.pt"))
+        assert saved["arch"] == "tiny_test_net"
+        # 4 validation images: the validation AUC comes with a warning (it used to read 1.0 on 10 images, unqualified)
+        assert result.val_counts == (2, 2) and saved["meta"]["warnings"] == list(result.warnings)
+        assert result.warnings[0].startswith("validation AUC rests on 2 safe and 2 nsfw images")
     finally:
         ARCHITECTURES.pop("tiny_test_net", None)
     assert FinetuneConfig(arch=Arch.VGG16).arch == "vgg16"  # the enum's names still work
+
+
+def test_near_duplicates_stay_on_one_side_of_the_split(tmp_path: Path, photos) -> None:
+    """Resized copies of one photo used to land on both sides of the split (validation AUC then
+    measures memory): they are grouped by PDQ distance now."""
+    from nsfwlab.train.finetune import prepare_data
+
+    items = []
+    for i, (name, arr) in enumerate(sorted(photos.items())):
+        img = Image.fromarray(arr).convert("RGB")
+        for j, size in enumerate((None, (300, 300), (200, 260))):
+            path = tmp_path / f"{name}_{j}.jpg"
+            (img if size is None else img.resize(size)).save(path, quality=85)
+            items.append(LabelledItem(path, i % 2))
+    twins = {str(it.path): it.path.stem.rsplit("_", 1)[0] for it in items}
+
+    def sides(data) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for side, idx in (("train", data.train_idx), ("val", data.val_idx)):
+            for k in idx:
+                out.setdefault(twins[data.prepared.paths[int(k)]], set()).add(side)
+        return out
+
+    split_apart = False
+    for seed in range(4):
+        cfg = FinetuneConfig(val_fraction=0.3, seed=seed)
+        grouped = prepare_data(items, cfg, PreprocessConfig(), cache_dir=tmp_path / "cache")  # preprocessed once
+        assert all(len(v) == 1 for v in sides(grouped).values()), sides(grouped)
+        assert grouped.near_duplicates == 2 * len(photos)
+        plain = prepare_data(items, cfg, PreprocessConfig(), cache_dir=tmp_path / "cache", near_duplicate_distance=None)
+        split_apart |= any(len(v) == 2 for v in sides(plain).values())
+    assert split_apart, "without grouping some photo should straddle the split (the test would prove nothing)"
+
+
+def test_crops_of_one_source_named_in_the_csv_stay_on_one_side(tmp_path: Path, photos) -> None:
+    """Crops that cut a third of a photo are beyond PDQ (100+ bits apart): a CSV's group column
+    keeps them together, where they used to be split across train and validation."""
+    from nsfwlab.datasets import load_csv
+    from nsfwlab.train.finetune import prepare_data
+
+    rows = []
+    for i, (name, arr) in enumerate(sorted(photos.items())):
+        img = Image.fromarray(arr).convert("RGB")
+        w, h = img.size
+        for j, box in enumerate(((0, 0, 2 * w // 3, 2 * h // 3), (w // 3, h // 3, w, h))):
+            img.crop(box).save(tmp_path / f"{name}_{j}.png")
+            rows.append(f"{name}_{j}.png,{i % 2},{name}")
+    (tmp_path / "grouped.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "plain.csv").write_text("\n".join(r.rsplit(",", 1)[0] for r in rows) + "\n")
+
+    def straddling(csv_name: str, seed: int) -> list[str]:
+        data = prepare_data(load_csv(tmp_path / csv_name).items, FinetuneConfig(val_fraction=0.3, seed=seed),
+                            PreprocessConfig(), cache_dir=tmp_path / "cache")
+        val = {Path(data.prepared.paths[int(k)]).stem.rsplit("_", 1)[0] for k in data.val_idx}
+        train = {Path(data.prepared.paths[int(k)]).stem.rsplit("_", 1)[0] for k in data.train_idx}
+        return sorted(val & train)
+
+    assert any(straddling("plain.csv", seed) for seed in range(4))  # PDQ alone does not join them
+    assert not any(straddling("grouped.csv", seed) for seed in range(4))
+
+
+def test_worker_counts_are_bounded(small_dir: Path) -> None:
+    from nsfwlab.datasets import near_duplicate_groups
+    from nsfwlab.train.cache import MAX_WORKERS
+
+    items = load_folder(small_dir).items[:2]
+    for call in (lambda: prepare(items, workers=10**6), lambda: prepare(items, workers=0),
+                 lambda: near_duplicate_groups([it.path for it in items], workers=10**6)):
+        with pytest.raises(ConfigError, match=r"workers must lie in \[1, ") as info:
+            call()
+        assert info.value.param == "workers"
+    assert MAX_WORKERS == 256
+
+
+@pytest.mark.parametrize(("field", "value"), [("flip", 1.5), ("crop_scale", 0.1), ("brightness", float("nan")),
+                                              ("brightness", 1e9), ("contrast", -0.1)])
+def test_augmentation_errors_name_their_parameter(field: str, value: float) -> None:
+    with pytest.raises(ConfigError) as info:
+        AugmentConfig(**{field: value})  # type: ignore[arg-type]
+    assert info.value.param == field and str(info.value).startswith(field)
+
+
+def test_near_duplicate_errors_name_finetune_s_parameter(small_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from nsfwlab.train.finetune import prepare_data
+
+    everything = load_folder(small_dir).items
+    items = everything[:2] + everything[-2:]  # two of each class
+    with pytest.raises(ConfigError, match="near_duplicate_distance must be") as info:
+        prepare_data(items, FinetuneConfig(), PreprocessConfig(), near_duplicate_distance=300)
+    assert info.value.param == "near_duplicate_distance"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pdqhash" else real(name, *a))
+    with pytest.raises(ConfigError, match="needs the pdqhash package") as info:
+        prepare_data(items, FinetuneConfig(), PreprocessConfig())
+    assert "near_duplicate_distance=None" in str(info.value)
+    prepare_data(items, FinetuneConfig(val_fraction=0.5), PreprocessConfig(), near_duplicate_distance=None)

@@ -91,7 +91,8 @@ class Calibration:
             raise ConfigError(
                 f"this calibration was fitted for model {self.model_version!r} with preprocessing "
                 f"{self.preprocess_version!r}, not {model_version!r} / {preprocess_version!r}; "
-                "fit one for this model with `nsfwlab evaluate --calibrate`")
+                "fit one on this model's scores (nsfwlab.evaluate.calibrate.fit_calibration, which the "
+                "evaluate command runs with its calibrate option)")
 
     # -- serialising ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

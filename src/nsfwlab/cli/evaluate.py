@@ -17,7 +17,7 @@ import typer
 
 from ..calibration import CalibrationMethod
 from ..config import BackendName, DecodeLimits, Device, Thresholds
-from ..errors import ConfigError, NsfwlabError
+from ..errors import NsfwlabError
 from ..outputs import atomic_output, csv_writer
 from ._common import ExitCode, fail, output_dir, output_file, progress_bar, stderr, stdout, tagged
 
@@ -103,8 +103,13 @@ def evaluate_command(
     except NsfwlabError as exc:
         raise fail(exc, _FLAGS) from None
     counts = dataset.counts()
-    if calibrate is not None and min(counts.values()) < 2:
-        raise fail(ConfigError("--calibrate needs at least 2 images of each class (safe and nsfw)"))
+    if calibrate is not None:  # before scoring: unreadable files can only make the classes smaller
+        from ..evaluate.calibrate import check_calibration_size
+
+        try:
+            check_calibration_size(calibrate, counts["safe"], counts["nsfw"])
+        except NsfwlabError as exc:
+            raise fail(exc, {"method": "--calibrate"}) from None
     stderr.print(f"{len(dataset)} images ({counts['safe']} safe, {counts['nsfw']} nsfw) from {dataset.source}",
                  highlight=False)
     try:
@@ -124,12 +129,13 @@ def evaluate_command(
     }
     fit: Any = None
     if calibrate is not None:
-        fit, reliability = _fit_calibration(result, calibrate, calibration_folds, seed)
+        fit, reliability = _fit_calibration(result, dataset, calibrate, calibration_folds, seed, limits)
         plots.update(reliability)
     shown = result.false_positives()[:gallery] + result.false_negatives()[:gallery]
     thumbs = {it.path: thumbnail(it.path, limits=limits) for it in shown}
     calibration = None if fit is None else {"method": calibrate.value if calibrate else "", "folds": fit.folds,
-                                            "brier_before": fit.brier_before, "brier_after": fit.brier_after}
+                                            "brier_before": fit.brier_before, "brier_after": fit.brier_after,
+                                            "warnings": list(fit.warnings)}
     html = render_report(result, plots, thumbs, max_gallery=gallery, calibration=calibration)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -167,20 +173,30 @@ def evaluate_command(
         raise typer.Exit(int(ExitCode.INPUT_FAILED))
 
 
-def _fit_calibration(evaluation: object, method: CalibrationMethod, folds: int,
-                     seed: int) -> tuple[Any, dict[str, bytes]]:
-    """Fit the calibration on the scored set, cross-validated; the fit and its two reliability diagrams."""
+def _fit_calibration(evaluation: object, dataset: Any, method: CalibrationMethod, folds: int, seed: int,
+                     limits: DecodeLimits) -> tuple[Any, dict[str, bytes]]:
+    """Fit the calibration on the scored set, cross-validated with near-duplicates (and images of
+    one CSV group) kept in one fold; the fit and its two reliability diagrams."""
+    from ..datasets import near_duplicate_groups
     from ..evaluate.calibrate import fit_calibration
     from ..evaluate.plots import reliability_png
 
     labels = [it.label for it in evaluation.scored]  # type: ignore[attr-defined]
     scores = [it.score for it in evaluation.scored]  # type: ignore[attr-defined]
+    paths = [it.path for it in evaluation.scored]  # type: ignore[attr-defined]
+    digests = evaluation.hygiene.digests  # type: ignore[attr-defined]
     model = evaluation.model  # type: ignore[attr-defined]
+    sources = {str(it.path): it.group for it in dataset.items}
+    keys = [(digests.get(p, p), f"group:{g}") if (g := sources.get(p)) is not None else digests.get(p, p)
+            for p in paths]
     try:
+        groups = near_duplicate_groups(paths, keys=keys, limits=limits)
         fit = fit_calibration(labels, scores, method, model_version=model["model_version"],
-                              preprocess_version=model["preprocess_version"], folds=folds, seed=seed)
+                              preprocess_version=model["preprocess_version"], folds=folds, seed=seed, groups=groups)
     except NsfwlabError as exc:
-        raise fail(exc, _FLAGS) from None
+        raise fail(exc, {**_FLAGS, "method": "--calibrate"}) from None
+    for warning in fit.warnings:
+        stderr.print(tagged("warning:", "yellow", f" {warning}"), highlight=False)
     plots = {
         "reliability_before": reliability_png(labels, scores, brier=fit.brier_before, title="Reliability: model scores"),
         "reliability_after": reliability_png(
@@ -288,6 +304,11 @@ def finetune_command(
                  + ("; stopped early" if result.stopped_early else ""), highlight=False)
     for p in result.problems:
         stderr.print(tagged("unreadable:", "red", f" {p.path}: {p.message}"), highlight=False)
+    for warning in result.warnings:
+        stderr.print(tagged("warning:", "yellow", f" {warning}"), highlight=False)
+    if result.near_duplicates:
+        stderr.print(f"{result.near_duplicates} near-duplicate image(s) kept on the side of the split of their "
+                     "twin (PDQ)", highlight=False)
     if result.excluded_conflicting:
         stderr.print(f"{len(result.excluded_conflicting)} identical file(s) with conflicting labels left out",
                      style="yellow")

@@ -17,7 +17,8 @@ import numpy as np
 from ..calibration import EPS, Calibration, CalibrationMethod
 from ..errors import ConfigError
 
-__all__ = ["MAX_FOLDS", "CalibrationFit", "brier_score", "check_folds", "fit_calibration", "fit_params"]
+__all__ = ["FEW_PER_CLASS", "ISOTONIC_MIN_PER_CLASS", "MAX_FOLDS", "CalibrationFit", "brier_score",
+           "check_calibration_size", "check_folds", "fit_calibration", "fit_params"]
 
 
 def brier_score(labels: np.ndarray, probabilities: np.ndarray) -> float:
@@ -61,10 +62,12 @@ class CalibrationFit:
     brier_after: float  # of the out-of-fold calibrated scores
     folds: int
     out_of_fold: np.ndarray  # each image's calibrated score from the fold that left it out
+    warnings: tuple[str, ...] = ()  # the fit rests on few images (see check_calibration_size)
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.calibration.method.value, "brier_before": self.brier_before,
-                "brier_after_cv": self.brier_after, "folds": self.folds, "n": int(self.out_of_fold.size)}
+                "brier_after_cv": self.brier_after, "folds": self.folds, "n": int(self.out_of_fold.size),
+                "warnings": list(self.warnings)}
 
 
 #: The most cross-validation folds (each fold refits the calibration; more than this measures
@@ -79,27 +82,67 @@ def check_folds(folds: int) -> None:
                           param="folds")
 
 
+#: Isotonic calibration is refused below this many images in the smaller class: it fits one step
+#: per run of same-labelled scores, so on a small set it maps a raw score of 0.2 to 1.0 when the
+#: images just above 0.2 happen all to be NSFW. Platt (two parameters) is the method for small sets.
+ISOTONIC_MIN_PER_CLASS = 100
+#: Below this many images in the smaller class any calibration comes with a warning: its
+#: parameters (and the cross-validated Brier score) are uncertain.
+FEW_PER_CLASS = 50
+
+
+def check_calibration_size(method: CalibrationMethod | str, n_safe: int, n_nsfw: int) -> tuple[str, ...]:
+    """ConfigError when ``method`` cannot be fitted on that many images (at least 2 of each class;
+    isotonic: :data:`ISOTONIC_MIN_PER_CLASS`); otherwise the warnings the fit will carry."""
+    method = CalibrationMethod(method)
+    smallest = min(n_safe, n_nsfw)
+    if smallest < 2:
+        raise ConfigError(f"calibration needs at least 2 images of each class (safe and nsfw), got {n_safe} safe "
+                          f"and {n_nsfw} nsfw")
+    if method is CalibrationMethod.ISOTONIC and smallest < ISOTONIC_MIN_PER_CLASS:
+        raise ConfigError(f"isotonic calibration needs at least {ISOTONIC_MIN_PER_CLASS} images of each class, got "
+                          f"{n_safe} safe and {n_nsfw} nsfw: on fewer it fits steps to single images; use method "
+                          "platt", param="method")
+    if smallest < FEW_PER_CLASS:
+        return (f"calibration fitted on {n_safe} safe and {n_nsfw} nsfw images (fewer than {FEW_PER_CLASS} in a "
+                "class): its probabilities are uncertain; check it on more data",)
+    return ()
+
+
 def fit_calibration(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray,
                     method: CalibrationMethod | str, *, model_version: str, preprocess_version: str,
-                    folds: int = 5, seed: int = 0) -> CalibrationFit:
+                    folds: int = 5, seed: int = 0, groups: Sequence[str] | None = None) -> CalibrationFit:
     """Fit ``method`` on all pairs, and measure it by stratified ``folds``-fold cross-validation
-    (fewer folds when a class has fewer images). Needs at least two images of each class."""
-    from sklearn.model_selection import StratifiedKFold
+    (fewer folds when a class has fewer images or groups). ``groups`` (one key per image, e.g.
+    from :func:`nsfwlab.datasets.near_duplicate_groups`) keeps each group inside one fold, so a
+    near-duplicate never scores the calibration fitted on its twin. Sizes are checked by
+    :func:`check_calibration_size`; its warnings travel in the result and in ``fitted_on``."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     y = np.asarray(labels, dtype=np.int64)
     s = np.asarray(scores, dtype=np.float64)
-    smallest = int(min(np.sum(y == 0), np.sum(y == 1)))
-    if smallest < 2:
-        raise ConfigError("calibration needs at least 2 scored images of each class (safe and nsfw)")
+    warnings = check_calibration_size(method, int(np.sum(y == 0)), int(np.sum(y == 1)))
     check_folds(folds)
-    k = min(folds, smallest)
+    if groups is None:
+        k = min(folds, int(min(np.sum(y == 0), np.sum(y == 1))))
+        splits = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(s.reshape(-1, 1), y)
+    else:
+        g = np.asarray([str(v) for v in groups])
+        if g.shape != y.shape:
+            raise ConfigError(f"{len(y)} labels but {len(g)} groups", param="groups")
+        per_class = min(len(np.unique(g[y == 0])), len(np.unique(g[y == 1])))
+        if per_class < 2:
+            raise ConfigError("calibration needs at least 2 distinct (not near-duplicate) images of each class")
+        k = min(folds, per_class)
+        splits = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(s.reshape(-1, 1), y, g)
     oof = np.empty_like(s)
-    for train, test in StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(s.reshape(-1, 1), y):
+    for train, test in splits:
         part = Calibration(CalibrationMethod(method), model_version, preprocess_version,
                            fit_params(method, y[train], s[train]))
         oof[test] = part.apply_array(s[test])
     before, after = brier_score(y, s), brier_score(y, oof)
     whole = Calibration(CalibrationMethod(method), model_version, preprocess_version, fit_params(method, y, s),
                         fitted_on={"n": int(y.size), "nsfw": int(y.sum()), "folds": k, "seed": seed,
-                                   "brier_before": before, "brier_after_cv": after})
-    return CalibrationFit(whole, before, after, k, oof)
+                                   "grouped": groups is not None, "brier_before": before, "brier_after_cv": after,
+                                   "warnings": list(warnings)})
+    return CalibrationFit(whole, before, after, k, oof, warnings)

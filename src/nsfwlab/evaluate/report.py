@@ -200,7 +200,8 @@ def render_report(evaluation: Evaluation, plots: Mapping[str, bytes], thumbs: Ma
                      f"{calibration['brier_before']:.4f} before, {calibration['brier_after']:.4f} after "
                      f"({int(calibration['folds'])}-fold cross-validated; lower is better). "
                      "<code>calibration.json</code> applies it: <code>nsfwlab score --calibration</code>.</p>"
-                     "<div class=plots>")
+                     + "".join(f"<p class=bad>{_e(w)}</p>" for w in calibration.get("warnings", ()))
+                     + "<div class=plots>")
         for name in ("reliability_before", "reliability_after"):
             if name in plots:
                 parts.append(f'<img id="plot-{name}" alt="{name}" src="{data_uri(plots[name], "image/png")}">')

@@ -30,12 +30,15 @@ class AugmentConfig:
     contrast: float = 0.15
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.flip <= 1.0:
-            raise ConfigError(f"flip probability must lie in [0, 1], got {self.flip}")
+        if not 0.0 <= self.flip <= 1.0:  # the comparisons also refuse NaN
+            raise ConfigError(f"flip (a probability) must lie in [0, 1], got {self.flip}", param="flip")
         if not 0.5 <= self.crop_scale <= 1.0:
-            raise ConfigError(f"crop_scale must lie in [0.5, 1], got {self.crop_scale}")
-        if self.brightness < 0 or not 0.0 <= self.contrast < 1.0:
-            raise ConfigError("brightness must be >= 0 and contrast in [0, 1)")
+            raise ConfigError(f"crop_scale must lie in [0.5, 1], got {self.crop_scale}", param="crop_scale")
+        if not 0.0 <= self.brightness <= 255.0:
+            raise ConfigError(f"brightness must lie in [0, 255] (grey levels), got {self.brightness}",
+                              param="brightness")
+        if not 0.0 <= self.contrast < 1.0:
+            raise ConfigError(f"contrast must lie in [0, 1), got {self.contrast}", param="contrast")
 
     @property
     def enabled(self) -> bool:

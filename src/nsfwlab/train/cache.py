@@ -23,7 +23,7 @@ from ..errors import ConfigError, ImageError, NsfwlabError
 from ..preprocess import pack_array, preprocess, unpack_array
 from ..readahead import ordered_map
 
-__all__ = ["PreparedSet", "prepare", "text_digest"]
+__all__ = ["MAX_WORKERS", "PreparedSet", "prepare", "text_digest"]
 
 
 @dataclass(frozen=True)
@@ -73,14 +73,18 @@ def _stack(arrays: Sequence[np.ndarray], config: PreprocessConfig) -> np.ndarray
     return np.stack([unpack_array(a, config.mean_bgr) for a in arrays])
 
 
+#: The most decoding threads (each holds a decoded image; more than the cores only costs memory).
+MAX_WORKERS = 256
+
+
 def prepare(items: Sequence[LabelledItem], config: PreprocessConfig | None = None, *,
             limits: DecodeLimits | None = None, workers: int = 2, cache_dir: str | os.PathLike | None = None,
             progress: Callable[[int, int], None] | None = None) -> PreparedSet:
     """Decode and preprocess ``items`` once (in ``workers`` threads); unreadable files are
     reported in ``problems`` and left out. ``progress(n_done, n_errors)`` is called per image."""
     config = config or PreprocessConfig()
-    if workers < 1:
-        raise ConfigError(f"workers must be at least 1, got {workers}")
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(f"workers must lie in [1, {MAX_WORKERS}], got {workers}", param="workers")
     cache_files: tuple[Path, Path] | None = None
     if cache_dir is not None:
         key = _fingerprint(items, config)

@@ -1,15 +1,15 @@
 """Transfer learning from the open_nsfw weights (or VGG-16 from scratch) on a labelled set.
 
-The loop: hash the files (duplicates stay on one side of the split; groups of identical files
-with conflicting labels are left out), preprocess every readable image once with the core's exact
-pipeline, split stratified and seeded (:func:`prepare_data` -> :class:`TrainData`), then train
-the unfrozen top stages with AdamW on a class-balanced cross-entropy, augmenting each batch
-(:func:`train_epoch`); after each epoch measure the validation ROC AUC (:func:`validate`), keep
-the best weights, stop early after ``patience`` epochs without improvement
-(:meth:`TrainState.end_epoch`), and (with ``state_path``) save everything needed to resume
-(:meth:`TrainState.to_dict`). Epoch ``e`` draws its shuffling, augmentation and dropout from
-seeds derived from ``(seed, e)`` (no generator state is carried), so a resumed run reproduces an
-uninterrupted one.
+The loop: hash the files (identical files and PDQ near-duplicates stay on one side of the split;
+groups of identical files with conflicting labels are left out), preprocess every readable image
+once with the core's exact pipeline, split stratified and seeded (:func:`prepare_data` ->
+:class:`TrainData`), then train the unfrozen top stages with AdamW on a class-balanced
+cross-entropy, augmenting each batch (:func:`train_epoch`); after each epoch measure the
+validation ROC AUC (:func:`validate`), keep the best weights, stop early after ``patience``
+epochs without improvement (:meth:`TrainState.end_epoch`), and (with ``state_path``) save
+everything needed to resume (:meth:`TrainState.to_dict`). Epoch ``e`` draws its shuffling,
+augmentation and dropout from seeds derived from ``(seed, e)`` (no generator state is carried),
+so a resumed run reproduces an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..config import DecodeLimits, Device, PreprocessConfig
-from ..datasets import LabelledItem, LabelledSet, Problem, check_hygiene
+from ..datasets import NEAR_DUPLICATE_DISTANCE, LabelledItem, LabelledSet, Problem, check_hygiene, near_duplicate_groups
 from ..errors import ConfigError
 from .augment import AugmentConfig, augment_batch
 from .cache import PreparedSet, prepare, text_digest
@@ -57,6 +57,9 @@ MAX_UNFREEZE = 5
 #: Upper bounds of the counts a caller gives (a typo such as ``epochs=10**9`` is refused at once
 #: rather than running for ever): far above any useful run on one machine.
 MAX_EPOCHS = 10_000
+#: Below this many validation images in a class, the result warns that its validation AUC says
+#: little (the threshold evaluate uses for its AUC, :data:`nsfwlab.evaluate.uncertainty.MIN_CLASS_FOR_AUC`).
+MIN_VAL_PER_CLASS = 30
 MAX_BATCH_SIZE = 4096
 
 
@@ -161,10 +164,25 @@ class FinetuneResult:
     problems: tuple[Problem, ...]
     excluded_conflicting: tuple[str, ...]
     preprocess: PreprocessConfig
+    #: images kept on the side of the split of a near-duplicate (PDQ), beyond identical files
+    near_duplicates: int = 0
+    #: safe and nsfw images in the validation split
+    val_counts: tuple[int, int] = (0, 0)
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """One sentence when the validation AUC rests on too few images to mean much."""
+        safe, nsfw = self.val_counts
+        if min(safe, nsfw) >= MIN_VAL_PER_CLASS:
+            return ()
+        return (f"validation AUC rests on {safe} safe and {nsfw} nsfw images (fewer than {MIN_VAL_PER_CLASS} in a "
+                f"class): {self.best_auc:.3f} may be far from the AUC on new images; measure the model with "
+                "evaluate on a held-out set",)
 
     def meta(self) -> dict[str, Any]:
         """What the checkpoint records about its training (``checkpoint['meta']``)."""
         return {
+            "warnings": list(self.warnings),
             "trained_by": "nsfwlab finetune",
             "config": self.config.to_dict(),
             "baseline_val_auc": self.baseline_auc,
@@ -172,6 +190,7 @@ class FinetuneResult:
             "best_epoch": self.best_epoch,
             "n_train": self.n_train,
             "n_val": self.n_val,
+            "near_duplicates_grouped": self.near_duplicates,
             "stopped_early": self.stopped_early,
             "history": [h.to_dict() for h in self.history],
             "unreadable": [p.to_dict() for p in self.problems],
@@ -191,7 +210,7 @@ def stratified_split(labels: Sequence[int] | np.ndarray, groups: Sequence[str], 
     contents) on one side. Each class needs at least two groups."""
     y = np.asarray(labels)
     if len(groups) != len(y):
-        raise ConfigError("one group per label expected")
+        raise ConfigError(f"one group per label expected: {len(y)} labels, {len(groups)} groups", param="groups")
     rng = np.random.default_rng(seed)
     val: list[int] = []
     for cls in (0, 1):
@@ -234,6 +253,8 @@ class TrainData:
     split_id: str
     problems: tuple[Problem, ...]
     excluded_conflicting: tuple[str, ...]
+    #: images kept with another one by PDQ or a shared group, beyond identical files
+    near_duplicates: int = 0
 
     def class_weight(self) -> np.ndarray:
         """Cross-entropy weights that give both classes of the training split equal total weight."""
@@ -243,20 +264,36 @@ class TrainData:
 
 def prepare_data(items: Sequence[LabelledItem], config: FinetuneConfig, preprocess: PreprocessConfig, *,
                  limits: DecodeLimits | None = None, workers: int = 2, cache_dir: str | os.PathLike | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> TrainData:
-    """Hash the files (identical contents stay on one side of the split; groups with conflicting
-    labels and unreadable files are left out), preprocess the rest once, and split them."""
+                 progress: Callable[[int, int], None] | None = None,
+                 near_duplicate_distance: int | None = NEAR_DUPLICATE_DISTANCE) -> TrainData:
+    """Hash the files (identical contents, images of one :attr:`LabelledItem.group`, and
+    near-duplicates whose PDQ hashes lie within ``near_duplicate_distance`` bits stay on one side
+    of the split: otherwise validation measures memory; ``None``: no PDQ), leave out groups of
+    identical files with conflicting labels and unreadable files, preprocess the rest once, and
+    split them."""
     hygiene = check_hygiene(items)
     conflicting = tuple(sorted({p for g in hygiene.conflicting for p in g.paths}))
     left_out = {p.path for p in hygiene.unreadable} | set(conflicting)
     usable = [it for it in items if str(it.path) not in left_out]
     prepared = prepare(usable, preprocess, limits=limits, workers=workers, cache_dir=cache_dir, progress=progress)
-    groups = [hygiene.digests.get(p, p) for p in prepared.paths]
+    digests = [hygiene.digests.get(p, p) for p in prepared.paths]
+    sources = {str(it.path): it.group for it in usable}
+    keys = [(d, f"group:{g}") if (g := sources.get(p)) is not None else d for d, p in zip(digests, prepared.paths,
+                                                                                           strict=True)]
+    identical = len(set(digests))
+    try:
+        groups = near_duplicate_groups(prepared.paths, keys=keys, max_distance=near_duplicate_distance,
+                                       limits=limits, workers=workers)
+    except ConfigError as exc:  # the caller's parameter is near_duplicate_distance
+        if exc.param != "max_distance":
+            raise
+        raise ConfigError(exc.message.replace("max_distance", "near_duplicate_distance"),
+                          param="near_duplicate_distance") from None
     train_idx, val_idx = stratified_split(prepared.labels, groups, config.val_fraction, config.seed)
     split_id = text_digest(f"{tag}{prepared.paths[int(i)]}\n"
                            for tag, idx in (("t", train_idx), ("v", val_idx)) for i in idx)
     return TrainData(prepared, train_idx, val_idx, split_id, tuple(hygiene.unreadable) + prepared.problems,
-                     conflicting)
+                     conflicting, identical - len(set(groups)))
 
 
 @dataclass(frozen=True)
@@ -453,6 +490,7 @@ def finetune(
     on_prepare: Callable[[int, int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    near_duplicate_distance: int | None = NEAR_DUPLICATE_DISTANCE,
 ) -> FinetuneResult:
     """Train and return the best model by validation AUC (epoch 0 is the starting model, so the
     result is never worse than it on the validation split).
@@ -463,6 +501,7 @@ def finetune(
     and ``on_epoch(stats)`` report progress; an exception raised in a callback stops the run,
     and the last saved state is intact. ``device``: ``cpu``, ``cuda`` or ``auto`` (fp32 on both;
     the cached arrays stay in host memory and each batch is copied over).
+    ``near_duplicate_distance``: see :func:`prepare_data` (``None``: identical files only).
     """
     import torch
 
@@ -477,7 +516,7 @@ def finetune(
         raise ConfigError(f"no training state to continue from: {state_path} does not exist (run once without "
                           "resume first)", param="resume")
     prepared = prepare_data(items, config, preprocess or PreprocessConfig(), limits=limits, workers=workers,
-                            cache_dir=cache_dir, progress=on_prepare)
+                            cache_dir=cache_dir, progress=on_prepare, near_duplicate_distance=near_duplicate_distance)
     state = _start(config, prepared, dev, state_path if resume else None)
     if not resume and on_epoch is not None:
         on_epoch(state.history[-1])
@@ -497,10 +536,11 @@ def finetune(
 
 def _result(state: TrainState, config: FinetuneConfig, data: TrainData, stopped_early: bool) -> FinetuneResult:
     """The best weights, on the CPU, frozen, in eval mode."""
+    safe, nsfw = (int(v) for v in np.bincount(data.prepared.labels[data.val_idx], minlength=2)[:2])
     model = state.model
     model.load_state_dict(state.best_state_dict)
     model = model.cpu().eval()
     model.requires_grad_(False)
     return FinetuneResult(model, config, state.history, state.baseline_auc, state.best_auc, state.best_epoch,
                           len(data.train_idx), len(data.val_idx), stopped_early, data.problems,
-                          data.excluded_conflicting, data.prepared.config)
+                          data.excluded_conflicting, data.prepared.config, data.near_duplicates, (safe, nsfw))
