@@ -48,6 +48,7 @@ def test_csv_cells_defuse_formulas_and_keep_numbers() -> None:
     assert csv_cell("=1+1") == "'=1+1" and csv_cell("@x") == "'@x" and csv_cell("\tx") == "'\\x09x"
     assert csv_cell("-0.5") == "-0.5" and csv_cell("+1e3") == "+1e3" and csv_cell(-3) == -3
     assert csv_cell(None) == "" and csv_cell("plain/path.jpg") == "plain/path.jpg"
+    assert csv_cell("-") == "-" and csv_cell("-x") == "'-x"  # a lone '-' names standard input
     buf = io.StringIO()
     csv_writer(buf).writerow(["=cmd", 0.5, "a,b"])
     assert buf.getvalue() == "'=cmd,0.5,\"a,b\"\n"

@@ -15,7 +15,8 @@ imported from lists are data, not instructions for a terminal or a spreadsheet:
   title or forge extra rows; JSON outputs escape them by JSON's own rules;
 - a CSV cell that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return is prefixed with a
   single quote, as OWASP advises against CSV injection, so a spreadsheet shows ``=HYPERLINK(...)`` as
-  text instead of running it. Numbers, and text that is exactly a number (``-0.5``), are left as they are.
+  text instead of running it. Numbers, text that is exactly a number (``-0.5``) and a lone ``-``
+  (standard input's name) are left as they are.
 """
 
 from __future__ import annotations
