@@ -324,3 +324,35 @@ def test_a_tfjs_package_converts_to_a_network_with_tensorflow_semantics() -> Non
         assert torch.allclose(net(x), expected, atol=1e-6)
     with pytest.raises(WeightsError, match="no package/dist/models/other"):
         convert_package(_tiny_nsfwjs_package(kernel_q, dense), "other", 1)
+
+
+def _package_card(archive: bytes, converted: bytes) -> zoo.ModelCard:
+    from dataclasses import replace
+
+    base = BUILTIN["nsfwjs-mobilenetv2"]
+    weights = replace(base.weights, sha256=hashlib.sha256(converted).hexdigest(), archive="tiny-1.0.0.tgz",
+                      archive_sha256=hashlib.sha256(archive).hexdigest(), package="npm:tiny", version="1.0.0",
+                      size_bytes=len(converted))
+    return replace(base, id="tiny-package", weights=weights, classes=("a", "b"), nsfw_classes=("b",),
+                   report_classes=())
+
+
+def test_fetch_uses_a_verified_cached_package_and_refuses_without_npm(tmp_path: Path) -> None:
+    from nsfwlab.zoo.convert import convert_package
+    from nsfwlab.zoo.store import fetch, installed, weights_path
+
+    rng = np.random.default_rng(4)
+    archive = _tiny_nsfwjs_package(rng.integers(0, 256, (3, 3, 3, 2), dtype=np.uint8),
+                                   rng.normal(size=(8, 2)).astype(np.float32))
+    converted = convert_package(archive, "tiny", 1)
+    card = _package_card(archive, converted)
+
+    def convert(_card: zoo.ModelCard, data: bytes) -> bytes:
+        return convert_package(data, "tiny", 1)
+
+    with pytest.raises(WeightsError, match="npm is not installed"):
+        fetch(card, convert, root=tmp_path, npm="no-such-npm-client")
+    (tmp_path / "packages").mkdir()
+    (tmp_path / "packages" / "tiny-1.0.0.tgz").write_bytes(archive)
+    path = fetch(card, convert, root=tmp_path, npm="no-such-npm-client")  # the cached package: no client run
+    assert path == weights_path(card, tmp_path) and path.read_bytes() == converted and installed(card, tmp_path)
