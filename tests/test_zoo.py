@@ -105,6 +105,7 @@ def test_nsfwjs_score_is_porn_plus_hentai_with_sexy_beside() -> None:
     model = zoo.ZooModel(card, runner=None, backend="torch")
     probs = np.array([[0.1, 0.2, 0.1, 0.3, 0.3]], np.float32)  # Drawing Hentai Neutral Porn Sexy
     assert model.nsfw_score(probs)[0] == pytest.approx(0.5)
+    assert model.reported(probs)["Sexy"].tolist() == pytest.approx([0.3])
     assert card.score_rule == "Porn + Hentai (Sexy reported beside)"
     with pytest.raises(ConfigError, match="shape"):
         model.nsfw_score(np.zeros((1, 2)))

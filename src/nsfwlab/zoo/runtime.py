@@ -138,6 +138,11 @@ class ZooModel:
     def score(self, images: Images) -> np.ndarray:
         return self.nsfw_score(self.predict(images))
 
+    def reported(self, probs: np.ndarray) -> dict[str, np.ndarray]:
+        """The card's ``report_classes`` (nsfwjs: Sexy), each (N,): shown beside the NSFW score, not in it."""
+        probs = np.asarray(probs, dtype=np.float32)
+        return {name: probs[:, self.card.classes.index(name)] for name in self.card.report_classes}
+
     def torch_model(self) -> Any:
         """The PyTorch module (input per :func:`prepare`), where the model has one."""
         module = getattr(self._runner, "module", None)
