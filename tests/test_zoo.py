@@ -14,7 +14,7 @@ import torch
 
 from nsfwlab import zoo
 from nsfwlab.config import Settings
-from nsfwlab.errors import ConfigError, WeightsError
+from nsfwlab.errors import ConfigError, ModelError, WeightsError
 from nsfwlab.zoo.cards import card_from_dict
 from nsfwlab.zoo.convert import read_converted, write_converted
 from nsfwlab.zoo.net import PlanNet
@@ -221,6 +221,13 @@ def test_a_users_onnx_classifier_registers_with_a_card_file(tmp_path: Path, monk
     assert np.allclose(model.score(images), probs[:, 1])
     ensemble = zoo.load("ensemble:tiny+" + str(card_path) + ":max")
     assert np.allclose(ensemble.score(images), probs[:, 1])
+    wrong = json.loads(card_path.read_text())
+    wrong["input"]["size"] = 9  # the graph takes 8x8: a card that misstates its input fails in one line
+    wrong["id"] = "tiny-wrong"
+    (tmp_path / "wrong.json").write_text(json.dumps(wrong))
+    (tmp_path / "tiny.onnx").write_bytes((tmp_path / "cards" / "tiny.onnx").read_bytes())
+    with pytest.raises(ModelError, match="could not run"):
+        zoo.load(str(tmp_path / "wrong.json")).predict(images)
     (tmp_path / "cards" / "tiny.onnx").write_bytes(b"tampered")
     with pytest.raises(WeightsError, match="tampered"):
         zoo.load("tiny")

@@ -198,7 +198,10 @@ class _OrtRunner:
         self.input = session.get_inputs()[0].name
 
     def __call__(self, items: list[np.ndarray]) -> np.ndarray:
-        (out,) = self.session.run(None, {self.input: prepare(items, self.spec).numpy()})[:1]
+        try:
+            (out,) = self.session.run(None, {self.input: prepare(items, self.spec).numpy()})[:1]
+        except Exception as exc:  # onnxruntime's own error types: a card whose input contract is wrong
+            raise ModelError(f"onnxruntime could not run the model: {str(exc).splitlines()[0][:200]}") from None
         out = np.asarray(out, dtype=np.float32)
         if self.output == "logits":
             out = np.exp(out - out.max(axis=1, keepdims=True))
