@@ -14,7 +14,7 @@ import torch
 
 from nsfwlab import zoo
 from nsfwlab.config import Settings
-from nsfwlab.errors import ConfigError, WeightsError
+from nsfwlab.errors import ConfigError, ModelError, WeightsError
 from nsfwlab.zoo.cards import card_from_dict
 from nsfwlab.zoo.convert import read_converted, write_converted
 from nsfwlab.zoo.net import PlanNet
@@ -105,6 +105,7 @@ def test_nsfwjs_score_is_porn_plus_hentai_with_sexy_beside() -> None:
     model = zoo.ZooModel(card, runner=None, backend="torch")
     probs = np.array([[0.1, 0.2, 0.1, 0.3, 0.3]], np.float32)  # Drawing Hentai Neutral Porn Sexy
     assert model.nsfw_score(probs)[0] == pytest.approx(0.5)
+    assert model.reported(probs)["Sexy"].tolist() == pytest.approx([0.3])
     assert card.score_rule == "Porn + Hentai (Sexy reported beside)"
     with pytest.raises(ConfigError, match="shape"):
         model.nsfw_score(np.zeros((1, 2)))
@@ -220,6 +221,13 @@ def test_a_users_onnx_classifier_registers_with_a_card_file(tmp_path: Path, monk
     assert np.allclose(model.score(images), probs[:, 1])
     ensemble = zoo.load("ensemble:tiny+" + str(card_path) + ":max")
     assert np.allclose(ensemble.score(images), probs[:, 1])
+    wrong = json.loads(card_path.read_text())
+    wrong["input"]["size"] = 9  # the graph takes 8x8: a card that misstates its input fails in one line
+    wrong["id"] = "tiny-wrong"
+    (tmp_path / "wrong.json").write_text(json.dumps(wrong))
+    (tmp_path / "tiny.onnx").write_bytes((tmp_path / "cards" / "tiny.onnx").read_bytes())
+    with pytest.raises(ModelError, match="could not run"):
+        zoo.load(str(tmp_path / "wrong.json")).predict(images)
     (tmp_path / "cards" / "tiny.onnx").write_bytes(b"tampered")
     with pytest.raises(WeightsError, match="tampered"):
         zoo.load("tiny")
@@ -324,3 +332,35 @@ def test_a_tfjs_package_converts_to_a_network_with_tensorflow_semantics() -> Non
         assert torch.allclose(net(x), expected, atol=1e-6)
     with pytest.raises(WeightsError, match="no package/dist/models/other"):
         convert_package(_tiny_nsfwjs_package(kernel_q, dense), "other", 1)
+
+
+def _package_card(archive: bytes, converted: bytes) -> zoo.ModelCard:
+    from dataclasses import replace
+
+    base = BUILTIN["nsfwjs-mobilenetv2"]
+    weights = replace(base.weights, sha256=hashlib.sha256(converted).hexdigest(), archive="tiny-1.0.0.tgz",
+                      archive_sha256=hashlib.sha256(archive).hexdigest(), package="npm:tiny", version="1.0.0",
+                      size_bytes=len(converted))
+    return replace(base, id="tiny-package", weights=weights, classes=("a", "b"), nsfw_classes=("b",),
+                   report_classes=())
+
+
+def test_fetch_uses_a_verified_cached_package_and_refuses_without_npm(tmp_path: Path) -> None:
+    from nsfwlab.zoo.convert import convert_package
+    from nsfwlab.zoo.store import fetch, installed, weights_path
+
+    rng = np.random.default_rng(4)
+    archive = _tiny_nsfwjs_package(rng.integers(0, 256, (3, 3, 3, 2), dtype=np.uint8),
+                                   rng.normal(size=(8, 2)).astype(np.float32))
+    converted = convert_package(archive, "tiny", 1)
+    card = _package_card(archive, converted)
+
+    def convert(_card: zoo.ModelCard, data: bytes) -> bytes:
+        return convert_package(data, "tiny", 1)
+
+    with pytest.raises(WeightsError, match="npm is not installed"):
+        fetch(card, convert, root=tmp_path, npm="no-such-npm-client")
+    (tmp_path / "packages").mkdir()
+    (tmp_path / "packages" / "tiny-1.0.0.tgz").write_bytes(archive)
+    path = fetch(card, convert, root=tmp_path, npm="no-such-npm-client")  # the cached package: no client run
+    assert path == weights_path(card, tmp_path) and path.read_bytes() == converted and installed(card, tmp_path)

@@ -47,8 +47,9 @@ class InputSpec:
     padding: str = "none"
 
     def describe(self) -> str:
-        scale = "/255" if math.isclose(self.scale, 1 / 255) else f"*{self.scale:g}"
-        norm = "" if self.mean == (0, 0, 0) and self.std == (1, 1, 1) else f", mean {self.mean}, std {self.std}"
+        scale = "/255" if math.isclose(self.scale, 1 / 255) else "" if self.scale == 1 else f"*{self.scale:g}"
+        norm = "" if self.mean == (0, 0, 0) else f", - mean {self.mean}"
+        norm += "" if self.std == (1, 1, 1) else f", / std {self.std}"
         return f"{self.channel_order} {scale}, {self.resize} to {self.size}x{self.size}{norm}, {self.layout}"
 
 

@@ -78,7 +78,8 @@ def build_plan_net(data: bytes, what: str) -> Any:
     if set(names) != set(tensors):
         raise WeightsError(f"{what}: the tensors do not match the plan")
     net.load_state_dict({names[k]: torch.from_numpy(v.copy()) for k, v in tensors.items()})
-    return net.eval()
+    # channels_last: oneDNN's fast convolutions on CPU (measured 2.3x on MobileNetV2, one thread).
+    return net.eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
 def _ort_session(model: bytes, threads: int | None) -> Any:
@@ -137,6 +138,11 @@ class ZooModel:
     def score(self, images: Images) -> np.ndarray:
         return self.nsfw_score(self.predict(images))
 
+    def reported(self, probs: np.ndarray) -> dict[str, np.ndarray]:
+        """The card's ``report_classes`` (nsfwjs: Sexy), each (N,): shown beside the NSFW score, not in it."""
+        probs = np.asarray(probs, dtype=np.float32)
+        return {name: probs[:, self.card.classes.index(name)] for name in self.card.report_classes}
+
     def torch_model(self) -> Any:
         """The PyTorch module (input per :func:`prepare`), where the model has one."""
         module = getattr(self._runner, "module", None)
@@ -176,8 +182,11 @@ class _TorchRunner:
     def __call__(self, items: list[np.ndarray]) -> np.ndarray:
         import torch
 
+        x = prepare(items, self.spec)
+        if self.spec.layout == "NCHW":
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            out = self.module(prepare(items, self.spec))
+            out = self.module(x)
             if self.output == "logits":
                 out = torch.softmax(out, dim=1)
         return out.numpy()
@@ -189,7 +198,10 @@ class _OrtRunner:
         self.input = session.get_inputs()[0].name
 
     def __call__(self, items: list[np.ndarray]) -> np.ndarray:
-        (out,) = self.session.run(None, {self.input: prepare(items, self.spec).numpy()})[:1]
+        try:
+            (out,) = self.session.run(None, {self.input: prepare(items, self.spec).numpy()})[:1]
+        except Exception as exc:  # onnxruntime's own error types: a card whose input contract is wrong
+            raise ModelError(f"onnxruntime could not run the model: {str(exc).splitlines()[0][:200]}") from None
         out = np.asarray(out, dtype=np.float32)
         if self.output == "logits":
             out = np.exp(out - out.max(axis=1, keepdims=True))

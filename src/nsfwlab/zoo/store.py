@@ -109,9 +109,8 @@ def import_file(card: ModelCard, file: str | os.PathLike, convert: Converter | N
     source = Path(file)
     data = read_side_file(source, f"file {source.name}", max_bytes=WEIGHTS_MAX_BYTES, error=WeightsError)
     digest = hashlib.sha256(data).hexdigest()
-    if card.weights.archive_sha256 and digest == card.weights.archive_sha256 and convert is not None:
-        archive = package_path(card, root)
-        assert archive is not None  # a card with an archive sha256 names its archive
+    archive = package_path(card, root)
+    if archive is not None and digest == card.weights.archive_sha256 and convert is not None:
         _write_atomic(archive, data)
         return _install_from_archive(card, data, convert, root)
     if digest == card.weights.sha256 and not card.origin:
@@ -135,8 +134,10 @@ def fetch(card: ModelCard, convert: Converter, root: Path | None = None, npm: st
         raise ConfigError(f"{card.id}: its weights come with package {card.weights.package or '(none)'}, "
                           "which is not fetched by nsfwlab (install that package, or import the file)")
     notify(progress, "fetch", 0, 3, card.id)
-    if archive.is_file() and hashlib.sha256(archive.read_bytes()).hexdigest() == card.weights.archive_sha256:
-        data = archive.read_bytes()
+    cached = read_side_file(archive, "cached package", max_bytes=WEIGHTS_MAX_BYTES, error=WeightsError) \
+        if archive.is_file() else b""
+    if cached and hashlib.sha256(cached).hexdigest() == card.weights.archive_sha256:
+        data = cached
     else:
         data = _npm_pack(f"{name}@{card.weights.version}", card.weights.archive, npm)
         digest = hashlib.sha256(data).hexdigest()
