@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import stat
 import threading
 import warnings
 from collections import deque
@@ -22,7 +21,7 @@ from .calibration import Calibration, load_calibration
 from .config import BackendName, DecodeLimits, Device, Label, Precision, PreprocessConfig, Settings, Thresholds, option
 from .errors import ConfigError, ImageError, NsfwlabError
 from .frames import FrameOptions, iter_frames, sniff_video
-from .imageio import ImageInput, describe_source, load_image, read_bytes
+from .imageio import ImageInput, describe_source, load_image, read_bytes, read_head
 from .preprocess import preprocess, preprocess_rgb, stack_batch
 from .readahead import ordered_map
 from .verdict import (
@@ -435,7 +434,7 @@ class Detector:
     def _route(self, name: str, src: object) -> _Routed:
         if isinstance(src, NsfwlabError) or not isinstance(src, (bytes, Path)):
             return _Routed(name, src)
-        head = src[:32] if isinstance(src, bytes) else _head(src)
+        head = src[:32] if isinstance(src, bytes) else read_head(src)
         if head is None or not may_hold_frames(head):
             return _Routed(name, src)  # reading it on the image path says what is wrong
         if sniff_video(head[:16]) is not None:
@@ -470,16 +469,6 @@ class _Routed:
     source: object  # a Path, the bytes already read, or the NsfwlabError to report
     frames: bool = False
 
-
-def _head(path: Path) -> bytes | None:
-    """The first bytes of a regular file; None when it is not one or cannot be read (a pipe is never opened)."""
-    try:
-        if not stat.S_ISREG(path.stat().st_mode):
-            return None
-        with path.open("rb") as fh:
-            return fh.read(32)
-    except OSError:
-        return None
 
 
 class _StillRun:

@@ -59,6 +59,7 @@ __all__ = [
     "looks_like_image",
     "open_image",
     "read_bytes",
+    "read_head",
     "sniff_format",
     "to_rgb",
     "walk_tree",
@@ -405,6 +406,18 @@ IMAGE_SUFFIXES = frozenset({
 #: Names that claim to be videos (MP4/QuickTime and Matroska/WebM; scored frame by frame by
 #: :mod:`nsfwlab.frames`), taken from a directory like image names.
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".webm", ".mkv"})
+
+
+def read_head(path: str | os.PathLike, n: int = 32) -> bytes | None:
+    """The first ``n`` bytes of a regular file, enough for :func:`sniff_format` and the video sniffers;
+    ``None`` when it is not a regular file or cannot be read (a pipe is never opened)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        with open(path, "rb") as fh:
+            return fh.read(n)
+    except OSError:
+        return None
 
 
 def looks_like_image(path: str | os.PathLike, *, sniff: Callable[[bytes], str | None] = sniff_format,

@@ -29,32 +29,11 @@ SIDE_FILE_MAX_BYTES = 1 << 20
 def read_side_file(path: str | os.PathLike, what: str, *, max_bytes: int = SIDE_FILE_MAX_BYTES,
                    error: type[NsfwlabError] = ConfigError) -> bytes:
     """The bytes of the regular file ``path``, at most ``max_bytes`` of them, or a one-line ``error``."""
-    name = os.fspath(path)
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise error(f"cannot read {what} {name}: {exc.strerror or exc}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise error(f"{what} {name} is not a regular file")
-        if info.st_size > max_bytes:
-            raise error(f"{what} {name} is {info.st_size:,} bytes; the limit is {max_bytes:,}")
-        chunks: list[bytes] = []
-        size = 0
-        while size <= max_bytes:  # the file may grow after fstat: read on up to the cap, no further
-            chunk = os.read(fd, min(1 << 16, max_bytes + 1 - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        if size > max_bytes:
-            raise error(f"{what} {name} is over the limit of {max_bytes:,} bytes")
-        return b"".join(chunks)
-    except OSError as exc:
-        raise error(f"cannot read {what} {name}: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
+    with open_side_file(path, what, max_bytes=max_bytes, error=error) as fh:
+        try:
+            return fh.read()
+        except OSError as exc:
+            raise error(f"cannot read {what} {os.fspath(path)}: {exc.strerror or exc}") from None
 
 
 class _Capped(io.RawIOBase):

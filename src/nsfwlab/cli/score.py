@@ -9,7 +9,6 @@ the options and prints the results in input order.
 from __future__ import annotations
 
 import json
-import stat
 import sys
 from collections.abc import Iterator
 from enum import StrEnum
@@ -24,7 +23,7 @@ from ..config import BackendName, DecodeLimits, Device, Precision, Thresholds
 from ..detector import Detector, FramesResult, ScoreResult
 from ..errors import ConfigError, ImageError, NsfwlabError
 from ..frames import FrameMode, FrameOptions, sniff_video
-from ..imageio import IMAGE_SUFFIXES, VIDEO_SUFFIXES, iter_image_files, read_bytes, sniff_format
+from ..imageio import IMAGE_SUFFIXES, VIDEO_SUFFIXES, iter_image_files, read_bytes, read_head, sniff_format
 from ..outputs import atomic_output, csv_writer, printable
 from ..verdict import may_hold_frames
 from ._common import (
@@ -98,7 +97,7 @@ def _expand(paths: list[str], seen: _MediaSeen) -> Iterator[tuple[str, object]]:
             if empty:
                 yield raw, ImageError("directory holds no image files")
         else:
-            seen.note(_head(p))
+            seen.note(read_head(p))
             yield raw, p
 
 
@@ -117,16 +116,6 @@ def _stdin_once(items: list[tuple[str, object]], limits: DecodeLimits, seen: _Me
         out.append((name, src))
     return out
 
-
-def _head(path: Path) -> bytes | None:
-    """The first bytes of a regular file (None: not one, or unreadable; a pipe is never opened)."""
-    try:
-        if not stat.S_ISREG(path.stat().st_mode):
-            return None
-        with path.open("rb") as fh:
-            return fh.read(32)
-    except OSError:
-        return None
 
 
 def _check_bank(path: Path | None) -> None:
