@@ -20,7 +20,7 @@ from ._common import ExitCode, fail, output_dir, progress_bar, stderr, stdout, t
 __all__ = ["compare_command"]
 
 #: Library parameters whose flag is not simply their name with dashes.
-_FLAGS = {"n_boot": "--bootstrap", "level": "--ci", "max_gallery": "--gallery"}
+_FLAGS = {"n_boot": "--bootstrap", "level": "--ci", "max_gallery": "--gallery", "model": "--models"}
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -76,8 +76,9 @@ class ModelResult:
 
     def flags(self, agreement: str) -> np.ndarray:
         """The labels kappa is computed on (see the module's docstring)."""
-        if agreement == "fpr":
-            return (self.scores > self.at_fpr.threshold).astype(np.int64)
+        if agreement == "fpr":  # flagged: labelled NSFW with nsfw_above at the threshold
+            at = Thresholds(self.at_fpr.threshold, self.at_fpr.threshold)
+            return np.array([at.label(float(s)) is Label.NSFW for s in self.scores], dtype=np.int64)
         return np.array([_BAND_CODE[self.bands.label(float(s))] for s in self.scores], dtype=np.int64)
 
     def to_dict(self) -> dict[str, Any]:
