@@ -178,6 +178,18 @@ def test_unreadable_files_are_reported_and_left_out(tmp_path: Path, data_dir: Pa
     assert [Path(p.path).name for p in c.hygiene.unreadable] == ["broken.jpg"]
 
 
+def test_an_ensemble_is_one_model_whose_judge_lists_its_members(data_dir: Path) -> None:
+    other = fake_five()
+    other.id = "fake-five-b"
+    ensemble = zoo.EnsembleModel("ensemble:fake-five+fake-five-b:max", [fake_five(), other], "max")
+    c = compare(load_labelled(data_dir), [ensemble, fake_five()], n_boot=5)
+    assert c.models[0].class_confusion is None  # its "classes" are members, not categories
+    np.testing.assert_allclose(c.models[0].scores, c.models[1].scores, atol=1e-6)
+    judge = c.judge["models"][0]
+    assert judge["ensemble"] == "ensemble:fake-five+fake-five-b:max" and judge["combine"] == "max"
+    assert [m["weights_sha256"] for m in judge["members"]] == ["ab" * 32] * 2
+
+
 def test_disagreements_come_highest_spread_first(comparison: Comparison) -> None:
     top = comparison.disagreements(5)
     assert [d.spread for d in top] == sorted((d.spread for d in top), reverse=True)
