@@ -190,6 +190,25 @@ def test_an_ensemble_is_one_model_whose_judge_lists_its_members(data_dir: Path) 
     assert [m["weights_sha256"] for m in judge["members"]] == ["ab" * 32] * 2
 
 
+def test_a_set_with_no_readable_image_of_a_class_is_a_config_error(tmp_path: Path) -> None:
+    for cls in ("safe", "nsfw"):
+        (tmp_path / cls).mkdir()
+        (tmp_path / cls / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "safe" / "black.png")
+    with pytest.raises(ConfigError, match="both safe and NSFW"):
+        compare(load_labelled(tmp_path), [fake_five()], n_boot=5)
+
+
+def test_public_names_are_pinned() -> None:
+    from nsfwlab.evaluate import compare as compare_module
+    from nsfwlab.evaluate import compare_report
+
+    assert compare_module.__all__ == ["AGREEMENTS", "MAX_MODELS", "Comparison", "Disagreement", "ModelResult",
+                                      "Scorer", "compare", "load_models"]
+    assert compare_report.__all__ == ["pr_overlay_png", "render_compare_report", "roc_overlay_png"]
+    assert all(hasattr(compare_module, n) for n in compare_module.__all__)
+
+
 def test_disagreements_come_highest_spread_first(comparison: Comparison) -> None:
     top = comparison.disagreements(5)
     assert [d.spread for d in top] == sorted((d.spread for d in top), reverse=True)
@@ -226,6 +245,13 @@ def test_models_must_be_distinct_known_and_present(data_dir: Path) -> None:
         load_models(["open_nsfw", ""])
     with pytest.raises(ConfigError, match="unknown model 'no-such-model'"):
         load_models(["no-such-model"])
+    with pytest.raises(ConfigError, match="at most 16"):
+        load_models([f"model-{i}" for i in range(17)])  # refused before any is loaded
+    many = [fake_five() for _ in range(17)]
+    for i, m in enumerate(many):
+        m.id = f"fake-{i}"
+    with pytest.raises(ConfigError, match="at most 16"):
+        compare(load_labelled(data_dir), many)
 
 
 def test_cli_writes_json_scores_plots_and_report(tmp_path: Path, data_dir: Path) -> None:

@@ -179,6 +179,8 @@ def _check(models: Sequence[Scorer], fpr: float, agreement: str, batch_size: int
     ids = [m.id for m in models]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"models names a model twice: {', '.join(ids)}", param="models")
+    if len(ids) > MAX_MODELS:
+        raise ConfigError(f"models holds {len(ids)} models; at most {MAX_MODELS}", param="models")
     if agreement not in AGREEMENTS:
         raise ConfigError(f"agreement must be one of {', '.join(AGREEMENTS)}, got {agreement!r}", param="agreement")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
