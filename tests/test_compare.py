@@ -138,6 +138,7 @@ def test_judge_card_names_cards_weights_thresholds_and_versions(comparison: Comp
     assert judge["versions"]["nsfwlab"] and judge["versions"]["scikit-learn"]
     first, second = judge["models"]
     assert first["id"] == "open_nsfw" and first["weights_sha256"] == ONNX_SHA256
+    assert first["backend"] == "onnxruntime" == comparison.models[0].to_dict()["backend"]
     assert first["card"]["input"]["resize"] == "yahoo-exact"
     assert second["card"]["classes"] == list(FIVE)
     assert second["card"]["nsfw_score"] == "Hentai + Porn (Sexy reported beside)"

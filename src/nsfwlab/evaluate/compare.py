@@ -93,6 +93,7 @@ class ModelResult:
                       "counts": self.metrics.bands},
             "class_confusion": self.class_confusion,
             "images_per_second": _num(self.images_per_second), "seconds": self.seconds,
+            "backend": self.judge.get("backend", ""),
             "warnings": list(self.metrics.warnings),
         }
 
@@ -265,6 +266,7 @@ def _model_judge(model: Any) -> dict[str, Any]:
     members = getattr(model, "members", None)
     if members is not None:
         return {"ensemble": model.id, "combine": getattr(model, "combine", ""),
+                "backend": "+".join(sorted({getattr(m, "backend", "") for m in members})),
                 "members": [_model_judge(m) for m in members]}
     card = getattr(model, "card", None)
     if card is None:

@@ -129,14 +129,14 @@ def _models_table(c: Comparison) -> str:
     fpr = c.params.get("fpr", 0.0)
     rows = ["<table id=models><tr><th class=l>model</th><th>ROC AUC</th><th>AUC interval</th><th>average precision</th>"
             f"<th>AP interval</th><th>nsfw_above at FPR {fpr:g}</th><th>recall there</th><th>FPR there</th>"
-            "<th>demonstrated</th><th>images/s</th></tr>"]
+            "<th>demonstrated</th><th>images/s (backend)</th></tr>"]
     for m in c.models:
         auc, ap, a = m.metrics.roc_auc, m.metrics.average_precision, m.at_fpr
         shown = "yes" if a.demonstrated else "<span class=bad>no</span>"
         rows.append(f"<tr><th class=l>{_e(m.id)}</th><td>{auc.value:.4f}</td><td>[{auc.low:.4f}, {auc.high:.4f}]</td>"
                     f"<td>{ap.value:.4f}</td><td>[{ap.low:.4f}, {ap.high:.4f}]</td><td>{a.threshold:.6g}</td>"
                     f"<td>{_pct(a.achieved.recall)}</td><td>{_pct(a.achieved.fpr)}</td><td>{shown}</td>"
-                    f"<td>{m.images_per_second:.1f}</td></tr>")
+                    f"<td>{m.images_per_second:.1f} ({_e(m.judge.get('backend', ''))})</td></tr>")
     first = c.models[0].metrics.roc_auc if c.models else None
     intervals = f"Intervals: stratified bootstrap, {first.n_boot} resamples, {100 * first.level:g}%. " if first else ""
     rows.append("</table><p class=hint>" + intervals
