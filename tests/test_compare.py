@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from browser import MARKS, open_page
 from nsfwlab import zoo
 from nsfwlab.cli import app
-from nsfwlab.datasets import load_labelled
+from nsfwlab.datasets import LabelledItem, LabelledSet, load_labelled
 from nsfwlab.errors import ConfigError
 from nsfwlab.evaluate.compare import Comparison, compare, load_models
 from nsfwlab.evaluate.compare_report import pr_overlay_png, render_compare_report, roc_overlay_png
@@ -174,9 +174,13 @@ def test_each_image_is_decoded_once_for_all_models(monkeypatch: pytest.MonkeyPat
 def test_unreadable_files_are_reported_and_left_out(tmp_path: Path, data_dir: Path) -> None:
     root = shutil.copytree(data_dir, tmp_path / "set")
     (root / "safe" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    c = compare(load_labelled(root), [fake_five()], n_boot=5)
-    assert len(c.paths) == 19 and not any(p.endswith("broken.jpg") for p in c.paths)
-    assert [Path(p.path).name for p in c.hygiene.unreadable] == ["broken.jpg"]
+    listed = load_labelled(root)
+    gone = LabelledItem(root / "safe" / "gone.jpg", 0)  # listed, then deleted: unreadable before decoding
+    events: list = []
+    c = compare(LabelledSet((*listed.items, gone), listed.source), [fake_five()], n_boot=5, progress=events.append)
+    assert (events[-1].done, events[-1].total) == (21, 21)  # unreadable files count as done
+    assert len(c.paths) == 19 and not any(p.endswith(("broken.jpg", "gone.jpg")) for p in c.paths)
+    assert sorted(Path(p.path).name for p in c.hygiene.unreadable) == ["broken.jpg", "gone.jpg"]
 
 
 def test_an_ensemble_is_one_model_whose_judge_lists_its_members(data_dir: Path) -> None:

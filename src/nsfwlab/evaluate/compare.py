@@ -213,9 +213,10 @@ class _Scored:
 
 
 def _score_all(models: Sequence[Scorer], paths: list[str], labels: list[int], limits: DecodeLimits, batch_size: int,
-               progress: ProgressCallback | None) -> tuple[_Scored, list[np.ndarray], list[float]]:
+               progress: ProgressCallback | None, skipped: int = 0) -> tuple[_Scored, list[np.ndarray], list[float]]:
     """Decode in chunks of ``batch_size`` (memory bounded by one chunk) and feed each chunk to every
-    model; per model its class probabilities and the seconds it spent."""
+    model; per model its class probabilities and the seconds it spent. Progress counts the
+    ``skipped`` files (unreadable before decoding) as done."""
     done = _Scored()
     probs: list[list[np.ndarray]] = [[] for _ in models]
     seconds = [0.0] * len(models)
@@ -242,7 +243,7 @@ def _score_all(models: Sequence[Scorer], paths: list[str], labels: list[int], li
                 t0 = time.perf_counter()
                 probs[k].append(np.asarray(model.predict(arrays), dtype=np.float32))
                 seconds[k] += time.perf_counter() - t0
-        notify(progress, "compare", min(start + batch_size, len(paths)), len(paths))
+        notify(progress, "compare", skipped + min(start + batch_size, len(paths)), skipped + len(paths))
     joined = [np.concatenate(p) if p else np.zeros((0, len(m.classes)), np.float32)
               for p, m in zip(probs, models, strict=True)]
     return done, joined, seconds
@@ -331,7 +332,7 @@ def compare(data: LabelledSet, models: Sequence[Scorer], *, fpr: float = 0.01, a
     bad = {p.path for p in hygiene.unreadable}
     items = [it for it in data.items if str(it.path) not in bad]
     done, probs, seconds = _score_all(models, [str(it.path) for it in items], [it.label for it in items], limits,
-                                      batch_size, progress)
+                                      batch_size, progress, len(data.items) - len(items))
     paths, labels = done.paths, done.labels
     hygiene = hygiene.with_unreadable(done.failed)
     y = np.asarray(labels, dtype=np.int64)
