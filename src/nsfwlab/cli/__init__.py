@@ -51,6 +51,9 @@ from .evaluate import evaluate_command, export_onnx_command, finetune_command  #
 app.command("evaluate")(evaluate_command)
 app.command("finetune")(finetune_command)
 app.command("export-onnx")(export_onnx_command)
+from .compare import compare_command  # noqa: E402
+
+app.command("compare")(compare_command)
 from .explain import censor_command, explain_command  # noqa: E402
 
 app.command("explain")(explain_command)
