@@ -1,0 +1,132 @@
+"""``Detector(model=ID)`` with a zoo model: the zoo's own output through the verdict, rows that carry
+``model`` and ``classes``, the card's bands, calibrations refused across models, frames.
+
+The nsfwjs tests need the converted weights in NSFWLAB_HOME (setup.sh fetches them with npm);
+they are skipped otherwise. Photos: scikit-image's; animations: synthetic.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from nsfwlab import zoo
+from nsfwlab.calibration import Calibration
+from nsfwlab.detector import Detector
+from nsfwlab.errors import ConfigError
+from nsfwlab.modelsource import is_model_file
+
+MODEL = "nsfwjs-mobilenetv2"
+
+
+def _photos() -> list[np.ndarray]:
+    return [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea()]
+
+
+def _need(model_id: str = MODEL) -> None:
+    if not zoo.installed(model_id):
+        pytest.skip(f"{model_id} weights are not in NSFWLAB_HOME: run setup.sh or `nsfwlab models fetch {model_id}`")
+
+
+@pytest.fixture(scope="module")
+def det() -> Detector:
+    _need()
+    return Detector(model=MODEL)
+
+
+def test_score_many_equals_the_zoo_models_output(det: Detector) -> None:
+    photos = _photos()
+    model = zoo.load(MODEL)
+    probs = model.predict(photos)
+    results = det.score_many(photos)
+    for res, row, score in zip(results, probs, model.nsfw_score(probs), strict=True):
+        assert res.model == MODEL
+        assert res.classes is not None and list(res.classes) == list(model.card.classes)
+        np.testing.assert_allclose(list(res.classes.values()), row, atol=1e-6)
+        assert res.score == pytest.approx(float(score), abs=1e-6)
+
+
+def test_rows_carry_model_and_classes(det: Detector) -> None:
+    row = det.classify(skimage.data.coffee()).to_dict()
+    assert row["model"] == MODEL
+    assert set(row["classes"]) == {"Drawing", "Hentai", "Neutral", "Porn", "Sexy"}
+    assert row["score"] == pytest.approx(row["classes"]["Porn"] + row["classes"]["Hentai"], abs=1e-6)
+    assert row["label"] == "safe"
+
+
+def test_nsfw_score_and_classify_agree(det: Detector) -> None:
+    photo = skimage.data.astronaut()
+    assert det.nsfw_score(photo) == pytest.approx(det.classify(photo).score, abs=1e-6)
+
+
+def test_identity_names_the_zoo_model(det: Detector) -> None:
+    card = zoo.get_card(MODEL)
+    assert det.model_id == MODEL
+    assert det.model_version == f"{MODEL}-{card.weights.sha256[:12]}"
+    assert det.preprocess_version != Detector().preprocess_version
+    assert det.describe()["model"] == MODEL
+    assert det.thresholds == card.bands
+
+
+def test_a_calibration_fitted_for_open_nsfw_is_refused() -> None:
+    _need()
+    plain = Detector()
+    cal = Calibration("platt", plain.model_version, plain.preprocess_version, {"a": 1.0, "b": 0.0})
+    with pytest.raises(ConfigError, match="fitted for model"):
+        Detector(model=MODEL, calibration=cal)
+
+
+def test_a_calibration_fitted_for_the_zoo_model_applies(det: Detector) -> None:
+    cal = Calibration("platt", det.model_version, det.preprocess_version, {"a": 1.0, "b": 2.0})
+    calibrated = Detector(model=MODEL, calibration=cal).classify(skimage.data.coffee())
+    assert calibrated.raw_score == pytest.approx(det.classify(skimage.data.coffee()).score, abs=1e-6)
+    assert calibrated.score is not None and calibrated.score > calibrated.raw_score
+
+
+def test_frames_of_an_animation_are_scored_by_the_zoo_model(det: Detector) -> None:
+    frames = [Image.fromarray(skimage.data.astronaut()).resize((64, 64)),
+              Image.fromarray(skimage.data.coffee()).resize((64, 64))]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=200, loop=0)
+    res = det.score_frames(buf.getvalue())
+    assert res.ok and res.kind == "animation" and res.frames == 2
+    assert res.model == MODEL and res.to_dict()["model"] == MODEL
+
+
+def test_the_open_nsfw_id_is_the_default_model_with_identical_rows() -> None:
+    photo = skimage.data.coffee()
+    assert Detector(model="open_nsfw").classify(photo).to_dict() == Detector().classify(photo).to_dict()
+    assert "model" not in Detector().classify(photo).to_dict()
+
+
+def test_an_unknown_id_is_one_line_listing_the_ids() -> None:
+    with pytest.raises(ConfigError) as info:
+        Detector(model="no-such-model")
+    assert "\n" not in info.value.message
+    assert "nsfwjs-mobilenetv2" in info.value.message and "open_nsfw" in info.value.message
+
+
+def test_a_zoo_model_refuses_cuda_and_fp16() -> None:
+    with pytest.raises(ConfigError, match="CPU"):
+        Detector(model=MODEL, device="cuda")
+    with pytest.raises(ConfigError, match="fp32"):
+        Detector(model=MODEL, precision="fp16")
+
+
+def test_gradient_methods_refuse_a_zoo_model(det: Detector) -> None:
+    with pytest.raises(ConfigError, match="open_nsfw"):
+        det.torch_model()
+
+
+def test_checkpoint_files_and_zoo_ids_are_told_apart(tmp_path: Path) -> None:
+    existing = tmp_path / "weights.bin"
+    existing.write_bytes(b"x")
+    assert is_model_file("missing.pt") and is_model_file("missing.ONNX") and is_model_file(str(existing))
+    assert is_model_file(existing)
+    assert not is_model_file(MODEL) and not is_model_file("ensemble:open_nsfw+nsfwjs-mobilenetv2")
+    assert not is_model_file("card.json") and not is_model_file(tmp_path / "card.json")
