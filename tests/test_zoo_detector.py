@@ -7,8 +7,11 @@ they are skipped otherwise. Photos: scikit-image's; animations: synthetic.
 
 from __future__ import annotations
 
+import csv
 import io
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -130,3 +133,52 @@ def test_checkpoint_files_and_zoo_ids_are_told_apart(tmp_path: Path) -> None:
     assert is_model_file(existing)
     assert not is_model_file(MODEL) and not is_model_file("ensemble:open_nsfw+nsfwjs-mobilenetv2")
     assert not is_model_file("card.json") and not is_model_file(tmp_path / "card.json")
+
+
+# -- nsfwlab score --model --------------------------------------------------------------------------
+DATA = Path(__file__).parent / "data"
+#: A PNG decoded by pngjs (nsfwjs's golden) and by Pillow here: the same pixels (tests/test_zoo_nsfwjs.py).
+PNG_TOLERANCE = 1e-3
+
+
+def _cli(*args: str) -> Any:
+    from typer.testing import CliRunner
+
+    from nsfwlab.cli import app
+
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def test_cli_jsonl_prints_the_classes_of_nsfwjs_golden() -> None:
+    _need()
+    golden = json.loads((DATA / "nsfwjs_golden.json").read_text())
+    files = ["nsfwjs_chelsea.png", "nsfwjs_rocket.png"]
+    out = _cli("score", "--model", MODEL, "-f", "jsonl", *(str(DATA / f) for f in files))
+    assert out.exit_code == 0, out.output
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    for row, name in zip(rows, files, strict=True):
+        assert row["model"] == MODEL and list(row["classes"]) == golden["classes"]
+        expected = golden["models"]["MobileNetV2"]["files"][name]
+        assert np.abs(np.array(list(row["classes"].values())) - expected).max() <= PNG_TOLERANCE
+        assert row["score"] == pytest.approx(row["classes"]["Porn"] + row["classes"]["Hentai"], abs=1e-6)
+
+
+def test_cli_csv_has_model_and_class_columns() -> None:
+    _need()
+    out = _cli("score", "--model", MODEL, "-f", "csv", str(DATA / "nsfwjs_rocket.png"))
+    assert out.exit_code == 0, out.output
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert rows[0]["model"] == MODEL
+    assert float(rows[0]["Drawing"]) > 0.5  # a rocket photo: nsfwjs says Drawing (golden: 0.865)
+
+
+def test_cli_open_nsfw_csv_has_no_model_column(photo_paths: list[Path]) -> None:
+    out = _cli("score", "-f", "csv", str(photo_paths[0]))
+    assert out.exit_code == 0, out.output
+    assert out.stdout.splitlines()[0] == "path,score,label,error"
+
+
+def test_cli_unknown_model_is_one_line_exit_2(tmp_path: Path) -> None:
+    out = _cli("score", "--model", "no-such-model", str(tmp_path / "x.jpg"))
+    assert out.exit_code == 2
+    assert out.stderr.strip().count("\n") == 0 and "--model" in out.stderr and "nsfwjs-mobilenetv2" in out.stderr
