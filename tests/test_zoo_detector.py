@@ -182,3 +182,56 @@ def test_cli_unknown_model_is_one_line_exit_2(tmp_path: Path) -> None:
     out = _cli("score", "--model", "no-such-model", str(tmp_path / "x.jpg"))
     assert out.exit_code == 2
     assert out.stderr.strip().count("\n") == 0 and "--model" in out.stderr and "nsfwjs-mobilenetv2" in out.stderr
+
+
+# -- nsfwlab scan --model ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def two_model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One store, scanned by open_nsfw and by nsfwjs: two PNG photos and a synthetic animation."""
+    from nsfwlab.scan import ResultStore, ScanConfig, scan
+
+    _need()
+    root = tmp_path_factory.mktemp("zoo_scan")
+    images = root / "images"
+    images.mkdir()
+    for name in ("nsfwjs_chelsea.png", "nsfwjs_rocket.png"):
+        (images / name).write_bytes((DATA / name).read_bytes())
+    frames = [Image.fromarray(skimage.data.astronaut()).resize((48, 48)),
+              Image.fromarray(skimage.data.coffee()).resize((48, 48))]
+    frames[0].save(images / "anim.gif", save_all=True, append_images=frames[1:], duration=200, loop=0)
+    db = root / "results.db"
+    with ResultStore(db) as store:
+        scan([images], store, ScanConfig(executor="thread", workers=1))
+        scan([images], store, ScanConfig(executor="process", workers=1, model=MODEL))
+    return db
+
+
+def test_one_store_holds_two_models_rows(two_model_store: Path, det: Detector) -> None:
+    import sqlite3
+
+    with sqlite3.connect(two_model_store) as conn:
+        rows = conn.execute("SELECT path, model, model_version, preprocess_version, score, status, kind "
+                            "FROM results").fetchall()
+    assert {r[1] for r in rows} == {"open_nsfw", MODEL}
+    assert len(rows) == 6 and all(r[5] == "ok" for r in rows)
+    ours = {Path(r[0]).name: r for r in rows if r[1] == MODEL}
+    chelsea = ours["nsfwjs_chelsea.png"]
+    assert chelsea[2] == det.model_version and chelsea[3] == det.preprocess_version
+    # the scan's score is the Detector's (the same decoded pixels, the same model)
+    assert chelsea[4] == pytest.approx(det.nsfw_score(DATA / "nsfwjs_chelsea.png"), abs=1e-6)
+    assert ours["anim.gif"][6] == "animation"
+
+
+def test_export_selects_a_models_rows(two_model_store: Path, det: Detector) -> None:
+    from nsfwlab.scan import ExportFilter, ResultStore, iter_records
+
+    with ResultStore(two_model_store) as store:
+        records = list(iter_records(store, ExportFilter(model_version=det.model_version)))
+    assert len(records) == 3 and {r["model"] for r in records} == {MODEL}
+
+
+def test_scan_refuses_fast_mode_for_a_zoo_model(tmp_path: Path) -> None:
+    from nsfwlab.scan import ResultStore, ScanConfig, scan
+
+    with ResultStore(tmp_path / "r.db") as store, pytest.raises(ConfigError, match="exact mode"):
+        scan([DATA / "nsfwjs_rocket.png"], store, ScanConfig(mode="fast", model=MODEL))

@@ -23,7 +23,7 @@ from .config import BackendName, DecodeLimits, Device, Label, Precision, Preproc
 from .errors import ConfigError, ImageError, NsfwlabError
 from .frames import FrameOptions, iter_frames, sniff_video
 from .imageio import ImageInput, describe_source, load_image, read_bytes
-from .modelsource import ZooBackend, check_file_backend, is_model_file, load_zoo_backend
+from .modelsource import ZooBackend, check_file_backend, is_model_file, is_zoo_id, load_zoo_backend
 from .preprocess import preprocess, preprocess_rgb, stack_batch
 from .readahead import ordered_map
 from .verdict import (
@@ -100,15 +100,13 @@ class Detector:
         model_preprocess: PreprocessConfig | None = None
         self.backend: Backend
         self.zoo: ZooBackend | None = None
-        if model is not None and not is_model_file(model) and os.fspath(model) == "open_nsfw":
-            model = None  # the zoo's id of the default model
-        if model is not None and not is_model_file(model):
+        if model is not None and is_zoo_id(model):
             if not isinstance(backend, (str, BackendName)):
                 raise ConfigError("pass either a ready backend or model=..., not both")
             self.zoo = load_zoo_backend(os.fspath(model), backend, device, precision, threads or settings.threads,
                                         batch_size)
-            self.backend, model = self.zoo, None
-        elif model is not None:
+            self.backend = self.zoo
+        elif model is not None and is_model_file(model):
             from .checkpoint import load_model
 
             check_file_backend(model, backend, precision)
@@ -126,7 +124,7 @@ class Detector:
         self.preprocess_config = preprocess or model_preprocess or PreprocessConfig()
         self.limits = limits or settings.limits
         self.workers = workers or 2
-        self._model_path = model
+        self._model_path = model if model is not None and is_model_file(model) else None
         self.calibration = loaded_calibration
         if loaded_calibration is not None:
             loaded_calibration.check(self.model_version, self.preprocess_version)

@@ -21,7 +21,8 @@ import numpy as np
 from .config import BackendName, Device, Precision, Thresholds, option
 from .errors import ConfigError
 
-__all__ = ["CHECKPOINT_SUFFIXES", "ZooBackend", "check_file_backend", "is_model_file", "load_zoo_backend"]
+__all__ = ["CHECKPOINT_SUFFIXES", "ZooBackend", "check_file_backend", "is_model_file", "is_zoo_id", "load_zoo_backend",
+           "rgb_pixels"]
 
 #: Suffixes of model files the Detector loads through :mod:`nsfwlab.checkpoint` (not the zoo).
 CHECKPOINT_SUFFIXES = (".pt", ".onnx")
@@ -57,6 +58,12 @@ def check_file_backend(model: str | os.PathLike, backend: BackendName | str | An
                           "`nsfwlab export-onnx` for onnxruntime")
 
 
+def is_zoo_id(model: str | os.PathLike | None) -> bool:
+    """Whether ``model`` names a zoo model other than open_nsfw (which is the default model, loaded
+    as it always is)."""
+    return model is not None and not is_model_file(model) and os.fspath(model) != "open_nsfw"
+
+
 class ZooBackend:
     """A zoo model as the Detector's backend: ``predict_images`` (uint8 RGB images of any size ->
     (N, classes) probabilities) and ``nsfw_scores`` (-> (N,) per the card). ``predict`` (open_nsfw's
@@ -81,8 +88,8 @@ class ZooBackend:
             self.thresholds = model.card.bands
 
     def prepare_image(self, img: Any) -> np.ndarray:
-        """The decoded image (a PIL image) as the model's input: HxWx3 uint8 RGB pixels."""
-        return np.array(img.convert("RGB") if img.mode != "RGB" else img, dtype=np.uint8)  # writable: torch takes it
+        """The decoded image (a PIL image) as the model's input (:func:`rgb_pixels`)."""
+        return rgb_pixels(img)
 
     def predict_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """(N, classes) float32: class probabilities (an ensemble: its members' NSFW scores)."""
@@ -102,6 +109,12 @@ class ZooBackend:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         raise ConfigError(f"model {self.model_id} takes decoded images (predict_images), not open_nsfw's "
                           "preprocessed arrays")
+
+
+def rgb_pixels(img: Any) -> np.ndarray:
+    """A decoded image (a PIL image) as a zoo model's input: its HxWx3 uint8 RGB pixels (a writable
+    copy: torch takes it as it is)."""
+    return np.array(img.convert("RGB") if img.mode != "RGB" else img, dtype=np.uint8)
 
 
 def _version(card: Any) -> str:
