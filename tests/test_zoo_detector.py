@@ -235,3 +235,18 @@ def test_scan_refuses_fast_mode_for_a_zoo_model(tmp_path: Path) -> None:
 
     with ResultStore(tmp_path / "r.db") as store, pytest.raises(ConfigError, match="exact mode"):
         scan([DATA / "nsfwjs_rocket.png"], store, ScanConfig(mode="fast", model=MODEL))
+
+
+# -- evaluate with a zoo model ----------------------------------------------------------------------
+def test_evaluation_of_a_zoo_model_records_its_versions(tmp_path: Path, det: Detector) -> None:
+    from nsfwlab.evaluate import evaluate, load_labelled
+
+    for label, names in (("safe", ("nsfwjs_rocket.png", "nsfwjs_coffee.jpg")),
+                         ("nsfw", ("nsfwjs_chelsea.png", "nsfwjs_astronaut.jpg"))):
+        (tmp_path / label).mkdir()
+        for name in names:
+            (tmp_path / label / name).write_bytes((DATA / name).read_bytes())
+    result = evaluate(load_labelled(tmp_path), det, n_boot=10)
+    assert result.model["model"] == MODEL and result.model["model_version"] == det.model_version
+    chelsea = next(it for it in result.scored if it.path.endswith("nsfwjs_chelsea.png"))
+    assert chelsea.score == pytest.approx(det.nsfw_score(DATA / "nsfwjs_chelsea.png"), abs=1e-6)
