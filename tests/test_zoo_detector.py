@@ -233,7 +233,7 @@ def test_export_selects_a_models_rows(two_model_store: Path, det: Detector) -> N
 def test_scan_refuses_fast_mode_for_a_zoo_model(tmp_path: Path) -> None:
     from nsfwlab.scan import ResultStore, ScanConfig, scan
 
-    with ResultStore(tmp_path / "r.db") as store, pytest.raises(ConfigError, match="exact mode"):
+    with ResultStore(tmp_path / "r.db") as store, pytest.raises(ConfigError, match="only with mode exact"):
         scan([DATA / "nsfwjs_rocket.png"], store, ScanConfig(mode="fast", model=MODEL))
 
 
@@ -250,3 +250,15 @@ def test_evaluation_of_a_zoo_model_records_its_versions(tmp_path: Path, det: Det
     assert result.model["model"] == MODEL and result.model["model_version"] == det.model_version
     chelsea = next(it for it in result.scored if it.path.endswith("nsfwjs_chelsea.png"))
     assert chelsea.score == pytest.approx(det.nsfw_score(DATA / "nsfwjs_chelsea.png"), abs=1e-6)
+
+
+def test_cli_scan_with_an_unknown_model_is_one_line_exit_2(tmp_path: Path) -> None:
+    out = _cli("scan", "--db", str(tmp_path / "r.db"), "--model", "no-such-model", str(DATA / "nsfwjs_rocket.png"))
+    assert out.exit_code == 2
+    assert out.stderr.strip().count("\n") == 0 and "--model" in out.stderr and "nsfwjs-mobilenetv2" in out.stderr
+
+
+def test_cli_scan_fast_mode_with_a_zoo_model_names_the_flag(tmp_path: Path) -> None:
+    out = _cli("scan", "--db", str(tmp_path / "r.db"), "--mode", "fast", "--model", MODEL,
+               str(DATA / "nsfwjs_rocket.png"))
+    assert out.exit_code == 2 and "only with --mode exact" in out.stderr

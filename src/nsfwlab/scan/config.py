@@ -228,10 +228,10 @@ def _zoo_scan_model(config: ScanConfig) -> ScanModel:
     from ..detector import Detector
 
     if config.mode is not ScanMode.EXACT:
-        raise ConfigError(f"model {config.model} scans in exact mode only (fast mode is open_nsfw's int8 "
+        raise ConfigError(f"model {config.model} scans only with mode exact (fast mode is open_nsfw's int8 "
                           "model and DCT-scaled decoding)", param="mode")
     if config.engine is not Engine.LOCAL:
-        raise ConfigError(f"model {config.model} scans with the local engine only", param="engine")
+        raise ConfigError(f"model {config.model} scans only with engine local", param="engine")
     det = Detector(device=config.device, threads=config.threads, model=config.model,
                    batch_size=config.model_batch("cpu"))
     return ScanModel(det.backend, det.preprocess_config, ScanMode.EXACT)
