@@ -181,9 +181,8 @@ class Detector:
 
     def result(self, source: str, raw: float, check: BankCheck | None = None,
                classes: dict[str, float] | None = None) -> ScoreResult:
-        """The :class:`ScoreResult` for a still image's raw model score (and its bank check, and a
-        zoo model's class probabilities): calibrated, labelled, the raw score kept
-        (:func:`nsfwlab.verdict.decide_still`)."""
+        """The :class:`ScoreResult` of a still image's raw score, bank check and (a zoo model's) class
+        probabilities: calibrated, labelled, the raw score kept (:func:`nsfwlab.verdict.decide_still`)."""
         return ScoreResult.from_verdict(source, decide_still(raw, self.policy(), check), check,
                                         model=self._row_model, classes=classes)
 
@@ -246,8 +245,8 @@ class Detector:
                           f"{self.backend.name} only; pass its .pt checkpoint (Detector(model=...))")
 
     def preprocess(self, source: ImageInput) -> np.ndarray:
-        """Decode safely and preprocess one input into its (224, 224, 3) float32 array (a zoo
-        model: its decoded HxWx3 uint8 pixels, which it prepares itself)."""
+        """Decode safely and preprocess one input into its (224, 224, 3) float32 array (a zoo model:
+        its decoded HxWx3 uint8 pixels, which it prepares itself)."""
         if self.zoo is not None:
             return self.zoo.prepare_image(load_image(source, self.limits))
         return preprocess(source, self.preprocess_config, self.limits)
@@ -257,8 +256,7 @@ class Detector:
         return self.zoo.prepare_image(img) if self.zoo is not None else preprocess_rgb(img, self.preprocess_config)
 
     def _score(self, arrays: list[np.ndarray]) -> tuple[list[float], list[dict[str, float] | None]]:
-        """Raw NSFW scores of prepared inputs (one model call) and, for a zoo model, each one's
-        class probabilities."""
+        """Raw NSFW scores of prepared inputs (one model call) and a zoo model's class probabilities."""
         if self.zoo is None:
             return self.backend.predict(stack_batch(arrays))[:, 1].tolist(), [None] * len(arrays)
         probs = self.zoo.predict_images(arrays)
