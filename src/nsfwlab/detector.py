@@ -18,10 +18,11 @@ import numpy as np
 
 from .backends import Backend, create_backend
 from .calibration import Calibration, load_calibration
-from .config import BackendName, DecodeLimits, Device, Label, Precision, PreprocessConfig, Settings, Thresholds, option
+from .config import BackendName, DecodeLimits, Device, Label, Precision, PreprocessConfig, Settings, Thresholds
 from .errors import ConfigError, ImageError, NsfwlabError
 from .frames import FrameOptions, iter_frames, sniff_video
 from .imageio import ImageInput, describe_source, load_image, read_bytes, read_head
+from .modelsource import ZooBackend, check_file_backend, is_model_file, is_zoo_id, load_zoo_backend
 from .preprocess import preprocess, preprocess_rgb, stack_batch
 from .readahead import ordered_map
 from .verdict import (
@@ -44,26 +45,6 @@ if TYPE_CHECKING:
 __all__ = ["Detector", "FramesResult", "ScoreResult", "nsfw_score"]
 
 
-def _check_model_backend(model: str | os.PathLike, backend: BackendName | str | Backend,
-                         precision: Precision | str) -> None:
-    """Refuse a backend or precision that ``model`` cannot run on, instead of ignoring it.
-
-    An exported ``.onnx`` runs on onnxruntime in fp32; a ``.pt`` checkpoint on torch.
-    """
-    if not isinstance(backend, (str, BackendName)):
-        raise ConfigError("pass either a ready backend or model=..., not both")
-    name = option(BackendName, backend, "backend")
-    onnx = Path(model).suffix.lower() == ".onnx"
-    if onnx and name is BackendName.TORCH:
-        raise ConfigError(f"{model} is an exported ONNX graph, which runs on onnxruntime; pass the .pt "
-                          "checkpoint for the torch backend")
-    if onnx and option(Precision, precision, "precision") is Precision.FP16:
-        raise ConfigError(f"{model} is an exported ONNX graph, which runs fp32; pass the .pt checkpoint for fp16")
-    if not onnx and name is BackendName.ONNXRUNTIME:
-        raise ConfigError(f"{model} is a PyTorch checkpoint, which runs on the torch backend; export it with "
-                          "`nsfwlab export-onnx` for onnxruntime")
-
-
 class Detector:
     """Loads the model once; scores images one at a time or in batches.
 
@@ -75,7 +56,10 @@ class Detector:
 
     ``backend`` is a name (``auto``, ``onnxruntime``, ``torch``) or a ready :class:`Backend`
     (for example a fine-tuned model in a ``TorchBackend``); ``model`` is the path of a fine-tuned
-    checkpoint (``.pt``) or an exported ``.onnx`` (see :mod:`nsfwlab.checkpoint`). ``preprocess`` defaults to Yahoo's
+    checkpoint (``.pt``) or an exported ``.onnx`` (see :mod:`nsfwlab.checkpoint`), or a zoo id
+    (``nsfwjs-mobilenetv2``, a card file, ``ensemble:A+B[:mean|max]``; :mod:`nsfwlab.modelsource`): a zoo
+    model prepares its input as its card says, its bands are the card's unless ``thresholds`` is
+    given, and its results carry ``model`` and ``classes``. ``preprocess`` defaults to Yahoo's
     exact pipeline; ``limits`` to the decode caps of :class:`~nsfwlab.config.Settings`.
     ``workers`` threads decode and preprocess while the model runs (Pillow releases the GIL).
     ``calibration`` (a ``calibration.json`` path or a :class:`~nsfwlab.calibration.Calibration`
@@ -114,10 +98,17 @@ class Detector:
         settings = Settings.from_env()
         model_preprocess: PreprocessConfig | None = None
         self.backend: Backend
-        if model is not None:
+        self.zoo: ZooBackend | None = None
+        if model is not None and is_zoo_id(model):
+            if not isinstance(backend, (str, BackendName)):
+                raise ConfigError("pass either a ready backend or model=..., not both")
+            self.zoo = load_zoo_backend(os.fspath(model), backend, device, precision, threads or settings.threads,
+                                        batch_size)
+            self.backend = self.zoo
+        elif model is not None and is_model_file(model):
             from .checkpoint import load_model
 
-            _check_model_backend(model, backend, precision)
+            check_file_backend(model, backend, precision)
             self.backend, model_preprocess = load_model(model, device, precision=precision,
                                                          threads=threads or settings.threads)
         elif isinstance(backend, (str, BackendName)):
@@ -127,12 +118,12 @@ class Detector:
             )
         else:
             self.backend = backend
-        self.thresholds = thresholds or Thresholds()
+        self.thresholds = thresholds or (self.zoo.thresholds if self.zoo is not None else Thresholds())
         self.batch_size = batch_size
         self.preprocess_config = preprocess or model_preprocess or PreprocessConfig()
         self.limits = limits or settings.limits
         self.workers = workers or 2
-        self._model_path = model
+        self._model_path = model if model is not None and is_model_file(model) else None
         self.calibration = loaded_calibration
         if loaded_calibration is not None:
             loaded_calibration.check(self.model_version, self.preprocess_version)
@@ -149,11 +140,21 @@ class Detector:
 
     @property
     def preprocess_version(self) -> str:
-        return self.preprocess_config.version
+        return self.zoo.preprocess_version if self.zoo is not None else self.preprocess_config.version
+
+    @property
+    def model_id(self) -> str:
+        """The zoo id of the model: ``open_nsfw`` for the stock model and its checkpoints."""
+        return self.zoo.model_id if self.zoo is not None else "open_nsfw"
+
+    @property
+    def _row_model(self) -> str | None:  # results of open_nsfw carry no model id: their rows stay as they were
+        return self.zoo.model_id if self.zoo is not None else None
 
     def describe(self) -> dict[str, Any]:
         """What produced a score: model, preprocessing, backend, device, thresholds (and calibration, if any)."""
         out = {
+            **({"model": self.zoo.model_id} if self.zoo is not None else {}),
             "model_version": self.model_version,
             "preprocess_version": self.preprocess_version,
             "backend": self.backend.name,
@@ -177,10 +178,12 @@ class Detector:
         """The score reported for a raw model score: calibrated when a calibration is set, else itself."""
         return self.policy().calibrate(raw)
 
-    def result(self, source: str, raw: float, check: BankCheck | None = None) -> ScoreResult:
-        """The :class:`ScoreResult` for a still image's raw model score (and its bank check):
-        calibrated, labelled, the raw score kept (:func:`nsfwlab.verdict.decide_still`)."""
-        return ScoreResult.from_verdict(source, decide_still(raw, self.policy(), check), check)
+    def result(self, source: str, raw: float, check: BankCheck | None = None,
+               classes: dict[str, float] | None = None) -> ScoreResult:
+        """The :class:`ScoreResult` of a still image's raw score, bank check and (a zoo model's) class
+        probabilities: calibrated, labelled, the raw score kept (:func:`nsfwlab.verdict.decide_still`)."""
+        return ScoreResult.from_verdict(source, decide_still(raw, self.policy(), check), check,
+                                        model=self._row_model, classes=classes)
 
     def torch_model(self, device: str | None = None, dtype: Any = None) -> Any:
         """A gradient-capable ``torch.nn.Module`` with this Detector's weights (stock, a ``.pt``
@@ -198,6 +201,9 @@ class Detector:
 
         from .backends import TorchBackend
 
+        if self.zoo is not None:
+            raise ConfigError(f"gradient methods run on open_nsfw; model {self.zoo.model_id} has its own input "
+                              f"contract (use nsfwlab.zoo.load({self.zoo.model_id!r}).torch_model())", param="model")
         dev = torch.device(device or "cpu")
         if dev.type == "cuda" and dev.index is None:  # parameters report "cuda:0", never "cuda"
             dev = torch.device("cuda", torch.cuda.current_device())
@@ -238,8 +244,22 @@ class Detector:
                           f"{self.backend.name} only; pass its .pt checkpoint (Detector(model=...))")
 
     def preprocess(self, source: ImageInput) -> np.ndarray:
-        """Decode safely and preprocess one input into its (224, 224, 3) float32 array."""
+        """Decode safely and preprocess one input into its (224, 224, 3) float32 array (a zoo model:
+        its decoded HxWx3 uint8 pixels, which it prepares itself)."""
+        if self.zoo is not None:
+            return self.zoo.prepare_image(load_image(source, self.limits))
         return preprocess(source, self.preprocess_config, self.limits)
+
+    def _prepare_decoded(self, img: Any) -> np.ndarray:
+        """A decoded image as the model's input (see :meth:`preprocess`)."""
+        return self.zoo.prepare_image(img) if self.zoo is not None else preprocess_rgb(img, self.preprocess_config)
+
+    def _score(self, arrays: list[np.ndarray]) -> tuple[list[float], list[dict[str, float] | None]]:
+        """Raw NSFW scores of prepared inputs (one model call) and a zoo model's class probabilities."""
+        if self.zoo is None:
+            return self.backend.predict(stack_batch(arrays))[:, 1].tolist(), [None] * len(arrays)
+        probs = self.zoo.predict_images(arrays)
+        return self.zoo.nsfw_scores(probs).tolist(), [self.zoo.class_dict(row) for row in probs]
 
     def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
         """NSFW probabilities for an NHWC batch of preprocessed arrays, split by ``batch_size``."""
@@ -267,7 +287,7 @@ class Detector:
             arr = self.preprocess(source)
         except NsfwlabError as exc:
             raise exc.with_source(describe_source(source)) from None
-        return float(self.backend.predict(arr[None])[0, 1])
+        return float(self._score([arr])[0][0])
 
     def classify(self, source: ImageInput) -> ScoreResult:
         """Score and label one image, matched against the bank when the Detector has one (raises
@@ -276,7 +296,8 @@ class Detector:
         if isinstance(prepared, NsfwlabError):
             raise prepared.with_source(describe_source(source))
         arr, check = prepared
-        return self.result(describe_source(source), float(self.backend.predict(arr[None])[0, 1]), check)
+        raws, classes = self._score([arr])
+        return self.result(describe_source(source), float(raws[0]), check, classes[0])
 
     # -- many ---------------------------------------------------------------------------------
     def _executor(self) -> ThreadPoolExecutor:
@@ -310,7 +331,7 @@ class Detector:
         else:
             kind, img = Kind.IMAGE, load_image(source, self.limits, draft_size=cfg.draft_size)
             hashed = img
-        arr = preprocess_rgb(img, cfg)
+        arr = self._prepare_decoded(img)
         return arr, check_bank(self.bank, hashed, kind, self.match_distance)
 
     def iter_score(
@@ -341,10 +362,13 @@ class Detector:
 
         def emit(batch: list[tuple[str, Prep]]) -> Iterator[ScoreResult]:
             arrays = [v[0] for _, v in batch if not isinstance(v, NsfwlabError)]
-            raws = iter(self.backend.predict(stack_batch(arrays))[:, 1].tolist()) if arrays else iter(())
+            scored = zip(*self._score(arrays), strict=True) if arrays else iter(())
             for name, value in batch:
-                res = (ScoreResult(name, error=value.with_source(name)) if isinstance(value, NsfwlabError)
-                       else self.result(name, float(next(raws)), value[1]))
+                if isinstance(value, NsfwlabError):
+                    res = ScoreResult(name, error=value.with_source(name))
+                else:
+                    raw, classes = next(scored)
+                    res = self.result(name, float(raw), value[1], classes)
                 if progress is not None:
                     progress(res)
                 yield res
@@ -384,7 +408,7 @@ class Detector:
         def flush() -> bool:
             """Score the pending frames; True when early stopping should end the file here."""
             if pending:
-                raws.extend(self.predict_arrays(stack_batch(pending)).tolist())
+                raws.extend(self._score(pending)[0])
                 pending.clear()
             return opts.early_stop and stop_early([policy.calibrate(r) for r in raws], policy)
 
@@ -392,7 +416,7 @@ class Detector:
             data = read_bytes(source, self.limits)  # type: ignore[arg-type]
             kind = kind_of(data)
             for frame in iter_frames(data, opts, self.limits):
-                pending.append(preprocess_rgb(frame.image(), self.preprocess_config))
+                pending.append(self._prepare_decoded(frame.image()))
                 times.append(frame.time)
                 durations.append(frame.duration)
                 if len(pending) >= self.batch_size and flush():
@@ -406,7 +430,7 @@ class Detector:
         except Exception as exc:
             return FramesResult(name, error=ImageError(f"unexpected {type(exc).__name__}: {exc}").with_source(name))
         verdict = decide_frames(kind, times, durations, raws, policy, check)
-        return FramesResult.from_verdict(name, verdict, stopped_early=stopped, check=check)
+        return FramesResult.from_verdict(name, verdict, stopped_early=stopped, check=check, model=self._row_model)
 
     # -- a mixed stream -------------------------------------------------------------------------
     def score_media(self, items: Iterable[tuple[str, object]],

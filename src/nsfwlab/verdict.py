@@ -193,7 +193,10 @@ class ScoreResult:
 
     With a calibration, ``score`` is the calibrated probability (and the label follows it) and
     ``raw_score`` the exact model score; without one, ``raw_score`` is None and ``score`` is the model's.
-    ``bank_check``: what the Detector's hash bank said (``None``: no bank).
+    ``bank_check``: what the Detector's hash bank said (``None``: no bank). ``model``: the zoo id of
+    the model that scored it (``None`` for open_nsfw and its checkpoints, whose rows stay as they
+    were); ``classes``: that model's class probabilities ``{name: probability}`` (``None`` for
+    open_nsfw), from which its card derives the NSFW score.
     """
 
     source: str
@@ -202,10 +205,14 @@ class ScoreResult:
     error: NsfwlabError | None = None
     raw_score: float | None = None
     bank_check: BankCheck | None = None
+    model: str | None = None
+    classes: dict[str, float] | None = None
 
     @classmethod
-    def from_verdict(cls, source: str, v: Verdict, check: BankCheck | None = None) -> ScoreResult:
-        return cls(source, v.score, v.label, raw_score=v.raw_score if v.calibrated else None, bank_check=check)
+    def from_verdict(cls, source: str, v: Verdict, check: BankCheck | None = None, *, model: str | None = None,
+                     classes: dict[str, float] | None = None) -> ScoreResult:
+        return cls(source, v.score, v.label, raw_score=v.raw_score if v.calibrated else None, bank_check=check,
+                   model=model, classes=classes)
 
     @property
     def match(self) -> Match | None:
@@ -228,7 +235,16 @@ class ScoreResult:
         out: dict[str, Any] = {"path": self.source, "score": self.score, "label": self.label.value}
         if self.raw_score is not None:
             out["raw_score"] = self.raw_score
-        return _with_bank(out, self.bank_check)
+        return _with_bank(_with_model(out, self.model, self.classes), self.bank_check)
+
+
+def _with_model(out: dict[str, Any], model: str | None, classes: dict[str, float] | None) -> dict[str, Any]:
+    """``model`` and ``classes`` for a zoo model's answer (open_nsfw's rows carry neither)."""
+    if model is not None:
+        out["model"] = model
+    if classes is not None:
+        out["classes"] = classes
+    return out
 
 
 def _with_bank(out: dict[str, Any], check: BankCheck | None) -> dict[str, Any]:
@@ -257,12 +273,13 @@ class FramesResult:
     error: NsfwlabError | None = None
     raw_score: float | None = None
     bank_check: BankCheck | None = None
+    model: str | None = None
 
     @classmethod
     def from_verdict(cls, source: str, v: Verdict, *, stopped_early: bool = False,
-                     check: BankCheck | None = None) -> FramesResult:
+                     check: BankCheck | None = None, model: str | None = None) -> FramesResult:
         return cls(source, v.score, v.label, v.kind.value, v.frame_scores, v.segments, stopped_early,
-                   raw_score=v.raw_score if v.calibrated else None, bank_check=check)
+                   raw_score=v.raw_score if v.calibrated else None, bank_check=check, model=model)
 
     @property
     def match(self) -> Match | None:
@@ -289,7 +306,7 @@ class FramesResult:
             out["stopped_early"] = True
         if per_frame:
             out["frame_scores"] = [list(fs) for fs in self.frame_scores]
-        return _with_bank(out, self.bank_check)
+        return _with_bank(_with_model(out, self.model, None), self.bank_check)
 
 
 def _matched(label: Label, check: BankCheck | None) -> tuple[Label, Match | None, str | None]:

@@ -55,7 +55,7 @@ def _scores_csv(evaluation: object) -> str:
 def evaluate_command(
     data: Path = typer.Argument(..., help="A folder with safe/ and nsfw/ subfolders, or a CSV of path,label."),
     out: Path = typer.Option(..., "--out", "-o", help="Report folder (created): metrics.json, scores.csv, roc.png, pr.png, histogram.png, report.html."),
-    model: Path | None = typer.Option(None, "--model", help="A fine-tuned checkpoint (.pt) or exported .onnx instead of the stock model."),
+    model: str | None = typer.Option(None, "--model", help="A zoo model id (`nsfwlab models`), an ensemble, or a fine-tuned checkpoint (.pt) or exported .onnx, instead of open_nsfw; --calibrate then fits a calibration for that model."),
     target_fpr: list[float] | None = typer.Option(None, "--target-fpr", help="Recommend nsfw_above for this false-positive rate (repeatable)."),
     target_recall: list[float] | None = typer.Option(None, "--target-recall", help="Recommend safe_below for this NSFW recall (repeatable)."),
     target_precision: list[float] | None = typer.Option(None, "--target-precision", help="Recommend nsfw_above for this precision (repeatable)."),

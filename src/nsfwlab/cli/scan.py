@@ -49,7 +49,7 @@ def scan_command(
     engine: Engine = typer.Option(Engine.LOCAL, "--engine", help="local: this machine; ray: a Ray cluster (RAY_ADDRESS) or a local Ray instance."),
     include: list[str] = typer.Option([], "--include", help="Only paths matching this gitignore-style pattern (repeatable; e.g. '*.jpg')."),
     exclude: list[str] = typer.Option([], "--exclude", help="Skip paths matching this gitignore-style pattern (repeatable; wins over --include; 'thumbs/' skips every thumbs folder, '/thumbs' only the top one)."),
-    model: Path | None = typer.Option(None, "--model", help="A fine-tuned checkpoint (.pt) or exported .onnx."),
+    model: str | None = typer.Option(None, "--model", help="A zoo model id (`nsfwlab models`; exact mode, local engine), or a fine-tuned checkpoint (.pt) or exported .onnx; its rows are stored under its own model version beside other models'."),
     batch_size: int | None = typer.Option(None, min=1, help="Images per model call (default: 8 on the CPU, where onnxruntime runs small batches cheaper per image, 32 on CUDA)."),
     workers: int | None = typer.Option(None, min=1, help="Decoding threads (default: one per core) or processes (default: half the cores)."),
     threads: int | None = typer.Option(None, min=1, help="Model threads (default: CPU count)."),
@@ -100,7 +100,7 @@ def scan_command(
             thresholds=Thresholds(safe_below=safe_below, nsfw_above=nsfw_above),
             limits=DecodeLimits.from_env(max_bytes, max_pixels),
             walk=WalkConfig(include=tuple(include), exclude=tuple(exclude)),
-            model=str(model) if model else None, cache_dir=str(cache_dir) if cache_dir else None,
+            model=model or None, cache_dir=str(cache_dir) if cache_dir else None,
             guard_margin=guard_margin,
         )
         roots = check_roots(paths)

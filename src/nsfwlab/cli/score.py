@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
@@ -162,9 +163,9 @@ def score_command(
     device: Device = typer.Option(Device.AUTO, help="Where the model runs."),
     backend: BackendName = typer.Option(BackendName.AUTO, help="Inference engine (auto: onnxruntime on CPU, torch on CUDA)."),
     precision: Precision = typer.Option(Precision.AUTO, help="torch backend precision (auto: fp16 on CUDA, fp32 on CPU)."),
-    safe_below: float = typer.Option(0.2, help="Scores below this are labelled 'safe'."),
-    nsfw_above: float = typer.Option(0.8, help="Scores above this are labelled 'nsfw'; between is 'review'."),
-    model: Path | None = typer.Option(None, "--model", help="A fine-tuned checkpoint (.pt) or exported .onnx instead of the stock model."),
+    safe_below: float | None = typer.Option(None, help="Scores below this are labelled 'safe' (default: the model's band, 0.2 for open_nsfw)."),
+    nsfw_above: float | None = typer.Option(None, help="Scores above this are labelled 'nsfw'; between is 'review' (default: the model's band, 0.8 for open_nsfw)."),
+    model: str | None = typer.Option(None, "--model", help="A zoo model id (`nsfwlab models`), an ensemble (ensemble:A+B[:mean|max]), or a fine-tuned checkpoint (.pt) or exported .onnx, instead of open_nsfw."),
     batch_size: int = typer.Option(16, min=1, help="Images (or frames of one video) per model call."),
     workers: int = typer.Option(2, min=1, help="Threads decoding and preprocessing."),
     max_pixels: int | None = typer.Option(None, min=1, help="Refuse images (and video frames) with more pixels: decompression bombs (default: $NSFWLAB_MAX_PIXELS, else 100000000)."),
@@ -184,14 +185,13 @@ def score_command(
     per_frame: bool = typer.Option(False, "--per-frame", help="JSONL rows of videos/animations gain frame_scores: a (time, score) pair per frame scored."),
     timeline: Path | None = typer.Option(None, "--timeline", help="Write a PNG of score against time, one subplot per video/animation (12 per page: OUT.png, OUT_2.png, ...)."),
 ) -> None:
-    """Score images, videos and animations with the exact open_nsfw model.
+    """Score images, videos and animations with the exact open_nsfw model (or --model's).
 
     Goes on past bad inputs. Exit status: 0 all scored, 1 some input failed, 2 usage error,
     3 the model could not be loaded.
     """
     try:
         limits = DecodeLimits.from_env(max_bytes, max_pixels)
-        thresholds = Thresholds(safe_below=safe_below, nsfw_above=nsfw_above)
         options = _frame_options(frames, fps, max_frames, keyframes_only, aggregate, topk, min_consecutive, early_stop)
         if per_frame and fmt is not OutputFormat.JSONL:
             raise ConfigError("--per-frame needs --format jsonl")
@@ -201,9 +201,11 @@ def score_command(
             check_matplotlib()
             output_file(timeline)
         _check_bank(bank)
-        detector = Detector(backend, device, thresholds=thresholds, batch_size=batch_size, workers=workers,
+        detector = Detector(backend, device, batch_size=batch_size, workers=workers,
                             precision=precision, model=model, limits=limits, calibration=calibration,
                             bank=bank, match_distance=match_distance)
+        detector.thresholds = _bands(detector.thresholds, safe_below, nsfw_above)
+        thresholds = detector.thresholds
     except NsfwlabError as exc:
         raise fail(exc) from None
 
@@ -211,12 +213,14 @@ def score_command(
     seen = _MediaSeen()
     items = _stdin_once(list(_expand(paths, seen)), limits, seen)
     calibrated = detector.calibration is not None
+    classes = detector.zoo.classes if detector.zoo is not None else None
     failed = 0
     writer = csv_writer(sys.stdout) if fmt is OutputFormat.CSV else None
     if writer is not None:
-        writer.writerow(["path", "score", "label", "error"] + (["raw_score"] if calibrated else [])
-                        + (["match_decision", "match_distance", "match_source", "match_skipped"] if banked else [])
-                        + (["kind", "frames", "segments"] if seen.media else []))
+        header = (["path", "score", "label", "error"] + (["raw_score"] if calibrated else [])
+                  + (["match_decision", "match_distance", "match_source", "match_skipped"] if banked else [])
+                  + (["kind", "frames", "segments"] if seen.media else []))
+        writer.writerow(header + _class_header(classes, header))
     rows: list[Result] = []  # for the table, printed at the end
     timelines: list[Timeline] = []
     with detector, progress_bar(len(items), "scoring", unit="file", enabled=progress) as advance:
@@ -229,11 +233,11 @@ def score_command(
                 sys.stdout.write(_jsonl_line(res, per_frame) + "\n")
                 sys.stdout.flush()
             elif writer is not None:
-                writer.writerow(_csv_row(res, calibrated, banked, seen.media))
+                writer.writerow(_csv_row(res, calibrated, banked, seen.media) + _class_cells(res, classes))
             else:
                 rows.append(res)
     if fmt is OutputFormat.TABLE:
-        stdout.print(_table(rows, calibrated, banked))
+        stdout.print(_table(rows, calibrated, banked, classes))
     if timeline is not None:
         try:
             _write_timeline(timeline, timelines, thresholds)
@@ -241,6 +245,26 @@ def score_command(
             raise fail(exc) from None
     if failed:
         raise typer.Exit(int(ExitCode.INPUT_FAILED))
+
+
+def _bands(model_bands: Thresholds, safe_below: float | None, nsfw_above: float | None) -> Thresholds:
+    """The model's bands (its card's; open_nsfw's 0.2 / 0.8) with the options given replacing theirs."""
+    given = {k: v for k, v in (("safe_below", safe_below), ("nsfw_above", nsfw_above)) if v is not None}
+    return replace(model_bands, **given) if given else model_bands
+
+
+def _class_header(classes: tuple[str, ...] | None, header: list[str]) -> list[str]:
+    """``model`` and one column per class of a zoo model (a name taken by a column gets ``class_``)."""
+    if classes is None:
+        return []
+    return ["model"] + [f"class_{c}" if c in header or c == "model" else c for c in classes]
+
+
+def _class_cells(res: Result, classes: tuple[str, ...] | None, digits: int = 6) -> list[str]:
+    if classes is None:
+        return []
+    probs = res.classes if isinstance(res, ScoreResult) and res.classes is not None else {}
+    return [res.model or ""] + [f"{probs[c]:.{digits}f}" if c in probs else "" for c in classes]
 
 
 def _segments_json(res: FramesResult) -> str:
@@ -272,13 +296,13 @@ def _segments_text(res: FramesResult, most: int = 4) -> str:
     return "; ".join(shown) + (f"; +{more} more" if more > 0 else "") if shown else "none"
 
 
-def _table(rows: list[Result], calibrated: bool, banked: bool) -> Table:
+def _table(rows: list[Result], calibrated: bool, banked: bool, classes: tuple[str, ...] | None = None) -> Table:
     media = any(isinstance(res, FramesResult) for res in rows)
     columns = (["path", "score"] + (["raw score"] if calibrated else []) + ["label"] + (["match"] if banked else [])
                + (["frames", "segments"] if media else []))
-    table = Table(*columns, title=None, show_edge=False)
+    table = Table(*columns, *_class_header(classes, columns), title=None, show_edge=False)
     for res in rows:
-        table.add_row(*_table_row(res, calibrated, banked, media))
+        table.add_row(*_table_row(res, calibrated, banked, media), *_class_cells(res, classes, 3))
     return table
 
 

@@ -13,6 +13,7 @@ from ..calibration import Calibration
 from ..config import DecodeLimits, Device, Precision, PreprocessConfig, Thresholds
 from ..errors import ConfigError
 from ..frames import FrameOptions
+from ..modelsource import ZooBackend, is_zoo_id
 from .modes import FAST_GUARD_MARGIN, QUANT_VERSION, ExactGuard, ScanMode, fast_preprocess, model_for_cpu, quantize_int8
 from .walk import WalkConfig
 
@@ -81,6 +82,8 @@ class ScanConfig:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
         if not 0 <= self.match_distance <= 256:
             raise ConfigError(f"match_distance must be between 0 and 256, got {self.match_distance}")
+        if self.model == "open_nsfw":  # the zoo's id of the default model
+            object.__setattr__(self, "model", None)
         if self.frames is not None and self.frames.early_stop:
             raise ConfigError("a scan scores every sampled frame: early_stop is not supported")
 
@@ -132,8 +135,13 @@ class ScanModel:
         return str(getattr(self.backend, "model_id", None) or "open_nsfw")
 
     @property
+    def zoo(self) -> ZooBackend | None:
+        """The zoo model, when the scan runs one: it takes decoded pixels, not ``preprocess``'s arrays."""
+        return self.backend if isinstance(self.backend, ZooBackend) else None
+
+    @property
     def preprocess_version(self) -> str:
-        return self.preprocess.version
+        return self.backend.preprocess_version if isinstance(self.backend, ZooBackend) else self.preprocess.version
 
 
 def build_scan_model(config: ScanConfig) -> ScanModel:
@@ -142,6 +150,8 @@ def build_scan_model(config: ScanConfig) -> ScanModel:
     from ..detector import Detector
     from ..weights import MODEL_VERSION
 
+    if is_zoo_id(config.model):
+        return _zoo_scan_model(config)
     device = resolve_device(config.device)
     if config.mode is ScanMode.EXACT:
         # fp32 everywhere: fp16 on CUDA would drift by ~7e-4 from `nsfwlab score` on the CPU, and
@@ -210,3 +220,18 @@ def check_roots(roots: Iterable[str | os.PathLike]) -> list[str]:
         if not (os.path.isdir(r) or os.path.isfile(r)):
             raise ConfigError(f"{r}: not a regular file or directory (a pipe, socket or device)")
     return out
+
+
+def _zoo_scan_model(config: ScanConfig) -> ScanModel:
+    """A zoo model (``config.model`` a zoo id) through the Detector: exact mode, the local engine,
+    on the CPU (fast mode and the GPU and Ray paths are open_nsfw's)."""
+    from ..detector import Detector
+
+    if config.mode is not ScanMode.EXACT:
+        raise ConfigError(f"model {config.model} scans only with mode exact (fast mode is open_nsfw's int8 "
+                          "model and DCT-scaled decoding)", param="mode")
+    if config.engine is not Engine.LOCAL:
+        raise ConfigError(f"model {config.model} scans only with engine local", param="engine")
+    det = Detector(device=config.device, threads=config.threads, model=config.model,
+                   batch_size=config.model_batch("cpu"))
+    return ScanModel(det.backend, det.preprocess_config, ScanMode.EXACT)

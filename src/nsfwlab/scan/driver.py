@@ -51,7 +51,7 @@ def worker_context(store: ResultStore, model: ScanModel, config: ScanConfig, *, 
         pack = config.executor_kind is Executor.PROCESS
     return WorkerContext(model.preprocess, config.limits, str(store.path.resolve()) if lookup else None,
                          model.model_version, model.preprocess_version, pack=pack, gpu_route=gpu_route,
-                         frames=config.frames, pdq=config.bank is not None)
+                         frames=config.frames, pdq=config.bank is not None, pixels=model.zoo is not None)
 
 
 def _mp_context() -> Any:
@@ -123,7 +123,8 @@ class Workers:
 
 
 class ArrayScorer:
-    """Scores preprocessed arrays with the model's backend in the driving thread, ``batch_size`` at a time."""
+    """Scores preprocessed arrays with the model's backend in the driving thread, ``batch_size`` at a
+    time (a zoo model: decoded pixels, which it prepares itself)."""
 
     def __init__(self, sink: Sink, model: ScanModel, batch_size: int) -> None:
         self.sink, self.model, self.batch_size = sink, model, batch_size
@@ -133,13 +134,16 @@ class ArrayScorer:
     def add(self, p: Prepared) -> None:
         assert p.array is not None  # the sink hands over new content only, which has its array
         self.shas.append(p.sha256 or "")
-        self.arrays.append(unpack_array(p.array, self.model.preprocess.mean_bgr))
+        zoo = self.model.zoo is not None
+        self.arrays.append(p.array if zoo else unpack_array(p.array, self.model.preprocess.mean_bgr))
         if len(self.arrays) >= self.batch_size:
             self.flush()
 
     def flush(self) -> None:
         if self.arrays:
-            scores = self.model.backend.predict(stack_batch(self.arrays))[:, 1].tolist()
+            zoo = self.model.zoo
+            scores = (zoo.nsfw_scores(zoo.predict_images(self.arrays)).tolist() if zoo is not None
+                      else self.model.backend.predict(stack_batch(self.arrays))[:, 1].tolist())
             shas, self.shas, self.arrays = self.shas, [], []
             self.sink.scored(shas, scores)
 

@@ -100,6 +100,7 @@ class WorkerContext:
     gpu_route: bool = False  # hand GPU-decodable JPEGs back as bytes (see :func:`route`)
     frames: FrameOptions | None = None  # score videos and animations over their frames (None: stills only)
     pdq: bool = False  # PDQ-hash still images, for matching against a hash bank
+    pixels: bool = False  # send decoded uint8 RGB pixels: a zoo model prepares its own input
 
 
 _LOCAL = threading.local()
@@ -142,10 +143,12 @@ def _failure(file: WalkedFile, sha: str | None, exc: Exception) -> Prepared:
 
 
 def prepare_frames(file: WalkedFile, sha: str | None, data: bytes, preprocess: PreprocessConfig,
-                   limits: DecodeLimits, options: FrameOptions) -> Prepared | None:
+                   limits: DecodeLimits, options: FrameOptions, *, pixels: bool = False) -> Prepared | None:
     """The sampled frames of a video or animation, preprocessed by the core (as
-    :meth:`nsfwlab.Detector.score_frames` does); ``None`` for a still image."""
+    :meth:`nsfwlab.Detector.score_frames` does; ``pixels``: their decoded RGB pixels, for a zoo
+    model); ``None`` for a still image."""
     from ..frames import iter_frames
+    from ..modelsource import rgb_pixels
     from ..preprocess import preprocess_rgb
     from ..verdict import Kind, kind_of
 
@@ -154,23 +157,29 @@ def prepare_frames(file: WalkedFile, sha: str | None, data: bytes, preprocess: P
         return None
     out = FrameArrays(kind.value, [], [], [])
     for frame in iter_frames(data, options, limits):
-        out.arrays.append(preprocess_rgb(frame.image(), preprocess))
+        out.arrays.append(rgb_pixels(frame.image()) if pixels else preprocess_rgb(frame.image(), preprocess))
         out.times.append(frame.time)
         out.durations.append(frame.duration)
     return Prepared(file, sha, frames=out)
 
 
 def prepare_bytes(file: WalkedFile, sha: str | None, data: bytes, preprocess: PreprocessConfig,
-                  limits: DecodeLimits, *, gpu_route: bool = False, frames: FrameOptions | None = None) -> Prepared:
+                  limits: DecodeLimits, *, gpu_route: bool = False, frames: FrameOptions | None = None,
+                  pixels: bool = False) -> Prepared:
     """Preprocess a file's bytes with the core (a video's or animation's sampled frames when
-    ``frames``), or return them for the GPU when ``gpu_route`` and :func:`route` sends them there
-    (after the header check: bombs never reach the GPU)."""
-    from ..imageio import open_image
+    ``frames``; ``pixels``: the decoded RGB pixels a zoo model takes), or return them for the GPU
+    when ``gpu_route`` and :func:`route` sends them there (after the header check: bombs never
+    reach the GPU)."""
+    from ..imageio import load_image, open_image
+    from ..modelsource import rgb_pixels
     from ..preprocess import preprocess as core_preprocess
 
     try:
-        if frames is not None and (sampled := prepare_frames(file, sha, data, preprocess, limits, frames)):
+        if frames is not None and (sampled := prepare_frames(file, sha, data, preprocess, limits, frames,
+                                                             pixels=pixels)):
             return sampled
+        if pixels:
+            return Prepared(file, sha, array=rgb_pixels(load_image(data, limits)))
         if gpu_route:
             opened = open_image(data, limits)
             if route(opened.format, opened.image.mode) is Route.GPU:
@@ -193,7 +202,7 @@ def pdq_of(data: bytes, limits: DecodeLimits) -> Any:
 
 def prepare_file(file: WalkedFile, preprocess: PreprocessConfig, limits: DecodeLimits,
                  lookup: Callable[[str], float | None] | None = None, *, gpu_route: bool = False,
-                 frames: FrameOptions | None = None, pdq: bool = False) -> Prepared:
+                 frames: FrameOptions | None = None, pdq: bool = False, pixels: bool = False) -> Prepared:
     """Read a file once, hash those bytes, and preprocess them (unless ``lookup`` knows the hash);
     ``pdq``: also the PDQ hash of a still image's bytes."""
     from ..imageio import read_bytes
@@ -205,7 +214,7 @@ def prepare_file(file: WalkedFile, preprocess: PreprocessConfig, limits: DecodeL
     sha = hashlib.sha256(data).hexdigest()
     cached = lookup(sha) if lookup is not None else None
     p = Prepared(file, sha, cached=cached) if cached is not None else \
-        prepare_bytes(file, sha, data, preprocess, limits, gpu_route=gpu_route, frames=frames)
+        prepare_bytes(file, sha, data, preprocess, limits, gpu_route=gpu_route, frames=frames, pixels=pixels)
     if pdq and p.frames is None and not p.failed:
         p.pdq = pdq_of(data, limits)
     return p
@@ -220,8 +229,8 @@ def worker_died(file: WalkedFile) -> Prepared:
 def prepare_chunk(files: list[WalkedFile], ctx: WorkerContext) -> list[Prepared]:
     """The task every engine's workers run: :func:`prepare_file` on each file of a chunk."""
     out = [prepare_file(f, ctx.preprocess, ctx.limits, partial(_lookup, ctx), gpu_route=ctx.gpu_route,
-                        frames=ctx.frames, pdq=ctx.pdq) for f in files]
-    if ctx.pack:
+                        frames=ctx.frames, pdq=ctx.pdq, pixels=ctx.pixels) for f in files]
+    if ctx.pack and not ctx.pixels:  # pixels are uint8 already
         for p in out:
             if p.array is not None:
                 p.array = pack_array(p.array, ctx.preprocess.mean_bgr)
