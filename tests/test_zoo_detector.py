@@ -262,3 +262,20 @@ def test_cli_scan_fast_mode_with_a_zoo_model_names_the_flag(tmp_path: Path) -> N
     out = _cli("scan", "--db", str(tmp_path / "r.db"), "--mode", "fast", "--model", MODEL,
                str(DATA / "nsfwjs_rocket.png"))
     assert out.exit_code == 2 and "only with --mode exact" in out.stderr
+
+
+def test_model_names_are_checked_before_loading(tmp_path: Path) -> None:
+    from nsfwlab.errors import ModelError
+    from nsfwlab.modelsource import check_model_name
+
+    check_model_name("open_nsfw")
+    check_model_name(MODEL)  # a known id passes whether or not its weights are installed
+    with pytest.raises(ConfigError, match="unknown"):
+        check_model_name("no-such-model")
+    with pytest.raises(ModelError, match="does not exist"):
+        check_model_name(str(tmp_path / "gone.pt"))
+    image = tmp_path / "x.png"
+    Image.fromarray(_photos()[0]).save(image)
+    for command in (["serve", "--model", "no-such-model"], ["explain", str(image), "--out", str(tmp_path / "o.png"), "--model", "no-such-model"]):
+        res = _cli(*command)
+        assert res.exit_code == 2 and "unknown --model 'no-such-model'" in res.output

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .config import BackendName, Device, Precision, Thresholds, option
-from .errors import ConfigError
+from .errors import ConfigError, ModelError
 
 __all__ = ["CHECKPOINT_SUFFIXES", "ZooBackend", "check_file_backend", "is_model_file", "is_zoo_id", "load_zoo_backend",
            "rgb_pixels"]
@@ -56,6 +56,19 @@ def check_file_backend(model: str | os.PathLike, backend: BackendName | str | An
     if not onnx and name is BackendName.ONNXRUNTIME:
         raise ConfigError(f"{model} is a PyTorch checkpoint, which runs on the torch backend; export it with "
                           "`nsfwlab export-onnx` for onnxruntime")
+
+
+def check_model_name(model: str | os.PathLike) -> None:
+    """Refuse at once a model that cannot load: a checkpoint path that is not a file, or an id that no
+    card has (one-line :class:`ModelError` / :class:`ConfigError`); loading itself may come later."""
+    if is_model_file(model):
+        if not os.path.isfile(model):
+            raise ModelError(f"model file {os.fspath(model)} does not exist")
+    elif os.fspath(model) != "open_nsfw":
+        from .zoo import get_card, parse_ensemble
+
+        if parse_ensemble(os.fspath(model)) is None:
+            get_card(os.fspath(model))
 
 
 def is_zoo_id(model: str | os.PathLike | None) -> bool:

@@ -52,7 +52,7 @@ CPU_BATCH, CUDA_BATCH = 4, 32
 _CAPS = ExplainCaps()
 
 
-def _detector(backend: BackendName, device: Device, model: Path | None, batch_size: int | None) -> Any:
+def _detector(backend: BackendName, device: Device, model: str | None, batch_size: int | None) -> Any:
     from ..backends import resolve_device
     from ..detector import Detector
 
@@ -145,7 +145,7 @@ def explain_command(
                                      "longer than wide (or wider than long)."),
     device: Device = typer.Option(Device.AUTO, help="Where the model runs."),
     backend: BackendName = typer.Option(BackendName.AUTO, help="Engine of the black-box methods."),
-    model: Path | None = typer.Option(None, "--model", help="A fine-tuned checkpoint (.pt); .onnx for black-box methods only."),
+    model: str | None = typer.Option(None, "--model", help="A model id (`nsfwlab models`; black-box methods only) or a fine-tuned checkpoint (.pt; .onnx for black-box methods only)."),
     batch_size: int | None = typer.Option(None, min=1, help="Windows per model call (default: 4 on CPU, 32 on CUDA)."),
     progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr (default: on a terminal)."),
 ) -> None:
@@ -238,7 +238,7 @@ def censor_command(
     save_mask: Path | None = typer.Option(None, "--save-mask", help="Also write the hidden region as a PNG mask."),
     device: Device = typer.Option(Device.AUTO, help="Where the model runs."),
     backend: BackendName = typer.Option(BackendName.AUTO, help="Inference engine."),
-    model: Path | None = typer.Option(None, "--model", help="A fine-tuned checkpoint (.pt) or exported .onnx."),
+    model: str | None = typer.Option(None, "--model", help="A model id (`nsfwlab models`) or a fine-tuned checkpoint (.pt) or exported .onnx."),
     batch_size: int | None = typer.Option(None, min=1, help="Images per model call (default: 4 on CPU, 32 on CUDA)."),
     progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr (default: on a terminal)."),
 ) -> None:

@@ -15,8 +15,9 @@ import typer
 
 from ..calibration import load_calibration
 from ..config import BackendName, DecodeLimits, Device, Precision, Thresholds
-from ..errors import ConfigError, ModelError, NsfwlabError
+from ..errors import ConfigError, NsfwlabError
 from ..frames import FrameMode, FrameOptions
+from ..modelsource import check_model_name
 from ..outputs import atomic_output, csv_writer
 from ..sidefiles import read_side_file, read_text_file
 from ._common import (
@@ -94,7 +95,7 @@ def serve_command(
     device: Device = typer.Option(Device.AUTO, help="Where the model runs."),
     backend: BackendName = typer.Option(BackendName.AUTO, help="Inference engine."),
     precision: Precision = typer.Option(Precision.AUTO, help="torch backend precision."),
-    model: Path | None = typer.Option(None, "--model", help="A fine-tuned checkpoint (.pt) or exported .onnx."),
+    model: str | None = typer.Option(None, "--model", help="A model id (`nsfwlab models`) or a fine-tuned checkpoint (.pt) or exported .onnx."),
     graceful_timeout: int = typer.Option(30, min=0, help="On SIGTERM, seconds to let in-flight requests finish (0: no limit)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
     ssl_certfile: Path | None = typer.Option(None, "--ssl-certfile", help="Serve HTTPS with this PEM certificate (chain)."),
@@ -134,8 +135,8 @@ def serve_command(
             return Detector(backend, device, thresholds=thresholds, batch_size=max_batch, precision=precision,
                             model=model, limits=limits, workers=decode_workers, calibration=calibrated)
 
-        if model is not None and not model.is_file():  # the model loads in the background: fail now
-            raise ModelError(f"model file {model} does not exist")
+        if model is not None:  # the model loads in the background: a bad name fails now
+            check_model_name(model)
         tls = _check_tls(ssl_certfile, ssl_keyfile, ssl_keyfile_password)
         app = create_app(config, load)
         _check_listen(host, port)
