@@ -61,7 +61,7 @@ def _square(arr: np.ndarray) -> np.ndarray:
 def _real_score(det: Any, image: Image.Image, tmp: Path, name: str) -> float:
     path = tmp / f"{name}.png"
     image.save(path)
-    return det.score(path)
+    return det.nsfw_score(path)
 
 
 def _run(det: Any, tmp: Path, tag: str, image: np.ndarray, to: float, **kwargs: Any) -> dict[str, Any]:
@@ -78,7 +78,7 @@ def _run(det: Any, tmp: Path, tag: str, image: np.ndarray, to: float, **kwargs: 
     if kwargs.get("survive_jpeg"):
         buf = io.BytesIO()
         res.image.save(buf, format="JPEG", quality=int(kwargs["survive_jpeg"]))
-        row["resaved_score"] = round(det.score(buf.getvalue()), 4)
+        row["resaved_score"] = round(det.nsfw_score(buf.getvalue()), 4)
     print(f"  {tag}: {row}", file=sys.stderr, flush=True)
     return row | {"image": res.image}
 

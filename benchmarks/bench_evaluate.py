@@ -77,7 +77,7 @@ def bench_evaluate(n: int, rounds: int) -> dict:
         labels = [i % 2 for i in range(len(paths))]  # labels only: every photo is safe
         data = LabelledSet(tuple(LabelledItem(p, y) for p, y in zip(paths, labels, strict=True)), "web")
         det = Detector(device="cpu", batch_size=16, workers=2)
-        det.score(paths[0])
+        det.nsfw_score(paths[0])
         clf = NSFWClassifier(providers=["CPUExecutionProvider"])
         clf.classify(str(paths[0]))
         compute_metrics(labels, np.linspace(0, 1, len(labels)), n_boot=10)  # imports, warm-up

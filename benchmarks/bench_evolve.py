@@ -64,7 +64,7 @@ def seed_style(det: Detector, shape: ShapeKind, count: int, target: float, budge
     def score(ind: list[float]) -> tuple[float]:
         if state["evals"] >= budget or time.perf_counter() - start > limit:
             raise _TimeUp
-        s = det.score(render(np.clip(ind, 0, 1), shape))
+        s = det.nsfw_score(render(np.clip(ind, 0, 1), shape))
         state["evals"] += 1
         if s > state["best"]:
             state["best"] = s
@@ -119,7 +119,7 @@ def nsfwlab_run(det: Detector, algorithm: Algorithm, shape: ShapeKind, count: in
     except _TimeUp:
         return _row(f"nsfwlab evolve --algorithm {algorithm.value}", shape, count, target, last["evaluations"],
                     time.perf_counter() - start, best.get("score", 0.0), None)
-    verified = det.score(png_bytes(result.image))
+    verified = det.nsfw_score(png_bytes(result.image))
     reached = (result.evaluations, result.seconds) if result.reached else None
     return _row(f"nsfwlab evolve --algorithm {algorithm.value}", shape, count, target, result.evaluations,
                 result.seconds, verified, reached)

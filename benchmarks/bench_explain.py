@@ -69,8 +69,8 @@ def main() -> None:
     w, h = img.size
     det = Detector(device="cpu", batch_size=4, workers=2)  # the CLI's CPU default
     det32 = Detector(device="cpu", batch_size=32, workers=2)
-    det.score(img)
-    det32.score(img)
+    det.nsfw_score(img)
+    det32.nsfw_score(img)
     rows = []
 
     occ = Occlusion(det, box=100, stride=50)
@@ -93,7 +93,7 @@ def main() -> None:
         for t_, l_, b_, r_ in boxes:
             arr = base.copy()
             arr[t_:b_, l_:r_] = fill
-            det.score(Image.fromarray(arr))
+            det.nsfw_score(Image.fromarray(arr))
 
     t = _timed(naive, 1)
     rows.append(("seed-style loop: occlude + Detector.score one at a time", len(boxes), len(boxes) / t))

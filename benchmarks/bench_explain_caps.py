@@ -1,4 +1,4 @@
-"""Drift of explain's working copy (issue 13): how much do heatmaps change when an image over
+"""Drift of explain's working copy: how much do heatmaps change when an image over
 ``ExplainCaps.max_work_side`` is explained on a downscaled copy instead of at full resolution?
 
     PYTHONPATH=src .venv/bin/python benchmarks/bench_explain_caps.py
@@ -61,11 +61,11 @@ def main() -> None:
         for frac in FRACTIONS:
             caps = ExplainCaps(max_work_side=round(max(img.size) * frac))
             work = working_copy(img, caps)
-            score_drift = abs(det.score(work) - det.score(img))
+            score_drift = abs(det.nsfw_score(work) - det.nsfw_score(img))
             for m, make in makers.items():
                 t = time.perf_counter()
                 capped = make(caps).explain(img)
-                row = {"photo": f"{name} {img.width}x{img.height}", "score": det.score(img),
+                row = {"photo": f"{name} {img.width}x{img.height}", "score": det.nsfw_score(img),
                        "work": f"{work.width}x{work.height}",
                        "method": m, "work_score_drift": score_drift, "seconds": time.perf_counter() - t,
                        **_compare(full[m], capped)}

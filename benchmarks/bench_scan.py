@@ -109,7 +109,7 @@ def main() -> None:
                   + f"; load {loads[-1]:.2f}", file=sys.stderr)
 
         det = Detector(device="cpu")
-        parity = max(abs(exact_scores[p] - det.score(p)) for p in paths)
+        parity = max(abs(exact_scores[p] - det.nsfw_score(p)) for p in paths)
 
     # Drift of fast against exact on the score-spanning corpus.
     _, span_exact = _scan_rate(span_dir, exact_model, exact_cfg)

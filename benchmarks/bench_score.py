@@ -55,7 +55,7 @@ def main() -> None:
 
         t0 = time.perf_counter()
         det = Detector(device="cpu", batch_size=args.batch_size, workers=2)
-        det.score(paths[0])
+        det.nsfw_score(paths[0])
         load_ours = time.perf_counter() - t0
         t0 = time.perf_counter()
         clf = NSFWClassifier(providers=["CPUExecutionProvider"])
@@ -66,7 +66,7 @@ def main() -> None:
         r_batch, res = _rate(lambda: det.score_many(paths), n, args.repeats)
         ours = np.array([r.score for r in res])
         rows.append((f"nsfwlab Detector.score_many (batch {args.batch_size}, 2 threads)", r_batch))
-        r_single, _ = _rate(lambda: [det.score(p) for p in paths], n, args.repeats)
+        r_single, _ = _rate(lambda: [det.nsfw_score(p) for p in paths], n, args.repeats)
         rows.append(("nsfwlab Detector.score, one at a time", r_single))
         r_theirs_single, preds = _rate(lambda: [clf.classify(str(p)) for p in paths], n, args.repeats)
         theirs = np.array([p.nsfw for p in preds])

@@ -693,7 +693,7 @@ def stage_scan_mixed(ctx: Ctx) -> dict[str, Any]:
 
 
 def balance_configs(ctx: Ctx) -> list[dict[str, Any]]:
-    """Decoding workers x model threads for the CPU scan on this machine's cores (issue 14: "the
+    """Decoding workers x model threads for the CPU scan on this machine's cores ("the
     balance of decoding threads and model threads on 2 to 16 cores"); the defaults first."""
     n = cores()
     if not ctx.cuda:

@@ -5,7 +5,12 @@ inside functions included, is read with ``ast``.
 - a capability never imports another capability (what two share belongs in the core);
 - no module imports another module's private (``_name``) names;
 - no import circle between modules (a package's ``__init__`` re-exporting its own submodules is
-  not an edge of the circle it would otherwise close).
+  not an edge of the circle it would otherwise close);
+- answers are decided in one place, :mod:`nsfwlab.verdict` (with the definitions of ``Thresholds``
+  and ``Label`` in :mod:`nsfwlab.config`): no other module compares a value directly with a
+  threshold (``safe_below`` / ``nsfw_above``, or a local name bound from one), builds a ``Label``
+  from a value, or looks an input up in the hash bank (``.lookup`` / ``.match`` in a module that
+  imports :mod:`nsfwlab.bank`).
 """
 
 from __future__ import annotations
@@ -138,3 +143,84 @@ def test_no_import_circles() -> None:
         if node not in state:
             visit(node)
     assert not cycles, "import circles:\n" + "\n".join(cycles)
+
+
+# -- one verdict ----------------------------------------------------------------------------------
+#: Where answers are decided (and the definitions they use).
+VERDICT_HOMES = {f"{PACKAGE}.verdict", f"{PACKAGE}.config"}
+THRESHOLD_FIELDS = {"safe_below", "nsfw_above"}
+
+
+def _reads_threshold(node: ast.AST) -> bool:
+    return any(isinstance(n, ast.Attribute) and n.attr in THRESHOLD_FIELDS for n in ast.walk(node))
+
+
+def _bound_from_thresholds(scope: ast.AST) -> set[str]:
+    """Names assigned (also by tuple unpacking) from an expression that reads a threshold, in ``scope``."""
+    names: set[str] = set()
+    for node in ast.walk(scope):
+        if isinstance(node, (ast.Assign, ast.AnnAssign, ast.NamedExpr)) and node.value is not None \
+                and _reads_threshold(node.value):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return names
+
+
+def _threshold_comparisons(tree: ast.Module) -> list[int]:
+    """Lines comparing an operand with a threshold attribute or a name bound from one."""
+    lines = []
+    scopes = [tree, *(n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))]
+    for scope in scopes:
+        tainted = _bound_from_thresholds(scope)
+        for node in ast.walk(scope):
+            if not isinstance(node, ast.Compare):
+                continue
+            for operand in (node.left, *node.comparators):
+                if (isinstance(operand, ast.Attribute) and operand.attr in THRESHOLD_FIELDS) or \
+                        (isinstance(operand, ast.Name) and operand.id in tainted):
+                    lines.append(node.lineno)
+    return sorted(set(lines))
+
+
+def _label_constructions(tree: ast.Module) -> list[int]:
+    """Lines calling ``Label(value)`` (``Label.NSFW``, a member by name, is not a construction)."""
+    return [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Call) and n.args and (
+        (isinstance(n.func, ast.Name) and n.func.id == "Label")
+        or (isinstance(n.func, ast.Attribute) and n.func.attr == "Label"))]
+
+
+def _bank_lookups(module: str, tree: ast.Module) -> list[int]:
+    """Lines calling ``.lookup(...)`` / ``.match(...)`` in a module that imports the hash bank."""
+    uses_bank = any(t == f"{PACKAGE}.bank" or t.startswith(f"{PACKAGE}.bank.") for t, _ in IMPORTS[module])
+    if not uses_bank or module.startswith(f"{PACKAGE}.bank"):
+        return []
+    return [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+            and n.func.attr in ("lookup", "match")]
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m not in VERDICT_HOMES))
+def test_only_the_verdict_decides_labels_bands_and_matches(module: str) -> None:
+    tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
+    found = {"compares a value with a threshold": _threshold_comparisons(tree),
+             "builds a Label from a value": _label_constructions(tree),
+             "looks an input up in the hash bank": _bank_lookups(module, tree)}
+    bad = {what: lines for what, lines in found.items() if lines}
+    assert not bad, f"{module} decides an answer itself (use nsfwlab.verdict): {bad}"
+
+
+def test_the_verdict_checks_catch_what_they_are_for() -> None:
+    """Each check finds its pattern in a small sample (so a passing test means something)."""
+    sample = ast.parse(
+        "def f(score, th, bank):\n"
+        "    lo, hi = th.safe_below, th.nsfw_above\n"
+        "    if score > th.nsfw_above: pass\n"
+        "    if score < lo: pass\n"
+        "    label = Label(bank.match(score).decision.value)\n"
+        "    ok = score - lo <= hi - score\n")
+    assert _threshold_comparisons(sample) == [3, 4]
+    assert _label_constructions(sample) == [5]
+    IMPORTS["sample"] = [(f"{PACKAGE}.bank", ["Bank"])]
+    try:
+        assert _bank_lookups("sample", sample) == [5]
+    finally:
+        del IMPORTS["sample"]

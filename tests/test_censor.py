@@ -113,3 +113,40 @@ def test_censor_errors(red_detector):
         Censor(red_detector, strength=0)
     with pytest.raises(ConfigError, match="target must lie"):
         Censor(red_detector).censor(red_image(), target=0.0)
+
+
+class BlackRaises:
+    """A fake backend whose score rises with the black the network sees: hiding with a black box
+    only ever makes it worse."""
+
+    name = "fake-black"
+    device = "cpu"
+    model_version = "fake"
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        rgb = batch[..., ::-1] + np.array((123, 117, 104), dtype=np.float32)
+        p = 0.2 + 0.5 * (rgb.max(axis=-1) < 10).reshape(len(batch), -1).mean(axis=1)
+        return np.stack([1 - p, p], axis=1).astype(np.float32)
+
+
+def test_censor_never_returns_a_result_scoring_higher_than_the_input():
+    det = Detector(BlackRaises(), preprocess=NOJPEG, batch_size=8)
+    img = np.full((256, 256, 3), 128, np.uint8)
+    occ = Occlusion(det, box=32, stride=16)
+    result = Censor(det, explainer=occ, style="box", max_steps=3).censor(img, target=0.05)
+    assert len(result.steps) == 3 and all(st.score > 0.2 for st in result.steps)  # every step was worse
+    assert result.kept_input and result.best_step is None and not result.reached
+    assert result.score_after == pytest.approx(0.2, abs=1e-6) == result.score_before
+    assert result.score_after == pytest.approx(det.score(result.image), abs=1e-6)
+    np.testing.assert_array_equal(result.image, img)
+    assert not result.mask.any()
+
+
+def test_censor_keeps_the_best_step_not_the_last(red_detector):
+    # an unreachable target runs every step; the result is the lowest-scoring one, with its exact score
+    occ = Occlusion(red_detector, box=32, stride=16)
+    result = Censor(red_detector, explainer=occ, style="box", increments=(0.01,), max_steps=3).censor(
+        red_image(), target=1e-9)
+    best = min(range(len(result.steps)), key=lambda i: result.steps[i].score)
+    assert result.best_step == best
+    assert result.score_after == result.steps[best].score == pytest.approx(red_detector.score(result.image), abs=1e-6)

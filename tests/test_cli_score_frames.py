@@ -1,4 +1,4 @@
-"""`nsfwlab score` on videos and animations (issue 12): routing by content, frame options, output
+"""`nsfwlab score` on videos and animations: routing by content, frame options, output
 columns, the timeline, calibration and the bank for these rows, and hostile files as one-line errors.
 
 The CLI's Detector is given the fake RedFraction backend (tests/synthetic.py): a red frame is the
@@ -83,9 +83,9 @@ def test_a_gif_whose_third_frame_scores_high_is_flagged_there(media: dict[str, P
     (start, end, peak), = row["segments"]
     assert (start, end) == pytest.approx((0.4, 0.6)) and peak > 0.8
     assert "frame_scores" not in row  # only with --per-frame
-    # --frames first: the original pipeline (first frame only, an image row) misses it
+    # --frames first: the original pipeline's first frame only (still an animation, of one frame) misses it
     code, (first,) = _jsonl("--frames", "first", str(media["third.gif"]))
-    assert set(first) == {"path", "score", "label"} and first["label"] == "safe"
+    assert first["kind"] == "animation" and first["frames"] == 1 and first["label"] == "safe"
 
 
 def test_inputs_are_routed_by_content_and_kept_in_order(media: dict[str, Path], photo_paths: list[Path],
@@ -184,7 +184,7 @@ def test_csv_of_images_only_keeps_its_columns(media: dict[str, Path], photo_path
     assert all(line.count(",") == 3 for line in res.stdout.splitlines())
     res = runner.invoke(app, ["score", "-f", "csv", "--frames", "first", str(photo_paths[0]), str(media["third.gif"])],
                         catch_exceptions=False)
-    assert res.stdout.splitlines()[0] == "path,score,label,error"  # first mode: a GIF is an image
+    assert res.stdout.splitlines()[0] == "path,score,label,error,kind,frames,segments"  # an animation still
     res = runner.invoke(app, ["score", "-f", "csv", "-", str(photo_paths[0])], input=media["grey.png"].read_bytes(),
                         catch_exceptions=False)
     rows = list(csv.DictReader(io.StringIO(res.stdout)))
@@ -235,7 +235,7 @@ def test_calibration_applies_to_video_rows(media: dict[str, Path], tmp_path: Pat
     assert max(s for _, s in row["frame_scores"]) <= 0.5 + 1e-9
 
 
-def test_bank_matches_an_animation_by_its_first_frame_and_skips_videos(media: dict[str, Path], photos: dict,
+def test_bank_matches_no_animation_by_its_first_frame_nor_a_video(media: dict[str, Path], photos: dict,
                                                                       tmp_path: Path) -> None:
     pytest.importorskip("pdqhash")
     from nsfwlab.bank import Bank
@@ -250,9 +250,11 @@ def test_bank_matches_an_animation_by_its_first_frame_and_skips_videos(media: di
         assert bank.add_image(gif, "safe", "review:1").skipped is None  # textured enough to bank
     code, rows = _jsonl("--bank", str(tmp_path / "bank.sqlite3"), str(gif), str(media["clip.mp4"]))
     assert code == 0
-    assert rows[0]["kind"] == "animation" and rows[0]["match"]["decision"] == "safe" and rows[0]["label"] == "safe"
-    assert rows[0]["score"] > 0.8  # the model still saw the red frame
-    assert "match" not in rows[1] and rows[1]["label"] == "nsfw"
+    # one frame's hash is not the file's: as in scan and serve, the animation keeps the model's label
+    assert rows[0]["kind"] == "animation" and rows[0]["match"] is None and rows[0]["label"] == "nsfw"
+    assert "not matched" in rows[0]["match_skipped"]
+    assert rows[0]["score"] > 0.8  # the model saw the red frame
+    assert rows[1]["match"] is None and "not matched" in rows[1]["match_skipped"] and rows[1]["label"] == "nsfw"
 
 
 def test_progress_counts_files(media: dict[str, Path], photo_paths: list[Path]) -> None:

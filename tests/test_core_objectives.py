@@ -1,5 +1,5 @@
 """nsfwlab.objectives: the parser, layer targets on hand-computed activations, composition, and
-evaluate() through OpenNSFW.forward_intermediates against a hand-made forward hook."""
+forward_target() through OpenNSFW.forward_intermediates against a hand-made forward hook."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from nsfwlab.objectives import (
     NsfwProbability,
     SfwLogit,
     evaluate,
+    forward_target,
     parse_objective,
 )
 
@@ -117,10 +118,10 @@ def net() -> OpenNSFW:
     return OpenNSFW().eval().requires_grad_(False)
 
 
-def test_evaluate_equals_a_manual_hook(net: OpenNSFW) -> None:
+def test_forward_target_equals_a_manual_hook(net: OpenNSFW) -> None:
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1), requires_grad=True)
     target = Channel("stage3_block2", 17) + 0.5 * NsfwLogit() + -Neuron("stage1", 5)
-    logits, values = evaluate(net, x, target)
+    logits, values = forward_target(net, x, target)
 
     captured: dict[str, torch.Tensor] = {}
     handles = [net.stage3_block2.register_forward_hook(lambda _m, _i, out: captured.__setitem__("a", out)),
@@ -141,13 +142,13 @@ def test_evaluate_equals_a_manual_hook(net: OpenNSFW) -> None:
     assert not net.stage3_block2._forward_hooks and not net.stage1_block3._forward_hooks  # hooks removed
 
 
-def test_evaluate_without_layers_and_on_a_model_without_intermediates(net: OpenNSFW) -> None:
+def test_forward_target_without_layers_and_on_a_model_without_intermediates(net: OpenNSFW) -> None:
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
-    logits, values = evaluate(net, x, LogitMargin())
+    logits, values = forward_target(net, x, LogitMargin())
     torch.testing.assert_close(values, logits[:, 1] - logits[:, 0])
     plain = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     with pytest.raises(ConfigError, match="no forward_intermediates"):
-        evaluate(plain, x, Channel("0", 0))
+        forward_target(plain, x, Channel("0", 0))
 
 
 def test_targets_subtract() -> None:
@@ -163,3 +164,11 @@ def test_unknown_backend_device_and_precision_are_typed_errors() -> None:
     for kwargs in ({"backend": "tensorflow"}, {"device": "tpu"}, {"precision": "int4"}):
         with pytest.raises(ConfigError, match="choose one of"):
             Detector(**kwargs)
+
+
+def test_evaluate_is_a_deprecated_alias_of_forward_target(net: OpenNSFW) -> None:
+    """``evaluate`` collided with the ``nsfwlab.evaluate`` package; the old name still works, with a warning."""
+    x = torch.zeros(1, 3, 224, 224)
+    with pytest.warns(DeprecationWarning, match="forward_target"):
+        _, values = evaluate(net, x, LogitMargin())
+    assert torch.equal(values, forward_target(net, x, LogitMargin())[1])

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from nsfwlab.cli import app
 from nsfwlab.errors import ConfigError
-from nsfwlab.evaluate import Target, TargetKind, check_hygiene, evaluate, load_csv, load_folder, load_labelled
+from nsfwlab.evaluate import TargetKind, TargetRate, check_hygiene, evaluate, load_csv, load_folder, load_labelled
 from nsfwlab.evaluate.plots import histogram_png, pr_png, roc_png
 from nsfwlab.evaluate.report import render_report, thumbnail
 from test_cli_score import deny_listing, deny_stat
@@ -110,7 +110,7 @@ def test_hygiene_names_pipes_and_devices_for_what_they_are(tmp_path: Path) -> No
 def test_evaluate_scores_through_the_detector(labelled_dir: Path, detector) -> None:
     before = _snapshot(labelled_dir)
     data = load_folder(labelled_dir)
-    result = evaluate(data, detector, targets=[Target(TargetKind.FPR, 0.25), Target(TargetKind.RECALL, 0.5)],
+    result = evaluate(data, detector, targets=[TargetRate(TargetKind.FPR, 0.25), TargetRate(TargetKind.RECALL, 0.5)],
                       n_boot=50)
     assert _snapshot(labelled_dir) == before
     # the readable images, scored exactly as Detector.score scores them
@@ -211,7 +211,7 @@ def test_cli_evaluate_usage_errors(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "both safe and NSFW" in res.output
 
 
-# -- issue 13: unreadable folders and special files in a labelled set ---------------------------------
+# -- unreadable folders and special files in a labelled set ---------------------------------
 def _copy_set(root: Path, photo_paths: list[Path]) -> Path:
     (root / "safe").mkdir(parents=True)
     (root / "nsfw" / "locked").mkdir(parents=True)

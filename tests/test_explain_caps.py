@@ -1,4 +1,4 @@
-"""Explain and censor caps (issue 13): extreme shapes are refused or worked on at a bounded size.
+"""Explain and censor caps: extreme shapes are refused or worked on at a bounded size.
 
 Memory is measured with tracemalloc (numpy arrays are traced; Pillow's own image buffers are not),
 on small-but-extreme synthetic images and a fake backend whose score is the fraction of red pixels.
@@ -87,7 +87,7 @@ def test_extreme_aspect_ratios_are_refused_before_any_work(tmp_path, fake):
     for explainer in (Occlusion(fake), SlidingWindow(fake)):
         with pytest.raises(ImageTooLargeError, match=r"5000000x1: aspect ratio 5e\+06:1 is over .* 20:1"):
             explainer.explain(path)
-    with pytest.raises(ImageTooLargeError, match="--max-aspect"):
+    with pytest.raises(ImageTooLargeError, match="raise max_aspect"):
         Censor(fake).censor(path)
     with pytest.raises(ImageTooLargeError):
         GradCAM(TinyCam()).explain(path)
@@ -104,9 +104,9 @@ def test_occlusion_of_a_long_strip_plans_at_most_max_windows(fake):
     assert 50 < Occlusion(fake, caps=small).count(1, 100_000) <= 100  # default grid coarsened to fit
     assert SlidingWindow(fake, caps=small).count(1, 100_000) <= 100
     assert Occlusion(fake, caps=small).count(3000, 3000) <= 100
-    with pytest.raises(ConfigError, match=r"over the cap of 100.*--max-windows"):
+    with pytest.raises(ConfigError, match=r"over the cap of 100.*raise max_windows"):
         Occlusion(fake, box=8, stride=2, caps=small).count(1, 100_000)  # an explicit grid is refused
-    with pytest.raises(ConfigError, match="--max-windows"):
+    with pytest.raises(ConfigError, match="raise max_windows"):
         SlidingWindow(fake, window=16, caps=small).count(600, 600)
 
 

@@ -1,6 +1,7 @@
-"""benchmarks/gpu_check.{py,sh} (issue 14): the parts of the GPU check that run without a GPU, at a
+"""benchmarks/gpu_check.{py,sh}: the parts of the GPU check that run without a GPU, at a
 small scale, so that the one run on a GPU machine does not fail on its own machinery; and real
-CUDA tests of `scan --device cuda`, which run where CUDA is (gpu_check.sh runs this file there)."""
+CUDA tests of `scan --device cuda`, which run where CUDA is (gpu_check.sh runs this file there).
+The stages that score images are marked slow (CI still runs them)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ def test_the_cpu_plan_has_no_gpu_stage_and_the_gpu_plan_has_all() -> None:
     assert set(cuda) - set(cpu) == CUDA_ONLY and cpu[:2] == ["env", "corpus"]
 
 
+@pytest.mark.slow
 def test_every_cpu_stage_ran_and_the_report_says_the_gpu_was_not_measured(report: dict) -> None:
     s = report["summary"]
     assert report["device"] == "cpu" and report["schema"] == gpu_check.SCHEMA
@@ -61,6 +63,7 @@ def test_every_cpu_stage_ran_and_the_report_says_the_gpu_was_not_measured(report
     assert s["torch"] == torch.__version__ and s["cpus"] >= 1 and s["date_utc"]
 
 
+@pytest.mark.slow
 def test_the_corpus_is_n_distinct_web_size_jpegs(report: dict) -> None:
     corpus = report["stages"]["corpus"]["result"]
     files = gpu_check.corpus_files(Path(corpus["path"]))
@@ -84,6 +87,7 @@ def test_mixed_corpus_kinds(tmp_path: Path) -> None:
     assert formats == {("JPEG", "RGB", False), ("JPEG", "RGB", True), ("PNG", "RGB", False), ("JPEG", "L", False)}
 
 
+@pytest.mark.slow
 def test_model_variants_images_per_s_and_drift(report: dict) -> None:
     model = report["stages"]["model"]["result"]
     variants = model["variants"]
@@ -104,6 +108,7 @@ def test_drift_compares_what_it_is_given() -> None:
     assert d["band_changes"] == 1 and d["n"] == 3  # 0.9 nsfw -> 0.7 review
 
 
+@pytest.mark.slow
 def test_scans_score_every_file_in_both_modes(report: dict) -> None:
     for stage, mode in (("scan_fast", "fast"), ("scan_exact", "exact")):
         res = report["stages"][stage]["result"]
@@ -123,6 +128,7 @@ def test_scans_score_every_file_in_both_modes(report: dict) -> None:
     np.testing.assert_allclose([exact[str(f)] for f in files], fp32, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_cpu_preprocessing_rates(report: dict) -> None:
     prep = report["stages"]["preprocess_cpu"]["result"]
     assert prep["files"] == N and prep["processes"] == gpu_check.cores()
@@ -130,6 +136,7 @@ def test_cpu_preprocessing_rates(report: dict) -> None:
     assert report["summary"]["exact_scan_share_of_cpu_ceiling"] > 0
 
 
+@pytest.mark.slow
 def test_cpu_balance_runs_every_split(report: dict) -> None:
     bal = report["stages"]["cpu_balance"]["result"]
     assert bal["files"] == N and bal["cores"] == gpu_check.cores()
@@ -172,6 +179,7 @@ def test_the_script_parses() -> None:
     subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_wheels.sh")], check=True)
 
 
+@pytest.mark.slow
 def test_the_script_on_the_cpu_writes_its_report(tmp_path: Path) -> None:
     out = tmp_path / "out"
     res = subprocess.run(["bash", str(SCRIPT), "--cpu"], capture_output=True, text=True, timeout=300,
@@ -188,6 +196,7 @@ def test_the_script_on_the_cpu_writes_its_report(tmp_path: Path) -> None:
     assert "stage corpus: exit 0" in log and "==== gpu_check summary ====" in log
 
 
+@pytest.mark.slow
 def test_a_hanging_stage_is_killed_and_the_others_go_on(tmp_path: Path) -> None:
     """The wrapper's per-stage timeout: a stage that hangs is recorded as a timeout, one that dies
     without a record as failed, and the report is still written."""

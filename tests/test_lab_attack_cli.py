@@ -66,3 +66,9 @@ def test_attack_many_images_need_a_folder(images: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, ["attack", str(images / "chelsea.png"), str(images / "chelsea.png"), "--to", "0.9",
                               "--out", str(tmp_path / "x.png")])
     assert res.exit_code == 2 and "folder" in res.output
+
+
+def test_attack_errors_show_the_flag_for_the_parameter(images: Path, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["attack", str(images / "chelsea.png"), "--to", "0.9", "--survive-jpeg", "95-70",
+                              "--out", str(tmp_path / "x.png")])
+    assert res.exit_code == 2 and "--survive-jpeg range '95-70' runs backwards" in res.output

@@ -99,7 +99,7 @@ def test_fitness_equals_detector_score_of_the_saved_png(detector, tmp_path: Path
 def test_each_algorithm_improves_on_a_stand_in_model(algorithm: Algorithm) -> None:
     config = EvolveConfig(shape=ShapeKind.CIRCLE, count=6, algorithm=algorithm, population=10, budget=300,
                           size=24, seed=1)
-    result = evolve(config, _redness)
+    result = evolve(None, config=config, scorer=_redness)
     first, last = result.history[0], result.history[-1]
     assert result.evaluations == 300
     assert last.best_fitness > first.best_fitness + 0.5
@@ -114,18 +114,19 @@ def test_fixed_seeds_reproduce_runs_and_leave_global_generators_alone() -> None:
                           size=16, seed=7)
     random.seed(123)
     np.random.seed(123)
-    a = evolve(config, _redness)
+    a = evolve(None, config=config, scorer=_redness)
     after = (random.random(), np.random.random())
     random.seed(123)
     np.random.seed(123)
-    b = evolve(config, _redness)
+    b = evolve(None, config=config, scorer=_redness)
     assert after == (random.random(), np.random.random())
     np.testing.assert_array_equal(a.genome, b.genome)
     assert [h.best_fitness for h in a.history] == [h.best_fitness for h in b.history]
     for algorithm in (Algorithm.CMAES, Algorithm.SEP_CMAES):
         cfg = EvolveConfig(shape=ShapeKind.CIRCLE, count=3, algorithm=algorithm, budget=40, size=16, seed=2)
-        np.testing.assert_array_equal(evolve(cfg, _redness).genome, evolve(cfg, _redness).genome)
-    other = evolve(EvolveConfig(**{**config.__dict__, "seed": 8}), _redness)
+        first, again = (evolve(None, config=cfg, scorer=_redness) for _ in range(2))
+        np.testing.assert_array_equal(first.genome, again.genome)
+    other = evolve(None, config=config, scorer=_redness, seed=8)
     assert not np.array_equal(a.genome, other.genome)
 
 
@@ -138,12 +139,12 @@ def test_stop_at_ends_the_run_once_verified_and_frames_are_kept() -> None:
 
     config = EvolveConfig(shape=ShapeKind.CIRCLE, count=5, population=8, budget=2000, size=16, seed=0,
                           stop_at=0.7, frames_every=2)
-    result = evolve(config, _redness, verify=verify)
+    result = evolve(None, config=config, scorer=_redness, verify=verify)
     assert result.reached and result.score >= 0.7 and result.evaluations < 2000
     assert calls and result.png == calls[-1]
     assert [g for g, _ in result.frames] == sorted({g for g, _ in result.frames}) and result.frames
-    target = evolve(EvolveConfig(shape=ShapeKind.CIRCLE, count=5, population=8, budget=400, size=16, to=0.6,
-                                 tolerance=0.05), _redness)
+    target = evolve(None, config=EvolveConfig(shape=ShapeKind.CIRCLE, count=5, population=8, budget=400, size=16,
+                                              to=0.6, tolerance=0.05), scorer=_redness)
     assert target.reached == (abs(target.score - 0.6) <= 0.05)
 
 
@@ -191,8 +192,58 @@ def test_ctrl_c_keeps_the_best_so_far() -> None:
         return _redness(images)
 
     config = EvolveConfig(shape=ShapeKind.CIRCLE, count=3, population=6, budget=1000, size=16)
-    result = evolve(config, scorer)
+    result = evolve(None, config=config, scorer=scorer)
     assert result.interrupted and not result.reached and result.evaluations == 12
     assert result.report()["interrupted"] is True
     with pytest.raises(KeyboardInterrupt):  # nothing to keep yet: the interrupt goes on
-        evolve(config, lambda images: (_ for _ in ()).throw(KeyboardInterrupt))
+        evolve(None, config=config, scorer=lambda images: (_ for _ in ()).throw(KeyboardInterrupt))
+
+
+def test_evolve_takes_a_detector_and_reports_progress_in_the_shared_shape(detector) -> None:
+    from nsfwlab.progress import Progress
+
+    events: list[Progress] = []
+    result = evolve(None, detector, count=3, population=4, budget=8, size=32, progress=events.append)
+    assert result.score == detector.score(result.png) and result.evaluations == 8
+    assert [(e.stage, e.done, e.total) for e in events] == [("evolve", 4, 8), ("evolve", 8, 8)]
+    assert events[-1].item.generation == 2
+    data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
+    assert data["evaluations"] == 8 and data["score"] == result.score
+
+
+@pytest.mark.parametrize("algorithm", [Algorithm.GA, Algorithm.SEP_CMAES])
+def test_evolve_starts_from_a_given_genome(algorithm: Algorithm) -> None:
+    """The first generation holds the start genome (GA) or is drawn around it (CMA-ES, small sigma)."""
+    config = EvolveConfig(count=4, population=6, budget=6, size=16, algorithm=algorithm, sigma=0.01)
+    start = np.full(config.genome_length, 0.9)
+    drawn = render(start, config.shape, size=16).astype(int)
+
+    def first_batch_distance(begin: np.ndarray | None) -> float:
+        seen: list[np.ndarray] = []
+        evolve(begin, config=config, scorer=lambda images: (seen.append(images.copy()), _redness(images))[1])
+        return min(float(np.abs(img.astype(int) - drawn).mean()) for img in seen[0])
+
+    assert first_batch_distance(start) < 2.0 < first_batch_distance(None)
+    with pytest.raises(ConfigError, match="start must be a genome") as info:
+        evolve(np.zeros(3), config=config, scorer=_redness)
+    assert info.value.param == "start"
+
+
+def test_the_old_evolve_call_warns_and_forwards() -> None:
+    config = EvolveConfig(count=3, population=4, budget=8, size=16)
+    rows: list = []
+    with pytest.warns(DeprecationWarning, match="evolve"):
+        old = evolve(config, _redness, progress=rows.append)
+    assert old.evaluations == 8 and [r.generation for r in rows] == [1, 2]
+    np.testing.assert_array_equal(old.genome, evolve(None, config=config, scorer=_redness).genome)
+
+
+def test_evolve_config_errors_name_the_parameter() -> None:
+    for kwargs in ({"to": 2.0}, {"budget": 0}, {"stop_at": -1.0}, {"sigma": 0.0}, {"count": 0},
+                   {"frames_every": -1}, {"shape": "hexagon"}):
+        with pytest.raises(ConfigError) as info:
+            EvolveConfig(**kwargs)  # type: ignore[arg-type]
+        (name,) = kwargs
+        assert info.value.param == name and "--" not in str(info.value)
+    with pytest.raises(ConfigError, match="unknown EvolveConfig field"):
+        evolve(None, config=None, scorer=_redness, budgett=3)

@@ -16,7 +16,8 @@ from nsfwlab.cli import app
 from nsfwlab.config import Thresholds
 from nsfwlab.errors import ConfigError
 from nsfwlab.lab import GoalKind, RobustnessConfig, parse_transform, parse_transforms, robustness
-from nsfwlab.lab.robust import boundary_goal, load_labels, plot_jpeg_curve, plot_min_eps, render_html
+from nsfwlab.lab.robust import MIN_PER_CLASS, auc_interval, boundary_goal, load_labels
+from nsfwlab.lab.robust_report import plot_jpeg_curve, plot_min_eps, render_html
 
 runner = CliRunner()
 
@@ -65,8 +66,8 @@ def test_boundary_goal() -> None:
 
 def test_perturbation_scores_equal_doing_it_by_hand(small_dir: Path, detector) -> None:
     path = small_dir / "chelsea.png"
-    rep = robustness([str(path)], config=RobustnessConfig(perturbations=("jpeg:50", "flip", "noise:4"),
-                                                          attack=False), detector=detector)
+    rep = robustness([str(path)], detector, RobustnessConfig(perturbations=("jpeg:50", "flip", "noise:4"),
+                                                             attack=False))
     (im,) = rep.images
     buf = io.BytesIO()
     Image.open(path).convert("RGB").save(buf, format="JPEG", quality=50)
@@ -78,8 +79,7 @@ def test_perturbation_scores_equal_doing_it_by_hand(small_dir: Path, detector) -
 def test_bad_file_is_reported_and_the_rest_go_on(small_dir: Path, tmp_path: Path, detector) -> None:
     bad = tmp_path / "bad.jpg"
     bad.write_text("not an image")
-    rep = robustness([str(bad), str(small_dir / "coffee.png")],
-                     config=RobustnessConfig(perturbations=("jpeg:50",), attack=False), detector=detector)
+    rep = robustness([str(bad), str(small_dir / "coffee.png")], detector, perturbations=("jpeg:50",), attack=False)
     assert rep.images[0].error and "bad.jpg" in rep.images[0].error
     assert rep.images[1].error is None and rep.summary["errors"] == 1
 
@@ -89,10 +89,15 @@ def test_labels_give_auc(small_dir: Path, tmp_path: Path, detector) -> None:
     csv_path.write_text(f"path,label\n{small_dir / 'chelsea.png'},safe\n{small_dir / 'coffee.png'},nsfw\n")
     labels = load_labels(csv_path)
     assert sorted(labels.values()) == [0, 1]
-    rep = robustness(sorted(labels), config=RobustnessConfig(perturbations=("jpeg:50", "blur:2"), attack=False),
-                     detector=detector, labels=labels)
+    rep = robustness(sorted(labels), detector, perturbations=("jpeg:50", "blur:2"), attack=False, labels=labels)
     auc = rep.summary["auc"]
-    assert set(auc) == {"none", "jpeg:50", "blur:2"} and all(v in (0.0, 1.0) for v in auc.values())
+    assert set(auc) == {"none", "jpeg:50", "blur:2"} and all(v["value"] in (0.0, 1.0) for v in auc.values())
+    # one image per class: the figure carries its interval and a warning, and the page shows both
+    assert all(v["positives"] == v["negatives"] == 1 for v in auc.values())
+    assert all(v["ci95"][1] - v["ci95"][0] > 0.5 for v in auc.values())
+    assert any("AUC rests on 1 NSFW and 1 safe" in w for w in rep.summary["warnings"])
+    page = render_html(rep, {})
+    assert "AUC rests on 1 NSFW and 1 safe" in page and "95% interval" in page
     with pytest.raises(ConfigError):
         bad = tmp_path / "bad.csv"
         bad.write_text("a.jpg,maybe\n")
@@ -114,6 +119,9 @@ def test_min_eps_is_verified_and_beats_defences(small_dir: Path, detector) -> No
     assert rep.summary["min_eps"]["flipped"] == 1
     page = render_html(rep, {"jpeg": plot_jpeg_curve(rep), "eps": plot_min_eps(rep)})
     assert "filter:blur" in page and page.count("data:image/png;base64,") == 2
+    pixels = im.min_eps["pixels"]
+    assert 0 < pixels <= im.min_eps["pixels_total"] and im.min_eps["l2"] > 0
+    assert rep.summary["min_eps"]["median_pixels"] == pixels
 
 
 @pytest.mark.slow
@@ -131,7 +139,8 @@ def test_cli_robustness_writes_report(small_dir: Path, tmp_path: Path) -> None:
         assert im["min_eps"]["verified"] is True and im["min_eps"]["value"] >= 1
     for name in ("jpeg_curve.png", "min_eps.png"):
         assert Image.open(out / name).format == "PNG"
-    assert "<table>" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "<table" in page and "Robustness report" in page
 
 
 def test_cli_robustness_usage_errors(small_dir: Path, tmp_path: Path) -> None:
@@ -139,3 +148,30 @@ def test_cli_robustness_usage_errors(small_dir: Path, tmp_path: Path) -> None:
     assert res.exit_code == 2 and "unknown perturbation" in res.output
     res = runner.invoke(app, ["robustness", str(small_dir), "--out", str(tmp_path / "o"), "--defences", "flip"])
     assert res.exit_code == 2
+
+
+def test_auc_interval_is_wide_on_few_examples_and_narrows_with_more() -> None:
+    lo, hi = auc_interval(1.0, 2, 2)
+    assert hi == 1.0 and 0.3 < lo < 0.4  # 2 + 2 perfectly separated: far from proof of a perfect classifier
+    lo2, hi2 = auc_interval(0.9, 500, 400)
+    assert 0.85 < lo2 < 0.9 < hi2 < 0.95
+    assert auc_interval(0.9, 500, 3) == auc_interval(0.9, 3, 500)  # the smaller class sets the width
+
+
+def test_report_page_reads_as_a_report_not_a_json_dump(small_dir: Path, detector) -> None:
+    rep = robustness([str(small_dir / "chelsea.png"), str(small_dir / "coffee.png")], detector,
+                     perturbations=("jpeg:50", "flip"), attack=False)
+    assert any(f"rest on 2 image(s); fewer than {MIN_PER_CLASS}" in w for w in rep.summary["warnings"])
+    page = render_html(rep, {}, thumbnails=True)
+    assert "<pre>" not in page and '"mean_abs_change"' not in page
+    assert page.index("2 image(s) measured") < page.index("Everyday perturbations") < page.index("<h2>Images")
+    assert page.count('class="t"') == 2 and "filter:blur" in page  # thumbnails start blurred
+
+
+def test_library_errors_name_parameters_not_flags() -> None:
+    for kwargs in ({"max_eps": 0.5}, {"steps": 0}, {"defences": ("flip",)}, {"max_work_side": 1}):
+        with pytest.raises(ConfigError) as info:
+            RobustnessConfig(**kwargs)
+        assert info.value.param == next(iter(kwargs)) and "--" not in str(info.value)
+    with pytest.raises(ConfigError, match="unknown RobustnessConfig field"):
+        robustness([], None, stepz=3)

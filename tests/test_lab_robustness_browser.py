@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from browser import MARKS, open_page
-from nsfwlab.lab.robust import ImageRobustness, RobustnessReport, plot_jpeg_curve, plot_min_eps, render_html
+from nsfwlab.lab.robust import ImageRobustness, RobustnessReport
+from nsfwlab.lab.robust_report import plot_jpeg_curve, plot_min_eps, render_html
 
 pytestmark = MARKS
 

@@ -4,7 +4,6 @@ pipeline's. Images are small and steps few; nothing generated is kept."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -15,7 +14,9 @@ from typer.testing import CliRunner
 
 from nsfwlab.cli import app
 from nsfwlab.errors import ConfigError, ModelError
-from nsfwlab.lab.fourier import FourierImage, PixelImage, robustness_transforms
+from nsfwlab.lab.augment import robustness_transforms
+from nsfwlab.lab.imageparam import FourierImage, PixelImage
+from nsfwlab.lab.networks import build_network, is_torchscript, load_network, save_network
 from nsfwlab.lab.synthesize import (
     BALANCED_SETTLE,
     AlsoNetwork,
@@ -26,6 +27,7 @@ from nsfwlab.lab.synthesize import (
     load_also,
     load_generator,
     parse_also,
+    synthesize,
 )
 
 # TorchScript is deprecated from torch 2.13 on, but it is the format --also and --generator take.
@@ -59,11 +61,81 @@ class _Generator(torch.nn.Module):
         return torch.sigmoid(self.fc(z)).view(-1, 3, 16, 16)
 
 
+class _WritesFiles(torch.nn.Module):
+    """A TorchScript program whose forward rewrites a file (what a model file that is code can do)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self.fc = torch.nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mapped = torch.from_file(self.path, shared=True, size=4, dtype=torch.uint8)
+        mapped.fill_(88)  # b"XXXX" over the file's first bytes
+        return self.fc(x.mean((2, 3))) + mapped[:1].float() * 0
+
+
 @pytest.fixture(scope="module")
 def tiny_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("nets") / "mean_colour.pt"
     torch.jit.save(torch.jit.script(_MeanColour()), str(path))
     return path
+
+
+def test_torchscript_is_refused_without_trust_and_nothing_is_written(tmp_path: Path) -> None:
+    """A TorchScript file is a program: loading it as a second network or a generator is refused
+    (before its code runs) unless the caller trusts it; trusted, it loads and its code does run."""
+    canary = tmp_path / "canary.txt"
+    canary.write_bytes(b"safe")
+    evil = tmp_path / "evil.pt"
+    torch.jit.save(torch.jit.script(_WritesFiles(str(canary))), str(evil))
+    assert is_torchscript(evil)
+    with pytest.raises(ModelError, match="TorchScript") as info:
+        load_also(AlsoSpec(evil, 0), size=8)
+    assert info.value.param == "trust_code"
+    with pytest.raises(ModelError, match="TorchScript"):
+        load_generator(evil)
+    res = CliRunner().invoke(app, ["synthesize", "--out", str(tmp_path / "x.png"), "--also", f"{evil}:0",
+                                   "--steps", "1", "--size", "32", "--device", "cpu", "--no-progress"])
+    assert res.exit_code == 3 and "--trust-code" in res.output and "trust_code" not in res.output, res.output
+    assert canary.read_bytes() == b"safe"
+    net = load_also(AlsoSpec(evil, 1), size=8, trust_code=True)  # the probe call runs its code
+    assert net.class_index == 1 and canary.read_bytes() == b"XXXX"
+
+
+def test_a_tensors_only_network_loads_without_trust(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = build_network("convnet", {"classes": 5, "channels": [4, 8]})
+    path = save_network(tmp_path / "net.pt", net)
+    assert not is_torchscript(path)
+    loaded = load_also(AlsoSpec(path, 4), size=16)
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.allclose(loaded.module(x), net(x)) and not any(p.requires_grad for p in loaded.module.parameters())
+    gen = build_network("mlp-generator", {"code_dim": 4, "size": 8, "hidden": [16]})
+    back = load_generator(save_network(tmp_path / "gen.pt", gen))
+    assert back.code_dim == 4 and back(torch.zeros(1, 4)).shape == (1, 3, 8, 8)
+    conv = build_network("conv-generator", {"code_dim": 4, "channels": [8, 4]})
+    assert conv(torch.zeros(2, 4)).shape == (2, 3, 16, 16)
+    bad = tmp_path / "bad.pt"
+    torch.save({"format": "nsfwlab-network-v1", "arch": "convnet", "config": {"classes": 3},
+                "state_dict": net.state_dict()}, bad)
+    with pytest.raises(ModelError, match="do not fit"):
+        load_network(bad, param="also")
+    with pytest.raises(ModelError, match="unknown network architecture"):
+        torch.save({"format": "nsfwlab-network-v1", "arch": "nope", "state_dict": {}}, bad)
+        load_network(bad, param="also")
+
+
+def test_an_nsfwlab_checkpoint_is_a_second_network_behind_its_preprocessing(tmp_path: Path) -> None:
+    from nsfwlab.checkpoint import build_architecture, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_architecture("open_nsfw").eval()
+    path = save_checkpoint(tmp_path / "ft.pt", model)
+    net = load_also(AlsoSpec(path, 1), size=64)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert net.module(x).shape == (1, 2)
 
 
 @pytest.mark.parametrize("cls", [FourierImage, PixelImage])
@@ -101,10 +173,10 @@ def test_parse_also() -> None:
 
 
 def test_load_also_checks_its_input(tiny_pt: Path, tmp_path: Path) -> None:
-    net = load_also(AlsoSpec(tiny_pt, 2), size=16)
+    net = load_also(AlsoSpec(tiny_pt, 2), size=16, trust_code=True)
     assert net.class_index == 2 and not any(p.requires_grad for p in net.module.parameters())
     with pytest.raises(ConfigError, match="out of range"):
-        load_also(AlsoSpec(tiny_pt, 9), size=16)
+        load_also(AlsoSpec(tiny_pt, 9), size=16, trust_code=True)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a model")
     with pytest.raises(ModelError):
@@ -123,10 +195,15 @@ def test_load_also_checks_its_input(tiny_pt: Path, tmp_path: Path) -> None:
             load_also(AlsoSpec(onnx, 0))
 
 
-def test_config_errors() -> None:
-    for kwargs in ({"steps": -1}, {"lr": 0.0}, {"size": 8}, {"batch": 0}, {"tv": -1.0}):
-        with pytest.raises(ConfigError):
+def test_config_errors_name_the_parameter_not_a_flag() -> None:
+    for kwargs in ({"steps": -1}, {"lr": 0.0}, {"size": 8}, {"batch": 0}, {"tv": -1.0}, {"settle": 2.0},
+                   {"also_size": 1}, {"param": "voxels"}):
+        with pytest.raises(ConfigError) as info:
             SynthConfig(**kwargs)  # type: ignore[arg-type]
+        (name,) = kwargs
+        assert info.value.param == name and "--" not in str(info.value) and name in str(info.value)
+    with pytest.raises(ConfigError, match="unknown SynthConfig field"):
+        synthesize(None, None, stepz=3)
     assert SynthConfig(batch=3).diversity_weight == 1.0 and SynthConfig().diversity_weight == 0.0
     for settle in (-0.1, 1.5):
         with pytest.raises(ConfigError, match="settle"):
@@ -148,7 +225,7 @@ def test_settling_defaults_to_balanced_sums_only() -> None:
 @pytest.mark.slow
 def test_synthesis_raises_its_objective_and_reports_the_exact_pipeline(detector) -> None:
     config = SynthConfig(objective="nsfw", steps=4, lr=0.1, size=64, transforms=False, tv=0.1)
-    result = Synthesizer(detector, config).run()
+    result = synthesize(None, detector, config)
     start, end = result.objectives_start[0], result.objectives_end[0]
     assert end["nsfw-logit"] > start["nsfw-logit"] + 0.5
     assert result.logits_end[0][1] == pytest.approx(end["nsfw-logit"], abs=1e-5)
@@ -163,12 +240,12 @@ def test_a_balanced_sum_raises_every_term(detector) -> None:
     """nsfw+sfw ("pareidolia"): with balance (the default) both logits rise over the start image,
     measured on the exact pipeline; each term is reported."""
     config = SynthConfig(objective="nsfw+sfw", steps=40, lr=0.05, transforms=False, param=Param.PIXELS)
-    result = Synthesizer(detector, config).run()
+    result = synthesize(None, detector, config)
     (sfw0, nsfw0), (sfw1, nsfw1) = result.logits_start[0], result.logits_end[0]
     assert sfw1 > sfw0 + 2 and nsfw1 > nsfw0 + 2, (result.logits_start, result.logits_end)
     assert {"term0:nsfw-logit", "term1:sfw-logit"} <= set(result.objectives_end[0])
     # The plain sum, on the same pixels, puts all the gain into the cheaper logit (measured: sfw +27, nsfw -3).
-    plain = Synthesizer(detector, dataclasses.replace(config, balance=False)).run()
+    plain = synthesize(None, detector, config, balance=False)
     assert plain.logits_end[0][1] < plain.logits_start[0][1] + 2
 
 
@@ -176,7 +253,7 @@ def test_the_default_balanced_sum_raises_both_logits_with_transforms(detector) -
     """nsfw+sfw with the defaults (Fourier, transforms, balance, settling), shortened to 40 steps:
     both exact-pipeline logits rise (measured +1.9/+1.7, +1.7/+2.0, +1.9/+1.9 on seeds 0-2; with
     the transforms to the end, 200 steps gave only +0.8 to +2.2)."""
-    result = Synthesizer(detector, SynthConfig(objective="nsfw+sfw", steps=40)).run()
+    result = synthesize(None, detector, objective="nsfw+sfw", steps=40)
     (sfw0, nsfw0), (sfw1, nsfw1) = result.logits_start[0], result.logits_end[0]
     assert sfw1 > sfw0 + 1.0 and nsfw1 > nsfw0 + 1.0, (result.logits_start, result.logits_end)
 
@@ -197,9 +274,9 @@ def test_synthesize_command_defaults_raise_both_logits_by_two(tmp_path: Path) ->
 
 
 def test_also_raises_the_second_networks_class(detector, tiny_pt: Path) -> None:
-    net = load_also(AlsoSpec(tiny_pt, 2, 10.0), size=16)
+    net = load_also(AlsoSpec(tiny_pt, 2, 10.0), size=16, trust_code=True)
     config = SynthConfig(objective="0.1*nsfw", steps=4, lr=0.5, size=32, param=Param.PIXELS)
-    result = Synthesizer(detector, config, also=[net]).run()
+    result = synthesize(None, detector, config, also=(net,))
     key = f"also0:{net.name}:2"
     assert result.objectives_end[0][key] > result.objectives_start[0][key] + 0.2
 
@@ -208,9 +285,9 @@ def test_also_raises_the_second_networks_class(detector, tiny_pt: Path) -> None:
 def test_generator_and_batch_with_diversity(detector, tmp_path: Path) -> None:
     path = tmp_path / "gen.pt"
     torch.jit.save(torch.jit.script(_Generator()), str(path))
-    gen = load_generator(path)
+    gen = load_generator(path, trust_code=True)
     config = SynthConfig(objective="nsfw", steps=2, size=32, batch=2)
-    result = Synthesizer(detector, config, generator=gen).run()
+    result = synthesize(None, detector, config, generator=gen)
     assert len(result.images) == 2 and result.images[0].shape == (32, 32, 3)
     assert "diversity" in result.objectives_end[0]
     assert not np.array_equal(result.images[0], result.images[1])
@@ -221,13 +298,13 @@ def test_generator_without_code_size_is_refused(detector) -> None:
         def forward(self, z: torch.Tensor) -> torch.Tensor:
             return z
 
-    with pytest.raises(ConfigError, match="code-dim"):
-        Synthesizer(detector, SynthConfig(), generator=NoDim())
+    with pytest.raises(ConfigError, match="code_dim"):
+        synthesize(None, detector, generator=NoDim())
 
 
 def test_unknown_layer_in_objective_is_a_config_error(detector) -> None:
     with pytest.raises(ConfigError):
-        Synthesizer(detector, SynthConfig(objective="channel:nope:1"))
+        synthesize(None, detector, objective="channel:nope:1")
 
 
 @pytest.mark.slow
@@ -236,7 +313,8 @@ def test_synthesize_command_writes_images_report_and_blurred_gallery(tmp_path: P
     out, report = tmp_path / "syn.png", tmp_path / "syn.json"
     res = CliRunner().invoke(app, ["synthesize", "--objective", "nsfw", "--steps", "1", "--size", "32",
                                    "--batch", "2", "--out", str(out), "--report", str(report),
-                                   "--also", f"{tiny_pt}:1:0.5", "--also-size", "16", "--device", "cpu"])
+                                   "--also", f"{tiny_pt}:1:0.5", "--also-size", "16", "--device", "cpu",
+                                   "--trust-code"])
     assert res.exit_code == 0, res.output
     data = json.loads(report.read_text())
     assert set(data) >= {"score", "logits_start", "logits_end", "objectives_start", "objectives_end", "seconds"}
@@ -271,3 +349,80 @@ def test_synthesize_command_usage_errors(tmp_path: Path) -> None:
 def test_also_network_dataclass_defaults() -> None:
     net = AlsoNetwork(module=_MeanColour(), class_index=0)
     assert net.size == 224 and net.weight == 1.0
+
+
+def _clipped(images: list[np.ndarray]) -> float:
+    arr = np.stack(images)
+    return float(((arr == 0) | (arr == 255)).mean())
+
+
+def test_fourier_images_are_not_saturated(detector) -> None:
+    """The spectrum is scaled as lucid/lucent scale it (1/4 on the orthonormal FFT): a short run
+    leaves almost no channel value at 0 or 255 (with the scale x size as well, nearly all were)."""
+    result = synthesize(None, detector, objective="nsfw", steps=20, size=64)
+    assert _clipped(result.images) < 0.05
+    assert result.logits_end[0][1] > result.logits_start[0][1] + 5
+
+
+@pytest.mark.slow
+def test_a_default_run_clips_under_five_percent_of_values(detector) -> None:
+    """`synthesize --objective nsfw` with every default (measured: 0.0% clipped, NSFW logit -1.5 -> 51.8)."""
+    result = synthesize(None, detector, objective="nsfw")
+    assert _clipped(result.images) < 0.05 and result.scores[0] > 0.99
+
+
+def test_a_start_image_is_where_the_run_begins(detector, photos: dict[str, np.ndarray]) -> None:
+    from PIL import Image
+
+    result = synthesize(photos["chelsea"], detector, steps=0, size=64, param="pixels")
+    expected = np.asarray(Image.fromarray(photos["chelsea"]).resize((64, 64), Image.Resampling.BILINEAR))
+    assert np.abs(result.images[0].astype(int) - expected.astype(int)).max() <= 1
+    assert result.scores[0] == detector.score(result.pngs[0]) and result.steps == 0
+    with pytest.raises(ConfigError, match="start image"):
+        synthesize(photos["chelsea"], detector, steps=1, generator=build_network("mlp-generator", {"size": 8}))
+
+
+def test_the_result_is_json_safe_and_progress_has_one_shape(detector) -> None:
+    events: list = []
+    result = synthesize(None, detector, steps=2, size=32, progress=events.append)
+    assert [(e.stage, e.done, e.total) for e in events] == [("synthesize", 1, 2), ("synthesize", 2, 2)]
+    data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
+    assert data["steps"] == 2 and data["objective"] == "nsfw" and data["score"] == result.scores[0]
+
+
+def test_the_old_entry_points_warn_and_forward(detector) -> None:
+    with pytest.warns(DeprecationWarning, match="synthesize"):
+        synth = Synthesizer(detector, SynthConfig(steps=1, size=32))
+    seen: list = []
+    result = synth.run(lambda step, loss: seen.append((step, loss)))
+    assert result.steps == 1 and seen[0][0] == 1 and seen[0][1] == pytest.approx(result.history[0])
+    with pytest.warns(DeprecationWarning, match="to_dict"):
+        assert result.report(result.config)["steps"] == 1
+    import importlib
+    import sys
+
+    sys.modules.pop("nsfwlab.lab.fourier", None)
+    with pytest.warns(DeprecationWarning, match="imageparam"):
+        fourier = importlib.import_module("nsfwlab.lab.fourier")
+    assert fourier.FourierImage is FourierImage and fourier.robustness_transforms is robustness_transforms
+
+
+@pytest.mark.slow
+def test_also_makes_class_k_the_top_class_of_a_random_net_and_the_image_nsfw(detector, tmp_path: Path) -> None:
+    """`synthesize --objective nsfw --also NET:K` with a randomly initialised small conv net (its
+    logits span a few tenths): balanced by default, so class K becomes the net's top class while the
+    NSFW score passes 0.9. The plain sum (--no-balance) leaves the net's class where it was (measured:
+    class 0's log-probability -1.411 -> -1.386 against -1.293 balanced; class 3 stays on top)."""
+    torch.manual_seed(0)
+    path = save_network(tmp_path / "random.pt", build_network("convnet", {"classes": 4, "channels": [8, 16]}))
+    report = tmp_path / "r.json"
+    res = CliRunner().invoke(app, ["synthesize", "--objective", "nsfw", "--also", f"{path}:0", "--steps", "60",
+                                   "--size", "64", "--also-size", "64", "--out", str(tmp_path / "x.png"),
+                                   "--report", str(report), "--device", "cpu", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(report.read_text())
+    assert data["balance"] and data["objectives_start"]["also0:top_class"] != 0
+    assert data["objectives_end"]["also0:top_class"] == 0 and data["score"] >= 0.9, data["objectives_end"]
+    plain = synthesize(None, detector, objective="nsfw", also=(AlsoSpec(path, 0),), steps=60, size=64,
+                       also_size=64, balance=False)
+    assert plain.objectives_end[0]["also0:top_class"] != 0

@@ -4,9 +4,14 @@ SQLite store."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import io
 import re
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -52,11 +57,25 @@ def test_label_with_keyboard_persists(tmp_path: Path, photos: dict[str, np.ndarr
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             try:
                 page = browser.new_page(viewport={"width": 1000, "height": 640})
-                page.on("dialog", lambda d: d.accept("k3y"))  # the page asks for the API key on 401
+                dialogs: list[str] = []
+                page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
                 errors: list[str] = []
                 page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
                 page.on("pageerror", lambda e: errors.append(str(e)))
                 page.goto(srv.url + "/review")
+                # The page asks for the key in its own field (no prompt()), focused and marked on 401.
+                expect(page.locator("#keystate")).to_have_text("this server needs an API key")
+                assert page.evaluate("() => document.activeElement.id") == "apikey"
+                page.fill("#apikey", "wrong")
+                page.locator("#apikey").press("Enter")
+                expect(page.locator("#keystate")).to_have_text("key refused: enter the right key")
+                page.fill("#apikey", "k3y")
+                page.locator("#apikey").press("Enter")
+                expect(page.locator("#keystate")).to_have_text("key set for this tab")
+                assert page.evaluate("() => sessionStorage.getItem('nsfwlab-key')") == "k3y"
+                assert page.evaluate("() => localStorage.getItem('nsfwlab-key')") is None
+                assert page.input_value("#apikey") == ""  # not left on screen
+                page.reload()  # the tab keeps its key
                 cards = page.locator(".card")
                 cards.nth(1).wait_for()
                 assert cards.count() == 2
@@ -88,8 +107,9 @@ def test_label_with_keyboard_persists(tmp_path: Path, photos: dict[str, np.ndarr
                 expect(cards).to_have_count(0)
                 assert page.locator("#empty").is_visible()
                 page.screenshot(path=str(tmp_path / "review-done.png"))
-                # Only the expected 401 before the key was entered; nothing blocked by the page's CSP.
+                # Only the expected 401s before the key was entered; nothing blocked by the page's CSP.
                 assert all("401" in e for e in errors), errors
+                assert not dialogs
             finally:
                 browser.close()
 
@@ -135,3 +155,72 @@ def test_review_page_pages_through_more_than_200_items(tmp_path: Path) -> None:
     with ReviewStore(data_dir, create=False) as store:
         item = store.get(str(last))
         assert item is not None and item.status.value == "safe" and item.created_at == 200.0
+
+
+@contextmanager
+def other_origin(directory: Path) -> Iterator[str]:
+    """A static web server for ``directory`` on another port of this host: another web origin."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+ATTACK_PAGE = """<!doctype html><meta charset="utf-8"><title>elsewhere</title>
+<iframe name="sink"></iframe><iframe name="sink2"></iframe>
+<form id="plain" method="POST" target="sink" enctype="text/plain"><input name='{"label":"safe","x":"' value='"}'></form>
+<form id="urlenc" method="POST" target="sink2"><input name="label" value="safe"></form>
+"""
+
+
+def test_a_page_of_another_origin_cannot_label_items(tmp_path: Path, photos: dict[str, np.ndarray]) -> None:
+    """A keyless server: a page served from another origin tries what a browser lets any page do
+    (a no-cors fetch with a text/plain JSON body, a cross-origin JSON fetch, HTML form posts in
+    text/plain and url encodings); the item stays unlabelled and nothing enters the bank."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    data_dir, site = tmp_path / "data", tmp_path / "site"
+    site.mkdir()
+    (site / "attack.html").write_text(ATTACK_PAGE)
+    with running_server(tmp_path, "--data-dir", str(data_dir), "--safe-below", "0", "--nsfw-above", "1") as srv, \
+            other_origin(site) as evil, sync_api.sync_playwright() as pw:
+        resp = httpx.post(srv.url + "/v1/score?filename=coffee.jpg", content=jpeg(photos["coffee"]), timeout=60)
+        rid = resp.json()["results"][0]["review_id"]
+        target = f"{srv.url}/v1/review/items/{rid}/label"
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(evil + "/attack.html")
+            outcome = page.evaluate("""async (url) => {
+                const out = {};
+                const body = JSON.stringify({label: "safe", reviewer: "attacker"});
+                const noCors = await fetch(url, {method: "POST", mode: "no-cors", body,
+                                                 headers: {"Content-Type": "text/plain"}});
+                out.noCors = noCors.type;  // opaque: the page cannot read the answer, but it was sent
+                try {
+                    await fetch(url, {method: "POST", body, headers: {"Content-Type": "application/json"}});
+                    out.cors = "answered";
+                } catch (e) { out.cors = "blocked"; }  // the preflight finds no CORS headers
+                for (const [form, frame] of [["plain", "sink"], ["urlenc", "sink2"]]) {
+                    const el = document.getElementById(form);
+                    el.action = url;
+                    const loaded = new Promise((r) => document.querySelector(`iframe[name=${frame}]`).onload = r);
+                    el.submit();
+                    await loaded;
+                }
+                return out;
+            }""", target)
+        finally:
+            browser.close()
+        assert outcome == {"noCors": "opaque", "cors": "blocked"}
+        items = httpx.get(srv.url + "/v1/review/items?status=all").json()["items"]
+        metrics = httpx.get(srv.url + "/metrics").text
+    assert [i["status"] for i in items] == ["pending"], srv.output()
+    # The no-cors fetch and both forms reached the server and were refused for their origin.
+    assert re.search(r'nsfwlab_errors_total\{code="forbidden_origin"\} 3\.0', metrics), metrics
+    with ReviewStore(data_dir, create=False) as store:
+        assert store.audit_count() == 0

@@ -1,4 +1,4 @@
-"""Faults around a scan (issue 13): a full disk, a read-only store, unreadable folders, a foreign
+"""Faults around a scan: a full disk, a read-only store, unreadable folders, a foreign
 SQLite file, dangling links and special files, deleted files. Each ends in a one-line error or a
 reported row, never a traceback, a silent skip or a modified foreign file."""
 

@@ -1,4 +1,4 @@
-"""Videos and animations in a scan (issue 12): scored over their sampled frames, one aggregated row
+"""Videos and animations in a scan: scored over their sampled frames, one aggregated row
 per file with its frames and segments in the store and the exports; local and GPU engines agree.
 
 The model is a fake (tests/synthetic.py's RedFraction: a red frame is the "explicit" stand-in) and

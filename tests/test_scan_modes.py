@@ -87,3 +87,82 @@ def test_fast_mode_decodes_jpegs_at_twice_the_resize_at_least(size: tuple[int, i
     buf = io.BytesIO()
     Image.new("RGB", size, (120, 80, 40)).save(buf, format="JPEG")
     assert load_image(buf.getvalue(), draft_size=fast.draft_size).size == decoded
+
+
+def test_needs_exact_flags_scores_within_the_margin_of_a_band_boundary() -> None:
+    from nsfwlab import Thresholds
+    from nsfwlab.scan.modes import FAST_GUARD_MARGIN, needs_exact
+
+    label = Thresholds().label  # 0.2 / 0.8
+    assert not needs_exact(0.05, 0.1, label) and needs_exact(0.15, 0.1, label) and needs_exact(0.25, 0.1, label)
+    assert not needs_exact(0.5, 0.2, label) and needs_exact(0.79, 0.02, label) and not needs_exact(0.95, 0.1, label)
+    assert needs_exact(0.2, 1e-6, label) and not needs_exact(0.2, 0.0, label)  # margin 0: the guard is off
+    assert not needs_exact(0.0, 0.1, label) and not needs_exact(1.0, 0.1, label)  # the ends of [0, 1]
+    # The label after calibration decides: here raw 0.5 is calibrated to 0.2, a boundary.
+    assert needs_exact(0.5, 0.01, lambda raw: label(raw * 0.4)) and not needs_exact(0.5, 0.01, label)
+    assert 0 < FAST_GUARD_MARGIN < 0.5
+
+
+def test_a_fast_score_near_a_boundary_is_rescored_exactly(cache_dir: Path, web_tree: Path, tmp_path: Path,
+                                                          detector) -> None:
+    """Thresholds set right at one image's fast score: the guard re-scores that image the exact way
+    and records the exact score (and its label); the others keep their fast scores."""
+    from nsfwlab import Thresholds
+
+    def fast_scan(db: Path, **kw) -> dict[str, float]:
+        with ResultStore(db) as store:
+            scan([web_tree], store, ScanConfig(mode=ScanMode.FAST, workers=1, cache_dir=str(cache_dir), **kw))
+            return {r["path"]: r["score"] for r in store.iter_rows()}
+
+    unguarded = fast_scan(tmp_path / "a.db", guard_margin=0.0)
+    exact = {p: detector.score(p) for p in unguarded}
+    target = max(unguarded, key=lambda p: abs(unguarded[p] - exact[p]))
+    assert abs(unguarded[target] - exact[target]) > 1e-4  # fast mode alone drifts on it
+    thresholds = Thresholds(safe_below=unguarded[target], nsfw_above=max(unguarded[target], 0.8))
+    config = ScanConfig(mode=ScanMode.FAST, workers=1, cache_dir=str(cache_dir), thresholds=thresholds,
+                        guard_margin=1e-6)
+    model = build_scan_model(config)
+    assert model.guard is not None
+    with ResultStore(tmp_path / "b.db") as store:
+        scan([web_tree], store, config, model=model)
+        rows = {r["path"]: r for r in store.iter_rows()}
+    assert abs(rows[target]["score"] - exact[target]) <= 1e-5
+    assert rows[target]["label"] == thresholds.label(exact[target]).value
+    assert model.guard.rescored == 1 and model.guard.checked == len(rows)
+    for p, row in rows.items():
+        if p != target:
+            assert row["score"] == pytest.approx(unguarded[p], abs=1e-6)
+
+
+def test_the_guard_keeps_the_fast_score_of_a_file_changed_since(tmp_path: Path) -> None:
+    from nsfwlab import DecodeLimits, PreprocessConfig
+    from nsfwlab.scan.modes import ExactGuard
+
+    calls: list[int] = []
+
+    class Exact:
+        def predict(self, batch: np.ndarray) -> np.ndarray:
+            calls.append(len(batch))
+            return np.array([[0.7, 0.3]] * len(batch), np.float32)
+
+    image = tmp_path / "a.png"
+    Image.new("RGB", (64, 48), (200, 120, 90)).save(image)
+    import hashlib
+
+    sha = hashlib.sha256(image.read_bytes()).hexdigest()
+    guard = ExactGuard(Exact, PreprocessConfig(), DecodeLimits(), lambda s: s >= 0.5, margin=0.1)
+    scores = guard.review([(str(image), sha), (str(image), "0" * 64), (None, "v#0"), (str(image), sha)],
+                          [0.45, 0.45, 0.45, 0.9])
+    assert scores == [pytest.approx(0.3), 0.45, 0.45, 0.9]  # re-scored; changed file; a frame; far from 0.5
+    assert calls == [1] and guard.rescored == 1 and guard.checked == 3
+    with pytest.raises(Exception, match="guard_margin"):
+        ScanConfig(guard_margin=-0.1)
+
+
+def test_the_guard_margin_is_a_scan_option(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from nsfwlab.cli import app
+
+    result = CliRunner().invoke(app, ["scan", str(tmp_path), "--db", str(tmp_path / "r.db"), "--guard-margin", "2"])
+    assert result.exit_code == 2 and "--guard-margin must lie in [0, 1]" in result.output, result.output

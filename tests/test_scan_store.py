@@ -6,8 +6,10 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
-from nsfwlab.scan import Decision, FileRecord, ResultStore, Status, StoreError
+from nsfwlab.cli import app
+from nsfwlab.scan import FileRecord, ResultStore, ScanAction, Status, StoreError
 from nsfwlab.scan.store import SCHEMA_VERSION
 
 MV, PV = "model-a", "pre-a"
@@ -34,25 +36,25 @@ def test_store_is_wal_and_versioned(tmp_path: Path) -> None:
 
 def test_decide_skips_unchanged_ok_and_rescans_changed(tmp_path: Path) -> None:
     with ResultStore(tmp_path / "r.sqlite") as store:
-        assert store.decide("/a", 10, 1, MV, PV, max_attempts=3) is Decision.SCAN
+        assert store.decide("/a", 10, 1, MV, PV, max_attempts=3) is ScanAction.SCAN
         store.write([ok("/a", 0.1)])
-        assert store.decide("/a", 10, 1, MV, PV, max_attempts=3) is Decision.SKIP
-        assert store.decide("/a", 11, 1, MV, PV, max_attempts=3) is Decision.SCAN  # size changed
-        assert store.decide("/a", 10, 2, MV, PV, max_attempts=3) is Decision.SCAN  # mtime changed
-        assert store.decide("/a", 10, 1, "model-b", PV, max_attempts=3) is Decision.SCAN  # other model
-        assert store.decide("/a", 10, 1, MV, "pre-b", max_attempts=3) is Decision.SCAN  # other preprocessing
+        assert store.decide("/a", 10, 1, MV, PV, max_attempts=3) is ScanAction.SKIP
+        assert store.decide("/a", 11, 1, MV, PV, max_attempts=3) is ScanAction.SCAN  # size changed
+        assert store.decide("/a", 10, 2, MV, PV, max_attempts=3) is ScanAction.SCAN  # mtime changed
+        assert store.decide("/a", 10, 1, "model-b", PV, max_attempts=3) is ScanAction.SCAN  # other model
+        assert store.decide("/a", 10, 1, MV, "pre-b", max_attempts=3) is ScanAction.SCAN  # other preprocessing
 
 
 def test_failed_file_is_retried_until_max_attempts_then_reset_by_a_change(tmp_path: Path) -> None:
     with ResultStore(tmp_path / "r.sqlite") as store:
         for attempt in (1, 2, 3):
-            assert store.decide("/bad", 10, 1, MV, PV, max_attempts=3) is Decision.SCAN
+            assert store.decide("/bad", 10, 1, MV, PV, max_attempts=3) is ScanAction.SCAN
             store.write([err("/bad")])
             (row,) = list(store.iter_rows())
             assert row["attempts"] == attempt and row["status"] == "error" and row["error_code"] == "corrupt"
-        assert store.decide("/bad", 10, 1, MV, PV, max_attempts=3) is Decision.SKIP
+        assert store.decide("/bad", 10, 1, MV, PV, max_attempts=3) is ScanAction.SKIP
         # The file changes: scanned again, attempts restart.
-        assert store.decide("/bad", 12, 5, MV, PV, max_attempts=3) is Decision.SCAN
+        assert store.decide("/bad", 12, 5, MV, PV, max_attempts=3) is ScanAction.SCAN
         store.write([err("/bad", size=12, mtime=5)])
         assert next(store.iter_rows())["attempts"] == 1
         # ... and a success replaces the error row (still one row).
@@ -99,8 +101,12 @@ def test_bad_database_files_are_clear_errors(tmp_path: Path) -> None:
         ResultStore(tmp_path / "no" / "dir" / "r.sqlite")
     other = tmp_path / "other.sqlite"
     sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
-    with pytest.raises(StoreError, match="another application"):
+    with pytest.raises(StoreError, match="another application") as refused:
         ResultStore(other, readonly=True)
+    # the library names its parameter, never a command-line flag; the CLI shows --db in its place
+    assert "--" not in refused.value.message and refused.value.param == "path"
+    res = CliRunner().invoke(app, ["export", "--db", str(other), "-f", "csv", "-o", str(tmp_path / "o.csv")])
+    assert res.exit_code == 2 and f"--db {other} is an SQLite database of another application" in res.output
     empty = tmp_path / "empty.sqlite"
     sqlite3.connect(empty).execute("PRAGMA user_version = 0").connection.close()
     with pytest.raises(StoreError, match="no nsfwlab results"):
@@ -113,10 +119,10 @@ def test_non_utf8_file_names_are_stored_escaped_and_found_again(tmp_path: Path) 
     name = b"/photos/bad\xffname.jpg".decode("utf-8", "surrogateescape")
     with ResultStore(tmp_path / "r.sqlite") as store:
         store.start_run(model_version=MV, preprocess_version=PV, mode="exact", engine="local", roots=[name])
-        assert store.decide(name, 10, 1, MV, PV, max_attempts=3) is Decision.SCAN
+        assert store.decide(name, 10, 1, MV, PV, max_attempts=3) is ScanAction.SCAN
         store.write([ok(name, 0.1), FileRecord(name + "2", 10, 1, None, Status.ERROR, MV, PV, "exact",
                                                error_code="corrupt", error=f"{name}2: bad")])
-        assert store.decide(name, 10, 1, MV, PV, max_attempts=3) is Decision.SKIP
+        assert store.decide(name, 10, 1, MV, PV, max_attempts=3) is ScanAction.SKIP
         rows = list(store.iter_rows())
     assert [r["path"] for r in rows] == ["/photos/bad\\xffname.jpg", "/photos/bad\\xffname.jpg2"]
     assert rows[1]["error"] == "/photos/bad\\xffname.jpg2: bad"
@@ -137,3 +143,19 @@ def test_frames_follow_their_row_and_go_when_it_is_rewritten(tmp_path: Path) -> 
     conn = sqlite3.connect(tmp_path / "r.sqlite")
     assert conn.execute("SELECT COUNT(*) FROM frames").fetchone()[0] == 0
     assert conn.execute("SELECT COUNT(*) FROM segments").fetchone()[0] == 0
+
+
+def test_the_schema_is_declared_once_and_the_store_matches_it(tmp_path: Path) -> None:
+    """The table the store creates has exactly the declared columns, in order; an export has them too."""
+    from nsfwlab.scan.schema import COLUMNS, RESULT_COLUMNS, results_ddl, upsert_sql
+
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        store.write([FileRecord("/a", 1, 1, "h", Status.OK, MV, PV, "exact", score=0.1, label="safe", raw_score=0.1)])
+        (row,) = list(store.iter_rows())
+    conn = sqlite3.connect(tmp_path / "r.sqlite")
+    names = [r[1] for r in conn.execute("PRAGMA table_info(results)")]
+    conn.close()
+    assert names == ["id", *COLUMNS] and tuple(row) == COLUMNS
+    assert all(c.meaning for c in RESULT_COLUMNS)
+    assert results_ddl().count("\n    ") == len(COLUMNS) + 2  # id, the columns, the key
+    assert upsert_sql().count("?") == len(COLUMNS) - 1  # all but attempts, counted by the upsert

@@ -1,4 +1,4 @@
-"""In-process tests of the HTTP service: every status of the issue, the service staying up after
+"""In-process tests of the HTTP service: every status it answers with, the service staying up after
 each, metrics, auth, overload and readiness, and the review flow through to `review export`."""
 
 from __future__ import annotations

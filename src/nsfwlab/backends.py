@@ -21,7 +21,22 @@ from .config import BackendName, Device, Precision, option
 from .errors import BackendUnavailableError, ConfigError, ModelError
 from .weights import MODEL_VERSION
 
-__all__ = ["Backend", "OnnxRuntimeBackend", "TorchBackend", "create_backend", "cuda_available"]
+__all__ = [
+    "Backend",
+    "OnnxRuntimeBackend",
+    "TorchBackend",
+    "check_probabilities",
+    "create_backend",
+    "cuda_available",
+    "probe_backend",
+]
+
+#: Images in the batch a model from a file is tried on at load (two: a graph that returns one row
+#: whatever the batch shows itself).
+PROBE_BATCH = 2
+#: How far a row of class probabilities may stray from [0, 1] and from summing to 1: an int8 graph's
+#: quantised output is coarser than fp32's softmax (its rows sum to 1 within ~4e-3, measured).
+PROBABILITY_TOLERANCE = 0.02
 
 
 @runtime_checkable
@@ -49,6 +64,50 @@ def _check_batch(batch: np.ndarray) -> np.ndarray:
     if batch.ndim != 4 or batch.shape[3] != 3:
         raise ConfigError(f"expected an NHWC batch of shape (N, H, W, 3), got {batch.shape}")
     return np.ascontiguousarray(batch, dtype=np.float32)
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_probabilities(out: Any, n: int, source: object) -> np.ndarray:
+    """``out`` as ``(n, 2)`` float32 class probabilities, or a one-line :class:`ModelError` naming
+    ``source``: one row per input image, two columns, finite, within [0, 1], rows summing to 1
+    (all within :data:`PROBABILITY_TOLERANCE`). A model that breaks this would otherwise have its
+    output stored as scores (NaN, 1e30, a third column's value) or fail deep inside the caller."""
+    shape = getattr(out, "shape", None)
+    if shape is None or tuple(shape) != (n, 2):
+        raise ModelError(f"model {source} returned an output of shape {shape} for {n} image(s); a model must "
+                         "return one row of two class probabilities [sfw, nsfw] per image")
+    try:
+        arr = np.asarray(out, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ModelError(f"model {source} returned an output that is not numbers") from None
+    tol = PROBABILITY_TOLERANCE
+    if not np.isfinite(arr).all():
+        raise ModelError(f"model {source} returned a score that is not a finite number (NaN or infinity)")
+    if arr.min() < -tol or arr.max() > 1 + tol or np.abs(arr.sum(axis=1) - 1).max() > tol:
+        raise ModelError(f"model {source} returned values that are not class probabilities (each in [0, 1], "
+                         f"each row summing to 1): min {arr.min():.4g}, max {arr.max():.4g}")
+    return np.clip(arr, 0.0, 1.0).astype(np.float32)
+
+
+def probe_backend(backend: Backend, size: int, source: object) -> None:
+    """Run a fixed batch of :data:`PROBE_BATCH` images of ``size`` x ``size`` through ``backend`` and
+    check its output (:func:`check_probabilities`): a model file that cannot score is refused when it
+    is loaded, with one line, not on the first image."""
+    rng = np.random.default_rng(0)
+    batch = rng.uniform(-123.0, 151.0, (PROBE_BATCH, size, size, 3)).astype(np.float32)
+    try:
+        out = backend.predict(batch)
+    except ModelError:
+        raise
+    except Exception as exc:  # a torch module that cannot take this input, say
+        raise ModelError(f"model {source} fails on a test batch of {size}x{size} images: {one_line(exc)}") from None
+    check_probabilities(out, PROBE_BATCH, source)
 
 
 def _fits(dim: object, size: int) -> bool:
@@ -106,7 +165,7 @@ class OnnxRuntimeBackend:
         try:
             self._session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as exc:
-            raise ModelError(f"onnxruntime could not load {path}: {exc}") from None
+            raise ModelError(f"onnxruntime could not load {path}: {one_line(exc)}") from None
         self._input = _check_signature(self._session, path)
         self.device = device
         self.model_version = model_version or MODEL_VERSION
@@ -114,8 +173,11 @@ class OnnxRuntimeBackend:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         batch = _check_batch(batch)
-        (out,) = self._session.run(None, {self._input: batch})
-        return np.asarray(out, dtype=np.float32)
+        try:
+            outs = self._session.run(None, {self._input: batch})
+        except Exception as exc:  # onnxruntime's own failures: shapes, allocations, kernels
+            raise ModelError(f"onnxruntime failed to run {self.onnx_path}: {one_line(exc)}") from None
+        return check_probabilities(outs[0] if outs else None, len(batch), self.onnx_path)
 
 
 class TorchBackend:
@@ -162,7 +224,10 @@ class TorchBackend:
             x = torch.from_numpy(batch).permute(0, 3, 1, 2)
             x = x.to(self.device, dtype=self.dtype, non_blocking=True)
             logits = self.model(x).float()
-            return torch.softmax(logits, dim=1).cpu().numpy()
+            probs = torch.softmax(logits, dim=1).cpu().numpy()
+        if not np.isfinite(probs).all():  # weights holding NaN or infinities
+            raise ModelError(f"model {self.model_version} returned a score that is not a finite number")
+        return probs
 
     def predict_tensor(self, x: object) -> object:
         """NCHW tensor already on the device -> (N, 2) probabilities tensor (GPU pipelines)."""

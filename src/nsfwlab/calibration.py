@@ -18,7 +18,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ CALIBRATION_FORMAT = "nsfwlab-calibration/1"
 EPS = 1e-7
 
 
-class CalibrationMethod(str, Enum):
+class CalibrationMethod(StrEnum):
     ISOTONIC = "isotonic"
     PLATT = "platt"
 
@@ -106,7 +106,7 @@ class Calibration:
         if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
             raise ConfigError(f"not an nsfwlab calibration (expected \"format\": \"{CALIBRATION_FORMAT}\")")
         try:
-            method = CalibrationMethod(data.get("method"))
+            method = CalibrationMethod(str(data.get("method")))
         except ValueError:
             raise ConfigError(f"unknown calibration method {data.get('method')!r}: isotonic or platt") from None
         model, pre, params = data.get("model_version"), data.get("preprocess_version"), data.get("params")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import TypeVar
 
 from .errors import ConfigError
@@ -44,7 +44,7 @@ def option(cls: type[E], value: E | str, what: str) -> E:
         raise ConfigError(f"unknown {what} {value!r}; choose one of: {choices}") from None
 
 
-class Label(str, Enum):
+class Label(StrEnum):
     """The three score bands of the original authors: safe, human review, NSFW."""
 
     SAFE = "safe"
@@ -52,19 +52,19 @@ class Label(str, Enum):
     NSFW = "nsfw"
 
 
-class Device(str, Enum):
+class Device(StrEnum):
     AUTO = "auto"
     CPU = "cpu"
     CUDA = "cuda"
 
 
-class BackendName(str, Enum):
+class BackendName(StrEnum):
     AUTO = "auto"
     ONNXRUNTIME = "onnxruntime"
     TORCH = "torch"
 
 
-class Precision(str, Enum):
+class Precision(StrEnum):
     """Numeric precision of the torch backend. ``auto`` is fp16 on CUDA and fp32 on CPU."""
 
     AUTO = "auto"
@@ -141,7 +141,7 @@ class PreprocessConfig:
     The defaults are Yahoo's exact pipeline: Pillow bilinear resize to 256x256, a JPEG round trip
     at ``jpeg_quality`` (Pillow's default 75), centre crop 224, RGB->BGR, mean subtraction.
     ``draft`` lets libjpeg decode JPEGs at a reduced DCT scale before the resize (faster, with a
-    measured drift; see README) and is off in the exact pipeline: the smallest of libjpeg's 1/2,
+    measured drift; see docs/scan.md) and is off in the exact pipeline: the smallest of libjpeg's 1/2,
     1/4, 1/8 scales that keeps both sides >= :attr:`draft_size`, twice ``resize``, so that the
     bilinear resize still reduces by at least 2. Scaling right down to ``resize`` (as Pillow's
     ``draft`` does when asked for the output size) replaces most of the antialiasing filter with

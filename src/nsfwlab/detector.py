@@ -1,14 +1,19 @@
-"""The public core: :class:`Detector` scores one image or many, and labels scores by thresholds."""
+"""The public core: :class:`Detector` scores one image, many, or the frames of a video or animation;
+the answers come from :mod:`nsfwlab.verdict` (calibration, bands, aggregation, the hash bank)."""
 
 from __future__ import annotations
 
+import itertools
 import os
+import stat
 import threading
+import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,83 +21,28 @@ from .backends import Backend, create_backend
 from .calibration import Calibration, load_calibration
 from .config import BackendName, DecodeLimits, Device, Label, Precision, PreprocessConfig, Settings, Thresholds, option
 from .errors import ConfigError, ImageError, NsfwlabError
-from .frames import FrameOptions, aggregate_scores, iter_frames, media_kind, open_scores, segments
-from .imageio import ImageInput, describe_source, read_bytes
+from .frames import FrameOptions, iter_frames, sniff_video
+from .imageio import ImageInput, describe_source, load_image, read_bytes
 from .preprocess import preprocess, preprocess_rgb, stack_batch
 from .readahead import ordered_map
+from .verdict import (
+    BankCheck,
+    FramesResult,
+    Kind,
+    Policy,
+    ScoreResult,
+    check_bank,
+    decide_frames,
+    decide_still,
+    kind_of,
+    may_hold_frames,
+    stop_early,
+)
+
+if TYPE_CHECKING:
+    from .bank import Bank
 
 __all__ = ["Detector", "FramesResult", "ScoreResult", "nsfw_score"]
-
-
-@dataclass(frozen=True)
-class ScoreResult:
-    """The outcome for one input: a score and label, or the error that stopped it.
-
-    With a calibration, ``score`` is the calibrated probability (and the label follows it) and
-    ``raw_score`` the exact model score; without one, ``raw_score`` is None and ``score`` is the model's.
-    """
-
-    source: str
-    score: float | None = None
-    label: Label | None = None
-    error: NsfwlabError | None = None
-    raw_score: float | None = None
-
-    @property
-    def model_score(self) -> float | None:
-        """The exact model score, calibrated or not."""
-        return self.score if self.raw_score is None else self.raw_score
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def to_dict(self) -> dict[str, Any]:
-        if self.error is not None:
-            return {"path": self.source, "error": self.error.message, "code": self.error.code}
-        assert self.label is not None
-        out: dict[str, Any] = {"path": self.source, "score": self.score, "label": self.label.value}
-        if self.raw_score is not None:
-            out["raw_score"] = self.raw_score
-        return out
-
-
-@dataclass(frozen=True)
-class FramesResult:
-    """The outcome for an image, animation or video scored frame by frame
-    (:meth:`Detector.score_frames`): the aggregated score and its label, the sampled frames'
-    ``(time_s, score)``, and the ``(start_s, end_s, max_score)`` segments above the NSFW band;
-    or the error that stopped it."""
-
-    source: str
-    score: float | None = None
-    label: Label | None = None
-    kind: str = "image"
-    frame_scores: tuple[tuple[float, float], ...] = ()
-    segments: tuple[tuple[float, float, float], ...] = ()
-    stopped_early: bool = False
-    error: NsfwlabError | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    @property
-    def frames(self) -> int:
-        return len(self.frame_scores)
-
-    def to_dict(self, per_frame: bool = False) -> dict[str, Any]:
-        if self.error is not None:
-            return {"path": self.source, "error": self.error.message, "code": self.error.code}
-        assert self.label is not None
-        out: dict[str, Any] = {"path": self.source, "score": self.score, "label": self.label.value,
-                               "kind": self.kind, "frames": self.frames,
-                               "segments": [list(seg) for seg in self.segments]}
-        if self.stopped_early:
-            out["stopped_early"] = True
-        if per_frame:
-            out["frame_scores"] = [list(fs) for fs in self.frame_scores]
-        return out
 
 
 def _check_model_backend(model: str | os.PathLike, backend: BackendName | str | Backend,
@@ -119,8 +69,9 @@ class Detector:
     """Loads the model once; scores images one at a time or in batches.
 
     >>> det = Detector()                       # onnxruntime on CPU, torch fp16 on CUDA
-    >>> det.score("photo.jpg")                 # doctest: +SKIP
+    >>> det.nsfw_score("photo.jpg")            # doctest: +SKIP
     0.0123
+    >>> det.classify("photo.jpg").label        # doctest: +SKIP
     >>> [r.label for r in det.score_many(["a.jpg", "b.png"])]   # doctest: +SKIP
 
     ``backend`` is a name (``auto``, ``onnxruntime``, ``torch``) or a ready :class:`Backend`
@@ -130,7 +81,10 @@ class Detector:
     ``workers`` threads decode and preprocess while the model runs (Pillow releases the GIL).
     ``calibration`` (a ``calibration.json`` path or a :class:`~nsfwlab.calibration.Calibration`
     fitted for this model) makes every score the calibrated probability and keeps the model's
-    in ``ScoreResult.raw_score``; :meth:`predict_arrays` stays raw.
+    in ``ScoreResult.raw_score``; :meth:`predict_arrays` stays raw. ``bank`` (a
+    :class:`~nsfwlab.bank.Bank` or its path) is consulted for every still image: one within
+    ``match_distance`` PDQ bits of a banked hash takes the human decision as its label
+    (:mod:`nsfwlab.verdict`); a bank given as a path is closed by :meth:`close`.
     """
 
     def __init__(
@@ -147,11 +101,15 @@ class Detector:
         threads: int | None = None,
         model: str | os.PathLike | None = None,
         calibration: str | os.PathLike | Calibration | None = None,
+        bank: Bank | str | os.PathLike | None = None,
+        match_distance: int = 31,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         if workers is not None and workers < 1:
             raise ConfigError(f"workers must be at least 1, got {workers}")
+        if not 0 <= match_distance <= 256:
+            raise ConfigError(f"match_distance must be between 0 and 256, got {match_distance}")
         # A bad calibration file fails before the model is loaded.
         loaded_calibration = load_calibration(calibration) if calibration is not None else None
         settings = Settings.from_env()
@@ -179,6 +137,8 @@ class Detector:
         self.calibration = loaded_calibration
         if loaded_calibration is not None:
             loaded_calibration.check(self.model_version, self.preprocess_version)
+        self.match_distance = match_distance
+        self.bank, self._owns_bank = _open_bank(bank, self.limits)
         self._torch_models: dict[tuple[str, str], Any] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -207,19 +167,21 @@ class Detector:
         return out
 
     # -- building blocks --------------------------------------------------------------------
+    def policy(self, frames: FrameOptions | None = None) -> Policy:
+        """The :class:`~nsfwlab.verdict.Policy` of this Detector's answers (``frames``: how frame scores combine)."""
+        return Policy(self.thresholds, self.calibration, frames or FrameOptions(), self.match_distance)
+
     def label(self, score: float) -> Label:
-        return self.thresholds.label(score)
+        return self.policy().band(score)
 
     def calibrate(self, raw: float) -> float:
         """The score reported for a raw model score: calibrated when a calibration is set, else itself."""
-        return raw if self.calibration is None else self.calibration.apply(raw)
+        return self.policy().calibrate(raw)
 
-    def result(self, source: str, raw: float) -> ScoreResult:
-        """The :class:`ScoreResult` for a raw model score: calibrated, labelled, the raw score kept."""
-        if self.calibration is None:
-            return ScoreResult(source, raw, self.label(raw))
-        s = self.calibration.apply(raw)
-        return ScoreResult(source, s, self.label(s), raw_score=raw)
+    def result(self, source: str, raw: float, check: BankCheck | None = None) -> ScoreResult:
+        """The :class:`ScoreResult` for a still image's raw model score (and its bank check):
+        calibrated, labelled, the raw score kept (:func:`nsfwlab.verdict.decide_still`)."""
+        return ScoreResult.from_verdict(source, decide_still(raw, self.policy(), check), check)
 
     def torch_model(self, device: str | None = None, dtype: Any = None) -> Any:
         """A gradient-capable ``torch.nn.Module`` with this Detector's weights (stock, a ``.pt``
@@ -289,10 +251,17 @@ class Detector:
         return np.concatenate(parts).astype(np.float32)
 
     # -- one ----------------------------------------------------------------------------------
-    def score(self, source: ImageInput) -> float:
+    def nsfw_score(self, source: ImageInput) -> float:
         """The NSFW probability of one image (calibrated when a calibration is set). Raises an
         ``ImageError`` naming bad input."""
         return self.calibrate(self._raw_score(source))
+
+    def score(self, source: ImageInput) -> float:
+        """Deprecated: :meth:`nsfw_score` (the float) or :meth:`classify` (a :class:`ScoreResult`,
+        as :meth:`score_many` returns)."""
+        warnings.warn("Detector.score() is deprecated: use nsfw_score() for the float, or classify() for a "
+                      "ScoreResult like score_many()'s", DeprecationWarning, stacklevel=2)
+        return self.nsfw_score(source)
 
     def _raw_score(self, source: ImageInput) -> float:
         try:
@@ -302,8 +271,13 @@ class Detector:
         return float(self.backend.predict(arr[None])[0, 1])
 
     def classify(self, source: ImageInput) -> ScoreResult:
-        """Score and label one image (raises on bad input, like :meth:`score`)."""
-        return self.result(describe_source(source), self._raw_score(source))
+        """Score and label one image, matched against the bank when the Detector has one (raises
+        on bad input, like :meth:`nsfw_score`)."""
+        prepared = self._prepare(source)
+        if isinstance(prepared, NsfwlabError):
+            raise prepared.with_source(describe_source(source))
+        arr, check = prepared
+        return self.result(describe_source(source), float(self.backend.predict(arr[None])[0, 1]), check)
 
     # -- many ---------------------------------------------------------------------------------
     def _executor(self) -> ThreadPoolExecutor:
@@ -312,15 +286,33 @@ class Detector:
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="nsfwlab-pre")
             return self._pool
 
-    def _prepare(self, source: ImageInput | NsfwlabError) -> np.ndarray | NsfwlabError:
+    def _prepare(self, source: ImageInput | NsfwlabError) -> tuple[np.ndarray, BankCheck | None] | NsfwlabError:
+        """A still image's network input and, with a bank, its bank check (the image decoded
+        once for both); or the error."""
         if isinstance(source, NsfwlabError):
             return source
         try:
-            return self.preprocess(source)
+            if self.bank is None:
+                return self.preprocess(source), None
+            return self._prepare_matched(source)
         except NsfwlabError as exc:
             return exc
         except Exception as exc:
             return ImageError(f"unexpected {type(exc).__name__}: {exc}")
+
+    def _prepare_matched(self, source: ImageInput) -> tuple[np.ndarray, BankCheck | None]:
+        cfg = self.preprocess_config
+        if isinstance(source, (str, os.PathLike, bytes, bytearray)) or hasattr(source, "read"):
+            data = read_bytes(source, self.limits)  # type: ignore[arg-type]
+            kind = kind_of(data)
+            img = load_image(data, self.limits, draft_size=cfg.draft_size)
+            # A draft decode is reduced: then the bank hashes the bytes at full size.
+            hashed: Any = data if cfg.draft or kind is not Kind.IMAGE else img
+        else:
+            kind, img = Kind.IMAGE, load_image(source, self.limits, draft_size=cfg.draft_size)
+            hashed = img
+        arr = preprocess_rgb(img, cfg)
+        return arr, check_bank(self.bank, hashed, kind, self.match_distance)
 
     def iter_score(
         self,
@@ -343,20 +335,22 @@ class Detector:
             for source in sources:
                 yield (next(name_iter) if name_iter is not None else describe_source(source)), source
 
-        def prepare(item: tuple[str, ImageInput | NsfwlabError]) -> tuple[str, np.ndarray | NsfwlabError]:
+        Prep = tuple[np.ndarray, BankCheck | None] | NsfwlabError
+
+        def prepare(item: tuple[str, ImageInput | NsfwlabError]) -> tuple[str, Prep]:
             return item[0], self._prepare(item[1])
 
-        def emit(batch: list[tuple[str, np.ndarray | NsfwlabError]]) -> Iterator[ScoreResult]:
-            arrays = [v for _, v in batch if isinstance(v, np.ndarray)]
+        def emit(batch: list[tuple[str, Prep]]) -> Iterator[ScoreResult]:
+            arrays = [v[0] for _, v in batch if not isinstance(v, NsfwlabError)]
             raws = iter(self.backend.predict(stack_batch(arrays))[:, 1].tolist()) if arrays else iter(())
             for name, value in batch:
-                res = (self.result(name, float(next(raws))) if isinstance(value, np.ndarray)
-                       else ScoreResult(name, error=value.with_source(name)))
+                res = (ScoreResult(name, error=value.with_source(name)) if isinstance(value, NsfwlabError)
+                       else self.result(name, float(next(raws)), value[1]))
                 if progress is not None:
                     progress(res)
                 yield res
 
-        batch: list[tuple[str, np.ndarray | NsfwlabError]] = []
+        batch: list[tuple[str, Prep]] = []
         # One batch decodes ahead while the model scores the one collected: at most 2 x batch_size
         # inputs are read beyond those yielded.
         for item in ordered_map(prepare, named(), ahead=self.batch_size, pool=self._executor()):
@@ -376,29 +370,28 @@ class Detector:
     def score_frames(self, source: str | os.PathLike | bytes | IO[bytes],
                      options: FrameOptions | None = None) -> FramesResult:
         """Score the frames of a video, an animation or a still image (one frame) and combine them
-        (:mod:`nsfwlab.frames`: sampling, caps, aggregation, segments). Frame scores are
-        calibrated when the Detector has a calibration (it is monotonic, so aggregation and
-        segments keep their meaning). Never raises for bad input: the error is in the result,
-        as in :meth:`score_many`."""
+        (:mod:`nsfwlab.frames` samples and decodes them; :func:`nsfwlab.verdict.decide_frames`
+        calibrates, aggregates and cuts segments). Never raises for bad input: the error is in the
+        result, as in :meth:`score_many`."""
         opts = options or FrameOptions()
+        policy = self.policy(opts)
         name = describe_source(source)
         times: list[float] = []
         durations: list[float] = []
-        scores: list[float] = []
+        raws: list[float] = []
         pending: list[np.ndarray] = []
         stopped = False
 
         def flush() -> bool:
             """Score the pending frames; True when early stopping should end the file here."""
             if pending:
-                scores.extend(self.calibrate(raw) for raw in self.predict_arrays(stack_batch(pending)).tolist())
+                raws.extend(self.predict_arrays(stack_batch(pending)).tolist())
                 pending.clear()
-            return opts.early_stop and bool(
-                (open_scores(scores, opts.min_consecutive) > self.thresholds.nsfw_above).any())
+            return opts.early_stop and stop_early([policy.calibrate(r) for r in raws], policy)
 
         try:
             data = read_bytes(source, self.limits)  # type: ignore[arg-type]
-            kind = media_kind(data)
+            kind = kind_of(data)
             for frame in iter_frames(data, opts, self.limits):
                 pending.append(preprocess_rgb(frame.image(), self.preprocess_config))
                 times.append(frame.time)
@@ -408,29 +401,119 @@ class Detector:
                     break
             if not stopped:
                 flush()
+            check = check_bank(self.bank, data, kind, self.match_distance)
         except NsfwlabError as exc:
             return FramesResult(name, error=exc.with_source(name))
         except Exception as exc:
             return FramesResult(name, error=ImageError(f"unexpected {type(exc).__name__}: {exc}").with_source(name))
-        value = aggregate_scores(scores, opts)
-        return FramesResult(
-            name, value, self.label(value), kind,
-            frame_scores=tuple(zip(times, scores, strict=True)),
-            segments=tuple(segments(times, durations, scores, self.thresholds.nsfw_above, opts.min_consecutive)),
-            stopped_early=stopped,
-        )
+        verdict = decide_frames(kind, times, durations, raws, policy, check)
+        return FramesResult.from_verdict(name, verdict, stopped_early=stopped, check=check)
+
+    # -- a mixed stream -------------------------------------------------------------------------
+    def score_media(self, items: Iterable[tuple[str, object]],
+                    options: FrameOptions | None = None) -> Iterator[ScoreResult | FramesResult]:
+        """Score a stream of named inputs (a path, bytes, or the :class:`NsfwlabError` to report in
+        its place), in input order, each routed by its content (:func:`nsfwlab.verdict.kind_of`):
+        runs of still images batched (:meth:`iter_score`), videos and animations over their frames
+        (:meth:`score_frames`). An animated GIF/PNG/WebP is read once, and its bytes passed on."""
+        opts = options or FrameOptions()
+        routed = (self._route(name, src) for name, src in items)
+        held = next(routed, None)
+        while held is not None:
+            if held.frames:
+                framed = self.score_frames(held.source, opts)  # type: ignore[arg-type]
+                err = framed.error.with_source(held.name) if framed.error else None
+                yield replace(framed, source=held.name, error=err)
+                held = next(routed, None)
+                continue
+            run = _StillRun(itertools.chain([held], routed))
+            for still in self.iter_score(run.sources(), run.names()):
+                run.pulled.popleft()
+                yield still
+            held = run.held
+
+    def _route(self, name: str, src: object) -> _Routed:
+        if isinstance(src, NsfwlabError) or not isinstance(src, (bytes, Path)):
+            return _Routed(name, src)
+        head = src[:32] if isinstance(src, bytes) else _head(src)
+        if head is None or not may_hold_frames(head):
+            return _Routed(name, src)  # reading it on the image path says what is wrong
+        if sniff_video(head[:16]) is not None:
+            return _Routed(name, src, frames=True)
+        try:
+            data = src if isinstance(src, bytes) else read_bytes(src, self.limits)
+        except NsfwlabError as exc:
+            return _Routed(name, exc)
+        return _Routed(name, data, frames=kind_of(data) is Kind.ANIMATION)
 
     def close(self) -> None:
         with self._lock:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
+            if self._owns_bank and self.bank is not None:
+                self.bank.close()
+                self.bank = None
 
     def __enter__(self) -> Detector:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class _Routed:
+    """One input of :meth:`Detector.score_media`: ``frames`` goes through ``score_frames``."""
+
+    name: str
+    source: object  # a Path, the bytes already read, or the NsfwlabError to report
+    frames: bool = False
+
+
+def _head(path: Path) -> bytes | None:
+    """The first bytes of a regular file; None when it is not one or cannot be read (a pipe is never opened)."""
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            return None
+        with path.open("rb") as fh:
+            return fh.read(32)
+    except OSError:
+        return None
+
+
+class _StillRun:
+    """Consecutive still images of a routed stream, fed to ``iter_score`` (names in step); it ends
+    at the first video or animation, kept in ``held`` for ``score_frames``."""
+
+    def __init__(self, inputs: Iterator[_Routed]) -> None:
+        self.inputs = inputs
+        self.held: _Routed | None = None
+        self.pulled: deque[_Routed] = deque()  # read ahead by iter_score, results not yet out
+
+    def sources(self) -> Iterator[ImageInput | NsfwlabError]:
+        for item in self.inputs:
+            if item.frames:
+                self.held = item
+                return
+            self.pulled.append(item)
+            yield item.source  # type: ignore[misc]
+
+    def names(self) -> Iterator[str]:
+        while True:  # iter_score takes a name right after each source
+            yield self.pulled[-1].name
+
+
+def _open_bank(bank: Bank | str | os.PathLike | None, limits: DecodeLimits) -> tuple[Bank | None, bool]:
+    """The bank to match against, and whether the Detector opened it (and so closes it)."""
+    if bank is None or not isinstance(bank, (str, os.PathLike)):
+        return bank, False
+    from .bank import Bank
+
+    if not os.path.isfile(bank):
+        raise ConfigError(f"bank {os.fspath(bank)} does not exist (create one with `nsfwlab bank import`)",
+                          param="bank")
+    return Bank(bank, limits=limits), True
 
 
 _default: Detector | None = None
@@ -447,4 +530,4 @@ def nsfw_score(img: ImageInput) -> float:
         if _default is None:
             _default = Detector()
         det = _default
-    return det.score(img)
+    return det.nsfw_score(img)

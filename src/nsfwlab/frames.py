@@ -30,7 +30,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -73,12 +73,12 @@ _STILL_BRANDS = (b"heic", b"heix", b"mif1", b"avif", b"msf1")
 _MIN_FRAME_S, _SHORT_FRAME_S = 0.010, 0.100
 
 
-class FrameMode(str, Enum):
+class FrameMode(StrEnum):
     SAMPLE = "sample"
     FIRST = "first"
 
 
-class Aggregate(str, Enum):
+class Aggregate(StrEnum):
     """How frame scores become the file's score. ``pNN`` (e.g. ``p90``) is also accepted."""
 
     MAX = "max"

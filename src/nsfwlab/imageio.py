@@ -28,7 +28,6 @@ import struct
 import warnings
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import IO, Union
 
@@ -44,6 +43,7 @@ from .errors import (
     TruncatedImageError,
     UnsupportedFormatError,
 )
+from .filetree import EntryKind, PathFilter, TreeEntry, walk_tree
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -407,87 +407,6 @@ IMAGE_SUFFIXES = frozenset({
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".webm", ".mkv"})
 
 
-class EntryKind(str, Enum):
-    """What :func:`walk_tree` found at a path."""
-
-    FILE = "file"  # a regular file, or a link to one (or an entry whose type could not be read)
-    SPECIAL = "special"  # a pipe, socket or device: reading it could block forever or never end
-    BROKEN_LINK = "broken_link"  # a symbolic link whose target does not exist
-    UNREADABLE = "unreadable"  # a directory that could not be listed
-
-
-@dataclass(frozen=True)
-class TreeEntry:
-    """One entry of a directory tree; ``error`` says why an ``UNREADABLE`` directory was not listed."""
-
-    path: Path
-    kind: EntryKind
-    error: str | None = None
-
-
-def _os_reason(exc: OSError) -> str:
-    if isinstance(exc, PermissionError):
-        return "permission denied"
-    return str(exc.strerror or exc).lower()
-
-
-def _sorted_listing(folder: Path) -> list[os.DirEntry[str]] | str:
-    """The entries of ``folder`` sorted by name, or why it cannot be listed."""
-    try:
-        with os.scandir(folder) as it:
-            return sorted(it, key=lambda e: e.name)
-    except OSError as exc:
-        return _os_reason(exc)
-
-
-def _entry_kind(entry: os.DirEntry[str]) -> EntryKind | None:
-    """The kind of a non-directory entry; None for a link to a directory (never followed)."""
-    try:
-        if entry.is_file():  # follows links
-            return EntryKind.FILE
-        if not entry.is_symlink():
-            return EntryKind.SPECIAL
-    except OSError:  # the type cannot be read (no search permission): reading it reports why
-        return EntryKind.FILE
-    if os.path.isdir(entry.path):
-        return None
-    return EntryKind.BROKEN_LINK if not os.path.exists(entry.path) else EntryKind.SPECIAL
-
-
-def walk_tree(directory: str | os.PathLike) -> Iterator[TreeEntry]:
-    """Every entry under ``directory`` that is not a directory, recursively, in sorted path order
-    (one listing in memory per level; directory links are not followed, so no cycles). A
-    directory that cannot be listed (no read or search permission, gone, too many links) is
-    yielded as ``UNREADABLE`` with the reason, in its place, and the walk goes on: nothing is
-    lost silently and nothing raises."""
-    root = Path(directory)
-    first = _sorted_listing(root)
-    if isinstance(first, str):
-        yield TreeEntry(root, EntryKind.UNREADABLE, f"cannot list directory: {first}")
-        return
-    stack: list[Iterator[os.DirEntry[str]]] = [iter(first)]
-    while stack:
-        entry = next(stack[-1], None)
-        if entry is None:
-            stack.pop()
-            continue
-        path = Path(entry.path)
-        try:
-            is_dir = entry.is_dir(follow_symlinks=False)
-        except OSError:
-            is_dir = False
-        if is_dir:
-            listing = _sorted_listing(path)
-            if isinstance(listing, str):
-                yield TreeEntry(path, EntryKind.UNREADABLE, f"cannot list directory: {listing}")
-            else:
-                stack.append(iter(listing))
-            continue
-        kind = _entry_kind(entry)
-        if kind is not None:
-            yield TreeEntry(path, kind)
-
-
 def looks_like_image(path: str | os.PathLike, *, sniff: Callable[[bytes], str | None] = sniff_format,
                      suffixes: Collection[str] = IMAGE_SUFFIXES) -> bool:
     """Whether a regular file found in a directory is taken as an image: an allowed format by its
@@ -505,17 +424,18 @@ def looks_like_image(path: str | os.PathLike, *, sniff: Callable[[bytes], str | 
 
 
 def iter_image_files(directory: str | os.PathLike, *, sniff: Callable[[bytes], str | None] = sniff_format,
-                     suffixes: Collection[str] = IMAGE_SUFFIXES) -> Iterator[Path | ImageError]:
-    """The image files under ``directory`` (recursive, sorted; see :func:`walk_tree` and
-    :func:`looks_like_image`), and, in their place, an :class:`ImageError` (its ``source`` the
-    path) for each directory that cannot be listed. Regular files are sniffed; pipes, devices and
-    broken links are never opened, and are yielded only when their name says image (so that
-    reading them reports what they are), else skipped like any file that is not an image."""
-    for entry in walk_tree(directory):
+                     suffixes: Collection[str] = IMAGE_SUFFIXES,
+                     path_filter: PathFilter | None = None) -> Iterator[Path | ImageError]:
+    """The image files under ``directory`` (recursive, sorted, selected by ``path_filter``; see
+    :func:`nsfwlab.filetree.walk_tree` and :func:`looks_like_image`), and, in their place, an
+    :class:`ImageError` (its ``source`` the path) for each directory that cannot be listed. Regular
+    files are sniffed; pipes, devices and broken links are never opened here: they are yielded
+    whatever their name, so that reading them reports what they are (nothing is skipped silently)."""
+    for entry in walk_tree(directory, path_filter):
         if entry.kind is EntryKind.UNREADABLE:
             yield ImageError(entry.error or "cannot list directory", source=str(entry.path))
         elif entry.kind is EntryKind.FILE:
             if looks_like_image(entry.path, sniff=sniff, suffixes=suffixes):
                 yield entry.path
-        elif entry.path.suffix.lower() in suffixes:
+        else:
             yield entry.path

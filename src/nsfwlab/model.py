@@ -149,7 +149,7 @@ VGG16_BLOCKS: tuple[tuple[int, int], ...] = ((2, 64), (2, 128), (3, 256), (3, 51
 
 
 class VGG16(StagedNetwork):
-    """The from-scratch baseline of seed 001: VGG-16 (13 3x3 convolutions in five blocks, each
+    """A from-scratch baseline: VGG-16 (13 3x3 convolutions in five blocks, each
     followed by 2x2 max-pooling; no batch-norm), then Flatten -> Dense 128 -> Dropout 0.5 ->
     Dense 64 -> Dropout 0.5 -> Dense 2. It takes open_nsfw's input and returns logits; the input is
     scaled by 1/128 inside the model so that training from random He-initialised weights starts

@@ -2,7 +2,7 @@
 
 A :class:`Target` maps the model's logits ``(N, 2)`` (``[sfw, nsfw]``), and the named layer
 activations it asks for in :attr:`Target.layers`, to one value per image ``(N,)`` that a method
-explains or an optimiser pushes up. :func:`evaluate` runs a model and a target together (through
+explains or an optimiser pushes up. :func:`forward_target` runs a model and a target together (through
 ``forward_intermediates`` when the target reads layers). Black-box methods (occlusion, sliding
 windows, censoring), which only see the Detector's NSFW probability, call
 :meth:`Target.from_probabilities`, which exists for the targets that can be recovered from a
@@ -16,8 +16,9 @@ Targets compose: ``-target`` minimises, ``target * 2.0`` scales, ``a + b`` adds,
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -40,6 +41,7 @@ __all__ = [
     "Target",
     "TargetName",
     "evaluate",
+    "forward_target",
     "make_target",
     "parse_objective",
 ]
@@ -49,7 +51,7 @@ Activations = Mapping[str, "torch.Tensor"]
 NSFW, SFW = 1, 0
 
 
-class TargetName(str, Enum):
+class TargetName(StrEnum):
     """The named targets offered by the CLI and HTTP schema."""
 
     NSFW_PROBABILITY = "nsfw-probability"
@@ -161,7 +163,7 @@ class _LayerTarget(Target):
     def _activation(self, activations: Activations | None) -> torch.Tensor:
         if activations is None or self.layer not in activations:
             raise ConfigError(f"target {self.name!r} needs the activation of layer {self.layer!r}; "
-                              "evaluate it with nsfwlab.objectives.evaluate(model, x, target)")
+                              "run it with nsfwlab.objectives.forward_target(model, x, target)")
         act = activations[self.layer]
         if act.dim() < 2 or self.channel >= act.shape[1]:
             raise ConfigError(f"layer {self.layer!r} has {act.shape[1] if act.dim() >= 2 else 0} channels; "
@@ -291,7 +293,7 @@ def parse_objective(expr: str) -> Target:
     """A :class:`Target` from text: terms ``[WEIGHT*]NAME`` (or ``NAME*WEIGHT``) joined by ``+``
     and ``-``, where NAME is ``nsfw`` / ``sfw`` (the logits), ``nsfw-logit``, ``sfw-logit``,
     ``nsfw-probability``, ``logit-margin``, ``channel:LAYER:K`` or ``neuron:LAYER:K``.
-    ``-nsfw`` minimises the NSFW logit; ``nsfw+sfw`` raises both (seed 003's "pareidolia")."""
+    ``-nsfw`` minimises the NSFW logit; ``nsfw+sfw`` raises both ("pareidolia")."""
     text = expr.strip()
     result: Target | None = None
     pos = 0
@@ -313,7 +315,7 @@ def parse_objective(expr: str) -> Target:
     return result
 
 
-def evaluate(model: Any, x: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_target(model: Any, x: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``model`` on the network input ``x`` and return ``(logits, target values (N,))``.
 
     A target that reads layers needs a model with ``forward_intermediates(x, names)`` (as
@@ -327,3 +329,10 @@ def evaluate(model: Any, x: torch.Tensor, target: Target) -> tuple[torch.Tensor,
         return logits, target(logits, activations)
     logits = model(x)
     return logits, target(logits)
+
+
+def evaluate(model: Any, x: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deprecated name of :func:`forward_target` (``evaluate`` is the name of the ``nsfwlab.evaluate``
+    package)."""
+    warnings.warn("nsfwlab.objectives.evaluate is deprecated; use forward_target", DeprecationWarning, stacklevel=2)
+    return forward_target(model, x, target)

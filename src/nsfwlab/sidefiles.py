@@ -10,15 +10,17 @@ default; a model's sidecar passes :class:`ModelError`).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import stat
-from typing import Any
+from typing import IO, Any
 
 from .errors import ConfigError, NsfwlabError
 
-__all__ = ["SIDE_FILE_MAX_BYTES", "finite_number", "parse_json", "read_json_file", "read_side_file", "read_text_file"]
+__all__ = ["SIDE_FILE_MAX_BYTES", "finite_number", "open_side_file", "parse_json", "read_json_file", "read_side_file",
+           "read_text_file"]
 
 #: Default cap on a side file's size: calibrations, key lists and sidecars are a few KB.
 SIDE_FILE_MAX_BYTES = 1 << 20
@@ -53,6 +55,50 @@ def read_side_file(path: str | os.PathLike, what: str, *, max_bytes: int = SIDE_
         raise error(f"cannot read {what} {name}: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
+
+
+class _Capped(io.RawIOBase):
+    """A raw reader of an open file descriptor that fails once more than ``max_bytes`` were read
+    (a regular file may grow after it was checked)."""
+
+    def __init__(self, fd: int, name: str, what: str, max_bytes: int, error: type[NsfwlabError]) -> None:
+        self._file = io.FileIO(fd, "rb", closefd=True)
+        self._name, self._what, self._max, self._error, self._read = name, what, max_bytes, error, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._file.readinto(buffer) or 0
+        self._read += n
+        if self._read > self._max:
+            raise self._error(f"{self._what} {self._name} is over the limit of {self._max:,} bytes")
+        return n
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def open_side_file(path: str | os.PathLike, what: str, *, max_bytes: int,
+                   error: type[NsfwlabError] = ConfigError) -> IO[bytes]:
+    """A binary stream of the regular file ``path`` (checked as :func:`read_side_file` checks it), for a
+    side file too large to hold in memory at once (a hash list); reading past ``max_bytes`` is an ``error``."""
+    name = os.fspath(path)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise error(f"cannot read {what} {name}: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise error(f"{what} {name} is not a regular file")
+        if info.st_size > max_bytes:
+            raise error(f"{what} {name} is {info.st_size:,} bytes; the limit is {max_bytes:,}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return io.BufferedReader(_Capped(fd, name, what, max_bytes, error))
 
 
 def read_text_file(path: str | os.PathLike, what: str, hint: str = "", *, max_bytes: int = SIDE_FILE_MAX_BYTES,

@@ -17,7 +17,17 @@ from __future__ import annotations
 from .csvio import CSV_COLUMNS, RowError, export_rows, parse_rows
 from .index import HashIndex, IndexKind, LinearIndex, MultiIndex, create_index
 from .pdq import QUALITY_FLOOR, PdqHash, hamming, parse_hash, pdq_hash
-from .store import DEFAULT_MAX_DISTANCE, Bank, BankEntry, BankStats, Decision, Lookup, Match, check_source
+from .store import (
+    DEFAULT_MAX_DISTANCE,
+    Bank,
+    BankEntry,
+    BankStats,
+    BankWriteError,
+    Decision,
+    Lookup,
+    Match,
+    check_source,
+)
 
 __all__ = [
     "CSV_COLUMNS",
@@ -26,6 +36,7 @@ __all__ = [
     "Bank",
     "BankEntry",
     "BankStats",
+    "BankWriteError",
     "Decision",
     "HashIndex",
     "IndexKind",

@@ -17,7 +17,7 @@ position (``tests/test_bank_index.py`` checks them against a plain Python loop).
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 
@@ -30,7 +30,7 @@ MIH_MAX_DISTANCE = _CHUNKS * 2 - 1
 _FLIPS = np.concatenate([[0], 1 << np.arange(_CHUNK_BITS)]).astype(np.uint32)
 
 
-class IndexKind(str, Enum):
+class IndexKind(StrEnum):
     LINEAR = "linear"
     MULTI = "multi"
 

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,11 @@ import numpy as np
 from ..config import DecodeLimits
 from ..errors import ConfigError
 from ..imageio import ImageInput
+from ..sqlitefiles import DatabaseKind, application_id, open_database
 from .index import HashIndex, IndexKind, create_index
 from .pdq import HASH_HEX_LEN, QUALITY_FLOOR, PdqHash, hash_words, parse_hash, pdq_hash
 
-__all__ = ["DEFAULT_MAX_DISTANCE", "Bank", "BankEntry", "BankStats", "Decision", "Lookup", "Match",
+__all__ = ["DEFAULT_MAX_DISTANCE", "Bank", "BankEntry", "BankStats", "BankWriteError", "Decision", "Lookup", "Match",
            "check_source"]
 
 #: Meta's suggested PDQ match threshold (out of 256 bits).
@@ -46,6 +47,9 @@ CREATE TABLE IF NOT EXISTS hashes (
     added_at REAL NOT NULL
 );
 """
+#: How :func:`open_database` tells a bank (also one written before it set ``application_id``).
+_KIND = DatabaseKind("hash bank", application_id("NsfB"), frozenset({"meta", "hashes"}),
+                     {"hashes": frozenset({"pdq", "decision", "source"})})
 _UPSERT = """
 INSERT INTO hashes (pdq, decision, source, reviewer, quality, added_at) VALUES (?, ?, ?, ?, ?, ?)
 ON CONFLICT (pdq) DO UPDATE SET decision = excluded.decision, source = excluded.source,
@@ -53,9 +57,15 @@ ON CONFLICT (pdq) DO UPDATE SET decision = excluded.decision, source = excluded.
 """
 
 
-class Decision(str, Enum):
+class Decision(StrEnum):
     NSFW = "nsfw"
     SAFE = "safe"
+
+
+class BankWriteError(ConfigError):
+    """Decisions could not be written (a full disk, an I/O error): what was committed before is kept."""
+
+    code = "bank_write"
 
 
 def _decision(value: Decision | str) -> Decision:
@@ -150,16 +160,18 @@ class Bank:
 
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
-        if path.is_dir():
-            raise ConfigError(f"bank {path} is a directory; give a file such as bank.sqlite3")
         try:
-            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
+            db = open_database(path, _KIND, check_same_thread=False)  # refuses another application's file
+        except ConfigError as exc:
+            raise ConfigError(f"cannot open bank {path}: {exc.message}") from None
+        try:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (_SCHEMA_VERSION,))
             row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         except sqlite3.DatabaseError as exc:
-            raise ConfigError(f"cannot open bank {path}: {exc} (is it an nsfwlab bank?)") from None
+            db.close()
+            raise ConfigError(f"cannot open bank {path}: {exc}") from None
         if row is None or row[0] != _SCHEMA_VERSION:
             db.close()
             raise ConfigError(f"bank {path} has schema {row[0] if row else None!r}; this nsfwlab reads "
@@ -211,13 +223,17 @@ class Bank:
         rows = [(e.pdq, e.decision.value, e.source, e.reviewer, e.quality, e.added_at) for e in entries]
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany(_UPSERT, rows)
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    self._db.executemany(_UPSERT, rows)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:  # a full disk, an I/O error, a lock held too long
+                raise BankWriteError(f"cannot write to bank {self.path}: {exc}; everything committed before is "
+                                     "kept") from None
             self._catch_up()
         return len(rows)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from rich.text import Text
 
 from ..errors import ConfigError, ImageError, ModelError, NsfwlabError
 from ..frames import FrameMode
+from ..outputs import check_output_path, printable
 
 __all__ = [
     "AGGREGATE_OPTION",
@@ -77,8 +79,9 @@ def exit_code_for(exc: NsfwlabError) -> ExitCode:
 
 
 def tagged(tag: str, style: str, text: str) -> Text:
-    """``tag`` in ``style`` followed by ``text`` verbatim (never read as markup)."""
-    return Text.assemble((tag, style), text)
+    """``tag`` in ``style`` followed by ``text`` (never read as markup; control characters shown as
+    escapes, :func:`~nsfwlab.outputs.printable`, as it often holds file names)."""
+    return Text.assemble((tag, style), printable(text))
 
 
 def flag_for(param: str) -> str:
@@ -116,9 +119,12 @@ def output_dir(path: Path) -> Path:
 
 
 def output_file(path: Path) -> Path:
-    """:func:`output_dir` for the folder of an output file; refuses a path that is a folder."""
+    """:func:`output_dir` for the folder of an output file; refuses a path that is a folder, a device,
+    a FIFO or a socket (:func:`~nsfwlab.outputs.check_output_path`)."""
     if path.is_dir():
         raise ConfigError(f"cannot write {path}: it is a directory; give a file name")
+    if os.path.lexists(path):  # before output_dir: a device's folder (/dev) must not get a write test
+        check_output_path(path)
     output_dir(path.parent)
     return path
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import TYPE_CHECKING
 import typer
 
 from ..errors import ConfigError, NsfwlabError
+from ..outputs import atomic_output, csv_writer, printable
+from ..sidefiles import open_side_file
 from ._common import ExitCode, fail, output_file, stderr, stdout, tagged
 
 if TYPE_CHECKING:
@@ -23,6 +26,8 @@ bank_app = typer.Typer(help="A bank of human decisions keyed by PDQ perceptual h
 
 #: Rows checked and written per transaction while importing (bounded memory for any list size).
 _IMPORT_CHUNK = 10_000
+#: Largest hash list imported (about 2.5 million rows of hash, decision and source).
+HASH_LIST_MAX_BYTES = 256 << 20
 
 
 def _open(path: Path, *, must_exist: bool) -> Bank:
@@ -46,15 +51,19 @@ def import_command(
     Bad rows are reported with their row numbers and skipped; the others are imported. Exit status:
     0 all imported, 1 some rows bad, 2 usage error.
     """
-    from ..bank import BankEntry, RowError, parse_rows
+    from ..bank import BankEntry, BankWriteError, RowError, parse_rows
 
     default_source = f"list:{name or file.stem}"
     try:
-        store = _open(bank, must_exist=False)
-        handle = file.open(newline="", encoding="utf-8-sig")
-    except OSError as exc:
-        raise fail(ConfigError(f"cannot read {file}: {exc.strerror or exc}")) from None
+        # A regular file only (a FIFO would hang, /dev/zero never end), read as a stream under a cap.
+        handle = io.TextIOWrapper(open_side_file(file, "hash list", max_bytes=HASH_LIST_MAX_BYTES),
+                                  encoding="utf-8-sig", newline="")
     except NsfwlabError as exc:
+        raise fail(exc) from None
+    try:
+        store = _open(bank, must_exist=False)
+    except NsfwlabError as exc:
+        handle.close()
         raise fail(exc) from None
     imported = bad = 0
     chunk: list[BankEntry] = []
@@ -72,6 +81,15 @@ def import_command(
             imported += store.add_many(chunk)
     except (UnicodeDecodeError, csv.Error) as exc:
         raise fail(ConfigError(f"{file}: not a UTF-8 CSV file ({exc}); {imported} rows imported before it")) from None
+    except OSError as exc:
+        raise fail(ConfigError(f"cannot read {file}: {exc.strerror or exc}; {imported} rows imported before it")
+                   ) from None
+    except BankWriteError as exc:
+        # Not a usage error (as for scan): the import ran, and the rows committed before are kept.
+        fail(BankWriteError(f"{exc.message}; {imported} rows imported before it"))
+        raise typer.Exit(int(ExitCode.INPUT_FAILED)) from None
+    except NsfwlabError as exc:  # a list over the size cap: what was imported before it is kept
+        raise fail(ConfigError(f"{exc.message}; {imported} rows imported before it")) from None
     stdout.print(f"imported {imported} hash(es) into {bank}" + (f"; {bad} bad row(s) skipped" if bad else ""),
                  highlight=False)
     if bad:
@@ -95,13 +113,14 @@ def export_command(
     with store:
         rows = export_rows(store.entries())
         if str(out) == "-":
-            csv.writer(sys.stdout, lineterminator="\n").writerows(rows)
+            csv_writer(sys.stdout).writerows(rows)
             return
-        tmp = out.with_name(out.name + ".partial")
-        with tmp.open("w", newline="", encoding="utf-8") as fh:
-            csv.writer(fh, lineterminator="\n").writerows(rows)
-        tmp.replace(out)
-    stdout.print(f"exported {bank} to {out}", highlight=False)
+        try:
+            with atomic_output(out, what="bank export") as fh:
+                csv_writer(fh).writerows(rows)
+        except NsfwlabError as exc:
+            raise fail(exc) from None
+    stdout.print(f"exported {printable(bank)} to {printable(out)}", highlight=False)
 
 
 @bank_app.command("stats")
@@ -121,5 +140,5 @@ def stats_command(
         return
     stdout.print(f"{stats.total} hash(es): " + ", ".join(f"{k} {v}" for k, v in stats.decisions.items()),
                  highlight=False)
-    for source, count in stats.sources.items():
-        stdout.print(f"  {source}: {count}", highlight=False)
+    for source, count in stats.sources.items():  # imported text: control characters shown as escapes
+        stdout.print(f"  {printable(source)}: {count}", highlight=False)

@@ -6,7 +6,6 @@ are imported inside the commands.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 from collections.abc import Callable
@@ -19,18 +18,23 @@ import typer
 from ..calibration import CalibrationMethod
 from ..config import BackendName, DecodeLimits, Device, Thresholds
 from ..errors import ConfigError, NsfwlabError
+from ..outputs import atomic_output, csv_writer
 from ._common import ExitCode, fail, output_dir, output_file, progress_bar, stderr, stdout, tagged
 
 __all__ = ["evaluate_command", "export_onnx_command", "finetune_command"]
 
 
 def _targets(fpr: list[float] | None, recall: list[float] | None, precision: list[float] | None) -> list:
-    from ..evaluate.metrics import DEFAULT_TARGETS, Target, TargetKind
+    from ..evaluate.metrics import DEFAULT_TARGETS, TargetKind, TargetRate
 
-    targets = [Target(TargetKind.FPR, v) for v in fpr or []]
-    targets += [Target(TargetKind.RECALL, v) for v in recall or []]
-    targets += [Target(TargetKind.PRECISION, v) for v in precision or []]
+    targets = [TargetRate(TargetKind.FPR, v) for v in fpr or []]
+    targets += [TargetRate(TargetKind.RECALL, v) for v in recall or []]
+    targets += [TargetRate(TargetKind.PRECISION, v) for v in precision or []]
     return targets or list(DEFAULT_TARGETS)
+
+
+#: Library parameters whose flag is not simply their name with dashes.
+_FLAGS = {"n_boot": "--bootstrap", "level": "--ci", "max_gallery": "--gallery", "folds": "--calibration-folds"}
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -41,7 +45,7 @@ def _write_text(path: Path, text: str) -> None:
 
 def _scores_csv(evaluation: object) -> str:
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csv_writer(buf)  # file names: control characters escaped, formula prefixes defused
     w.writerow(["path", "label", "score"])
     for it in evaluation.scored:  # type: ignore[attr-defined]
         w.writerow([it.path, "nsfw" if it.label else "safe", f"{it.score:.6f}"])
@@ -81,10 +85,15 @@ def evaluate_command(
     """
     from ..detector import Detector
     from ..evaluate import evaluate, load_labelled
+    from ..evaluate.calibrate import check_folds
+    from ..evaluate.metrics import check_bootstrap
     from ..evaluate.plots import histogram_png, pr_png, roc_png
-    from ..evaluate.report import render_report, thumbnail
+    from ..evaluate.report import check_gallery, render_report, thumbnail
 
     try:
+        check_bootstrap(bootstrap, ci)
+        check_folds(calibration_folds)
+        check_gallery(gallery)
         limits = DecodeLimits.from_env(max_bytes, max_pixels)
         targets = _targets(target_fpr, target_recall, target_precision)
         dataset = load_labelled(data)
@@ -92,7 +101,7 @@ def evaluate_command(
         detector = Detector(backend, device, thresholds=Thresholds(safe_below, nsfw_above), batch_size=batch_size,
                             workers=workers, model=model, limits=limits)
     except NsfwlabError as exc:
-        raise fail(exc) from None
+        raise fail(exc, _FLAGS) from None
     counts = dataset.counts()
     if calibrate is not None and min(counts.values()) < 2:
         raise fail(ConfigError("--calibrate needs at least 2 images of each class (safe and nsfw)"))
@@ -104,7 +113,7 @@ def evaluate_command(
                               drop_duplicates=drop_duplicates,
                               progress=lambda r: advance(1, errors=0 if r.ok else 1))
     except NsfwlabError as exc:
-        raise fail(exc) from None
+        raise fail(exc, _FLAGS) from None
 
     m = result.metrics
     plots = {
@@ -136,10 +145,12 @@ def evaluate_command(
     for r in m.recommendations:
         a = r.achieved.to_dict()
         rates = ", ".join(f"{k} {'n/a' if a[k] is None else format(a[k], '.3f')}" for k in ("recall", "fpr", "precision"))
-        stdout.print(f"  {r.target.name}: {r.sets} = {r.threshold:.6g}  ({rates}){'' if r.met else '  NOT MET'}",
-                     highlight=False)
+        status = "  NOT MET" if not r.met else "" if r.demonstrated else "  met here, NOT DEMONSTRATED (too few images)"
+        stdout.print(f"  {r.target.name}: {r.sets} = {r.threshold:.6g}  ({rates}){status}", highlight=False)
     stdout.print(f"recommended bands: safe_below={m.recommended.safe_below:.6g} nsfw_above={m.recommended.nsfw_above:.6g}",
                  highlight=False)
+    for warning in m.warnings:
+        stderr.print(tagged("warning:", "yellow", f" {warning}"), highlight=False)
     h = result.hygiene
     if h.duplicates:
         stderr.print(f"{sum(len(g.paths) - 1 for g in h.duplicates)} duplicate file(s) in {len(h.duplicates)} "
@@ -169,7 +180,7 @@ def _fit_calibration(evaluation: object, method: CalibrationMethod, folds: int,
         fit = fit_calibration(labels, scores, method, model_version=model["model_version"],
                               preprocess_version=model["preprocess_version"], folds=folds, seed=seed)
     except NsfwlabError as exc:
-        raise fail(exc) from None
+        raise fail(exc, _FLAGS) from None
     plots = {
         "reliability_before": reliability_png(labels, scores, brier=fit.brier_before, title="Reliability: model scores"),
         "reliability_after": reliability_png(
@@ -182,7 +193,7 @@ def _fit_calibration(evaluation: object, method: CalibrationMethod, folds: int,
 def finetune_command(
     data: Path = typer.Argument(..., help="A folder with safe/ and nsfw/ subfolders, or a CSV of path,label."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the best model (an nsfwlab .pt checkpoint); OUT.history.png gets the per-epoch curves."),
-    arch: str = typer.Option("open_nsfw", help="open_nsfw (transfer learning) or vgg16 (from scratch, the seed's baseline)."),
+    arch: str = typer.Option("open_nsfw", help="open_nsfw (transfer learning), vgg16 (from scratch, a baseline), or any registered architecture (from scratch)."),
     unfreeze: int = typer.Option(1, min=0, max=5, help="open_nsfw stages to train, from the top: 0 head only, 1-4 stages, 5 everything."),
     epochs: int = typer.Option(10, min=1, help="Most epochs."),
     patience: int = typer.Option(3, min=1, help="Stop after this many epochs without a better validation AUC."),
@@ -208,14 +219,12 @@ def finetune_command(
     loads wherever --model is accepted (score, scan, serve, evaluate).
     """
     from ..datasets import load_labelled
-    from ..train import Arch, AugmentConfig, EpochStats, FinetuneConfig, finetune
+    from ..train import AugmentConfig, EpochStats, FinetuneConfig, finetune
     from ..train.augment import NO_AUGMENT
 
     state_path = state or out.with_name(out.stem + ".state.pt")
     try:
-        if arch not in {a.value for a in Arch}:
-            raise ConfigError(f"unknown --arch {arch!r}: use open_nsfw or vgg16")
-        config = FinetuneConfig(arch=Arch(arch),
+        config = FinetuneConfig(arch=arch,
                                 unfreeze=unfreeze, epochs=epochs, patience=patience, batch_size=batch_size, lr=lr,
                                 weight_decay=weight_decay, val_fraction=val_fraction, seed=seed, balance=balance,
                                 augment=AugmentConfig() if augment else NO_AUGMENT)
@@ -236,8 +245,8 @@ def finetune_command(
                      f"val acc {s.val_accuracy:.3f}  {s.seconds:6.1f}s{mark}", highlight=False)
 
     counts = dataset.counts()
-    stderr.print(f"{len(dataset)} images ({counts['safe']} safe, {counts['nsfw']} nsfw); arch {config.arch.value}"
-                 + (f", unfreeze {unfreeze}" if config.arch is Arch.OPEN_NSFW else ", from scratch"), highlight=False)
+    stderr.print(f"{len(dataset)} images ({counts['safe']} safe, {counts['nsfw']} nsfw); arch {config.arch}"
+                 + (", from scratch" if config.from_scratch else f", unfreeze {unfreeze}"), highlight=False)
     try:
         with _Phases(progress) as bars:
             bars.start("preprocessing", len(dataset))
@@ -267,8 +276,13 @@ def finetune_command(
 
     curve = out.with_name(out.stem + ".history.png")
     h = result.history
-    curve.write_bytes(training_png([s.epoch for s in h], [s.val_auc for s in h], [s.val_loss for s in h],
-                                   [s.train_loss for s in h], best_epoch=result.best_epoch))
+    png = training_png([s.epoch for s in h], [s.val_auc for s in h], [s.val_loss for s in h],
+                       [s.train_loss for s in h], best_epoch=result.best_epoch)
+    try:
+        with atomic_output(curve, binary=True, what="training curve") as fh:
+            fh.write(png)
+    except NsfwlabError as exc:
+        raise fail(exc) from None
     stdout.print(f"validation AUC: start {result.baseline_auc:.4f} -> best {result.best_auc:.4f} (epoch "
                  f"{result.best_epoch}); {result.n_train} train / {result.n_val} validation images"
                  + ("; stopped early" if result.stopped_early else ""), highlight=False)

@@ -5,7 +5,6 @@ imported inside the commands."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,8 @@ import typer
 from ..config import BackendName, Device
 from ..errors import ConfigError, NsfwlabError
 from ..explain.options import Baseline, ExplainCaps, Fill, Method, Reduction, Style
-from ._common import ExitCode, fail, output_file, progress_bar, stdout
+from ..outputs import atomic_output
+from ._common import ExitCode, fail, output_file, progress_bar, stderr, stdout, tagged
 
 __all__ = ["censor_command", "explain_command"]
 
@@ -66,11 +66,10 @@ def _save_png(path: Path, arr: Any) -> None:
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        Image.fromarray(arr).save(tmp, format="PNG")
-        os.replace(tmp, path)
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
+    with atomic_output(path, binary=True) as fh:
+        Image.fromarray(arr).save(fh, format="PNG")
 
 
 def _picture(img: Any, heats: dict[Method, Any], score: float, caps: Any, *, cmap: str, alpha: float,
@@ -118,9 +117,12 @@ def explain_command(
     save_heatmap: Path | None = typer.Option(
         None, "--save-heatmap", help="Save the raw heatmap(s) at the image's size (the working copy's over "
         "--max-work-side): .npy (one method) or .npz (all)."),
-    target: str = typer.Option("nsfw-probability", help="What to explain: nsfw-probability, logit-margin, "
-                               "nsfw-logit, or an objective such as 'nsfw-sfw' or 'channel:stage3:17' "
-                               "(all but the first two: gradient methods only; layers: not Grad-CAM)."),
+    target: str | None = typer.Option(None, help="What to explain: nsfw-probability, logit-margin, "
+                                      "nsfw-logit, or an objective such as 'nsfw-sfw' or 'channel:stage3:17' "
+                                      "(all but the first two: gradient methods only; layers: not Grad-CAM). "
+                                      "Default: nsfw-probability; for Grad-CAM the predicted class."),
+    layer: str | None = typer.Option(None, help="Grad-CAM's feature map, e.g. stage2 or stage3_block1 "
+                                     "(default: the last stage)."),
     box: int | None = typer.Option(None, min=1, help="Occlusion box in pixels (default: 1/6 of the short side)."),
     stride: int | None = typer.Option(None, min=1, help="Occlusion stride in pixels (default: box/3)."),
     fill: Fill = typer.Option(Fill.MEAN, help="What fills the occlusion box."),
@@ -169,9 +171,9 @@ def explain_command(
         from ..explain.caps import check_aspect
         from ..objectives import parse_objective
 
-        tgt = parse_objective(target)
+        tgt = parse_objective(target) if target is not None else None
         wanted = list(M.ALL_METHODS) if method is Method.ALL else [method]
-        if any(m not in M.GRADIENT_METHODS for m in wanted):
+        if tgt is not None and any(m not in M.GRADIENT_METHODS for m in wanted):
             tgt.from_probabilities(np.asarray([0.5]))  # black-box methods need a probability target
         caps = ExplainCaps(max_work_side=max_work_side, max_windows=max_windows,
                            max_output_side=max_output_side, max_aspect=max_aspect)
@@ -180,13 +182,13 @@ def explain_command(
         w, h = img.size
         check_aspect(h, w, caps)
         opts = M.ExplainOptions(box=box, stride=stride, fill=fill, window=window, window_stride=window_stride,
-                                steps=steps, baseline=baseline, reduction=reduction,
+                                steps=steps, baseline=baseline, reduction=reduction, layer=layer,
                                 device=resolve_device(device), caps=caps)
         gradients = any(m in M.GRADIENT_METHODS for m in wanted)
         torch_model = M.torch_model_for(det, opts.device) if gradients else None
         explainers = {m: M.make_explainer(m, det, options=opts, model=torch_model) for m in wanted}
         total = sum(M.work_units(m, e, h, w) for m, e in explainers.items())
-        score = det.score(img)
+        score = det.nsfw_score(img)
         heats: dict[Method, np.ndarray] = {}
         with det, progress_bar(total, "explaining", unit="win", enabled=progress) as advance:
             for m, e in explainers.items():
@@ -206,8 +208,10 @@ def explain_command(
     except NsfwlabError as exc:
         raise fail(exc) from None
     work = next(iter(heats.values())).shape
+    explained = tgt.name if tgt is not None else (
+        "predicted class" if wanted == [Method.GRADCAM] else "nsfw-probability; Grad-CAM: predicted class")
     worked = "" if work == (h, w) else f" on a {work[1]}x{work[0]} working copy"
-    stdout.print(f"{image}: {w}x{h}, score {score:.6f} ({tgt.name} explained{worked})", highlight=False)
+    stdout.print(f"{image}: {w}x{h}, score {score:.6f} ({explained} explained{worked})", highlight=False)
     for m, heat in heats.items():
         y, x = (round((int(v) + 0.5) * size / n - 0.5) for v, size, n in
                 zip(np.unravel_index(int(np.argmax(heat)), heat.shape), (h, w), heat.shape, strict=True))
@@ -279,5 +283,9 @@ def censor_command(
     stdout.print(f"{image}: score {result.score_before:.4f} -> {result.score_after:.4f} "
                  f"(target {target:g} {verdict}); hid {100 * result.hidden_fraction:.1f}% of the image "
                  f"in {len(result.steps)} step(s) with {style.value}; wrote {out}", highlight=False)
+    if result.kept_input and result.steps:
+        stderr.print(tagged("warning:", "bold yellow", f" no censoring step lowered the score (the lowest tried "
+                            f"was {min(st.score for st in result.steps):.4f}); wrote the input unchanged"),
+                     highlight=False)
     if not result.reached:
         raise typer.Exit(int(ExitCode.INPUT_FAILED))

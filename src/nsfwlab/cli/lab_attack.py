@@ -5,7 +5,6 @@ Only this module writes files; the lab returns values. torch and matplotlib are 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import typer
 
 from ..config import Device
 from ..errors import ConfigError, ModelError, NsfwlabError
+from ..outputs import atomic_output, printable
 from ._common import ExitCode, fail, output_dir, output_file, progress_bar, stderr, stdout, tagged
 
 __all__ = ["attack_command", "robustness_command"]
@@ -32,12 +32,8 @@ def _expand(inputs: list[Path]) -> list[Path]:
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    try:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
+    with atomic_output(path, binary=True) as fh:
+        fh.write(data)
 
 
 def _png_bytes(image: Any) -> bytes:
@@ -80,10 +76,10 @@ def _table(rows: list[dict[str, Any]]) -> None:
                          overflow="fold")
     for r in rows:
         if "error" in r:
-            table.add_row(r["source"], "-", "-", "-", "-", "-", "-", "-", "error")
+            table.add_row(printable(r["source"]), "-", "-", "-", "-", "-", "-", "-", "error")
             continue
         psnr = "inf" if r["psnr"] is None else f"{r['psnr']:.1f}"
-        table.add_row(r["source"], f"{r['score_before']:.4f}", f"{r['score_after']:.4f}", r["goal"],
+        table.add_row(printable(r["source"]), f"{r['score_before']:.4f}", f"{r['score_after']:.4f}", r["goal"],
                       f"{r['linf']:g}/255", psnr, str(r["steps"]), f"{r['seconds']:.1f}",
                       "ok" if r["success"] else "NOT reached")
     stdout.print(table)
@@ -99,9 +95,17 @@ def attack_command(
     tolerance: float = typer.Option(0.01, min=0.0001, max=0.49, help="How close a mid-range target must be met."),
     steps: int = typer.Option(30, min=1, help="Optimiser steps per budget level."),
     jpeg: str = typer.Option("differentiable", help="JPEG step: differentiable, straight-through or eot."),
-    survive_jpeg: int | None = typer.Option(None, "--survive-jpeg", min=1, max=100,
-                                            help="The result must still meet the target after a JPEG re-save at Q."),
+    survive_jpeg: str | None = typer.Option(
+        None, "--survive-jpeg", help="The result must still meet the target after JPEG re-saves: Q (every "
+        "quality from Q to 95 in steps of 5), LO-HI, or a comma-separated list; each is optimised for and "
+        "verified on the saved file."),
+    survive_resize: str | None = typer.Option(
+        None, "--survive-resize", help="... and after resizes by these factors (comma-separated, e.g. 0.5,0.75)."),
+    fewest_pixels: bool = typer.Option(False, "--fewest-pixels/--no-fewest-pixels",
+                                       help="Cut the result to the fewest changed pixels at its budget."),
     space: str = typer.Option("original", help="original (the image's own resolution) or resized (256x256)."),
+    max_work_side: int = typer.Option(2048, "--max-work-side", min=32, help="Attack a downscaled copy of images "
+                                      "longer than this (memory grows with the pixels attacked)."),
     report: Path | None = typer.Option(None, "--report", help="Write every result (and error) as JSON here."),
     seed: int = typer.Option(0, help="Seed of the thinning mask."),
     device: Device = typer.Option(Device.AUTO, help="Where the gradients are computed."),
@@ -109,23 +113,28 @@ def attack_command(
 ) -> None:
     """The smallest change that gives each image the score --to, verified by the exact pipeline.
 
-    Every score printed is the Detector's score of the written PNG.
+    Every score printed is the Detector's score of the written PNG (and of each re-save or resize it must
+    survive).
 
     Exit status: 0 every target reached, 1 some not reached (the best attempt is still written and flagged in
     the report) or an input could not be read, 2 usage error, 3 model error.
     """
-    from ..lab.attacks import AttackConfig, Attacker
+    from ..detector import Detector
+    from ..lab.attacks import AttackConfig, attack
 
     try:
-        config = AttackConfig(max_eps=max_eps, norm=norm, tolerance=tolerance, steps=steps, jpeg=jpeg,  # type: ignore[arg-type]
-                              survive_jpeg=survive_jpeg, space=space, seed=seed, device=device.value)  # type: ignore[arg-type]
+        config = AttackConfig(to=to, max_eps=max_eps, norm=norm, tolerance=tolerance, steps=steps,  # type: ignore[arg-type]
+                              jpeg=jpeg, survive_jpeg=_qualities(survive_jpeg),  # type: ignore[arg-type]
+                              survive_resize=_factors(survive_resize), fewest_pixels=fewest_pixels,
+                              space=space, max_work_side=max_work_side, seed=seed,  # type: ignore[arg-type]
+                              device=device.value)
         files = _expand(images)
         if not files:
             raise ConfigError("no images found in the given folders")
         targets = _targets(files, out)
         if report is not None:
             output_file(report)
-        attacker = Attacker(config)
+        det = Detector(device="cpu")
     except NsfwlabError as exc:
         raise fail(exc) from None
     rows: list[dict[str, Any]] = []
@@ -133,9 +142,11 @@ def attack_command(
     with progress_bar(len(files), "attacking", enabled=progress) as advance:
         for path, target in zip(files, targets, strict=True):
             try:
-                result = attacker.run(path, to)
+                result = attack(path, det, config)
                 _write_bytes(target, _png_bytes(result.image))
                 row = {**result.to_dict(), "source": str(path), "out": str(target)}
+                if result.note:
+                    stderr.print(tagged("note:", "bold yellow", f" {path}: {result.note}"), highlight=False)
                 failed |= not result.success
                 advance()
             except ModelError as exc:
@@ -151,6 +162,29 @@ def attack_command(
                                         indent=1).encode("utf-8"))
     if failed:
         raise typer.Exit(int(ExitCode.INPUT_FAILED))
+
+
+def _qualities(text: str | None) -> Any:
+    """``--survive-jpeg``: Q or LO-HI as given (the library reads them), a list as ints."""
+    if text is None or not text.strip():
+        return ()
+    if "," not in text:
+        return text.strip()
+    try:
+        return tuple(int(q) for q in text.split(",") if q.strip())
+    except ValueError:
+        raise ConfigError(f"survive_jpeg takes Q, LO-HI or a list of qualities, got {text!r}",
+                          param="survive_jpeg") from None
+
+
+def _factors(text: str | None) -> tuple[float, ...]:
+    if text is None or not text.strip():
+        return ()
+    try:
+        return tuple(float(f) for f in text.split(",") if f.strip())
+    except ValueError:
+        raise ConfigError(f"survive_resize takes factors such as 0.5,0.75, got {text!r}",
+                          param="survive_resize") from None
 
 
 def _config_dict(config: Any) -> dict[str, Any]:
@@ -174,6 +208,8 @@ def robustness_command(
     steps: int = typer.Option(30, min=1, help="Optimiser steps per budget level."),
     jpeg: str = typer.Option("differentiable", help="The attack's JPEG step: differentiable, straight-through, eot."),
     thumbnails: bool = typer.Option(True, "--thumbnails/--no-thumbnails", help="Blurred thumbnails in report.html."),
+    max_work_side: int = typer.Option(2048, "--max-work-side", min=32, help="Measure a downscaled copy of images "
+                                      "longer than this (memory grows with the pixels attacked)."),
     seed: int = typer.Option(0, help="Seed of the noise perturbation and the attack."),
     device: Device = typer.Option(Device.AUTO, help="Where the attack's gradients are computed."),
     progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr."),
@@ -185,32 +221,31 @@ def robustness_command(
     Exit status: 0 done, 1 some inputs could not be read, 2 usage error, 3 model error.
     """
     from ..detector import Detector
-    from ..lab.robust import (
-        RobustnessConfig,
-        load_labels,
-        plot_jpeg_curve,
-        plot_min_eps,
-        render_html,
-        robustness,
-    )
+    from ..lab.robust import RobustnessConfig, load_labels, robustness
+    from ..lab.robust_report import plot_jpeg_curve, plot_min_eps, render_html
     from ..lab.transforms import DEFAULT_PERTURBATIONS
+    from ..progress import Progress
 
     try:
         specs = tuple(s for s in (perturb.split(",") if perturb else DEFAULT_PERTURBATIONS) if s.strip())
         defs = () if defences.strip().lower() in ("", "none") else tuple(d for d in defences.split(",") if d.strip())
+        label_map = load_labels(labels) if labels is not None else None
+        if label_map is not None:
+            label_map = {str(Path(k).resolve()): v for k, v in label_map.items()}
         config = RobustnessConfig(perturbations=specs, attack=attack, max_eps=max_eps, steps=steps,
-                                  jpeg=jpeg, defences=defs, seed=seed, device=device.value)  # type: ignore[arg-type]
+                                  jpeg=jpeg, defences=defs, labels=label_map,  # type: ignore[arg-type]
+                                  max_work_side=max_work_side, seed=seed, device=device.value)
         files = _expand(inputs)
         if not files:
             raise ConfigError("no images found in the given folders")
         output_dir(out)
-        label_map = load_labels(labels) if labels is not None else None
-        if label_map is not None:
-            label_map = {str(Path(k).resolve()): v for k, v in label_map.items()}
         det = Detector(device="cpu")
         with progress_bar(len(files), "robustness", enabled=progress) as advance:
-            rep = robustness([str(f.resolve()) if label_map else str(f) for f in files], config=config,
-                             detector=det, labels=label_map, progress=advance)
+            def step(event: Progress) -> None:
+                advance(errors=int(event.item.error is not None))
+
+            rep = robustness([str(f.resolve()) if label_map else str(f) for f in files], det, config,
+                             progress=step)
         plots = {"score against JPEG quality": plot_jpeg_curve(rep), "smallest flipping budget": plot_min_eps(rep)}
         _write_bytes(out / "robustness.json", json.dumps(rep.to_dict(), indent=1).encode("utf-8"))
         _write_bytes(out / "jpeg_curve.png", plots["score against JPEG quality"])
@@ -223,7 +258,12 @@ def robustness_command(
             stderr.print(tagged("error:", "bold red", f" {im.error}"), highlight=False)
             continue
         eps = im.min_eps["value"] if im.min_eps else None
-        stdout.print(f"{im.path}: score {im.score:.4f}, min eps {eps if eps is not None else '-'}", highlight=False)
+        pixels = im.min_eps.get("pixels") if im.min_eps else None
+        where = f" (on a {im.working_copy} working copy)" if im.working_copy else ""
+        stdout.print(f"{printable(im.path)}: score {im.score:.4f}, min eps {eps if eps is not None else '-'}, "
+                     f"changed pixels {pixels if pixels is not None else '-'}{where}", highlight=False)
+    for note in rep.summary.get("warnings", []):
+        stderr.print(tagged("warning:", "bold yellow", f" {note}"), highlight=False)
     stdout.print(f"wrote {out / 'robustness.json'}, {out / 'report.html'}", highlight=False)
     if rep.summary["errors"]:
         raise typer.Exit(int(ExitCode.INPUT_FAILED))

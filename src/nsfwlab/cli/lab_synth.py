@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from ..errors import ConfigError, NsfwlabError
 from ..lab.evolve import Algorithm
 from ..lab.render import ShapeKind
 from ..lab.synthesize import Param
+from ..outputs import atomic_output
 from ._common import ExitCode, fail, output_dir, output_file, progress_bar, stderr, stdout
 
 __all__ = ["evolve_command", "synthesize_command"]
@@ -28,11 +28,10 @@ def _write_bytes(path: Path, data: bytes) -> None:
     """Write atomically (a temporary file renamed over the target)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
+    with atomic_output(path, binary=True) as fh:
+        fh.write(data)
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -95,7 +94,7 @@ def evolve_command(
     batch_size: int = typer.Option(8, min=1, help="Images per model call."),
     progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress on stderr (default: on a terminal)."),
 ) -> None:
-    """Evolve an image of coloured shapes towards an NSFW score (the seed's genetic experiment).
+    """Evolve an image of coloured shapes towards an NSFW score.
 
     Every candidate is scored through the exact pipeline (JPEG round trip included), so the
     printed score is what `nsfwlab score` prints for the written PNG.
@@ -105,7 +104,7 @@ def evolve_command(
     error, 3 model error.
     """
     from ..detector import Detector
-    from ..lab.evolve import EvolveConfig, detector_scorer, evolve, history_plot_png, population_size
+    from ..lab.evolve import EvolveConfig, evolve, history_plot_png, population_size
 
     try:
         _check_suffix(out, (".png",), "the output image")
@@ -125,7 +124,8 @@ def evolve_command(
         with det, progress_bar(budget, "evolving", unit="eval", enabled=progress) as advance:
             shown = {"evaluations": 0, "generation": 0}
 
-            def on_generation(row: Any) -> None:
+            def on_generation(event: Any) -> None:
+                row = event.item
                 advance(row.evaluations - shown["evaluations"])
                 shown["evaluations"] = row.evaluations
                 if progress is not False and (progress or stderr.is_terminal) and row.generation % 25 == 0:
@@ -133,7 +133,7 @@ def evolve_command(
                     stderr.print(f"generation {row.generation}: best {row.best_score:.6f}, {row.evaluations} "
                                  f"evaluations, {row.rate:.1f} eval/s, ETA {eta}", highlight=False)
 
-            result = evolve(config, detector_scorer(det), verify=det.score, progress=on_generation)
+            result = evolve(None, det, config, progress=on_generation)
         _write_bytes(out, result.png)
         if report is not None:
             _write_json(report, {**result.report(), "image": str(out), "plot": str(plot)})
@@ -142,7 +142,7 @@ def evolve_command(
         if frames is not None and result.frames:
             _write_frames(frames, result.frames)
     except NsfwlabError as exc:
-        raise fail(exc) from None
+        raise fail(exc, {"frames_every": "--frame-every"}) from None
     if result.interrupted:
         verdict = "interrupted"
     elif config.goal != "target" and stop_at is None:
@@ -200,8 +200,9 @@ def synthesize_command(
     objective: str = typer.Option("nsfw", "--objective", help="What to maximise: nsfw, sfw, nsfw+sfw, 0.5*nsfw+sfw, "
                                   "-nsfw, logit-margin, channel:LAYER:K, neuron:LAYER:K."),
     report: Path | None = typer.Option(None, "--report", help="JSON report: score, logits_start/end, objective values, seconds."),
-    also: list[str] = typer.Option([], "--also", help="MODEL:CLASS[:WEIGHT]: a second network (TorchScript .pt, "
-                                   "or .onnx with onnx2torch) taking (N, 3, S, S) RGB in [0, 1]; its class joins "
+    also: list[str] = typer.Option([], "--also", help="MODEL:CLASS[:WEIGHT]: a second network (a tensors-only file "
+                                   "from nsfwlab.lab.networks.save_network, an nsfwlab checkpoint, .onnx with onnx2torch, "
+                                   "or TorchScript with --trust-code) taking (N, 3, S, S) RGB in [0, 1]; its class joins "
                                    "the objective. Repeatable."),
     also_size: int = typer.Option(224, "--also-size", min=8, max=1024, help="Input side of the --also networks."),
     param: Param = typer.Option(Param.FFT, "--param", help="Image parameterisation: decorrelated Fourier or plain pixels."),
@@ -213,9 +214,10 @@ def synthesize_command(
     tv: float = typer.Option(0.0, help="Total-variation penalty weight."),
     l2: float = typer.Option(0.0, help="L2 penalty weight (distance from mid-grey)."),
     transforms: bool = typer.Option(True, "--transforms/--no-transforms", help="Random jitter, scale and rotation each step."),
-    balance: bool = typer.Option(True, "--balance/--no-balance", help="An objective of several summed terms (nsfw+sfw) raises each of them (a soft minimum of their gains), not only the cheapest; --no-balance optimises the plain sum."),
-    settle: float | None = typer.Option(None, "--settle", min=0.0, max=1.0, help="Fraction of the last steps run without the transforms, tuning the final image to the exact pipeline it is measured on (default: 0.2 for a balanced sum such as nsfw+sfw, else 0)."),
-    generator: Path | None = typer.Option(None, "--generator", help="A TorchScript generator (code -> image in [0, 1])."),
+    balance: bool = typer.Option(True, "--balance/--no-balance", help="An objective of several terms (nsfw+sfw, or any --also) gives each term an equal share of every step (its unit-length image gradient times its weight), so that every term rises, not only the cheapest; --no-balance optimises the plain weighted sum."),
+    settle: float | None = typer.Option(None, "--settle", min=0.0, max=1.0, help="Fraction of the last steps run without the transforms, tuning the final image to the exact pipeline it is measured on (default: 0.2 for a balanced objective such as nsfw+sfw, else 0)."),
+    generator: Path | None = typer.Option(None, "--generator", help="A generator (code -> image in [0, 1]): a tensors-only file or, with --trust-code, TorchScript."),
+    trust_code: bool = typer.Option(False, "--trust-code", help="Allow TorchScript files for --also and --generator. TorchScript is a program: it runs its own code and can read and write your files; use only files you trust."),
     code_dim: int | None = typer.Option(None, "--code-dim", min=1, help="The generator's code size (if it has no code_dim)."),
     gallery: Path | None = typer.Option(None, "--gallery", help="HTML gallery of the images and scores "
                                         "(default with --batch > 1: OUT.html)."),
@@ -234,7 +236,7 @@ def synthesize_command(
     """
     from ..backends import resolve_device
     from ..detector import Detector
-    from ..lab.synthesize import SynthConfig, Synthesizer, load_also, load_generator, parse_also
+    from ..lab.synthesize import SynthConfig, parse_also, synthesize
 
     try:
         _check_suffix(out, (".png",), "the output image")
@@ -244,23 +246,19 @@ def synthesize_command(
             gallery = out.with_suffix(".html")
         if gallery is not None:
             _check_suffix(gallery, (".html", ".htm"), "--gallery")
+        dev = resolve_device(device)
         config = SynthConfig(objective=objective, param=param, steps=steps, lr=lr, size=size, batch=batch, seed=seed,
                              tv=tv, l2=l2, diversity=diversity, transforms=transforms, code_dim=code_dim, balance=balance,
-                             settle=settle)
-        specs = [parse_also(a) for a in also]
-        dev = resolve_device(device)
-        networks = [load_also(s, size=also_size, device=dev) for s in specs]
-        gen = load_generator(generator, dev) if generator is not None else None
+                             settle=settle, also=tuple(parse_also(a) for a in also), also_size=also_size,
+                             generator=generator, trust_code=trust_code, device=dev)
         det = Detector(BackendName.AUTO, dev, model=model)
-        synth = Synthesizer(det, config, also=networks, generator=gen, device=dev)
         with det, progress_bar(steps, "synthesizing", unit="step", enabled=progress) as advance:
-            result = synth.run(lambda step, loss: advance(1))
+            result = synthesize(None, det, config, progress=lambda event: advance(1))
         paths = _image_paths(out, batch)
         for path, png in zip(paths, result.pngs, strict=True):
             _write_bytes(path, png)
         if report is not None:
-            _write_json(report, {**result.report(config), "image": str(paths[0]), "paths": [str(p) for p in paths],
-                                 "also": [{"model": str(s.path), "class": s.class_index, "weight": s.weight} for s in specs]})
+            _write_json(report, {**result.to_dict(), "image": str(paths[0]), "paths": [str(p) for p in paths]})
         if gallery is not None:
             _write_bytes(gallery, _gallery_html([p.name for p in paths], result.pngs, result.scores, objective, blur))
     except NsfwlabError as exc:

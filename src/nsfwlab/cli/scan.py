@@ -12,8 +12,9 @@ from ..errors import NsfwlabError
 from ..frames import FrameMode
 from ..scan.config import Engine, Executor
 from ..scan.export import ExportFormat
-from ..scan.modes import ScanMode
-from ..scan.store import Status, StoreWriteError
+from ..scan.modes import FAST_GUARD_MARGIN, ScanMode
+from ..scan.sink import ScanSummary
+from ..scan.store import ResultStore, Status, StoreWriteError
 from ._common import (
     AGGREGATE_OPTION,
     FPS_OPTION,
@@ -32,19 +33,22 @@ from ._common import (
 
 __all__ = ["export_command", "scan_command"]
 
+#: Library parameters whose flag is not their name: the store's ``path`` is ``--db``.
+_FLAGS = {"path": "--db"}
+
 
 def scan_command(
     paths: list[Path] = typer.Argument(..., metavar="DIR", help="Directories (scanned recursively) or files."),
     db: Path = typer.Option(..., "--db", help="SQLite results store (created if missing; re-runs resume)."),
     mode: ScanMode = typer.Option(ScanMode.EXACT, "--mode", help="exact: scores equal `nsfwlab score`; fast: DCT-scaled decode + int8 "
-                             "(CPU) or GPU decode/resize + fp16 (CUDA), drift stated in the README."),
+                             "(CPU; labels near a band boundary re-scored exactly, see --guard-margin) or GPU decode/resize + fp16 (CUDA); drift measured in docs/scan.md."),
     device: Device = typer.Option(Device.CPU, help="Where the model runs (cuda: GPU decoding in fast mode)."),
     executor: Executor = typer.Option(Executor.AUTO, "--executor", help="Decode in threads or processes "
                                       "(auto: threads on up to 4 cores, processes above; processes isolate "
                                       "decoder crashes)."),
     engine: Engine = typer.Option(Engine.LOCAL, "--engine", help="local: this machine; ray: a Ray cluster (RAY_ADDRESS) or a local Ray instance."),
-    include: list[str] = typer.Option([], "--include", help="Only paths matching this glob (repeatable; e.g. '*.jpg')."),
-    exclude: list[str] = typer.Option([], "--exclude", help="Skip paths matching this glob (repeatable; wins over --include)."),
+    include: list[str] = typer.Option([], "--include", help="Only paths matching this gitignore-style pattern (repeatable; e.g. '*.jpg')."),
+    exclude: list[str] = typer.Option([], "--exclude", help="Skip paths matching this gitignore-style pattern (repeatable; wins over --include; 'thumbs/' skips every thumbs folder, '/thumbs' only the top one)."),
     model: Path | None = typer.Option(None, "--model", help="A fine-tuned checkpoint (.pt) or exported .onnx."),
     batch_size: int | None = typer.Option(None, min=1, help="Images per model call (default: 8 on the CPU, where onnxruntime runs small batches cheaper per image, 32 on CUDA)."),
     workers: int | None = typer.Option(None, min=1, help="Decoding threads (default: one per core) or processes (default: half the cores)."),
@@ -54,7 +58,8 @@ def scan_command(
     nsfw_above: float = typer.Option(0.8, help="Scores above this are labelled 'nsfw'."),
     max_pixels: int | None = typer.Option(None, min=1, help="Refuse images with more pixels (default: $NSFWLAB_MAX_PIXELS, else 100000000)."),
     max_bytes: int | None = typer.Option(None, min=1, help="Refuse files larger than this (default: $NSFWLAB_MAX_BYTES, else 67108864)."),
-    cache_dir: Path | None = typer.Option(None, help="Where fast mode caches its int8 model (default ~/.cache/nsfwlab)."),
+    cache_dir: Path | None = typer.Option(None, help="Where fast mode caches its int8 model, and a scan a .pt checkpoint's ONNX export (default ~/.cache/nsfwlab)."),
+    guard_margin: float = typer.Option(FAST_GUARD_MARGIN, "--guard-margin", help="Fast mode on a CPU re-scores exactly an image whose fast score lies this close to a band boundary, so its label is exact's (0: never; docs/scan.md)."),
     frames: FrameMode = FRAMES_OPTION,
     fps: float = FPS_OPTION,
     max_frames: int = MAX_FRAMES_OPTION,
@@ -96,6 +101,7 @@ def scan_command(
             limits=DecodeLimits.from_env(max_bytes, max_pixels),
             walk=WalkConfig(include=tuple(include), exclude=tuple(exclude)),
             model=str(model) if model else None, cache_dir=str(cache_dir) if cache_dir else None,
+            guard_margin=guard_margin,
         )
         roots = check_roots(paths)
         total = None
@@ -105,10 +111,10 @@ def scan_command(
             summary = scan(roots, store, config, progress=lambda n, errors: advance(n, errors=errors))
     except StoreWriteError as exc:
         # Not a usage error: the scan ran, its committed results are kept (a full disk, an I/O error).
-        fail(exc)
+        fail(exc, _FLAGS)
         raise typer.Exit(int(ExitCode.INPUT_FAILED)) from None
     except NsfwlabError as exc:
-        raise fail(exc) from None
+        raise fail(exc, _FLAGS) from None
     except KeyboardInterrupt:
         stderr.print("interrupted: everything committed so far is kept; run the same command again to resume")
         raise typer.Exit(130) from None
@@ -116,22 +122,30 @@ def scan_command(
     if json_summary:
         stdout.print_json(json.dumps(summary.to_dict()))
     else:
-        labels = ", ".join(f"{k} {v}" for k, v in summary.labels.items())
-        stderr.print(tagged(
-            "scanned", "bold",
-            f" {summary.seen} files in {summary.seconds:.1f}s "
-            f"({summary.files_per_second:.1f} files/s): scored {summary.scored}, reused {summary.reused} "
-            f"(identical content), skipped {summary.skipped} (already in the store), errors {summary.errors}"
-            + (f", missing {summary.missing} (deleted since scanned; rows kept)" if summary.missing else "")
-            + (f", matched {summary.matched} (hash bank)" if summary.matched else ""),
-        ), highlight=False)
-        stderr.print(f"labels: {labels}; model {summary.model_version}, preprocessing {summary.preprocess_version}",
-                     highlight=False)
-        if summary.error_codes:
-            stderr.print("errors by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.error_codes.items())),
-                         highlight=False)
+        _print_summary(summary)
     if summary.errors:
         raise typer.Exit(int(ExitCode.INPUT_FAILED))
+
+
+def _print_summary(summary: ScanSummary) -> None:
+    labels = ", ".join(f"{k} {v}" for k, v in summary.labels.items())
+    rate = (f" ({summary.files_per_second:.1f} files/s written)" if summary.processed and summary.seconds > 0
+            else "")
+    stderr.print(tagged(
+        "scanned", "bold",
+        f" {summary.seen} files in {summary.seconds:.2f}s{rate}: scored {summary.scored}, reused {summary.reused} "
+        f"(identical content), skipped {summary.skipped} (already in the store), errors {summary.errors}"
+        + (f", missing {summary.missing} (deleted since scanned; rows kept)" if summary.missing else "")
+        + (f", matched {summary.matched} (hash bank)" if summary.matched else ""),
+    ), highlight=False)
+    if summary.rederived:
+        stderr.print(f"re-derived {summary.rederived} rows with the new {', '.join(summary.changed)} "
+                     "from their stored model scores (the model did not run again)", highlight=False)
+    stderr.print(f"labels: {labels}; model {summary.model_version}, preprocessing {summary.preprocess_version}",
+                 highlight=False)
+    if summary.error_codes:
+        stderr.print("errors by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.error_codes.items())),
+                     highlight=False)
 
 
 def export_command(
@@ -145,14 +159,31 @@ def export_command(
     model_version: str | None = typer.Option(None, "--model-version", help="Only rows of this model version."),
     preprocess_version: str | None = typer.Option(None, "--preprocess-version", help="Only rows of this preprocessing."),
 ) -> None:
-    """Export the results store: one record per file and model version (path, score, label, status, ...)."""
+    """Export the results store: one record per file (path, score, label, status, ...) of one model
+    version: the one scanned last, unless --model-version names another."""
     from ..scan import ExportFilter, ResultStore, write_export
 
     try:
-        filt = ExportFilter(label=label, status=status, min_score=min_score, max_score=max_score,
-                            model_version=model_version, preprocess_version=preprocess_version)
         with ResultStore(db, readonly=True) as store:
+            if model_version is None:
+                model_version, preprocess_version = _default_version(store, preprocess_version)
+            filt = ExportFilter(label=label, status=status, min_score=min_score, max_score=max_score,
+                                model_version=model_version, preprocess_version=preprocess_version)
             n = write_export(store, out, fmt, filt)
     except NsfwlabError as exc:
-        raise fail(exc) from None
+        raise fail(exc, _FLAGS) from None
     stderr.print(f"wrote {n} records to {out}", highlight=False)
+
+
+def _default_version(store: ResultStore, preprocess_version: str | None) -> tuple[str | None, str | None]:
+    """The model version (and its preprocessing) scanned last; a note on stderr when the store holds several."""
+    versions = [(m, p) for m, p, _ in store.versions() if preprocess_version in (None, p)]
+    latest = store.latest_version()
+    if len(versions) <= 1 or latest is None:
+        return None, preprocess_version
+    if preprocess_version is not None and latest[1] != preprocess_version:
+        latest = max(versions)  # the last scan used other preprocessing: any of this one's, named below
+    stderr.print(tagged("note:", "yellow", f" the store holds {len(versions)} model versions "
+                        f"({', '.join(f'{m} / {p}' for m, p in versions)}); exporting {latest[0]} / {latest[1]}, "
+                        "the latest: pass --model-version (and --preprocess-version) to choose"), highlight=False)
+    return latest

@@ -1,34 +1,32 @@
 """``nsfwlab score``: score image files, videos and animations; print a table, JSON lines or CSV.
 
-Each input is routed by its content: videos (MP4/MOV, Matroska/WebM) and animated GIF/WebP/APNG
-are scored over their frames (:meth:`Detector.score_frames`, :mod:`nsfwlab.frames`), still images
-in batches (:meth:`Detector.iter_score`), and the results are printed in input order.
+The inputs are listed here (files, directories, stdin) and scored by :meth:`Detector.score_media`,
+which routes each by its content (videos and animations over their frames, still images in
+batches); the verdict decides every answer (calibration, bands, the hash bank). This module parses
+the options and prints the results in input order.
 """
 
 from __future__ import annotations
 
-import csv
-import itertools
 import json
 import stat
 import sys
-import warnings
-from collections import deque
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
-from enum import Enum
+from collections.abc import Iterator
+from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Union, cast
+from typing import TYPE_CHECKING, Union
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from ..config import BackendName, DecodeLimits, Device, Label, Precision, Thresholds
+from ..config import BackendName, DecodeLimits, Device, Precision, Thresholds
 from ..detector import Detector, FramesResult, ScoreResult
 from ..errors import ConfigError, ImageError, NsfwlabError
-from ..frames import FrameMode, FrameOptions, media_kind, sniff_video
-from ..imageio import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageInput, iter_image_files, read_bytes, sniff_format
+from ..frames import FrameMode, FrameOptions, sniff_video
+from ..imageio import IMAGE_SUFFIXES, VIDEO_SUFFIXES, iter_image_files, read_bytes, sniff_format
+from ..outputs import atomic_output, csv_writer, printable
+from ..verdict import may_hold_frames
 from ._common import (
     AGGREGATE_OPTION,
     FPS_OPTION,
@@ -43,42 +41,34 @@ from ._common import (
     progress_bar,
     stderr,
     stdout,
-    tagged,
 )
 
 if TYPE_CHECKING:
-    from ..bank import Bank, Match
     from ._timeline import Timeline
 
 __all__ = ["OutputFormat", "score_command"]
 
 Result = Union[ScoreResult, FramesResult]
-#: Formats that may hold an animation (checked by content: frames.media_kind).
-_ANIMATED_FORMATS = ("GIF", "PNG", "WEBP")
 _MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     TABLE = "table"
     JSONL = "jsonl"
     CSV = "csv"
 
 
 class _MediaSeen:
-    """Whether some input's first bytes say video, or (in ``sample`` mode) GIF, PNG or WebP, which
-    may be animated: then the CSV has its kind,frames,segments columns. Learnt while the inputs
-    are listed (a directory's files are sniffed anyway; a named file costs one 32-byte read), so
-    an image-only CSV keeps the columns it always had."""
+    """Whether some input's first bytes say video, or GIF, PNG or WebP, which may be animated:
+    then the CSV has its kind,frames,segments columns. Learnt while the inputs are listed (a
+    directory's files are sniffed anyway; a named file costs one 32-byte read), so an image-only
+    CSV keeps the columns it always had."""
 
-    def __init__(self, mode: FrameMode) -> None:
-        self.mode = mode
+    def __init__(self) -> None:
         self.media = False
-        #: First bytes of the files named on the command line, read once here, reused by routing.
-        self.heads: dict[Path, bytes | None] = {}
 
     def note(self, head: bytes | None) -> None:
-        if head and (sniff_video(head) is not None
-                     or (self.mode is FrameMode.SAMPLE and sniff_format(head) in _ANIMATED_FORMATS)):
+        if head and may_hold_frames(head):
             self.media = True
 
     def sniff(self, head: bytes) -> str | None:
@@ -108,8 +98,7 @@ def _expand(paths: list[str], seen: _MediaSeen) -> Iterator[tuple[str, object]]:
             if empty:
                 yield raw, ImageError("directory holds no image files")
         else:
-            seen.heads[p] = _head(p)
-            seen.note(seen.heads[p])
+            seen.note(_head(p))
             yield raw, p
 
 
@@ -129,19 +118,8 @@ def _stdin_once(items: list[tuple[str, object]], limits: DecodeLimits, seen: _Me
     return out
 
 
-# -- routing: frames or the batched image path ------------------------------------------------
-@dataclass(frozen=True)
-class _Input:
-    """One input, routed: ``frames`` (a video or animation) goes through Detector.score_frames."""
-
-    name: str
-    source: object  # a Path, the bytes already read, or the NsfwlabError to report
-    frames: bool = False
-
-
 def _head(path: Path) -> bytes | None:
-    """The first bytes of a regular file; None when it is not one or cannot be read (reading it
-    again on the image path then reports why; a pipe is never opened)."""
+    """The first bytes of a regular file (None: not one, or unreadable; a pipe is never opened)."""
     try:
         if not stat.S_ISREG(path.stat().st_mode):
             return None
@@ -151,107 +129,13 @@ def _head(path: Path) -> bytes | None:
         return None
 
 
-def _route(name: str, src: object, mode: FrameMode, limits: DecodeLimits,
-           heads: dict[Path, bytes | None]) -> _Input:
-    """Videos by their first bytes (``heads``: those already read while listing the inputs); in
-    ``sample`` mode also GIF/PNG/WebP files that are animated (those are read once here, and their
-    bytes passed on: never read twice)."""
-    if isinstance(src, NsfwlabError) or not isinstance(src, (bytes, Path)):
-        return _Input(name, src)
-    head = src[:32] if isinstance(src, bytes) else (heads[src] if src in heads else _head(src))
-    if head is None:
-        return _Input(name, src)
-    if sniff_video(head) is not None:
-        return _Input(name, src, frames=True)
-    if mode is FrameMode.FIRST or sniff_format(head) not in _ANIMATED_FORMATS:
-        return _Input(name, src)
-    try:
-        data = src if isinstance(src, bytes) else read_bytes(src, limits)
-    except NsfwlabError as exc:
-        return _Input(name, exc)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # hostile files warn (DecompressionBombWarning); decoding refuses them
-        kind = media_kind(data)
-    return _Input(name, data, frames=kind == "animation")
-
-
-class _StillRun:
-    """Consecutive still images of the routed stream, fed to Detector.iter_score (names in step);
-    it ends at the first video or animation, kept in ``held`` for Detector.score_frames."""
-
-    def __init__(self, inputs: Iterator[_Input]) -> None:
-        self.inputs = inputs
-        self.held: _Input | None = None
-        self.pulled: deque[_Input] = deque()  # read ahead by iter_score, results not yet out
-
-    def sources(self) -> Iterator[ImageInput | NsfwlabError]:
-        for item in self.inputs:
-            if item.frames:
-                self.held = item
-                return
-            self.pulled.append(item)
-            yield cast("ImageInput | NsfwlabError", item.source)
-
-    def names(self) -> Iterator[str]:
-        while True:  # iter_score takes a name right after each source
-            yield self.pulled[-1].name
-
-
-def _score_frames(detector: Detector, item: _Input, options: FrameOptions) -> FramesResult:
-    res = detector.score_frames(item.source, options)  # type: ignore[arg-type]
-    if res.error is not None:
-        res.error.with_source(item.name)
-    return replace(res, source=item.name)
-
-
-def _score_stream(detector: Detector, inputs: Iterable[_Input], options: FrameOptions) -> Iterator[tuple[Result, _Input]]:
-    """Every input's result, in input order: runs of still images batched, videos and
-    animations one at a time over their frames."""
-    rest = iter(inputs)
-    held = next(rest, None)
-    while held is not None:
-        if held.frames:
-            yield _score_frames(detector, held, options), held
-            held = next(rest, None)
-            continue
-        run = _StillRun(itertools.chain([held], rest))
-        for res in detector.iter_score(run.sources(), run.names()):
-            yield res, run.pulled.popleft()
-        held = run.held
-
-
-# -- the hash bank ------------------------------------------------------------------------------
-def _bank_match(bank: Bank | None, res: Result, source: object, distance: int) -> tuple[Result, Match | None]:
-    """The result with the bank's human decision as its label when the image matches a banked
-    hash. An animation is matched by its first frame (as the bank hashes any image file); a
-    video is not matched (the bank holds image hashes)."""
-    if bank is None or not res.ok or (isinstance(res, FramesResult) and res.kind == "video"):
-        return res, None
-    try:
-        match = bank.match(source, distance)  # type: ignore[arg-type]
-    except NsfwlabError as exc:
-        stderr.print(tagged("warning:", "yellow", f" {res.source}: not matched against the bank: {exc.message}"),
-                     highlight=False)
-        return res, None
-    if match is None:
-        return res, None
-    return replace(res, label=Label(match.decision.value)), match
-
-
-def _open_bank(path: Path | None, limits: DecodeLimits) -> Bank | None:
-    if path is None:
-        return None
-    from ..bank import Bank
-
-    if not path.is_file():
+def _check_bank(path: Path | None) -> None:
+    if path is not None and not path.is_file():
         raise ConfigError(f"no bank at {path} (create one with `nsfwlab bank import`)")
-    return Bank(path, limits=limits)
 
 
-def _jsonl_line(res: Result, match: Match | None, per_frame: bool) -> str:
+def _jsonl_line(res: Result, per_frame: bool) -> str:
     row = res.to_dict(per_frame) if isinstance(res, FramesResult) else res.to_dict()
-    if match is not None:
-        row["match"] = match.to_dict()
     return json.dumps(row, ensure_ascii=False)
 
 
@@ -278,7 +162,8 @@ def _write_timeline(out: Path, entries: list[Timeline], thresholds: Thresholds) 
     pages = timeline_pngs(entries, thresholds)
     paths = page_paths(out, len(pages))
     for path, png in zip(paths, pages, strict=True):
-        path.write_bytes(png)
+        with atomic_output(path, binary=True, what="timeline") as fh:
+            fh.write(png)
     stderr.print(f"timeline: {', '.join(map(str, paths))}", highlight=False)
 
 
@@ -297,7 +182,7 @@ def score_command(
     max_bytes: int | None = typer.Option(None, min=1, help="Refuse files larger than this, videos too (default: $NSFWLAB_MAX_BYTES, else 67108864)."),
     progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bar (files) on stderr (default: when stderr is a terminal)."),
     calibration: Path | None = typer.Option(None, "--calibration", help="A calibration.json from `evaluate --calibrate`: scores become calibrated probabilities (labels follow them); raw_score keeps the model's."),
-    bank: Path | None = typer.Option(None, "--bank", help="A hash bank (`nsfwlab bank`): an image (an animation: its first frame) matching a banked PDQ hash takes the human decision as its label (the model score is still reported). Videos are not matched."),
+    bank: Path | None = typer.Option(None, "--bank", help="A hash bank (`nsfwlab bank`): a still image matching a banked PDQ hash takes the human decision as its label (the model score is still reported). Videos and animations are not matched (match_skipped says why)."),
     match_distance: int = typer.Option(31, "--match-distance", min=0, max=256, help="Most differing PDQ bits (of 256) for a bank match."),
     frames: FrameMode = FRAMES_OPTION,
     fps: float = FPS_OPTION,
@@ -326,45 +211,45 @@ def score_command(
 
             check_matplotlib()
             output_file(timeline)
+        _check_bank(bank)
         detector = Detector(backend, device, thresholds=thresholds, batch_size=batch_size, workers=workers,
-                            precision=precision, model=model, limits=limits, calibration=calibration)
-        hash_bank = _open_bank(bank, limits)
+                            precision=precision, model=model, limits=limits, calibration=calibration,
+                            bank=bank, match_distance=match_distance)
     except NsfwlabError as exc:
         raise fail(exc) from None
 
-    seen = _MediaSeen(frames)
+    banked = bank is not None
+    seen = _MediaSeen()
     items = _stdin_once(list(_expand(paths, seen)), limits, seen)
     calibrated = detector.calibration is not None
     failed = 0
-    writer = csv.writer(sys.stdout, lineterminator="\n") if fmt is OutputFormat.CSV else None
+    writer = csv_writer(sys.stdout) if fmt is OutputFormat.CSV else None
     if writer is not None:
         writer.writerow(["path", "score", "label", "error"] + (["raw_score"] if calibrated else [])
-                        + (["match_decision", "match_distance", "match_source"] if hash_bank is not None else [])
+                        + (["match_decision", "match_distance", "match_source", "match_skipped"] if banked else [])
                         + (["kind", "frames", "segments"] if seen.media else []))
-    rows: list[tuple[Result, Match | None]] = []  # for the table, printed at the end
+    rows: list[Result] = []  # for the table, printed at the end
     timelines: list[Timeline] = []
-    inputs = (_route(name, src, options.mode, limits, seen.heads) for name, src in items)  # type: ignore[arg-type]
-
     with detector, progress_bar(len(items), "scoring", unit="file", enabled=progress) as advance:
-        for scored, item in _score_stream(detector, inputs, options):
-            res, match = _bank_match(hash_bank, scored, item.source, match_distance)
+        for res in detector.score_media(items, options):
             advance(1, errors=0 if res.ok else 1)
             failed += 0 if res.ok else 1
             if timeline is not None and (entry := _timeline_entry(res)) is not None:
                 timelines.append(entry)
             if fmt is OutputFormat.JSONL:
-                sys.stdout.write(_jsonl_line(res, match, per_frame) + "\n")
+                sys.stdout.write(_jsonl_line(res, per_frame) + "\n")
                 sys.stdout.flush()
             elif writer is not None:
-                writer.writerow(_csv_row(res, match, calibrated, hash_bank is not None, seen.media))
+                writer.writerow(_csv_row(res, calibrated, banked, seen.media))
             else:
-                rows.append((res, match))
-    if hash_bank is not None:
-        hash_bank.close()
+                rows.append(res)
     if fmt is OutputFormat.TABLE:
-        stdout.print(_table(rows, calibrated, hash_bank is not None))
+        stdout.print(_table(rows, calibrated, banked))
     if timeline is not None:
-        _write_timeline(timeline, timelines, thresholds)
+        try:
+            _write_timeline(timeline, timelines, thresholds)
+        except NsfwlabError as exc:
+            raise fail(exc) from None
     if failed:
         raise typer.Exit(int(ExitCode.INPUT_FAILED))
 
@@ -373,16 +258,16 @@ def _segments_json(res: FramesResult) -> str:
     return json.dumps([[round(a, 3), round(b, 3), round(m, 6)] for a, b, m in res.segments], separators=(",", ":"))
 
 
-def _csv_row(res: Result, match: Match | None, calibrated: bool, banked: bool, media: bool) -> list[str]:
+def _csv_row(res: Result, calibrated: bool, banked: bool, media: bool) -> list[str]:
     if res.ok:
         row = [res.source, f"{res.score:.6f}", res.label.value if res.label else "", ""]
     else:
         row = [res.source, "", "", str(res.error.message if res.error else "")]
     if calibrated:
-        raw = res.raw_score if isinstance(res, ScoreResult) else None
-        row.append(f"{raw:.6f}" if raw is not None else "")
+        row.append(f"{res.raw_score:.6f}" if res.raw_score is not None else "")
     if banked:
-        row += [match.decision.value, str(match.distance), match.source] if match else ["", "", ""]
+        match, skipped = res.match, res.bank_check.skipped if res.bank_check else None
+        row += ([match.decision.value, str(match.distance), match.source] if match else ["", "", ""]) + [skipped or ""]
     if not media:
         return row
     if not res.ok:
@@ -398,31 +283,34 @@ def _segments_text(res: FramesResult, most: int = 4) -> str:
     return "; ".join(shown) + (f"; +{more} more" if more > 0 else "") if shown else "none"
 
 
-def _table(rows: list[tuple[Result, Match | None]], calibrated: bool, banked: bool) -> Table:
-    media = any(isinstance(res, FramesResult) for res, _ in rows)
+def _table(rows: list[Result], calibrated: bool, banked: bool) -> Table:
+    media = any(isinstance(res, FramesResult) for res in rows)
     columns = (["path", "score"] + (["raw score"] if calibrated else []) + ["label"] + (["match"] if banked else [])
                + (["frames", "segments"] if media else []))
     table = Table(*columns, title=None, show_edge=False)
-    for res, match in rows:
-        table.add_row(*_table_row(res, match, calibrated, banked, media))
+    for res in rows:
+        table.add_row(*_table_row(res, calibrated, banked, media))
     return table
 
 
-def _table_row(res: Result, match: Match | None, calibrated: bool, banked: bool, media: bool) -> list[str | Text]:
+def _table_row(res: Result, calibrated: bool, banked: bool, media: bool) -> list[str | Text]:
     tail: list[str | Text] = []
     if media:
         tail = ([str(res.frames), _segments_text(res)] if isinstance(res, FramesResult) and res.ok
                 else ["", ""] if not res.ok else ["1", ""])
     if not res.ok:
-        return [res.source, Text("error", style="red"), *([""] if calibrated else []),
-                Text(res.error.message if res.error else "", style="red"), *([""] if banked else []), *tail]
+        return [printable(res.source), Text("error", style="red"), *([""] if calibrated else []),
+                Text(printable(res.error.message) if res.error else "", style="red"), *([""] if banked else []),
+                *tail]
     label = res.label.value if res.label else "safe"
     style = {"safe": "green", "review": "yellow", "nsfw": "red"}[label]
-    row: list[str | Text] = [res.source, f"{res.score:.6f}"]
+    row: list[str | Text] = [printable(res.source), f"{res.score:.6f}"]
     if calibrated:
-        raw = res.raw_score if isinstance(res, ScoreResult) else None
-        row.append(f"{raw:.6f}" if raw is not None else "")
+        row.append(f"{res.raw_score:.6f}" if res.raw_score is not None else "")
     row.append(Text(label, style=style))
     if banked:
-        row.append(f"{match.decision.value} ({match.distance} bits, {match.source})" if match else "")
+        match = res.match
+        skipped = res.bank_check.skipped if res.bank_check else None
+        row.append(printable(f"{match.decision.value} ({match.distance} bits, {match.source})") if match
+                   else f"none: {skipped}" if skipped else "")
     return row + tail

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import os
 import shutil
@@ -18,7 +17,8 @@ from ..calibration import load_calibration
 from ..config import BackendName, DecodeLimits, Device, Precision, Thresholds
 from ..errors import ConfigError, ModelError, NsfwlabError
 from ..frames import FrameMode, FrameOptions
-from ..sidefiles import read_text_file
+from ..outputs import atomic_output, csv_writer
+from ..sidefiles import read_side_file, read_text_file
 from ._common import (
     AGGREGATE_OPTION,
     FPS_OPTION,
@@ -40,7 +40,12 @@ __all__ = ["review_app", "serve_command"]
 
 
 def _read_keys(api_key: list[str], api_key_file: Path | None) -> tuple[str, ...]:
-    keys = [k.strip() for k in api_key if k.strip()]
+    """The API keys of --api-key and --api-key-file. An empty or blank key is refused, never
+    dropped: dropping it could leave no key at all, and no key means a server without auth."""
+    if any(not k.strip() for k in api_key):
+        raise ConfigError("an empty or blank --api-key would serve everyone without a key; give a real key "
+                          "(or leave --api-key out for a server without keys)")
+    keys = [k.strip() for k in api_key]
     if api_key_file is not None:
         text = read_text_file(api_key_file, "the API key file", " (one key per line)")
         from_file = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
@@ -57,6 +62,7 @@ def serve_command(
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Keep review-band images and labels here (enables /review)."),
     api_key: list[str] = typer.Option([], "--api-key", help="Require this key (repeatable). Prefer --api-key-file."),
     api_key_file: Path | None = typer.Option(None, "--api-key-file", help="File with one API key per line."),
+    allow_origin: list[str] = typer.Option([], "--allow-origin", help="A web origin (https://host[:port]) besides the server's own whose pages may send POSTs, e.g. a review front end (repeatable); others get 403."),
     safe_below: float = typer.Option(0.2, help="Scores below this are 'safe'."),
     nsfw_above: float = typer.Option(0.8, help="Scores above this are 'nsfw'; between is 'review' (queued for humans)."),
     audit_rate: float = typer.Option(0.0, min=0.0, max=1.0, help="Share of confident decisions also queued for review."),
@@ -116,6 +122,7 @@ def serve_command(
             max_wait_ms=max_wait_ms, batching=batching, decode_workers=decode_workers,
             api_keys=_read_keys(api_key, api_key_file), audit_rate=audit_rate, rate_limit=rate_limit,
             frames=frame_options, bank=_bank_path(bank, no_bank, data_dir), match_distance=match_distance,
+            allow_origins=tuple(allow_origin),
         )
 
         def load() -> Detector:
@@ -128,7 +135,7 @@ def serve_command(
         app = create_app(config, load)
         _check_listen(host, port)
     except NsfwlabError as exc:
-        raise fail(exc) from None
+        raise fail(exc, {"allow_origins": "--allow-origin", "api_keys": "--api-key"}) from None
     if not config.api_keys and host not in ("127.0.0.1", "localhost", "::1"):
         stderr.print(tagged("warning:", "yellow", f" listening on {host} without --api-key-file: anyone who can reach "
                             "it may use it"), highlight=False)
@@ -151,6 +158,10 @@ def _bank_path(bank: Path | None, no_bank: bool, data_dir: Path | None) -> Path 
     return data_dir / "bank.sqlite3"
 
 
+#: A PEM certificate chain or key is a few KB; a bundle of a hundred certificates stays far below this.
+_TLS_FILE_MAX_BYTES = 1 << 20
+
+
 def _check_tls(certfile: Path | None, keyfile: Path | None, password: str | None) -> dict[str, Any]:
     """uvicorn's TLS options, after loading the certificate and key once: a missing or unreadable
     file, a wrong password or a key that does not match is a usage error now, not at startup."""
@@ -158,9 +169,10 @@ def _check_tls(certfile: Path | None, keyfile: Path | None, password: str | None
         if keyfile is not None or password is not None:
             raise ConfigError("--ssl-keyfile and --ssl-keyfile-password need --ssl-certfile")
         return {}
-    for path in (certfile, keyfile):
-        if path is not None and not os.access(path, os.R_OK):
-            raise ConfigError(f"cannot read the TLS file {path}: {'not readable' if path.exists() else 'no such file'}")
+    # Regular files under a cap first: OpenSSL would block for ever on a FIFO, or read a device.
+    read_side_file(certfile, "the TLS certificate", max_bytes=_TLS_FILE_MAX_BYTES)
+    if keyfile is not None:
+        read_side_file(keyfile, "the TLS key", max_bytes=_TLS_FILE_MAX_BYTES)
     try:
         # Never OpenSSL's interactive prompt for an encrypted key without --ssl-keyfile-password.
         secret = password if password is not None else (lambda: "")
@@ -187,15 +199,13 @@ def _check_listen(host: str, port: int) -> None:
 
 
 def _write_audit(path: Path, store: ReviewStore) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
+    with atomic_output(path, what="audit log") as fh:
+        writer = csv_writer(fh, lineterminator="\r\n")
         writer.writerow(["id", "review_id", "label", "previous_label", "reviewer", "key_id", "at", "at_unix"])
         for e in store.audit():
             at = datetime.fromtimestamp(e.at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
             writer.writerow([e.id, e.review_id, e.label.value, e.previous_label.value, e.reviewer, e.key_id or "",
                              at, f"{e.at:.3f}"])
-    os.replace(tmp, path)
 
 
 review_app = typer.Typer(help="Human review: export the labelled images.", no_args_is_help=True)
@@ -245,11 +255,15 @@ def export_command(
                              item.reviewer or "", f"{item.labelled_at or 0:.3f}", clean_name(item.filename, ""),
                              item.model_version])
                 advance(1)
-        with (out / "labels.csv").open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["path", "label", "score", "reason", "reviewer", "labelled_at", "filename", "model_version"])
-            writer.writerows(rows)
-        _write_audit(out / "audit.csv", store)
+        try:
+            with atomic_output(out / "labels.csv", what="labels") as fh:
+                writer = csv_writer(fh, lineterminator="\r\n")
+                writer.writerow(["path", "label", "score", "reason", "reviewer", "labelled_at", "filename",
+                                 "model_version"])
+                writer.writerows(rows)
+            _write_audit(out / "audit.csv", store)
+        except NsfwlabError as exc:
+            raise fail(exc) from None
     counts = {k: sum(1 for r in rows if r[1] == k) for k in ("safe", "nsfw")}
     stderr.print(f"exported {counts['safe']} safe and {counts['nsfw']} nsfw images to {out}", highlight=False)
     if failed:

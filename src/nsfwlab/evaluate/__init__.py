@@ -31,14 +31,23 @@ from .metrics import (
     Interval,
     Metrics,
     Recommendation,
-    Target,
     TargetKind,
+    TargetRate,
     bootstrap_interval,
     compute_metrics,
     confusion,
     recommend_threshold,
     recommend_thresholds,
 )
+
+
+def __getattr__(name: str) -> object:
+    if name == "Target":  # deprecated alias of TargetRate (see .metrics)
+        from . import metrics
+
+        return metrics.__getattr__(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_TARGETS",
@@ -53,8 +62,8 @@ __all__ = [
     "Problem",
     "Recommendation",
     "ScoredItem",
-    "Target",
     "TargetKind",
+    "TargetRate",
     "bootstrap_interval",
     "check_hygiene",
     "compute_metrics",

@@ -17,7 +17,7 @@ import numpy as np
 from ..calibration import EPS, Calibration, CalibrationMethod
 from ..errors import ConfigError
 
-__all__ = ["CalibrationFit", "brier_score", "fit_calibration", "fit_params"]
+__all__ = ["MAX_FOLDS", "CalibrationFit", "brier_score", "check_folds", "fit_calibration", "fit_params"]
 
 
 def brier_score(labels: np.ndarray, probabilities: np.ndarray) -> float:
@@ -67,6 +67,18 @@ class CalibrationFit:
                 "brier_after_cv": self.brier_after, "folds": self.folds, "n": int(self.out_of_fold.size)}
 
 
+#: The most cross-validation folds (each fold refits the calibration; more than this measures
+#: nothing new, and the folds are capped by the smaller class anyway).
+MAX_FOLDS = 100
+
+
+def check_folds(folds: int) -> None:
+    """ConfigError unless ``2 <= folds <= MAX_FOLDS``."""
+    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or not 2 <= folds <= MAX_FOLDS:
+        raise ConfigError(f"folds must be an integer in [2, {MAX_FOLDS}] (cross-validation), got {folds!r}",
+                          param="folds")
+
+
 def fit_calibration(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray,
                     method: CalibrationMethod | str, *, model_version: str, preprocess_version: str,
                     folds: int = 5, seed: int = 0) -> CalibrationFit:
@@ -79,8 +91,7 @@ def fit_calibration(labels: Sequence[int] | np.ndarray, scores: Sequence[float] 
     smallest = int(min(np.sum(y == 0), np.sum(y == 1)))
     if smallest < 2:
         raise ConfigError("calibration needs at least 2 scored images of each class (safe and nsfw)")
-    if folds < 2:
-        raise ConfigError(f"calibration needs at least 2 cross-validation folds, got {folds}")
+    check_folds(folds)
     k = min(folds, smallest)
     oof = np.empty_like(s)
     for train, test in StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(s.reshape(-1, 1), y):

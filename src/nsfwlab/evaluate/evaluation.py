@@ -6,11 +6,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import Thresholds
+from ..config import Label, Thresholds
 from ..datasets import Hygiene, LabelledSet, Problem, check_hygiene
 from ..detector import Detector, ScoreResult
 from ..errors import ImageError
-from .metrics import DEFAULT_TARGETS, Metrics, Target, compute_metrics
+from .metrics import DEFAULT_TARGETS, Metrics, TargetRate, check_bootstrap, compute_metrics
 
 __all__ = ["Evaluation", "ScoredItem", "evaluate"]
 
@@ -39,13 +39,13 @@ class Evaluation:
     def false_positives(self, thresholds: Thresholds | None = None) -> list[ScoredItem]:
         """Safe images labelled NSFW (``score > nsfw_above``), highest score first."""
         th = thresholds or self.metrics.recommended
-        fps = [it for it in self.scored if it.label == 0 and it.score > th.nsfw_above]
+        fps = [it for it in self.scored if it.label == 0 and th.label(it.score) is Label.NSFW]
         return sorted(fps, key=lambda it: -it.score)
 
     def false_negatives(self, thresholds: Thresholds | None = None) -> list[ScoredItem]:
         """NSFW images labelled safe (``score < safe_below``), lowest score first."""
         th = thresholds or self.metrics.recommended
-        fns = [it for it in self.scored if it.label == 1 and it.score < th.safe_below]
+        fns = [it for it in self.scored if it.label == 1 and th.label(it.score) is Label.SAFE]
         return sorted(fns, key=lambda it: it.score)
 
     def to_dict(self) -> dict[str, Any]:
@@ -59,13 +59,14 @@ class Evaluation:
         }
 
 
-def evaluate(data: LabelledSet, detector: Detector, *, targets: Sequence[Target] = DEFAULT_TARGETS,
+def evaluate(data: LabelledSet, detector: Detector, *, targets: Sequence[TargetRate] = DEFAULT_TARGETS,
              n_boot: int = 1000, level: float = 0.95, seed: int = 0, drop_duplicates: bool = False,
              progress: Callable[[ScoreResult], None] | None = None) -> Evaluation:
     """Hash the files (hygiene), score the readable ones in batches, and compute the metrics at the
     detector's thresholds. Unreadable files are reported in ``hygiene`` and left out of the
     metrics; nothing on disk is changed. ``drop_duplicates`` scores each distinct content once
     (first path in order) and leaves out groups whose copies carry different labels."""
+    check_bootstrap(n_boot, level)  # before minutes of scoring
     hygiene = check_hygiene(data.items)
     bad = {p.path for p in hygiene.unreadable}
     if progress is not None:  # files that could not even be read count as done (with an error)

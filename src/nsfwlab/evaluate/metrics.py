@@ -14,23 +14,27 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
 
 from ..config import Thresholds
 from ..errors import ConfigError
+from ..verdict import band_counts
+from .uncertainty import MIN_CLASS_FOR_AUC, RateInterval, demonstrating_threshold, min_examples
 
 __all__ = [
     "DEFAULT_TARGETS",
+    "MAX_BOOTSTRAP",
     "Confusion",
     "Interval",
     "Metrics",
     "Recommendation",
-    "Target",
     "TargetKind",
+    "TargetRate",
     "bootstrap_interval",
+    "check_bootstrap",
     "compute_metrics",
     "confusion",
     "fast_average_precision",
@@ -40,7 +44,7 @@ __all__ = [
 ]
 
 
-class TargetKind(str, Enum):
+class TargetKind(StrEnum):
     """What a recommended threshold must achieve on the data it is fitted to."""
 
     FPR = "fpr"  # at most this fraction of safe images flagged NSFW (sets nsfw_above)
@@ -49,7 +53,11 @@ class TargetKind(str, Enum):
 
 
 @dataclass(frozen=True)
-class Target:
+class TargetRate:
+    """A rate a recommended threshold must achieve: ``TargetRate("fpr", 0.01)`` (at most 1% of safe
+    images flagged), ``TargetRate("recall", 0.95)``, ``TargetRate("precision", 0.9)``. (Not to be
+    confused with :mod:`nsfwlab.objectives`' targets, what the lab maximises.)"""
+
     kind: TargetKind
     value: float
 
@@ -69,7 +77,7 @@ class Target:
         return f"{self.kind.value}={self.value:g}"
 
 
-DEFAULT_TARGETS: tuple[Target, ...] = (Target(TargetKind.FPR, 0.01), Target(TargetKind.RECALL, 0.95))
+DEFAULT_TARGETS: tuple[TargetRate, ...] = (TargetRate(TargetKind.FPR, 0.01), TargetRate(TargetKind.RECALL, 0.95))
 
 
 @dataclass(frozen=True)
@@ -151,20 +159,79 @@ def confusion(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.n
     return Confusion(float(threshold), rule, tp, fp, int(np.sum(~pos)) - fp, int(np.sum(pos)) - tp)
 
 
+_EXAMPLES = {TargetKind.FPR: "safe images", TargetKind.RECALL: "nsfw images",
+             TargetKind.PRECISION: "flagged images"}
+
+
 @dataclass(frozen=True)
 class Recommendation:
-    """The threshold chosen for one target and what it achieves on the data it was fitted to."""
+    """The threshold chosen for one target and what it achieves on the data it was fitted to.
 
-    target: Target
+    ``met``: the target holds on this data. ``demonstrated``: it also holds for the whole
+    Clopper-Pearson interval of the achieved rate (``rate``; see :mod:`.uncertainty`), so the
+    data supports it. ``min_examples``: the fewest safe images (FPR), nsfw images (recall) or
+    flagged images (precision) with which even a perfect result would demonstrate the target
+    (``None``: no number does, as for an FPR target of 0). ``demonstrated_threshold``: the least
+    strict threshold (same side as ``threshold``) at which this data demonstrates the target,
+    ``None`` when none does; usually stricter than ``threshold``, which only meets it."""
+
+    target: TargetRate
     threshold: float
     sets: str  # "nsfw_above" or "safe_below"
     achieved: Confusion
     met: bool
+    rate: RateInterval | None = None
+    demonstrated: bool = False
+    min_examples: int | None = None
+    demonstrated_threshold: float | None = None
+
+    def note(self) -> str | None:
+        """One sentence when the target is met on the data but not demonstrated by it, else ``None``."""
+        if not self.met or self.demonstrated or self.rate is None:
+            return None
+        kind, r, pct = self.target.kind, self.rate, f"{100 * self.rate.level:g}%"
+        if kind is TargetKind.FPR:
+            seen = f"{r.k} false positive(s) in {r.n} safe images put the FPR anywhere up to {100 * r.high:.3g}%"
+            perfect = "with no false positive"
+        elif kind is TargetKind.RECALL:
+            seen = f"{r.k} of {r.n} nsfw images caught put the recall anywhere down to {100 * r.low:.3g}%"
+            perfect = "all caught"
+        else:
+            seen = f"{r.k} of {r.n} flagged images nsfw put the precision anywhere down to {100 * r.low:.3g}%"
+            perfect = "all nsfw"
+        if self.demonstrated_threshold is not None:
+            need = f"{self.sets} = {self.demonstrated_threshold:.6g} demonstrates it"
+        elif self.min_examples is None:
+            need = "no number of images can demonstrate it"
+        else:
+            need = (f"demonstrating {self.target.value:g} needs at least {self.min_examples} "
+                    f"{_EXAMPLES[kind]}, {perfect}")
+        return f"target {self.target.name} is met on this data but not demonstrated: {seen} ({pct} interval); {need}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target.name, "kind": self.target.kind.value, "value": self.target.value,
                 "threshold": self.threshold, "sets": self.sets, "met": self.met,
+                "demonstrated": self.demonstrated, "demonstrated_threshold": self.demonstrated_threshold,
+                "min_examples": self.min_examples,
+                "examples": _EXAMPLES[self.target.kind],
+                "rate_interval": None if self.rate is None else self.rate.to_dict(),
                 "achieved": self.achieved.to_dict()}
+
+
+def _supported(target: TargetRate, achieved: Confusion, met: bool, level: float, y: np.ndarray,
+               s: np.ndarray) -> dict[str, Any]:
+    """The uncertainty fields of a :class:`Recommendation` (see its docstring)."""
+    a = achieved
+    if target.kind is TargetKind.FPR:
+        rate = RateInterval.of(a.fp, a.fp + a.tn, level)
+        ok = rate.high <= target.value + 1e-12
+    else:
+        n = a.tp + a.fn if target.kind is TargetKind.RECALL else a.tp + a.fp
+        rate = RateInterval.of(a.tp, n, level)
+        ok = rate.low >= target.value - 1e-12
+    return {"rate": rate, "demonstrated": bool(met and ok),
+            "min_examples": min_examples(target.value, level, upper=target.kind is TargetKind.FPR),
+            "demonstrated_threshold": demonstrating_threshold(target.kind.value, y, s, target.value, level)}
 
 
 def _need(count_fraction: float, n: int) -> int:
@@ -173,7 +240,7 @@ def _need(count_fraction: float, n: int) -> int:
 
 
 def recommend_threshold(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray,
-                        target: Target) -> Recommendation:
+                        target: TargetRate, *, level: float = 0.95) -> Recommendation:
     """The threshold meeting ``target`` on this data with the least cost to the other error.
 
     - FPR ``f``: the smallest ``nsfw_above`` with ``#{safe: score > t} <= f * #safe`` (maximum
@@ -182,7 +249,9 @@ def recommend_threshold(labels: Sequence[int] | np.ndarray, scores: Sequence[flo
       (maximum recall at that precision); ``met`` is false when no threshold reaches it.
     - recall ``r``: the largest ``safe_below`` with ``#{nsfw: score >= t} >= r * #nsfw`` (the fewest
       images left for review or flagged).
-    """
+
+    Whether the data *demonstrates* the target (the interval at ``level`` of the achieved rate)
+    is recorded next to whether it is met (:class:`Recommendation`)."""
     y, s = _arrays(labels, scores)
     neg = np.sort(s[y == 0])[::-1]
     pos = np.sort(s[y == 1])[::-1]
@@ -192,14 +261,16 @@ def recommend_threshold(labels: Sequence[int] | np.ndarray, scores: Sequence[flo
         k = math.floor(target.value * len(neg) + 1e-9)
         t = float(neg[k]) if k < len(neg) else 0.0
         achieved = confusion(y, s, t, ">")
-        return Recommendation(target, t, "nsfw_above", achieved, achieved.fpr <= target.value + 1e-12)
+        met = achieved.fpr <= target.value + 1e-12
+        return Recommendation(target, t, "nsfw_above", achieved, met, **_supported(target, achieved, met, level, y, s))
     if target.kind is TargetKind.RECALL:
         if not len(pos):
             raise ConfigError("a recall target needs NSFW images in the data")
         m = _need(target.value, len(pos))
         t = float(pos[m - 1]) if m >= 1 else 1.0
         achieved = confusion(y, s, t, ">=")
-        return Recommendation(target, t, "safe_below", achieved, achieved.recall >= target.value - 1e-12)
+        met = achieved.recall >= target.value - 1e-12
+        return Recommendation(target, t, "safe_below", achieved, met, **_supported(target, achieved, met, level, y, s))
     # precision: scan candidate thresholds (0 and every distinct score), smallest that works.
     candidates = np.unique(np.concatenate([[0.0], s]))
     pos_sorted, neg_sorted = np.sort(s[y == 1]), np.sort(s[y == 0])
@@ -209,7 +280,8 @@ def recommend_threshold(labels: Sequence[int] | np.ndarray, scores: Sequence[flo
         precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
     ok = np.flatnonzero((precision >= target.value - 1e-12) & (tp > 0))
     t = float(candidates[ok[0]]) if len(ok) else float(candidates[-1])
-    return Recommendation(target, t, "nsfw_above", confusion(y, s, t, ">"), bool(len(ok)))
+    achieved, met = confusion(y, s, t, ">"), bool(len(ok))
+    return Recommendation(target, t, "nsfw_above", achieved, met, **_supported(target, achieved, met, level, y, s))
 
 
 def recommend_thresholds(recommendations: Sequence[Recommendation], current: Thresholds) -> Thresholds:
@@ -250,16 +322,28 @@ def fast_average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
+#: The most bootstrap resamples: the replicates are held in memory (8 bytes each) and cost about
+#: 0.1 ms each on 1000 images, so 100000 is ~10 s per statistic; beyond that the percentiles of
+#: the interval no longer move.
+MAX_BOOTSTRAP = 100_000
+
+
+def check_bootstrap(n_boot: int, level: float) -> None:
+    """ConfigError unless ``1 <= n_boot <= MAX_BOOTSTRAP`` and ``0 < level < 1`` (checked before
+    any scoring, so a typo fails at once)."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or not 1 <= n_boot <= MAX_BOOTSTRAP:
+        raise ConfigError(f"n_boot must be an integer in [1, {MAX_BOOTSTRAP}], got {n_boot!r}", param="n_boot")
+    if not 0.0 < level < 1.0:  # also refuses NaN
+        raise ConfigError(f"level must lie in (0, 1), got {level}", param="level")
+
+
 def bootstrap_interval(labels: np.ndarray, scores: np.ndarray, statistic: Any, *, n_boot: int = 1000,
                        level: float = 0.95, seed: int = 0, point: float | None = None) -> Interval:
     """Percentile interval of ``statistic(labels, scores)`` over ``n_boot`` stratified resamples
     (safe and NSFW images resampled separately, so every replicate holds both classes).
     ``point`` is the reported estimate (default: ``statistic`` on the full data)."""
     y, s = _arrays(labels, scores)
-    if n_boot < 1:
-        raise ConfigError(f"n_boot must be at least 1, got {n_boot}")
-    if not 0.0 < level < 1.0:
-        raise ConfigError(f"level must lie in (0, 1), got {level}")
+    check_bootstrap(n_boot, level)
     point = float(statistic(y, s)) if point is None else float(point)
     rng = np.random.default_rng(seed)
     pos_idx, neg_idx = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
@@ -287,9 +371,12 @@ class Metrics:
     bands: dict[str, dict[str, int]]
     recommendations: tuple[Recommendation, ...]
     recommended: Thresholds
+    #: Figures that rest on too few examples, one sentence each (also in ``to_dict()["warnings"]``).
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "warnings": list(self.warnings),
             "n": self.n, "n_nsfw": self.n_pos, "n_safe": self.n_neg,
             "roc_auc": self.roc_auc.to_dict(),
             "average_precision": self.average_precision.to_dict(),
@@ -306,15 +393,12 @@ class Metrics:
 def _bands(y: np.ndarray, s: np.ndarray, th: Thresholds) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for name, cls in (("safe", 0), ("nsfw", 1)):
-        sc = s[y == cls]
-        safe = int(np.sum(sc < th.safe_below))
-        nsfw = int(np.sum(sc > th.nsfw_above))
-        out[name] = {"safe": safe, "review": len(sc) - safe - nsfw, "nsfw": nsfw}
+        out[name] = band_counts(s[y == cls], th)
     return out
 
 
 def compute_metrics(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, *,
-                    thresholds: Thresholds | None = None, targets: Sequence[Target] = DEFAULT_TARGETS,
+                    thresholds: Thresholds | None = None, targets: Sequence[TargetRate] = DEFAULT_TARGETS,
                     n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> Metrics:
     """ROC AUC and average precision (with bootstrap intervals), confusion at the current bands,
     and recommended thresholds. Needs both classes; raises :class:`ConfigError` otherwise."""
@@ -330,9 +414,32 @@ def compute_metrics(labels: Sequence[int] | np.ndarray, scores: Sequence[float] 
                              point=roc_auc_score(y, s))
     ap = bootstrap_interval(y, s, fast_average_precision, n_boot=n_boot, level=level, seed=seed + 1,
                             point=average_precision_score(y, s))
-    recs = tuple(recommend_threshold(y, s, t) for t in targets)
+    recs = tuple(recommend_threshold(y, s, t, level=level) for t in targets)
     return Metrics(
         n=len(y), n_pos=n_pos, n_neg=len(y) - n_pos, roc_auc=auc, average_precision=ap, current=th,
         at_nsfw_above=confusion(y, s, th.nsfw_above, ">"), at_safe_below=confusion(y, s, th.safe_below, ">="),
         bands=_bands(y, s, th), recommendations=recs, recommended=recommend_thresholds(recs, th),
+        warnings=_warnings(n_pos, len(y) - n_pos, auc, recs),
     )
+
+
+def _warnings(n_pos: int, n_neg: int, auc: Interval, recs: Sequence[Recommendation]) -> tuple[str, ...]:
+    out = []
+    if min(n_pos, n_neg) < MIN_CLASS_FOR_AUC:
+        out.append(f"ROC AUC and average precision rest on {n_neg} safe and {n_pos} nsfw images (fewer than "
+                   f"{MIN_CLASS_FOR_AUC} in a class): ROC AUC {auc.value:.3f} lies anywhere in "
+                   f"[{auc.low:.3f}, {auc.high:.3f}] at {100 * auc.level:g}%")
+    out += [n for r in recs if (n := r.note()) is not None]
+    return tuple(out)
+
+
+def __getattr__(name: str) -> Any:
+    # ``Target``: the former name of TargetRate (it clashed with nsfwlab.objectives.Target), a
+    # deprecated alias until 0.3.
+    if name == "Target":
+        import warnings
+
+        warnings.warn("nsfwlab.evaluate.metrics.Target is deprecated: use TargetRate", DeprecationWarning,
+                      stacklevel=2)
+        return TargetRate
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 
 from ..config import Thresholds
+from ..errors import ConfigError
 from .metrics import Recommendation
 
-__all__ = ["histogram_png", "pr_png", "reliability_png", "roc_png", "training_png"]
+__all__ = ["MAX_BINS", "histogram_png", "pr_png", "reliability_png", "roc_png", "training_png"]
 
 _SAFE_COLOUR, _NSFW_COLOUR = "#2b8a3e", "#c92a2a"
 
@@ -44,6 +45,15 @@ def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+#: The most histogram / reliability bins (a count beyond the pixels of the plot draws nothing more).
+MAX_BINS = 1000
+
+
+def _check_bins(bins: int) -> None:
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or not 1 <= bins <= MAX_BINS:
+        raise ConfigError(f"bins must be an integer in [1, {MAX_BINS}], got {bins!r}", param="bins")
 
 
 def roc_png(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, *,
@@ -84,6 +94,7 @@ def histogram_png(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | 
                   thresholds: Thresholds | None = None, recommended: Thresholds | None = None,
                   bins: int = 40, title: str = "Scores by class") -> bytes:
     """Per-class score histograms (log count axis) with the current and recommended bands."""
+    _check_bins(bins)
     y = np.asarray(labels)
     s = np.asarray(scores, dtype=np.float64)
     fig, ax = _figure(6.5, 4.0)
@@ -145,6 +156,7 @@ def reliability_png(labels: Sequence[int] | np.ndarray, probabilities: Sequence[
                     bins: int = 10, brier: float | None = None, title: str = "Reliability") -> bytes:
     """Reliability diagram: the share of NSFW images per bin of predicted probability against the
     bin's mean probability (a calibrated score lies on the diagonal), with the bin counts below it."""
+    _check_bins(bins)
     y = np.asarray(labels)
     p = np.asarray(probabilities, dtype=np.float64)
     which = np.clip(np.digitize(p, np.linspace(0.0, 1.0, bins + 1)[1:-1]), 0, bins - 1)

@@ -12,9 +12,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..config import DecodeLimits
+from ..errors import ConfigError
 from .evaluation import Evaluation, ScoredItem
 
-__all__ = ["data_uri", "render_report", "thumbnail"]
+__all__ = ["MAX_GALLERY", "check_gallery", "data_uri", "render_report", "thumbnail"]
 
 
 def data_uri(data: bytes, mime: str) -> str:
@@ -118,6 +119,17 @@ def _count_note(n: int, shown: int, order: str) -> str:
     return note + (f", first {shown} shown" if n > shown else "")
 
 
+#: The most thumbnails per error gallery: each is a ~10 KB data URI inside the one HTML file.
+MAX_GALLERY = 1000
+
+
+def check_gallery(max_gallery: int) -> None:
+    """ConfigError unless ``0 <= max_gallery <= MAX_GALLERY``."""
+    if isinstance(max_gallery, bool) or not isinstance(max_gallery, int) or not 0 <= max_gallery <= MAX_GALLERY:
+        raise ConfigError(f"max_gallery must be an integer in [0, {MAX_GALLERY}], got {max_gallery!r}",
+                          param="max_gallery")
+
+
 def render_report(evaluation: Evaluation, plots: Mapping[str, bytes], thumbs: Mapping[str, bytes | None], *,
                   max_gallery: int = 48, title: str = "nsfwlab evaluation",
                   calibration: Mapping[str, Any] | None = None) -> str:
@@ -125,6 +137,7 @@ def render_report(evaluation: Evaluation, plots: Mapping[str, bytes], thumbs: Ma
     ``calibration`` summary ``{method, folds, brier_before, brier_after}``, ``reliability_before`` /
     ``reliability_after``) to PNG bytes; ``thumbs`` maps gallery paths to JPEG thumbnails (see
     :func:`thumbnail`)."""
+    check_gallery(max_gallery)
     d = evaluation.to_dict()
     m = evaluation.metrics
     rec = m.recommended
@@ -145,19 +158,30 @@ def render_report(evaluation: Evaluation, plots: Mapping[str, bytes], thumbs: Ma
         "safe_below / nsfw_above</div>",
         "</div>",
         f"<p class=hint>Confidence intervals: stratified bootstrap, {m.roc_auc.n_boot} resamples.</p>",
+        *([f"<div id=warnings><h2>Warnings: figures resting on too few images</h2><ul>"
+           f"{''.join(f'<li class=bad>{_e(w)}</li>' for w in m.warnings)}</ul></div>"] if m.warnings else []),
         "<h2>Recommended thresholds</h2>",
         "<table id=recommendations><tr><th class=l>target</th><th class=l>sets</th><th>threshold</th>"
-        "<th>met</th><th>recall</th><th>FPR</th><th>precision</th></tr>",
+        "<th>met here</th><th>demonstrated</th><th>rate interval</th><th>demonstrated at</th><th>needs</th>"
+        "<th>recall</th><th>FPR</th><th>precision</th></tr>",
     ]
     for r in m.recommendations:
         a = r.achieved
         met = "<span class=ok>yes</span>" if r.met else "<span class=bad>no</span>"
+        shown = "<span class=ok>yes</span>" if r.demonstrated else "<span class=bad>no</span>"
+        interval = "n/a" if r.rate is None else f"[{_pct(r.rate.low)}, {_pct(r.rate.high)}]"
+        at = "-" if r.demonstrated_threshold is None else f"{r.demonstrated_threshold:.6g}"
+        needs = "-" if r.min_examples is None else f"&ge; {r.min_examples} {_e(r.to_dict()['examples'])}"
         parts.append(f"<tr><td class=l>{_e(r.target.name)}</td><td class=l>{_e(r.sets)}</td>"
-                     f"<td>{r.threshold:.6g}</td><td>{met}</td><td>{_pct(a.to_dict()['recall'])}</td>"
+                     f"<td>{r.threshold:.6g}</td><td>{met}</td><td>{shown}</td><td>{interval}</td><td>{at}</td><td>{needs}</td>"
+                     f"<td>{_pct(a.to_dict()['recall'])}</td>"
                      f"<td>{_pct(a.to_dict()['fpr'])}</td><td>{_pct(a.to_dict()['precision'])}</td></tr>")
     parts.append("</table><p class=hint>A false-positive-rate or precision target sets <code>nsfw_above</code> "
                  "(flagged without review); a recall target sets <code>safe_below</code> (passed without "
-                 "review). Thresholds are fitted to this data: check them on a held-out set.</p>")
+                 "review). <i>Demonstrated</i>: the whole exact (Clopper-Pearson) interval of the achieved rate "
+                 "meets the target, so this data supports it; <i>demonstrated at</i>: the least strict threshold at "
+                 "which it is; <i>needs</i>: the fewest images with which a perfect result would be. "
+                 "Thresholds are fitted to this data: check them on a held-out set.</p>")
     parts.append(f"<h2>At the current thresholds ({m.current.safe_below:g} / {m.current.nsfw_above:g})</h2>")
     parts.append(_confusion_table(d["confusion_at_nsfw_above"], "nsfw_above"))
     parts.append(_confusion_table(d["confusion_at_safe_below"], "safe_below"))

@@ -82,7 +82,8 @@ class WindowExplainer:
         while (n := len(window_starts(wh, size, stride)) * len(window_starts(ww, size, stride))) > cap:
             if self.explicit:
                 raise ConfigError(f"{n} windows of {size} px every {stride} px on the {ww}x{wh} working copy "
-                                  f"are over the cap of {cap}: use a larger box/stride or raise --max-windows")
+                                  f"are over the cap of {cap}: use a larger box/stride or raise max_windows",
+                                  param="max_windows")
             size, stride = max(size + 1, round(size * 1.25)), max(stride + 1, round(stride * 1.25))
         return window_grid(wh, ww, size, stride)
 

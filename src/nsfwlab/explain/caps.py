@@ -1,36 +1,23 @@
 """The caps of explain and censor at work: refusing extreme aspect ratios, the working copy (the
 image downscaled so its long side is at most ``ExplainCaps.max_work_side``), sizes fitted under a
-long-side cap, and resizing heatmaps between them. (A leaf: it imports no other explain module
-but the light ``options``.)"""
+long-side cap (the core's :mod:`nsfwlab.sizing`), and resizing heatmaps between them. (A leaf:
+it imports no other explain module but the light ``options``.)"""
 
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
 
-from ..errors import ImageTooLargeError
+from .. import sizing
+from ..sizing import downscale, fit_side
 from .options import ExplainCaps
 
 __all__ = ["ExplainCaps", "check_aspect", "fit_side", "resize_map", "working_copy"]
 
 
-def fit_side(height: int, width: int, side: int) -> tuple[int, int]:
-    """(height, width) scaled down, keeping the aspect ratio, so the long side is at most
-    ``side`` (each side at least 1 pixel); unchanged when it already fits."""
-    long = max(height, width)
-    if long <= side:
-        return height, width
-    scale = side / long
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
 def check_aspect(height: int, width: int, caps: ExplainCaps) -> None:
     """Refuse an image whose long side is more than ``caps.max_aspect`` times its short side."""
-    aspect = max(height, width) / max(1, min(height, width))
-    if aspect > caps.max_aspect:
-        raise ImageTooLargeError(
-            f"image is {width}x{height}: aspect ratio {aspect:.4g}:1 is over explain's cap of "
-            f"{caps.max_aspect:g}:1 (raise it with --max-aspect / ExplainCaps.max_aspect)")
+    sizing.check_aspect(height, width, caps.max_aspect, who="explain")
 
 
 def working_copy(img: Image.Image, caps: ExplainCaps) -> Image.Image:
@@ -38,10 +25,7 @@ def working_copy(img: Image.Image, caps: ExplainCaps) -> Image.Image:
     ``caps.max_work_side``, else a bilinear (antialiased) downscale to that size. Refuses extreme
     aspect ratios first (:func:`check_aspect`)."""
     check_aspect(img.height, img.width, caps)
-    h, w = fit_side(img.height, img.width, caps.max_work_side)
-    if (h, w) == (img.height, img.width):
-        return img
-    return img.resize((w, h), resample=Image.Resampling.BILINEAR)
+    return downscale(img, caps.max_work_side)
 
 
 def resize_map(heat: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -61,6 +61,7 @@ class ExplainOptions:
     steps: int = 32  # integrated gradients
     baseline: Baseline = Baseline.BLACK
     reduction: Reduction = Reduction.ABS
+    layer: str | None = None  # Grad-CAM's feature map (a forward_intermediates name); None: the last
     device: str = "cpu"  # where gradient methods run
     caps: ExplainCaps = field(default_factory=ExplainCaps)  # working-copy size, windows, aspect ratio (docs/explain.md)
 
@@ -101,7 +102,7 @@ def make_explainer(method: Method | str, detector: Detector | None = None, *,
     net = model if model is not None else torch_model_for(det, opts.device)
     pre, device, limits, caps = det.preprocess_config, opts.device, det.limits, opts.caps
     if method is Method.GRADCAM:
-        return g.GradCAM(net, preprocess=pre, device=device, limits=limits, caps=caps)
+        return g.GradCAM(net, preprocess=pre, device=device, layer=opts.layer, limits=limits, caps=caps)
     if method is Method.GUIDED_BACKPROP:
         return g.GuidedBackprop(net, preprocess=pre, device=device, reduction=opts.reduction, limits=limits, caps=caps)
     if method is Method.DECONVNET:

@@ -1,4 +1,4 @@
-"""Occlusion sensitivity (Zeiler & Fergus 2014; the seed's "occlusion" experiment).
+"""Occlusion sensitivity (Zeiler & Fergus 2014).
 
 A box slides over the image at its original resolution; each occluded copy is scored through the
 Detector (the exact preprocessing and model); the heatmap is, per pixel, the mean drop of the

@@ -4,7 +4,7 @@ so the CLI and HTTP schema can use them without loading a model stack."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from ..errors import ConfigError
 
@@ -37,7 +37,7 @@ class ExplainCaps:
             raise ConfigError(f"max_aspect must be at least 1, got {self.max_aspect}")
 
 
-class Method(str, Enum):
+class Method(StrEnum):
     OCCLUSION = "occlusion"
     SLIDING_WINDOW = "sliding-window"
     GRADCAM = "gradcam"
@@ -47,7 +47,7 @@ class Method(str, Enum):
     ALL = "all"
 
 
-class Fill(str, Enum):
+class Fill(StrEnum):
     """What replaces the occluded box."""
 
     MEAN = "mean"  # the preprocessing's mean colour (PreprocessConfig.mean_bgr): zero after mean subtraction
@@ -56,7 +56,7 @@ class Fill(str, Enum):
     BLUR = "blur"  # a strongly blurred copy of the image: removes detail, keeps colour
 
 
-class Reduction(str, Enum):
+class Reduction(StrEnum):
     """How a (3, H, W) attribution becomes one value per pixel."""
 
     ABS = "abs"  # sum of absolute values over channels: where the evidence is, either sign
@@ -64,14 +64,14 @@ class Reduction(str, Enum):
     SIGNED = "signed"  # channel sum, signed
 
 
-class Baseline(str, Enum):
+class Baseline(StrEnum):
     """The reference image of integrated gradients."""
 
     BLACK = "black"
     MEAN = "mean"  # the preprocessing's mean colour (zero input after mean subtraction)
 
 
-class Style(str, Enum):
+class Style(StrEnum):
     """How censored regions are hidden."""
 
     BLUR = "blur"

@@ -1,4 +1,4 @@
-"""Sliding-window heatmaps (the seed's first experiment).
+"""Sliding-window heatmaps: the model scores windows of the image.
 
 Each square crop of the image is scored on its own through the Detector (crop -> the exact
 preprocessing -> model), and the heatmap is, per pixel, the mean target over the crops that

@@ -2,8 +2,9 @@
 open_nsfw. Every score the lab reports is the exact pipeline's (``Detector.score``) on the saved
 uint8 pixels.
 
->>> from nsfwlab.lab import attack, evolve, robustness
->>> attack("painting.png", 0.983).score_after          # doctest: +SKIP
+>>> from nsfwlab.lab import attack, evolve, robustness, synthesize
+>>> attack("painting.png", to=0.983).score_after          # doctest: +SKIP
+>>> synthesize(None, objective="nsfw+sfw", steps=100).to_dict()["logits_end"]     # doctest: +SKIP
 
 The attack and robustness names load torch and are imported on first use (``nsfwlab.lab.attacks``,
 ``nsfwlab.lab.robust``, ``nsfwlab.lab.transforms``), so the command line stays light; DEAP and
@@ -16,8 +17,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .evolve import Algorithm, EvolveConfig, EvolveResult, detector_scorer, evolve
+from .networks import AlsoSpec, build_network, save_network
 from .render import ShapeKind, render, render_population
-from .synthesize import Param, SynthConfig, Synthesizer, SynthResult
+from .synthesize import Param, SynthConfig, Synthesizer, SynthResult, synthesize
 
 if TYPE_CHECKING:
     from .attacks import AttackConfig, Attacker, AttackResult, Goal, GoalKind, JpegMode, Norm, Space, attack
@@ -33,6 +35,7 @@ _LAZY: dict[str, str] = {
 
 __all__ = [
     "Algorithm",
+    "AlsoSpec",
     "AttackConfig",
     "AttackResult",
     "Attacker",
@@ -52,6 +55,7 @@ __all__ = [
     "Synthesizer",
     "Transform",
     "attack",
+    "build_network",
     "detector_scorer",
     "evolve",
     "parse_transform",
@@ -59,6 +63,8 @@ __all__ = [
     "render",
     "render_population",
     "robustness",
+    "save_network",
+    "synthesize",
 ]
 
 

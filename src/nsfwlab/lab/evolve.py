@@ -1,4 +1,4 @@
-"""Evolve images made of coloured shapes towards an NSFW score (the seed's "genetic" experiment).
+"""Evolve images made of coloured shapes towards an NSFW score (a genetic algorithm, or CMA-ES).
 
 A genome (see :mod:`nsfwlab.lab.render`) is drawn onto a canvas; a whole population is drawn in
 one call and scored in batches through the exact pipeline (the Detector's preprocessing of the
@@ -15,6 +15,9 @@ Fitness is the log-odds ``log(p / (1 - p))`` of the NSFW probability ``p`` (it k
 
 Both libraries draw from global generators (``random``, ``numpy.random``); :func:`evolve` seeds
 them and restores their state afterwards, so runs are reproducible and callers undisturbed.
+
+>>> result = evolve(None, Detector(), budget=2000, stop_at=0.99)      # doctest: +SKIP
+>>> result.score, result.to_dict()["evaluations"]                     # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -23,14 +26,17 @@ import io
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Protocol
 
 import numpy as np
 
 from ..errors import ConfigError
+from ..progress import ProgressCallback, notify
+from .options import configure
 from .render import ShapeKind, describe_shapes, genome_length, render_population
 
 __all__ = [
@@ -51,7 +57,7 @@ __all__ = [
 Scorer = Callable[[np.ndarray], np.ndarray]
 
 
-class Algorithm(str, Enum):
+class Algorithm(StrEnum):
     GA = "ga"
     CMAES = "cmaes"
     SEP_CMAES = "sep-cmaes"
@@ -85,25 +91,38 @@ class EvolveConfig:
     background: tuple[int, int, int] = (0, 0, 0)
 
     def __post_init__(self) -> None:
-        genome_length(self.shape, self.count)
+        if not isinstance(self.shape, ShapeKind):
+            try:
+                object.__setattr__(self, "shape", ShapeKind(self.shape))
+            except ValueError:
+                raise ConfigError(f"shape must be one of {', '.join(k.value for k in ShapeKind)}, got {self.shape!r}",
+                                  param="shape") from None
+        if not isinstance(self.algorithm, Algorithm):
+            try:
+                object.__setattr__(self, "algorithm", Algorithm(self.algorithm))
+            except ValueError:
+                raise ConfigError(f"algorithm must be one of {', '.join(a.value for a in Algorithm)}, "
+                                  f"got {self.algorithm!r}", param="algorithm") from None
+        if self.count < 1:
+            raise ConfigError(f"count (shapes) must be at least 1, got {self.count}", param="count")
         if not 0.0 <= self.to <= 1.0:
-            raise ConfigError(f"--to must lie in [0, 1], got {self.to}")
+            raise ConfigError(f"to must lie in [0, 1], got {self.to}", param="to")
         if self.population is not None and self.population < 4:
-            raise ConfigError(f"the population must be at least 4, got {self.population}")
+            raise ConfigError(f"population must be at least 4, got {self.population}", param="population")
         if self.budget < 1:
-            raise ConfigError(f"the evaluation budget must be at least 1, got {self.budget}")
+            raise ConfigError(f"budget (images scored) must be at least 1, got {self.budget}", param="budget")
         if not 8 <= self.size <= 2048:
-            raise ConfigError(f"the canvas size must lie in 8..2048, got {self.size}")
+            raise ConfigError(f"size (the canvas side) must lie in 8..2048, got {self.size}", param="size")
         if self.stop_at is not None and not 0.0 <= self.stop_at <= 1.0:
-            raise ConfigError(f"--stop-at must lie in [0, 1], got {self.stop_at}")
+            raise ConfigError(f"stop_at must lie in [0, 1], got {self.stop_at}", param="stop_at")
         if not 0.0 < self.tolerance < 1.0:
-            raise ConfigError(f"the tolerance must lie in (0, 1), got {self.tolerance}")
+            raise ConfigError(f"tolerance must lie in (0, 1), got {self.tolerance}", param="tolerance")
         if not 0.0 < self.sigma <= 1.0:
-            raise ConfigError(f"sigma must lie in (0, 1], got {self.sigma}")
+            raise ConfigError(f"sigma must lie in (0, 1], got {self.sigma}", param="sigma")
         if self.frames_every < 0:
-            raise ConfigError(f"frames_every must not be negative, got {self.frames_every}")
+            raise ConfigError(f"frames_every must not be negative, got {self.frames_every}", param="frames_every")
         if len(self.background) != 3 or not all(0 <= c <= 255 for c in self.background):
-            raise ConfigError(f"the background must be three values 0..255, got {self.background}")
+            raise ConfigError(f"background must be three values 0..255, got {self.background}", param="background")
 
     @property
     def goal(self) -> str:
@@ -171,6 +190,11 @@ class EvolveResult:
         return describe_shapes(self.genome, self.config.shape, self.config.size)
 
     def report(self) -> dict[str, Any]:
+        """The same as :meth:`to_dict`."""
+        return self.to_dict()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration, the verified score, the shapes and the history (JSON-safe)."""
         c = self.config
         return {
             "shape": c.shape.value, "count": c.count, "to": c.to, "goal": c.goal, "algorithm": c.algorithm.value,
@@ -235,7 +259,7 @@ def population_size(config: EvolveConfig) -> int:
 
 
 class _GeneticAlgorithm:
-    """The seed's GA on DEAP's operators, one elite kept; only changed genomes are re-scored."""
+    """A simple GA on DEAP's operators, one elite kept; only changed genomes are re-scored."""
 
     CXPB, MUTPB, SIGMA, TOURNAMENT = 0.5, 0.3, 0.1, 3
 
@@ -306,10 +330,13 @@ class _CMA:
         self.es.tell(self._asked, (-np.asarray(fitness, dtype=np.float64)).tolist())  # pycma minimises
 
 
-def _make_strategy(config: EvolveConfig, rng: random.Random) -> _Strategy:
+def _make_strategy(config: EvolveConfig, rng: random.Random, start: np.ndarray | None = None) -> _Strategy:
     if config.algorithm is Algorithm.GA:
-        return _GeneticAlgorithm(config, rng)
-    x0 = np.asarray([rng.random() for _ in range(config.genome_length)])
+        ga = _GeneticAlgorithm(config, rng)
+        if start is not None:
+            ga.population[0][:] = start.tolist()
+        return ga
+    x0 = np.asarray([rng.random() for _ in range(config.genome_length)]) if start is None else start
     return _CMA(config, x0, separable=config.algorithm is Algorithm.SEP_CMAES)
 
 
@@ -330,34 +357,71 @@ class _Best:
         return True
 
 
-def evolve(config: EvolveConfig, scorer: Scorer, *, verify: Callable[[bytes], float] | None = None,
-           progress: Callable[[Generation], None] | None = None) -> EvolveResult:
-    """Run the optimiser until the budget is spent or the goal is reached.
+def evolve(start: Any = None, detector: Any = None, config: EvolveConfig | None = None, *,
+           progress: ProgressCallback | None = None, scorer: Scorer | None = None,
+           verify: Callable[[bytes], float] | None = None, **overrides: Any) -> EvolveResult:
+    """Evolve an image of shapes towards ``config.to``; stop when the budget is spent or the goal
+    is reached (verified on the PNG).
 
-    Ctrl-C (KeyboardInterrupt) after the first generation ends the run early with the best so
-    far (``interrupted``, not ``reached``) instead of losing it.
+    ``start``: ``None`` for a random first genome, or a genome (``config.genome_length`` genes in
+    [0, 1], e.g. an earlier result's ``genome``) that the search starts from. ``detector``: the
+    :class:`~nsfwlab.Detector` whose exact pipeline scores every candidate (default: the stock
+    model on the CPU). ``config`` with ``overrides`` (``budget=2000``): an :class:`EvolveConfig`.
+    ``progress`` gets one event per generation (``stage`` ``"evolve"``, ``done`` the images scored
+    out of the budget, ``item`` the :class:`Generation`).
 
-    ``scorer`` scores a batch of uint8 images (:func:`detector_scorer`). ``verify`` scores a PNG
-    file's bytes (``Detector.score``): a candidate that seems to reach the goal is confirmed with
-    it before the run stops, and the returned score is its verdict on the returned PNG.
+    Advanced: ``scorer`` replaces the detector's batch scorer (uint8 images -> NSFW probabilities)
+    and ``verify`` its PNG verdict. Ctrl-C after the first generation ends the run early with the
+    best so far (``interrupted``, not ``reached``). DEAP and pycma draw from the global generators
+    (``random``, ``numpy.random``): they are seeded from ``config.seed`` and restored afterwards.
     """
+    if isinstance(start, EvolveConfig):  # the old call: evolve(config, scorer, verify=, progress=)
+        return _deprecated_evolve(start, detector, verify, progress)
+    config = configure(EvolveConfig, config, overrides)
+    genome = _start_genome(start, config)
+    if scorer is None:
+        if detector is None:
+            from ..detector import Detector
+
+            with Detector(device="cpu") as own:
+                return evolve(genome, own, config, progress=progress, verify=verify)
+        scorer = detector_scorer(detector)
+        verify = verify or detector.score
     saved_random, saved_np = random.getstate(), np.random.get_state()
     try:
         random.seed(config.seed)
         np.random.seed(config.seed)
-        return _run(config, scorer, verify, progress)
+        return _run(config, scorer, verify, progress, genome)
     finally:
         random.setstate(saved_random)
         np.random.set_state(saved_np)
 
 
+def _deprecated_evolve(config: EvolveConfig, scorer: Any, verify: Callable[[bytes], float] | None,
+                       progress: Any) -> EvolveResult:
+    warnings.warn("evolve(config, scorer) is deprecated; call evolve(None, detector, config) "
+                  "(or evolve(None, config=config, scorer=scorer))", DeprecationWarning, stacklevel=3)
+    callback = None if progress is None else (lambda event: progress(event.item))
+    return evolve(None, None, config, progress=callback, scorer=scorer, verify=verify)
+
+
+def _start_genome(start: Any, config: EvolveConfig) -> np.ndarray | None:
+    if start is None:
+        return None
+    genome = np.asarray(start, dtype=np.float64).reshape(-1)
+    if genome.size != config.genome_length or not np.all(np.isfinite(genome)):
+        raise ConfigError(f"start must be a genome of {config.genome_length} finite genes for {config.count} "
+                          f"{config.shape.value}s, got {genome.size} values", param="start")
+    return np.clip(genome, 0.0, 1.0)
+
+
 def _run(config: EvolveConfig, scorer: Scorer, verify: Callable[[bytes], float] | None,
-         progress: Callable[[Generation], None] | None) -> EvolveResult:
-    strategy = _make_strategy(config, random.Random(config.seed))
+         progress: ProgressCallback | None, start: np.ndarray | None) -> EvolveResult:
+    strategy = _make_strategy(config, random.Random(config.seed), start)
     best, history, frames = _Best(), [], []
     frames_every = config.frames_every
     evaluations, generation, reached = 0, 0, False
-    start = time.perf_counter()
+    began = time.perf_counter()
     interrupted = False
     while evaluations < config.budget and not reached:
         try:
@@ -377,15 +441,14 @@ def _run(config: EvolveConfig, scorer: Scorer, verify: Callable[[bytes], float] 
         generation += 1
         if best.update(genomes, images, scores, fitness) and config.reached(best.score):
             reached = verify is None or config.reached(verify(png_bytes(best.image)))  # type: ignore[arg-type]
-        row = Generation(generation, evaluations, time.perf_counter() - start, best.score, best.fitness,
+        row = Generation(generation, evaluations, time.perf_counter() - began, best.score, best.fitness,
                          float(np.mean(fitness)), config.budget)
         history.append(row)
         if frames_every and generation % frames_every == 0:
             frames.append((generation, best.image.copy()))  # type: ignore[union-attr]
             if len(frames) > MAX_FRAMES:
                 frames, frames_every = frames[1::2], frames_every * 2
-        if progress is not None:
-            progress(row)
+        notify(progress, "evolve", evaluations, config.budget, row)
     assert best.genome is not None and best.image is not None
     png = png_bytes(best.image)
     score = verify(png) if verify is not None else best.score
@@ -393,7 +456,7 @@ def _run(config: EvolveConfig, scorer: Scorer, verify: Callable[[bytes], float] 
         frames.append((generation, best.image.copy()))
     done = config.reached(score) or (config.goal != "target" and config.stop_at is None)
     return EvolveResult(config, best.genome, best.image, png, score, best.fitness, evaluations,
-                        time.perf_counter() - start, done and not interrupted, history, frames, interrupted)
+                        time.perf_counter() - began, done and not interrupted, history, frames, interrupted)
 
 
 

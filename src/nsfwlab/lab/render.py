@@ -15,7 +15,7 @@ drawn in.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ __all__ = ["GENES", "ShapeKind", "describe_shapes", "genes_per_shape", "genome_l
            "render_population"]
 
 
-class ShapeKind(str, Enum):
+class ShapeKind(StrEnum):
     CIRCLE = "circle"
     TRIANGLE = "triangle"
 

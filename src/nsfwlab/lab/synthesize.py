@@ -1,13 +1,23 @@
-"""Synthesise images that maximise an objective on open_nsfw (activation maximisation, seed 003).
+"""Synthesise images that maximise an objective on open_nsfw (activation maximisation).
 
-The image comes from a parameterisation (:mod:`nsfwlab.lab.fourier`: a decorrelated Fourier
-spectrum, plain pixels, or a TorchScript generator's code), passes random robustness transforms
-(except in a final settling phase, by default for balanced sums only), then the exact pipeline's
-torch twin (:class:`~nsfwlab.preprocess.differentiable.DifferentiablePreprocess`: Pillow's real
-JPEG round trip forward, identity backward) into the model; Adam raises the objective: a
+>>> result = synthesize(None, Detector(), objective="nsfw+sfw", steps=100)     # doctest: +SKIP
+>>> result.scores, result.to_dict()["logits_end"]                            # doctest: +SKIP
+
+The image comes from a parameterisation (:mod:`nsfwlab.lab.imageparam`: a decorrelated Fourier
+spectrum or plain pixels, optionally set from a start image; or a generator's code), passes random
+robustness transforms (:mod:`nsfwlab.lab.augment`; except in a final settling phase, by default for
+balanced objectives only), then the exact pipeline's torch twin
+(:class:`~nsfwlab.preprocess.differentiable.DifferentiablePreprocess`: Pillow's real JPEG round
+trip forward, identity backward) into the model; Adam raises the objective: a
 :class:`~nsfwlab.objectives.Target` (``nsfw``, ``sfw``, ``nsfw+sfw``, ``channel:LAYER:K`` ...)
 plus, per second network, ``weight * log_softmax(logits)[class]``, minus the optional
 total-variation and L2 penalties, plus a diversity term across the batch.
+
+An objective of several terms (a sum, or any second network) is *balanced* by default: each step,
+every term's gradient with respect to the image is normalised to unit length per image and weighted
+by the term's weight, so that a term with a small or bounded range (a second network's
+log-probability, a weakly scaled logit) moves as surely as the strongest one, and to first order
+every term rises.
 
 Nothing the optimiser estimates is reported: every number in :class:`SynthResult` is computed on
 the final uint8 images through the exact pipeline (``Detector.score`` of the PNG bytes, and the
@@ -16,18 +26,23 @@ Detector's own preprocessing into the torch model for the logits and objective v
 
 from __future__ import annotations
 
+import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, ModelError
-from ..objectives import Target, parse_objective
+from ..errors import ConfigError
+from ..objectives import Negated, Scaled, Target, parse_objective
+from ..progress import ProgressCallback, notify
 from .evolve import png_bytes
+from .networks import AlsoNetwork, AlsoSpec, load_also, load_generator, parse_also
+from .options import configure
 
 __all__ = [
     "BALANCED_SETTLE",
@@ -40,6 +55,7 @@ __all__ = [
     "load_also",
     "load_generator",
     "parse_also",
+    "synthesize",
 ]
 
 #: The layer whose Gram matrices the diversity term spreads apart (lucid uses a mid layer).
@@ -47,120 +63,23 @@ DIVERSITY_LAYER = "stage1"
 #: The default settling fraction (:attr:`SynthConfig.settle_fraction`) of a balanced objective: its
 #: last fifth runs without the robustness transforms (measured in docs/lab-synthesis.md).
 BALANCED_SETTLE = 0.2
+_EPS = 1e-12
 
 
-class Param(str, Enum):
+class Param(StrEnum):
     FFT = "fft"
     PIXELS = "pixels"
 
 
 @dataclass(frozen=True)
-class AlsoSpec:
-    """``MODEL:CLASS[:WEIGHT]`` from the command line."""
-
-    path: Path
-    class_index: int
-    weight: float = 1.0
-
-
-def parse_also(text: str) -> AlsoSpec:
-    """Read ``MODEL:CLASS[:WEIGHT]`` (the model path may itself hold colons)."""
-    parts = text.rsplit(":", 2)
-    try:
-        if len(parts) == 3 and _is_int(parts[1]):
-            return AlsoSpec(Path(parts[0]), int(parts[1]), float(parts[2]))
-        head, _, cls = text.rpartition(":")
-        if head and _is_int(cls):
-            return AlsoSpec(Path(head), int(cls))
-    except ValueError:
-        pass
-    raise ConfigError(f"--also {text!r}: expected MODEL:CLASS[:WEIGHT], e.g. places.pt:17:0.5")
-
-
-def _is_int(text: str) -> bool:
-    return text.strip().isdigit()
-
-
-@dataclass
-class AlsoNetwork:
-    """A second network: (N, 3, size, size) RGB in [0, 1] -> logits; its class's log-probability
-    joins the objective with ``weight``."""
-
-    module: Any
-    class_index: int
-    weight: float = 1.0
-    size: int = 224
-    name: str = "also"
-
-
-def load_also(spec: AlsoSpec, *, size: int = 224, device: str = "cpu") -> AlsoNetwork:
-    """Load a TorchScript ``.pt`` (or an ``.onnx`` through onnx2torch, when it is installed)."""
-    import torch
-
-    path = spec.path
-    if not path.is_file():
-        raise ConfigError(f"--also {path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        module = _onnx_module(path)
-    elif suffix in (".pt", ".pth", ".ts"):
-        try:
-            module = torch.jit.load(str(path), map_location=device)
-        except Exception as exc:  # torch raises RuntimeError/ValueError on bad archives
-            raise ModelError(f"--also {path}: not a TorchScript module ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''}); save it with torch.jit.save") from None
-    else:
-        raise ConfigError(f"--also {path}: expected a TorchScript .pt or an .onnx file")
-    module = module.to(device).eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    with torch.no_grad():
-        try:
-            out = module(torch.full((1, 3, size, size), 0.5, device=device))
-        except Exception as exc:
-            raise ModelError(f"--also {path}: failed on a (1, 3, {size}, {size}) input: "
-                             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-    if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        raise ModelError(f"--also {path}: expected logits of shape (N, classes), got "
-                         f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
-    if not 0 <= spec.class_index < out.shape[1]:
-        raise ConfigError(f"--also {path}: class {spec.class_index} out of range (the model has {out.shape[1]})")
-    return AlsoNetwork(module, spec.class_index, spec.weight, size, path.name)
-
-
-def _onnx_module(path: Path) -> Any:
-    try:
-        from onnx2torch import convert
-    except ImportError:
-        raise ConfigError(
-            f"--also {path}: an .onnx second network needs onnx2torch (onnxruntime has no gradients); "
-            "`pip install onnx2torch` with the torchvision built for your torch, or pass a TorchScript .pt"
-        ) from None
-    try:
-        return convert(str(path))
-    except Exception as exc:
-        raise ModelError(f"--also {path}: onnx2torch cannot convert it: {type(exc).__name__}: {exc}") from None
-
-
-def load_generator(path: Path, device: str = "cpu") -> Any:
-    """A TorchScript generator: codes (N, D) -> images (N, 3, H, W) in [0, 1]."""
-    import torch
-
-    if not path.is_file():
-        raise ConfigError(f"--generator {path}: no such file")
-    try:
-        module = torch.jit.load(str(path), map_location=device)
-    except Exception as exc:
-        raise ModelError(f"--generator {path}: not a TorchScript module ({type(exc).__name__})") from None
-    module.eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module
-
-
-@dataclass(frozen=True)
 class SynthConfig:
-    """How to synthesise. ``diversity`` ``None``: 1.0 when ``batch > 1``, else 0."""
+    """How to synthesise. ``diversity`` ``None``: 1.0 when ``batch > 1``, else 0.
+
+    ``also``: second networks, as files (:class:`AlsoSpec`, loaded at the start of the run with
+    ``also_size`` and ``trust_code``) or loaded (:class:`AlsoNetwork`). ``generator``: a generator's
+    file or module, whose codes are optimised instead of an image; ``trust_code`` allows TorchScript
+    files (code that runs: see :mod:`nsfwlab.lab.networks`). ``device``: where the optimisation runs.
+    """
 
     objective: str = "nsfw"
     param: Param = Param.FFT
@@ -174,27 +93,45 @@ class SynthConfig:
     diversity: float | None = None
     transforms: bool = True
     code_dim: int | None = None
-    #: With a sum of several terms (``nsfw+sfw``), maximise a soft minimum of their gains over the
-    #: start image, so that every term rises ("both at once", seed 003), not only the cheapest one.
+    #: With several terms (``nsfw+sfw``, or any ``also``), give every term an equal share of each step
+    #: (its unit-length image gradient times its weight), so that every term rises, not only the cheapest.
     balance: bool = True
     #: The fraction of the last steps that run without the robustness transforms, so that the final
     #: image is tuned to the exact, un-transformed pipeline its numbers are measured on. ``None``:
-    #: :data:`BALANCED_SETTLE` for a balanced sum of several terms, else 0 (see :attr:`settle_fraction`).
+    #: :data:`BALANCED_SETTLE` for a balanced objective, else 0 (see :attr:`settle_fraction`).
     settle: float | None = None
+    also: tuple[AlsoSpec | AlsoNetwork, ...] = ()
+    also_size: int = 224
+    generator: str | os.PathLike[str] | Any = None
+    trust_code: bool = False
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.steps < 0:
-            raise ConfigError(f"--steps must not be negative, got {self.steps}")
+            raise ConfigError(f"steps must not be negative, got {self.steps}", param="steps")
         if not 0.0 < self.lr <= 10.0:
-            raise ConfigError(f"--lr must lie in (0, 10], got {self.lr}")
+            raise ConfigError(f"lr must lie in (0, 10], got {self.lr}", param="lr")
         if not 32 <= self.size <= 1024:
-            raise ConfigError(f"--size must lie in 32..1024, got {self.size}")
+            raise ConfigError(f"size must lie in 32..1024, got {self.size}", param="size")
         if not 1 <= self.batch <= 64:
-            raise ConfigError(f"--batch must lie in 1..64, got {self.batch}")
-        if min(self.tv, self.l2, self.diversity or 0.0) < 0.0:
-            raise ConfigError("penalty and diversity weights must not be negative")
+            raise ConfigError(f"batch must lie in 1..64, got {self.batch}", param="batch")
+        for name in ("tv", "l2", "diversity"):
+            if (getattr(self, name) or 0.0) < 0.0:
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}", param=name)
         if self.settle is not None and not 0.0 <= self.settle <= 1.0:
-            raise ConfigError(f"--settle must lie in [0, 1], got {self.settle}")
+            raise ConfigError(f"settle must lie in [0, 1], got {self.settle}", param="settle")
+        if not 8 <= self.also_size <= 1024:
+            raise ConfigError(f"also_size must lie in 8..1024, got {self.also_size}", param="also_size")
+        if self.code_dim is not None and self.code_dim < 1:
+            raise ConfigError(f"code_dim must be >= 1, got {self.code_dim}", param="code_dim")
+        if not isinstance(self.param, Param):
+            object.__setattr__(self, "param", _param(self.param))
+        if not isinstance(self.also, tuple):
+            object.__setattr__(self, "also", tuple(self.also))
+        for item in self.also:
+            if not isinstance(item, (AlsoSpec, AlsoNetwork)):
+                raise ConfigError(f"also takes AlsoSpec or AlsoNetwork items, got {type(item).__name__}",
+                                  param="also")
         parse_objective(self.objective)  # a typo is a usage error before any model loads
 
     @property
@@ -203,18 +140,13 @@ class SynthConfig:
 
     @property
     def balanced(self) -> bool:
-        """Whether the objective is optimised as a balanced minimum of several summed terms."""
-        return self.balance and len(parse_objective(self.objective).summands()) > 1
+        """Whether several terms (summands of the objective and second networks) are balanced."""
+        return self.balance and len(parse_objective(self.objective).summands()) + len(self.also) > 1
 
     @property
     def settle_fraction(self) -> float:
-        """``settle``, or by default :data:`BALANCED_SETTLE` for a balanced objective and 0 otherwise.
-
-        One term's robust optimum already moves its exact logit far (``nsfw`` +12, ``sfw`` +9 in 200
-        steps with the transforms throughout), and lucid keeps the transforms to the end. The terms of
-        ``nsfw+sfw`` pull towards conflicting robust features, and with the transforms throughout both
-        exact logits gained only 0.8-2.2 in 200 steps (seeds 0-4); a settling phase lets the final image
-        raise each term on the exact pipeline: +3.0 to +4.7 for both (docs/lab-synthesis.md)."""
+        """``settle``, or by default :data:`BALANCED_SETTLE` for a balanced objective and 0 otherwise
+        (measured in docs/lab-synthesis.md)."""
         if self.settle is not None:
             return self.settle
         return BALANCED_SETTLE if self.balanced else 0.0
@@ -223,6 +155,25 @@ class SynthConfig:
     def robust_steps(self) -> int:
         """How many of the first steps apply the robustness transforms."""
         return self.steps - round(self.settle_fraction * self.steps) if self.transforms else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        generator = self.generator
+        return {"objective": self.objective, "param": self.param.value, "steps": self.steps, "lr": self.lr,
+                "size": self.size, "batch": self.batch, "seed": self.seed, "tv": self.tv, "l2": self.l2,
+                "diversity": self.diversity_weight, "transforms": self.transforms, "balance": self.balanced,
+                "settle": self.settle_fraction if self.transforms else 0.0,
+                "also": [{"model": str(a.path) if isinstance(a, AlsoSpec) else a.name, "class": a.class_index,
+                          "weight": a.weight} for a in self.also],
+                "generator": None if generator is None else str(generator)
+                if isinstance(generator, (str, os.PathLike)) else type(generator).__name__}
+
+
+def _param(value: Any) -> Param:
+    try:
+        return Param(value)
+    except ValueError:
+        raise ConfigError(f"param must be one of {', '.join(p.value for p in Param)}, got {value!r}",
+                          param="param") from None
 
 
 @dataclass
@@ -240,62 +191,126 @@ class SynthResult:
     steps: int
     history: list[float] = field(default_factory=list)
     interrupted: bool = False
+    config: SynthConfig = field(default_factory=SynthConfig)
 
-    def report(self, config: SynthConfig) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration and every measured number (JSON-safe; the images stay in ``pngs``)."""
         items = [{"score": s, "logits_start": a, "logits_end": b, "objectives_start": o0, "objectives_end": o1}
                  for s, a, b, o0, o1 in zip(self.scores, self.logits_start, self.logits_end,
                                             self.objectives_start, self.objectives_end, strict=True)]
-        return {"objective": config.objective, "param": config.param.value, "steps": self.steps, "lr": config.lr,
-                "size": config.size, "batch": config.batch, "seed": config.seed, "tv": config.tv, "l2": config.l2,
-                "diversity": config.diversity_weight, "transforms": config.transforms,
-                "balance": config.balanced, "settle": config.settle_fraction if config.transforms else 0.0,
-                "seconds": round(self.seconds, 3), "interrupted": self.interrupted, **items[0], "images": items,
-                "loss_history": self.history}
+        return {**self.config.to_dict(), "steps": self.steps, "seconds": round(self.seconds, 3),
+                "interrupted": self.interrupted, **items[0], "images": items, "loss_history": self.history}
+
+    def report(self, config: SynthConfig | None = None) -> dict[str, Any]:
+        """Deprecated: :meth:`to_dict` (the result carries its configuration)."""
+        warnings.warn("SynthResult.report() is deprecated; use to_dict()", DeprecationWarning, stacklevel=2)
+        return self.to_dict() if config is None else replace(self, config=config).to_dict()
+
+
+def synthesize(start: Any = None, detector: Any = None, config: SynthConfig | None = None, *,
+               progress: ProgressCallback | None = None, **overrides: Any) -> SynthResult:
+    """Optimise images for ``config.objective`` on ``detector``'s model; see the module notes.
+
+    ``start``: ``None`` to start from the parameterisation's random initialisation, or an image (a
+    path, bytes, a PIL image or an RGB array) that every batch member starts from (resized to
+    ``size``; not with a generator). ``detector``: a :class:`~nsfwlab.Detector` (default: the
+    stock model on the CPU), which supplies the weights, the preprocessing and the final verdicts.
+    ``config`` with ``overrides`` (``steps=50``): a :class:`SynthConfig`. ``progress`` gets one event
+    per step (``stage`` ``"synthesize"``, ``item`` the step's objective value). Ctrl-C stops early
+    and returns the images as they are (``interrupted``).
+    """
+    config = configure(SynthConfig, config, overrides)
+    if detector is None:
+        from ..detector import Detector
+
+        with Detector(device="cpu") as own:
+            return _Synthesis(own, config).run(start, progress)
+    return _Synthesis(detector, config).run(start, progress)
 
 
 class Synthesizer:
-    """Gradient ascent on an image parameterisation through the exact pipeline's torch twin.
-
-    ``detector`` supplies the weights (``torch_model``), its preprocessing configuration, and the
-    final verdicts (``score`` of each PNG). ``also``: second networks; ``generator``: a module
-    from codes to images (replaces the Fourier/pixel parameterisation)."""
+    """Deprecated: ``synthesize(None, detector, config, also=..., generator=..., device=...)``."""
 
     def __init__(self, detector: Any, config: SynthConfig, *, also: Sequence[AlsoNetwork] = (),
                  generator: Any = None, device: str = "cpu") -> None:
+        warnings.warn("Synthesizer(detector, config).run() is deprecated; call "
+                      "nsfwlab.lab.synthesize(None, detector, config)", DeprecationWarning, stacklevel=2)
+        self.detector = detector
+        self.config = replace(config, also=(*config.also, *also), generator=generator or config.generator,
+                              device=device)
+        self._run = _Synthesis(detector, self.config)  # errors (unknown layer, no code size) at once
+
+    def run(self, progress: Callable[[int, float], None] | None = None) -> SynthResult:
+        """``progress(step, loss)`` after each step."""
+        callback = None if progress is None else (lambda ev: progress(ev.done, -float(ev.item)))
+        return self._run.run(None, callback)
+
+
+def _share(term: Target) -> float:
+    """The weight of one summand: the product of its scale factors (the sign stays in its gradient)."""
+    if isinstance(term, Scaled):
+        return abs(term.factor) * _share(term.inner)
+    if isinstance(term, Negated):
+        return _share(term.inner)
+    return 1.0
+
+
+class _Synthesis:
+    """One run: the parameterisation, the objective's terms and Adam, on ``config.device``."""
+
+    def __init__(self, detector: Any, config: SynthConfig) -> None:
         from ..preprocess.differentiable import DifferentiablePreprocess
 
-        self.detector, self.config, self.also, self.device = detector, config, list(also), device
+        self.detector, self.config, self.device = detector, config, config.device
+        self.also = [a if isinstance(a, AlsoNetwork) else
+                     load_also(a, size=config.also_size, device=config.device, trust_code=config.trust_code)
+                     for a in config.also]
+        gen = config.generator
+        if isinstance(gen, (str, os.PathLike)):
+            gen = load_generator(Path(gen), config.device, trust_code=config.trust_code)
+        self.generator = gen
         self.target: Target = parse_objective(config.objective)
         summands = self.target.summands()
-        #: The summed terms optimised together (balanced), by report name; empty for one term.
-        self.summands: dict[str, Target] = ({f"term{i}:{t.name}": t for i, t in enumerate(summands)}
-                                            if config.balanced else {})
-        self._base: dict[str, Any] = {}
-        self.model = detector.torch_model(device)
+        #: The balanced terms, by report name -> their share of each step; empty when not balanced.
+        self.shares: dict[str, float] = {}
+        self.summands: dict[str, Target] = {}
+        if config.balanced:
+            self.summands = {f"term{i}:{t.name}": t for i, t in enumerate(summands)} if len(summands) > 1 else {}
+            terms = self.summands or {self.target.name: self.target}
+            self.shares = {name: _share(t) for name, t in terms.items()}
+            self.shares.update({self._also_name(i, n): abs(n.weight) for i, n in enumerate(self.also)})
+        self.model = detector.torch_model(self.device)
         self.preprocess = DifferentiablePreprocess(detector.preprocess_config)
-        self.generator = generator
-        if generator is not None and config.code_dim is None and not hasattr(generator, "code_dim"):
-            raise ConfigError("the generator does not say its code size (no code_dim attribute); pass --code-dim")
+        if gen is not None and config.code_dim is None and not hasattr(gen, "code_dim"):
+            raise ConfigError("the generator does not say its code size (no code_dim attribute); pass code_dim",
+                              param="code_dim")
         self._check_layers()
+
+    @staticmethod
+    def _also_name(i: int, net: AlsoNetwork) -> str:
+        return f"also{i}:{net.name}:{net.class_index}"
 
     def _check_layers(self) -> None:
         names = set(self.model.layer_names()) if hasattr(self.model, "layer_names") else set()
         for layer in self._layers():
             if layer not in names:
-                raise ConfigError(f"the model has no layer {layer!r}; see OpenNSFW.layer_names()")
+                raise ConfigError(f"the model has no layer {layer!r}; see OpenNSFW.layer_names()", param="objective")
 
     def _layers(self) -> tuple[str, ...]:
         extra = (DIVERSITY_LAYER,) if self.config.diversity_weight > 0 and self.config.batch > 1 else ()
         return tuple(dict.fromkeys(self.target.layers + extra))
 
     # -- parameterisation ---------------------------------------------------------------------
-    def _make_param(self, rng: Any) -> tuple[list[Any], Callable[[], Any]]:
+    def _make_param(self, rng: Any, start: Any) -> tuple[list[Any], Callable[[], Any]]:
         import torch
 
-        from .fourier import FourierImage, PixelImage
+        from .imageparam import FourierImage, PixelImage
 
         c = self.config
         if self.generator is not None:
+            if start is not None:
+                raise ConfigError("a start image needs the fft or pixels parameterisation, not a generator",
+                                  param="start")
             dim = int(c.code_dim or self.generator.code_dim)
             code = torch.nn.Parameter(torch.randn(c.batch, dim, generator=rng).to(self.device))
             size = c.size
@@ -311,6 +326,8 @@ class Synthesizer:
             return [code], image
         cls = FourierImage if c.param is Param.FFT else PixelImage
         param = cls(c.batch, c.size, generator=rng).to(self.device)
+        if start is not None:
+            param.set_image(_start_tensor(start, c.size, c.batch).to(self.device))
         return list(param.parameters()), param
 
     # -- objective ----------------------------------------------------------------------------
@@ -339,7 +356,7 @@ class Synthesizer:
         for i, net in enumerate(self.also):
             small = F.interpolate(x01, size=(net.size, net.size), mode="bilinear", antialias=True, align_corners=False)
             log_probs = torch.log_softmax(net.module(small), dim=1)
-            terms[f"also{i}:{net.name}:{net.class_index}"] = log_probs[:, net.class_index]
+            terms[self._also_name(i, net)] = log_probs[:, net.class_index]
         if self.config.tv:
             terms["tv"] = ((x01[..., 1:, :] - x01[..., :-1, :]).abs().mean((1, 2, 3))
                            + (x01[..., :, 1:] - x01[..., :, :-1]).abs().mean((1, 2, 3)))
@@ -350,68 +367,81 @@ class Synthesizer:
         return logits, terms
 
     def _weights(self) -> dict[str, float]:
-        w = {f"also{i}:{n.name}:{n.class_index}": n.weight for i, n in enumerate(self.also)}
+        w = {self._also_name(i, n): n.weight for i, n in enumerate(self.also)}
         return {**w, "tv": -self.config.tv, "l2": -self.config.l2, "diversity": -self.config.diversity_weight}
 
-    def _objective(self, terms: dict[str, Any]) -> Any:
-        import torch
-
+    def _plain(self, terms: dict[str, Any]) -> Any:
+        """The objective per image as the weighted sum of its terms (what an unbalanced run maximises)."""
         weights = self._weights()
         total = terms[self.target.name]
-        if self.summands and self._base:
-            # A soft minimum (temperature 1, in logit units) of each term's gain over the start image.
-            gains = torch.stack([terms[name] - self._base[name] for name in self.summands])
-            total = -torch.logsumexp(-gains, dim=0)
         for name, value in terms.items():
             if name != self.target.name and name not in self.summands:
                 total = total + weights[name] * value
         return total
 
-    # -- run ----------------------------------------------------------------------------------
-    def run(self, progress: Callable[[int, float], None] | None = None) -> SynthResult:
-        """Optimise for ``config.steps`` steps; ``progress(step, loss)`` after each. Ctrl-C stops
-        early and returns the images as they are (``interrupted``)."""
+    def _backward(self, x01: Any, terms: dict[str, Any]) -> float:
+        """Put one step's gradient into the parameters; return the loss (the negated batch mean of the
+        weighted sum). Balanced: each term's image gradient at unit length per image times its share,
+        rescaled by the terms' mean gradient length (so that the penalties keep their strength)."""
         import torch
 
-        from .fourier import robustness_transforms
+        loss = -self._plain(terms).mean()
+        if not self.shares:
+            loss.backward()
+            return float(loss.detach())
+        combined, lengths = torch.zeros_like(x01), []
+        for name, share in self.shares.items():
+            (grad,) = torch.autograd.grad(terms[name].sum(), x01, retain_graph=True)
+            length = grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+            lengths.append(length)
+            combined = combined + share * grad / (length + _EPS)
+        combined = combined * torch.stack(lengths).mean(0)
+        weights = self._weights()
+        penalties = [weights[n] * terms[n] for n in ("tv", "l2", "diversity") if n in terms]
+        if penalties:
+            (grad,) = torch.autograd.grad(torch.stack(penalties).sum(), x01, retain_graph=True)
+            combined = combined + grad
+        x01.backward(-combined / x01.shape[0])
+        return float(loss.detach())
+
+    # -- run ----------------------------------------------------------------------------------
+    def run(self, start: Any, progress: ProgressCallback | None) -> SynthResult:
+        import torch
+
+        from .augment import robustness_transforms
 
         c = self.config
         torch.manual_seed(c.seed)
         rng = torch.Generator().manual_seed(c.seed)
-        params, image = self._make_param(rng)
+        params, image = self._make_param(rng, start)
         opt = torch.optim.Adam(params, lr=c.lr)
-        start = time.perf_counter()
+        began = time.perf_counter()
         with torch.no_grad():
             first = _to_uint8(image())
-            if self.summands:
-                _, at_start = self._terms(image())
-                self._base = {name: at_start[name] for name in self.summands}
         history: list[float] = []
         interrupted = False
         for step in range(c.steps):
             try:
                 opt.zero_grad(set_to_none=True)
                 x01 = image()
-                if step < c.robust_steps:  # then settle: the exact, un-transformed pipeline
-                    x01 = robustness_transforms(x01, rng)
-                _, terms = self._terms(x01)
-                loss = -self._objective(terms).mean()
-                loss.backward()
+                # The robustness transforms, then settling: the exact, un-transformed pipeline.
+                seen = robustness_transforms(x01, rng) if step < c.robust_steps else x01
+                _, terms = self._terms(seen)
+                loss = self._backward(x01, terms)
                 opt.step()
             except KeyboardInterrupt:
                 interrupted = True  # stop with the images as they are: the caller writes them
                 break
-            history.append(float(loss.detach()))
-            if progress is not None:
-                progress(step + 1, history[-1])
+            history.append(loss)
+            notify(progress, "synthesize", step + 1, c.steps, -loss)
         with torch.no_grad():
             final = _to_uint8(image())
         start_logits, start_obj = self.exact(first)
         end_logits, end_obj = self.exact(final)
         pngs = [png_bytes(img) for img in final]
-        scores = [float(self.detector.score(p)) for p in pngs]
+        scores = [float(self.detector.nsfw_score(p)) for p in pngs]
         return SynthResult(list(final), pngs, scores, start_logits, end_logits, start_obj, end_obj,
-                           time.perf_counter() - start, len(history), history, interrupted)
+                           time.perf_counter() - began, len(history), history, interrupted, c)
 
     def exact(self, images: np.ndarray) -> tuple[list[list[float]], list[dict[str, float]]]:
         """``[sfw, nsfw]`` logits and objective terms of uint8 images through the exact pipeline
@@ -451,3 +481,15 @@ def _to_uint8(x01: Any) -> np.ndarray:
     """(N, 3, H, W) in [0, 1] -> (N, H, W, 3) uint8, rounded."""
     arr = (x01.detach().clamp(0, 1) * 255.0).round().to("cpu").numpy().astype(np.uint8)
     return np.ascontiguousarray(arr.transpose(0, 2, 3, 1))
+
+
+def _start_tensor(start: Any, size: int, batch: int) -> Any:
+    """A start image as ``(batch, 3, size, size)`` in [0, 1], decoded under the default limits."""
+    import torch
+    from PIL import Image
+
+    from ..imageio import load_image
+
+    img = load_image(start).resize((size, size), Image.Resampling.BILINEAR)
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).expand(batch, -1, -1, -1).contiguous()

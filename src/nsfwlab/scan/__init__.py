@@ -12,18 +12,18 @@ from __future__ import annotations
 from .export import ExportFilter, ExportFormat, iter_records, write_export
 from .modes import ScanMode, quantize_int8
 from .pipeline import Engine, Executor, ScanConfig, ScanModel, ScanSummary, build_scan_model, scan
-from .store import COLUMNS, Decision, FileRecord, ResultStore, Status, StoreError
+from .store import COLUMNS, FileRecord, ResultStore, ScanAction, Status, StoreError
 from .walk import WalkConfig, walk
 
 __all__ = [
     "COLUMNS",
-    "Decision",
     "Engine",
     "Executor",
     "ExportFilter",
     "ExportFormat",
     "FileRecord",
     "ResultStore",
+    "ScanAction",
     "ScanConfig",
     "ScanMode",
     "ScanModel",
@@ -38,3 +38,11 @@ __all__ = [
     "walk",
     "write_export",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name == "Decision":  # deprecated: nsfwlab.bank.Decision is a reviewer's decision
+        from . import store
+
+        return store.Decision
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

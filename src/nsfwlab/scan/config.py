@@ -4,27 +4,27 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from ..backends import Backend
 from ..calibration import Calibration
 from ..config import DecodeLimits, Device, Precision, PreprocessConfig, Thresholds
 from ..errors import ConfigError
 from ..frames import FrameOptions
-from .modes import QUANT_VERSION, ScanMode, fast_preprocess, quantize_int8
+from .modes import FAST_GUARD_MARGIN, QUANT_VERSION, ExactGuard, ScanMode, fast_preprocess, model_for_cpu, quantize_int8
 from .walk import WalkConfig
 
 __all__ = ["Engine", "Executor", "ScanConfig", "ScanModel", "build_scan_model", "check_roots"]
 
 
-class Engine(str, Enum):
+class Engine(StrEnum):
     LOCAL = "local"
     RAY = "ray"
 
 
-class Executor(str, Enum):
+class Executor(StrEnum):
     """How the local engine decodes in parallel. ``auto``: threads on machines with up to 4 cores
     (measured faster there: no pickling, no second interpreter), processes above (no GIL
     contention, and a decoder crash only costs the file that caused it)."""
@@ -67,8 +67,11 @@ class ScanConfig:
     calibration: Calibration | None = None
     bank: str | None = None
     match_distance: int = 31
+    guard_margin: float = FAST_GUARD_MARGIN
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.guard_margin <= 1.0:
+            raise ConfigError(f"guard_margin must lie in [0, 1], got {self.guard_margin}", param="guard_margin")
         for name in ("chunk", "max_attempts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -116,10 +119,17 @@ class ScanModel:
     backend: Backend
     preprocess: PreprocessConfig
     mode: ScanMode
+    #: Fast mode's exact re-scoring of scores near a band boundary (``None``: scores are kept as they are).
+    guard: ExactGuard | None = None
 
     @property
     def model_version(self) -> str:
         return self.backend.model_version
+
+    @property
+    def model_id(self) -> str:
+        """The model's id in the zoo (``open_nsfw`` for the stock model and its fine-tunes)."""
+        return str(getattr(self.backend, "model_id", None) or "open_nsfw")
 
     @property
     def preprocess_version(self) -> str:
@@ -141,10 +151,11 @@ def build_scan_model(config: ScanConfig) -> ScanModel:
 
             torch.backends.cudnn.allow_tf32 = False
             torch.backends.cuda.matmul.allow_tf32 = False
-        det = Detector(device=device, precision=Precision.FP32, threads=config.threads, model=config.model,
+        model = model_for_cpu(config.model, device, config.cache_dir)  # a .pt runs as its ONNX export on a CPU
+        det = Detector(device=device, precision=Precision.FP32, threads=config.threads, model=model,
                        batch_size=config.model_batch(device))
         return ScanModel(det.backend, det.preprocess_config, ScanMode.EXACT)
-    if device == "cuda":
+    if device == "cuda":  # not guarded: the GPU's fast mode is fp16 on GPU decoding, another drift
         # fp16 channels-last on the GPU (|Δ| ~7e-4 against fp32); the GPU pipeline adds GPU decoding.
         from ..backends import TorchBackend
 
@@ -157,22 +168,36 @@ def build_scan_model(config: ScanConfig) -> ScanModel:
         if isinstance(det.backend, TorchBackend):
             det.backend.model_version = f"{det.model_version}-fp16"
         return ScanModel(det.backend, fast_preprocess(det.preprocess_config), ScanMode.FAST)
-    if config.model is None:
+    model = model_for_cpu(config.model, device, config.cache_dir)
+    if model is None:
         path = quantize_int8(None, cache_dir=config.cache_dir)
         backend: Backend = OnnxRuntimeBackend(path, verify=False, threads=config.threads,
                                               model_version=f"{MODEL_VERSION}-{QUANT_VERSION}")
-        return ScanModel(backend, fast_preprocess(PreprocessConfig()), ScanMode.FAST)
-    det = Detector(device=device, threads=config.threads, model=config.model,
-                   batch_size=config.model_batch(device))
+        return ScanModel(backend, fast_preprocess(PreprocessConfig()), ScanMode.FAST,
+                         _guard(config, lambda: OnnxRuntimeBackend(threads=config.threads), PreprocessConfig()))
+    det = Detector(device=device, threads=config.threads, model=model, batch_size=config.model_batch(device))
     base = det.preprocess_config
+    guard = _guard(config, lambda: det.backend, base)
     source = getattr(det.backend, "onnx_path", None)
     if source is not None:
         path = quantize_int8(source, cache_dir=config.cache_dir)
         backend = OnnxRuntimeBackend(path, verify=False, threads=config.threads,
                                      model_version=f"{det.model_version}-{QUANT_VERSION}")
-        return ScanModel(backend, fast_preprocess(base), ScanMode.FAST)
-    # A .pt checkpoint: fp32 torch model, DCT-scaled decoding only (export it to .onnx for int8).
-    return ScanModel(det.backend, fast_preprocess(base), ScanMode.FAST)
+        return ScanModel(backend, fast_preprocess(base), ScanMode.FAST, guard)
+    # A .pt checkpoint whose export failed: its fp32 torch model, DCT-scaled decoding only.
+    return ScanModel(det.backend, fast_preprocess(base), ScanMode.FAST, guard)
+
+
+def _guard(config: ScanConfig, exact: Callable[[], Backend], preprocess: PreprocessConfig) -> ExactGuard | None:
+    """Fast mode's guard on the labels of this scan's thresholds (after its calibration, if any)."""
+    if config.guard_margin <= 0:
+        return None
+    thresholds, calibration = config.thresholds, config.calibration
+
+    def label(raw: float) -> object:
+        return thresholds.label(raw if calibration is None else calibration.apply(raw))
+
+    return ExactGuard(exact, preprocess, config.limits, label, config.guard_margin)
 
 
 def check_roots(roots: Iterable[str | os.PathLike]) -> list[str]:

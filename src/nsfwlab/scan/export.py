@@ -7,23 +7,23 @@ a half-written export. Parquet needs ``pyarrow`` (the ``scan`` extra), imported 
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from enum import Enum
-from pathlib import Path
+from enum import StrEnum
 from typing import Any
 
 from ..config import Label
 from ..errors import ConfigError
+from ..outputs import atomic_output, csv_writer
+from .schema import RESULT_COLUMNS
 from .store import COLUMNS, FRAME_COLUMNS, ResultStore, Status
 
 __all__ = ["ExportFilter", "ExportFormat", "iter_records", "write_export"]
 
 
-class ExportFormat(str, Enum):
+class ExportFormat(StrEnum):
     CSV = "csv"
     JSONL = "jsonl"
     PARQUET = "parquet"
@@ -57,13 +57,14 @@ def iter_records(store: ResultStore, filt: ExportFilter | None = None) -> Iterat
 
 
 def _write_csv(rows: Iterator[dict[str, Any]], fh: Any) -> int:
-    writer = csv.DictWriter(fh, fieldnames=list(COLUMNS + FRAME_COLUMNS), lineterminator="\n")
-    writer.writeheader()
+    writer = csv_writer(fh)  # control characters escaped, formula prefixes defused (nsfwlab.outputs)
+    columns = COLUMNS + FRAME_COLUMNS
+    writer.writerow(columns)
     n = 0
     for row in rows:
         for k in FRAME_COLUMNS:  # nested lists: a JSON string in a CSV cell
             row[k] = None if row[k] is None else json.dumps(row[k])
-        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+        writer.writerow([row.get(k) for k in columns])
         n += 1
     return n
 
@@ -76,23 +77,18 @@ def _write_jsonl(rows: Iterator[dict[str, Any]], fh: Any) -> int:
     return n
 
 
-def _write_parquet(rows: Iterator[dict[str, Any]], path: Path, batch: int = 65536) -> int:
+def _write_parquet(rows: Iterator[dict[str, Any]], fh: Any, batch: int = 65536) -> int:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise ConfigError("parquet export needs pyarrow: pip install 'nsfwlab[scan]'") from None
-    schema = pa.schema([
-        ("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()), ("sha256", pa.string()),
-        ("score", pa.float64()), ("label", pa.string()), ("status", pa.string()), ("error_code", pa.string()),
-        ("error", pa.string()), ("attempts", pa.int64()), ("reused", pa.bool_()), ("model_version", pa.string()),
-        ("preprocess_version", pa.string()), ("mode", pa.string()), ("first_seen", pa.float64()),
-        ("scored_at", pa.float64()), ("kind", pa.string()), ("frames", pa.int64()), ("raw_score", pa.float64()),
-        ("match_decision", pa.string()), ("match_distance", pa.int64()), ("match_source", pa.string()),
-        ("frame_scores", pa.list_(pa.list_(pa.float64()))), ("segments", pa.list_(pa.list_(pa.float64()))),
-    ])
+    types = {"TEXT": pa.string(), "INTEGER": pa.int64(), "REAL": pa.float64()}
+    schema = pa.schema(
+        [(c.name, pa.bool_() if c.name == "reused" else types[c.sql.split()[0]]) for c in RESULT_COLUMNS]
+        + [(name, pa.list_(pa.list_(pa.float64()))) for name in FRAME_COLUMNS])
     n = 0
-    with pq.ParquetWriter(str(path), schema) as writer:
+    with pq.ParquetWriter(fh, schema) as writer:
         buf: list[dict[str, Any]] = []
         for row in rows:
             row["reused"] = bool(row["reused"])
@@ -109,24 +105,10 @@ def _write_parquet(rows: Iterator[dict[str, Any]], path: Path, batch: int = 6553
 
 def write_export(store: ResultStore, out: str | os.PathLike, fmt: ExportFormat,
                  filt: ExportFilter | None = None) -> int:
-    """Write the filtered rows to ``out`` atomically (temporary file, then rename); return the count."""
-    dest = Path(out)
-    if not dest.parent.is_dir():
-        raise ConfigError(f"directory {dest.parent} does not exist")
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    """Write the filtered rows to ``out`` atomically (temporary file, then rename); return the count.
+    ``out`` must be a regular file or a new name (:func:`~nsfwlab.outputs.check_output_path`)."""
     rows = iter_records(store, filt)
-    try:
+    with atomic_output(out, binary=fmt is ExportFormat.PARQUET, what="export") as fh:
         if fmt is ExportFormat.PARQUET:
-            n = _write_parquet(rows, tmp)
-        else:
-            with tmp.open("w", encoding="utf-8", newline="") as fh:
-                n = _write_csv(rows, fh) if fmt is ExportFormat.CSV else _write_jsonl(rows, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except OSError as exc:
-        raise ConfigError(f"cannot write {dest}: {exc.strerror or exc}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return n
+            return _write_parquet(rows, fh)
+        return _write_csv(rows, fh) if fmt is ExportFormat.CSV else _write_jsonl(rows, fh)

@@ -8,30 +8,42 @@
   ``~/.cache/nsfwlab/int8`` (or a given directory) keyed by the source graph's sha256.
 - ``fast`` on CUDA: GPU JPEG decoding and resizing into the fp16 model (:mod:`nsfwlab.scan.gpu`).
 
+Fast mode on a CPU never changes a label: a still image whose fast score lies within
+:data:`FAST_GUARD_MARGIN` of a band boundary (:func:`needs_exact`) is scored again the exact way
+(:class:`ExactGuard`), and that score is the one recorded. A ``.pt`` checkpoint scanned on a CPU runs
+as its ONNX export (:func:`model_for_cpu`), which onnxruntime runs several times faster than torch.
+
 Scores of different modes never mix: each mode has its own model and preprocessing versions.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ..config import PreprocessConfig
-from ..errors import ConfigError, ModelError
+from ..config import DecodeLimits, PreprocessConfig
+from ..errors import ConfigError, ModelError, NsfwlabError
 from ..hashing import model_file_sha256
 
 __all__ = [
+    "FAST_GUARD_MARGIN",
     "QUANT_VERSION",
+    "ExactGuard",
     "ScanMode",
     "calibration_batches",
     "default_cache_dir",
     "fast_preprocess",
     "int8_model_path",
+    "model_for_cpu",
+    "needs_exact",
     "quantize_int8",
 ]
 
@@ -39,7 +51,7 @@ __all__ = [
 QUANT_VERSION = "int8q1"
 
 
-class ScanMode(str, Enum):
+class ScanMode(StrEnum):
     EXACT = "exact"
     FAST = "fast"
 
@@ -162,3 +174,94 @@ def quantize_int8(source: str | os.PathLike | None = None, *, cache_dir: str | o
             if leftover.exists():
                 leftover.unlink()
     return out
+
+
+#: How far fast mode's score may be from the exact one, as the guard assumes: a fast score within
+#: this distance of a band boundary is re-scored exactly (:func:`needs_exact`). The largest
+#: ``|fast - exact|`` measured on a varied corpus of 527 images was 0.173, on a painting-like image
+#: (photos and crops: 0.059; ``benchmarks/bench_fast_drift.py``, docs/scan.md), rounded up. The cost
+#: rises steeply past it: with the 0.2 boundary, a margin of 0.18 re-scores fast scores from 0.02 up
+#: (16.5% of that corpus), 0.2 every score from 0 (all of it). ``ScanConfig`` takes it as
+#: ``guard_margin`` (0 turns the guard off).
+FAST_GUARD_MARGIN = 0.18
+
+
+def needs_exact(score: float, margin: float, label: Callable[[float], object]) -> bool:
+    """Whether a fast raw ``score`` could carry another label than the exact score: some score within
+    ``margin`` of it gets another ``label`` (the band labels of the thresholds in use, after any
+    calibration; labels are monotone in the score, so the two ends of the interval and the score
+    itself decide)."""
+    if margin <= 0:
+        return False
+    lo, hi = max(0.0, score - margin), min(1.0, score + margin)
+    first = label(score)
+    return label(lo) != first or label(hi) != first
+
+
+class ExactGuard:
+    """Fast mode's guard: re-scores the still images whose fast scores :func:`needs_exact` flags with
+    the exact pipeline (``preprocess`` and the fp32 backend ``exact``, built on first use), so that fast
+    mode never changes a label. The file is read again and must still hash to the content scored; a
+    file that changed or cannot be read keeps its fast score (the next scan scores it again anyway).
+    ``checked`` and ``rescored`` count images."""
+
+    def __init__(self, exact: Callable[[], Any], preprocess: PreprocessConfig, limits: DecodeLimits,
+                 label: Callable[[float], object], margin: float = FAST_GUARD_MARGIN) -> None:
+        if not 0.0 <= margin <= 1.0:
+            raise ConfigError(f"guard_margin must lie in [0, 1], got {margin}", param="guard_margin")
+        self._make: Callable[[], Any] = exact
+        self._backend: Any = None
+        self.preprocess, self.limits, self.label, self.margin = preprocess, limits, label, margin
+        self.checked = self.rescored = 0
+
+    def review(self, items: Sequence[tuple[str | None, str]], scores: Sequence[float]) -> list[float]:
+        """``scores`` of ``items`` (``(path, sha256)``; path ``None``: not a still image, left as is),
+        with the flagged ones replaced by their exact scores (one model call for the batch's flagged)."""
+        out = [float(s) for s in scores]
+        flagged: list[tuple[int, np.ndarray]] = []
+        for i, ((path, sha), score) in enumerate(zip(items, out, strict=True)):
+            if path is None:
+                continue
+            self.checked += 1
+            if needs_exact(score, self.margin, self.label) and (array := self._exact_input(path, sha)) is not None:
+                flagged.append((i, array))
+        if flagged:
+            from ..preprocess import stack_batch
+
+            if self._backend is None:
+                self._backend = self._make()
+            exact = self._backend.predict(stack_batch([a for _, a in flagged]))[:, 1]
+            for (i, _), score in zip(flagged, exact, strict=True):
+                out[i] = float(score)
+            self.rescored += len(flagged)
+        return out
+
+    def _exact_input(self, path: str, sha: str) -> np.ndarray | None:
+        """The exact network input of the file at ``path`` if it still holds the content ``sha``."""
+        from ..imageio import read_bytes
+        from ..preprocess import preprocess
+
+        try:
+            data = read_bytes(path, self.limits)
+            if hashlib.sha256(data).hexdigest() != sha:
+                return None
+            return preprocess(data, self.preprocess, self.limits)
+        except NsfwlabError:
+            return None
+
+
+def model_for_cpu(model: str | None, device: str, cache_dir: str | os.PathLike | None) -> str | None:
+    """The model file a scan runs on ``device``: a ``.pt`` checkpoint on a CPU becomes its cached ONNX
+    export (:func:`nsfwlab.checkpoint.cached_onnx_export`, under ``cache_dir``/onnx), which onnxruntime
+    runs several times faster than torch does on a CPU, with the same scores to ~1e-6 and the
+    checkpoint's model_version; anything else is returned as it is."""
+    if model is None or device != "cpu" or Path(model).suffix.lower() == ".onnx":
+        return model
+    from ..checkpoint import cached_onnx_export
+
+    exported = cached_onnx_export(model, Path(cache_dir) if cache_dir is not None else default_cache_dir())
+    if exported is None:
+        logging.getLogger(__name__).warning("%s: its ONNX export does not score as it does; the scan runs it on "
+                                            "torch, several times slower", model)
+        return model
+    return str(exported)

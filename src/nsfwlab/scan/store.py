@@ -2,8 +2,12 @@
 
 Rules the scanner relies on:
 
+- The schema is declared once, in :mod:`nsfwlab.scan.schema`; rows are read by column name.
 - A row is keyed by ``(path, model_version, preprocess_version)``: results of another model or
   preprocessing never overwrite older ones, they live next to them.
+- A row keeps the model's raw output; its score, label and match are derived by
+  :mod:`nsfwlab.verdict` under the ``policy`` it records, and derived again (never re-scored) when
+  a scan brings another policy (:attr:`ScanAction.REDERIVE`).
 - ``sha256`` is indexed per version, so identical content is scored once (:meth:`ResultStore.cached_score`).
 - Each batch of results is one transaction (:meth:`ResultStore.write`): ``kill -9`` at any moment
   loses at most the batch being written, and WAL keeps the file consistent.
@@ -23,73 +27,50 @@ import codecs
 import os
 import sqlite3
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..sqlitefiles import DatabaseKind, application_id, open_database
+from .schema import (
+    COLUMNS,
+    FRAME_COLUMNS,
+    KEY,
+    RESULT_COLUMNS,
+    SCHEMA_VERSION,
+    WRITTEN,
+    migration_script,
+    results_ddl,
+    upsert_sql,
+)
 
 __all__ = [
     "COLUMNS",
     "FRAME_COLUMNS",
     "SCHEMA_VERSION",
-    "Decision",
     "FileRecord",
     "ResultStore",
+    "ScanAction",
     "Status",
     "StoreError",
     "StoreWriteError",
+    "StoredRaw",
 ]
 
-#: 2: status 'missing' (files deleted since they were scanned). 3: ``kind`` and ``frames`` (videos and
-#: animations, with the ``frames`` and ``segments`` tables), ``raw_score`` (calibration), ``match_*`` (bank).
-SCHEMA_VERSION = 3
-
 #: Columns of schema 1, which every store has (what tells an nsfwlab store from a foreign file).
-_V1_COLUMNS = (
-    "path", "size", "mtime_ns", "sha256", "score", "label", "status", "error_code", "error",
-    "attempts", "reused", "model_version", "preprocess_version", "mode", "first_seen", "scored_at",
-)
-#: Columns of the ``results`` table, in export order.
-COLUMNS = (*_V1_COLUMNS, "kind", "frames", "raw_score", "match_decision", "match_distance", "match_source")
-#: What an exported record adds: a video's or animation's ``(t, score)`` frames and ``(start, end, max)`` segments.
-FRAME_COLUMNS = ("frame_scores", "segments")
-
-_RESULTS_TABLE = """
-CREATE TABLE IF NOT EXISTS results (
-    id INTEGER PRIMARY KEY,
-    path TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL,
-    sha256 TEXT,
-    score REAL,
-    label TEXT,
-    status TEXT NOT NULL CHECK (status IN ('ok', 'error', 'missing')),
-    error_code TEXT,
-    error TEXT,
-    attempts INTEGER NOT NULL DEFAULT 1,
-    reused INTEGER NOT NULL DEFAULT 0,
-    model_version TEXT NOT NULL,
-    preprocess_version TEXT NOT NULL,
-    mode TEXT NOT NULL,
-    first_seen REAL NOT NULL,
-    scored_at REAL NOT NULL,
-    kind TEXT,
-    frames INTEGER,
-    raw_score REAL,
-    match_decision TEXT,
-    match_distance INTEGER,
-    match_source TEXT,
-    UNIQUE (path, model_version, preprocess_version)
-);
-"""
+_V1_COLUMNS = tuple(c.name for c in RESULT_COLUMNS if c.since == 1)
+#: How :func:`open_database` tells a results store (also one written before it set ``application_id``).
+_KIND = DatabaseKind("results store", application_id("NsfS"), frozenset({"meta", "results", "runs"}),
+                     {"results": frozenset(_V1_COLUMNS)})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-""" + _RESULTS_TABLE + """
+""" + results_ddl() + """
 CREATE INDEX IF NOT EXISTS results_content
     ON results (sha256, model_version, preprocess_version) WHERE status = 'ok';
 CREATE TABLE IF NOT EXISTS frames (
@@ -124,47 +105,7 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
-_V2_RESULTS = """
-CREATE TABLE results (
-    id INTEGER PRIMARY KEY, path TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT,
-    score REAL, label TEXT, status TEXT NOT NULL CHECK (status IN ('ok', 'error', 'missing')), error_code TEXT,
-    error TEXT, attempts INTEGER NOT NULL DEFAULT 1, reused INTEGER NOT NULL DEFAULT 0,
-    model_version TEXT NOT NULL, preprocess_version TEXT NOT NULL, mode TEXT NOT NULL, first_seen REAL NOT NULL,
-    scored_at REAL NOT NULL, UNIQUE (path, model_version, preprocess_version)
-);
-"""
-
-_UPSERT = """
-INSERT INTO results (path, size, mtime_ns, sha256, score, label, status, error_code, error, reused, model_version,
-                     preprocess_version, mode, first_seen, scored_at, kind, frames, raw_score, match_decision,
-                     match_distance, match_source)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (path, model_version, preprocess_version) DO UPDATE SET
-    attempts = CASE
-        WHEN results.size = excluded.size AND results.mtime_ns = excluded.mtime_ns
-             AND results.status = 'error' THEN results.attempts + 1
-        WHEN results.size = excluded.size AND results.mtime_ns = excluded.mtime_ns
-             THEN results.attempts
-        ELSE 1 END,
-    size = excluded.size, mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256,
-    score = excluded.score, label = excluded.label, status = excluded.status,
-    error_code = excluded.error_code, error = excluded.error, reused = excluded.reused,
-    mode = excluded.mode, scored_at = excluded.scored_at, kind = excluded.kind, frames = excluded.frames,
-    raw_score = excluded.raw_score, match_decision = excluded.match_decision,
-    match_distance = excluded.match_distance, match_source = excluded.match_source
-"""
-
-#: SQL that brings schema N to N + 1 (run in one transaction by :meth:`ResultStore._migrate`; the
-#: indexes and new tables of the current schema are created after it).
-_MIGRATIONS = {
-    # 1 -> 2: status may be 'missing'; SQLite cannot change a CHECK constraint, so the table is rebuilt.
-    1: "ALTER TABLE results RENAME TO results_v1;\n" + _V2_RESULTS
-       + "INSERT INTO results SELECT * FROM results_v1;\nDROP TABLE results_v1;\n",
-    # 2 -> 3: new nullable columns (old rows: NULL, i.e. an image scored without calibration or bank).
-    2: "".join(f"ALTER TABLE results ADD COLUMN {c};\n" for c in (
-        "kind TEXT", "frames INTEGER", "raw_score REAL", "match_decision TEXT", "match_distance INTEGER",
-        "match_source TEXT")),
-}
+_UPSERT = upsert_sql()
 
 
 def _text(value: str) -> str:
@@ -222,17 +163,44 @@ class StoreWriteError(StoreError):
     code = "store_write"
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     OK = "ok"
     ERROR = "error"
     MISSING = "missing"  # the file was deleted after it was scanned
 
 
-class Decision(str, Enum):
+class ScanAction(StrEnum):
     """What the scanner does with one walked file."""
 
-    SKIP = "skip"  # already scored (or given up on) with this version and unchanged
+    SKIP = "skip"  # already scored (or given up on) with this version and policy, and unchanged
     SCAN = "scan"  # new, changed, or a failed file with attempts left
+    REDERIVE = "rederive"  # scored and unchanged, but under another policy: derive its answer again
+
+
+def __getattr__(name: str) -> object:
+    if name == "Decision":
+        warnings.warn("nsfwlab.scan.store.Decision is deprecated: it is ScanAction (nsfwlab.bank.Decision "
+                      "is a reviewer's decision)", DeprecationWarning, stacklevel=2)
+        return ScanAction
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@dataclass(frozen=True)
+class StoredRaw:
+    """What a row keeps of the model's output, from which its answer is derived: the raw score,
+    and for a video or animation its frames' times, durations and raw scores; the still image's
+    PDQ hash (when a bank was used) and the policy the row follows now."""
+
+    sha256: str | None
+    kind: str
+    raw_score: float
+    reused: bool
+    times: list[float]
+    durations: list[float]
+    raws: list[float]
+    pdq: str | None
+    pdq_quality: int | None
+    policy: str | None
 
 
 @dataclass(frozen=True)
@@ -255,10 +223,22 @@ class FileRecord:
     kind: str | None = None  # image, animation or video
     frames: tuple[tuple[float, float, float, float], ...] | None = None  # (t, duration, raw, score) per frame
     segments: tuple[tuple[float, float, float], ...] | None = None  # (start, end, max score)
-    raw_score: float | None = None  # the model's score when ``score`` is calibrated
+    raw_score: float | None = None  # the model's score (``score`` is derived from it)
     match_decision: str | None = None  # a hash bank's human decision (then also ``label``)
     match_distance: int | None = None
     match_source: str | None = None
+    model: str = "open_nsfw"
+    match_skipped: str | None = None
+    pdq: str | None = None
+    pdq_quality: int | None = None
+    policy: str | None = None
+
+    def values(self, now: float) -> tuple[Any, ...]:
+        """The row's values in :data:`~nsfwlab.scan.schema.WRITTEN` order."""
+        v = {"path": _text(self.path), "status": self.status.value, "error": _opt_text(self.error),
+             "reused": int(self.reused), "first_seen": now, "scored_at": now,
+             "frames": None if self.frames is None else len(self.frames)}
+        return tuple(v[c] if c in v else getattr(self, c) for c in WRITTEN)
 
 
 class ResultStore:
@@ -274,41 +254,26 @@ class ResultStore:
             raise StoreError(f"results database {self.path} does not exist (run `nsfwlab scan` first)")
         if not readonly and self.path.parent and not self.path.parent.exists():
             raise StoreError(f"directory {self.path.parent} of the results database does not exist")
+        self._conn = open_database(self.path, _KIND, readonly=readonly, timeout=timeout, error=StoreError)
         try:
-            version = self._inspect(timeout)  # read-only: nothing is written to a file that is not ours
-            if readonly:
-                uri = self.path.resolve().as_uri() + "?mode=ro"
-                self._conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
-            else:
-                self._conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
-            self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            version = self._inspect()
             if not readonly:
                 self._open_for_writing(version)
                 self._has_frames = self._conn.execute("SELECT 1 FROM frames LIMIT 1").fetchone() is not None
-            elif version is None:
-                raise StoreError(f"{self.path} is an SQLite file but holds no nsfwlab results")
         except sqlite3.DatabaseError as exc:
+            self._conn.close()
             raise self._readonly(exc) or StoreError(
                 f"{self.path} is not a usable SQLite results database: {exc}") from None
+        except BaseException:
+            self._conn.close()
+            raise
 
-    def _inspect(self, timeout: float) -> int | None:
-        """The schema version of an existing store (``None``: a new or empty file), looked at through a
-        read-only connection; another application's database is refused before anything is written."""
-        if not self.path.is_file() or self.path.stat().st_size == 0:
+    def _inspect(self) -> int | None:
+        """The schema version of the store (``None``: a new or empty file). :func:`open_database` has
+        refused another application's database before anything was written to it."""
+        if self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
             return None
-        uri = self.path.resolve().as_uri() + "?mode=ro"
-        conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
-        try:
-            tables = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if not tables:
-                return None
-            columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(results)")}
-            if not {"meta", "results", "runs"} <= tables or not set(_V1_COLUMNS) <= columns:
-                raise StoreError(f"{self.path} is an SQLite database of another application, not an nsfwlab "
-                                 "results store; it was left untouched: give another --db")
-            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        finally:
-            conn.close()
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         version = int(row[0]) if row is not None else 1
         if version > SCHEMA_VERSION:
             raise StoreError(f"{self.path} has results schema {version}, written by a newer nsfwlab; "
@@ -329,13 +294,13 @@ class ResultStore:
 
     def _readonly(self, exc: sqlite3.Error) -> StoreError | None:
         if "readonly" in str(exc) or "read-only" in str(exc):
-            return StoreError(f"{self.path} is read-only (file permissions or a read-only file system): "
-                              "make it writable or give another --db")
+            return StoreError(f"path {self.path} is read-only (file permissions or a read-only file system): "
+                              "make it writable or give another one", param="path")
         return None
 
     def _migrate(self, version: int) -> None:
         """Bring an older store up to :data:`SCHEMA_VERSION` in one transaction (rows kept)."""
-        script = "".join(_MIGRATIONS[v] for v in range(version, SCHEMA_VERSION))
+        script = migration_script(version)
         try:
             self._conn.executescript(f"BEGIN IMMEDIATE;\n{script}\n"
                                      f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version';\n"
@@ -363,47 +328,70 @@ class ResultStore:
         self.close()
 
     # -- decisions -----------------------------------------------------------------------------
+    def _rows(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
+        """A query whose rows are read by column name."""
+        cur = self._conn.cursor()
+        cur.row_factory = sqlite3.Row
+        return cur.execute(sql, args)
+
     def decide(self, path: str, size: int, mtime_ns: int, model_version: str, preprocess_version: str,
-               *, max_attempts: int) -> Decision:
-        """Skip a file already scored (or failed ``max_attempts`` times) with this version, unchanged.
+               *, max_attempts: int, policy: str | None = None) -> ScanAction:
+        """Skip a file already scored (or failed ``max_attempts`` times) with this version, unchanged;
+        re-derive a scored one whose row follows another ``policy`` (when one is given).
 
         A changed file (size or mtime) is scanned again; its content hash then decides whether
         the model runs (:meth:`cached_score`).
         """
-        row = self._conn.execute(
-            "SELECT size, mtime_ns, status, attempts FROM results "
+        row = self._rows(
+            "SELECT size, mtime_ns, status, attempts, policy FROM results "
             "WHERE path = ? AND model_version = ? AND preprocess_version = ?",
             (_text(path), model_version, preprocess_version),
         ).fetchone()
-        if row is None or row[0] != size or row[1] != mtime_ns or row[2] == Status.MISSING.value:
-            return Decision.SCAN  # new, changed, or back after it was missing
-        if row[2] == Status.OK.value or row[3] >= max_attempts:
-            return Decision.SKIP
-        return Decision.SCAN
+        if row is None or row["size"] != size or row["mtime_ns"] != mtime_ns or row["status"] == Status.MISSING.value:
+            return ScanAction.SCAN  # new, changed, or back after it was missing
+        if row["status"] == Status.OK.value:
+            return ScanAction.REDERIVE if policy is not None and row["policy"] != policy else ScanAction.SKIP
+        return ScanAction.SKIP if row["attempts"] >= max_attempts else ScanAction.SCAN
 
     def cached_score(self, sha256: str, model_version: str, preprocess_version: str) -> float | None:
-        """The model's (raw, uncalibrated) score of identical content already scored with this version, if any."""
-        row = self._conn.execute(
-            "SELECT COALESCE(raw_score, score) FROM results "
+        """The model's raw score of identical content already scored with this version, if any."""
+        row = self._rows(
+            "SELECT COALESCE(raw_score, score) AS raw FROM results "
             "WHERE sha256 = ? AND model_version = ? AND preprocess_version = ? "
             "AND status = 'ok' LIMIT 1",
             (sha256, model_version, preprocess_version),
         ).fetchone()
-        return None if row is None else float(row[0])
+        return None if row is None else float(row["raw"])
 
     def cached_frames(self, sha256: str, model_version: str, preprocess_version: str
                       ) -> tuple[str, list[float], list[float], list[float]] | None:
         """``(kind, times, durations, raw scores)`` of identical content already scored over its frames
         with this version (a video or animation), if any."""
-        row = self._conn.execute(
+        row = self._rows(
             "SELECT id, kind FROM results WHERE sha256 = ? AND model_version = ? AND preprocess_version = ? "
             "AND status = 'ok' AND frames IS NOT NULL LIMIT 1", (sha256, model_version, preprocess_version),
         ).fetchone()
         if row is None:
             return None
-        frames = self._conn.execute("SELECT t, duration, raw_score FROM frames WHERE result_id = ? ORDER BY rowid",
-                                    (row[0],)).fetchall()
-        return str(row[1]), [f[0] for f in frames], [f[1] for f in frames], [f[2] for f in frames]
+        times, durations, raws = self._raw_frames(int(row["id"]))
+        return str(row["kind"]), times, durations, raws
+
+    def _raw_frames(self, rid: int) -> tuple[list[float], list[float], list[float]]:
+        frames = self._rows("SELECT t, duration, raw_score FROM frames WHERE result_id = ? ORDER BY rowid",
+                            (rid,)).fetchall()
+        return [f["t"] for f in frames], [f["duration"] for f in frames], [f["raw_score"] for f in frames]
+
+    def stored_raw(self, path: str, model_version: str, preprocess_version: str) -> StoredRaw | None:
+        """What a scored row keeps of the model's output (see :class:`StoredRaw`), if it is scored."""
+        row = self._rows(
+            "SELECT id, sha256, kind, frames, COALESCE(raw_score, score) AS raw, reused, pdq, pdq_quality, policy "
+            "FROM results WHERE path = ? AND model_version = ? AND preprocess_version = ? AND status = 'ok'",
+            (_text(path), model_version, preprocess_version)).fetchone()
+        if row is None or row["raw"] is None:
+            return None
+        times, durations, raws = self._raw_frames(int(row["id"])) if row["frames"] is not None else ([], [], [])
+        return StoredRaw(row["sha256"], row["kind"] or "image", float(row["raw"]), bool(row["reused"]), times,
+                         durations, raws, row["pdq"], row["pdq_quality"], row["policy"])
 
     # -- writing -------------------------------------------------------------------------------
     def write(self, records: Sequence[FileRecord]) -> None:
@@ -415,16 +403,11 @@ class ResultStore:
         if not records:
             return
         now = time.time()
-        rows = [
-            (_text(r.path), r.size, r.mtime_ns, r.sha256, r.score, r.label, r.status.value, r.error_code,
-             _opt_text(r.error), int(r.reused), r.model_version, r.preprocess_version, r.mode, now, now,
-             r.kind, None if r.frames is None else len(r.frames), r.raw_score, r.match_decision,
-             r.match_distance, r.match_source)
-            for r in records
-        ]
+        rows = [r.values(now) for r in records]
+        key_at = [WRITTEN.index(k) for k in KEY]
         with self._writing():
             if self._has_frames:  # a row that had frames (a video rewritten, now an error) loses them
-                keys = [(row[0], row[10], row[11]) for row in rows]
+                keys = [tuple(row[i] for i in key_at) for row in rows]
                 for table in ("frames", "segments"):
                     self._conn.executemany(
                         f"DELETE FROM {table} WHERE result_id IN (SELECT id FROM results WHERE path = ? "
@@ -502,6 +485,12 @@ class ResultStore:
         return [(str(a), str(b), int(c)) for a, b, c in self._conn.execute(
             "SELECT model_version, preprocess_version, COUNT(*) FROM results GROUP BY 1, 2 ORDER BY 1, 2")]
 
+    def latest_version(self) -> tuple[str, str] | None:
+        """The (model_version, preprocess_version) written last, if the store has rows."""
+        row = self._rows("SELECT model_version, preprocess_version FROM results GROUP BY 1, 2 "
+                         "ORDER BY MAX(scored_at) DESC LIMIT 1").fetchone()
+        return None if row is None else (str(row["model_version"]), str(row["preprocess_version"]))
+
     def integrity_check(self) -> str:
         return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])
 
@@ -523,18 +512,17 @@ class ResultStore:
         if max_score is not None:
             where.append("score <= ?")
             args.append(max_score)
-        present = {str(r[1]) for r in self._conn.execute("PRAGMA table_info(results)")}
+        present = {str(r["name"]) for r in self._rows("PRAGMA table_info(results)")}
         # An older store (opened read-only, not migrated) lacks the newer columns: NULL.
         sql = "SELECT id, " + ", ".join(c if c in present else f"NULL AS {c}" for c in COLUMNS) + " FROM results"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY path, model_version, preprocess_version"
         try:
-            cursor = self._conn.execute(sql, args)
-            for rid, *row in cursor:
-                record = dict(zip(COLUMNS, row, strict=True))
+            for row in self._rows(sql, args):
+                record = {c: row[c] for c in COLUMNS}
                 if with_frames:
-                    record.update(self._frames_of(int(rid), record["frames"]))
+                    record.update(self._frames_of(int(row["id"]), record["frames"]))
                 yield record
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: cannot read results: {exc}") from None

@@ -1,8 +1,9 @@
-"""Streaming directory walk: image and video files by content or name, ``--include`` / ``--exclude`` globs.
+"""Streaming directory walk: image and video files by content or name, ``include`` / ``exclude`` patterns.
 
-The walk is a generator over ``os.scandir`` (one directory listing in memory at a time, sorted
-for a stable order), so a tree of millions of files never becomes a list. Directory symlinks are
-not followed (no cycles); file symlinks are.
+The walk is nsfwlab's one directory walk, :func:`nsfwlab.filetree.walk_tree` (sorted path order, one
+listing in memory per level, directory symlinks not followed, file symlinks followed), and the
+patterns follow gitignore's rules (:class:`nsfwlab.filetree.PathFilter`): ``thumbs`` or ``thumbs/``
+skips every folder of that name at any depth, ``/raw`` only the top-level one, ``*.jpg`` any JPEG name.
 
 A file is an image when its name says image (``.jpg``, ``.heic``, ...; taken without opening it, so
 the scan reads it once) or when its first bytes are one of the allowed formats
@@ -19,7 +20,6 @@ not followed, by design, and not reported.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..filetree import EntryKind, PathFilter, TreeEntry, matches, walk_tree
 from ..frames import sniff_video
 from ..imageio import IMAGE_SUFFIXES, sniff_format
 
@@ -35,13 +36,22 @@ __all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "IssueFn", "WalkConfig", "WalkIss
 
 @dataclass(frozen=True)
 class WalkConfig:
-    """``include``/``exclude`` are shell globs matched against the path relative to its root and
-    against the bare file name (``*.jpg``, ``raw/**``, ``*/thumbs/*``). An empty ``include`` means
-    every file; ``exclude`` wins over ``include``."""
+    """``include``/``exclude`` are gitignore-style patterns matched against the path relative to its
+    root (``*.jpg``, ``thumbs/``, ``/raw/**``, ``**/cache``); see :mod:`nsfwlab.filetree`. An empty
+    ``include`` means every file; ``exclude`` wins over ``include``, and an excluded folder is not entered."""
 
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     sniff: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "include", tuple(self.include))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        self.path_filter  # a malformed pattern is a ConfigError here, before any walk  # noqa: B018
+
+    @property
+    def path_filter(self) -> PathFilter:
+        return PathFilter(self.include, self.exclude)
 
 
 @dataclass(frozen=True)
@@ -64,16 +74,6 @@ class WalkIssue:
 IssueFn = Callable[[WalkIssue], None]
 
 
-def matches(rel: str, patterns: Iterable[str]) -> bool:
-    name = rel.rsplit("/", 1)[-1]
-    for pat in patterns:
-        if fnmatch.fnmatchcase(rel, pat) or fnmatch.fnmatchcase(name, pat):
-            return True
-        if pat.endswith("/**") and (rel == pat[:-3] or rel.startswith(pat[:-2])):
-            return True
-    return False
-
-
 #: Names taken as videos without opening the file (other files are recognised by content).
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".webm", ".mkv"})
 
@@ -92,7 +92,11 @@ def _is_candidate(path: str, config: WalkConfig) -> bool:
     return sniff_format(head) is not None or sniff_video(head) is not None
 
 
-def _special_kind(mode: int) -> str:
+def _special_kind(path: Path) -> str:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "not a regular file"
     if stat.S_ISFIFO(mode):
         return "a FIFO (named pipe)"
     if stat.S_ISSOCK(mode):
@@ -102,51 +106,33 @@ def _special_kind(mode: int) -> str:
     return "not a regular file"
 
 
-def _unscannable(entry: os.DirEntry[str]) -> WalkIssue | None:
-    """Why an entry that is neither a folder nor a regular file cannot be scanned (``None``: a
-    symlink to a folder, not followed by design)."""
-    if entry.is_symlink():
-        if os.path.isdir(entry.path):
-            return None
-        if not os.path.exists(entry.path):
-            return WalkIssue(entry.path, "dangling_link", f"symlink to {os.readlink(entry.path)!r}, which does "
-                                                          "not exist (or a loop of links)")
-    kind = _special_kind(os.stat(entry.path).st_mode)
-    return WalkIssue(entry.path, "not_a_file", f"{kind}, not an image file")
+def _issue(entry: TreeEntry) -> WalkIssue:
+    """Why an entry that is not a regular file cannot be scanned."""
+    path = str(entry.path)
+    if entry.kind is EntryKind.UNREADABLE:
+        return WalkIssue(path, "unreadable", f"cannot list this folder: {entry.os_message or entry.error}")
+    if entry.kind is EntryKind.BROKEN_LINK:
+        try:
+            target = repr(os.readlink(path))
+        except OSError:
+            target = "a target"
+        return WalkIssue(path, "dangling_link", f"symlink to {target}, which does not exist (or a loop of links)")
+    return WalkIssue(path, "not_a_file", f"{_special_kind(entry.path)}, not an image file")
 
 
 def _walk_dir(root: str, config: WalkConfig, on_issue: IssueFn) -> Iterator[WalkedFile]:
-    stack = [root]
-    while stack:
-        current = stack.pop()
-        try:
-            with os.scandir(current) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as exc:
-            on_issue(WalkIssue(current, "unreadable", f"cannot list this folder: {exc.strerror or exc}"))
+    for entry in walk_tree(root, config.path_filter):
+        if entry.kind is not EntryKind.FILE:
+            on_issue(_issue(entry))
             continue
-        subdirs: list[str] = []
-        for entry in entries:
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    subdirs.append(entry.path)
-                    continue
-                rel = os.path.relpath(entry.path, root).replace(os.sep, "/")
-                if config.include and not matches(rel, config.include):
-                    continue
-                if config.exclude and matches(rel, config.exclude):
-                    continue
-                if not entry.is_file():
-                    if (issue := _unscannable(entry)) is not None:
-                        on_issue(issue)
-                    continue
-                st = entry.stat()
-            except OSError as exc:
-                on_issue(WalkIssue(entry.path, "unreadable", f"cannot read this entry: {exc.strerror or exc}"))
-                continue
-            if _is_candidate(entry.path, config):
-                yield WalkedFile(entry.path, st.st_size, st.st_mtime_ns)
-        stack.extend(reversed(subdirs))
+        path = str(entry.path)
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            on_issue(WalkIssue(path, "unreadable", f"cannot read this entry: {exc.strerror or exc}"))
+            continue
+        if _is_candidate(path, config):
+            yield WalkedFile(path, st.st_size, st.st_mtime_ns)
 
 
 def _ignore(issue: WalkIssue) -> None:

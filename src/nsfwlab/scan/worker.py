@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ __all__ = [
     "Prepared",
     "Route",
     "WorkerContext",
+    "pdq_of",
     "prepare_bytes",
     "prepare_chunk",
     "prepare_file",
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 
-class Route(str, Enum):
+class Route(StrEnum):
     GPU = "gpu"  # raw JPEG bytes, decoded by nvJPEG
     CPU = "cpu"  # preprocessed by the core on a CPU worker
 
@@ -122,14 +123,16 @@ def _lookup(ctx: WorkerContext, sha: str) -> float | None:
     if conn is None:
         return None
     try:
-        row = conn.execute(
-            "SELECT COALESCE(raw_score, score) FROM results "
+        cur = conn.cursor()
+        cur.row_factory = sqlite3.Row
+        row = cur.execute(
+            "SELECT COALESCE(raw_score, score) AS raw FROM results "
             "WHERE sha256 = ? AND model_version = ? AND preprocess_version = ? "
             "AND status = 'ok' LIMIT 1", (sha, ctx.model_version, ctx.preprocess_version),
         ).fetchone()
     except sqlite3.Error:
         return None
-    return None if row is None else float(row[0])
+    return None if row is None else float(row["raw"])
 
 
 def _failure(file: WalkedFile, sha: str | None, exc: Exception) -> Prepared:
@@ -142,13 +145,14 @@ def prepare_frames(file: WalkedFile, sha: str | None, data: bytes, preprocess: P
                    limits: DecodeLimits, options: FrameOptions) -> Prepared | None:
     """The sampled frames of a video or animation, preprocessed by the core (as
     :meth:`nsfwlab.Detector.score_frames` does); ``None`` for a still image."""
-    from ..frames import iter_frames, media_kind
+    from ..frames import iter_frames
     from ..preprocess import preprocess_rgb
+    from ..verdict import Kind, kind_of
 
-    kind = media_kind(data)
-    if kind == "image":
+    kind = kind_of(data)
+    if kind is Kind.IMAGE:
         return None
-    out = FrameArrays(kind, [], [], [])
+    out = FrameArrays(kind.value, [], [], [])
     for frame in iter_frames(data, options, limits):
         out.arrays.append(preprocess_rgb(frame.image(), preprocess))
         out.times.append(frame.time)
@@ -176,13 +180,13 @@ def prepare_bytes(file: WalkedFile, sha: str | None, data: bytes, preprocess: Pr
         return _failure(file, sha, exc)
 
 
-def _pdq_hash(data: bytes, limits: DecodeLimits) -> Any:
+def pdq_of(data: bytes, limits: DecodeLimits) -> Any:
     """The PDQ hash of a still image's bytes (``None`` for a video, an animation or an undecodable file)."""
     from ..bank import pdq_hash
-    from ..frames import media_kind
+    from ..verdict import Kind, kind_of
 
     try:
-        return pdq_hash(data, limits) if media_kind(data) == "image" else None
+        return pdq_hash(data, limits) if kind_of(data) is Kind.IMAGE else None
     except NsfwlabError:
         return None
 
@@ -203,7 +207,7 @@ def prepare_file(file: WalkedFile, preprocess: PreprocessConfig, limits: DecodeL
     p = Prepared(file, sha, cached=cached) if cached is not None else \
         prepare_bytes(file, sha, data, preprocess, limits, gpu_route=gpu_route, frames=frames)
     if pdq and p.frames is None and not p.failed:
-        p.pdq = _pdq_hash(data, limits)
+        p.pdq = pdq_of(data, limits)
     return p
 
 

@@ -3,7 +3,9 @@
 Routes (see :mod:`nsfwlab.serve.routers`): ``POST /v1/score`` (multipart field ``file``,
 repeatable, or a raw image body), ``GET /healthz``, ``GET /readyz``, ``GET /metrics``, the review
 page ``GET /review`` and its API under ``/v1/review``, and FastAPI's ``/openapi.json`` and ``/docs``.
-The ``/v1`` routes depend on the API-key check; scoring also on admission. The state of the app
+The ``/v1`` routes depend on the API-key check; scoring also on admission. State-changing requests
+from another web origin are refused before any route (:mod:`~nsfwlab.serve.origin`); no CORS
+headers are sent. The state of the app
 (:class:`~nsfwlab.serve.service.Service`) lives on ``app.state.service``.
 
 Decoding and preprocessing go through the core (``Detector.preprocess``) in a small thread pool;
@@ -30,6 +32,7 @@ from .config import ServeConfig
 from .errors import InvalidRequestError, NotFoundError, describe_validation, error_headers, http_status_for
 from .matching import check_bank
 from .metrics import ServiceMetrics
+from .origin import OriginMiddleware
 from .review import ReviewStore
 from .routers import ops, review, score
 from .schemas import ErrorResponse, ScoreItem, ScoreResponse
@@ -129,6 +132,8 @@ def create_app(config: ServeConfig | None = None, detector: DetectorSource = Non
                   description="Yahoo's open_nsfw classifier as an HTTP service, with limits, metrics and "
                               "a human-review queue. Images are never fetched from URLs.")
     app.state.service = svc
+    # Added last, the metrics middleware is outermost: it also counts the origin check's refusals.
+    app.add_middleware(OriginMiddleware, allowed=config.allow_origins, metrics=svc.metrics)
     app.add_middleware(_MetricsMiddleware, metrics=svc.metrics)
     _install_error_handlers(app, svc.metrics)
     for router in (ops.router, score.router, review.page, review.api):

@@ -10,6 +10,7 @@ from ..config import DecodeLimits
 from ..errors import ConfigError
 from ..frames import VIDEO_CONTAINERS, FrameOptions
 from ..imageio import ALLOWED_FORMATS
+from .origin import normalize_origin
 from .ratelimit import RateLimit
 
 __all__ = ["SERVE_FORMATS", "VIDEO_FORMATS", "ServeConfig"]
@@ -61,6 +62,15 @@ class ServeConfig:
     ``api_keys``: when non-empty, ``/v1/*`` requests must carry one of them in ``X-API-Key`` or
     ``Authorization: Bearer``; otherwise 401.
 
+    ``allow_origins``: web origins (``https://host[:port]``) besides the server's own whose pages
+    may send state-changing requests (POST, PUT, PATCH, DELETE); a request from any other
+    ``Origin`` is refused with 403 (:mod:`~nsfwlab.serve.origin`). Requests without ``Origin``
+    (not from a browser page) pass. No CORS headers are ever sent.
+
+    ``max_json_bytes``: the cap on a JSON request body (the review label), checked on
+    ``Content-Length`` and while the body streams in: 413 at once. JSON routes accept only
+    ``Content-Type: application/json`` (415), so a cross-site HTML form cannot post to them.
+
     ``rate_limit``: requests per API key (per client address when there are no keys) to
     ``/v1/*``, as a :class:`~nsfwlab.serve.ratelimit.RateLimit` or its text (``"5/s"``,
     ``"300/min"``); over it: 429 ``rate_limited`` with ``Retry-After``. ``None``: no limit.
@@ -85,10 +95,12 @@ class ServeConfig:
     frames: FrameOptions = field(default_factory=FrameOptions)
     bank: Path | None = None
     match_distance: int = DEFAULT_MAX_DISTANCE
+    allow_origins: tuple[str, ...] = ()
+    max_json_bytes: int = 64 * 1024
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_files", "max_concurrent_requests", "queue_size",
-                     "max_batch", "decode_workers"):
+                     "max_batch", "decode_workers", "max_json_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -105,8 +117,14 @@ class ServeConfig:
             )
         if not isinstance(self.match_distance, int) or not 0 <= self.match_distance <= 256:
             raise ConfigError(f"match_distance must be an integer from 0 to 256, got {self.match_distance!r}")
-        if any(not k or k != k.strip() for k in self.api_keys):
-            raise ConfigError("API keys must be non-empty and carry no surrounding whitespace")
+        if isinstance(self.api_keys, str) or any(not isinstance(k, str) or not k or k != k.strip()
+                                                 for k in self.api_keys):
+            # An empty key never means "no auth": only an empty tuple does.
+            raise ConfigError("api_keys must be a tuple of non-empty keys without surrounding whitespace",
+                              param="api_keys")
+        if isinstance(self.allow_origins, str):
+            raise ConfigError("allow_origins must be a tuple of origins, not one string", param="allow_origins")
+        object.__setattr__(self, "allow_origins", tuple(normalize_origin(o) for o in self.allow_origins))
         if isinstance(self.rate_limit, str):
             object.__setattr__(self, "rate_limit", RateLimit.parse(self.rate_limit))
         for name in ("data_dir", "bank"):

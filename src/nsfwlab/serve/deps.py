@@ -1,21 +1,32 @@
 """FastAPI dependencies: the service, the caller (the API-key check, a security dependency, so the
-OpenAPI document declares both schemes, then the caller's rate limit) and admission (a ``yield``
-dependency around the handler)."""
+OpenAPI document declares both schemes, then the caller's rate limit), admission (a ``yield``
+dependency around the handler) and JSON bodies (:func:`json_body`)."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 
-from .errors import RateLimitedError
-from .limits import match_api_key
+from .errors import (
+    BadRequestError,
+    InvalidRequestError,
+    RateLimitedError,
+    UnsupportedMediaTypeError,
+    describe_validation,
+)
+from .limits import CountingReceive, check_declared_length, match_api_key
 from .service import Service
 
-__all__ = ["Caller", "admitted", "authenticated", "caller", "get_service", "key_id", "service_of"]
+__all__ = ["Caller", "admitted", "authenticated", "caller", "get_service", "json_body", "key_id", "service_of"]
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="one of the server's API keys")
 bearer_scheme = HTTPBearer(auto_error=False, description="one of the server's API keys as a bearer token")
@@ -85,3 +96,31 @@ async def _admit(request: Request) -> AsyncIterator[None]:
 
 #: Admission around the handler only (released before the response is sent, as a slot is free then).
 admitted = Depends(_admit, scope="function")
+
+
+def json_body(model: type[ModelT]) -> Callable[[Request], Awaitable[ModelT]]:
+    """A dependency reading the request body as ``model``: only ``Content-Type: application/json``
+    (415 otherwise: a cross-site HTML form can send only form encodings and ``text/plain``), at
+    most ``ServeConfig.max_json_bytes`` (413 from ``Content-Length`` before reading, or as soon as
+    a streamed body passes the cap). Declared after the API-key check, it reads nothing for a
+    caller without a key."""
+
+    async def read(request: Request) -> ModelT:
+        ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if ctype != "application/json":
+            raise UnsupportedMediaTypeError(
+                f"this route takes a JSON body sent as 'Content-Type: application/json', not {ctype or 'none'!r}")
+        config = service_of(request).config
+        check_declared_length(request.headers, config.max_json_bytes, "max_json_bytes")
+        receive = CountingReceive(request.receive, config.max_json_bytes, config.body_timeout_s,
+                                  cap_name="max_json_bytes")
+        try:
+            raw = await Request(request.scope, receive).body()
+        except ClientDisconnect:
+            raise BadRequestError("the client disconnected before sending the whole body") from None
+        try:
+            return model.model_validate_json(raw or b"null")
+        except ValidationError as exc:
+            raise InvalidRequestError(describe_validation(exc.errors(), "body")) from None
+
+    return read

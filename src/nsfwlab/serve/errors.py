@@ -18,6 +18,7 @@ __all__ = [
     "CORE_STATUS",
     "BadRequestError",
     "BodyTooLargeError",
+    "ForbiddenOriginError",
     "InvalidRequestError",
     "NotFoundError",
     "NotReadyError",
@@ -27,6 +28,7 @@ __all__ = [
     "ServeError",
     "TooManyFilesError",
     "UnauthorizedError",
+    "UnsupportedMediaTypeError",
     "describe_validation",
     "error_headers",
     "http_status_for",
@@ -60,6 +62,15 @@ class InvalidRequestError(ServeError, ValueError, code="invalid_request", status
 
 class UnauthorizedError(ServeError, code="unauthorized", status=401):
     """API keys are configured and the request carries none of them."""
+
+
+class ForbiddenOriginError(ServeError, code="forbidden_origin", status=403):
+    """A state-changing request came from a web page of another origin (its ``Origin`` header is
+    neither the server's own origin nor one of ``ServeConfig.allow_origins``)."""
+
+
+class UnsupportedMediaTypeError(ServeError, code="unsupported_media_type", status=415):
+    """A JSON route was sent a body whose ``Content-Type`` is not ``application/json``."""
 
 
 class NotFoundError(ServeError, LookupError, code="not_found", status=404):

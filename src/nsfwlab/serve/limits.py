@@ -47,6 +47,7 @@ __all__ = [  # the errors are re-exported for the callers that took them from he
     "TooManyFilesError",
     "UnauthorizedError",
     "check_api_key",
+    "check_declared_length",
     "http_status_for",
     "match_api_key",
 ]
@@ -61,9 +62,11 @@ class CountingReceive:
     """An ASGI ``receive`` wrapper that counts body bytes and stops at ``cap``, and gives the whole
     body ``timeout`` seconds (``None``: no deadline) from the first read."""
 
-    def __init__(self, receive: Receive, cap: int, timeout: float | None = None) -> None:
+    def __init__(self, receive: Receive, cap: int, timeout: float | None = None, *,
+                 cap_name: str = "max_body_bytes") -> None:
         self._receive = receive
         self.cap = cap
+        self.cap_name = cap_name
         self.received = 0
         self.timeout = timeout
         self._deadline: float | None = None
@@ -82,10 +85,8 @@ class CountingReceive:
         if message.get("type") == "http.request":
             self.received += len(message.get("body", b""))
             if self.received > self.cap:
-                raise BodyTooLargeError(
-                    f"request body is over the cap of {self.cap} bytes "
-                    "(send fewer or smaller images, or raise --max-body-bytes)"
-                )
+                raise BodyTooLargeError(f"request body is over the cap of {self.cap} bytes ({self.cap_name})",
+                                        param=self.cap_name)
         return message
 
     async def _next(self) -> MutableMapping[str, Any]:
@@ -99,8 +100,24 @@ class CountingReceive:
         except TimeoutError:
             raise RequestTimeoutError(
                 f"the request body did not arrive within {self.timeout:g} s "
-                f"({self.received} bytes received); send it faster or raise --body-timeout"
+                f"({self.received} bytes received); send it faster or raise body_timeout_s",
+                param="body_timeout_s",
             ) from None
+
+
+def check_declared_length(headers: Mapping[str, str], cap: int, cap_name: str) -> None:
+    """Refuse at once (413) a body whose ``Content-Length`` is over ``cap``, before reading any of it
+    (400 when the header is not a number)."""
+    declared = headers.get("content-length")
+    if declared is None:
+        return
+    try:
+        size = int(declared)
+    except ValueError:
+        raise BadRequestError("Content-Length is not a number") from None
+    if size > cap:
+        raise BodyTooLargeError(f"request body of {size} bytes is over the cap of {cap} bytes ({cap_name})",
+                                param=cap_name)
 
 
 class Admission:

@@ -2,9 +2,10 @@
 model, and banking reviewers' decisions.
 
 - Matching: a still image's PDQ hash (computed in the decode pool from the image decoded for the
-  model, so it is decoded once) is looked up within ``ServeConfig.match_distance`` bits. Images
-  below PDQ's quality floor are never matched. Videos and animations are not matched: one frame's
-  hash is not the file's, and a banked frame must not decide a whole video.
+  model, so it is decoded once) is looked up within ``ServeConfig.match_distance`` bits through
+  :func:`nsfwlab.verdict.check_bank`, whose rules are those of ``score`` and ``scan``: images
+  below PDQ's quality floor are never matched, nor are videos and animations (one frame's hash is
+  not the file's); the answer's ``match_skipped`` says why.
 - Banking: when a reviewer labels a still image ``safe`` or ``nsfw``, its hash enters the bank
   with that decision, the reviewer, the time and the source ``review:<id>``. ``skip`` banks
   nothing (and leaves an earlier decision in place; a later safe/nsfw replaces it).
@@ -20,11 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..bank import Bank, Match, PdqHash
+from .. import verdict
+from ..bank import Bank, PdqHash
 from ..config import DecodeLimits
 from ..errors import ConfigError, NsfwlabError
 from ..frames import media_kind
 from ..imageio import ImageInput
+from ..verdict import BankCheck, Kind
 from .metrics import ServiceMetrics
 from .review import ReviewItem, ReviewStatus, ReviewStore
 
@@ -46,20 +49,19 @@ def open_bank(path: Path | None, limits: DecodeLimits) -> Bank | None:
     return None if path is None else Bank(path, limits=limits)
 
 
-def lookup_upload(bank: Bank | None, image: ImageInput, max_distance: int,
-                  metrics: ServiceMetrics) -> Match | None:
-    """The banked decision for a decoded still upload, or None. Blocking (PDQ): run in the pool."""
-    if bank is None:
+def lookup_upload(bank: Bank | None, image: ImageInput | None, kind: Kind, max_distance: int,
+                  metrics: ServiceMetrics) -> BankCheck | None:
+    """The bank check of an upload (``image``: a decoded still; None for a video or animation), or
+    None without a bank. Blocking (PDQ): run in the pool. A failed lookup is logged and counted."""
+    check = verdict.check_bank(bank, image, kind, max_distance)
+    if check is None:
         return None
-    try:
-        match = bank.lookup(image, max_distance).match
-    except Exception as exc:  # the score matters more than the match
-        log.error("bank lookup failed: %s", _describe(exc))
+    if check.failed:  # the score matters more than the match
+        log.error("bank lookup failed: %s", check.skipped)
         metrics.errors.labels(code="bank_lookup_failed").inc()
-        return None
-    if match is not None:
-        metrics.bank_matches.labels(decision=match.decision.value).inc()
-    return match
+    elif check.match is not None:
+        metrics.bank_matches.labels(decision=check.match.decision.value).inc()
+    return check
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import time
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from PIL import Image
 from ..config import DecodeLimits
 from ..errors import ConfigError
 from ..imageio import load_image
+from ..sqlitefiles import DatabaseKind, application_id, open_database
 from .errors import BadRequestError, NotFoundError
 
 __all__ = [
@@ -62,7 +63,7 @@ THUMBNAIL_SIZE = 256
 STALE_TMP_S = 600.0
 
 
-class ReviewLabel(str, Enum):
+class ReviewLabel(StrEnum):
     """A reviewer's decision."""
 
     SAFE = "safe"
@@ -70,7 +71,7 @@ class ReviewLabel(str, Enum):
     SKIP = "skip"
 
 
-class ReviewStatus(str, Enum):
+class ReviewStatus(StrEnum):
     """Where an item stands: not yet decided, or its latest decision."""
 
     PENDING = "pending"
@@ -79,7 +80,7 @@ class ReviewStatus(str, Enum):
     SKIP = "skip"
 
 
-class QueueReason(str, Enum):
+class QueueReason(StrEnum):
     """Why an image was queued: its score is in the review band, or it is a random audit sample."""
 
     BAND = "band"
@@ -169,6 +170,11 @@ CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 """
 
+#: How :func:`open_database` tells a review store (also one written before it set ``application_id``,
+#: or before the audit log).
+_KIND = DatabaseKind("review store", application_id("NsfR"), frozenset({"items", "labels"}),
+                     {"items": frozenset({"sha256", "ext", "filename", "score", "status"})})
+
 # A store made before the audit log: its decisions (in ``labels``) become the first entries.
 _BACKFILL = """
 INSERT INTO audit (review_id, label, previous_label, reviewer, key_id, at)
@@ -224,9 +230,12 @@ class ReviewStore:
             raise ConfigError(f"{self.root} holds no review store (no review.sqlite3); is it the serve --data-dir?")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(db, check_same_thread=False, isolation_level=None, timeout=30.0)
-        except (OSError, sqlite3.Error) as exc:
-            raise ConfigError(f"cannot open the review store in {self.root}: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot open the review store in {self.root}: {exc.strerror or exc}") from None
+        try:
+            self._db = open_database(db, _KIND, check_same_thread=False)  # refuses another application's file
+        except ConfigError as exc:
+            raise ConfigError(f"cannot open the review store in {self.root}: {exc.message}") from None
         self._lock = threading.Lock()
         try:
             with self._lock:

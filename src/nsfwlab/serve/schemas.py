@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -31,7 +31,7 @@ class ScoreItem(BaseModel):
                                 description="NSFW probability, calibrated when the server has a calibration "
                                             "(absent on error)")
     raw_score: float | None = Field(default=None, ge=0.0, le=1.0,
-                                    description="the exact model score (only with a calibration, for still images)")
+                                    description="the exact model score (only with a calibration)")
     label: Label | None = Field(default=None, description="safe / review / nsfw by the server's thresholds, or "
                                                           "the banked human decision when `match` is present")
     kind: str | None = Field(default=None, description="image, animation or video")
@@ -42,6 +42,8 @@ class ScoreItem(BaseModel):
     frame_scores: list[tuple[float, float]] | None = Field(
         default=None, description="[time_s, score] of every scored frame (with ?per_frame=1)")
     match: BankMatch | None = Field(default=None, description="the hash bank's decision (still images)")
+    match_skipped: str | None = Field(default=None, description="why the hash bank was not consulted or could not "
+                                                                "match (a video or animation, a featureless image)")
     review_id: str | None = Field(default=None, description="sha256 of the image when it was queued for review")
     error: str | None = Field(default=None, description="what was wrong with this image (absent on success)")
     code: str | None = Field(default=None, description="machine-readable error code (absent on success)")
@@ -57,7 +59,7 @@ class ErrorResponse(BaseModel):
     code: str
 
 
-class ReviewFilter(str, Enum):
+class ReviewFilter(StrEnum):
     PENDING = "pending"
     SAFE = "safe"
     NSFW = "nsfw"
@@ -73,7 +75,8 @@ class LabelRequest(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text}
     for status, text in {
-        400: "malformed request", 401: "missing or invalid API key", 404: "no such item, or review is disabled",
+        400: "malformed request", 401: "missing or invalid API key",
+        403: "a state-changing request from another web origin", 404: "no such item, or review is disabled",
         413: "body, image, video length or file count over a cap",
         415: "not an allowed image or video format", 422: "truncated, corrupt or empty file, or an invalid parameter",
         429: "overloaded or rate limited, retry",

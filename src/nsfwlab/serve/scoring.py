@@ -5,7 +5,7 @@
 
    - A still image is decoded once under the server's ``limits``, preprocessed through the core
      (the detector's pipeline) and, with a hash bank, PDQ-hashed from that same decoded image and
-     looked up: the match seam (:mod:`~nsfwlab.serve.matching`).
+     looked up through the verdict (:mod:`~nsfwlab.serve.matching`).
    - A video or an animation is scored whole here by ``Detector.score_frames`` with the server's
      :class:`~nsfwlab.frames.FrameOptions`: its frames reach the model from this pool thread in
      batches of the detector's ``batch_size`` (not through the micro-batcher), so the event loop
@@ -14,8 +14,9 @@
    A bad file becomes its own error entry.
 2. ``model``: the still images go through the micro-batcher's model calls. A matched image is
    scored too: the answer reports the model's score beside the human decision.
-3. ``label``: each raw score is calibrated and labelled by the detector (``Detector.result``); a
-   bank match replaces the label by the human decision and keeps the item out of the review queue.
+3. ``label``: each raw score and bank check becomes the answer through the verdict
+   (``Detector.result``, :mod:`nsfwlab.verdict`): a bank match replaces the label by the human
+   decision and keeps the item out of the review queue.
    The others are queued for review when :class:`~nsfwlab.serve.queue.ReviewQueue` says so (a
    video or animation with its highest-scoring frame as the thumbnail).
 """
@@ -30,13 +31,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..bank import Match
 from ..config import Label
 from ..detector import Detector, FramesResult
 from ..errors import BackendUnavailableError, ImageError, NsfwlabError, UnsupportedFormatError
-from ..frames import iter_frames, media_kind, sniff_video
+from ..frames import iter_frames, sniff_video
 from ..imageio import load_image, read_bytes, sniff_format
 from ..preprocess import preprocess_rgb
+from ..verdict import BankCheck, Kind, kind_of
 from .config import VIDEO_FORMATS
 from .errors import error_headers, http_status_for
 from .matching import lookup_upload
@@ -44,13 +45,9 @@ from .review import QueueReason
 from .schemas import BankMatch, ScoreItem, ScoreResponse
 from .service import Service
 
-__all__ = ["Framed", "Still", "Upload", "score_uploads"]
+__all__ = ["Framed", "PreparedUpload", "Still", "Upload", "score_uploads"]
 
 log = logging.getLogger("nsfwlab.serve")
-
-#: Image formats that may be animated (scored frame by frame when they are).
-_ANIMATED_FORMATS = ("GIF", "WEBP", "PNG")
-
 
 @dataclass(frozen=True)
 class Upload:
@@ -63,30 +60,32 @@ class Upload:
 
 @dataclass(frozen=True)
 class Still(Upload):
-    """A still image ready for the model: its network input, and its bank match."""
+    """A still image ready for the model: its network input, and its bank check (None: no bank)."""
 
     array: np.ndarray
-    match: Match | None = None
+    check: BankCheck | None = None
 
 
 @dataclass(frozen=True)
 class Framed(Upload):
-    """A video or animation, already scored frame by frame."""
+    """A video or animation, already scored frame by frame (its bank check says it is not matched)."""
 
     result: FramesResult
+    check: BankCheck | None = None
 
 
-Prepared = Still | Framed | NsfwlabError
+#: One upload after the decode pool: ready for the model, already scored, or its error.
+PreparedUpload = Still | Framed | NsfwlabError
 
 
-def _prepare(svc: Service, det: Detector, name: str, data: bytes) -> Prepared:
+def _prepare(svc: Service, det: Detector, name: str, data: bytes) -> PreparedUpload:
     """Errors are returned, not raised: one hostile file must not fail the request."""
     try:
         fmt = sniff_video(data[:16]) or sniff_format(data[:32])
         if fmt is not None and fmt not in svc.config.formats:
             raise UnsupportedFormatError(f"{fmt} is not accepted by this server; allowed: "
                                          f"{', '.join(svc.config.formats)}")
-        if fmt in VIDEO_FORMATS or (fmt in _ANIMATED_FORMATS and media_kind(data) == "animation"):
+        if fmt in VIDEO_FORMATS or kind_of(data) is Kind.ANIMATION:
             return _score_frames(svc, det, name, data, fmt or "")
         return _decode_still(svc, det, name, data, fmt or "")
     except NsfwlabError as exc:
@@ -101,8 +100,8 @@ def _decode_still(svc: Service, det: Detector, name: str, data: bytes, fmt: str)
     # is reduced: then the bank hashes the bytes at full size).
     img = load_image(data, svc.config.limits, draft_size=cfg.draft_size)
     array = preprocess_rgb(img, cfg)
-    match = lookup_upload(svc.bank, data if cfg.draft else img, svc.config.match_distance, svc.metrics)
-    return Still(name, data, fmt, array, match)
+    check = lookup_upload(svc.bank, data if cfg.draft else img, Kind.IMAGE, svc.config.match_distance, svc.metrics)
+    return Still(name, data, fmt, array, check)
 
 
 def _score_frames(svc: Service, det: Detector, name: str, data: bytes, fmt: str) -> Framed:
@@ -112,7 +111,8 @@ def _score_frames(svc: Service, det: Detector, name: str, data: bytes, fmt: str)
         raise UnsupportedFormatError(f"this server cannot decode videos: {result.error.message}")
     if result.error is not None:
         raise result.error
-    return Framed(name, data, fmt, result)
+    check = lookup_upload(svc.bank, None, Kind(result.kind), svc.config.match_distance, svc.metrics)
+    return Framed(name, data, fmt, result, check)
 
 
 async def score_uploads(svc: Service, uploads: list[tuple[str, bytes]], *,
@@ -122,7 +122,7 @@ async def score_uploads(svc: Service, uploads: list[tuple[str, bytes]], *,
     score of videos and animations."""
     det, batcher = svc.require_ready()
     batcher.check_capacity(len(uploads))
-    prepared: list[Prepared] = await asyncio.gather(
+    prepared: list[PreparedUpload] = await asyncio.gather(
         *(svc.run(_prepare, svc, det, name, data) for name, data in uploads))
     stills = [p for p in prepared if isinstance(p, Still)]
     svc.metrics.queue_depth.set(batcher.depth + len(stills))
@@ -138,7 +138,7 @@ async def score_uploads(svc: Service, uploads: list[tuple[str, bytes]], *,
     return http_status_for(first_error), error_headers(first_error), body
 
 
-def _item(svc: Service, det: Detector, name: str, p: Prepared, raws: dict[int, float],
+def _item(svc: Service, det: Detector, name: str, p: PreparedUpload, raws: dict[int, float],
           per_frame: bool) -> ScoreItem:
     m = svc.metrics
     if isinstance(p, NsfwlabError):
@@ -150,24 +150,26 @@ def _item(svc: Service, det: Detector, name: str, p: Prepared, raws: dict[int, f
         r = p.result
         assert r.score is not None and r.label is not None
         score, label = r.score, r.label
-        fields = {"kind": r.kind, "frames": r.frames, "segments": list(r.segments)}
+        fields = {"kind": r.kind, "frames": r.frames, "segments": list(r.segments), "raw_score": r.raw_score}
         if per_frame:
             fields["frame_scores"] = list(r.frame_scores)
     else:
-        res = det.result(name, float(raws[id(p)]))
+        res = det.result(name, float(raws[id(p)]), p.check)
         assert res.score is not None and res.label is not None
         score, label = res.score, res.label
         fields = {"kind": "image", "raw_score": res.raw_score}
-        if p.match is not None:
-            label = Label(p.match.decision.value)
-            fields["match"] = BankMatch.model_validate(p.match.to_dict())
+        if res.match is not None:
+            fields["match"] = BankMatch.model_validate(res.match.to_dict())
+    if p.check is not None and p.check.skipped is not None:
+        fields["match_skipped"] = p.check.skipped
     m.images.labels(outcome="scored").inc()
     m.scores.observe(score)
     m.labels.labels(label=label.value).inc()
     return ScoreItem(filename=name, score=score, label=label, **fields)
 
 
-async def _queue_for_review(svc: Service, det: Detector, prepared: list[Prepared], items: list[ScoreItem]) -> None:
+async def _queue_for_review(svc: Service, det: Detector, prepared: list[PreparedUpload],
+                            items: list[ScoreItem]) -> None:
     if svc.review.store is None:
         return
     jobs = []

@@ -12,8 +12,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect, Request
 
 from .config import ServeConfig
-from .errors import BadRequestError, BodyTooLargeError, TooManyFilesError
-from .limits import CountingReceive
+from .errors import BadRequestError, TooManyFilesError
+from .limits import CountingReceive, check_declared_length
 from .review import clean_name
 
 __all__ = ["read_uploads"]
@@ -21,17 +21,7 @@ __all__ = ["read_uploads"]
 
 async def read_uploads(request: Request, config: ServeConfig, filename: str | None) -> list[tuple[str, bytes]]:
     """The ``(name, bytes)`` uploads of a request."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            too_big = int(declared) > config.max_body_bytes
-        except ValueError:
-            raise BadRequestError("Content-Length is not a number") from None
-        if too_big:
-            raise BodyTooLargeError(
-                f"request body of {declared} bytes is over the cap of {config.max_body_bytes} bytes "
-                "(send fewer or smaller images, or raise --max-body-bytes)"
-            )
+    check_declared_length(request.headers, config.max_body_bytes, "max_body_bytes")
     counted = Request(request.scope, CountingReceive(request.receive, config.max_body_bytes, config.body_timeout_s))
     try:
         return await _parse_uploads(counted, request.headers.get("content-type", "").lower(), config, filename)
@@ -47,8 +37,8 @@ async def _parse_uploads(counted: Request, ctype: str, config: ServeConfig,
         except StarletteHTTPException as exc:
             if "too many files" in str(exc.detail).lower():
                 raise TooManyFilesError(
-                    f"more than {config.max_files} files in one request; split it (or raise --max-files)"
-                ) from None
+                    f"more than {config.max_files} files in one request; split it (or raise max_files)",
+                    param="max_files") from None
             raise BadRequestError(f"malformed multipart body: {exc.detail}") from None
         try:
             uploads: list[tuple[str, bytes]] = []

@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,10 @@ from .augment import AugmentConfig, augment_batch
 from .cache import PreparedSet, prepare, text_digest
 
 __all__ = [
+    "MAX_BATCH_SIZE",
+    "MAX_EPOCHS",
     "MAX_UNFREEZE",
+    "PRETRAINED_ARCH",
     "Arch",
     "EpochStats",
     "FinetuneConfig",
@@ -51,18 +54,41 @@ __all__ = [
 #: ``unfreeze`` counts the stages of ``model.stages()`` below the head, from the top: 0 = the fc
 #: head only, 1..4 = also the last 1..4 residual stages, 5 = everything including the stem (``conv_1``).
 MAX_UNFREEZE = 5
+#: Upper bounds of the counts a caller gives (a typo such as ``epochs=10**9`` is refused at once
+#: rather than running for ever): far above any useful run on one machine.
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 4096
 
 
-class Arch(str, Enum):
+#: The architecture trained by transfer learning from Yahoo's weights; every other architecture of
+#: :data:`nsfwlab.architectures.ARCHITECTURES` is trained from scratch, every layer.
+PRETRAINED_ARCH = "open_nsfw"
+
+
+class Arch(StrEnum):
+    """Names of the two architectures nsfwlab ships. ``FinetuneConfig.arch`` takes any name in the
+    architecture table (:func:`nsfwlab.architectures.register_architecture`), these included."""
+
     OPEN_NSFW = "open_nsfw"  # transfer learning from Yahoo's weights
-    VGG16 = "vgg16"  # the seed tutorial's VGG-16, trained from scratch (a baseline)
+    VGG16 = "vgg16"  # VGG-16, trained from scratch (a baseline)
+
+
+def _arch_name(arch: object) -> str:
+    from ..architectures import ARCHITECTURES
+
+    name = arch.value if isinstance(arch, Enum) else arch
+    if not isinstance(name, str) or name not in ARCHITECTURES:
+        raise ConfigError(f"unknown arch {arch!r}: use one of {sorted(ARCHITECTURES)}", param="arch")
+    return name
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """How to train. ``unfreeze`` applies to ``open_nsfw``; ``vgg16`` trains every layer."""
+    """How to train. ``arch`` names an architecture of :data:`nsfwlab.architectures.ARCHITECTURES`
+    (``open_nsfw`` starts from Yahoo's weights; any other is trained from scratch, every layer);
+    ``unfreeze`` applies to ``open_nsfw`` only."""
 
-    arch: Arch = Arch.OPEN_NSFW
+    arch: str = PRETRAINED_ARCH
     unfreeze: int = 1
     epochs: int = 10
     patience: int = 3
@@ -75,20 +101,28 @@ class FinetuneConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "arch", Arch(self.arch))
+        object.__setattr__(self, "arch", _arch_name(self.arch))
         if not 0 <= self.unfreeze <= MAX_UNFREEZE:
-            raise ConfigError(f"unfreeze must lie in [0, {MAX_UNFREEZE}] (stages from the top), got {self.unfreeze}")
-        if self.epochs < 1 or self.patience < 1 or self.batch_size < 1:
-            raise ConfigError("epochs, patience and batch_size must be at least 1")
+            raise ConfigError(f"unfreeze must lie in [0, {MAX_UNFREEZE}] (stages from the top), got {self.unfreeze}",
+                              param="unfreeze")
+        for name, most in (("epochs", MAX_EPOCHS), ("patience", MAX_EPOCHS), ("batch_size", MAX_BATCH_SIZE)):
+            value = getattr(self, name)
+            if not 1 <= value <= most:
+                raise ConfigError(f"{name} must lie in [1, {most}], got {value}", param=name)
         if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise ConfigError("lr must be positive and weight_decay non-negative")
+            raise ConfigError(f"val_fraction must lie in (0, 1), got {self.val_fraction}", param="val_fraction")
+        if not 0.0 < self.lr <= 1.0:  # also refuses NaN
+            raise ConfigError(f"lr must lie in (0, 1], got {self.lr}", param="lr")
+        if not 0.0 <= self.weight_decay <= 1.0:
+            raise ConfigError(f"weight_decay must lie in [0, 1], got {self.weight_decay}", param="weight_decay")
+
+    @property
+    def from_scratch(self) -> bool:
+        """True for every architecture but open_nsfw: no pretrained weights, every layer trains."""
+        return self.arch != PRETRAINED_ARCH
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["arch"] = self.arch.value
-        return d
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:
@@ -147,7 +181,7 @@ class FinetuneResult:
         """Write the model as an nsfwlab checkpoint (loads with ``--model PATH`` everywhere)."""
         from ..checkpoint import save_checkpoint
 
-        return save_checkpoint(path, self.model, arch=self.config.arch.value, preprocess=self.preprocess,
+        return save_checkpoint(path, self.model, arch=self.config.arch, preprocess=self.preprocess,
                                meta=self.meta())
 
 
@@ -175,13 +209,14 @@ def stratified_split(labels: Sequence[int] | np.ndarray, groups: Sequence[str], 
 
 
 
-def set_trainable(model: Any, arch: Arch, unfreeze: int) -> int:
-    """Freeze all but the head and the top ``unfreeze`` stages of ``model.stages()`` (``vgg16``
-    trains every stage whatever ``unfreeze``); returns the index in ``model.stages()`` of the
-    first trainable stage. Frozen parameters do not require gradients, so the frozen part of the
-    forward pass records no autograd graph: head-only training costs one forward pass per image."""
+def set_trainable(model: Any, arch: Arch | str, unfreeze: int) -> int:
+    """Freeze all but the head and the top ``unfreeze`` stages of ``model.stages()`` (an
+    architecture trained from scratch, anything but ``open_nsfw``, trains every stage whatever
+    ``unfreeze``); returns the index in ``model.stages()`` of the first trainable stage. Frozen
+    parameters do not require gradients, so the frozen part of the forward pass records no
+    autograd graph: head-only training costs one forward pass per image."""
     groups = model.stages()
-    first = 0 if arch is Arch.VGG16 else max(len(groups) - 1 - unfreeze, 0)
+    first = 0 if _arch_name(arch) != PRETRAINED_ARCH else max(len(groups) - 1 - unfreeze, 0)
     for i, (_, modules) in enumerate(groups):
         for module in modules:
             module.requires_grad_(i >= first)
@@ -369,14 +404,14 @@ def validate(state: TrainState, data: TrainData, batch_size: int, device: str = 
 def _initial_model(config: FinetuneConfig) -> Any:
     import torch
 
-    if config.arch is Arch.OPEN_NSFW:
+    if not config.from_scratch:
         from ..model import load_open_nsfw
 
         return load_open_nsfw()
     from ..architectures import build_architecture
 
     torch.manual_seed(config.seed)
-    return build_architecture(config.arch.value)
+    return build_architecture(config.arch)
 
 
 def _start(config: FinetuneConfig, data: TrainData, device: str,
@@ -399,7 +434,7 @@ def _start(config: FinetuneConfig, data: TrainData, device: str,
 def _save_state(path: str | os.PathLike, state: TrainState, config: FinetuneConfig, data: TrainData) -> None:
     from ..checkpoint import save_checkpoint
 
-    save_checkpoint(path, state.model, arch=config.arch.value, preprocess=data.prepared.config,
+    save_checkpoint(path, state.model, arch=config.arch, preprocess=data.prepared.config,
                     meta={"trained_by": "nsfwlab finetune (training state)"},
                     extra={"train_state": state.to_dict(config, data.split_id)})
 
@@ -436,10 +471,11 @@ def finetune(
     config = config or FinetuneConfig()
     dev = resolve_device(device)
     if dev == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("CUDA was requested but torch sees no CUDA device")
+        raise ConfigError("CUDA was requested but torch sees no CUDA device", param="device")
     items = tuple(data.items if isinstance(data, LabelledSet) else data)
     if resume and (state_path is None or not Path(state_path).is_file()):
-        raise ConfigError(f"nothing to resume: {state_path} does not exist (run without --resume first)")
+        raise ConfigError(f"no training state to continue from: {state_path} does not exist (run once without "
+                          "resume first)", param="resume")
     prepared = prepare_data(items, config, preprocess or PreprocessConfig(), limits=limits, workers=workers,
                             cache_dir=cache_dir, progress=on_prepare)
     state = _start(config, prepared, dev, state_path if resume else None)

@@ -6,13 +6,11 @@ import functools
 from importlib.resources import files
 from typing import Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Security
+from fastapi import APIRouter, Depends, Path, Query, Security
 from fastapi.responses import HTMLResponse, Response
-from pydantic import ValidationError
 
-from ..deps import Caller, authenticated, get_service
-from ..errors import InvalidRequestError, NotFoundError, describe_validation
-from ..limits import CountingReceive
+from ..deps import Caller, authenticated, get_service, json_body
+from ..errors import NotFoundError
 from ..matching import bank_review_decision
 from ..review import ReviewStatus
 from ..schemas import ERROR_RESPONSES, LabelRequest, ReviewFilter, inline_schema
@@ -22,7 +20,7 @@ __all__ = ["api", "page"]
 
 page = APIRouter(tags=["review"])
 api = APIRouter(prefix="/v1/review", tags=["review"], dependencies=[Security(authenticated)],
-                responses={code: ERROR_RESPONSES[code] for code in (401, 404, 422)})
+                responses={code: ERROR_RESPONSES[code] for code in (401, 403, 404, 422)})
 
 _PAGE_HEADERS = {
     "Cache-Control": "no-store",
@@ -31,7 +29,6 @@ _PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'unsafe-inline'; "
                                "script-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'",
 }
-_LABEL_BODY_CAP = 16 * 1024
 _SHA = Path(..., pattern="^[0-9a-f]{64}$", description="sha256 of the image")
 
 
@@ -96,20 +93,12 @@ async def review_thumbnail(sha256: str = _SHA, svc: Service = Depends(get_servic
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
-async def label_body(request: Request, svc: Service = Depends(get_service)) -> LabelRequest:
-    """The JSON body of a label request, read (at most 16 KiB) only after the API key was checked."""
-    receive = CountingReceive(request.receive, _LABEL_BODY_CAP, svc.config.body_timeout_s)
-    raw = await Request(request.scope, receive).body()
-    try:
-        return LabelRequest.model_validate_json(raw or b"null")
-    except ValidationError as exc:
-        raise InvalidRequestError(describe_validation(exc.errors(), "body")) from None
-
-
 @api.post("/items/{sha256}/label", summary="Label a review item",
+          responses={413: {**ERROR_RESPONSES[413], "description": "body over max_json_bytes"},
+                     415: {**ERROR_RESPONSES[415], "description": "body not sent as application/json"}},
           openapi_extra={"requestBody": {"required": True, "content": {
               "application/json": {"schema": inline_schema(LabelRequest)}}}})
-async def review_label(sha256: str = _SHA, body: LabelRequest = Depends(label_body),
+async def review_label(sha256: str = _SHA, body: LabelRequest = Depends(json_body(LabelRequest)),
                        who: Caller = Security(authenticated), svc: Service = Depends(get_service)) -> dict[str, Any]:
     """A safe or nsfw decision on a still image also enters the hash bank (when the server has one):
     ``bank`` in the answer says whether it was banked, with its PDQ hash."""
