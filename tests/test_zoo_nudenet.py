@@ -157,7 +157,7 @@ def test_missing_package_is_a_one_line_weights_error(monkeypatch: pytest.MonkeyP
         nudenet.package_file()
     assert zoo.installed("nudenet-320n") is False
     monkeypatch.setattr(metadata, "version", lambda name: "3.4.1")
-    with pytest.raises(WeightsError, match="needs nudenet 3.4.2, but 3.4.1"):
+    with pytest.raises(WeightsError, match=r"needs nudenet 3\.4\.2, but 3\.4\.1"):
         nudenet.package_file()
 
 
