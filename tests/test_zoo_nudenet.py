@@ -169,3 +169,4 @@ def test_the_weights_are_read_from_the_installed_package_and_verified() -> None:
     card = zoo.get_card("nudenet-320n")
     assert card.weights.sha256 == nudenet.SHA256 and card.licence.startswith("AGPL-3.0")
     assert "letterbox" in card.input.describe() and card.input.channel_order == "BGR"
+    assert card.fidelity.describe().startswith("identical to NudeDetector.detect (nudenet 3.4.2)")

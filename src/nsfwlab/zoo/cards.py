@@ -86,6 +86,8 @@ class Fidelity:
     def describe(self) -> str:
         if self.max_abs_diff is None:
             return self.note or "not measured"
+        if self.max_abs_diff == 0:
+            return f"identical to {self.reference}" + (f" ({self.note})" if self.note else "")
         return f"|d| <= {self.max_abs_diff:.0e} vs {self.reference}"
 
 
