@@ -66,17 +66,40 @@ def test_detect_equals_nudedetector_on_the_same_files(model: zoo.ZooModel, tmp_p
     assert {"FACE_FEMALE", "FACE_MALE", "BUTTOCKS_EXPOSED"} <= seen  # the comparison covered real boxes
 
 
-@needs_nudenet
-def test_letterbox_equals_opencv_blob_from_image() -> None:
+def _nudenet_blob(rgb: np.ndarray) -> np.ndarray:
+    """NudeNet's own steps on a file's BGR pixels: cvtColor swaps three channels, the whole square is
+    padded, blobFromImage resizes and swaps back."""
     import cv2
 
-    rgb = _photos()["tall"]
     side = max(rgb.shape[:2])
-    # NudeNet's own steps on a file's BGR pixels: cvtColor swaps three channels, blobFromImage swaps back.
     mat = cv2.cvtColor(np.ascontiguousarray(rgb[..., ::-1]), cv2.COLOR_RGBA2BGR)
     padded = cv2.copyMakeBorder(mat, 0, side - rgb.shape[0], 0, side - rgb.shape[1], cv2.BORDER_CONSTANT)
-    blob = cv2.dnn.blobFromImage(padded, 1 / 255.0, (320, 320), (0, 0, 0), swapRB=True, crop=False)
-    np.testing.assert_array_equal(nudenet.letterbox(rgb), blob)
+    return cv2.dnn.blobFromImage(padded, 1 / 255.0, (320, 320), (0, 0, 0), swapRB=True, crop=False)
+
+
+@needs_nudenet
+@pytest.mark.parametrize("shape", [(512, 200), (3, 5), (1, 1), (1, 2000), (2000, 1), (30, 2000), (641, 320),
+                                   (640, 320), (320, 640), (319, 320), (960, 17), (1280, 4), (50, 6400), (999, 1000)])
+def test_letterbox_equals_opencv_blob_from_image(shape: tuple[int, int]) -> None:
+    # the exact 2x (640) and 3x (960) reductions take OpenCV's other paths; thin ones pad far
+    rgb = np.random.default_rng(sum(shape)).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(nudenet.letterbox(rgb), _nudenet_blob(rgb))
+
+
+@needs_nudenet
+def test_letterbox_of_a_thin_image_does_not_build_the_square() -> None:
+    import tracemalloc
+
+    rgb = np.full((200, 20_000, 3), 200, np.uint8)  # 12 MB; its square would take 1.2 GB
+    tracemalloc.start()
+    try:
+        blob = nudenet.letterbox(rgb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20
+    # output rows 0-2 sample the image (side / 320 = 62.5 source rows each), the rest only padding
+    assert blob.shape == (1, 3, 320, 320) and blob[0, :, :3].min() > 0 and blob[0, :, 4:].max() == 0
 
 
 @needs_nudenet

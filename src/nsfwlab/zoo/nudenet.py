@@ -23,6 +23,7 @@ NudeNet calls them, so that boxes and scores agree exactly.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -83,14 +84,25 @@ def _cv2() -> Any:
 
 def letterbox(rgb: np.ndarray) -> np.ndarray:
     """The network input (1, 3, 320, 320) float32 of one HxWx3 uint8 RGB image: zero padding at the
-    bottom and right to a square, OpenCV's ``INTER_LINEAR`` resize, BGR, times ``float32(1/255)``."""
+    bottom and right to a square, OpenCV's ``INTER_LINEAR`` resize, BGR, times ``float32(1/255)``.
+
+    The square is never built whole (a 100000x1000 image would make a 30 GB one): OpenCV resizes
+    row by row and column by column from a scale, so the image plus a margin of zeros wide enough
+    for the last output pixel that touches it, resized with the square's scale (``fx = fy =
+    320 / side``), gives the same output pixels; the rest of the output samples only zeros.
+    """
     cv2 = _cv2()
     height, width = rgb.shape[:2]
     side = max(height, width)
-    square = np.zeros((side, side, 3), np.uint8)
-    square[:height, :width] = rgb
-    resized = cv2.resize(square, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_LINEAR)
-    bgr = np.ascontiguousarray(resized[:, :, ::-1].transpose(2, 0, 1), dtype=np.float32)
+    scale = INPUT_SIZE / side
+    margin = 2 * math.ceil(side / INPUT_SIZE) + 2
+    rows, cols = min(side, height + margin), min(side, width + margin)
+    padded = np.zeros((rows, cols, 3), np.uint8)
+    padded[:height, :width] = rgb
+    resized = cv2.resize(padded, (0, 0), fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    square = np.zeros((INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
+    square[:resized.shape[0], :resized.shape[1]] = resized[:INPUT_SIZE, :INPUT_SIZE]
+    bgr = np.ascontiguousarray(square[:, :, ::-1].transpose(2, 0, 1), dtype=np.float32)
     return (bgr * np.float32(1 / 255))[None]
 
 
