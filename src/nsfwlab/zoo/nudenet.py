@@ -31,8 +31,8 @@ import numpy as np
 
 from ..errors import WeightsError
 
-__all__ = ["CLASSES", "CONFIDENCE", "EXPOSED", "INPUT_SIZE", "NMS_IOU", "NMS_SCORE", "NudeNetRunner", "letterbox",
-           "nsfw_score", "package_file", "postprocess"]
+__all__ = ["CLASSES", "CONFIDENCE", "EXPOSED", "INPUT_SIZE", "NMS_IOU", "NMS_SCORE", "NudeNetRunner", "class_maxima",
+           "letterbox", "nsfw_score", "package_file", "postprocess"]
 
 #: The detector's 18 classes, in the order of its outputs (NudeNet's ``__labels``).
 CLASSES = (
