@@ -162,8 +162,10 @@ def test_postprocess_scales_clips_thresholds_and_suppresses() -> None:
 
 
 def test_a_classifier_has_no_boxes_and_nudenet_weights_are_not_imported() -> None:
-    with pytest.raises(ConfigError, match="installed nudenet package"):
+    with pytest.raises(ConfigError, match="installed nudenet package, never fetched or imported"):
         zoo.import_weights("nudenet-320n", __file__)
+    with pytest.raises(ConfigError, match=r"pip install 'nsfwlab\[nudenet\]'"):
+        zoo.fetch("nudenet-320n")
     classifier = zoo.ZooModel(zoo.get_card("nsfwjs-mobilenetv2"), lambda items: np.zeros((len(items), 5)), "torch")
     with pytest.raises(ModelError, match="not boxes"):
         classifier.detect([np.zeros((4, 4, 3), np.uint8)])

@@ -57,16 +57,22 @@ __all__ = [
 def fetch(model_id: str, *, progress: ProgressCallback | None = None) -> Path:
     """Fetch ``model_id``'s package through its registry's own client, verify and convert it into the
     cache (``NSFWLAB_HOME``). Returns the weights' path."""
-    return store.fetch(get_card(model_id), convert_archive, progress=progress)
+    card = get_card(model_id)
+    _refuse_package_read_in_place(card)
+    return store.fetch(card, convert_archive, progress=progress)
+
+
+def _refuse_package_read_in_place(card: ModelCard) -> None:
+    if card.weights.package == f"pypi:{nudenet.PACKAGE}":
+        raise ConfigError(f"{card.id} is read from the installed nudenet package, never fetched or imported: "
+                          "pip install 'nsfwlab[nudenet]' (nudenet 3.4.2, AGPL-3.0)")
 
 
 def import_weights(model_id: str, file: str | os.PathLike) -> Path:
     """Install ``model_id``'s weights from a local file: its package (e.g. ``nsfwjs-4.4.0.tgz``) or
     its converted weights, either checked against the card's sha256."""
     card = get_card(model_id)
-    if card.weights.package == f"pypi:{nudenet.PACKAGE}":
-        raise ConfigError(f"{card.id} is read from the installed nudenet package, not imported: "
-                          "pip install 'nsfwlab[nudenet]' (nudenet 3.4.2, AGPL-3.0)")
+    _refuse_package_read_in_place(card)
     return store.import_file(card, file, convert_archive)
 
 
