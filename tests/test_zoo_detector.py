@@ -276,6 +276,7 @@ def test_model_names_are_checked_before_loading(tmp_path: Path) -> None:
         check_model_name(str(tmp_path / "gone.pt"))
     image = tmp_path / "x.png"
     Image.fromarray(_photos()[0]).save(image)
-    for command in (["serve", "--model", "no-such-model"], ["explain", str(image), "--out", str(tmp_path / "o.png"), "--model", "no-such-model"]):
+    explain = ["explain", str(image), "--out", str(tmp_path / "o.png")]
+    for command in (["serve", "--model", "no-such-model"], [*explain, "--model", "no-such-model"]):
         res = _cli(*command)
         assert res.exit_code == 2 and "unknown --model 'no-such-model'" in res.output
