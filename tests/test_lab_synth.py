@@ -249,6 +249,7 @@ def test_a_balanced_sum_raises_every_term(detector) -> None:
     assert plain.logits_end[0][1] < plain.logits_start[0][1] + 2
 
 
+@pytest.mark.slow
 def test_the_default_balanced_sum_raises_both_logits_with_transforms(detector) -> None:
     """nsfw+sfw with the defaults (Fourier, transforms, balance, settling), shortened to 40 steps:
     both exact-pipeline logits rise (measured +1.9/+1.7, +1.7/+2.0, +1.9/+1.9 on seeds 0-2; with
@@ -356,12 +357,16 @@ def _clipped(images: list[np.ndarray]) -> float:
     return float(((arr == 0) | (arr == 255)).mean())
 
 
-def test_fourier_images_are_not_saturated(detector) -> None:
-    """The spectrum is scaled as lucid/lucent scale it (1/4 on the orthonormal FFT): a short run
-    leaves almost no channel value at 0 or 255 (with the scale x size as well, nearly all were)."""
-    result = synthesize(None, detector, objective="nsfw", steps=20, size=64)
-    assert _clipped(result.images) < 0.05
-    assert result.logits_end[0][1] > result.logits_start[0][1] + 5
+@pytest.mark.parametrize("size", [64, 256])
+def test_fourier_images_are_not_saturated(size: int) -> None:
+    """The spectrum is scaled as lucid/lucent scale it (1/4 on the orthonormal FFT). Adam moves each
+    coefficient by about lr per step, so after a few dozen steps they are of order 1: such a spectrum
+    leaves no channel value at 0 or 255 (with the scale x size as well, 93% at 64 px and 98.5% at 256)."""
+    param = FourierImage(1, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        param.spectrum.copy_(torch.randn(param.spectrum.shape, generator=torch.Generator().manual_seed(1)))
+        image = [(param()[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()]
+    assert _clipped(image) < 0.05
 
 
 @pytest.mark.slow
