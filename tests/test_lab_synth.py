@@ -210,9 +210,9 @@ def test_config_errors_name_the_parameter_not_a_flag() -> None:
             SynthConfig(settle=settle)
 
 
-def test_settling_defaults_to_balanced_sums_only() -> None:
-    """The last fifth of a balanced sum's steps runs without the transforms; a single term, the
-    plain sum and an explicit --settle keep what they ask for."""
+def test_settling_defaults_to_balanced_objectives_only() -> None:
+    """The last fifth of a balanced objective's steps (several summed terms, or any second network)
+    runs without the transforms; a single term, the plain sum and an explicit settle keep what they ask for."""
     both = SynthConfig(objective="nsfw+sfw", steps=200)
     assert both.balanced and both.settle_fraction == BALANCED_SETTLE == 0.2 and both.robust_steps == 160
     assert SynthConfig(objective="nsfw", steps=200).robust_steps == 200
@@ -220,6 +220,10 @@ def test_settling_defaults_to_balanced_sums_only() -> None:
     assert SynthConfig(objective="nsfw", steps=200, settle=0.5).robust_steps == 100
     assert SynthConfig(objective="nsfw+sfw", steps=200, settle=0.0).robust_steps == 200
     assert SynthConfig(objective="nsfw+sfw", steps=200, transforms=False).robust_steps == 0
+    also = (AlsoSpec(Path("net.pt"), 1),)
+    assert SynthConfig(objective="nsfw", also=also).balanced and not SynthConfig(objective="nsfw").balanced
+    assert SynthConfig(objective="nsfw", also=also, steps=200).robust_steps == 160
+    assert not SynthConfig(objective="nsfw", also=also, balance=False).balanced
 
 
 @pytest.mark.slow
@@ -339,6 +343,8 @@ def test_synthesize_command_usage_errors(tmp_path: Path) -> None:
     assert res.exit_code == 2 and ".png" in res.output
     res = CliRunner().invoke(app, ["synthesize", "--out", str(tmp_path / "x.png"), "--objective", "nsfw++"])
     assert res.exit_code == 2
+    res = CliRunner().invoke(app, ["synthesize", "--out", str(tmp_path / "x.png"), "--lr", "0"])
+    assert res.exit_code == 2 and "--lr must lie in (0, 10]" in res.output, res.output
     res = CliRunner().invoke(app, ["synthesize", "--out", str(tmp_path / "x.png"), "--also", "missing.pt:1"])
     assert res.exit_code == 2 and "no such file" in res.output
     blocker = tmp_path / "blocker"
