@@ -101,7 +101,8 @@ def nsfwlab_run(det: Detector, algorithm: Algorithm, shape: ShapeKind, count: in
 
     last: dict[str, Any] = {"evaluations": 0}
 
-    def progress(row: Any) -> None:
+    def progress(event: Any) -> None:
+        row = event.item
         last["evaluations"] = row.evaluations
         if row.seconds > limit:
             raise _TimeUp
@@ -115,7 +116,7 @@ def nsfwlab_run(det: Detector, algorithm: Algorithm, shape: ShapeKind, count: in
         return scores
 
     try:
-        result = evolve(config, tracking, verify=det.score, progress=progress)
+        result = evolve(None, config=config, scorer=tracking, verify=det.score, progress=progress)
     except _TimeUp:
         return _row(f"nsfwlab evolve --algorithm {algorithm.value}", shape, count, target, last["evaluations"],
                     time.perf_counter() - start, best.get("score", 0.0), None)

@@ -14,12 +14,13 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import cpu_name
 
 from nsfwlab import Detector
-from nsfwlab.lab.synthesize import Param, SynthConfig, Synthesizer
+from nsfwlab.lab.synthesize import Param, SynthConfig, synthesize
 
 CASES = [(Param.FFT, 1, True), (Param.FFT, 1, False), (Param.PIXELS, 1, True), (Param.FFT, 4, True)]
 
@@ -33,18 +34,18 @@ def main() -> None:
     det = Detector(device=args.device)
     rows = []
     for param, batch, transforms in CASES:
-        config = SynthConfig(objective="nsfw", param=param, batch=batch, transforms=transforms, steps=args.steps)
-        synth = Synthesizer(det, config, device=args.device)
+        config = SynthConfig(objective="nsfw", param=param, batch=batch, transforms=transforms, steps=args.steps,
+                             device=args.device)
         times: list[float] = []
         last = [time.perf_counter()]
 
-        def tick(step: int, loss: float, times: list[float] = times, last: list[float] = last) -> None:
+        def tick(event: Any, times: list[float] = times, last: list[float] = last) -> None:
             now = time.perf_counter()
-            if step > 1:
+            if event.done > 1:
                 times.append(now - last[0])
             last[0] = now
 
-        synth.run(tick)
+        synthesize(None, det, config, progress=tick)
         rate = len(times) / sum(times)
         rows.append({"param": param.value, "batch": batch, "transforms": transforms,
                      "steps_per_s": round(rate, 2), "images_per_s": round(rate * batch, 2)})
