@@ -46,3 +46,20 @@ def test_gradcam_unknown_layer_names_the_parameter(torch_model):
     with pytest.raises(ConfigError, match="unknown layer 'stage9'") as info:
         GradCAM(torch_model, layer="stage9")
     assert info.value.param == "layer"
+
+
+def test_cli_layer_flag(tmp_path, photos):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from nsfwlab.cli import app
+
+    src = tmp_path / "coffee.png"
+    Image.fromarray(photos["coffee"]).resize((160, 120)).save(src)
+    res = CliRunner().invoke(app, ["explain", str(src), "-m", "gradcam", "--layer", "stage9", "--device", "cpu",
+                                   "--out", str(tmp_path / "o.png")])
+    assert res.exit_code == 2 and "unknown --layer 'stage9'" in res.output
+    res = CliRunner().invoke(app, ["explain", str(src), "-m", "gradcam", "--layer", "stage2", "--device", "cpu",
+                                   "--out", str(tmp_path / "o.png")])
+    assert res.exit_code == 0, res.output
+    assert "predicted class explained" in res.output

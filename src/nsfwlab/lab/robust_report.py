@@ -126,10 +126,12 @@ def _findings(s: Mapping[str, Any]) -> list[str]:
                    f"budget {_fmt(me['median'], 1)}/255, at which the median attack changed "
                    f"{_fmt(me['median_pixels'], 0)} pixel(s) (L2 {_fmt(me['median_l2'], 2)}).")
     flips = s.get("label_flips", {})
-    if flips:
+    if flips and max(flips.values()) > 0:
         worst = max(flips, key=lambda k: flips[k])
         out.append(f"Most label changes under one everyday perturbation: {html.escape(worst)} "
                    f"({flips[worst]} image(s)).")
+    elif flips:
+        out.append("No everyday perturbation changed a label.")
     auc = (s.get("auc") or {}).get("none")
     if auc:
         lo, hi = auc["ci95"]
