@@ -140,9 +140,10 @@ def open_database(path: str | os.PathLike, kind: DatabaseKind, *, readonly: bool
         raise error(f"cannot open {kind.what} {name}: {exc}", param=param) from None
     try:
         db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-        reason = _refusal(db, name, kind, readonly) if has_data else None
+        shown = f"{param} {name}" if param else name  # the CLI reads the parameter as its flag
+        reason = _refusal(db, shown, kind, readonly) if has_data else None
         if readonly and not has_data:
-            reason = f"{name} holds no nsfwlab {kind.what}"
+            reason = f"{shown} holds no nsfwlab {kind.what}"
         if reason is not None:
             raise error(reason, param=param)
         if not readonly and int(db.execute("PRAGMA application_id").fetchone()[0]) != kind.application_id:

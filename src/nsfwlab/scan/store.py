@@ -254,7 +254,8 @@ class ResultStore:
             raise StoreError(f"results database {self.path} does not exist (run `nsfwlab scan` first)")
         if not readonly and self.path.parent and not self.path.parent.exists():
             raise StoreError(f"directory {self.path.parent} of the results database does not exist")
-        self._conn = open_database(self.path, _KIND, readonly=readonly, timeout=timeout, error=StoreError)
+        self._conn = open_database(self.path, _KIND, readonly=readonly, timeout=timeout, error=StoreError,
+                                   param="path")
         try:
             version = self._inspect()
             if not readonly:
