@@ -112,3 +112,139 @@ def test_spearman() -> None:
     assert spearman([0, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(1.0)
     assert spearman([0, 1, 2, 3], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([0, 1, 2], [5, 5, 5]) == 0.0
+
+
+# -- the service ------------------------------------------------------------------------------
+
+import logging  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from nsfwlab import Detector  # noqa: E402
+from nsfwlab.serve import ServeConfig, create_app  # noqa: E402
+from nsfwlab.serve.deps import key_id  # noqa: E402
+from test_serve_api import ConstantBackend, jpeg_bytes  # noqa: E402
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_sentinel as bench  # noqa: E402
+
+KEY = {"X-API-Key": "k1"}
+
+
+def _app(det: Detector, tmp_path: Path | None = None, **kwargs: object):  # type: ignore[no-untyped-def]
+    pytest.importorskip("pdqhash")
+    config = ServeConfig(detect_attacks=SentinelConfig(), api_keys=("k1", "k2"),
+                         data_dir=tmp_path / "data" if tmp_path else None, **kwargs)  # type: ignore[arg-type]
+    return create_app(config, det)
+
+
+def _flag(client: TestClient, who: str) -> None:
+    """Flag ``who`` through the sentinel's own rule (a walk crowding a boundary)."""
+    sentinel = client.app.state.service.sentinel  # type: ignore[attr-defined]
+    rng = random.Random(9)
+    source = _random_hash(rng)
+    now = time.monotonic()
+    for _ in range(20):
+        sentinel.observe(who, _near(rng, source), 0.8 + rng.uniform(-0.05, 0.05), now)
+    assert sentinel.is_flagged(who, now)
+
+
+@pytest.mark.slow
+def test_a_score_search_is_blocked_within_100_queries(detector: Detector, tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "nsfwlab.serve.audit"), \
+            TestClient(_app(detector, tmp_path, on_attack="block"), headers=KEY) as c:
+        answered, _ = bench.score_search(bench.client_query(c), bench.photo("astronaut"), max_queries=100)
+        assert answered < 100  # refused before the budget was spent
+        blocked = c.post("/v1/score", content=jpeg_bytes(np.zeros((64, 64, 3), np.uint8)))
+        assert blocked.status_code == 403 and blocked.json()["code"] == "query_attack"
+        other = c.post("/v1/score", content=jpeg_bytes(np.zeros((64, 64, 3), np.uint8)), headers={"X-API-Key": "k2"})
+        assert other.status_code == 200  # another key is not touched
+        m = c.app.state.service.metrics  # type: ignore[attr-defined]
+        assert m.sample("nsfwlab_attack_flags_total", {"key": key_id("k1")}) == 1
+        assert m.sample("nsfwlab_attack_requests_total", {"outcome": "blocked"}) == 2
+        items = c.get("/v1/review/items", params={"status": "all"}).json()["items"]
+    assert [i["reason"] for i in items].count("attack") == 1
+    assert any(key_id("k1") in r.getMessage() and "query attack" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.slow
+def test_a_label_only_boundary_walk_is_flagged_within_100_queries(detector: Detector) -> None:
+    with TestClient(_app(detector, on_attack="block", answer="label"), headers=KEY) as c:
+        answered, ended = bench.boundary_walk(bench.client_query(c), bench.photo("astronaut"), max_queries=100)
+    assert ended == "refused" and answered < 100
+
+
+@pytest.mark.slow
+def test_a_benign_album_with_bursts_is_not_flagged(detector: Detector) -> None:
+    with TestClient(_app(detector, on_attack="block"), headers=KEY) as c:
+        query = bench.client_query(c)
+        assert all(query(data) is not None for data in bench.album(60, seed=1))
+        assert c.app.state.service.metrics.sample(  # type: ignore[attr-defined]
+            "nsfwlab_attack_flags_total", {"key": key_id("k1")}) is None
+
+
+def test_block_answers_403_query_attack_for_a_flagged_key_only() -> None:
+    with TestClient(_app(Detector(ConstantBackend()), on_attack="block"), headers=KEY) as c:
+        _flag(c, f"key:{key_id('k1')}")
+        resp = c.post("/v1/score", content=jpeg_bytes(np.zeros((32, 32, 3), np.uint8)))
+        assert resp.status_code == 403 and resp.json()["code"] == "query_attack"
+        assert "--" not in resp.json()["error"]
+        ok = c.post("/v1/score", content=jpeg_bytes(np.zeros((32, 32, 3), np.uint8)), headers={"X-API-Key": "k2"})
+        assert ok.status_code == 200
+
+
+def test_keyless_callers_are_tracked_by_client_address() -> None:
+    pytest.importorskip("pdqhash")
+    config = ServeConfig(detect_attacks=SentinelConfig(), on_attack="block")  # type: ignore[arg-type]
+    with TestClient(create_app(config, Detector(ConstantBackend()))) as c:
+        _flag(c, "client:testclient")
+        assert c.post("/v1/score", content=jpeg_bytes(np.zeros((32, 32, 3), np.uint8))).status_code == 403
+
+
+def test_slow_delays_a_flagged_caller_and_log_only_counts() -> None:
+    data = jpeg_bytes(np.zeros((32, 32, 3), np.uint8))
+    with TestClient(_app(Detector(ConstantBackend()), on_attack="slow", attack_delay_s=0.3), headers=KEY) as c:
+        _flag(c, f"key:{key_id('k1')}")
+        start = time.perf_counter()
+        assert c.post("/v1/score", content=data).status_code == 200
+        assert time.perf_counter() - start >= 0.3
+        assert c.app.state.service.metrics.sample(  # type: ignore[attr-defined]
+            "nsfwlab_attack_requests_total", {"outcome": "slowed"}) == 1
+    with TestClient(_app(Detector(ConstantBackend()), on_attack="log"), headers=KEY) as c:
+        _flag(c, f"key:{key_id('k1')}")
+        assert c.post("/v1/score", content=data).status_code == 200
+        assert c.app.state.service.metrics.sample(  # type: ignore[attr-defined]
+            "nsfwlab_attack_requests_total", {"outcome": "logged"}) == 1
+
+
+def test_without_detection_nothing_is_tracked() -> None:
+    with TestClient(create_app(ServeConfig(), Detector(ConstantBackend()))) as c:
+        assert c.post("/v1/score", content=jpeg_bytes(np.zeros((32, 32, 3), np.uint8))).status_code == 200
+        assert c.app.state.service.sentinel is None  # type: ignore[attr-defined]
+
+
+def test_answer_label_leaves_out_every_score() -> None:
+    data = jpeg_bytes(np.zeros((32, 32, 3), np.uint8))
+    with TestClient(create_app(ServeConfig(answer="label"), Detector(ConstantBackend(0.5)))) as c:  # type: ignore[arg-type]
+        item = c.post("/v1/score", content=data).json()["results"][0]
+    assert item["label"] == "review" and item["kind"] == "image"
+    assert not {"score", "raw_score", "frame_scores", "segments"} & set(item)
+    with TestClient(create_app(ServeConfig(), Detector(ConstantBackend(0.5)))) as c:
+        assert c.post("/v1/score", content=data).json()["results"][0]["score"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("kwargs", [{"on_attack": "shout"}, {"answer": "scores"}, {"attack_delay_s": 31.0},
+                                    {"attack_delay_s": -1.0}])
+def test_serve_config_refuses_bad_attack_options(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ConfigError) as err:
+        ServeConfig(**kwargs)  # type: ignore[arg-type]
+    assert err.value.param in kwargs

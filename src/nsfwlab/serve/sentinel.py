@@ -11,9 +11,14 @@ bounded window of recent uploads (time, PDQ hash, score) and flags a caller when
    most ``window_s`` seconds; and
 2. **varied scores**: those uploads' scores span at least ``min_spread`` (re-saves and resized
    copies of one photo score nearly the same; an attacker's perturbations move the score); and
-3. **crowding or trend**: at least ``crowd_fraction`` of their scores lie within ``margin`` of one
-   band boundary (a boundary walk), or their distance to the nearest boundary falls with upload
-   order with a Spearman correlation of at least ``min_trend`` (a search climbing toward it).
+3. **probing a boundary**, any of: at least ``crowd_fraction`` of their scores lie within
+   ``margin`` of one band boundary (crowding); at least ``straddle_fraction`` of them lie on each
+   side of one boundary (a label-only walk's binary search: near-duplicates of one image that get
+   different labels); their distance to the nearest boundary falls with upload order with a
+   Spearman correlation of at least ``min_trend`` (a score search climbing toward it).
+
+Featureless images are hashed too, whatever PDQ's quality says: an attacker chooses the images,
+and a walk toward a flat image is mostly low-quality hashes that still cluster.
 
 A flag lasts ``flag_s`` seconds after the last upload that met the rule. Memory is bounded: at
 most ``max_keys`` callers (least recently seen dropped first), each with at most ``window``
@@ -44,6 +49,7 @@ class SentinelConfig:
     min_spread: float = 0.01
     margin: float = 0.1
     crowd_fraction: float = 0.5
+    straddle_fraction: float = 0.2
     min_trend: float = 0.5
     flag_s: float = 3600.0
     boundaries: tuple[float, ...] = field(default=(0.2, 0.8))
@@ -62,7 +68,7 @@ class SentinelConfig:
         for name in ("window_s", "flag_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}", param=name)
-        for name in ("min_spread", "margin", "crowd_fraction", "min_trend"):
+        for name in ("min_spread", "margin", "crowd_fraction", "straddle_fraction", "min_trend"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)}", param=name)
         if not self.boundaries or any(not 0.0 <= b <= 1.0 for b in self.boundaries):
@@ -73,18 +79,21 @@ class SentinelConfig:
 class AttackVerdict:
     """What one upload told the sentinel: ``flagged`` (the caller is flagged now), ``new`` (this
     upload raised the flag), and the evidence: the near-duplicate ``cluster`` size, the scores'
-    ``spread``, the share ``crowded`` near a boundary and the ``trend`` toward it."""
+    ``spread``, the share ``crowded`` near a boundary, the smaller share ``straddling`` on one side of a
+    boundary and the ``trend`` toward it."""
 
     flagged: bool
     new: bool = False
     cluster: int = 0
     spread: float = 0.0
     crowded: float = 0.0
+    straddling: float = 0.0
     trend: float = 0.0
 
     def to_dict(self) -> dict[str, float | int | bool]:
         return {"flagged": self.flagged, "new": self.new, "cluster": self.cluster, "spread": round(self.spread, 4),
-                "crowded": round(self.crowded, 3), "trend": round(self.trend, 3)}
+                "crowded": round(self.crowded, 3), "straddling": round(self.straddling, 3),
+                "trend": round(self.trend, 3)}
 
 
 class _Track:
@@ -132,9 +141,10 @@ class Sentinel:
             if verdict is None:
                 return AttackVerdict(was_flagged)
             track.flagged_until = now + cfg.flag_s
-            return AttackVerdict(True, not was_flagged, verdict[0], verdict[1], verdict[2], verdict[3])
+            return AttackVerdict(True, not was_flagged, *verdict)
 
-    def _judge(self, h: int, uploads: deque[tuple[float, int, float]]) -> tuple[int, float, float, float] | None:
+    def _judge(self, h: int, uploads: deque[tuple[float, int, float]]
+               ) -> tuple[int, float, float, float, float] | None:
         cfg = self.config
         scores = [s for _, other, s in uploads if (h ^ other).bit_count() <= cfg.near_distance]
         if len(scores) < cfg.min_cluster:
@@ -142,11 +152,13 @@ class Sentinel:
         spread = max(scores) - min(scores)
         if spread < cfg.min_spread:
             return None
-        crowded = max(sum(abs(s - b) <= cfg.margin for s in scores) / len(scores) for b in cfg.boundaries)
+        n = len(scores)
+        crowded = max(sum(abs(s - b) <= cfg.margin for s in scores) / n for b in cfg.boundaries)
+        straddling = max(min(sum(s < b for s in scores), sum(s >= b for s in scores)) / n for b in cfg.boundaries)
         closeness = [-min(abs(s - b) for b in cfg.boundaries) for s in scores]
-        trend = spearman(list(range(len(closeness))), closeness)
-        if crowded >= cfg.crowd_fraction or trend >= cfg.min_trend:
-            return len(scores), spread, crowded, trend
+        trend = spearman(list(range(n)), closeness)
+        if crowded >= cfg.crowd_fraction or straddling >= cfg.straddle_fraction or trend >= cfg.min_trend:
+            return n, spread, crowded, straddling, trend
         return None
 
 
