@@ -248,3 +248,36 @@ def test_serve_config_refuses_bad_attack_options(kwargs: dict[str, object]) -> N
     with pytest.raises(ConfigError) as err:
         ServeConfig(**kwargs)  # type: ignore[arg-type]
     assert err.value.param in kwargs
+
+
+@pytest.fixture
+def served_apps(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    import uvicorn
+
+    apps: list[object] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **k: apps.append(app))
+    return apps
+
+
+def test_cli_passes_the_attack_options(served_apps: list[object]) -> None:
+    from typer.testing import CliRunner
+
+    from nsfwlab.cli import app as cli_app
+
+    pytest.importorskip("pdqhash")
+    result = CliRunner().invoke(cli_app, ["serve", "--port", "0", "--detect-attacks", "--on-attack", "slow",
+                                          "--attack-delay", "1.5", "--answer", "label"])
+    assert result.exit_code == 0, result.output
+    config = served_apps[0].state.service.config  # type: ignore[attr-defined]
+    assert config.detect_attacks == SentinelConfig() and config.on_attack == "slow"
+    assert config.attack_delay_s == 1.5 and config.answer == "label"
+
+
+def test_cli_names_the_flag_of_a_bad_attack_option(served_apps: list[object]) -> None:
+    from typer.testing import CliRunner
+
+    from nsfwlab.cli import app as cli_app
+
+    result = CliRunner().invoke(cli_app, ["serve", "--port", "0", "--on-attack", "shout"])
+    assert result.exit_code == 2 and "--on-attack" in result.output and "Traceback" not in result.output
+    assert not served_apps
