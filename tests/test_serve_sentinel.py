@@ -281,3 +281,19 @@ def test_cli_names_the_flag_of_a_bad_attack_option(served_apps: list[object]) ->
     result = CliRunner().invoke(cli_app, ["serve", "--port", "0", "--on-attack", "shout"])
     assert result.exit_code == 2 and "--on-attack" in result.output and "Traceback" not in result.output
     assert not served_apps
+
+
+def test_a_slowed_request_holds_no_scoring_slot() -> None:
+    import threading
+
+    data = jpeg_bytes(np.zeros((32, 32, 3), np.uint8))
+    app = _app(Detector(ConstantBackend()), on_attack="slow", attack_delay_s=1.0, max_concurrent_requests=1)
+    with TestClient(app, headers=KEY) as c:
+        _flag(c, f"key:{key_id('k1')}")
+        slowed: list[int] = []
+        waiter = threading.Thread(target=lambda: slowed.append(c.post("/v1/score", content=data).status_code))
+        waiter.start()
+        time.sleep(0.3)  # the flagged request is waiting out its delay now
+        other = c.post("/v1/score", content=data, headers={"X-API-Key": "k2"})
+        waiter.join()
+    assert other.status_code == 200 and slowed == [200]
