@@ -91,6 +91,10 @@ def serve_command(
     bank: Path | None = typer.Option(None, "--bank", help="Hash bank file (default: bank.sqlite3 in --data-dir when there is one): near-duplicates of banked images take the human decision; reviewers' decisions are banked."),
     no_bank: bool = typer.Option(False, "--no-bank", help="No hash bank, even with --data-dir."),
     match_distance: int = typer.Option(31, "--match-distance", min=0, max=256, help="Most differing PDQ bits (of 256) for a bank match."),
+    detect_attacks: bool = typer.Option(False, "--detect-attacks", help="Flag API keys (clients without keys) whose uploads are many near-duplicates of one image with scores crowding or climbing toward a band boundary: a query attack (counted, logged, queued for review). Needs pdqhash."),
+    on_attack: str = typer.Option("log", "--on-attack", help="What to do with a flagged caller's scoring requests: log (nothing more), slow (delay each by --attack-delay) or block (403 query_attack)."),
+    attack_delay: float = typer.Option(2.0, "--attack-delay", min=0.0, max=30.0, help="Seconds added to each scoring request of a flagged caller with --on-attack slow."),
+    answer: str = typer.Option("score", "--answer", help="What scoring answers reveal: score (scores and labels) or label (labels and bank matches only)."),
     calibration: Path | None = typer.Option(None, "--calibration", help="A calibration.json from `evaluate --calibrate`: score becomes the calibrated probability (labels and the review band follow it); raw_score keeps the model's."),
     device: Device = typer.Option(Device.AUTO, help="Where the model runs."),
     backend: BackendName = typer.Option(BackendName.AUTO, help="Inference engine."),
@@ -114,6 +118,7 @@ def serve_command(
         from ..detector import Detector
         from ..serve import ServeConfig
         from ..serve.app import create_app
+        from ..serve.sentinel import SentinelConfig
 
         thresholds = Thresholds(safe_below=safe_below, nsfw_above=nsfw_above)
         limits = DecodeLimits.from_env(max_bytes, max_pixels, max_animation_pixels=max_animation_pixels)
@@ -129,6 +134,8 @@ def serve_command(
             api_keys=_read_keys(api_key, api_key_file), audit_rate=audit_rate, rate_limit=rate_limit,
             frames=frame_options, bank=_bank_path(bank, no_bank, data_dir), match_distance=match_distance,
             allow_origins=tuple(allow_origin), allowed_hosts=_allowed_hosts(host, allow_host),
+            detect_attacks=SentinelConfig() if detect_attacks else None, on_attack=on_attack,  # type: ignore[arg-type]
+            attack_delay_s=attack_delay, answer=answer,  # type: ignore[arg-type]
         )
 
         def load() -> Detector:
@@ -142,7 +149,8 @@ def serve_command(
         _check_listen(host, port)
     except NsfwlabError as exc:
         raise fail(exc, {"allow_origins": "--allow-origin", "allowed_hosts": "--allow-host",
-                         "api_keys": "--api-key"}) from None
+                         "api_keys": "--api-key", "detect_attacks": "--detect-attacks", "on_attack": "--on-attack",
+                         "answer": "--answer", "attack_delay_s": "--attack-delay"}) from None
     if not config.api_keys and host not in _LOOPBACK:
         stderr.print(tagged("warning:", "yellow", f" listening on {host} without --api-key-file: anyone who can reach "
                             "it may use it"), highlight=False)

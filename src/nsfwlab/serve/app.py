@@ -17,6 +17,7 @@ blocks the event loop. Every error becomes JSON ``{"error", "code"}`` with the s
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,7 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import NsfwlabError
+from ..errors import ConfigError, NsfwlabError
 from .config import ServeConfig
 from .errors import InvalidRequestError, NotFoundError, describe_validation, error_headers, http_status_for
 from .matching import check_bank
@@ -116,6 +117,9 @@ def create_app(config: ServeConfig | None = None, detector: DetectorSource = Non
         # An unusable --data-dir is a typed error here, not a traceback at the server's startup.
         ReviewStore(config.data_dir).close()
     check_bank(config.bank)
+    if config.detect_attacks is not None and importlib.util.find_spec("pdqhash") is None:
+        raise ConfigError("detecting query attacks needs PDQ hashing: pip install 'nsfwlab[bank]'",
+                          param="detect_attacks")
     svc = Service(config, detector)
 
     @asynccontextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from ..bank import DEFAULT_MAX_DISTANCE
@@ -12,8 +13,31 @@ from ..frames import VIDEO_CONTAINERS, FrameOptions
 from ..imageio import ALLOWED_FORMATS
 from .origin import normalize_host, normalize_origin
 from .ratelimit import RateLimit
+from .sentinel import SentinelConfig
 
-__all__ = ["SERVE_FORMATS", "VIDEO_FORMATS", "ServeConfig"]
+__all__ = ["SERVE_FORMATS", "VIDEO_FORMATS", "AnswerMode", "AttackPolicy", "ServeConfig"]
+
+#: The longest added delay per request of a flagged caller under ``AttackPolicy.SLOW``: a longer
+#: one would hold a request slot (``max_concurrent_requests``) for a time a client cannot tell from a hang.
+MAX_ATTACK_DELAY_S = 30.0
+
+
+class AttackPolicy(StrEnum):
+    """What the server does with a caller flagged as running a query attack (it is always counted,
+    logged and, with review, queued): ``log`` nothing more; ``slow`` delays each of its scoring
+    requests by ``attack_delay_s``; ``block`` refuses them with 403 ``query_attack``."""
+
+    LOG = "log"
+    SLOW = "slow"
+    BLOCK = "block"
+
+
+class AnswerMode(StrEnum):
+    """What a scoring answer reveals: ``score`` (the score, raw score and frame scores) or ``label``
+    (the label and bank match only: an attacker then learns one bit per query)."""
+
+    SCORE = "score"
+    LABEL = "label"
 
 #: Video containers (by content) a server may accept beside the core's image formats.
 VIDEO_FORMATS: tuple[str, ...] = tuple(VIDEO_CONTAINERS)
@@ -85,6 +109,15 @@ class ServeConfig:
     ``rate_limit``: requests per API key (per client address when there are no keys) to
     ``/v1/*``, as a :class:`~nsfwlab.serve.ratelimit.RateLimit` or its text (``"5/s"``,
     ``"300/min"``); over it: 429 ``rate_limited`` with ``Retry-After``. ``None``: no limit.
+
+    ``detect_attacks``: the rule (:class:`~nsfwlab.serve.sentinel.SentinelConfig`; its boundaries
+    are replaced by the detector's thresholds) by which a caller (API key, else client address)
+    whose still uploads are many near-duplicates of one image with scores crowding or climbing
+    toward a band boundary is flagged as running a query attack; ``None``: no detection. A flag is
+    counted, logged on ``nsfwlab.serve.audit``, queued for review (with a ``data_dir``) and handled
+    by ``on_attack`` (:class:`AttackPolicy`), ``slow`` adding ``attack_delay_s`` (at most 30 s).
+
+    ``answer``: :class:`AnswerMode`; ``label`` leaves every score out of scoring answers.
     """
 
     data_dir: Path | None = None
@@ -111,6 +144,10 @@ class ServeConfig:
     allow_origins: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
     max_json_bytes: int = 64 * 1024
+    detect_attacks: SentinelConfig | None = None
+    on_attack: AttackPolicy = AttackPolicy.LOG
+    attack_delay_s: float = 2.0
+    answer: AnswerMode = AnswerMode.SCORE
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_files", "max_concurrent_requests", "queue_size",
@@ -142,6 +179,15 @@ class ServeConfig:
         if isinstance(self.allowed_hosts, str):
             raise ConfigError("allowed_hosts must be a tuple of host names, not one string", param="allowed_hosts")
         object.__setattr__(self, "allowed_hosts", tuple(normalize_host(h) for h in self.allowed_hosts))
+        if not 0.0 <= self.attack_delay_s <= MAX_ATTACK_DELAY_S:
+            raise ConfigError(f"attack_delay_s must lie in [0, {MAX_ATTACK_DELAY_S:g}] seconds, got "
+                              f"{self.attack_delay_s}", param="attack_delay_s")
+        for name, enum in (("on_attack", AttackPolicy), ("answer", AnswerMode)):
+            try:
+                object.__setattr__(self, name, enum(getattr(self, name)))
+            except ValueError:
+                raise ConfigError(f"{name} must be one of {', '.join(e.value for e in enum)}, got "
+                                  f"{getattr(self, name)!r}", param=name) from None
         if isinstance(self.rate_limit, str):
             object.__setattr__(self, "rate_limit", RateLimit.parse(self.rate_limit))
         for name in ("data_dir", "bank"):

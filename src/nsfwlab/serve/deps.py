@@ -4,7 +4,9 @@ dependency around the handler) and JSON bodies (:func:`json_body`)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -14,9 +16,11 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
+from .config import AttackPolicy
 from .errors import (
     BadRequestError,
     InvalidRequestError,
+    QueryAttackError,
     RateLimitedError,
     UnsupportedMediaTypeError,
     describe_validation,
@@ -24,7 +28,8 @@ from .errors import (
 from .limits import CountingReceive, check_declared_length, match_api_key
 from .service import Service
 
-__all__ = ["Caller", "admitted", "authenticated", "caller", "get_service", "json_body", "key_id", "service_of"]
+__all__ = ["Caller", "admitted", "attack_guard", "authenticated", "caller", "get_service", "json_body", "key_id",
+           "service_of", "tracked_id"]
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -55,6 +60,11 @@ class Caller:
     client: str
 
 
+def tracked_id(who: Caller) -> str:
+    """Whom per-caller state (rate limit, attack sentinel) is kept for: the API key, else the client."""
+    return f"key:{who.key_id}" if who.key_id else f"client:{who.client}"
+
+
 # The dependencies below take the service from the request rather than through Depends(get_service):
 # each sub-dependency costs FastAPI a solve on every /v1 request.
 
@@ -81,6 +91,30 @@ async def caller(request: Request, who: Caller = Security(authenticated)) -> Cal
                                    retry_after=wait)
     svc.metrics.key_requests.labels(key=label, outcome="allowed").inc()
     return who
+
+
+async def _guard_attacks(request: Request, who: Caller = Security(caller)) -> Caller:
+    """A caller the sentinel flagged is handled by ``ServeConfig.on_attack``: refused
+    (``QueryAttackError``, 403), delayed by ``attack_delay_s``, or only counted. Runs before
+    admission, so a delayed request holds no scoring slot while it waits."""
+    svc = service_of(request)
+    sentinel = svc.sentinel
+    if sentinel is None or not sentinel.is_flagged(tracked_id(who), time.monotonic()):
+        return who
+    policy = svc.config.on_attack
+    outcome = {AttackPolicy.BLOCK: "blocked", AttackPolicy.SLOW: "slowed"}.get(policy, "logged")
+    svc.metrics.attack_requests.labels(outcome=outcome).inc()
+    if policy is AttackPolicy.BLOCK:
+        raise QueryAttackError(f"this {'API key' if who.key_id else 'client'} was flagged as running a query attack "
+                               "(many near-duplicates of one image probing the model); its scoring requests are "
+                               "refused for a while")
+    if policy is AttackPolicy.SLOW:
+        await asyncio.sleep(svc.config.attack_delay_s)
+    return who
+
+
+#: The sentinel's policy for a flagged caller; list it before ``admitted``.
+attack_guard = Depends(_guard_attacks)
 
 
 async def _admit(request: Request) -> AsyncIterator[None]:

@@ -24,6 +24,7 @@ __all__ = [
     "NotFoundError",
     "NotReadyError",
     "OverloadedError",
+    "QueryAttackError",
     "RateLimitedError",
     "RequestTimeoutError",
     "ServeError",
@@ -73,6 +74,11 @@ class ForbiddenOriginError(ServeError, code="forbidden_origin", status=403):
 class ForbiddenHostError(ServeError, code="forbidden_host", status=403):
     """The request's ``Host`` header is none of ``ServeConfig.allowed_hosts`` (a page reaching a
     local server through a DNS name of its own: DNS rebinding)."""
+
+
+class QueryAttackError(ServeError, code="query_attack", status=403):
+    """This API key (or client) was flagged as running a query attack (many near-duplicates of one
+    image probing the model) and the server blocks flagged callers (``ServeConfig.on_attack``)."""
 
 
 class UnsupportedMediaTypeError(ServeError, code="unsupported_media_type", status=415):

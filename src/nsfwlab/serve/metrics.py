@@ -48,6 +48,10 @@ class ServiceMetrics:
         self.key_requests = Counter("nsfwlab_key_requests", "Requests to /v1 by API key id (a hash, never the key; "
                                     "'-' without keys) and outcome (allowed or rate_limited)",
                                     ["key", "outcome"], registry=r)
+        self.attack_flags = Counter("nsfwlab_attack_flags", "Callers flagged as running a query attack (each new "
+                                    "flag; by API key id, a hash, '-' without keys)", ["key"], registry=r)
+        self.attack_requests = Counter("nsfwlab_attack_requests", "Scoring requests of flagged callers by what "
+                                       "was done (blocked, slowed, logged)", ["outcome"], registry=r)
         self.ready = Gauge("nsfwlab_ready", "1 when the model is loaded and the service scores", registry=r)
 
     def observe_batch(self, size: int, seconds: float) -> None:

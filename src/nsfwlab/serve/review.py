@@ -81,10 +81,12 @@ class ReviewStatus(StrEnum):
 
 
 class QueueReason(StrEnum):
-    """Why an image was queued: its score is in the review band, or it is a random audit sample."""
+    """Why an image was queued: its score is in the review band, it is a random audit sample, or
+    its upload flagged its caller as running a query attack."""
 
     BAND = "band"
     AUDIT = "audit"
+    ATTACK = "attack"
 
 
 @dataclass(frozen=True)

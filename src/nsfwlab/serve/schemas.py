@@ -76,7 +76,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text}
     for status, text in {
         400: "malformed request", 401: "missing or invalid API key",
-        403: "a state-changing request from another web origin", 404: "no such item, or review is disabled",
+        403: "a state-changing request from another web origin, or a caller blocked for a query attack",
+        404: "no such item, or review is disabled",
         413: "body, image, video length or file count over a cap",
         415: "not an allowed image or video format", 422: "truncated, corrupt or empty file, or an invalid parameter",
         429: "overloaded or rate limited, retry",

@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from ..bank import PdqHash, pdq_hash
 from ..config import Label
 from ..detector import Detector, FramesResult
 from ..errors import BackendUnavailableError, ImageError, NsfwlabError, UnsupportedFormatError
@@ -40,6 +42,7 @@ from ..imageio import load_image, read_bytes, sniff_format
 from ..preprocess import preprocess_rgb
 from ..verdict import BankCheck, Kind, kind_of
 from .config import VIDEO_FORMATS
+from .deps import Caller, tracked_id
 from .errors import error_headers, http_status_for
 from .matching import lookup_upload
 from .review import QueueReason
@@ -49,6 +52,8 @@ from .service import Service
 __all__ = ["Framed", "PreparedUpload", "Still", "Upload", "score_uploads"]
 
 log = logging.getLogger("nsfwlab.serve")
+#: Security events (a caller flagged as running a query attack), apart from the service's log.
+audit_log = logging.getLogger("nsfwlab.serve.audit")
 
 @dataclass(frozen=True)
 class Upload:
@@ -61,10 +66,12 @@ class Upload:
 
 @dataclass(frozen=True)
 class Still(Upload):
-    """A still image ready for the model: its network input, and its bank check (None: no bank)."""
+    """A still image ready for the model: its network input, its bank check (None: no bank) and,
+    when the server detects query attacks, its PDQ hash (None: none usable)."""
 
     array: np.ndarray
     check: BankCheck | None = None
+    pdq: PdqHash | None = None
 
 
 @dataclass(frozen=True)
@@ -101,8 +108,19 @@ def _decode_still(svc: Service, det: Detector, name: str, data: bytes, fmt: str)
     # is reduced: then the bank hashes the bytes at full size).
     img = load_image(data, svc.config.limits, draft_size=cfg.draft_size)
     array = preprocess_rgb(img, cfg)
-    check = lookup_upload(svc.bank, data if cfg.draft else img, Kind.IMAGE, svc.config.match_distance, svc.metrics)
-    return Still(name, data, fmt, array, check)
+    source = data if cfg.draft else img
+    check = lookup_upload(svc.bank, source, Kind.IMAGE, svc.config.match_distance, svc.metrics)
+    pdq = None
+    if svc.sentinel is not None:  # the bank's hash when it computed one: an image is hashed once
+        pdq = check.hash if check is not None else _hash_or_none(source, svc)
+    return Still(name, data, fmt, array, check, pdq)
+
+
+def _hash_or_none(image: bytes | Image.Image, svc: Service) -> PdqHash | None:
+    try:
+        return pdq_hash(image, svc.config.limits)
+    except NsfwlabError:
+        return None
 
 
 def _score_frames(svc: Service, det: Detector, name: str, data: bytes, fmt: str) -> Framed:
@@ -116,11 +134,12 @@ def _score_frames(svc: Service, det: Detector, name: str, data: bytes, fmt: str)
     return Framed(name, data, fmt, result, check)
 
 
-async def score_uploads(svc: Service, uploads: list[tuple[str, bytes]], *,
-                        per_frame: bool = False) -> tuple[int, dict[str, str], ScoreResponse]:
+async def score_uploads(svc: Service, uploads: list[tuple[str, bytes]], *, per_frame: bool = False,
+                        caller: Caller | None = None) -> tuple[int, dict[str, str], ScoreResponse]:
     """Score ``uploads``; the status is 200 when at least one file was scored, else that of the
     first error, with that error's headers (``Retry-After``). ``per_frame``: report every frame's
-    score of videos and animations."""
+    score of videos and animations. ``caller``: whose uploads these are, for the query-attack
+    sentinel (when the server has one)."""
     det, batcher = svc.require_ready()
     batcher.check_capacity(len(uploads))
     prepared: list[PreparedUpload] = await asyncio.gather(
@@ -131,6 +150,8 @@ async def score_uploads(svc: Service, uploads: list[tuple[str, bytes]], *,
     svc.metrics.queue_depth.set(batcher.depth)
     items = [_item(svc, det, name, p, raws, per_frame) for (name, _), p in zip(uploads, prepared, strict=True)]
     await _queue_for_review(svc, det, prepared, items)
+    if svc.sentinel is not None and caller is not None:
+        await _watch(svc, det, caller, prepared, items)
     first_error = next((p for p in prepared if isinstance(p, NsfwlabError)), None)
     scored = any(not isinstance(p, NsfwlabError) for p in prepared)
     body = ScoreResponse(results=items, model=det.describe())
@@ -187,6 +208,31 @@ async def _queue_for_review(svc: Service, det: Detector, prepared: list[Prepared
         if rid is not None:
             svc.metrics.review_queued.labels(reason=reason.value).inc()
             items[idx] = items[idx].model_copy(update={"review_id": rid})
+
+
+async def _watch(svc: Service, det: Detector, caller: Caller, prepared: list[PreparedUpload],
+                 items: list[ScoreItem]) -> None:
+    """Show the sentinel the scored still images; a caller flagged now is counted, logged on the
+    audit logger and its flagging upload queued for review (reason ``attack``)."""
+    assert svc.sentinel is not None
+    now, who = time.monotonic(), tracked_id(caller)
+    flagging = None
+    for p, item in zip(prepared, items, strict=True):
+        if isinstance(p, Still) and item.score is not None:
+            verdict = svc.sentinel.observe(who, p.pdq.hex if p.pdq is not None else None, item.score, now)
+            if verdict.new:
+                flagging = (p, item, verdict)
+    if flagging is None:
+        return
+    p, item, verdict = flagging
+    svc.metrics.attack_flags.labels(key=caller.key_id or "-").inc()
+    audit_log.warning("query attack: %s flagged (policy %s): %s", who, svc.config.on_attack.value,
+                      " ".join(f"{k}={v}" for k, v in verdict.to_dict().items()))
+    if svc.review.store is not None and item.label is not None:
+        name = f"query attack by {who}: {p.name}"
+        rid = await svc.run(_submit, svc, det, replace(p, name=name), item.score, item.label, QueueReason.ATTACK)
+        if rid is not None:
+            svc.metrics.review_queued.labels(reason=QueueReason.ATTACK.value).inc()
 
 
 def _submit(svc: Service, det: Detector, p: Upload, score: float, label: Label,

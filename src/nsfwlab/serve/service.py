@@ -9,6 +9,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 from ..bank import Bank
@@ -23,6 +24,7 @@ from .matching import open_bank
 from .metrics import ServiceMetrics
 from .queue import ReviewQueue
 from .ratelimit import RateLimit, RateLimiter
+from .sentinel import Sentinel
 
 __all__ = ["DetectorSource", "Service"]
 
@@ -48,6 +50,7 @@ class Service:
         self.detector: Detector | None = None
         self.batcher: MicroBatcher | None = None
         self.bank: Bank | None = None
+        self.sentinel: Sentinel | None = None
         self.load_error: str | None = None
         self.shutting_down = False
         self._pool: ThreadPoolExecutor | None = None
@@ -93,6 +96,10 @@ class Service:
                                on_batch=self.metrics.observe_batch)
         batcher.start()
         self.batcher = batcher
+        if self.config.detect_attacks is not None and self.sentinel is None:
+            # The boundaries an attacker aims at are the detector's, whatever the rule's default.
+            t = det.thresholds
+            self.sentinel = Sentinel(replace(self.config.detect_attacks, boundaries=(t.safe_below, t.nsfw_above)))
         self.detector = det
         self.metrics.ready.set(1)
         log.info("model ready: %s", det.describe())

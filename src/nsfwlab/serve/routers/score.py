@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query, Request, Security
 from fastapi.responses import JSONResponse, Response
 
-from ..deps import admitted, caller, get_service
+from ..config import AnswerMode
+from ..deps import Caller, admitted, attack_guard, caller, get_service
 from ..schemas import ERROR_RESPONSES, SCORE_BODY, ScoreResponse
 from ..scoring import score_uploads
 from ..service import Service
@@ -18,8 +19,8 @@ router = APIRouter(prefix="/v1", tags=["score"], dependencies=[Security(caller)]
 
 @router.post("/score", summary="Score one or more images, animations or videos", response_model=ScoreResponse,
              openapi_extra={"requestBody": SCORE_BODY}, responses=dict(ERROR_RESPONSES),
-             dependencies=[admitted])
-async def score(request: Request, svc: Service = Depends(get_service),
+             dependencies=[attack_guard, admitted])
+async def score(request: Request, svc: Service = Depends(get_service), who: Caller = Security(caller),
                 filename: str | None = Query(None, max_length=255,
                                              description="name reported for a raw-body upload"),
                 per_frame: bool = Query(False, description="also report every scored frame of videos and "
@@ -27,8 +28,16 @@ async def score(request: Request, svc: Service = Depends(get_service),
     """Multipart field ``file`` (repeatable) or a raw body. Still images are scored as they are;
     videos and animations frame by frame (``kind``, ``frames``, ``segments``). A request with
     several files answers 200 when at least one file was scored, with an error entry for each bad
-    one; when none could be scored it answers the status of the first error."""
+    one; when none could be scored it answers the status of the first error. A server answering
+    labels only (``--answer label``) leaves out every score."""
     svc.require_ready()
     uploads = await read_uploads(request, svc.config, filename)
-    status, headers, body = await score_uploads(svc, uploads, per_frame=per_frame)
-    return JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=status, headers=headers)
+    status, headers, body = await score_uploads(svc, uploads, per_frame=per_frame, caller=who)
+    exclude = _SCORE_FIELDS if svc.config.answer is AnswerMode.LABEL else None
+    return JSONResponse(body.model_dump(mode="json", exclude_none=True, exclude=exclude), status_code=status,
+                        headers=headers)
+
+
+#: What a labels-only answer leaves out: every number derived from the model's score (a video's
+#: segments carry their highest score).
+_SCORE_FIELDS = {"results": {"__all__": {"score", "raw_score", "frame_scores", "segments"}}}
