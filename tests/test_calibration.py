@@ -94,8 +94,8 @@ def test_detector_applies_a_calibration() -> None:
         assert got.raw_score == raw.score and raw.raw_score is None
         assert got.score == pytest.approx(cal.apply(raw.score)) and got.label == det.label(got.score)
         assert got.to_dict()["raw_score"] == raw.score and "raw_score" not in raw.to_dict()
-    assert det.score(red) == pytest.approx(cal.apply(plain.score(red)))
-    assert det.classify(red).model_score == plain.score(red)
+    assert det.nsfw_score(red) == pytest.approx(cal.apply(plain.nsfw_score(red)))
+    assert det.classify(red).model_score == plain.nsfw_score(red)
     assert det.describe()["calibration"] == "platt" and "calibration" not in plain.describe()
 
 

@@ -52,7 +52,7 @@ def test_censor_hides_the_red_square(red_detector):
     result = Censor(red_detector, explainer=occ, style="box").censor(img, target=0.01)
     assert result.score_before == pytest.approx(64 * 64 / 224**2, abs=1e-6)
     assert result.reached and result.score_after < 0.01
-    assert result.score_after == pytest.approx(red_detector.score(result.image), abs=1e-6)
+    assert result.score_after == pytest.approx(red_detector.nsfw_score(result.image), abs=1e-6)
     # What got hidden is the square (plus a margin), not the grey background.
     assert result.mask[100:164, 40:104].mean() > 0.85
     assert result.hidden_fraction < 0.12
@@ -137,7 +137,7 @@ def test_censor_never_returns_a_result_scoring_higher_than_the_input():
     assert len(result.steps) == 3 and all(st.score > 0.2 for st in result.steps)  # every step was worse
     assert result.kept_input and result.best_step is None and not result.reached
     assert result.score_after == pytest.approx(0.2, abs=1e-6) == result.score_before
-    assert result.score_after == pytest.approx(det.score(result.image), abs=1e-6)
+    assert result.score_after == pytest.approx(det.nsfw_score(result.image), abs=1e-6)
     np.testing.assert_array_equal(result.image, img)
     assert not result.mask.any()
 
@@ -149,4 +149,4 @@ def test_censor_keeps_the_best_step_not_the_last(red_detector):
         red_image(), target=1e-9)
     best = min(range(len(result.steps)), key=lambda i: result.steps[i].score)
     assert result.best_step == best
-    assert result.score_after == result.steps[best].score == pytest.approx(red_detector.score(result.image), abs=1e-6)
+    assert result.score_after == result.steps[best].score == pytest.approx(red_detector.nsfw_score(result.image), abs=1e-6)

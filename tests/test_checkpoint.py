@@ -24,7 +24,7 @@ def test_checkpoint_round_trip_scores(stock_checkpoint: Path, detector: Detector
     assert det.backend.name == "torch"
     assert det.model_version.startswith("stock-")
     for p in photo_paths[:3]:
-        assert abs(det.score(p) - detector.score(p)) <= 1e-5
+        assert abs(det.nsfw_score(p) - detector.nsfw_score(p)) <= 1e-5
     payload = read_checkpoint(stock_checkpoint)
     assert payload["meta"] == {"note": "stock"} and payload["arch"] == "open_nsfw"
 
@@ -42,8 +42,8 @@ def test_onnx_export_runs_on_onnxruntime(stock_checkpoint: Path, tmp_path: Path,
     assert json.loads(out.with_suffix(".json").read_text())["arch"] == "open_nsfw"
     det = Detector(model=out)
     assert det.backend.name == "onnxruntime"
-    a = np.asarray([det.score(p) for p in photo_paths[:3]])
-    b = np.asarray([detector.score(p) for p in photo_paths[:3]])
+    a = np.asarray([det.nsfw_score(p) for p in photo_paths[:3]])
+    b = np.asarray([detector.nsfw_score(p) for p in photo_paths[:3]])
     assert np.abs(a - b).max() <= 1e-5
 
 

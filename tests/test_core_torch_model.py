@@ -41,7 +41,7 @@ def test_scores_equal_the_detectors(backend: str, photo_paths: list[Path]) -> No
     assert not module.training and _frozen(module)
     assert next(module.parameters()).dtype == torch.float32
     paths = photo_paths[:4]
-    expected = np.asarray([det.score(p) for p in paths])
+    expected = np.asarray([det.nsfw_score(p) for p in paths])
     assert np.abs(_scores(module, det, paths) - expected).max() <= 1e-5
 
 
@@ -53,10 +53,10 @@ def test_the_torch_backends_own_module_only_when_device_and_dtype_match(photo_pa
     double = det.torch_model(dtype=torch.float64)
     assert double is not own and next(double.parameters()).dtype == torch.float64
     assert det.torch_model(dtype=torch.float64) is double  # one copy kept per device and dtype
-    before = det.score(photo_paths[0])
+    before = det.nsfw_score(photo_paths[0])
     with torch.no_grad():
         double.fc_nsfw.bias.add_(5.0)  # changing the copy cannot change what the Detector scores
-    assert det.score(photo_paths[0]) == before
+    assert det.nsfw_score(photo_paths[0]) == before
     assert next(own.parameters()).dtype == torch.float32
 
 
@@ -109,7 +109,7 @@ def test_a_fine_tuned_pt_and_its_onnx_export_give_the_same_weights(fine_tuned: t
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert not torch.equal(a["fc_nsfw.weight"], _state(torch_model)["fc_nsfw.weight"])  # really fine-tuned
-    expected = np.asarray([from_onnx.score(p) for p in photo_paths[:3]])
+    expected = np.asarray([from_onnx.nsfw_score(p) for p in photo_paths[:3]])
     assert np.abs(_scores(from_onnx.torch_model(), from_onnx, photo_paths[:3]) - expected).max() <= 1e-5
 
 

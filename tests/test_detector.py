@@ -66,7 +66,7 @@ def test_scores_reproduce_the_pinned_reference(backend: str, golden: dict[str, f
     batches, on both CPU backends."""
     det = Detector(backend, "cpu")
     expected = np.asarray([golden[p.stem] for p in photo_paths])
-    one = np.asarray([det.score(p) for p in photo_paths])
+    one = np.asarray([det.nsfw_score(p) for p in photo_paths])
     many = np.asarray([r.score for r in det.score_many(photo_paths)])
     assert np.abs(one - expected).max() <= 1e-5
     assert np.abs(many - expected).max() <= 1e-5
@@ -78,15 +78,15 @@ def test_every_input_kind_gives_the_same_score(detector: Detector, photo_paths: 
     data = path.read_bytes()
     img = Image.open(path)
     img.load()
-    expected = detector.score(path)
-    assert detector.score(str(path)) == expected
-    assert detector.score(data) == expected
-    assert detector.score(bytearray(data)) == expected
-    assert detector.score(io.BytesIO(data)) == expected
+    expected = detector.nsfw_score(path)
+    assert detector.nsfw_score(str(path)) == expected
+    assert detector.nsfw_score(data) == expected
+    assert detector.nsfw_score(bytearray(data)) == expected
+    assert detector.nsfw_score(io.BytesIO(data)) == expected
     with path.open("rb") as fh:
-        assert detector.score(fh) == expected
-    assert detector.score(img) == expected
-    assert detector.score(np.asarray(img.convert("RGB"))) == expected
+        assert detector.nsfw_score(fh) == expected
+    assert detector.nsfw_score(img) == expected
+    assert detector.nsfw_score(np.asarray(img.convert("RGB"))) == expected
 
 
 def test_score_many_keeps_order_and_goes_past_bad_inputs(detector: Detector, photo_paths) -> None:
@@ -95,7 +95,7 @@ def test_score_many_keeps_order_and_goes_past_bad_inputs(detector: Detector, pho
     assert [r.ok for r in results] == [True, False, True, False, False, True]
     assert isinstance(results[1].error, EmptyImageError)
     assert isinstance(results[4].error, UnsupportedFormatError)
-    assert results[2].score == pytest.approx(detector.score(photo_paths[1]), abs=1e-6)
+    assert results[2].score == pytest.approx(detector.nsfw_score(photo_paths[1]), abs=1e-6)
     assert results[0].source == str(photo_paths[0])
     d = results[1].to_dict()
     assert set(d) == {"path", "error", "code"} and d["code"] == "empty"
@@ -153,14 +153,14 @@ def test_score_raises_typed_error_naming_the_input(detector: Detector, tmp_path:
     p = tmp_path / "broken.png"
     p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
     with pytest.raises(CorruptImageError) as info:
-        detector.score(p)
+        detector.nsfw_score(p)
     assert "broken.png" in str(info.value)
 
 
 def test_nsfw_score_one_liner(photo_paths, detector: Detector) -> None:
     s = nsfw_score(photo_paths[0])
     assert isinstance(s, float) and 0.0 <= s <= 1.0
-    assert s == pytest.approx(detector.score(photo_paths[0]), abs=1e-6)
+    assert s == pytest.approx(detector.nsfw_score(photo_paths[0]), abs=1e-6)
 
 
 def test_backend_selection_and_validation() -> None:

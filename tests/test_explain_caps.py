@@ -178,7 +178,7 @@ def test_censor_of_a_long_strip_finishes(strip_png, fake):
     censor = Censor(fake, style="box", max_steps=3, caps=LONG)
     result, peak = traced_peak(lambda: censor.censor(strip_png, target=0.01))
     assert result.image.shape == (1, 200_000, 3) and len(result.steps) <= 3
-    assert result.score_after == pytest.approx(fake.score(result.image), abs=1e-7)
+    assert result.score_after == pytest.approx(fake.nsfw_score(result.image), abs=1e-7)
     assert peak < work_bound(1, 200_000)
 
 
@@ -227,7 +227,7 @@ def test_cli_overlay_is_capped_and_the_score_is_the_originals(tmp_path, cli_fake
                                    "--stride", "300", "--max-work-side", "600", "--max-output-side", "900",
                                    "--save-heatmap", str(heat)])
     assert res.exit_code == 0, res.output
-    score = Detector(RedFraction(), preprocess=NOJPEG).score(img)
+    score = Detector(RedFraction(), preprocess=NOJPEG).nsfw_score(img)
     assert f"3000x1000, score {score:.6f}" in res.output and "600x200 working copy" in res.output
     with Image.open(out) as pic:
         assert pic.height == 300 and 900 < pic.width < 1100  # 900x300 overlay + colour scale
@@ -278,6 +278,6 @@ def test_sliding_window_crops_come_from_the_original(fake):
     caps = ExplainCaps(max_work_side=200)
     heat = SlidingWindow(fake, window=200, stride=100, caps=caps).explain(img)
     assert heat.shape == (200, 200)
-    crop_score = fake.score(img.crop((0, 0, 200, 200)))
+    crop_score = fake.nsfw_score(img.crop((0, 0, 200, 200)))
     assert crop_score > 0.1 and heat[0, 0] == pytest.approx(crop_score, abs=1e-6)
-    assert fake.score(working_copy(img, caps)) == 0.0  # the downscaled copy has no red pixel left
+    assert fake.nsfw_score(working_copy(img, caps)) == 0.0  # the downscaled copy has no red pixel left

@@ -88,8 +88,8 @@ def _contrast(heat: np.ndarray) -> float:
 
 def test_the_patch_drives_the_score(patched, detector):
     background = _background(np.random.default_rng(0))
-    assert detector.score(background) < 0.05
-    assert detector.score(patched) > 0.9
+    assert detector.nsfw_score(background) < 0.05
+    assert detector.nsfw_score(patched) > 0.9
 
 
 def test_occlusion_peaks_on_the_patch(patched, detector):
@@ -120,7 +120,7 @@ def test_censor_reaches_the_target(patched, detector):
     result = Censor(detector).censor(patched, target=0.2)
     assert result.score_before > 0.9
     assert result.reached and result.score_after < 0.2
-    assert result.score_after == pytest.approx(detector.score(result.image), abs=1e-6)
+    assert result.score_after == pytest.approx(detector.nsfw_score(result.image), abs=1e-6)
     # What was hidden is mostly the patch.
     assert result.mask[TOP : TOP + SIZE, LEFT : LEFT + SIZE].sum() > 0.6 * result.mask.sum()
     assert result.hidden_fraction < 0.2
@@ -207,7 +207,7 @@ def test_cli_censor(tmp_path, patched):
     from nsfwlab import Detector
 
     with Detector(device="cpu") as det:
-        assert det.score(censored) < 0.2
+        assert det.nsfw_score(censored) < 0.2
     with Image.open(mask) as m:
         assert m.size == (256, 256) and np.asarray(m).max() == 255
 

@@ -95,7 +95,7 @@ def test_occlusion_by_hand(fake_detector):
     img = red_square_image(64, 64, 32)
     before = img.copy()
     p0 = 32 * 32 / 224**2
-    assert fake_detector.score(img) == pytest.approx(p0, abs=1e-6)
+    assert fake_detector.nsfw_score(img) == pytest.approx(p0, abs=1e-6)
     heat = Occlusion(fake_detector, box=32, stride=32, fill="black").explain(img)
     expected = np.zeros((256, 256), np.float32)
     expected[64:96, 64:96] = p0
@@ -310,7 +310,7 @@ def test_target_model_matches_detector(detector, torch_model, photos):
         img = _pil(photos[name])
         with torch.no_grad():
             ours = float(wrapped(resized_tensor(img, PreprocessConfig()))[0, 0])
-        assert ours == pytest.approx(detector.score(img), abs=1e-5)
+        assert ours == pytest.approx(detector.nsfw_score(img), abs=1e-5)
 
 
 def test_gradcam_needs_forward_features():
@@ -419,7 +419,7 @@ def test_explaining_leaves_the_detectors_own_module_alone():
     assert det.torch_model() is own  # the Detector hands out its own module (fp32, on the CPU)
     before = _module_state(own)
     img = _two_tone_image()
-    score = det.score(img)
+    score = det.nsfw_score(img)
     opts = ExplainOptions(steps=3)
     for method in sorted(GRADIENT_METHODS):
         explainer = make_explainer(method, det, options=opts)
@@ -431,7 +431,7 @@ def test_explaining_leaves_the_detectors_own_module_alone():
             explainer.explain(img, target=Channel("relu", 0))  # forward hooks through forward_intermediates
         explainer.explain(img, target=ScoresMeanwhile(det, img, score))
         _assert_same_state(before, _module_state(own))
-    assert det.score(img) == score
+    assert det.nsfw_score(img) == score
 
 
 class ScoresMeanwhile(NsfwLogit):
@@ -442,7 +442,7 @@ class ScoresMeanwhile(NsfwLogit):
         self.det, self.img, self.expected = det, img, expected
 
     def __call__(self, logits, activations=None):
-        assert self.det.score(self.img) == self.expected
+        assert self.det.nsfw_score(self.img) == self.expected
         return super().__call__(logits, activations)
 
 

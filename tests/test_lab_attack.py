@@ -26,7 +26,7 @@ def _square(arr: np.ndarray, size: int = 256) -> np.ndarray:
 def _png_score(detector, image: Image.Image) -> float:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
-    return detector.score(buf.getvalue())
+    return detector.nsfw_score(buf.getvalue())
 
 
 class _Run:
@@ -90,7 +90,7 @@ def test_forward_is_the_exact_pipeline(photos: dict[str, np.ndarray], detector, 
     np.testing.assert_array_equal(ours, preprocess_rgb(Image.fromarray(arr)))
     with torch.no_grad():
         p = torch.softmax(torch_model(network_input(straight_through_jpeg(resize_exact(x), 75))), 1)[0, 1]
-    assert abs(float(p) - detector.score(arr)) < 1e-4
+    assert abs(float(p) - detector.nsfw_score(arr)) < 1e-4
 
 
 def test_gradient_reaches_full_resolution(attacker: _Run, photos: dict[str, np.ndarray]) -> None:
@@ -108,7 +108,7 @@ def test_gradient_reaches_full_resolution(attacker: _Run, photos: dict[str, np.n
 def test_already_met_returns_the_image_unchanged(attacker: _Run, photos: dict[str, np.ndarray],
                                                 detector) -> None:
     arr = _square(photos["chelsea"], 96)
-    before = detector.score(arr)
+    before = detector.nsfw_score(arr)
     res = attacker.run(arr, min(before + 0.005, 1.0))
     assert res.success and res.linf == 0 and res.steps == 0 and res.score_after == before
     np.testing.assert_array_equal(np.asarray(res.image), arr)
@@ -196,7 +196,7 @@ def test_survive_jpeg_quality_sets() -> None:
 
 def test_deprecated_entry_points_warn_and_forward(photos: dict[str, np.ndarray], detector) -> None:
     arr = _square(photos["chelsea"], 64)
-    before = detector.score(arr)
+    before = detector.nsfw_score(arr)
     with pytest.warns(DeprecationWarning, match="attack\\(image, to"):
         old = attack(arr, min(before + 0.005, 1.0), device="cpu")  # the old form (its default detector)
     with pytest.warns(DeprecationWarning, match="Attacker"):

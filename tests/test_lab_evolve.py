@@ -204,7 +204,7 @@ def test_evolve_takes_a_detector_and_reports_progress_in_the_shared_shape(detect
 
     events: list[Progress] = []
     result = evolve(None, detector, count=3, population=4, budget=8, size=32, progress=events.append)
-    assert result.score == detector.score(result.png) and result.evaluations == 8
+    assert result.score == detector.nsfw_score(result.png) and result.evaluations == 8
     assert [(e.stage, e.done, e.total) for e in events] == [("evolve", 4, 8), ("evolve", 8, 8)]
     assert events[-1].item.generation == 2
     data = json.loads(json.dumps(result.to_dict(), allow_nan=False))

@@ -71,9 +71,9 @@ def test_perturbation_scores_equal_doing_it_by_hand(small_dir: Path, detector) -
     (im,) = rep.images
     buf = io.BytesIO()
     Image.open(path).convert("RGB").save(buf, format="JPEG", quality=50)
-    assert im.perturbations["jpeg:50"] == detector.score(buf.getvalue())
-    assert im.perturbations["flip"] == detector.score(np.asarray(Image.open(path).convert("RGB"))[:, ::-1].copy())
-    assert im.score == detector.score(path) and im.min_eps is None
+    assert im.perturbations["jpeg:50"] == detector.nsfw_score(buf.getvalue())
+    assert im.perturbations["flip"] == detector.nsfw_score(np.asarray(Image.open(path).convert("RGB"))[:, ::-1].copy())
+    assert im.score == detector.nsfw_score(path) and im.min_eps is None
 
 
 def test_bad_file_is_reported_and_the_rest_go_on(small_dir: Path, tmp_path: Path, detector) -> None:

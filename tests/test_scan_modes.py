@@ -59,7 +59,7 @@ def test_fast_mode_drift_and_versions(cache_dir: Path, web_tree: Path, tmp_path:
     assert max(deltas) < 0.06
     assert sum(exact[p]["label"] == quick[p]["label"] for p in exact) >= 6
     for p, row in exact.items():
-        assert abs(row["score"] - detector.score(p)) <= 1e-5
+        assert abs(row["score"] - detector.nsfw_score(p)) <= 1e-5
 
 
 def test_bad_cache_dir_is_a_config_error(tmp_path: Path) -> None:
@@ -115,7 +115,7 @@ def test_a_fast_score_near_a_boundary_is_rescored_exactly(cache_dir: Path, web_t
             return {r["path"]: r["score"] for r in store.iter_rows()}
 
     unguarded = fast_scan(tmp_path / "a.db", guard_margin=0.0)
-    exact = {p: detector.score(p) for p in unguarded}
+    exact = {p: detector.nsfw_score(p) for p in unguarded}
     target = max(unguarded, key=lambda p: abs(unguarded[p] - exact[p]))
     assert abs(unguarded[target] - exact[target]) > 1e-4  # fast mode alone drifts on it
     thresholds = Thresholds(safe_below=unguarded[target], nsfw_above=max(unguarded[target], 0.8))

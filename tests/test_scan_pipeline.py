@@ -97,7 +97,7 @@ def test_exact_scan_matches_detector_and_rerun_does_no_model_work(tree: Path, tm
     assert first.reused == 1 and counter.images == first.scored == len(files) - 3
     for path, row in rows.items():
         if row["status"] == "ok":
-            assert abs(row["score"] - detector.score(path)) <= 1e-5, path
+            assert abs(row["score"] - detector.nsfw_score(path)) <= 1e-5, path
             assert row["label"] == detector.label(row["score"]).value
             assert row["model_version"] == detector.model_version and row["preprocess_version"] == "yahoo-exact-v1"
     dup = rows[str(tree / "sub" / "deep" / "astronaut_copy.jpg")]
@@ -174,7 +174,7 @@ def test_cli_scan_then_export(tree: Path, tmp_path: Path, detector) -> None:
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == summary["seen"] - 2 and all(r["status"] == "ok" for r in records)
     chelsea = next(r for r in records if r["path"].endswith("chelsea.jpg"))
-    assert abs(chelsea["score"] - detector.score(chelsea["path"])) <= 1e-5
+    assert abs(chelsea["score"] - detector.nsfw_score(chelsea["path"])) <= 1e-5
     bad = runner.invoke(app, ["scan", str(tmp_path / "missing"), "--db", str(db)])
     assert bad.exit_code == 2 and "no such file" in bad.output
     os.mkfifo(tmp_path / "pipe.jpg")  # it exists: "no such file" was the wrong reason

@@ -139,7 +139,7 @@ def test_vgg16_from_scratch_trains_and_loads(tmp_path: Path) -> None:
     with torch.no_grad():
         expected = torch.softmax(result.model(x), dim=1)[0, 1].item()
     with Detector(model=path, device="cpu") as det:
-        assert det.score(data.paths[0]) == pytest.approx(expected, abs=1e-5)
+        assert det.nsfw_score(data.paths[0]) == pytest.approx(expected, abs=1e-5)
 
 
 def test_set_trainable_counts_stages_from_the_top() -> None:

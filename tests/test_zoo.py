@@ -258,7 +258,7 @@ def test_open_nsfw_in_the_zoo_scores_as_the_detector(detector, photos: dict[str,
 
     model = zoo.load("open_nsfw")
     images = [photos["astronaut"], photos["coffee"]]
-    expected = [detector.score(Image.fromarray(a)) for a in images]
+    expected = [detector.nsfw_score(Image.fromarray(a)) for a in images]
     assert np.allclose(model.score(images), expected, atol=1e-6)
     assert model.card.id == zoo.DEFAULT_MODEL and model.backend == "onnxruntime"
 
