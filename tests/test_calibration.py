@@ -222,3 +222,31 @@ def test_cross_validation_keeps_each_group_in_one_fold(monkeypatch: pytest.Monke
             assert all(inside) or not any(inside), g
     with pytest.raises(ConfigError, match="groups"):
         calibrate.fit_calibration(y, s, "platt", model_version="m", preprocess_version="p", groups=["a"])
+
+
+@pytest.mark.parametrize("params, method, message", [
+    ({"x": [[1]], "y": [{}]}, "isotonic", "must be a number"),
+    ({"x": [0.1, "0.5"], "y": [0.1, 0.5]}, "isotonic", "must be a number"),
+    ({"x": [0.1, 2.0], "y": [0.1, 0.5]}, "isotonic", "must lie in"),
+    ({"a": 1e308, "b": 0}, "platt", "must lie in"),
+    ({"a": 1, "b": 10**400}, "platt", "out of range"),
+    ({"a": True, "b": 0}, "platt", "finite numbers"),
+])
+def test_hostile_calibration_values_are_one_line_errors(params, method, message) -> None:
+    from nsfwlab.calibration import Calibration
+    from nsfwlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        Calibration(method, "m", "p", params)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[" * 200_000, "nested too deeply"),
+    ('{"format": "nsfwlab-calibration/1", "method": "platt", "params": {"a": 1, "b": Infinity}}', "Infinity"),
+])
+def test_hostile_calibration_json_is_a_one_line_error(text: str, message: str) -> None:
+    from nsfwlab.calibration import Calibration
+    from nsfwlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        Calibration.loads(text)

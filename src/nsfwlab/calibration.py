@@ -15,7 +15,6 @@ another model's scores is refused (:meth:`Calibration.check`).
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError
-from .sidefiles import read_text_file
+from .sidefiles import finite_number, parse_json, read_text_file
 
 __all__ = ["CALIBRATION_FORMAT", "Calibration", "CalibrationMethod", "load_calibration"]
 
@@ -37,6 +36,11 @@ EPS = 1e-7
 class CalibrationMethod(StrEnum):
     ISOTONIC = "isotonic"
     PLATT = "platt"
+
+#: Bounds on a calibration file's contents: an isotonic map of more points than any fitted one, and
+#: Platt coefficients beyond which the logistic saturates for every score in (1e-7, 1 - 1e-7).
+MAX_ISOTONIC_POINTS = 100_000
+MAX_PLATT = 1e4
 
 
 def _logit(s: np.ndarray) -> np.ndarray:
@@ -59,18 +63,23 @@ class Calibration:
         object.__setattr__(self, "method", CalibrationMethod(self.method))
         if self.method is CalibrationMethod.ISOTONIC:
             x, y = self.params.get("x"), self.params.get("y")
-            if not isinstance(x, list) or not isinstance(y, list) or not x or len(x) != len(y):
-                raise ConfigError("isotonic calibration needs lists x and y of the same non-zero length")
-            xa, ya = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+            if (not isinstance(x, list) or not isinstance(y, list) or not x or len(x) != len(y)
+                    or len(x) > MAX_ISOTONIC_POINTS):
+                raise ConfigError("isotonic calibration needs lists x and y of the same length, "
+                                  f"1 to {MAX_ISOTONIC_POINTS:,} points")
+            xa = np.array([finite_number(v, "isotonic calibration x", lo=0, hi=1) for v in x])
+            ya = np.array([finite_number(v, "isotonic calibration y", lo=0, hi=1) for v in y])
             if (not np.isfinite(xa).all() or not np.isfinite(ya).all() or np.any(np.diff(xa) < 0)
                     or np.any(np.diff(ya) < 0) or ya.min() < 0 or ya.max() > 1):
                 raise ConfigError("isotonic calibration needs increasing x and non-decreasing y in [0, 1]")
         else:
             a, b = self.params.get("a"), self.params.get("b")
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (a, b)):
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b)):
                 raise ConfigError("platt calibration needs finite numbers a and b")
-            if float(a) < 0:  # type: ignore[arg-type]
+            # A logistic map's useful coefficients are small; past the bound exp() overflows.
+            if finite_number(a, "platt calibration a", lo=-MAX_PLATT, hi=MAX_PLATT) < 0:
                 raise ConfigError(f"platt calibration needs a >= 0 (non-decreasing), got a={a}")
+            finite_number(b, "platt calibration b", lo=-MAX_PLATT, hi=MAX_PLATT)
 
     # -- applying ---------------------------------------------------------------------------
     def apply_array(self, raw: np.ndarray) -> np.ndarray:
@@ -118,11 +127,7 @@ class Calibration:
 
     @classmethod
     def loads(cls, text: str) -> Calibration:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"calibration is not valid JSON: {exc.msg} at line {exc.lineno}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(parse_json(text, "calibration"))
 
 
 def load_calibration(source: str | os.PathLike | Calibration) -> Calibration:
