@@ -20,7 +20,7 @@ moved, hooked or switched to eval mode either: each explainer works on a private
 them. So a Detector's own module keeps serving scores while it is explained.
 
 Targets are the core's objectives (:mod:`nsfwlab.objectives`), evaluated with
-:func:`nsfwlab.objectives.evaluate`: logit targets and layer targets (``Channel``, ``Neuron``,
+:func:`nsfwlab.objectives.forward_target`: logit targets and layer targets (``Channel``, ``Neuron``,
 through ``forward_intermediates``) alike; Grad-CAM takes logit targets only.
 """
 
@@ -38,7 +38,7 @@ from torch import nn
 from ..config import DecodeLimits, PreprocessConfig, Settings, option
 from ..errors import BackendUnavailableError, ConfigError
 from ..imageio import ImageInput
-from ..objectives import Target, TargetName, evaluate, make_target
+from ..objectives import Target, TargetName, forward_target, make_target
 from ..preprocess.differentiable import DifferentiablePreprocess, resized_tensor
 from ._windows import ProgressCallback, load_input
 from .caps import check_aspect, fit_side, resize_map
@@ -73,7 +73,7 @@ class TargetModel(nn.Module):
         self.target = target
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return evaluate(self.model, self.pre(x), self.target)[1].unsqueeze(1)
+        return forward_target(self.model, self.pre(x), self.target)[1].unsqueeze(1)
 
 
 def torch_device(device: str) -> torch.device:
