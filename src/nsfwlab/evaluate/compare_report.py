@@ -7,7 +7,6 @@ as data URIs, so the file can be mailed as is."""
 from __future__ import annotations
 
 import html
-import io
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -15,40 +14,24 @@ from typing import Any
 import numpy as np
 
 from .compare import Comparison
-from .report import check_gallery, data_uri
+from .plots import figure, png_bytes, unit_square
+from .report import GALLERY_JS, REPORT_CSS, check_gallery, data_uri
 
 __all__ = ["pr_overlay_png", "render_compare_report", "roc_overlay_png"]
 
 _COLOURS = ("#1c7ed6", "#e8590c", "#2b8a3e", "#7048e8", "#c2255c", "#0c8599", "#5c940d", "#868e96")
 
 
-def _figure() -> tuple[Any, Any]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5.5, 4.5), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, fig.add_subplot()
-
-
 def _finish(fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, loc: str) -> bytes:
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc=loc, fontsize=7)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    unit_square(ax, xlabel, ylabel, title, loc)
+    return png_bytes(fig)
 
 
 def roc_overlay_png(comparison: Comparison) -> bytes:
     """Every model's ROC curve, with its operating point at the target false-positive rate."""
     from sklearn.metrics import roc_curve
 
-    fig, ax = _figure()
+    fig, ax = figure()
     for i, m in enumerate(comparison.models):
         colour = _COLOURS[i % len(_COLOURS)]
         fpr, tpr, _ = roc_curve(comparison.labels, m.scores)
@@ -65,7 +48,7 @@ def pr_overlay_png(comparison: Comparison) -> bytes:
     """Every model's precision-recall curve, with the prevalence as the chance line."""
     from sklearn.metrics import precision_recall_curve
 
-    fig, ax = _figure()
+    fig, ax = figure()
     for i, m in enumerate(comparison.models):
         precision, recall, _ = precision_recall_curve(comparison.labels, m.scores)
         ap = m.metrics.average_precision
@@ -77,43 +60,10 @@ def pr_overlay_png(comparison: Comparison) -> bytes:
                    "Precision-recall", "lower left")
 
 
-_CSS = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#212529;background:#f8f9fa}
-main{max-width:1200px;margin:0 auto;padding:24px}
-h1{font-size:24px;margin:0 0 4px}
-h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #dee2e6;padding-bottom:4px}
-.sub,.hint{color:#868e96}
-.hint{font-size:12px}
-table{border-collapse:collapse;background:#fff;margin:6px 0 12px}
-td,th{border:1px solid #dee2e6;padding:4px 10px;text-align:right}
-th{background:#f1f3f5}
-td.l,th.l{text-align:left}
-.plots{display:flex;flex-wrap:wrap;gap:12px}
-.plots img{background:#fff;border:1px solid #dee2e6;border-radius:6px;max-width:calc(50% - 8px)}
-.gallery{display:flex;flex-wrap:wrap;gap:10px}
-figure.thumb{margin:0;width:170px;background:#fff;border:1px solid #dee2e6;border-radius:6px;padding:5px;
-  font-size:11px;overflow:hidden}
-figure.thumb .frame{width:160px;height:160px;overflow:hidden;display:flex;align-items:center;
-  justify-content:center;background:#e9ecef;cursor:pointer}
-figure.thumb img{max-width:160px;max-height:160px;filter:blur(14px);transition:filter .15s}
-figure.thumb.revealed img{filter:none}
-figure.thumb figcaption{word-break:break-all;margin-top:4px}
+# The evaluation report's page, wider for a table per model, with the judge card's <pre>.
+_CSS = REPORT_CSS + """
+main{max-width:1200px}
 pre{background:#fff;border:1px solid #dee2e6;padding:8px;overflow:auto;max-height:400px;font-size:12px}
-button{font:inherit;padding:3px 10px;cursor:pointer}
-.bad{color:#c92a2a}
-"""
-
-_JS = """
-document.querySelectorAll('figure.thumb .frame').forEach(function (f) {
-  f.addEventListener('click', function () { f.parentElement.classList.toggle('revealed'); });
-});
-var all = document.getElementById('reveal-all');
-if (all) all.addEventListener('click', function () {
-  var figs = document.querySelectorAll('figure.thumb');
-  var reveal = !Array.prototype.every.call(figs, function (f) { return f.classList.contains('revealed'); });
-  figs.forEach(function (f) { f.classList.toggle('revealed', reveal); });
-  all.textContent = reveal ? 'Blur all' : 'Reveal all';
-});
 """
 
 
@@ -228,5 +178,5 @@ def render_compare_report(comparison: Comparison, plots: Mapping[str, bytes], th
                  "and parameters, and the data's fingerprint: what a published figure needs to be reproduced "
                  "(also in <code>compare.json</code>).</p>")
     parts.append(f"<pre id=judge>{_e(json.dumps(c.judge, indent=2))}</pre>")
-    parts.append(f"</main><script>{_JS}</script></body></html>")
+    parts.append(f"</main><script>{GALLERY_JS}</script></body></html>")
     return "\n".join(parts)

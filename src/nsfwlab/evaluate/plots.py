@@ -16,12 +16,13 @@ from ..config import Thresholds
 from ..errors import ConfigError
 from .metrics import Recommendation
 
-__all__ = ["MAX_BINS", "histogram_png", "pr_png", "reliability_png", "roc_png", "training_png"]
+__all__ = ["MAX_BINS", "figure", "histogram_png", "png_bytes", "pr_png", "reliability_png", "roc_png", "training_png",
+           "unit_square"]
 
 _SAFE_COLOUR, _NSFW_COLOUR = "#2b8a3e", "#c92a2a"
 
 
-def _figure(width: float = 5.5, height: float = 4.5) -> tuple[Any, Any]:
+def figure(width: float = 5.5, height: float = 4.5) -> tuple[Any, Any]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -30,7 +31,7 @@ def _figure(width: float = 5.5, height: float = 4.5) -> tuple[Any, Any]:
     return fig, fig.add_subplot()
 
 
-def _unit_square(ax: Any, xlabel: str, ylabel: str, title: str, legend_loc: str) -> None:
+def unit_square(ax: Any, xlabel: str, ylabel: str, title: str, legend_loc: str) -> None:
     """Both axes 0..1 (with a sliver of margin), labels, title, grid and legend."""
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
@@ -41,7 +42,7 @@ def _unit_square(ax: Any, xlabel: str, ylabel: str, title: str, legend_loc: str)
     ax.legend(loc=legend_loc, fontsize=8)
 
 
-def _png(fig: Any) -> bytes:
+def png_bytes(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
@@ -63,16 +64,16 @@ def roc_png(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.nda
     from sklearn.metrics import roc_curve
 
     fpr, tpr, _ = roc_curve(np.asarray(labels), np.asarray(scores, dtype=np.float64))
-    fig, ax = _figure()
+    fig, ax = figure()
     ax.plot(fpr, tpr, color="#1c7ed6", lw=2, label=f"model {auc_text}".strip())
     ax.plot([0, 1], [0, 1], color="#adb5bd", lw=1, ls="--", label="chance")
     for rec in recommendations:
         c = rec.achieved
         ax.plot([c.fpr], [c.recall], "o", ms=7,
                 label=f"{rec.target.name}: {rec.sets}={rec.threshold:.4g}")
-    _unit_square(ax, "false positive rate (safe images flagged)", "true positive rate (NSFW images caught)",
+    unit_square(ax, "false positive rate (safe images flagged)", "true positive rate (NSFW images caught)",
                  title, "lower right")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def pr_png(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, *,
@@ -82,12 +83,12 @@ def pr_png(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndar
 
     y = np.asarray(labels)
     precision, recall, _ = precision_recall_curve(y, np.asarray(scores, dtype=np.float64))
-    fig, ax = _figure()
+    fig, ax = figure()
     ax.step(recall, precision, where="post", color="#7048e8", lw=2, label=f"model {ap_text}".strip())
     prevalence = float(np.mean(y == 1))
     ax.axhline(prevalence, color="#adb5bd", lw=1, ls="--", label=f"chance (prevalence {prevalence:.2f})")
-    _unit_square(ax, "recall (NSFW images caught)", "precision (flagged images truly NSFW)", title, "lower left")
-    return _png(fig)
+    unit_square(ax, "recall (NSFW images caught)", "precision (flagged images truly NSFW)", title, "lower left")
+    return png_bytes(fig)
 
 
 def histogram_png(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, *,
@@ -97,7 +98,7 @@ def histogram_png(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | 
     _check_bins(bins)
     y = np.asarray(labels)
     s = np.asarray(scores, dtype=np.float64)
-    fig, ax = _figure(6.5, 4.0)
+    fig, ax = figure(6.5, 4.0)
     edges = np.linspace(0.0, 1.0, bins + 1)
     ax.hist(s[y == 0], bins=edges, alpha=0.6, color=_SAFE_COLOUR, label=f"safe (n={int(np.sum(y == 0))})")
     ax.hist(s[y == 1], bins=edges, alpha=0.6, color=_NSFW_COLOUR, label=f"nsfw (n={int(np.sum(y == 1))})")
@@ -122,7 +123,7 @@ def histogram_png(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | 
     ax.set_ylabel("images (log scale)")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def training_png(epochs: Sequence[int], val_auc: Sequence[float], val_loss: Sequence[float],
@@ -130,7 +131,7 @@ def training_png(epochs: Sequence[int], val_auc: Sequence[float], val_loss: Sequ
                  title: str = "Fine-tuning") -> bytes:
     """Validation AUC (left axis) and train / validation loss (right axis) per epoch; epoch 0 is
     the starting model (no training loss)."""
-    fig, ax = _figure(6.5, 4.0)
+    fig, ax = figure(6.5, 4.0)
     ax.plot(epochs, val_auc, "o-", color="#1c7ed6", lw=2, label="validation AUC")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("epoch (0 = starting model)")
@@ -149,7 +150,7 @@ def training_png(epochs: Sequence[int], val_auc: Sequence[float], val_loss: Sequ
     ax.legend(handles[0] + more[0], handles[1] + more[1], fontsize=8, loc="center right")
     ax.set_xticks(list(epochs))
     ax.set_title(title)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def reliability_png(labels: Sequence[int] | np.ndarray, probabilities: Sequence[float] | np.ndarray, *,
@@ -164,17 +165,17 @@ def reliability_png(labels: Sequence[int] | np.ndarray, probabilities: Sequence[
     filled = counts > 0
     mean_p = np.bincount(which, weights=p, minlength=bins)[filled] / counts[filled]
     frac = np.bincount(which, weights=y, minlength=bins)[filled] / counts[filled]
-    fig, ax = _figure(5.5, 6.0)
+    fig, ax = figure(5.5, 6.0)
     ax.remove()
     grid = fig.add_gridspec(2, 1, height_ratios=(3, 1))
     ax = fig.add_subplot(grid[0])
     ax.plot([0, 1], [0, 1], color="#adb5bd", lw=1, ls="--", label="perfectly calibrated")
     label = "model" + (f" (Brier {brier:.4f})" if brier is not None else "")
     ax.plot(mean_p, frac, "o-", color="#1c7ed6", lw=2, label=label)
-    _unit_square(ax, "", "share of NSFW images in the bin", title, "upper left")
+    unit_square(ax, "", "share of NSFW images in the bin", title, "upper left")
     below = fig.add_subplot(grid[1], sharex=ax)
     below.bar((np.arange(bins) + 0.5) / bins, counts, width=1.0 / bins, color="#868e96", edgecolor="white")
     below.set_xlabel("predicted probability")
     below.set_ylabel("images")
     below.grid(alpha=0.3)
-    return _png(fig)
+    return png_bytes(fig)

@@ -40,7 +40,9 @@ def thumbnail(path: str | os.PathLike, size: int = 160, limits: DecodeLimits | N
     return buf.getvalue()
 
 
-_CSS = """
+#: The report pages' style sheet and the script that blurs gallery thumbnails until clicked; the
+#: model comparison report uses them too.
+REPORT_CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#212529;background:#f8f9fa}
 main{max-width:1100px;margin:0 auto;padding:24px}
 h1{font-size:24px;margin:0 0 4px}
@@ -70,7 +72,7 @@ button{font:inherit;padding:3px 10px;cursor:pointer}
 .bad{color:#c92a2a}
 """
 
-_JS = """
+GALLERY_JS = """
 document.querySelectorAll('figure.thumb .frame').forEach(function (f) {
   f.addEventListener('click', function () { f.parentElement.classList.toggle('revealed'); });
 });
@@ -144,7 +146,7 @@ def render_report(evaluation: Evaluation, plots: Mapping[str, bytes], thumbs: Ma
     parts: list[str] = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body><main>",
+        f"<title>{_e(title)}</title><style>{REPORT_CSS}</style></head><body><main>",
         f"<h1>{_e(title)}</h1>",
         f"<p class=sub>{_e(evaluation.source)} · model {_e(d['model'].get('model_version'))} · "
         f"preprocessing {_e(d['model'].get('preprocess_version'))} · backend {_e(d['model'].get('backend'))}</p>",
@@ -238,5 +240,5 @@ def render_report(evaluation: Evaluation, plots: Mapping[str, bytes], thumbs: Ma
             parts.append(f"<tr><td class=l>{'<br>'.join(_e(p) for p in g.paths)}</td><td class=l><span{cls}>"
                          f"{labels}</span></td></tr>")
         parts.append("</table>")
-    parts.append(f"</main><script>{_JS}</script></body></html>")
+    parts.append(f"</main><script>{GALLERY_JS}</script></body></html>")
     return "\n".join(parts)
