@@ -22,7 +22,7 @@ from .config import BackendName, DecodeLimits, Device, Label, Precision, Preproc
 from .errors import ConfigError, ImageError, NsfwlabError
 from .frames import FrameOptions, iter_frames, sniff_video
 from .imageio import ImageInput, describe_source, load_image, read_bytes, read_head
-from .modelsource import Box, ZooBackend, check_file_backend, is_model_file, is_zoo_id, load_zoo_backend
+from .modelsource import Detection, ZooBackend, check_file_backend, is_model_file, is_zoo_id, load_zoo_backend
 from .preprocess import preprocess, preprocess_rgb, stack_batch
 from .readahead import ordered_map
 from .verdict import (
@@ -179,7 +179,7 @@ class Detector:
         return self.policy().calibrate(raw)
 
     def result(self, source: str, raw: float, check: BankCheck | None = None,
-               classes: dict[str, float] | None = None, boxes: list[Box] | None = None) -> ScoreResult:
+               classes: dict[str, float] | None = None, boxes: list[Detection] | None = None) -> ScoreResult:
         """The :class:`ScoreResult` of a still image's raw score, bank check, (a zoo model's) class
         probabilities and (a detector's) boxes: calibrated, labelled, the raw score kept
         (:func:`nsfwlab.verdict.decide_still`)."""
@@ -256,7 +256,7 @@ class Detector:
         return self.zoo.prepare_image(img) if self.zoo is not None else preprocess_rgb(img, self.preprocess_config)
 
     def _score(self, arrays: list[np.ndarray]) -> tuple[list[float], list[dict[str, float] | None],
-                                                        list[list[Box] | None]]:
+                                                        list[list[Detection] | None]]:
         """Raw NSFW scores of prepared inputs (one model call), a zoo model's class probabilities and
         a detector's boxes (``None`` where the model gives none)."""
         if self.zoo is None:

@@ -24,7 +24,7 @@ import numpy as np
 from .config import BackendName, Device, Precision, Thresholds, option
 from .errors import ConfigError, ModelError
 
-__all__ = ["CHECKPOINT_SUFFIXES", "Box", "ZooBackend", "check_file_backend", "is_model_file", "is_zoo_id",
+__all__ = ["CHECKPOINT_SUFFIXES", "Detection", "ZooBackend", "check_file_backend", "is_model_file", "is_zoo_id",
            "load_zoo_backend", "rgb_pixels"]
 
 #: Suffixes of model files the Detector loads through :mod:`nsfwlab.checkpoint` (not the zoo).
@@ -81,7 +81,7 @@ def is_zoo_id(model: str | os.PathLike | None) -> bool:
 
 
 #: One detection of a detector model: ``{"class": str, "score": float, "box": [x, y, w, h]}`` (ints, pixels).
-Box = dict[str, Any]
+Detection = dict[str, Any]
 
 
 class ZooBackend:
@@ -126,13 +126,13 @@ class ZooBackend:
             raise ModelError(f"model {self.model_id} returned a probability that is not a finite number")
         return probs
 
-    def run_images(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, list[list[Box]] | None]:
+    def run_images(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, list[list[Detection]] | None]:
         """(N, classes) probabilities as :meth:`predict_images`, and a detector's boxes per image
         (``None`` for a classifier). A detector runs once: its probabilities are each class's
         highest box confidence, taken from the boxes (0 where a class has none)."""
         if not self.is_detector:
             return self.predict_images(images), None
-        boxes: list[list[Box]] = self.model.detect(list(images))
+        boxes: list[list[Detection]] = self.model.detect(list(images))
         probs = np.zeros((len(boxes), len(self.classes)), np.float32)
         index = {name: i for i, name in enumerate(self.classes)}
         for row, found in zip(probs, boxes, strict=True):
