@@ -241,3 +241,25 @@ def test_censor_command_refuses_box_options_for_a_classifier(tmp_path: Path) -> 
     Image.fromarray(skimage.data.coffee()).save(path)
     result = runner.invoke(app, ["censor", str(path), "--all-boxes", "-o", str(tmp_path / "out.png")])
     assert result.exit_code == 2 and "need a detector model" in result.output
+
+
+@needs_nudenet
+def test_score_csv_and_table_show_a_detectors_boxes(tmp_path: Path) -> None:
+    import csv
+    import io
+
+    paths = _save(tmp_path)
+    args = ["score", "--model", MODEL, str(paths["astronaut"]), str(paths["chelsea"])]
+    rows = list(csv.DictReader(io.StringIO(runner.invoke(app, [*args, "-f", "csv"]).stdout)))
+    jsonl = [json.loads(line) for line in runner.invoke(app, [*args, "-f", "jsonl"]).stdout.splitlines()]
+    assert [json.loads(r["boxes"]) for r in rows] == [r["boxes"] for r in jsonl]
+    assert jsonl[0]["boxes"] and jsonl[1]["boxes"] == []
+    table = runner.invoke(app, args, env={"COLUMNS": "1200"}).stdout
+    assert "1: FACE_FEMALE 0.720" in table
+
+
+def test_a_classifiers_csv_has_no_boxes_column(tmp_path: Path) -> None:
+    path = tmp_path / "coffee.png"
+    Image.fromarray(skimage.data.coffee()).save(path)
+    header = runner.invoke(app, ["score", "-f", "csv", str(path)]).stdout.splitlines()[0]
+    assert "boxes" not in header.split(",")
