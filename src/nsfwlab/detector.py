@@ -255,13 +255,11 @@ class Detector:
         """A decoded image as the model's input (see :meth:`preprocess`)."""
         return self.zoo.prepare_image(img) if self.zoo is not None else preprocess_rgb(img, self.preprocess_config)
 
-    def _score(self, arrays: list[np.ndarray]) -> tuple[list[float], list[dict[str, float] | None],
-                                                        list[list[Detection] | None]]:
+    def _score(self, arrays: list[np.ndarray]) -> tuple[list[float], list[dict[str, float] | None], list[Any]]:
         """Raw NSFW scores of prepared inputs (one model call), a zoo model's class probabilities and
         a detector's boxes (``None`` where the model gives none)."""
         if self.zoo is None:
-            none: list[Any] = [None] * len(arrays)
-            return self.backend.predict(stack_batch(arrays))[:, 1].tolist(), none, list(none)
+            return self.backend.predict(stack_batch(arrays))[:, 1].tolist(), [None] * len(arrays), [None] * len(arrays)
         probs, boxes = self.zoo.run_images(arrays)
         return (self.zoo.nsfw_scores(probs).tolist(), [self.zoo.class_dict(row) for row in probs],
                 list(boxes) if boxes is not None else [None] * len(arrays))
