@@ -22,7 +22,7 @@ from .config import BackendName, DecodeLimits, Device, Label, Precision, Preproc
 from .errors import ConfigError, ImageError, NsfwlabError
 from .frames import FrameOptions, iter_frames, sniff_video
 from .imageio import ImageInput, describe_source, load_image, read_bytes, read_head
-from .modelsource import ZooBackend, check_file_backend, is_model_file, is_zoo_id, load_zoo_backend
+from .modelsource import Detection, ZooBackend, check_file_backend, is_model_file, is_zoo_id, load_zoo_backend
 from .preprocess import preprocess, preprocess_rgb, stack_batch
 from .readahead import ordered_map
 from .verdict import (
@@ -179,11 +179,12 @@ class Detector:
         return self.policy().calibrate(raw)
 
     def result(self, source: str, raw: float, check: BankCheck | None = None,
-               classes: dict[str, float] | None = None) -> ScoreResult:
-        """The :class:`ScoreResult` of a still image's raw score, bank check and (a zoo model's) class
-        probabilities: calibrated, labelled, the raw score kept (:func:`nsfwlab.verdict.decide_still`)."""
+               classes: dict[str, float] | None = None, boxes: list[Detection] | None = None) -> ScoreResult:
+        """The :class:`ScoreResult` of a still image's raw score, bank check, (a zoo model's) class
+        probabilities and (a detector's) boxes: calibrated, labelled, the raw score kept
+        (:func:`nsfwlab.verdict.decide_still`)."""
         return ScoreResult.from_verdict(source, decide_still(raw, self.policy(), check), check,
-                                        model=self._row_model, classes=classes)
+                                        model=self._row_model, classes=classes, boxes=boxes)
 
     def torch_model(self, device: str | None = None, dtype: Any = None) -> Any:
         """A gradient-capable ``torch.nn.Module`` with this Detector's weights (stock, a ``.pt``
@@ -254,12 +255,14 @@ class Detector:
         """A decoded image as the model's input (see :meth:`preprocess`)."""
         return self.zoo.prepare_image(img) if self.zoo is not None else preprocess_rgb(img, self.preprocess_config)
 
-    def _score(self, arrays: list[np.ndarray]) -> tuple[list[float], list[dict[str, float] | None]]:
-        """Raw NSFW scores of prepared inputs (one model call) and a zoo model's class probabilities."""
+    def _score(self, arrays: list[np.ndarray]) -> tuple[list[float], list[dict[str, float] | None], list[Any]]:
+        """Raw NSFW scores of prepared inputs (one model call), a zoo model's class probabilities and
+        a detector's boxes (``None`` where the model gives none)."""
         if self.zoo is None:
-            return self.backend.predict(stack_batch(arrays))[:, 1].tolist(), [None] * len(arrays)
-        probs = self.zoo.predict_images(arrays)
-        return self.zoo.nsfw_scores(probs).tolist(), [self.zoo.class_dict(row) for row in probs]
+            return self.backend.predict(stack_batch(arrays))[:, 1].tolist(), [None] * len(arrays), [None] * len(arrays)
+        probs, boxes = self.zoo.run_images(arrays)
+        return (self.zoo.nsfw_scores(probs).tolist(), [self.zoo.class_dict(row) for row in probs],
+                list(boxes) if boxes is not None else [None] * len(arrays))
 
     def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
         """NSFW probabilities for an NHWC batch of preprocessed arrays, split by ``batch_size``."""
@@ -296,8 +299,8 @@ class Detector:
         if isinstance(prepared, NsfwlabError):
             raise prepared.with_source(describe_source(source))
         arr, check = prepared
-        raws, classes = self._score([arr])
-        return self.result(describe_source(source), float(raws[0]), check, classes[0])
+        raws, classes, boxes = self._score([arr])
+        return self.result(describe_source(source), float(raws[0]), check, classes[0], boxes[0])
 
     # -- many ---------------------------------------------------------------------------------
     def _executor(self) -> ThreadPoolExecutor:
@@ -367,8 +370,8 @@ class Detector:
                 if isinstance(value, NsfwlabError):
                     res = ScoreResult(name, error=value.with_source(name))
                 else:
-                    raw, classes = next(scored)
-                    res = self.result(name, float(raw), value[1], classes)
+                    raw, classes, boxes = next(scored)
+                    res = self.result(name, float(raw), value[1], classes, boxes)
                 if progress is not None:
                     progress(res)
                 yield res

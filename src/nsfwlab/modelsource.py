@@ -5,12 +5,15 @@
 A zoo model takes decoded RGB images of any size and prepares them as its card says
 (:func:`nsfwlab.zoo.prepare`), not through Yahoo's pipeline: the Detector hands it the decoded
 uint8 pixels (:meth:`ZooBackend.prepare_image`) and gets back each image's class probabilities and
-the NSFW score its card derives from them. The verdict (bands, calibration, frames, the bank) is the
-same as open_nsfw's; only the score's source differs.
+the NSFW score its card derives from them. A detector (``nudenet-320n``) also gives each image's
+boxes (:meth:`ZooBackend.run_images`); its "probabilities" are each class's highest box
+confidence. The verdict (bands, calibration, frames, the bank) is the same as open_nsfw's; only
+the score's source differs.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,8 +24,8 @@ import numpy as np
 from .config import BackendName, Device, Precision, Thresholds, option
 from .errors import ConfigError, ModelError
 
-__all__ = ["CHECKPOINT_SUFFIXES", "ZooBackend", "check_file_backend", "is_model_file", "is_zoo_id", "load_zoo_backend",
-           "rgb_pixels"]
+__all__ = ["CHECKPOINT_SUFFIXES", "Detection", "ZooBackend", "check_file_backend", "is_model_file", "is_zoo_id",
+           "load_zoo_backend", "rgb_pixels"]
 
 #: Suffixes of model files the Detector loads through :mod:`nsfwlab.checkpoint` (not the zoo).
 CHECKPOINT_SUFFIXES = (".pt", ".onnx")
@@ -77,10 +80,15 @@ def is_zoo_id(model: str | os.PathLike | None) -> bool:
     return model is not None and not is_model_file(model) and os.fspath(model) != "open_nsfw"
 
 
+#: One detection of a detector model: ``{"class": str, "score": float, "box": [x, y, w, h]}`` (ints, pixels).
+Detection = dict[str, Any]
+
+
 class ZooBackend:
     """A zoo model as the Detector's backend: ``predict_images`` (uint8 RGB images of any size ->
-    (N, classes) probabilities) and ``nsfw_scores`` (-> (N,) per the card). ``predict`` (open_nsfw's
-    preprocessed NHWC batches) is refused: a zoo model prepares its own input."""
+    (N, classes) probabilities), ``run_images`` (those and, for a detector, each image's boxes) and
+    ``nsfw_scores`` (-> (N,) per the card). ``predict`` (open_nsfw's preprocessed NHWC batches) is
+    refused: a zoo model prepares its own input."""
 
     def __init__(self, model: Any, device: str = "cpu") -> None:
         from . import zoo
@@ -99,6 +107,11 @@ class ZooBackend:
             self.model_version = _version(model.card)
             self.preprocess_version = _input_version(model.card)
             self.thresholds = model.card.bands
+        card = getattr(model, "card", None)
+        #: Whether the model gives boxes (``card.kind == "detector"``); an ensemble never does.
+        self.is_detector: bool = card is not None and card.kind == "detector"
+        #: The classes whose confidence makes the NSFW score (a detector's: the boxes censor hides).
+        self.nsfw_classes: tuple[str, ...] = tuple(card.nsfw_classes) if card is not None else ()
 
     def prepare_image(self, img: Any) -> np.ndarray:
         """The decoded image (a PIL image) as the model's input (:func:`rgb_pixels`)."""
@@ -112,6 +125,23 @@ class ZooBackend:
 
             raise ModelError(f"model {self.model_id} returned a probability that is not a finite number")
         return probs
+
+    def run_images(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, list[list[Detection]] | None]:
+        """(N, classes) probabilities as :meth:`predict_images`, and a detector's boxes per image
+        (``None`` for a classifier). A detector runs once: its probabilities are each class's
+        highest box confidence, taken from the boxes (0 where a class has none)."""
+        if not self.is_detector:
+            return self.predict_images(images), None
+        boxes: list[list[Detection]] = self.model.detect(list(images))
+        probs = np.zeros((len(boxes), len(self.classes)), np.float32)
+        index = {name: i for i, name in enumerate(self.classes)}
+        for row, found in zip(probs, boxes, strict=True):
+            for det in found:
+                if not math.isfinite(det["score"]):
+                    raise ModelError(f"model {self.model_id} returned a box score that is not a finite number")
+                i = index[det["class"]]
+                row[i] = max(row[i], det["score"])
+        return probs, boxes
 
     def nsfw_scores(self, probs: np.ndarray) -> np.ndarray:
         return np.asarray(self.model.nsfw_score(probs), dtype=np.float32)

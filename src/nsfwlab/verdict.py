@@ -196,7 +196,9 @@ class ScoreResult:
     ``bank_check``: what the Detector's hash bank said (``None``: no bank). ``model``: the zoo id of
     the model that scored it (``None`` for open_nsfw and its checkpoints, whose rows stay as they
     were); ``classes``: that model's class probabilities ``{name: probability}`` (``None`` for
-    open_nsfw), from which its card derives the NSFW score.
+    open_nsfw), from which its card derives the NSFW score. ``boxes``: a detector model's detections,
+    ``[{"class", "score", "box": [x, y, w, h]}]`` in pixels of the image, highest score first (``None``
+    for a classifier; a list, maybe empty, for a detector).
     """
 
     source: str
@@ -207,12 +209,14 @@ class ScoreResult:
     bank_check: BankCheck | None = None
     model: str | None = None
     classes: dict[str, float] | None = None
+    boxes: list[dict[str, Any]] | None = None
 
     @classmethod
     def from_verdict(cls, source: str, v: Verdict, check: BankCheck | None = None, *, model: str | None = None,
-                     classes: dict[str, float] | None = None) -> ScoreResult:
+                     classes: dict[str, float] | None = None,
+                     boxes: list[dict[str, Any]] | None = None) -> ScoreResult:
         return cls(source, v.score, v.label, raw_score=v.raw_score if v.calibrated else None, bank_check=check,
-                   model=model, classes=classes)
+                   model=model, classes=classes, boxes=boxes)
 
     @property
     def match(self) -> Match | None:
@@ -235,7 +239,10 @@ class ScoreResult:
         out: dict[str, Any] = {"path": self.source, "score": self.score, "label": self.label.value}
         if self.raw_score is not None:
             out["raw_score"] = self.raw_score
-        return _with_bank(_with_model(out, self.model, self.classes), self.bank_check)
+        out = _with_model(out, self.model, self.classes)
+        if self.boxes is not None:
+            out["boxes"] = [{"class": b["class"], "score": b["score"], "box": list(b["box"])} for b in self.boxes]
+        return _with_bank(out, self.bank_check)
 
 
 def _with_model(out: dict[str, Any], model: str | None, classes: dict[str, float] | None) -> dict[str, Any]:

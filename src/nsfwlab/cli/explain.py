@@ -1,4 +1,5 @@
-"""``nsfwlab explain`` (heatmaps) and ``nsfwlab censor`` (hide what the heatmaps mark).
+"""``nsfwlab explain`` (heatmaps) and ``nsfwlab censor`` (hide what the heatmaps mark, or a
+detector model's boxes).
 
 Only this module writes files; the library returns arrays. torch, captum and matplotlib are
 imported inside the commands."""
@@ -238,11 +239,14 @@ def censor_command(
     save_mask: Path | None = typer.Option(None, "--save-mask", help="Also write the hidden region as a PNG mask."),
     device: Device = typer.Option(Device.AUTO, help="Where the model runs."),
     backend: BackendName = typer.Option(BackendName.AUTO, help="Inference engine."),
-    model: str | None = typer.Option(None, "--model", help="A model id (`nsfwlab models`) or a fine-tuned checkpoint (.pt) or exported .onnx."),
+    model: str | None = typer.Option(None, "--model", help="A model id (`nsfwlab models`) or a fine-tuned checkpoint (.pt) or exported .onnx. A detector (nudenet-320n) hides its boxes instead of heatmap regions."),
+    all_boxes: bool = typer.Option(False, "--all-boxes", help="With a detector model: hide every box (faces too), not only those of the classes its NSFW score is made of."),
+    box_class: list[str] | None = typer.Option(None, "--box-class", help="With a detector model: hide the boxes of this class (repeatable; default: the classes its NSFW score is made of)."),
     batch_size: int | None = typer.Option(None, min=1, help="Images per model call (default: 4 on CPU, 32 on CUDA)."),
     progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr (default: on a terminal)."),
 ) -> None:
-    """Hide the regions the heatmaps mark, step by step, until the image scores below --target.
+    """Hide the regions the heatmaps mark, step by step, until the image scores below --target; with
+    a detector model (--model nudenet-320n), hide its boxes (detected again after each step).
 
     Exit status: 0 target reached, 1 the image could not be read, is over a cap (aspect ratio) or
     the target was not reached (the best attempt is still written), 2 usage error (e.g. an
@@ -261,31 +265,46 @@ def censor_command(
         if not 0.0 < target <= 1.0:
             raise ConfigError(f"--target must lie in (0, 1], got {target}")
         from ..explain import methods as M
-        from ..explain.censor import Censor
+        from ..explain.censor import BoxCensor, Censor
 
         caps = ExplainCaps(max_work_side=max_work_side, max_windows=max_windows, max_aspect=max_aspect)
         det = _detector(backend, device, model, batch_size)
-        explainer = None
-        if method is not Method.OCCLUSION:
-            opts = M.ExplainOptions(device=resolve_device(device), caps=caps)
-            explainer = M.make_explainer(method, det, options=opts)
-        censor = Censor(det, explainer=explainer, style=style, strength=strength, max_steps=max_steps,
-                        box=box if method is Method.OCCLUSION else None,
-                        stride=stride if method is Method.OCCLUSION else None, caps=caps)
+        boxed = det.zoo is not None and det.zoo.is_detector
+        if boxed and (method is not Method.OCCLUSION or box is not None or stride is not None):
+            raise ConfigError(f"{det.model_id} is a detector: censor hides its boxes; --method, --box and --stride "
+                              "choose heatmap regions, for classifier models")
+        if not boxed and (all_boxes or box_class):
+            raise ConfigError("--all-boxes and --box-class need a detector model (--model nudenet-320n)")
+        if all_boxes and box_class:
+            raise ConfigError("give --all-boxes or --box-class, not both")
+        censor: Any
+        if boxed:
+            censor = BoxCensor(det, style=style, strength=strength, classes=box_class or None, all_boxes=all_boxes,
+                               max_steps=max_steps)
+        else:
+            explainer = None
+            if method is not Method.OCCLUSION:
+                opts = M.ExplainOptions(device=resolve_device(device), caps=caps)
+                explainer = M.make_explainer(method, det, options=opts)
+            censor = Censor(det, explainer=explainer, style=style, strength=strength, max_steps=max_steps,
+                            box=box if method is Method.OCCLUSION else None,
+                            stride=stride if method is Method.OCCLUSION else None, caps=caps)
         with det, progress_bar(None, "censoring", unit="img", enabled=progress) as advance:
             result = censor.censor(image, target=target, progress=advance)
         _save_png(out, result.image)
         if save_mask is not None:
             _save_png(save_mask, (result.mask * 255).astype(np.uint8))
     except NsfwlabError as exc:
-        raise fail(exc) from None
+        raise fail(exc, {"classes": "--box-class"}) from None
     verdict = "reached" if result.reached else "NOT reached"
     stdout.print(f"{image}: score {result.score_before:.4f} -> {result.score_after:.4f} "
                  f"(target {target:g} {verdict}); hid {100 * result.hidden_fraction:.1f}% of the image "
-                 f"in {len(result.steps)} step(s) with {style.value}; wrote {out}", highlight=False)
+                 f"in {len(result.steps)} step(s) with {style.value}"
+                 f"{' (detected boxes)' if boxed else ''}; wrote {out}", highlight=False)
     if result.kept_input and result.steps:
-        stderr.print(tagged("warning:", "bold yellow", f" no censoring step lowered the score (the lowest tried "
-                            f"was {min(st.score for st in result.steps):.4f}); wrote the input unchanged"),
-                     highlight=False)
+        lowest = min(st.score for st in result.steps)
+        why = (f"hiding the boxes raised the score (to {result.steps[-1].score:.4f})" if boxed else
+               f"no censoring step lowered the score (the lowest tried was {lowest:.4f})")
+        stderr.print(tagged("warning:", "bold yellow", f" {why}; wrote the input unchanged"), highlight=False)
     if not result.reached:
         raise typer.Exit(int(ExitCode.INPUT_FAILED))

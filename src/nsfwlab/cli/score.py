@@ -214,13 +214,14 @@ def score_command(
     items = _stdin_once(list(_expand(paths, seen)), limits, seen)
     calibrated = detector.calibration is not None
     classes = detector.zoo.classes if detector.zoo is not None else None
+    boxed = detector.zoo is not None and detector.zoo.is_detector  # a detector's rows carry its boxes
     failed = 0
     writer = csv_writer(sys.stdout) if fmt is OutputFormat.CSV else None
     if writer is not None:
         header = (["path", "score", "label", "error"] + (["raw_score"] if calibrated else [])
                   + (["match_decision", "match_distance", "match_source", "match_skipped"] if banked else [])
                   + (["kind", "frames", "segments"] if seen.media else []))
-        writer.writerow(header + _class_header(classes, header))
+        writer.writerow(header + _class_header(classes, header) + (["boxes"] if boxed else []))
     rows: list[Result] = []  # for the table, printed at the end
     timelines: list[Timeline] = []
     with detector, progress_bar(len(items), "scoring", unit="file", enabled=progress) as advance:
@@ -233,11 +234,12 @@ def score_command(
                 sys.stdout.write(_jsonl_line(res, per_frame) + "\n")
                 sys.stdout.flush()
             elif writer is not None:
-                writer.writerow(_csv_row(res, calibrated, banked, seen.media) + _class_cells(res, classes))
+                writer.writerow(_csv_row(res, calibrated, banked, seen.media) + _class_cells(res, classes)
+                                + ([_boxes_json(res)] if boxed else []))
             else:
                 rows.append(res)
     if fmt is OutputFormat.TABLE:
-        stdout.print(_table(rows, calibrated, banked, classes))
+        stdout.print(_table(rows, calibrated, banked, classes, boxed))
     if timeline is not None:
         try:
             _write_timeline(timeline, timelines, thresholds)
@@ -296,13 +298,29 @@ def _segments_text(res: FramesResult, most: int = 4) -> str:
     return "; ".join(shown) + (f"; +{more} more" if more > 0 else "") if shown else "none"
 
 
-def _table(rows: list[Result], calibrated: bool, banked: bool, classes: tuple[str, ...] | None = None) -> Table:
+def _boxes_json(res: Result) -> str:
+    """A detector's boxes as compact JSON (empty for a frames result or an error)."""
+    boxes = res.to_dict().get("boxes") if isinstance(res, ScoreResult) and res.ok else None
+    return "" if boxes is None else json.dumps(boxes, separators=(",", ":"))
+
+
+def _boxes_text(res: Result, most: int = 3) -> str:
+    """How many boxes, and the first ``most`` as ``CLASS score``."""
+    boxes = res.boxes if isinstance(res, ScoreResult) and res.boxes is not None else []
+    shown = ", ".join(f"{b['class']} {b['score']:.3f}" for b in boxes[:most])
+    return f"{len(boxes)}" + (f": {shown}" if shown else "") + (", ..." if len(boxes) > most else "")
+
+
+def _table(rows: list[Result], calibrated: bool, banked: bool, classes: tuple[str, ...] | None = None,
+           boxed: bool = False) -> Table:
     media = any(isinstance(res, FramesResult) for res in rows)
     columns = (["path", "score"] + (["raw score"] if calibrated else []) + ["label"] + (["match"] if banked else [])
                + (["frames", "segments"] if media else []))
-    table = Table(*columns, *_class_header(classes, columns), title=None, show_edge=False)
+    table = Table(*columns, *_class_header(classes, columns), *(["boxes"] if boxed else []), title=None,
+                  show_edge=False)
     for res in rows:
-        table.add_row(*_table_row(res, calibrated, banked, media), *_class_cells(res, classes, 3))
+        table.add_row(*_table_row(res, calibrated, banked, media), *_class_cells(res, classes, 3),
+                      *([printable(_boxes_text(res))] if boxed else []))
     return table
 
 

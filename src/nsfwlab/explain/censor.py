@@ -17,10 +17,18 @@ An image over ``caps.max_work_side`` is censored on its working copy (explain, r
 scores), and the final mask is scaled back (nearest neighbour) and applied to the original: the
 result has the original's size and its ``score_after`` is the exact score of that result, while
 the per-step scores are those of the working copy (docs/explain.md, "Caps").
+
+A detector model (``nudenet-320n``) says where, so :class:`BoxCensor` needs no heatmap: it hides
+the detected boxes of the classes that make the NSFW score (or of every class, or those named),
+always, whatever the score; then, while the censored image still scores at or above the target,
+it detects again and hides what is found there too, until no new box is found or after
+``max_steps`` rounds of hiding. The same rule holds: a
+result that scores higher than the input is never returned.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +44,8 @@ from .methods import Explainer
 from .occlusion import Occlusion
 from .options import ExplainCaps, Fill, Style
 
-__all__ = ["DEFAULT_INCREMENTS", "Censor", "CensorResult", "CensorStep", "Style", "hide", "hide_image"]
+__all__ = ["DEFAULT_INCREMENTS", "BoxCensor", "Censor", "CensorResult", "CensorStep", "Style", "box_mask", "hide",
+           "hide_image"]
 
 #: Fractions of the image area added to the hidden region in one step (candidates).
 DEFAULT_INCREMENTS: tuple[float, ...] = (0.01, 0.02, 0.05, 0.10, 0.20)
@@ -249,3 +258,79 @@ class Censor:
             m[order[:k]] = True
             out.append(m.reshape(mask.shape))
         return out
+
+
+def box_mask(boxes: Sequence[dict], height: int, width: int) -> np.ndarray:
+    """bool HxW, True inside any of ``boxes`` (``{"box": [x, y, w, h]}``, pixels; clipped to the image)."""
+    mask = np.zeros((height, width), dtype=bool)
+    for b in boxes:
+        x, y, w, h = (int(v) for v in b["box"])
+        mask[max(0, y) : max(0, y + h), max(0, x) : max(0, x + w)] = True
+    return mask
+
+
+class BoxCensor:
+    """Hides a detector model's boxes (``Detector(model="nudenet-320n")``) until it scores the image
+    below a target.
+
+    ``classes``: the box classes to hide (default: the model's NSFW classes, those its score is made
+    of); ``all_boxes=True`` hides every box, whatever its class. ``style`` and ``strength`` as for
+    :func:`hide`; at most ``max_steps`` rounds of hiding run (each followed by a detection).
+    """
+
+    def __init__(self, detector: Detector, *, style: Style | str = Style.BLUR, strength: int | None = None,
+                 classes: Sequence[str] | None = None, all_boxes: bool = False, max_steps: int = 3) -> None:
+        zoo = detector.zoo
+        if zoo is None or not zoo.is_detector:
+            raise ConfigError(f"box censoring needs a detector model (nudenet-320n); {detector.model_id} gives no "
+                              "boxes", param="model")
+        if max_steps < 1:
+            raise ConfigError(f"max_steps must be at least 1, got {max_steps}", param="max_steps")
+        if strength is not None and strength < 1:
+            raise ConfigError(f"strength must be at least 1 pixel, got {strength}", param="strength")
+        if classes is not None and all_boxes:
+            raise ConfigError("give classes or all_boxes, not both", param="classes")
+        unknown = sorted(set(classes or ()) - set(zoo.classes))
+        if unknown:
+            raise ConfigError(f"unknown box class {unknown[0]!r}; {zoo.model_id} has: {', '.join(zoo.classes)}",
+                              param="classes")
+        if classes is not None and not classes:
+            raise ConfigError("classes must name at least one class", param="classes")
+        self.detector = detector
+        self.style = option(Style, style, "style")
+        self.strength = strength
+        self.classes: frozenset[str] | None = None if all_boxes else frozenset(classes or zoo.nsfw_classes)
+        self.max_steps = max_steps
+
+    def censor(self, image: ImageInput, *, target: float = 0.2,
+               progress: ProgressCallback | None = None) -> CensorResult:
+        """Hide the wanted boxes of ``image``, and those found again while its NSFW score is at or
+        above ``target``. Never modifies the input. ``score_before`` / ``score_after`` are the Detector's exact
+        scores of the input and of the returned image (which a PNG keeps exactly)."""
+        if not 0.0 < target <= 1.0:
+            raise ConfigError(f"target must lie in (0, 1], got {target}", param="target")
+        img = load_input(image, self.detector.limits)
+        base = np.asarray(img)
+        hidden = np.asarray(hide_image(img, self.style, self.strength))
+        mask = np.zeros(base.shape[:2], dtype=bool)
+        current = base
+        res = self.detector.classify(img)
+        before = score = float(res.score or 0.0)
+        steps: list[CensorStep] = []
+        for _ in range(self.max_steps):
+            wanted = [b for b in res.boxes or [] if self.classes is None or b["class"] in self.classes]
+            grown = mask | box_mask(wanted, img.height, img.width)
+            if (steps and score < target) or (grown == mask).all():
+                break  # the first detection's boxes are always hidden; later ones while over the target
+            mask = grown
+            current = np.where(mask[:, :, None], hidden, base)
+            res = self.detector.classify(Image.fromarray(current))
+            score = float(res.score or 0.0)
+            steps.append(CensorStep(float(mask.mean()), score))
+            if progress is not None:
+                progress(1)
+        if steps and score > before:  # never worse than the input
+            current, mask, score = base, np.zeros_like(mask), before
+        return CensorResult(image=np.ascontiguousarray(current, dtype=np.uint8), mask=mask, score_before=before,
+                            score_after=score, target=target, reached=score < target, steps=tuple(steps),
+                            best_step=len(steps) - 1 if mask.any() else None)
