@@ -8,6 +8,7 @@ import io
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -196,3 +197,33 @@ def test_a_single_zoo_model_server_and_labels_only_answers(nsfwjs: Detector, jpg
     with TestClient(create_app(ServeConfig(), nsfwjs)) as c:
         item = _score(c, jpg, model=NSFWJS).json()["results"][0]
         assert item["model"] == NSFWJS and set(item["classes"]) == set(nsfwjs.zoo.classes)  # type: ignore[union-attr]
+
+
+# -- the serve command ----------------------------------------------------------------------------
+def test_serve_command_serves_its_models_with_the_bands_on_the_default(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, torch_model: Any, detector: Detector, jpg: bytes) -> None:
+    """`serve --model A --model B`: A is the default and takes --safe-below/--nsfw-above; B keeps its
+    own bands (open_nsfw's, here a checkpoint of the same weights)."""
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from nsfwlab.checkpoint import save_checkpoint
+    from nsfwlab.cli import app
+
+    checkpoint = str(save_checkpoint(tmp_path / "copy.pt", torch_model))
+    served: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda asgi, **kwargs: served.setdefault("app", asgi))
+    res = CliRunner().invoke(app, ["serve", "--port", "0", "--model", "open_nsfw", "--model", checkpoint,
+                                   "--safe-below", "0.0", "--nsfw-above", "0.0"])
+    assert res.exit_code == 0, res.output
+    score = detector.classify(jpg).score
+    with TestClient(served["app"], base_url="http://127.0.0.1") as c:
+        deadline = time.monotonic() + 30
+        while c.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, c.get("/readyz").text
+            time.sleep(0.05)
+        default = _score(c, jpg).json()["results"][0]
+        assert default["model"] == "open_nsfw" and default["label"] == "nsfw"
+        other = _score(c, jpg, model=checkpoint).json()
+        assert other["results"][0]["model"] == checkpoint and other["model"]["card"] == "open_nsfw"
+        assert other["model"]["nsfw_above"] == 0.8 and other["results"][0]["score"] == pytest.approx(score, abs=1e-4)
