@@ -172,6 +172,13 @@ def nsfwjs() -> Detector:
     return Detector(model=NSFWJS)
 
 
+def _animation() -> bytes:
+    frames = [Image.new("RGB", (64, 48), color) for color in ((200, 30, 30), (30, 200, 30), (30, 30, 200))]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=200, loop=0)
+    return buf.getvalue()
+
+
 def test_a_zoo_model_answers_with_its_classes(detector: Detector, nsfwjs: Detector, jpg: bytes) -> None:
     expected = nsfwjs.classify(jpg)
     assert expected.classes is not None
@@ -185,6 +192,12 @@ def test_a_zoo_model_answers_with_its_classes(detector: Detector, nsfwjs: Detect
         np.testing.assert_allclose(list(item["classes"].values()), list(expected.classes.values()), atol=1e-5)
         assert resp.json()["model"]["card"] == NSFWJS
         assert "classes" not in _score(c, jpg).json()["results"][0]
+        gif = _animation()
+        frames = c.post("/v1/score", content=gif, params={"model": NSFWJS}, headers={"content-type": "image/gif"})
+        assert frames.status_code == 200, frames.text
+        item = frames.json()["results"][0]
+        assert item["kind"] == "animation" and item["model"] == NSFWJS
+        assert item["score"] == pytest.approx(nsfwjs.score_frames(gif).score, abs=1e-5)
         listed = c.get("/v1/models").json()["models"]
         assert [(m["id"], m["card"]) for m in listed] == [("open_nsfw", "open_nsfw"), (NSFWJS, NSFWJS)]
 
