@@ -16,6 +16,7 @@ schemathesis = pytest.importorskip("schemathesis")
 OPERATIONS = [
     "POST /v1/score", "GET /healthz", "GET /readyz", "GET /metrics", "GET /review", "GET /v1/review/items",
     "POST /v1/review/items/{sha256}/label", "GET /v1/review/items/{sha256}/thumbnail", "GET /v1/review/audit",
+    "GET /v1/models",
 ]
 
 

@@ -511,4 +511,4 @@ def test_routes_and_dependencies_are_async() -> None:
             assert isinstance(route, APIRoute) and is_async(route.endpoint), route
             walk(route.dependant)
             routes += 1
-    assert routes == 9
+    assert routes == 10

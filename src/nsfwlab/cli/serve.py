@@ -7,6 +7,8 @@ import os
 import shutil
 import socket
 import ssl
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,8 +67,8 @@ def serve_command(
     api_key_file: Path | None = typer.Option(None, "--api-key-file", help="File with one API key per line."),
     allow_origin: list[str] = typer.Option([], "--allow-origin", help="A web origin (https://host[:port]) besides the server's own whose pages may send POSTs, e.g. a review front end (repeatable); others get 403."),
     allow_host: list[str] = typer.Option([], "--allow-host", help="A host name the Host header may carry (repeatable); listening on a loopback address, only localhost, 127.0.0.1 and [::1] are allowed besides these (against DNS rebinding); elsewhere any, unless given."),
-    safe_below: float = typer.Option(0.2, help="Scores below this are 'safe'."),
-    nsfw_above: float = typer.Option(0.8, help="Scores above this are 'nsfw'; between is 'review' (queued for humans)."),
+    safe_below: float | None = typer.Option(None, help="Scores below this are 'safe' (the default model's; default: its band, 0.2 for open_nsfw)."),
+    nsfw_above: float | None = typer.Option(None, help="Scores above this are 'nsfw'; between is 'review', queued for humans (the default model's; default: its band, 0.8 for open_nsfw)."),
     audit_rate: float = typer.Option(0.0, min=0.0, max=1.0, help="Share of confident decisions also queued for review."),
     rate_limit: str | None = typer.Option(None, "--rate-limit", help="Scoring requests per API key (per client without keys): N/s, N/min or N/h; over it 429."),
     max_body_bytes: int = typer.Option(32 * 1024 * 1024, min=1, help="Cap on a request body (413), counted while streaming."),
@@ -95,11 +97,11 @@ def serve_command(
     on_attack: str = typer.Option("log", "--on-attack", help="What to do with a flagged caller's scoring requests: log (nothing more), slow (delay each by --attack-delay) or block (403 query_attack)."),
     attack_delay: float = typer.Option(2.0, "--attack-delay", min=0.0, max=30.0, help="Seconds added to each scoring request of a flagged caller with --on-attack slow."),
     answer: str = typer.Option("score", "--answer", help="What scoring answers reveal: score (scores and labels) or label (labels and bank matches only)."),
-    calibration: Path | None = typer.Option(None, "--calibration", help="A calibration.json from `evaluate --calibrate`: score becomes the calibrated probability (labels and the review band follow it); raw_score keeps the model's."),
+    calibration: Path | None = typer.Option(None, "--calibration", help="A calibration.json from `evaluate --calibrate` for the default model: its score becomes the calibrated probability (labels and the review band follow it); raw_score keeps the model's."),
     device: Device = typer.Option(Device.AUTO, help="Where the model runs."),
     backend: BackendName = typer.Option(BackendName.AUTO, help="Inference engine."),
     precision: Precision = typer.Option(Precision.AUTO, help="torch backend precision."),
-    model: str | None = typer.Option(None, "--model", help="A model id (`nsfwlab models`) or a fine-tuned checkpoint (.pt) or exported .onnx."),
+    model: list[str] = typer.Option([], "--model", help="A model id (`nsfwlab models`) or a fine-tuned checkpoint (.pt) or exported .onnx; repeat it to serve several (the first is the default, the others are picked with ?model=ID)."),
     graceful_timeout: int = typer.Option(30, min=0, help="On SIGTERM, seconds to let in-flight requests finish (0: no limit)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
     ssl_certfile: Path | None = typer.Option(None, "--ssl-certfile", help="Serve HTTPS with this PEM certificate (chain)."),
@@ -109,8 +111,8 @@ def serve_command(
     """Run the HTTP scoring service (FastAPI on uvicorn) with limits, metrics, a review page and
     a hash bank of reviewers' decisions.
 
-    POST /v1/score (images, animations, videos), GET /healthz /readyz /metrics /review /docs.
-    SIGTERM finishes in-flight requests, then exits.
+    POST /v1/score (images, animations, videos; ?model=ID), GET /v1/models /healthz /readyz /metrics
+    /review /docs. SIGTERM finishes in-flight requests, then exits.
     """
     try:
         import uvicorn
@@ -120,7 +122,9 @@ def serve_command(
         from ..serve.app import create_app
         from ..serve.sentinel import SentinelConfig
 
-        thresholds = Thresholds(safe_below=safe_below, nsfw_above=nsfw_above)
+        if safe_below is not None and nsfw_above is not None:  # both given: a bad pair fails now
+            Thresholds(safe_below=safe_below, nsfw_above=nsfw_above)
+        bands = {k: v for k, v in (("safe_below", safe_below), ("nsfw_above", nsfw_above)) if v is not None}
         limits = DecodeLimits.from_env(max_bytes, max_pixels, max_animation_pixels=max_animation_pixels)
         calibrated = load_calibration(calibration) if calibration is not None else None  # fails now, not later
         frame_options = FrameOptions(mode=frames, fps=fps, max_frames=max_frames, aggregate=aggregate,
@@ -138,19 +142,32 @@ def serve_command(
             attack_delay_s=attack_delay, answer=answer,  # type: ignore[arg-type]
         )
 
-        def load() -> Detector:
-            return Detector(backend, device, thresholds=thresholds, batch_size=max_batch, precision=precision,
-                            model=model, limits=limits, workers=decode_workers, calibration=calibrated)
+        def loader(name: str | None, default: bool) -> Callable[[], Detector]:
+            """The default model takes the bands given and the calibration; the others their own bands."""
 
-        if model is not None:  # the model loads in the background: a bad name fails now
-            check_model_name(model)
+            def load() -> Detector:
+                det = Detector(backend, device, batch_size=max_batch, precision=precision, model=name,
+                               limits=limits, workers=decode_workers, calibration=calibrated if default else None)
+                if default and bands:
+                    det.thresholds = replace(det.thresholds, **bands)
+                return det
+
+            return load
+
+        for name in model:  # the models load in the background: a bad name fails now
+            check_model_name(name)
+        if len(set(model)) != len(model):
+            raise ConfigError(f"a model is named twice: {', '.join(model)}", param="model")
+        sources: Any = loader(model[0] if model else None, True)
+        if len(model) > 1:
+            sources = {name: loader(name, i == 0) for i, name in enumerate(model)}
         tls = _check_tls(ssl_certfile, ssl_keyfile, ssl_keyfile_password)
-        app = create_app(config, load)
+        app = create_app(config, sources)
         _check_listen(host, port)
     except NsfwlabError as exc:
         raise fail(exc, {"allow_origins": "--allow-origin", "allowed_hosts": "--allow-host",
                          "api_keys": "--api-key", "detect_attacks": "--detect-attacks", "on_attack": "--on-attack",
-                         "answer": "--answer", "attack_delay_s": "--attack-delay"}) from None
+                         "answer": "--answer", "attack_delay_s": "--attack-delay", "model": "--model"}) from None
     if not config.api_keys and host not in _LOOPBACK:
         stderr.print(tagged("warning:", "yellow", f" listening on {host} without --api-key-file: anyone who can reach "
                             "it may use it"), highlight=False)

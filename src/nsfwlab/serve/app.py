@@ -1,7 +1,8 @@
 """The FastAPI application: ``create_app(config, detector=None)``.
 
 Routes (see :mod:`nsfwlab.serve.routers`): ``POST /v1/score`` (multipart field ``file``,
-repeatable, or a raw image body), ``GET /healthz``, ``GET /readyz``, ``GET /metrics``, the review
+repeatable, or a raw image body; ``?model=ID`` on a server of several models), ``GET /v1/models``,
+``GET /healthz``, ``GET /readyz``, ``GET /metrics``, the review
 page ``GET /review`` and its API under ``/v1/review``, and FastAPI's ``/openapi.json`` and ``/docs``.
 The ``/v1`` routes depend on the API-key check; scoring also on admission. State-changing requests
 from another web origin are refused before any route (:mod:`~nsfwlab.serve.origin`); no CORS
@@ -37,7 +38,7 @@ from .origin import OriginMiddleware
 from .review import ReviewStore
 from .routers import ops, review, score
 from .schemas import ErrorResponse, ScoreItem, ScoreResponse
-from .service import DetectorSource, Service
+from .service import DetectorSource, ModelSources, Service
 
 __all__ = ["ErrorResponse", "ScoreItem", "ScoreResponse", "Service", "create_app"]
 
@@ -105,12 +106,14 @@ def _install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
 
 
-def create_app(config: ServeConfig | None = None, detector: DetectorSource = None) -> FastAPI:
+def create_app(config: ServeConfig | None = None, detector: DetectorSource | ModelSources = None) -> FastAPI:
     """Build the service.
 
     ``detector``: a ready :class:`~nsfwlab.Detector` (shared, not closed by the app), a callable
     returning one (called in a background thread at startup), or ``None`` for the default
-    ``Detector()``. Its thresholds define the review band.
+    ``Detector()``. Its thresholds define the review band. Several models: a mapping of ids to
+    such sources, the default first; a request picks one with ``?model=ID``, and each model
+    answers with its own bands and calibration.
     """
     config = config or ServeConfig()
     if config.data_dir is not None:

@@ -8,6 +8,9 @@ is answered immediately instead of by timeouts.
 The worker takes the oldest waiting image, then keeps gathering until the batch holds
 ``max_batch`` images or ``max_wait_s`` has passed since it took the first one, and runs one model
 call. With ``max_batch=1`` it is the naive one-image-one-call server.
+
+One batcher serves one model: a server with several models has one per model, so a slow model
+never holds the batches of another.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +36,7 @@ __all__ = ["BatchStats", "MicroBatcher"]
 @dataclass
 class _Job:
     array: np.ndarray
-    future: Future[float]
+    future: Future[Any]
 
 
 @dataclass
@@ -52,13 +56,15 @@ class MicroBatcher:
     """Gathers single images into batched ``predict`` calls on a worker thread.
 
     ``predict`` maps an NHWC float32 batch to one NSFW probability per image (for example
-    ``Detector.predict_arrays``). ``on_batch(size, seconds)`` is called after every model call
-    (metrics).
+    ``Detector.predict_arrays``). With ``stack=False`` it takes the list of the images' arrays
+    instead (a zoo model's decoded images of any size) and may return any one result per image
+    (a list), which each caller receives as it is. ``on_batch(size, seconds)`` is called after
+    every model call (metrics).
     """
 
-    def __init__(self, predict: Callable[[np.ndarray], np.ndarray], *, max_batch: int = 16,
+    def __init__(self, predict: Callable[[Any], Any], *, max_batch: int = 16,
                  max_wait_s: float = 0.005, max_queue: int = 128,
-                 on_batch: Callable[[int, float], None] | None = None) -> None:
+                 on_batch: Callable[[int, float], None] | None = None, stack: bool = True) -> None:
         if max_batch < 1 or max_queue < 1 or max_wait_s < 0:
             raise ConfigError("max_batch and max_queue must be >= 1 and max_wait_s >= 0")
         self._predict = predict
@@ -66,6 +72,7 @@ class MicroBatcher:
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self._on_batch = on_batch
+        self._stack = stack
         self._queue: deque[_Job] = deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -106,7 +113,7 @@ class MicroBatcher:
                 f"{len(self._queue)} images are waiting for the model (queue of {self.max_queue}); retry shortly"
             )
 
-    def submit_nowait(self, arrays: Sequence[np.ndarray]) -> list[Future[float]]:
+    def submit_nowait(self, arrays: Sequence[np.ndarray]) -> list[Future[Any]]:
         """Queue all ``arrays`` or none of them; raise ``OverloadedError`` if they do not fit."""
         with self._cond:
             if self._closing or self._thread is None:
@@ -115,16 +122,16 @@ class MicroBatcher:
                 raise OverloadedError(
                     f"{len(self._queue)} images are waiting for the model (queue of {self.max_queue}); retry shortly"
                 )
-            futures: list[Future[float]] = []
+            futures: list[Future[Any]] = []
             for arr in arrays:
-                fut: Future[float] = Future()
+                fut: Future[Any] = Future()
                 self._queue.append(_Job(arr, fut))
                 futures.append(fut)
             self._cond.notify()
             return futures
 
-    async def score(self, arrays: Sequence[np.ndarray]) -> list[float]:
-        """Queue ``arrays`` and await their scores (in order)."""
+    async def score(self, arrays: Sequence[np.ndarray]) -> list[Any]:
+        """Queue ``arrays`` and await their scores, or ``predict``'s results (in order)."""
         if not arrays:
             return []
         futures = self.submit_nowait(arrays)
@@ -159,9 +166,7 @@ class MicroBatcher:
                 continue
             start = time.perf_counter()
             try:
-                scores = np.asarray(self._predict(stack_batch([job.array for job in live])), dtype=np.float64)
-                if scores.shape != (len(live),):
-                    raise ModelError(f"the model returned {scores.shape} scores for {len(live)} images")
+                results = self._call([job.array for job in live])
             except NsfwlabError as exc:
                 for job in live:
                     job.future.set_exception(exc)
@@ -175,7 +180,19 @@ class MicroBatcher:
             self.stats.calls += 1
             self.stats.images += len(live)
             self.stats.largest = max(self.stats.largest, len(live))
-            for job, s in zip(live, scores.tolist(), strict=True):
-                job.future.set_result(float(s))
+            for job, r in zip(live, results, strict=True):
+                job.future.set_result(r)
             if self._on_batch is not None:
                 self._on_batch(len(live), elapsed)
+
+    def _call(self, arrays: list[np.ndarray]) -> list[Any]:
+        """One model call: a score per image (stacked inputs) or ``predict``'s result per image."""
+        if not self._stack:
+            results = list(self._predict(arrays))
+            if len(results) != len(arrays):
+                raise ModelError(f"the model returned {len(results)} results for {len(arrays)} images")
+            return results
+        scores = np.asarray(self._predict(stack_batch(arrays)), dtype=np.float64)
+        if scores.shape != (len(arrays),):
+            raise ModelError(f"the model returned {scores.shape} scores for {len(arrays)} images")
+        return [float(s) for s in scores.tolist()]

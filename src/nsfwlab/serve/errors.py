@@ -30,6 +30,7 @@ __all__ = [
     "ServeError",
     "TooManyFilesError",
     "UnauthorizedError",
+    "UnknownModelError",
     "UnsupportedMediaTypeError",
     "describe_validation",
     "error_headers",
@@ -87,6 +88,10 @@ class UnsupportedMediaTypeError(ServeError, code="unsupported_media_type", statu
 
 class NotFoundError(ServeError, LookupError, code="not_found", status=404):
     """No such review item (or route)."""
+
+
+class UnknownModelError(ServeError, LookupError, code="unknown_model", status=404):
+    """A request names a model (``?model=``) that this server does not serve."""
 
 
 class RequestTimeoutError(ServeError, code="request_timeout", status=408):

@@ -34,6 +34,10 @@ class ScoreItem(BaseModel):
                                     description="the exact model score (only with a calibration)")
     label: Label | None = Field(default=None, description="safe / review / nsfw by the server's thresholds, or "
                                                           "the banked human decision when `match` is present")
+    model: str | None = Field(default=None, description="the id of the model that scored it: on a server of several "
+                                                        "models always; else only for a model other than open_nsfw")
+    classes: dict[str, float] | None = Field(default=None, description="the class probabilities {name: probability} "
+                                                                       "of a multi-class model (still images)")
     kind: str | None = Field(default=None, description="image, animation or video")
     frames: int | None = Field(default=None, description="frames scored (animations and videos)")
     segments: list[tuple[float, float, float]] | None = Field(

@@ -13,7 +13,8 @@
      never blocks, and at most ``media_workers`` of them decode at once, beside the stills.
 
    A bad file becomes its own error entry.
-2. ``model``: the still images go through the micro-batcher's model calls. A matched image is
+2. ``model``: the still images go through the micro-batcher's model calls of the request's model
+   (``?model=``, else the server's default; each model has its own batcher). A matched image is
    scored too: the answer reports the model's score beside the human decision.
 3. ``label``: each raw score and bank check becomes the answer through the verdict
    (``Detector.result``, :mod:`nsfwlab.verdict`): a bank match replaces the label by the human
@@ -105,10 +106,13 @@ def _prepare(svc: Service, det: Detector, name: str, data: bytes) -> PreparedUpl
 def _decode_still(svc: Service, det: Detector, name: str, data: bytes, fmt: str) -> Still:
     cfg = det.preprocess_config
     # What Detector.preprocess does, keeping the decoded image for the PDQ hash (a draft decode
-    # is reduced: then the bank hashes the bytes at full size).
-    img = load_image(data, svc.config.limits, draft_size=cfg.draft_size)
-    array = preprocess_rgb(img, cfg)
-    source = data if cfg.draft else img
+    # is reduced: then the bank hashes the bytes at full size). A zoo model takes the decoded
+    # pixels and prepares them itself.
+    zoo = det.zoo
+    draft = zoo is None and cfg.draft
+    img = load_image(data, svc.config.limits, draft_size=cfg.draft_size if draft else None)
+    array = zoo.prepare_image(img) if zoo is not None else preprocess_rgb(img, cfg)
+    source = data if draft else img
     check = lookup_upload(svc.bank, source, Kind.IMAGE, svc.config.match_distance, svc.metrics)
     pdq = None
     if svc.sentinel is not None:  # the bank's hash when it computed one: an image is hashed once
@@ -135,12 +139,14 @@ def _score_frames(svc: Service, det: Detector, name: str, data: bytes, fmt: str)
 
 
 async def score_uploads(svc: Service, uploads: list[tuple[str, bytes]], *, per_frame: bool = False,
-                        caller: Caller | None = None) -> tuple[int, dict[str, str], ScoreResponse]:
-    """Score ``uploads``; the status is 200 when at least one file was scored, else that of the
-    first error, with that error's headers (``Retry-After``). ``per_frame``: report every frame's
-    score of videos and animations. ``caller``: whose uploads these are, for the query-attack
-    sentinel (when the server has one)."""
-    det, batcher = svc.require_ready()
+                        caller: Caller | None = None,
+                        model: str | None = None) -> tuple[int, dict[str, str], ScoreResponse]:
+    """Score ``uploads`` with the server's model ``model`` (None: its default); the status is 200
+    when at least one file was scored, else that of the first error, with that error's headers
+    (``Retry-After``). ``per_frame``: report every frame's score of videos and animations.
+    ``caller``: whose uploads these are, for the query-attack sentinel (when the server has one)."""
+    served = svc.require_ready(model)
+    det, batcher = served.detector, served.batcher
     batcher.check_capacity(len(uploads))
     prepared: list[PreparedUpload] = await asyncio.gather(
         *(svc.run_upload(data, _prepare, svc, det, name, data) for name, data in uploads))
@@ -148,38 +154,44 @@ async def score_uploads(svc: Service, uploads: list[tuple[str, bytes]], *, per_f
     svc.metrics.queue_depth.set(batcher.depth + len(stills))
     raws = dict(zip(map(id, stills), await batcher.score([s.array for s in stills]), strict=True))
     svc.metrics.queue_depth.set(batcher.depth)
-    items = [_item(svc, det, name, p, raws, per_frame) for (name, _), p in zip(uploads, prepared, strict=True)]
+    row_model = served.id if len(svc.model_ids) > 1 else None
+    items = [_item(svc, det, name, p, raws, per_frame, row_model)
+             for (name, _), p in zip(uploads, prepared, strict=True)]
     await _queue_for_review(svc, det, prepared, items)
     if svc.sentinel is not None and caller is not None:
         await _watch(svc, det, caller, prepared, items)
     first_error = next((p for p in prepared if isinstance(p, NsfwlabError)), None)
     scored = any(not isinstance(p, NsfwlabError) for p in prepared)
-    body = ScoreResponse(results=items, model=det.describe())
+    body = ScoreResponse(results=items, model=served.describe() if row_model is not None else det.describe())
     if scored or first_error is None:
         return 200, {}, body
     return http_status_for(first_error), error_headers(first_error), body
 
 
-def _item(svc: Service, det: Detector, name: str, p: PreparedUpload, raws: dict[int, float],
-          per_frame: bool) -> ScoreItem:
+def _item(svc: Service, det: Detector, name: str, p: PreparedUpload, raws: dict[int, Any],
+          per_frame: bool, row_model: str | None) -> ScoreItem:
+    """``row_model``: the model's id on a server of several models (every item then names its model);
+    else an item names its model only when it is a zoo model (open_nsfw's stay as they were)."""
     m = svc.metrics
     if isinstance(p, NsfwlabError):
         m.images.labels(outcome="error").inc()
         m.errors.labels(code=p.code).inc()
-        return ScoreItem(filename=name, error=p.message, code=p.code)
+        return ScoreItem(filename=name, error=p.message, code=p.code, model=row_model)
     fields: dict[str, Any]
     if isinstance(p, Framed):
         r = p.result
         assert r.score is not None and r.label is not None
         score, label = r.score, r.label
-        fields = {"kind": r.kind, "frames": r.frames, "segments": list(r.segments), "raw_score": r.raw_score}
+        fields = {"kind": r.kind, "frames": r.frames, "segments": list(r.segments), "raw_score": r.raw_score,
+                  "model": row_model or r.model}
         if per_frame:
             fields["frame_scores"] = list(r.frame_scores)
     else:
-        res = det.result(name, float(raws[id(p)]), p.check)
+        raw, classes = _split(raws[id(p)])
+        res = det.result(name, raw, p.check, classes)
         assert res.score is not None and res.label is not None
         score, label = res.score, res.label
-        fields = {"kind": "image", "raw_score": res.raw_score}
+        fields = {"kind": "image", "raw_score": res.raw_score, "classes": res.classes, "model": row_model or res.model}
         if res.match is not None:
             fields["match"] = BankMatch.model_validate(res.match.to_dict())
     if p.check is not None and p.check.skipped is not None:
@@ -188,6 +200,13 @@ def _item(svc: Service, det: Detector, name: str, p: PreparedUpload, raws: dict[
     m.scores.observe(score)
     m.labels.labels(label=label.value).inc()
     return ScoreItem(filename=name, score=score, label=label, **fields)
+
+
+def _split(value: Any) -> tuple[float, dict[str, float] | None]:
+    """A batcher's result: open_nsfw's score, or a zoo model's ``(score, classes)``."""
+    if isinstance(value, tuple):
+        return float(value[0]), value[1]
+    return float(value), None
 
 
 async def _queue_for_review(svc: Service, det: Detector, prepared: list[PreparedUpload],

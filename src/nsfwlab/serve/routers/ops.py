@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 
@@ -19,10 +21,14 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="The model is loaded and the service scores", responses={503: ERROR_RESPONSES[503]})
+@router.get("/readyz", summary="Every model is loaded and the service scores", responses={503: ERROR_RESPONSES[503]})
 async def readyz(svc: Service = Depends(get_service)) -> Response:
-    det, _ = svc.require_ready()
-    return JSONResponse({"status": "ready", "model": det.describe()})
+    """``model``: the default model's description; with several models, ``models`` lists them all."""
+    served = svc.require_all_ready()
+    body: dict[str, Any] = {"status": "ready", "model": served[0].detector.describe()}
+    if len(served) > 1:
+        body["models"] = [m.describe() for m in served]
+    return JSONResponse(body)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

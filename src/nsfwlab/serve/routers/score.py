@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Query, Request, Security
 from fastapi.responses import JSONResponse, Response
 
@@ -24,15 +26,19 @@ async def score(request: Request, svc: Service = Depends(get_service), who: Call
                 filename: str | None = Query(None, max_length=255,
                                              description="name reported for a raw-body upload"),
                 per_frame: bool = Query(False, description="also report every scored frame of videos and "
-                                                           "animations as frame_scores")) -> Response:
+                                                           "animations as frame_scores"),
+                model: str | None = Query(None, max_length=255,
+                                          description="the id of the model to score with (GET /v1/models); "
+                                                      "default: the server's first model")) -> Response:
     """Multipart field ``file`` (repeatable) or a raw body. Still images are scored as they are;
     videos and animations frame by frame (``kind``, ``frames``, ``segments``). A request with
     several files answers 200 when at least one file was scored, with an error entry for each bad
     one; when none could be scored it answers the status of the first error. A server answering
-    labels only (``--answer label``) leaves out every score."""
-    svc.require_ready()
+    labels only (``--answer label``) leaves out every score. ``model`` picks one of the server's
+    models (404 ``unknown_model`` for an id it does not serve, 503 while that model loads)."""
+    svc.require_ready(model)
     uploads = await read_uploads(request, svc.config, filename)
-    status, headers, body = await score_uploads(svc, uploads, per_frame=per_frame, caller=who)
+    status, headers, body = await score_uploads(svc, uploads, per_frame=per_frame, caller=who, model=model)
     exclude = _SCORE_FIELDS if svc.config.answer is AnswerMode.LABEL else None
     return JSONResponse(body.model_dump(mode="json", exclude_none=True, exclude=exclude), status_code=status,
                         headers=headers)
@@ -40,4 +46,11 @@ async def score(request: Request, svc: Service = Depends(get_service), who: Call
 
 #: What a labels-only answer leaves out: every number derived from the model's score (a video's
 #: segments carry their highest score).
-_SCORE_FIELDS = {"results": {"__all__": {"score", "raw_score", "frame_scores", "segments"}}}
+_SCORE_FIELDS = {"results": {"__all__": {"score", "raw_score", "frame_scores", "segments", "classes"}}}
+
+
+@router.get("/models", summary="The models this server serves", responses={401: ERROR_RESPONSES[401]})
+async def models(svc: Service = Depends(get_service)) -> dict[str, Any]:
+    """Every model, the default first: ``id`` (what ``?model=`` names), ``default``, ``ready`` and,
+    once loaded, its card id (``card``), versions and bands; ``error`` when it failed to load."""
+    return {"models": svc.model_status()}
