@@ -84,6 +84,16 @@ def tagged(tag: str, style: str, text: str) -> Text:
     return Text.assemble((tag, style), printable(text))
 
 
+def write_report_files(out: Path, files: dict[str, str | bytes]) -> None:
+    """Write a report folder's files in order, creating the folder. Text is UTF-8 whatever the
+    locale: a file name that is not valid UTF-8 reaches us with surrogate escapes and is written
+    back as its own bytes instead of failing the whole report."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        data = content if isinstance(content, bytes) else content.encode("utf-8", "surrogateescape")
+        (out / name).write_bytes(data)
+
+
 def flag_for(param: str) -> str:
     """The command-line flag of a library parameter: ``trust_code`` -> ``--trust-code``."""
     return "--" + param.replace("_", "-")

@@ -15,17 +15,12 @@ import typer
 from ..config import DecodeLimits
 from ..errors import NsfwlabError
 from ..outputs import csv_writer
-from ._common import ExitCode, fail, output_dir, progress_bar, stderr, stdout, tagged
+from ._common import ExitCode, fail, output_dir, progress_bar, stderr, stdout, tagged, write_report_files
 
 __all__ = ["compare_command"]
 
 #: Library parameters whose flag is not simply their name with dashes.
 _FLAGS = {"n_boot": "--bootstrap", "level": "--ci", "max_gallery": "--gallery", "model": "--models"}
-
-
-def _write_text(path: Path, text: str) -> None:
-    """UTF-8 whatever the locale; a file name that is not valid UTF-8 is written as its own bytes."""
-    path.write_bytes(text.encode("utf-8", "surrogateescape"))
 
 
 def _scores_csv(comparison: object) -> str:
@@ -100,12 +95,8 @@ def compare_command(
     plots = {"roc": roc_overlay_png(result), "pr": pr_overlay_png(result)}
     thumbs = {d.path: thumbnail(d.path, limits=limits) for d in result.disagreements(gallery)}
     html = render_compare_report(result, plots, thumbs, max_gallery=gallery)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_text(out / "compare.json", json.dumps(result.to_dict(), indent=2))
-    _write_text(out / "scores.csv", _scores_csv(result))
-    for name, png in plots.items():
-        (out / f"{name}.png").write_bytes(png)
-    _write_text(out / "report.html", html)
+    write_report_files(out, {"compare.json": json.dumps(result.to_dict(), indent=2), "scores.csv": _scores_csv(result),
+                             **{f"{name}.png": png for name, png in plots.items()}, "report.html": html})
 
     for m in result.models:
         auc, a = m.metrics.roc_auc, m.at_fpr

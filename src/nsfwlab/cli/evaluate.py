@@ -19,7 +19,7 @@ from ..calibration import CalibrationMethod
 from ..config import BackendName, DecodeLimits, Device, Thresholds
 from ..errors import NsfwlabError
 from ..outputs import atomic_output, csv_writer
-from ._common import ExitCode, fail, output_dir, output_file, progress_bar, stderr, stdout, tagged
+from ._common import ExitCode, fail, output_dir, output_file, progress_bar, stderr, stdout, tagged, write_report_files
 
 __all__ = ["evaluate_command", "export_onnx_command", "finetune_command"]
 
@@ -35,12 +35,6 @@ def _targets(fpr: list[float] | None, recall: list[float] | None, precision: lis
 
 #: Library parameters whose flag is not simply their name with dashes.
 _FLAGS = {"n_boot": "--bootstrap", "level": "--ci", "max_gallery": "--gallery", "folds": "--calibration-folds"}
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write UTF-8 whatever the locale; a file name that is not valid UTF-8 (it reaches us with
-    surrogate escapes) is written back as its own bytes instead of failing the whole report."""
-    path.write_bytes(text.encode("utf-8", "surrogateescape"))
 
 
 def _scores_csv(evaluation: object) -> str:
@@ -138,12 +132,8 @@ def evaluate_command(
                                             "warnings": list(fit.warnings)}
     html = render_report(result, plots, thumbs, max_gallery=gallery, calibration=calibration)
 
-    out.mkdir(parents=True, exist_ok=True)
-    _write_text(out / "metrics.json", json.dumps(result.to_dict(), indent=2))
-    _write_text(out / "scores.csv", _scores_csv(result))
-    for name, png in plots.items():
-        (out / f"{name}.png").write_bytes(png)
-    _write_text(out / "report.html", html)
+    write_report_files(out, {"metrics.json": json.dumps(result.to_dict(), indent=2), "scores.csv": _scores_csv(result),
+                             **{f"{name}.png": png for name, png in plots.items()}, "report.html": html})
 
     stdout.print(f"ROC AUC {m.roc_auc.value:.4f} [{m.roc_auc.low:.4f}, {m.roc_auc.high:.4f}]  "
                  f"AP {m.average_precision.value:.4f} [{m.average_precision.low:.4f}, {m.average_precision.high:.4f}]  "
@@ -164,7 +154,7 @@ def evaluate_command(
     for p in h.unreadable:
         stderr.print(tagged("unreadable:", "red", f" {p.path}: {p.message}"), highlight=False)
     if fit is not None:
-        _write_text(out / "calibration.json", fit.calibration.dumps())
+        write_report_files(out, {"calibration.json": fit.calibration.dumps()})
         stdout.print(f"calibration ({calibrate.value if calibrate else ''}): Brier {fit.brier_before:.4f} -> "
                      f"{fit.brier_after:.4f} ({fit.folds}-fold cross-validated): {out / 'calibration.json'}",
                      highlight=False)
