@@ -28,7 +28,7 @@ def _vgg16() -> Any:
 
 
 #: name -> factory of an untrained ``nn.Module``: ``open_nsfw`` (Yahoo's network; its weights come
-#: from the bundled ONNX file or a checkpoint) and ``vgg16`` (the seed tutorial's baseline).
+#: from the bundled ONNX file or a checkpoint) and ``vgg16`` (a from-scratch baseline).
 ARCHITECTURES: dict[str, Callable[[], Any]] = {"open_nsfw": _open_nsfw, "vgg16": _vgg16}
 
 

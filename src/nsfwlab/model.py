@@ -1,5 +1,5 @@
 r"""The networks as PyTorch modules: open_nsfw (ResNet-50 "1by2", v1) with the pure weight remap
-from the bundled ONNX graph, and the seed tutorial's VGG-16 baseline. Both are
+from the bundled ONNX graph, and the VGG-16 baseline of the "Yahoo's Not Safe For Work" tutorial. Both are
 :class:`StagedNetwork`\ s: ``stages()`` lists their parameters group by group in forward order
 (what fine-tuning freezes and unfreezes) and ``forward_intermediates`` returns named activations
 with the logits. :mod:`nsfwlab.architectures` names them for checkpoints.

@@ -4,7 +4,7 @@
 >>> res = attack("painting.png", to=0.983, survive_jpeg=70, survive_resize=(0.5,))   # doctest: +SKIP
 >>> res.score_after, res.views                                                        # doctest: +SKIP
 
-The seed ("inverse open NSFW") optimised the 256x256 resized image with Adam for 1000-8000 iterations through a
+Play_NSFW's "inverse open NSFW" optimised the 256x256 resized image with Adam for 1000-8000 iterations through a
 learned mock of the JPEG step, and reached L-inf 10/255. Here the whole pipeline is differentiable or exact:
 
 - ``space="original"`` (default): the perturbation lives on the image at its own resolution (on a working copy

@@ -8,7 +8,7 @@ Fitness is the log-odds ``log(p / (1 - p))`` of the NSFW probability ``p`` (it k
 ``p`` saturates near 1): maximised for ``to = 1``, minimised for ``to = 0``, and
 ``-|logit(p) - logit(to)|`` for any other target. Optimisers come from well-kept libraries:
 
-- ``ga``: DEAP operators as in the seed (two-point crossover, tournament of 3, Gaussian mutation),
+- ``ga``: DEAP operators as in Play_NSFW's genetic experiment (two-point crossover, tournament of 3, Gaussian mutation),
   plus one elite;
 - ``cmaes``: pycma's CMA-ES (full covariance);
 - ``sep-cmaes``: pycma's separable (diagonal) CMA-ES, linear in the genome length.

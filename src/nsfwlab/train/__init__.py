@@ -1,4 +1,4 @@
-"""Fine-tune open_nsfw on your labelled data, or train the seed tutorial's VGG-16 from scratch.
+"""Fine-tune open_nsfw on your labelled data, or train a VGG-16 from scratch as a baseline.
 
 Both networks are core architectures (:mod:`nsfwlab.model`, named in
 :mod:`nsfwlab.architectures`), so their checkpoints load wherever ``--model PATH`` is accepted
