@@ -1,5 +1,5 @@
 """The lab: adversarial attacks and robustness reports; images evolved or synthesised against
-open_nsfw. Every score the lab reports is the exact pipeline's (``Detector.score``) on the saved
+open_nsfw. Every score the lab reports is the exact pipeline's (``Detector.nsfw_score``) on the saved
 uint8 pixels.
 
 >>> from nsfwlab.lab import attack, evolve, robustness, synthesize

@@ -170,7 +170,7 @@ class Generation:
 
 @dataclass
 class EvolveResult:
-    """The best image found. ``score`` is ``Detector.score`` of ``png`` (when a verifier was given)."""
+    """The best image found. ``score`` is ``Detector.nsfw_score`` of ``png`` (when a verifier was given)."""
 
     config: EvolveConfig
     genome: np.ndarray

@@ -20,7 +20,7 @@ log-probability, a weakly scaled logit) moves as surely as the strongest one, an
 every term rises.
 
 Nothing the optimiser estimates is reported: every number in :class:`SynthResult` is computed on
-the final uint8 images through the exact pipeline (``Detector.score`` of the PNG bytes, and the
+the final uint8 images through the exact pipeline (``Detector.nsfw_score`` of the PNG bytes, and the
 Detector's own preprocessing into the torch model for the logits and objective values).
 """
 
