@@ -310,6 +310,7 @@ def test_a_damaged_preprocessing_cache_is_rebuilt_not_fatal(small_dir: Path, tmp
     good_meta, good_npy = meta.read_bytes(), npy.read_bytes()
     for damage in (lambda: meta.write_bytes(b"\xc0\x80 junk"), lambda: meta.write_text('{"labels": [0]}'),
                    lambda: meta.write_text('{"labels": [0], "paths": ["a"], "problems": []}'),
+                   lambda: meta.write_text("[" * 200_000), lambda: meta.write_text('{"labels": [NaN]}'),
                    lambda: npy.write_bytes(good_npy[:100]), lambda: npy.write_bytes(b"junk")):
         meta.write_bytes(good_meta)
         npy.write_bytes(good_npy)

@@ -22,6 +22,7 @@ from ..datasets import LabelledItem, Problem
 from ..errors import ConfigError, ImageError, NsfwlabError
 from ..preprocess import pack_array, preprocess, unpack_array
 from ..readahead import ordered_map
+from ..sidefiles import read_json_file
 
 __all__ = ["MAX_WORKERS", "PreparedSet", "prepare", "text_digest"]
 
@@ -133,19 +134,23 @@ def prepare(items: Sequence[LabelledItem], config: PreprocessConfig | None = Non
     return prepared
 
 
+#: The cache's index holds every path of the set: generous for millions of images, yet bounded.
+_META_MAX_BYTES = 256 << 20
+
+
 def _load_cached(files: tuple[Path, Path], config: PreprocessConfig) -> PreparedSet | None:
     """The cached set, or ``None`` when it is missing or unusable (cut short, damaged, edited):
     the cache only saves time, so a bad one is rebuilt, never trusted and never fatal."""
     if not (files[0].is_file() and files[1].is_file()):
         return None
     try:
-        meta = json.loads(files[1].read_text(encoding="utf-8"))
+        meta = read_json_file(files[1], "training cache index", max_bytes=_META_MAX_BYTES)
         pixels = np.load(files[0], mmap_mode="r", allow_pickle=False)
         labels = np.asarray(meta["labels"], dtype=np.int64)
         paths = tuple(str(p) for p in meta["paths"])
         problems = tuple(Problem(**p) for p in meta["problems"])
-    except (OSError, ValueError, TypeError, KeyError, EOFError):  # JSON and Unicode errors are ValueErrors
-        return None
+    except (NsfwlabError, OSError, ValueError, TypeError, KeyError, EOFError):  # also a regular file over the cap,
+        return None                                                            # deep nesting, NaN: rebuilt
     if pixels.ndim != 4 or not len(pixels) == len(labels) == len(paths) or not np.isin(labels, (0, 1)).all():
         return None
     return PreparedSet(pixels, labels, paths, problems, config)
