@@ -95,3 +95,23 @@ def test_a_detector_without_a_differentiable_form_is_refused() -> None:
     _need("nudenet-320n")
     with pytest.raises(ConfigError, match="differentiable"):
         load_scorer("nudenet-320n")
+
+
+def test_detector_oracle_answers_exact_scores(detector: Detector, photos) -> None:
+    from nsfwlab.lab.differentiable import DetectorOracle
+
+    px = np.stack([_small(photos, "coffee", 64)[:40, :40], _small(photos, "rocket", 64)[:40, :40]])
+    oracle = DetectorOracle(detector, threshold=0.3)
+    scores = oracle.scores(px)
+    assert oracle.queries == 2 and oracle.name == "open_nsfw"
+    assert scores.tolist() == [exact_score(detector, a) for a in px]
+    assert DetectorOracle(detector, 0.3, labels_only=True).scores(px).tolist() == [float(s >= 0.3) for s in scores]
+
+
+def test_detector_oracle_runs_nudenet() -> None:
+    _need("nudenet-320n")
+    from nsfwlab.lab.differentiable import DetectorOracle
+
+    oracle = DetectorOracle(Detector(model="nudenet-320n"))
+    px = np.full((1, 64, 64, 3), 128, np.uint8)
+    assert oracle.scores(px).shape == (1,) and oracle.name == "nudenet-320n"

@@ -30,7 +30,7 @@ from torch import nn
 
 from ..errors import ConfigError
 
-__all__ = ["LocalOracle", "Oracle", "Scorer", "exact_score", "load_scorer", "to_pixels", "to_tensor"]
+__all__ = ["DetectorOracle", "LocalOracle", "Oracle", "Scorer", "exact_score", "load_scorer", "to_pixels", "to_tensor"]
 
 
 class Scorer(nn.Module):
@@ -210,4 +210,28 @@ class LocalOracle:
                 out.append(self.scorer(to_tensor(arr[i:i + self.batch_size])).numpy())
         self.queries += len(arr)
         scores = np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+        return (scores >= self.threshold).astype(np.float64) if self.labels_only else scores
+
+
+class DetectorOracle:
+    """Any :class:`~nsfwlab.Detector` as a black box, answering with its exact score of each uint8 image
+    (:func:`exact_score`): the oracle for models with no differentiable form (NudeNet's detector, whose
+    NSFW score is its most confident exposed-body-part box, so evading it means no box at or above the
+    threshold), and the strictest one for any other. ``labels_only`` as :class:`LocalOracle`."""
+
+    def __init__(self, detector: Any, threshold: float = 0.5, *, labels_only: bool = False) -> None:
+        if not 0.0 < threshold < 1.0:
+            raise ConfigError(f"threshold must lie strictly between 0 and 1, got {threshold}", param="threshold")
+        self.detector = detector
+        self.name = detector.model_id
+        self.threshold = threshold
+        self.labels_only = labels_only
+        self.queries = 0
+
+    def scores(self, images: np.ndarray) -> np.ndarray:
+        arr = images[None] if images.ndim == 3 else images
+        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
+            raise ConfigError("images must be (N, H, W, 3) uint8 RGB", param="images")
+        scores = np.array([exact_score(self.detector, a) for a in arr], dtype=np.float64)
+        self.queries += len(arr)
         return (scores >= self.threshold).astype(np.float64) if self.labels_only else scores
