@@ -197,3 +197,51 @@ def test_cli_refusals_are_one_line(tmp_path: Path, photos, args: list[str], mess
     assert res.exit_code == 2, res.output
     assert len(_lines(res.output)) == 1 and message in res.output and "Traceback" not in res.output
     assert not (tmp_path / "o.png").exists()
+
+
+# -- the other lab verbs on zoo models ------------------------------------------------------------------
+def test_evolve_scores_candidates_with_the_zoo_model(mobilenet: Detector) -> None:
+    from nsfwlab.lab.evolve import detector_scorer, png_bytes
+    from nsfwlab.lab.render import render_population
+
+    rng = np.random.default_rng(0)
+    images = render_population(rng.random((2, 5 * 7)), "circle", 32)
+    batched = detector_scorer(mobilenet)(images)
+    for img, score in zip(images, batched, strict=True):
+        assert score == pytest.approx(mobilenet.nsfw_score(png_bytes(img)), abs=1e-6)
+
+
+def test_cli_evolve_takes_a_zoo_model(tmp_path: Path) -> None:
+    _need(MOBILENET)
+    out = tmp_path / "e.png"
+    res = runner.invoke(app, ["evolve", "--model", MOBILENET, "--out", str(out), "--budget", "16", "--size", "32",
+                              "--count", "4", "--population", "8", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    printed = float(res.output.split("score ")[1].split()[0])
+    assert printed == pytest.approx(Detector(model=MOBILENET).nsfw_score(out.read_bytes()), abs=1e-6)
+
+
+def test_occlusion_and_sliding_window_explain_a_zoo_model(mobilenet: Detector, photos) -> None:
+    from nsfwlab.explain import Occlusion, SlidingWindow
+
+    arr = _small(photos, "coffee", (48, 48))
+    occ = Occlusion(mobilenet, box=24, stride=24).explain(arr)
+    win = SlidingWindow(mobilenet, window=24, stride=24).explain(arr)
+    assert occ.shape == win.shape == (48, 48) and np.isfinite(occ).all() and np.isfinite(win).all()
+    before = mobilenet.nsfw_score(arr)
+    hidden = arr.copy()
+    hidden[:24, :24] = (123, 117, 104)  # the occlusion's default fill: the preprocessing's mean colour
+    assert float(occ[0, 0]) == pytest.approx(before - mobilenet.nsfw_score(hidden), abs=1e-5)
+    assert float(win[0, 0]) == pytest.approx(mobilenet.nsfw_score(arr[:24, :24]), abs=1e-5)
+
+
+def test_synthesize_and_gradient_explanations_refuse_a_zoo_model_in_one_line(tmp_path: Path, photos) -> None:
+    _need(MOBILENET)
+    src = tmp_path / "cat.png"
+    Image.fromarray(_small(photos)).save(src)
+    for args, message in ((["synthesize", "--out", str(tmp_path / "s.png"), "--steps", "1"], "synthesis optimises"),
+                          (["explain", str(src), "--method", "gradcam", "--out", str(tmp_path / "x.png")],
+                           "gradient methods run on open_nsfw")):
+        res = runner.invoke(app, [*args, "--model", MOBILENET])
+        assert res.exit_code == 2, res.output
+        assert len(_lines(res.output)) == 1 and message in res.output and "Traceback" not in res.output
