@@ -23,6 +23,7 @@ __all__ = [
     "Space",
     "attackable_models",
     "check_attackable",
+    "check_attackable_card",
     "jpeg_qualities",
     "survive_specs",
 ]
@@ -198,21 +199,15 @@ def check_attackable(model: str, target_class: str | None = None) -> None:
     else:
         ensemble = parse_ensemble(model)
         members = tuple(ensemble.members) if ensemble is not None else (model,)
-    works = ", ".join(attackable_models())
-    for member in members:
-        if member == DEFAULT_MODEL:
-            continue
-        card = get_card(member)
-        if card.kind != "classifier" or card.weights.format != "tfjs":
-            what = "a detector in onnxruntime" if card.kind == "detector" else f"{card.weights.format} weights"
-            raise ConfigError(f"model {member} ({what}) has no differentiable form to attack; the attack takes "
-                              f"{works} and their ensembles", param="model")
+    cards = {m: get_card(m) for m in members if m != DEFAULT_MODEL}
+    for card in cards.values():
+        check_attackable_card(card)
     if target_class is None:
         return
     if len(members) > 1:
         raise ConfigError(f"target_class needs one classifier: {model} combines its members' NSFW scores; "
                           "aim at its NSFW score (no target_class)", param="target_class")
-    card = get_card(members[0])
+    card = cards.get(members[0]) or get_card(DEFAULT_MODEL)
     if members[0] == DEFAULT_MODEL and target_class != "nsfw":
         from ..zoo.registry import NSFWJS_CLASSES
 
@@ -222,6 +217,15 @@ def check_attackable(model: str, target_class: str | None = None) -> None:
     if target_class not in card.classes:
         raise ConfigError(f"model {card.id} has no class {target_class!r}; its classes: {', '.join(card.classes)}",
                           param="target_class")
+
+
+def check_attackable_card(card: Any) -> None:
+    """Refuse one model card (:class:`~nsfwlab.zoo.ModelCard`) the attack cannot differentiate: anything but a
+    classifier with converted (PyTorch) weights."""
+    if card.id != "open_nsfw" and (card.kind != "classifier" or card.weights.format != "tfjs"):
+        what = "a detector in onnxruntime" if card.kind == "detector" else f"{card.weights.format} weights"
+        raise ConfigError(f"model {card.id} ({what}) has no differentiable form to attack; the attack takes "
+                          f"{', '.join(attackable_models())} and their ensembles", param="model")
 
 
 def _check(ok: bool, param: str, message: str) -> None:

@@ -34,6 +34,7 @@ from .attack_options import (
     Norm,
     Space,
     check_attackable,
+    check_attackable_card,
     survive_specs,
 )
 from .transforms import Transform, parse_transform, straight_through
@@ -148,7 +149,14 @@ class Engine:
         zoo = getattr(detector, "zoo", None)
         self.model_id: str = zoo.model_id if zoo is not None else "open_nsfw"
         target = config.target_class
-        check_attackable(self.model_id, target)
+        card = getattr(getattr(zoo, "model", None), "card", None)
+        if card is not None:  # one zoo model, perhaps from a card file outside the registry: check its card
+            check_attackable_card(card)
+            if target is not None and target not in card.classes:
+                raise ConfigError(f"model {card.id} has no class {target!r}; its classes: {', '.join(card.classes)}",
+                                  param="target_class")
+        else:
+            check_attackable(self.model_id, target)
         #: The class whose probability the attack moves; ``None``: the model's NSFW score.
         self.target_class = None if zoo is None or target is None else target
         self.margin = LogitMargin()
