@@ -85,9 +85,9 @@ class TileLayout:
             tw, th = width / n, height / n
             if min(tw, th) < self.min_side:
                 continue
-            for top in _starts(height, th, self.overlap):
-                for left in _starts(width, tw, self.overlap):
-                    box = (round(left), round(top), round(left + tw), round(top + th))
+            for y in _starts(height, th, self.overlap):
+                for x in _starts(width, tw, self.overlap):
+                    box = (round(x), round(y), round(x + tw), round(y + th))
                     out.append(Tile(f"{n}x{n}", box))
         return out
 
