@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .detector import Detector, FramesResult, ScoreResult
     from .frames import FrameOptions
 
-__all__ = ["Tile", "TileLayout", "TiledScore", "score_media_tiled", "tiled_result", "tiled_score"]
+__all__ = ["Tile", "TileLayout", "TiledScore", "check_tiles", "score_media_tiled", "tiled_result", "tiled_score"]
 
 #: (left, top, right, bottom) in pixels, right and bottom exclusive (Pillow's crop box).
 Box = tuple[int, int, int, int]
@@ -123,7 +123,8 @@ class TiledScore:
                 "full_score": self.full_score, "forwards": self.forwards}
 
 
-def _check_detector(detector: Detector) -> None:
+def check_tiles(detector: Detector) -> None:
+    """ConfigError unless ``detector`` is a classifier (tiled scoring needs one score per crop)."""
     if detector.zoo is not None and detector.zoo.is_detector:
         raise ConfigError(f"tiled scoring is for classifiers; {detector.zoo.model_id} is a detector, which finds "
                           "boxes in the whole image at its own resolution", param="tiles")
@@ -148,7 +149,7 @@ def tiled_score(detector: Detector, image: ImageInput, layout: TileLayout | None
     limits) and its crops with ``detector``; the highest raw score wins. Works with any
     classifier: open_nsfw, its checkpoints and the zoo's classifiers (a detector model is a
     :class:`~nsfwlab.errors.ConfigError`). Raises an ``ImageError`` for bad input."""
-    _check_detector(detector)
+    check_tiles(detector)
     try:
         img = load_image(image, detector.limits)
     except NsfwlabError as exc:
@@ -164,7 +165,7 @@ def tiled_result(detector: Detector, name: str, source: ImageInput,
     for bad input."""
     from .detector import ScoreResult
 
-    _check_detector(detector)
+    check_tiles(detector)
     try:
         img = load_image(source, detector.limits)
         tiled = _score_image(detector, img, layout or TileLayout())
@@ -184,7 +185,7 @@ def score_media_tiled(detector: Detector, items: Iterable[tuple[str, object]], o
     errors, videos and animations, which are scored frame by frame as without tiles)."""
     from .detector import ScoreResult
 
-    _check_detector(detector)
+    check_tiles(detector)
     for name, src in items:
         if isinstance(src, NsfwlabError):
             yield ScoreResult(name, error=src.with_source(name)), None
