@@ -121,7 +121,7 @@ def test_augly_assets_are_bundled() -> None:
 def test_table_on_photos_with_open_nsfw(photos: dict[str, np.ndarray], detector: Detector) -> None:
     names = ["border", "grid3", "mirror", "gif_frame"]
     sources = [photos["astronaut"], photos["coffee"], b"not an image"]
-    layout = TileLayout(grids=(3,), overlap=0.0, centre=None, min_side=16)
+    layout = TileLayout(strategy="grid", grids=(3,), overlap=0.0, centre=None, min_side=16)
     report = evasion_table(sources, {"open_nsfw": detector}, names, tiles=True, work_side=96, layout=layout)
     out = report.to_dict()
     assert set(out) >= {"evasions", "evasions_detail", "tiles", "warnings"}
@@ -159,4 +159,4 @@ def test_table_synthetic_grid_flips_and_tiles_recover() -> None:
         assert out["tiles"]["red"]["recovered"][name] > 0.95
     assert out["evasions"]["mirror"]["red"] == pytest.approx(0.0)
     assert out["evasions_detail"]["mirror"]["red"]["ci95"] == [0.0, 0.0]
-    assert out["tiles"]["red"]["cost"] == 36.0 and out["tiles"]["red"]["clean_to_nsfw"] == 0
+    assert 1.0 < out["tiles"]["red"]["cost"] < 36.0 and out["tiles"]["red"]["clean_to_nsfw"] == 0

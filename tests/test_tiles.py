@@ -19,7 +19,7 @@ from nsfwlab import Detector
 from nsfwlab.cli import app
 from nsfwlab.errors import ConfigError
 from nsfwlab.lab.evasions import apply_evasion
-from nsfwlab.tiles import TileLayout, check_tiles, tiled_result, tiled_score
+from nsfwlab.tiles import TileLayout, check_tiles, find_panels, tiled_result, tiled_score
 from synthetic import GREY, RED, RedFraction
 
 runner = CliRunner()
@@ -40,12 +40,12 @@ def _in_grid_cell(n: int, row: int, col: int, side: int = 288) -> np.ndarray:
     return img
 
 
-def test_default_layout_geometry() -> None:
-    tiles = TileLayout().tiles(300, 240)
+def test_grid_layout_geometry() -> None:
+    tiles = TileLayout(strategy="grid").tiles(300, 240)
     assert tiles[0].name == "full" and tiles[0].box == (0, 0, 300, 240)
     assert [t.name for t in tiles].count("centre") == 1
     assert [t.name for t in tiles].count("2x2") == 9 and [t.name for t in tiles].count("3x3") == 25
-    assert TileLayout().forwards(300, 240) == len(tiles) == 36
+    assert TileLayout(strategy="grid").forwards(300, 240) == len(tiles) == 36
     for t in tiles:
         left, top, right, bottom = t.box
         assert 0 <= left < right <= 300 and 0 <= top < bottom <= 240
@@ -59,22 +59,46 @@ def test_layout_without_overlap_and_small_images() -> None:
     assert [t.box for t in plain.tiles(120, 120)][1:] == [(x, y, x + 40, y + 40) for y in (0, 40, 80)
                                                           for x in (0, 40, 80)]
     # tiles under min_side pixels are skipped: a thumbnail is scored whole (and its centre crop)
-    assert [t.name for t in TileLayout().tiles(50, 50)] == ["full", "centre"]
-    for bad in ({"grids": (1,)}, {"overlap": 1.0}, {"centre": 1.5}, {"min_side": 0}):
+    assert [t.name for t in TileLayout(strategy="grid").tiles(50, 50)] == ["full", "centre"]
+    for bad in ({"grids": (1,)}, {"overlap": 1.0}, {"centre": 1.5}, {"min_side": 0}, {"strategy": "random"},
+                {"most": 0}):
         with pytest.raises(ConfigError):
             TileLayout(**bad)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("strategy", ["panels", "grid"])
 @pytest.mark.parametrize(("n", "row", "col"), [(3, 1, 2), (3, 0, 0), (2, 1, 0)])
-def test_tiles_recover_a_grid(red_detector: Detector, n: int, row: int, col: int) -> None:
+def test_tiles_recover_a_grid(red_detector: Detector, strategy: str, n: int, row: int, col: int) -> None:
     img = _in_grid_cell(n, row, col)
     plain = red_detector.nsfw_score(img)
-    tiled = tiled_score(red_detector, img)
+    tiled = tiled_score(red_detector, img, TileLayout(strategy=strategy))
     assert plain < 0.35  # the red cell is a quarter or a ninth of the picture
     assert tiled.score > 0.95 and tiled.full_score == pytest.approx(plain, abs=1e-6)
-    assert tiled.tile.name == f"{n}x{n}" and tiled.forwards == 36 == len(tiled.scores)
+    assert tiled.forwards == len(tiled.scores)
     c = 288 // n
-    assert tiled.tile.xywh == [col * c, row * c, c, c]
+    if strategy == "grid":
+        assert tiled.tile.name == f"{n}x{n}" and tiled.forwards == 36
+        assert tiled.tile.xywh == [col * c, row * c, c, c]
+    else:
+        assert tiled.tile.name == "panel" and tiled.forwards <= 17
+        assert np.allclose(tiled.tile.xywh, [col * c, row * c, c, c], atol=2)
+
+
+def test_panels_found_in_composites_not_in_photos(photos: dict[str, np.ndarray]) -> None:
+    for name in ("astronaut", "coffee", "chelsea"):  # (rocket's launch tower is all straight lines: 6 panels)
+        assert find_panels(Image.fromarray(photos[name])) == [], name
+    img = photos["coffee"]
+    h, w = img.shape[:2]
+    assert (0, round(0.25 * h), w, round(0.25 * h) + h) in find_panels(Image.fromarray(apply_evasion("meme", img)))
+    b = int(0.2 * w), int(0.2 * h)
+    bordered = Image.fromarray(apply_evasion("border", img))
+    # the picture inside a plain border first (found on a copy 512 pixels wide: within 2 pixels)
+    assert np.allclose(find_panels(bordered)[0], (b[0], b[1], b[0] + w, b[1] + h), atol=2)
+    collage = Image.fromarray(apply_evasion("grid3", img, seed=2))
+    cells = {(round(c * w / 3), round(r * h / 3), round((c + 1) * w / 3), round((r + 1) * h / 3))
+             for r in range(3) for c in range(3)}
+    found = find_panels(collage)
+    assert all(any(max(abs(p - q) for p, q in zip(box, cell, strict=True)) <= 2 for box in found) for cell in cells)
 
 
 def test_tiles_recover_the_grid_evasion_and_the_border(red_detector: Detector) -> None:
@@ -89,8 +113,9 @@ def test_tiles_recover_the_grid_evasion_and_the_border(red_detector: Detector) -
 
 def test_tiled_score_never_below_the_whole_image(red_detector: Detector, photos: dict[str, np.ndarray]) -> None:
     img = photos["coffee"][::4, ::4]
-    t = tiled_score(red_detector, img)
-    assert t.score == max(t.scores) >= t.full_score == t.scores[0]
+    for strategy in ("panels", "grid"):
+        t = tiled_score(red_detector, img, TileLayout(strategy=strategy))
+        assert t.score == max(t.scores) >= t.full_score == t.scores[0]
 
 
 def test_bad_input_and_detector_models(red_detector: Detector) -> None:
@@ -107,7 +132,7 @@ def test_zoo_classifier_tiles(photos: dict[str, np.ndarray]) -> None:
     if not zoo.installed("nsfwjs-mobilenetv2"):
         pytest.skip("nsfwjs-mobilenetv2 is not installed (nsfwlab models --setup)")
     with Detector(device="cpu", model="nsfwjs-mobilenetv2") as det:
-        t = tiled_score(det, photos["chelsea"], TileLayout(grids=(2,), overlap=0.0, centre=None))
+        t = tiled_score(det, photos["chelsea"], TileLayout(strategy="grid", grids=(2,), overlap=0.0, centre=None))
         assert t.forwards == 5 and t.classes is not None and set(t.classes) >= {"Porn", "Neutral"}
         assert t.full_score == pytest.approx(det.nsfw_score(photos["chelsea"]), abs=1e-5)
 
@@ -131,7 +156,7 @@ def test_cli_score_tiles_rows(tiles_dir: Path, detector: Detector) -> None:
     assert set(a) == {"path", "score", "label", "tile", "tile_box"}
     assert a["score"] >= detector.nsfw_score(tiles_dir / "a.png") - 1e-6
     assert a["score"] == pytest.approx(tiled_score(detector, tiles_dir / "a.png").score, abs=1e-6)
-    assert len(a["tile_box"]) == 4 and a["tile"] in {"full", "centre", "2x2", "3x3"}
+    assert len(a["tile_box"]) == 4 and a["tile"] in {"full", "panel"}
     assert "error" in rows["b.jpg"] and "tile" not in rows["b.jpg"]
     assert rows["c.gif"]["kind"] == "animation" and rows["c.gif"]["frames"] == 24 and "tile" not in rows["c.gif"]
 
