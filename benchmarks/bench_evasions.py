@@ -119,6 +119,9 @@ def print_tables(record: dict[str, Any]) -> None:
             cells = [f"{per[m]['mean_change']:+.3f} [{per[m]['ci95'][0]:+.3f}, {per[m]['ci95'][1]:+.3f}], "
                      f"{per[m]['flips']}" for m in models]
             print(f"| {e} | " + " | ".join(cells) + " |")
+    for m, t in record.get("typical_tiles", {}).items():
+        print(f"typical photos, {m}, panels: {t['cost']} forwards/image, clean +{t['clean_change']:.3f} mean, "
+              f"{t['clean_to_nsfw']} of {t['n']} turned NSFW")
     for m, entry in record["high"].items():
         s = entry["clean_scores"]
         print(f"\n{m}: top {len(s)} of {entry['pool']} (clean {min(s):.3f} to {max(s):.3f})")
