@@ -96,8 +96,8 @@ class _ZooClassifier(Scorer):
         if spec.channel_order == "BGR":
             v = v.flip(1)
         if spec.mean != (0.0, 0.0, 0.0) or spec.std != (1.0, 1.0, 1.0):
-            mean = torch.tensor(spec.mean, dtype=v.dtype).view(1, 3, 1, 1)
-            std = torch.tensor(spec.std, dtype=v.dtype).view(1, 3, 1, 1)
+            mean = torch.tensor(spec.mean, dtype=v.dtype, device=v.device).view(1, 3, 1, 1)
+            std = torch.tensor(spec.std, dtype=v.dtype, device=v.device).view(1, 3, 1, 1)
             v = (v - mean) / std
         v = v.permute(0, 2, 3, 1).contiguous() if spec.layout == "NHWC" else v
         out = self.net(v)
