@@ -541,8 +541,9 @@ def evasion_table(sources: Sequence[ImageInput], detectors: Mapping[str, Detecto
              "seed": seed, "threshold": threshold, "work_side": work_side, "n": len(images),
              "scored_as": "PNG bytes through each Detector; gif_frame through its frame path (max over frames)"}
     if tiles and layout is not None:
-        setup["tiles"] = {"evasions": list(tiled_names), "grids": list(layout.grids), "overlap": layout.overlap,
-                          "centre": layout.centre, "min_side": layout.min_side}
+        setup["tiles"] = {"evasions": list(tiled_names), "strategy": layout.strategy, "most": layout.most,
+                          "grids": list(layout.grids), "overlap": layout.overlap, "centre": layout.centre,
+                          "min_side": layout.min_side}
     return EvasionReport(chosen, models, stats, tiles_out, images, errors, warnings, setup)
 
 
