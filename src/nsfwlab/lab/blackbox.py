@@ -3,7 +3,8 @@
 Both come from the adversarial-robustness-toolbox (ART): :class:`art.attacks.evasion.SquareAttack`
 (score-based random search in an epsilon ball, Andriushchenko et al. 2020) and
 :class:`art.attacks.evasion.HopSkipJump` (label-only boundary walk toward the smallest perturbation,
-Chen et al. 2020). What this module adds is the black-box bookkeeping ART leaves to its caller:
+Chen et al. 2020); Square's l2 window update is corrected to the paper's (see ``_square_class``).
+What this module adds is the black-box bookkeeping ART leaves to its caller:
 
 - **Pixels.** Every candidate ART proposes (floats in [0, 1]) is rounded to uint8 and, for Square,
   put back into the ball *after* rounding; the oracle answers that uint8 image, and the image
