@@ -262,6 +262,25 @@ def test_worst_case_is_at_most_every_attack(redness: None, small: list[Path]) ->
     json.dumps(out)
 
 
+@needs_blackbox
+def test_against_a_service_white_box_attacks_are_skipped_and_blocks_recorded(
+        redness: None, small: list[Path]) -> None:
+    asked = []
+
+    def factory(model: str) -> differentiable.LocalOracle:
+        asked.append(model)
+        return differentiable.LocalOracle(RednessScorer(model), labels_only=True)
+
+    out = robustness_protocol(small[:2], ["red50"], attacks=("apgd", "hopskipjump"), oracle_factory=factory,
+                              **FAST).to_dict()
+    assert asked == ["red50"]
+    assert set(out["curves"]["red50"]) == {"hopskipjump", "worst"}
+    assert out["threat_model"]["target"] == "service" and "apgd" not in out["threat_model"]["attacks"]
+    assert any("apgd skipped" in w for w in out["warnings"])
+    assert out["blocked_at_query"] == {"red50": {"hopskipjump": [None, None]}}
+    assert all(0 < q <= 50 for q in out["queries"]["red50"]["hopskipjump"]["per_image"])
+
+
 # -- the real models -----------------------------------------------------------------------------------------
 def test_apgd_on_open_nsfw_is_verified_on_the_exact_pipeline(photos: dict[str, np.ndarray], tmp_path: Path) -> None:
     # 128x96: a smaller working copy, upscaled 2.7x by the pipeline, leaves APGD too few degrees of freedom

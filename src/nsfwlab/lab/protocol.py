@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,7 +252,7 @@ def _working_copy(src: ImageInput, detector: Any, cfg: ProtocolConfig) -> tuple[
     img = load_image(src, detector.limits)
     check_aspect(img.height, img.width, cfg.max_aspect, who="the robustness protocol")
     work = downscale(img, cfg.work_side)
-    return np.asarray(work), (None if work is img else f"{work.width}x{work.height} of {img.width}x{img.height}")
+    return np.array(work), (None if work is img else f"{work.width}x{work.height} of {img.width}x{img.height}")
 
 
 def _one(work: np.ndarray, given: int | None, m: _Model, cfg: ProtocolConfig, in_subsample: bool,
@@ -265,6 +266,7 @@ def _one(work: np.ndarray, given: int | None, m: _Model, cfg: ProtocolConfig, in
     white = WhiteBox(m.grad_scorer, work, cfg.norm, m.device) if "apgd" in m.attacks else None
     apgd = {"steps": cfg.steps, "restarts": cfg.restarts, "seed": cfg.seed}
     for a in m.attacks:
+        t0 = time.perf_counter()
         if a == "apgd" and white is not None:
             rec.attacks[a] = white.ladder(cfg.eps, m.verifier, label, **apgd)
         elif a == "minimal":
@@ -272,6 +274,7 @@ def _one(work: np.ndarray, given: int | None, m: _Model, cfg: ProtocolConfig, in
         else:
             rec.attacks[a] = run_blackbox(a, m.oracle, work, label, cfg.eps, m.verifier, norm=cfg.norm,
                                           queries=cfg.queries, seed=cfg.seed)
+        rec.attacks[a].seconds = time.perf_counter() - t0
     if white is not None:
         _apgd_extras(rec, white, m.verifier, cfg, in_subsample, for_transfer)
     if rec.transfer_from is None:  # without APGD: the worst case's adversarial (within the largest ball)

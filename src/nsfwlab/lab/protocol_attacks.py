@@ -41,7 +41,8 @@ class AttackOutcome:
     verified, ``None`` when none did; ``score``: its exact score; ``adversarial``: its uint8 pixels (kept in
     memory for the transfer matrix and ``--save-adversarial``, never written otherwise); ``queries``: oracle
     queries spent (black-box attacks); ``rejected``: budgets where the attack claimed a success the exact
-    score did not confirm; ``tried``: the budgets attacked."""
+    score did not confirm; ``tried``: the budgets attacked; ``seconds``: wall time of the attack on this image
+    (its verification included, the sanity reruns not)."""
 
     broken_at: float | None = None
     score: float | None = None
@@ -52,10 +53,11 @@ class AttackOutcome:
     tried: tuple[float, ...] = ()
     error: str | None = None
     saved: str | None = None
+    seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"broken_at": self.broken_at, "score": self.score, "queries": self.queries,
-                               "saved": self.saved}
+                               "saved": self.saved, "seconds": round(self.seconds, 3)}
         if self.blocked_at_query is not None:
             out["blocked_at_query"] = self.blocked_at_query
         if self.rejected:
