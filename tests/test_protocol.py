@@ -281,6 +281,25 @@ def test_against_a_service_white_box_attacks_are_skipped_and_blocks_recorded(
     assert all(0 < q <= 50 for q in out["queries"]["red50"]["hopskipjump"]["per_image"])
 
 
+def test_hopskipjump_starts_from_an_image_the_model_decides_the_other_way(
+        redness: None, small: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from nsfwlab.lab import blackbox
+
+    seen: dict[int, float | None] = {}
+
+    def fake(oracle: object, image: np.ndarray, label: int, *, start: np.ndarray | None = None,
+             **_: object) -> blackbox.BlackBoxResult:
+        seen[label] = None if start is None else float(_redness_prob(start / 255.0, 50.0))
+        assert start is None or start.shape == image.shape
+        return blackbox.BlackBoxResult(None, False, 1, None, math.nan)
+
+    monkeypatch.setattr(blackbox, "hopskipjump", fake)
+    robustness_protocol(small, ["red50"], attacks=("hopskipjump",), sanity=False, **FAST)
+    # safe images (astronaut, rocket) start from coffee, the most confident NSFW one; NSFW ones from rocket
+    assert seen[0] is not None and seen[0] > 0.99
+    assert seen[1] is not None and seen[1] < 0.01
+
+
 # -- the real models -----------------------------------------------------------------------------------------
 def test_apgd_on_open_nsfw_is_verified_on_the_exact_pipeline(photos: dict[str, np.ndarray], tmp_path: Path) -> None:
     # 128x96: a smaller working copy, upscaled 2.7x by the pipeline, leaves APGD too few degrees of freedom
