@@ -301,6 +301,7 @@ def test_hopskipjump_starts_from_an_image_the_model_decides_the_other_way(
 
 
 # -- the real models -----------------------------------------------------------------------------------------
+@pytest.mark.slow  # 15 s on an idle 2-core machine, 90 s under load; the stand-in tests above are the fast version
 def test_apgd_on_open_nsfw_is_verified_on_the_exact_pipeline(photos: dict[str, np.ndarray], tmp_path: Path) -> None:
     # 128x96: a smaller working copy, upscaled 2.7x by the pipeline, leaves APGD too few degrees of freedom
     # to flip the label at 4/255 in 3 steps (measured: 64x48 needs 10)

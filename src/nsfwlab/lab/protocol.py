@@ -192,7 +192,11 @@ class _Model:
             self.attacks.remove("minimal")
 
     def close(self) -> None:
+        """The Detector, and the oracle when it holds a connection (a service oracle from the factory)."""
         self.detector.close()
+        closer = getattr(self.oracle, "close", None)
+        if callable(closer):
+            closer()
 
 
 def robustness_protocol(sources: Sequence[ImageInput], models: Sequence[str] = ("open_nsfw",),
