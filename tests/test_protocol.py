@@ -281,6 +281,19 @@ def test_against_a_service_white_box_attacks_are_skipped_and_blocks_recorded(
     assert all(0 < q <= 50 for q in out["queries"]["red50"]["hopskipjump"]["per_image"])
 
 
+def test_a_model_without_gradients_gets_the_black_box_attacks_on_its_exact_detector(
+        redness: None, small: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_gradients(model: str, detector: object = None) -> RednessScorer:
+        raise ConfigError(f"{model} has no differentiable form here", param="model")
+
+    monkeypatch.setattr(differentiable, "load_scorer", no_gradients)
+    out = robustness_protocol(small[:2], ["red50"], attacks=("apgd", "hopskipjump"), sanity=False,
+                              **FAST).to_dict()
+    assert set(out["curves"]["red50"]) == {"hopskipjump", "worst"}
+    assert any("apgd skipped: red50 has no differentiable form" in w for w in out["warnings"])
+    assert all(q > 0 for q in out["queries"]["red50"]["hopskipjump"]["per_image"])
+
+
 def test_hopskipjump_starts_from_an_image_the_model_decides_the_other_way(
         redness: None, small: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
     from nsfwlab.lab import blackbox

@@ -150,7 +150,7 @@ class _Model:
     def __init__(self, model_id: str, cfg: ProtocolConfig, oracle_factory: Callable[[str], Any] | None,
                  device: str) -> None:
         from ..detector import Detector
-        from .differentiable import LocalOracle, exact_score, load_scorer
+        from .differentiable import DetectorOracle, LocalOracle, exact_score, load_scorer
 
         self.id = model_id
         self.device = device
@@ -164,13 +164,20 @@ class _Model:
             self.notes.append(f"{model_id}: {', '.join(white)} skipped: a white-box attack needs the model's "
                               "gradients, and the target is a service")
             self.attacks = [a for a in self.attacks if a not in white]
-        if "apgd" in self.attacks or oracle_factory is None:
-            self.scorer = load_scorer(model_id, detector=self.detector).eval()
+        if "apgd" in self.attacks or "minimal" in self.attacks or oracle_factory is None:
+            try:
+                self.scorer = load_scorer(model_id, detector=self.detector).eval()
+            except ConfigError as exc:  # no differentiable form (NudeNet's detector): black-box attacks only
+                self._no_gradients(str(exc))
         # the oracle answers on the CPU; APGD's gradients run on ``device`` (a copy of the scorer there)
         self.grad_scorer = self.scorer if device == "cpu" or self.scorer is None \
             else copy.deepcopy(self.scorer).to(device)
-        self.oracle = (oracle_factory(model_id) if oracle_factory is not None
-                       else LocalOracle(self.scorer, threshold=cfg.threshold))
+        if oracle_factory is not None:
+            self.oracle = oracle_factory(model_id)
+        elif self.scorer is not None:
+            self.oracle = LocalOracle(self.scorer, threshold=cfg.threshold)
+        else:  # the exact Detector itself answers the black-box attacks' queries
+            self.oracle = DetectorOracle(self.detector, threshold=cfg.threshold)
         if getattr(self.oracle, "labels_only", False) and "square" in self.attacks:
             self.notes.append(f"{model_id}: square skipped: the target answers labels only, and Square needs "
                               "scores")
@@ -178,6 +185,12 @@ class _Model:
         self.engine: Any = None
         if "minimal" in self.attacks:
             self._minimal(cfg, device)
+
+    def _no_gradients(self, reason: str) -> None:
+        white = [a for a in self.attacks if a in ("apgd", "minimal")]
+        if white:
+            self.notes.append(f"{self.id}: {', '.join(white)} skipped: {reason}")
+        self.attacks = [a for a in self.attacks if a not in white]
 
     def _minimal(self, cfg: ProtocolConfig, device: str) -> None:
         if cfg.norm is not Norm.LINF:
@@ -218,8 +231,10 @@ def robustness_protocol(sources: Sequence[ImageInput], models: Sequence[str] = (
     from ..backends import resolve_device
 
     device = resolve_device(cfg.device)
-    loaded = [_Model(m, cfg, oracle_factory, device) for m in models]
+    loaded: list[_Model] = []
     try:
+        for model_id in models:
+            loaded.append(_Model(model_id, cfg, oracle_factory, device))
         images = _run(sources, loaded, cfg, labels, progress)
     finally:
         for m in loaded:
