@@ -17,7 +17,7 @@ from ..errors import NsfwlabError
 from ..imageio import load_image
 from .robust import RobustnessReport
 
-__all__ = ["plot_jpeg_curve", "plot_min_eps", "render_html"]
+__all__ = ["plot_jpeg_curve", "plot_min_eps", "render_html", "report_page", "study_sections", "thumbnail"]
 
 
 def _png(fig: Any) -> bytes:
@@ -86,12 +86,19 @@ def plot_min_eps(report: RobustnessReport) -> bytes:
     return _png(fig)
 
 
-def _thumb(source: str, size: int = 160) -> str | None:
+def thumbnail(source: str, size: int = 160, *, blur: float = 0.0) -> str | None:
+    """A JPEG data URI of ``source`` shrunk to fit ``size`` pixels, or ``None`` when it cannot be read.
+    ``blur`` > 0 blurs the thumbnail's own pixels (Gaussian, radius in thumbnail pixels), so the page holds no
+    sharp copy at all; with 0 the page blurs it by CSS until clicked."""
     try:
         img = load_image(source)
     except (NsfwlabError, OSError):
         return None
     img.thumbnail((size, size))
+    if blur > 0:
+        from PIL import ImageFilter
+
+        img = img.filter(ImageFilter.GaussianBlur(blur))
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -175,7 +182,7 @@ def _image_rows(report: RobustnessReport, thumbnails: bool) -> str:
         if im.error is not None:
             rows.append([name, f'<span class="err">{html.escape(im.error)}</span>', "", "", "", "", ""])
             continue
-        src = _thumb(im.path) if thumbnails else None
+        src = thumbnail(im.path) if thumbnails else None
         thumb = (f'<img class="t" src="{src}" alt="thumbnail" onclick="this.classList.toggle(\'shown\')"><br>'
                  if src else "")
         eps = im.min_eps or {}
@@ -190,17 +197,28 @@ def _image_rows(report: RobustnessReport, thumbnails: bool) -> str:
          "largest change (perturbation: score)", "behind defences (budget)"], rows, cls="images")
 
 
-def render_html(report: RobustnessReport, plots: Mapping[str, bytes], *, thumbnails: bool = True) -> str:
-    """A self-contained page: findings and warnings, summary tables, plots, a row per image. Thumbnails start
-    blurred; a click reveals one. The full numbers are in ``robustness.json``."""
+def study_sections(report: RobustnessReport, plots: Mapping[str, bytes], *, thumbnails: bool = True) -> str:
+    """The per-image study as HTML sections (no page around them): findings and warnings, summary tables,
+    plots, a row per image."""
     s = report.summary
     findings = "".join(f"<li>{f}</li>" for f in _findings(s))
     warns = "".join(f'<div class="warn">warning: {html.escape(w)}</div>' for w in s.get("warnings", []))
     figs = "".join(f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}" '
                    f'alt="{html.escape(k)}"><figcaption>{html.escape(k)}</figcaption></figure>'
                    for k, png in plots.items())
+    return (f'<ul class="key">{findings}</ul>{warns}{_summary_tables(s)}<h2>Plots</h2>{figs}'
+            f"{_image_rows(report, thumbnails)}")
+
+
+def report_page(body: str, *, extra_style: str = "") -> str:
+    """A self-contained page titled "Robustness report" around ``body``."""
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>nsfwlab robustness</title>'
-            f"<style>{_STYLE}</style></head><body><h1>Robustness report</h1>"
-            f'<ul class="key">{findings}</ul>{warns}{_summary_tables(s)}<h2>Plots</h2>{figs}'
-            f"{_image_rows(report, thumbnails)}<p><small>Every number above is the exact pipeline's score of "
-            f"the saved pixels; the full data is in robustness.json.</small></p></body></html>")
+            f"<style>{_STYLE}{extra_style}</style></head><body><h1>Robustness report</h1>{body}"
+            f"<p><small>Every number above is the exact pipeline's score of the saved pixels; the full data is "
+            f"in robustness.json.</small></p></body></html>")
+
+
+def render_html(report: RobustnessReport, plots: Mapping[str, bytes], *, thumbnails: bool = True) -> str:
+    """A self-contained page: findings and warnings, summary tables, plots, a row per image. Thumbnails start
+    blurred; a click reveals one. The full numbers are in ``robustness.json``."""
+    return report_page(study_sections(report, plots, thumbnails=thumbnails))
