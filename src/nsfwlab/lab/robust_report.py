@@ -78,7 +78,8 @@ def plot_min_eps(report: RobustnessReport) -> bytes:
             ax.hist(vals, bins=bins, alpha=0.5, label=f"{name} (n={len(vals)})")
     ax.set_xlabel("smallest flipping L-inf budget (levels of 1/255)")
     ax.set_ylabel("images")
-    ax.legend(fontsize=8)
+    if any(series.values()):
+        ax.legend(fontsize=8)
     if shares:
         ax2.hist(shares, bins=min(20, max(3, len(shares))), color="tab:purple", alpha=0.7)
     ax2.set_xlabel("fewest changed pixels at that budget (% of the image)")
