@@ -168,3 +168,18 @@ def test_review_export_csvs_defuse_formulas_from_names_and_reviewers(tmp_path: P
         assert len(rows) == 2 and all(_safe(cell) for row in rows for cell in row), rows
     labels = list(csv.DictReader((tmp_path / "o" / "labels.csv").open(newline="", encoding="utf-8")))
     assert labels[0]["filename"] == "'=HYPERLINK(\"evil\",\"y\").jpg" and labels[0]["reviewer"] == "'@SUM(A1:A2)"
+
+
+def test_atomic_output_keeps_the_replaced_files_permissions(tmp_path) -> None:
+    import os
+    import stat
+
+    from nsfwlab.outputs import atomic_output
+
+    dest = tmp_path / "report.csv"
+    dest.write_text("old")
+    os.chmod(dest, 0o640)
+    with atomic_output(dest) as fh:
+        fh.write("new")
+    assert dest.read_text() == "new"
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o640

@@ -80,6 +80,7 @@ def atomic_output(path: str | os.PathLike, *, binary: bool = False, what: str = 
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        _keep_mode(dest, tmp)
         os.replace(tmp, dest)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -87,6 +88,15 @@ def atomic_output(path: str | os.PathLike, *, binary: bool = False, what: str = 
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _keep_mode(dest: Path, tmp: Path) -> None:
+    """A replaced file keeps its permission bits (a report made group-readable stays so)."""
+    try:
+        mode = stat.S_IMODE(dest.stat().st_mode)
+    except FileNotFoundError:
+        return
+    os.chmod(tmp, mode)
 
 
 # -- text ---------------------------------------------------------------------------------------
