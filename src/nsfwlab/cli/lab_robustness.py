@@ -40,8 +40,6 @@ __all__ = ["DEFAULT_ATTACKS", "robustness_command"]
 DEFAULT_ATTACKS = "apgd,square,hopskipjump"
 #: Attacks that need a model's gradients, so they cannot run against --target-url.
 WHITE_BOX = ("apgd", "minimal")
-#: The model id a service's default model is reported under when --target-url is given without --model.
-SERVICE_DEFAULT = "service"
 #: Library parameters whose flag is not simply ``--name``.
 FLAGS = {"norm": "--threat", "models": "--model", "save_adversarial": "--save-adversarial", "names": "--evasions",
          "max_work_side": "--max-work-side", "work_side": "--work-side", "api_key": "--api-key"}
@@ -105,18 +103,18 @@ def _api_key(api_key: str | None, api_key_file: Path | None, remote: bool) -> st
     return keys[0]
 
 
-def _models(model: Sequence[str], remote: bool) -> tuple[str, ...]:
-    """The models to study (default open_nsfw; against a service, its default model); a local id that no
-    card has is refused now, before any work."""
+def _models(model: Sequence[str]) -> tuple[str, ...]:
+    """The models to study (default open_nsfw); an id that no card has is refused now, before any work.
+    Against --target-url they name the models the service runs: each success is verified on the same model
+    here."""
     from ..modelsource import check_model_name
 
     if not model:
-        return (SERVICE_DEFAULT,) if remote else ("open_nsfw",)
+        return ("open_nsfw",)
     if len(set(model)) != len(model):
         raise ConfigError(f"--model names a model twice: {', '.join(model)}", param="models")
-    if not remote:
-        for m in model:
-            check_model_name(m)
+    for m in model:
+        check_model_name(m)
     return tuple(model)
 
 
@@ -180,7 +178,9 @@ def robustness_command(
                                        "accuracy against them; without, each model's own decision is the label)."),
     model: list[str] = typer.Option([], "--model", help="A model to attack (repeatable; `nsfwlab models`, "
                                     "ensemble:A+B[:mean|max]); default open_nsfw. Two or more give a transfer "
-                                    "matrix. The per-image study measures the first."),
+                                    "matrix. The per-image study measures the first. With --target-url: the "
+                                    "service's model of that id (without --model, its default), verified on the "
+                                    "same model here."),
     attacks: str | None = typer.Option(None, "--attacks", help="The protocol's attacks, comma-separated, from "
                                        f"apgd, square, hopskipjump, minimal (default {DEFAULT_ATTACKS})."),
     threat: str = typer.Option("linf", "--threat", help="The threat model's norm: linf (max change per value) or "
@@ -224,7 +224,7 @@ def robustness_command(
     max_work_side: int = typer.Option(2048, "--max-work-side", min=32, help="Per-image study: measure a "
                                       "downscaled copy of images longer than this."),
     seed: int = typer.Option(0, help="Seed of the noise perturbation, the attacks and the bootstrap."),
-    device: Device = typer.Option(Device.AUTO, help="Where the study's attack gradients are computed."),
+    device: Device = typer.Option(Device.AUTO, help="Where the attacks' gradients are computed."),
     progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bars on stderr."),
 ) -> None:
     """How robust each model is: the per-image study and the robustness protocol, in one robustness.json.
@@ -244,7 +244,7 @@ def robustness_command(
             raise ConfigError("--evasions and --tiles score local models; run them without --target-url")
         if remote and not protocol:
             raise ConfigError("--target-url attacks a service with the protocol; leave out --no-protocol")
-        models = _models(model, remote)
+        models = _models(model)
         names, note = _attacks(attacks, remote)
         eps_values = _eps(eps)
         specs = tuple(s for s in (perturb.split(",") if perturb else DEFAULT_PERTURBATIONS) if s.strip())
@@ -257,7 +257,7 @@ def robustness_command(
             defences=defs, labels=label_map, max_work_side=max_work_side, seed=seed, device=device.value)
         protocol_config = _protocol_config(
             attacks=names, norm=threat.strip().lower(), eps=eps_values, threshold=threshold, steps=steps,
-            restarts=restarts, queries=queries, work_side=work_side, seed=seed, sanity=sanity,
+            restarts=restarts, queries=queries, work_side=work_side, seed=seed, sanity=sanity, device=device.value,
             save_adversarial=out / "adversarial" if save_adversarial else None) if protocol else None
         files = expand_images(inputs)
         if not files:
@@ -281,7 +281,8 @@ def robustness_command(
             study_plots = {}
         if protocol_config is not None:
             data.update(_run_protocol(sources, models, protocol_config, label_map, progress,
-                                      target_url=target_url, api_key=key, threshold=threshold))
+                                      target_url=target_url, api_key=key, threshold=threshold,
+                                      explicit_models=bool(model)))
         if evasions or tiles:
             data.update(_run_evasions(sources, models, tiles=tiles, seed=seed, progress=progress))
         from ..lab.protocol_report import curve_file, protocol_plots, render_html
@@ -323,21 +324,33 @@ def _run_study(sources: list[str], model: str, config: Any, progress: bool | Non
 
 def _run_protocol(sources: list[str], models: tuple[str, ...], config: Any, labels: Mapping[str, int] | None,
                   progress: bool | None, *, target_url: str | None, api_key: str | None,
-                  threshold: float) -> dict[str, Any]:
+                  threshold: float, explicit_models: bool) -> dict[str, Any]:
     from ..lab.protocol import robustness_protocol
 
     factory = None
     if target_url is not None:
-        from ..lab.remote import ServiceOracle
-
-        def factory(model: str) -> Any:
-            return ServiceOracle(target_url, api_key, model=None if model == SERVICE_DEFAULT else model,
-                                 threshold=threshold)
+        factory = _service_factory(target_url, api_key, threshold, default_model=not explicit_models)
 
     with progress_bar(len(sources) * len(models), "protocol", enabled=progress) as advance:
         rep = robustness_protocol(sources, models, config, labels=labels, oracle_factory=factory,
                                   progress=_advance(advance))
     return rep.to_dict()  # type: ignore[no-any-return]
+
+
+def _service_factory(url: str, api_key: str | None, threshold: float, *,
+                     default_model: bool) -> Callable[[str], Any]:
+    """The oracle of each model at the service: the service's model of that id or, when --model was not
+    given and the service has no model called open_nsfw, its default model."""
+    from ..lab.remote import ServiceOracle
+
+    def factory(model: str) -> Any:
+        try:
+            return ServiceOracle(url, api_key, model=model, threshold=threshold)
+        except ConfigError as exc:
+            if not default_model or exc.param != "model":
+                raise
+        return ServiceOracle(url, api_key, model=None, threshold=threshold)
+    return factory
 
 
 def _run_evasions(sources: list[str], models: tuple[str, ...], *, tiles: bool, seed: int,
