@@ -52,10 +52,13 @@ def _data(image: str, *, sanity_passed: bool = True) -> dict[str, Any]:
         "evasions": {"grid2": {"open_nsfw": -0.21, EVIL: 0.05}, EVIL: {"open_nsfw": -0.01}},
         "evasions_detail": {"grid2": {"open_nsfw": {"mean_change": -0.21, "ci95": [-0.3, -0.1], "n": 4, "flips": 1,
                                                     "tiled_mean_change": -0.02}}},
-        "tiles": {"open_nsfw": {"cost": 14.0, "recovered": {"grid2": 0.8, "border": 0.6}}},
+        "tiles": {"open_nsfw": {"cost": 14.0, "seconds_per_image": {"plain": 0.1, "tiled": 1.4},
+                               "recovered": {"grid2": 0.8, "border": 0.6},
+                               "recovered_detail": {"grid2": {"n": 4}}}},
         "sanity": [{"check": "success reaches 100% at a large budget", "passed": sanity_passed,
                     "detail": f"robust accuracy 0.25 at 64/255 {EVIL}"},
-                   {"check": "white-box beats black-box", "passed": True, "detail": "ok"}],
+                   {"check": "white-box beats black-box", "passed": True, "detail": "ok"},
+                   {"check": "a stronger APGD changes little", "passed": None, "detail": "nothing to rerun"}],
         "protocol_images": [{"path": image, "label": 1, "models": {"open_nsfw": {
             "clean_score": 0.7, "correct": True,
             "attacks": {"apgd": {"broken_at": 2, "score": 0.31, "queries": None, "saved": f"adv/{EVIL}.png"},
@@ -89,7 +92,7 @@ def test_every_string_from_the_data_is_escaped(image: str) -> None:
 def test_failed_sanity_check_is_a_warning_at_the_top(image: str) -> None:
     passed = render_html(_data(image), {})
     failed = render_html(_data(image, sanity_passed=False), {})
-    assert "sanity check failed" not in passed and "FAILED" not in passed
+    assert "sanity check failed" not in passed and "FAILED" not in passed and "not run" in passed
     first_warning = failed.index("sanity check failed: success reaches 100% at a large budget")
     assert first_warning < failed.index("Robust accuracy against epsilon") and "FAILED" in failed
 
@@ -99,6 +102,7 @@ def test_tables_show_values_intervals_and_nulls(image: str) -> None:
     assert "0.25 [0.00, 0.55]" in page  # robust accuracy with its interval
     assert "2/4 [0.10, 0.90] at 8/255" in page  # transfer detail
     assert "-0.210" in page and "tiled -0.020" in page and "recovered: grid2" in page
+    assert "seconds_per_image: tiled" in page and "recovered_detail" not in page
     assert "1 of 2 image(s), first at query 12" in page
     assert "not broken" in page and "clean accuracy 0.75 [0.25, 1.00] on 4 image(s)" in page
     assert "background:rgba(200,40,40,0.38)" in page  # transfer share 0.5 shaded

@@ -145,7 +145,7 @@ def _summary_lines(data: Mapping[str, Any]) -> None:
                      f"at {top['eps']:g}/255 {norm}")
         stdout.print(line, highlight=False)
     for check in data.get("sanity", []):
-        if not check.get("passed", True):
+        if check.get("passed") is False:
             stderr.print(tagged("warning:", "bold yellow", f" sanity check failed: {check.get('check')}: "
                                 f"{check.get('detail', '')}"), highlight=False)
     for note in data.get("warnings", []):
@@ -284,7 +284,9 @@ def robustness_command(
                                       target_url=target_url, api_key=key, threshold=threshold,
                                       explicit_models=bool(model)))
         if evasions or tiles:
-            data.update(_run_evasions(sources, models, tiles=tiles, seed=seed, progress=progress))
+            extra = _run_evasions(sources, models, tiles=tiles, seed=seed, threshold=threshold, progress=progress)
+            data["warnings"] = [*data.get("warnings", []), *extra.pop("warnings", [])]
+            data.update(extra)
         from ..lab.protocol_report import curve_file, protocol_plots, render_html
 
         plots = protocol_plots(data)
@@ -353,13 +355,14 @@ def _service_factory(url: str, api_key: str | None, threshold: float, *,
     return factory
 
 
-def _run_evasions(sources: list[str], models: tuple[str, ...], *, tiles: bool, seed: int,
+def _run_evasions(sources: list[str], models: tuple[str, ...], *, tiles: bool, seed: int, threshold: float,
                   progress: bool | None) -> dict[str, Any]:
     from ..detector import Detector
     from ..lab.evasions import evasion_table
 
     detectors = {m: Detector(device="cpu") if m == "open_nsfw" else Detector(device="cpu", model=m) for m in models}
     with progress_bar(len(sources), "evasions", enabled=progress) as advance:
-        rep = evasion_table(sources, detectors, tiles=tiles, seed=seed, progress=_advance(advance))
+        rep = evasion_table(sources, detectors, tiles=tiles, seed=seed, threshold=threshold,
+                            progress=_advance(advance))
     return rep.to_dict()  # type: ignore[no-any-return]
 

@@ -167,7 +167,7 @@ def _threat_model(tm: Mapping[str, Any]) -> str:
 def _warnings(data: Mapping[str, Any]) -> str:
     notes = [str(w) for w in data.get("warnings", [])]
     for check in data.get("sanity", []):
-        if isinstance(check, Mapping) and not check.get("passed", True):
+        if isinstance(check, Mapping) and check.get("passed") is False:
             text = f"sanity check failed: {check.get('check', '?')}: {check.get('detail', '')}"
             if not any(str(check.get("check", "")) in n and "sanity" in n for n in notes):
                 notes.insert(0, text)
@@ -274,14 +274,28 @@ def _evasions(data: Mapping[str, Any]) -> str:
            + _table(["evasion", *models], rows))
     tiles = data.get("tiles") or {}
     if tiles:
+        flat = {model: _flatten(t) for model, t in tiles.items() if isinstance(t, Mapping)}
         names = sorted({n for t in tiles.values() if isinstance(t, Mapping) for n in (t.get("recovered") or {})})
-        extra = sorted({k for t in tiles.values() if isinstance(t, Mapping) for k in t if k != "recovered"})
-        trows = [[_esc(model), *(_num(t.get(k)) for k in extra),
-                  *(_num((t.get("recovered") or {}).get(n)) for n in names)]
-                 for model, t in tiles.items() if isinstance(t, Mapping)]
+        extra = list(dict.fromkeys(k for f in flat.values() for k in f))
+        trows = [[_esc(model), *(_num(f.get(k)) for k in extra),
+                  *(_num((tiles[model].get("recovered") or {}).get(n)) for n in names)] for model, f in flat.items()]
         out += ("<h3>Tiled scoring (max over tiles)</h3><p>The share of the score lost to an evasion that tiled "
                 "scoring wins back, and its cost.</p>"
                 + _table(["model", *extra, *(f"recovered: {n}" for n in names)], trows))
+    return out
+
+
+def _flatten(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A tiles row's plain figures, one level of nesting spelt ``key: sub`` (recovered shares are shown on their
+    own)."""
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        if k.startswith("recovered"):
+            continue
+        if isinstance(v, Mapping):
+            out.update({f"{k}: {sub}": x for sub, x in v.items() if not isinstance(x, (Mapping, list))})
+        elif not isinstance(v, list):
+            out[k] = v
     return out
 
 
@@ -289,8 +303,9 @@ def _sanity(data: Mapping[str, Any]) -> str:
     checks = [c for c in data.get("sanity", []) if isinstance(c, Mapping)]
     if not checks:
         return ""
-    rows = [['<span class="ok">passed</span>' if c.get("passed") else '<span class="bad">FAILED</span>',
-             _esc(c.get("check", "")), _esc(c.get("detail", ""))] for c in checks]
+    verdict = {True: '<span class="ok">passed</span>', False: '<span class="bad">FAILED</span>'}
+    rows = [[verdict[c["passed"]] if isinstance(c.get("passed"), bool) else "not run", _esc(c.get("check", "")), _esc(c.get("detail", ""))]
+            for c in checks]
     return ("<h2>Sanity checks</h2><p>After Carlini et al. (2019): a failed check points to gradient masking or "
             "too weak an attack, and the curves above then overstate robustness.</p>"
             + _table(["", "check", "detail"], rows))
