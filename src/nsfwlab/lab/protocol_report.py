@@ -304,8 +304,8 @@ def _sanity(data: Mapping[str, Any]) -> str:
     if not checks:
         return ""
     verdict = {True: '<span class="ok">passed</span>', False: '<span class="bad">FAILED</span>'}
-    rows = [[verdict[c["passed"]] if isinstance(c.get("passed"), bool) else "not run", _esc(c.get("check", "")), _esc(c.get("detail", ""))]
-            for c in checks]
+    rows = [[verdict[c["passed"]] if isinstance(c.get("passed"), bool) else "not run", _esc(c.get("check", "")),
+             _esc(c.get("detail", ""))] for c in checks]
     return ("<h2>Sanity checks</h2><p>After Carlini et al. (2019): a failed check points to gradient masking or "
             "too weak an attack, and the curves above then overstate robustness.</p>"
             + _table(["", "check", "detail"], rows))
