@@ -78,7 +78,7 @@ def image(tmp_path: Path, photos: dict[str, np.ndarray]) -> str:
 def test_threat_model_comes_first_and_sections_follow_in_order(image: str) -> None:
     page = render_html(_data(image), {})
     order = ["<h2>Threat model", "warning:", "Robust accuracy against epsilon", "<h2>Transfer", "Everyday evasions",
-             "Tiled scoring", "<h2>Sanity checks", "<h2>Queries", "<h2>Images"]
+             "Tiled scoring", "<h2>Sanity checks", "<h2>Queries", "<h2>Images under attack"]
     positions = [page.index(s) for s in order]
     assert positions == sorted(positions)
     assert "adversarial-robustness-toolbox 1.20.1" in page and "cross-entropy" in page
@@ -145,9 +145,11 @@ def test_per_image_study_joins_the_page_after_the_protocol(image: str) -> None:
     page = render_html(_data(image), {}, study=study)
     assert page.index("<h2>Threat model") < page.index("Per-image study") < page.index("Everyday perturbations")
     assert page.count("<h1>") == 1
+    # one page, one promise: the study's thumbnail is blurred in its pixels too, with no click to unblur
+    assert page.count("data:image/jpeg;base64,") == 2 and "classList.toggle" not in page
 
 
 def test_missing_sections_are_left_out() -> None:
     page = render_html({"threat_model": {"norm": "l2", "eps": [0.5]}}, {})
     assert "<h2>Threat model" in page and "Transfer" not in page and "Queries" not in page
-    assert "<h2>Images" not in page
+    assert "<h2>Images" not in page and "blocked by the service" not in page

@@ -229,8 +229,8 @@ def robustness_command(
 ) -> None:
     """How robust each model is: the per-image study and the robustness protocol, in one robustness.json.
 
-    Writes robustness.json, report.html, jpeg_curve.png and min_eps.png (the per-image study) and
-    curves-MODEL.png (the protocol) into --out. Against --target-url only the protocol's black-box attacks run.
+    Writes robustness.json, report.html, jpeg_curve.png and min_eps.png (the per-image study; min_eps.png
+    unless --no-attack) and curves-MODEL.png (the protocol) into --out. Against --target-url only the protocol's black-box attacks run.
 
     Exit status: 0 done, 1 some inputs could not be read, 2 usage error, 3 model error.
     """
@@ -275,8 +275,8 @@ def robustness_command(
         if study_config is not None:
             study, study_plots = _run_study(sources, models[0], study_config, progress)
             data.update(study.to_dict())
-            files_out.update({"jpeg_curve.png": study_plots["score against JPEG quality"],
-                              "min_eps.png": study_plots["smallest flipping budget"]})
+            names = {"score against JPEG quality": "jpeg_curve.png", "smallest flipping budget": "min_eps.png"}
+            files_out.update({names[k]: png for k, png in study_plots.items()})
         else:
             study_plots = {}
         if protocol_config is not None:
@@ -321,7 +321,10 @@ def _run_study(sources: list[str], model: str, config: Any, progress: bool | Non
     det = Detector(device="cpu") if model == "open_nsfw" else Detector(device="cpu", model=model)
     with progress_bar(len(sources), "per-image study", enabled=progress) as advance:
         rep = robustness(sources, det, config, progress=_advance(advance))
-    return rep, {"score against JPEG quality": plot_jpeg_curve(rep), "smallest flipping budget": plot_min_eps(rep)}
+    plots = {"score against JPEG quality": plot_jpeg_curve(rep)}
+    if any(im.min_eps for im in rep.images):  # with --no-attack there is no budget to draw
+        plots["smallest flipping budget"] = plot_min_eps(rep)
+    return rep, plots
 
 
 def _run_protocol(sources: list[str], models: tuple[str, ...], config: Any, labels: Mapping[str, int] | None,

@@ -64,11 +64,11 @@ def _ci(ci: Any, digits: int = 2) -> str:
 
 def _table(head: Sequence[str], rows: Sequence[Sequence[str | tuple[str, str]]], cls: str = "") -> str:
     """Cells are HTML already (escaped by the caller), or (HTML, style attribute) for a coloured cell; the
-    headings are escaped here."""
-    th = "".join(f"<th>{_esc(h)}</th>" for h in head)
+    headings are escaped here; no headings, no heading row."""
+    th = "<tr>" + "".join(f"<th>{_esc(h)}</th>" for h in head) + "</tr>" if head else ""
     body = "".join("<tr>" + "".join(f"<td{c[1]}>{c[0]}</td>" if isinstance(c, tuple) else f"<td>{c}</td>"
                                     for c in r) + "</tr>" for r in rows)
-    return f'<table class="{cls}"><tr>{th}</tr>{body}</table>'
+    return f'<table class="{cls}">{th}{body}</table>'
 
 
 def _shade(value: Any, rgb: tuple[int, int, int], scale: float = 1.0) -> str:
@@ -142,26 +142,32 @@ def protocol_plots(data: Mapping[str, Any]) -> dict[str, bytes]:
             for model, curves in (data.get("curves") or {}).items() if curves}
 
 
+#: The order of an attack's fields in the threat model's table (others follow; the note comes last).
+_ATTACK_FIELDS = ("kind", "library", "attack", "loss", "steps", "restarts", "queries", "step_size")
+
+
 def _threat_model(tm: Mapping[str, Any]) -> str:
     eps = ", ".join(_eps(e) for e in tm.get("eps", []))
     rows = [["norm", _esc(tm.get("norm", "-"))],
             ["epsilon", f"{eps} ({_esc(tm.get('eps_unit', 'levels of 1/255'))})"],
             ["working size", f"longer side at most {_num(tm.get('work_side'))} pixels (a larger image is "
                              "downscaled first; the attack changes that copy)"],
-            ["decision", f"NSFW when the score is at least {_num(tm.get('threshold'))}"],
+            ["decision", _esc(tm["decision"]) + f" (threshold {_num(tm.get('threshold'))})" if tm.get("decision")
+             else f"NSFW when the score is at least {_num(tm.get('threshold'))}"],
             ["labels", _esc(tm.get("labels", "-"))],
             ["target", _esc(tm.get("target", "local"))],
             ["models", _esc(", ".join(str(m) for m in tm.get("models", [])))],
             ["verification", _esc(tm.get("verification", "-"))]]
-    rows += [[_esc(k), _esc(v)] for k, v in tm.items()
-             if k not in {"norm", "eps", "eps_unit", "work_side", "threshold", "labels", "target", "models",
-                          "verification", "attacks"}]
-    attacks = tm.get("attacks") or {}
-    keys = sorted({k for a in attacks.values() if isinstance(a, Mapping) for k in a})
-    arows = [[_esc(name), *(_esc(a.get(k, "")) if isinstance(a, Mapping) else "" for k in keys)]
-             for name, a in attacks.items()]
-    return ("<h2>Threat model</h2>" + _table(["", ""], rows, cls="tm")
-            + (_table(["attack", *keys], arows, cls="tm") if arows else ""))
+    shown = {"norm", "eps", "eps_unit", "work_side", "threshold", "decision", "labels", "target", "models",
+             "verification", "attacks"}
+    rows += [[_esc(k), _esc(v)] for k, v in tm.items() if k not in shown]
+    attacks = {k: a for k, a in (tm.get("attacks") or {}).items() if isinstance(a, Mapping)}
+    present = {k for a in attacks.values() for k in a}
+    keys = [k for k in _ATTACK_FIELDS if k in present] + sorted(present - {*_ATTACK_FIELDS, "note"})
+    keys += ["note"] if "note" in present else []
+    arows = [[f"<b>{_esc(name)}</b>", *(_esc(a.get(k, "")) for k in keys)] for name, a in attacks.items()]
+    return ("<h2>Threat model</h2>" + _table([], rows, cls="tm")
+            + (_table(["--attacks", *(k.replace("_", " ") for k in keys)], arows, cls="tm") if arows else ""))
 
 
 def _warnings(data: Mapping[str, Any]) -> str:
@@ -214,8 +220,7 @@ def _curve_tables(data: Mapping[str, Any], plots: Mapping[str, bytes]) -> str:
             rows.append(row)
         png = plots.get(model)
         fig = (f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}" '
-               f'alt="robust accuracy of {_esc(model)}"><figcaption>{_esc(model)}</figcaption></figure>'
-               if png else "")
+               f'alt="robust accuracy of {_esc(model)}"></figure>' if png else "")
         parts.append(f"<h3>{_esc(model)}</h3>{fig}" + _table(["eps (1/255)", *names], rows))
     if not parts:
         return ""
@@ -313,20 +318,25 @@ def _sanity(data: Mapping[str, Any]) -> str:
 
 def _queries(data: Mapping[str, Any]) -> str:
     queries = data.get("queries") or {}
-    blocked = data.get("blocked_at_query") or {}
+    blocked = data.get("blocked_at_query")
     if not queries and not blocked:
         return ""
+    blocked = blocked or {}
+    service = "blocked_at_query" in data
     rows = []
     for model in sorted({*queries, *blocked}):
         for attack in sorted({*(queries.get(model) or {}), *(blocked.get(model) or {})}):
             q = (queries.get(model) or {}).get(attack) or {}
-            b = [x for x in ((blocked.get(model) or {}).get(attack) or []) if x is not None]
-            total = len((blocked.get(model) or {}).get(attack) or [])
-            rows.append([_esc(model), _esc(attack), _num(q.get("median"), 0), _num(q.get("max"), 0),
-                         (f"{len(b)} of {total} image(s), first at query {min(b)}" if b
-                          else f"never ({total} image(s))" if total else "-")])
-    return ("<h2>Queries</h2><p>Queries each black-box attack spent per image, and where the service blocked "
-            "it.</p>" + _table(["model", "attack", "median queries", "max queries", "blocked"], rows))
+            row = [_esc(model), _esc(attack), _num(q.get("median"), 0), _num(q.get("max"), 0)]
+            if service:
+                per_image = (blocked.get(model) or {}).get(attack) or []
+                at = [x for x in per_image if isinstance(x, int)]
+                row.append(f"{len(at)} of {len(per_image)} image(s), first at query {min(at)}" if at
+                           else f"never ({len(per_image)} image(s))" if per_image else "-")
+            rows.append(row)
+    head = ["model", "attack", "median queries", "max queries"] + (["blocked by the service"] if service else [])
+    return ("<h2>Queries</h2><p>Queries each black-box attack spent per image"
+            + (", and where the service blocked it" if service else "") + ".</p>" + _table(head, rows))
 
 
 def _cards(data: Mapping[str, Any], thumbnails: bool) -> str:
@@ -356,8 +366,8 @@ def _cards(data: Mapping[str, Any], thumbnails: bool) -> str:
                         + (f'<br><span class="err">{_esc(m["error"])}</span>' if m.get("error") else "")
                         + "</div>" + _table(["attack", "broken at", "score", "queries", "saved"], rows))
         cards.append(f'<div class="card">{head}{"".join(body)}</div>')
-    return ("<h2>Images</h2><p>Thumbnails are blurred in their pixels; 'broken at' is the smallest budget (1/255) "
-            "whose verified adversarial changed the decision.</p>" + "".join(cards))
+    return ("<h2>Images under attack</h2><p>Thumbnails are blurred in their pixels; 'broken at' is the smallest "
+            "budget (1/255) whose verified adversarial changed the decision.</p>" + "".join(cards))
 
 
 def protocol_sections(data: Mapping[str, Any], plots: Mapping[str, bytes], *, thumbnails: bool = True) -> str:
@@ -379,5 +389,5 @@ def render_html(data: Mapping[str, Any], plots: Mapping[str, bytes], *, study: R
     body = protocol_sections(data, plots, thumbnails=thumbnails)
     if study is not None:
         body += ("<h2>Per-image study: everyday perturbations and the smallest flipping budget</h2>"
-                 + study_sections(study, study_plots or {}, thumbnails=thumbnails))
+                 + study_sections(study, study_plots or {}, thumbnails=thumbnails, blur=CARD_BLUR))
     return report_page(body, extra_style=_STYLE)

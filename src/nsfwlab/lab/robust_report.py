@@ -176,16 +176,21 @@ def _summary_tables(s: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
-def _image_rows(report: RobustnessReport, thumbnails: bool) -> str:
+def _image_rows(report: RobustnessReport, thumbnails: bool, blur: float = 0.0) -> str:
     rows = []
     for im in report.images:
         name = html.escape(im.path)
         if im.error is not None:
             rows.append([name, f'<span class="err">{html.escape(im.error)}</span>', "", "", "", "", ""])
             continue
-        src = thumbnail(im.path) if thumbnails else None
-        thumb = (f'<img class="t" src="{src}" alt="thumbnail" onclick="this.classList.toggle(\'shown\')"><br>'
-                 if src else "")
+        src = thumbnail(im.path, blur=blur) if thumbnails else None
+        if not src:
+            thumb = ""
+        elif blur > 0:
+            thumb = f'<img src="{src}" alt="blurred thumbnail" style="max-width:120px"><br>'
+        else:
+            thumb = f'<img class="t" src="{src}" alt="thumbnail" onclick="this.classList.toggle(\'shown\')"><br>'
+
         eps = im.min_eps or {}
         worst = max(im.perturbations.items(), key=lambda kv: abs(kv[1] - (im.score or 0.0)), default=None)
         defs = "; ".join(f"{d}: {_fmt(r['min_eps']['value'], 0)}" for d, r in im.defences.items())
@@ -194,13 +199,15 @@ def _image_rows(report: RobustnessReport, thumbnails: bool) -> str:
                      _fmt(eps.get("value"), 0), _fmt(eps.get("pixels")), _fmt(eps.get("l2"), 2),
                      "-" if worst is None else f"{html.escape(worst[0])}: {worst[1]:.4f}", html.escape(defs)])
     return "<h2>Images</h2>" + _table(
-        ["image (click a thumbnail to unblur)", "score", "min budget", "changed pixels", "L2",
+        ["image" if blur > 0 else "image (click a thumbnail to unblur)", "score", "min budget", "changed pixels", "L2",
          "largest change (perturbation: score)", "behind defences (budget)"], rows, cls="images")
 
 
-def study_sections(report: RobustnessReport, plots: Mapping[str, bytes], *, thumbnails: bool = True) -> str:
+def study_sections(report: RobustnessReport, plots: Mapping[str, bytes], *, thumbnails: bool = True,
+                   blur: float = 0.0) -> str:
     """The per-image study as HTML sections (no page around them): findings and warnings, summary tables,
-    plots, a row per image."""
+    plots, a row per image. ``blur`` > 0: thumbnails blurred in their pixels (:func:`thumbnail`), with no
+    click to unblur; 0: blurred by CSS until clicked."""
     s = report.summary
     findings = "".join(f"<li>{f}</li>" for f in _findings(s))
     warns = "".join(f'<div class="warn">warning: {html.escape(w)}</div>' for w in s.get("warnings", []))
@@ -208,7 +215,7 @@ def study_sections(report: RobustnessReport, plots: Mapping[str, bytes], *, thum
                    f'alt="{html.escape(k)}"><figcaption>{html.escape(k)}</figcaption></figure>'
                    for k, png in plots.items())
     return (f'<ul class="key">{findings}</ul>{warns}{_summary_tables(s)}<h2>Plots</h2>{figs}'
-            f"{_image_rows(report, thumbnails)}")
+            f"{_image_rows(report, thumbnails, blur)}")
 
 
 def report_page(body: str, *, extra_style: str = "") -> str:
