@@ -275,8 +275,8 @@ def robustness_command(
         if study_config is not None:
             study, study_plots = _run_study(sources, models[0], study_config, progress)
             data.update(study.to_dict())
-            names = {"score against JPEG quality": "jpeg_curve.png", "smallest flipping budget": "min_eps.png"}
-            files_out.update({names[k]: png for k, png in study_plots.items()})
+            plot_files = {"score against JPEG quality": "jpeg_curve.png", "smallest flipping budget": "min_eps.png"}
+            files_out.update({plot_files[k]: png for k, png in study_plots.items()})
         else:
             study_plots = {}
         if protocol_config is not None:
