@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from nsfwlab import zoo
 from nsfwlab.cli import app
 
 runner = CliRunner()
@@ -60,6 +61,13 @@ def test_target_url_needs_a_key_and_a_key_needs_a_target(two_photos: Path, tmp_p
     _usage_error([*base, *url, "--api-key", "k", "--attacks", "apgd,minimal"], "only black-box attacks run")
 
 
+def test_unreachable_service_is_one_line_and_a_model_error(two_photos: Path, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["robustness", str(two_photos), "--out", str(tmp_path / "o"), "--target-url",
+                              "http://127.0.0.1:9", "--queries", "10"], env={"NSFWLAB_API_KEY": "k"})
+    lines = [line for line in res.output.splitlines() if line.strip() and not line.startswith("note:")]
+    assert res.exit_code == 3 and len(lines) == 1 and "127.0.0.1:9" in lines[0], res.output
+
+
 def test_key_in_the_environment_does_not_disturb_a_local_run(two_photos: Path, tmp_path: Path) -> None:
     """NSFWLAB_API_KEY is read for --target-url only: a local run with it set is no usage error."""
     res = runner.invoke(app, ["robustness", str(two_photos), "--out", str(tmp_path / "o"), "--no-protocol",
@@ -78,3 +86,76 @@ def test_no_protocol_runs_the_per_image_study_alone(two_photos: Path, tmp_path: 
     page = (out / "report.html").read_text()
     assert "Everyday perturbations" in page and "Threat model" not in page
     assert not list(out.glob("curves-*.png"))
+
+
+def test_bad_threat_and_budget_are_one_line(two_photos: Path, tmp_path: Path) -> None:
+    base = [str(two_photos), "--out", str(tmp_path / "o")]
+    _usage_error([*base, "--threat", "l3"], "--threat must be linf or l2")
+    _usage_error([*base, "--eps", "0.5"], "--eps")  # an L-inf budget under one level changes no uint8 value
+    _usage_error([*base, "--attacks", "apgd,fgsm"], "--attacks")
+
+
+def test_one_run_writes_both_studies_into_one_json_and_one_page(two_photos: Path, tmp_path: Path) -> None:
+    """The fast end-to-end run: the cheapest attack on tiny copies, no sanity reruns, the study's
+    perturbations only; the sections, the plot and the page are all there."""
+    out = tmp_path / "o"
+    res = runner.invoke(app, ["robustness", str(two_photos), "--out", str(out), "--attacks", "hopskipjump",
+                              "--queries", "20", "--work-side", "48", "--eps", "2,8", "--no-sanity", "--no-attack",
+                              "--perturb", "jpeg:50"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "robustness.json").read_text())
+    assert {"images", "summary", "threat_model", "clean_accuracy", "curves", "protocol_images"} <= set(data)
+    assert data["threat_model"]["norm"] == "linf" and data["threat_model"]["eps"] == [2, 8]
+    assert data["threat_model"]["labels"] == "model's own" and data["threat_model"]["work_side"] == 48
+    curves = data["curves"]["open_nsfw"]
+    assert set(curves) == {"hopskipjump", "worst"} and [p["eps"] for p in curves["worst"]] == [2, 8]
+    assert all(q <= 20 for q in data["queries"]["open_nsfw"]["hopskipjump"]["per_image"])
+    assert len(data["protocol_images"]) == 2 and "blocked_at_query" not in data
+    assert any("fewer than 20" in w for w in data["warnings"])
+    assert Image.open(out / "curves-open_nsfw.png").format == "PNG"
+    assert not (out / "min_eps.png").exists() and not (out / "adversarial").exists()
+    page = (out / "report.html").read_text()
+    assert page.index("<h2>Threat model") < page.index("Robust accuracy against epsilon") < page.index("Per-image")
+    assert "clean accuracy" in res.output and "worst-case robust accuracy" in res.output
+
+
+@pytest.mark.slow
+def test_two_models_every_attack_saved_adversarials_verified_and_evasions(two_photos: Path, tmp_path: Path,
+                                                                          detector) -> None:
+    """The full command on tiny copies: APGD, Square and HopSkipJump on open_nsfw and nsfwjs, a transfer
+    matrix both ways, made-up labels, evasions with tiles, and every kept adversarial verified by scoring the
+    saved file again."""
+    if not zoo.installed("nsfwjs-mobilenetv2"):
+        pytest.skip("nsfwjs-mobilenetv2 weights are not in NSFWLAB_HOME: run setup.sh or "
+                    "`nsfwlab models fetch nsfwjs-mobilenetv2`")
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"path,label\n{two_photos / 'chelsea.png'},safe\n{two_photos / 'coffee.png'},nsfw\n")
+    out = tmp_path / "o"
+    res = runner.invoke(app, ["robustness", str(two_photos), "--out", str(out), "--labels", str(labels),
+                              "--model", "open_nsfw", "--model", "nsfwjs-mobilenetv2", "--steps", "5",
+                              "--queries", "30", "--work-side", "48", "--eps", "2,8", "--no-sanity", "--no-attack",
+                              "--perturb", "jpeg:50", "--save-adversarial", "--evasions", "--tiles"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "robustness.json").read_text())
+    assert data["threat_model"]["labels"] == "given"
+    models = ["open_nsfw", "nsfwjs-mobilenetv2"]
+    for m in models:
+        assert set(data["curves"][m]) == {"apgd", "square", "hopskipjump", "worst"}
+        assert (out / f"curves-{m}.png").is_file()
+    assert set(data["transfer"]) == set(models) and data["transfer"]["open_nsfw"].keys() == {"nsfwjs-mobilenetv2"}
+    assert {"evasions", "evasions_detail", "tiles"} <= set(data) and set(data["tiles"]) == set(models)
+    saved = 0
+    for im in data["protocol_images"]:
+        rec = im["models"]["open_nsfw"]
+        for attack in rec["attacks"].values():
+            if attack.get("saved"):
+                path = Path(attack["saved"])
+                path = path if path.is_absolute() else out / path
+                score = detector.nsfw_score(path)
+                assert (score >= 0.5) != (im["label"] == 1)  # the saved file is on the wrong side of 0.5
+                saved += 1
+    assert saved == len(list((out / "adversarial").rglob("*.png"))) - sum(
+        1 for im in data["protocol_images"] for a in im["models"]["nsfwjs-mobilenetv2"]["attacks"].values()
+        if a.get("saved"))
+    page = (out / "report.html").read_text()
+    assert "<h2>Transfer" in page and "Everyday evasions" in page and "Tiled scoring" in page

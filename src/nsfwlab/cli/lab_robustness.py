@@ -40,6 +40,8 @@ __all__ = ["DEFAULT_ATTACKS", "robustness_command"]
 DEFAULT_ATTACKS = "apgd,square,hopskipjump"
 #: Attacks that need a model's gradients, so they cannot run against --target-url.
 WHITE_BOX = ("apgd", "minimal")
+#: The code of the service oracle's errors (unreachable, an answer that is not the API's): exit status 3.
+SERVICE_ERROR = "service_error"
 #: Library parameters whose flag is not simply ``--name``.
 FLAGS = {"norm": "--threat", "models": "--model", "save_adversarial": "--save-adversarial", "names": "--evasions",
          "max_work_side": "--max-work-side", "work_side": "--work-side", "api_key": "--api-key"}
@@ -232,7 +234,8 @@ def robustness_command(
     Writes robustness.json, report.html, jpeg_curve.png and min_eps.png (the per-image study; min_eps.png
     unless --no-attack) and curves-MODEL.png (the protocol) into --out. Against --target-url only the protocol's black-box attacks run.
 
-    Exit status: 0 done, 1 some inputs could not be read, 2 usage error, 3 model error.
+    Exit status: 0 done, 1 some inputs could not be read, 2 usage error, 3 model error (or the service at
+    --target-url could not be reached).
     """
     from ..lab.robust import RobustnessConfig, load_labels
     from ..lab.transforms import DEFAULT_PERTURBATIONS
@@ -295,7 +298,10 @@ def robustness_command(
         write_report_files(out, {"robustness.json": json.dumps(data, indent=1, allow_nan=False),
                                  **files_out, "report.html": page})
     except NsfwlabError as exc:
-        raise fail(exc, FLAGS) from None
+        stop = fail(exc, FLAGS)
+        if exc.code == SERVICE_ERROR:  # the service is the model under attack: it could not be run
+            raise typer.Exit(int(ExitCode.MODEL)) from None
+        raise stop from None
     if study is not None:
         _study_lines(study)
     _summary_lines(data)
