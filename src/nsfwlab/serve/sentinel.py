@@ -9,8 +9,11 @@ bounded window of recent uploads (time, PDQ hash, score) and flags a caller when
 1. **cluster**: at least ``min_cluster`` uploads of the window (the newest included) lie within
    ``near_distance`` PDQ bits of the newest one: many near-duplicates of one source image, in at
    most ``window_s`` seconds; and
-2. **varied scores**: those uploads' scores span at least ``min_spread`` (re-saves and resized
-   copies of one photo score nearly the same; an attacker's perturbations move the score); and
+2. **varied scores**: those uploads' scores span at least ``min_spread`` (copies of one image
+   that score the same are not probing anything; an attacker's perturbations move the score). It
+   is small (0.005): a score search on a photo the model scores near 0 moves the score by
+   hundredths only (ART's Square on photos scoring 1e-4 took 103 and 117 queries to span 0.01,
+   46 and 86 to span 0.005); and
 3. **probing a boundary**, any of: at least ``crowd_fraction`` of their scores lie within
    ``margin`` of one band boundary (crowding); at least ``straddle_fraction`` of them lie on each
    side of one boundary (a label-only walk's binary search: near-duplicates of one image that get
@@ -46,7 +49,7 @@ class SentinelConfig:
     max_keys: int = 4096
     near_distance: int = 32
     min_cluster: int = 16
-    min_spread: float = 0.01
+    min_spread: float = 0.005
     margin: float = 0.1
     crowd_fraction: float = 0.5
     straddle_fraction: float = 0.2

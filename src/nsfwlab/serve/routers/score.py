@@ -52,5 +52,6 @@ _SCORE_FIELDS = {"results": {"__all__": {"score", "raw_score", "frame_scores", "
 @router.get("/models", summary="The models this server serves", responses={401: ERROR_RESPONSES[401]})
 async def models(svc: Service = Depends(get_service)) -> dict[str, Any]:
     """Every model, the default first: ``id`` (what ``?model=`` names), ``default``, ``ready`` and,
-    once loaded, its card id (``card``), versions and bands; ``error`` when it failed to load."""
-    return {"models": svc.model_status()}
+    once loaded, its card id (``card``), versions and bands; ``error`` when it failed to load.
+    ``answer``: what scoring answers reveal, ``score`` or ``label`` (``--answer``)."""
+    return {"models": svc.model_status(), "answer": svc.config.answer.value}
