@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -91,13 +93,71 @@ def test_no_protocol_runs_the_per_image_study_alone(two_photos: Path, tmp_path: 
 def test_bad_threat_and_budget_are_one_line(two_photos: Path, tmp_path: Path) -> None:
     base = [str(two_photos), "--out", str(tmp_path / "o")]
     _usage_error([*base, "--threat", "l3"], "--threat must be linf or l2")
-    _usage_error([*base, "--eps", "0.5"], "--eps")  # an L-inf budget under one level changes no uint8 value
+    _usage_error([*base, "--eps", "0.5"], "L-inf budget under 1 level")
+    _usage_error([*base, "--eps", "300"], "--eps values must lie in (0, 255]")
     _usage_error([*base, "--attacks", "apgd,fgsm"], "--attacks")
 
 
+class _Fake:
+    """A library verb's stand-in: records its call, returns a report whose ``to_dict`` is ``data``."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data, self.calls = data, []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append((args, kwargs))
+        return SimpleNamespace(to_dict=lambda: json.loads(json.dumps(self.data)))
+
+
+def test_options_reach_the_protocol_and_sections_merge_into_one_json(two_photos: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wiring, with the protocol and the evasions stubbed (their own tests run them): every option reaches
+    the library, and their sections join the per-image study's in one JSON, one page and the plot files."""
+    import nsfwlab.lab.evasions as evasions
+    import nsfwlab.lab.protocol as protocol
+
+    curve = [{"eps": 2.0, "robust_accuracy": 0.5, "n": 2, "ci95": [0.0, 1.0], "broken": 1}]
+    proto = _Fake({"threat_model": {"norm": "l2", "eps": [2.0]}, "clean_accuracy": {},
+                   "curves": {"open_nsfw": {"apgd": curve, "worst": curve},
+                              "ensemble:open_nsfw+nsfwjs-mobilenetv2": {"apgd": curve, "worst": curve}},
+                   "sanity": [{"check": "more steps change little", "passed": False, "detail": "drop 0.5"}],
+                   "protocol_images": [], "warnings": ["protocol note"]})
+    ev = _Fake({"evasions": {"grid2": {"open_nsfw": -0.2}}, "warnings": ["evasions note"]})
+    monkeypatch.setattr(protocol, "robustness_protocol", proto)
+    monkeypatch.setattr(evasions, "evasion_table", ev)
+    out = tmp_path / "o"
+    res = runner.invoke(app, ["robustness", str(two_photos), "--out", str(out), "--no-attack", "--perturb",
+                              "jpeg:50", "--model", "open_nsfw", "--model", "ensemble:open_nsfw+nsfwjs-mobilenetv2",
+                              "--attacks", "apgd", "--threat", "l2", "--eps", "2", "--steps", "7", "--restarts", "3",
+                              "--queries", "40", "--work-side", "64", "--threshold", "0.4", "--seed", "5",
+                              "--save-adversarial", "--no-sanity", "--tiles"])
+    assert res.exit_code == 0, res.output
+    (args, kwargs), = proto.calls
+    config = args[2]
+    assert list(args[1]) == ["open_nsfw", "ensemble:open_nsfw+nsfwjs-mobilenetv2"]
+    assert (config.attacks, config.norm.value, config.eps, config.steps, config.restarts, config.queries,
+            config.work_side, config.threshold, config.seed, config.sanity) == (
+        ("apgd",), "l2", (2.0,), 7, 3, 40, 64, 0.4, 5, False)
+    assert config.save_adversarial == out / "adversarial" and kwargs["oracle_factory"] is None
+    assert kwargs["labels"] is None and len(args[0]) == 2
+    (eargs, ekwargs), = ev.calls
+    assert set(eargs[1]) == {"open_nsfw", "ensemble:open_nsfw+nsfwjs-mobilenetv2"} and ekwargs["tiles"] is True
+    assert ekwargs["threshold"] == 0.4 and ekwargs["seed"] == 5
+    data = json.loads((out / "robustness.json").read_text())
+    assert {"images", "summary", "curves", "evasions"} <= set(data)
+    assert data["warnings"] == ["protocol note", "evasions note"]  # merged, neither overwritten
+    for name in ("curves-open_nsfw.png", "curves-ensemble_open_nsfw_nsfwjs-mobilenetv2.png", "jpeg_curve.png"):
+        assert Image.open(out / name).format == "PNG"
+    page = (out / "report.html").read_text()
+    assert page.index("<h2>Threat model") < page.index("sanity check failed") < page.index("Per-image study")
+    assert "sanity check failed: more steps change little" in res.output and "evasions note" in res.output
+
+
+@pytest.mark.slow
 def test_one_run_writes_both_studies_into_one_json_and_one_page(two_photos: Path, tmp_path: Path) -> None:
-    """The fast end-to-end run: the cheapest attack on tiny copies, no sanity reruns, the study's
-    perturbations only; the sections, the plot and the page are all there."""
+    """The end-to-end run: the cheapest attack on tiny copies, no sanity reruns, the study's perturbations
+    only; the sections, the plot and the page are all there. (35 s on a loaded 2-core machine, most of it
+    loading the models.)"""
     out = tmp_path / "o"
     res = runner.invoke(app, ["robustness", str(two_photos), "--out", str(out), "--attacks", "hopskipjump",
                               "--queries", "20", "--work-side", "48", "--eps", "2,8", "--no-sanity", "--no-attack",
