@@ -204,18 +204,19 @@ def test_two_models_every_attack_saved_adversarials_verified_and_evasions(two_ph
         assert (out / f"curves-{m}.png").is_file()
     assert set(data["transfer"]) == set(models) and data["transfer"]["open_nsfw"].keys() == {"nsfwjs-mobilenetv2"}
     assert {"evasions", "evasions_detail", "tiles"} <= set(data) and set(data["tiles"]) == set(models)
-    saved = 0
+    from nsfwlab import Detector
+
+    detectors = {"open_nsfw": detector, "nsfwjs-mobilenetv2": Detector(model="nsfwjs-mobilenetv2", device="cpu")}
+    saved = []
     for im in data["protocol_images"]:
-        rec = im["models"]["open_nsfw"]
-        for attack in rec["attacks"].values():
-            if attack.get("saved"):
-                path = Path(attack["saved"])
-                path = path if path.is_absolute() else out / path
-                score = detector.nsfw_score(path)
-                assert (score >= 0.5) != (im["label"] == 1)  # the saved file is on the wrong side of 0.5
-                saved += 1
-    assert saved == len(list((out / "adversarial").rglob("*.png"))) - sum(
-        1 for im in data["protocol_images"] for a in im["models"]["nsfwjs-mobilenetv2"]["attacks"].values()
-        if a.get("saved"))
+        for m, rec in im["models"].items():
+            for attack in rec["attacks"].values():
+                if attack.get("saved"):
+                    path = Path(attack["saved"])
+                    path = path if path.is_absolute() else out / path
+                    score = detectors[m].nsfw_score(path)  # the kept file, scored again, is on the wrong side
+                    assert (score >= 0.5) != (im["label"] == 1) and score == pytest.approx(attack["score"], abs=1e-4)
+                    saved.append(path)
+    assert saved and sorted(saved) == sorted((out / "adversarial").rglob("*.png"))
     page = (out / "report.html").read_text()
     assert "<h2>Transfer" in page and "Everyday evasions" in page and "Tiled scoring" in page

@@ -102,7 +102,7 @@ def test_tables_show_values_intervals_and_nulls(image: str) -> None:
     assert "0.25 [0.00, 0.55]" in page  # robust accuracy with its interval
     assert "2/4 [0.10, 0.90] at 8/255" in page  # transfer detail
     assert "-0.210" in page and "tiled -0.020" in page and "recovered: grid2" in page
-    assert "seconds_per_image: tiled" in page and "recovered_detail" not in page
+    assert "seconds per image: tiled" in page and "recovered_detail" not in page
     assert "1 of 2 image(s), first at query 12" in page
     assert "not broken" in page and "clean accuracy 0.75 [0.25, 1.00] on 4 image(s)" in page
     assert "background:rgba(200,40,40,0.38)" in page  # transfer share 0.5 shaded

@@ -13,6 +13,7 @@ import html
 import math
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import PurePath
 from typing import Any
 
 from .robust import RobustnessReport
@@ -27,8 +28,8 @@ CARD_BLUR = 8.0
 WORST = "worst"
 
 _STYLE = """.card{display:inline-block;vertical-align:top;border:1px solid #ccc;border-radius:4px;padding:.5em;
-margin:0 .6em .6em 0;font-size:13px;max-width:380px}.card img{max-width:160px;display:block}
-.card table{margin:.3em 0}.tm td{text-align:left}.ok{color:#070}.bad{color:#b00;font-weight:bold}
+margin:0 .6em .6em 0;font-size:13px;max-width:520px}.card img{max-width:160px;display:block}
+.card table{margin:.3em 0;font-size:12px}.tm td,.tm th{text-align:left}.ok{color:#070}.bad{color:#b00;font-weight:bold}
 .warn.big{font-size:1.05em}"""
 
 
@@ -277,16 +278,17 @@ def _evasions(data: Mapping[str, Any]) -> str:
     out = ("<h2>Everyday evasions</h2><p>Mean change of the NSFW score when the image is edited as named (blue: "
            "down, orange: up), its 95% interval, the images counted and how many changed decision.</p>"
            + _table(["evasion", *models], rows))
-    tiles = data.get("tiles") or {}
+    tiles = {m: t for m, t in (data.get("tiles") or {}).items() if isinstance(t, Mapping)}
     if tiles:
-        flat = {model: _flatten(t) for model, t in tiles.items() if isinstance(t, Mapping)}
-        names = sorted({n for t in tiles.values() if isinstance(t, Mapping) for n in (t.get("recovered") or {})})
-        extra = list(dict.fromkeys(k for f in flat.values() for k in f))
-        trows = [[_esc(model), *(_num(f.get(k)) for k in extra),
-                  *(_num((tiles[model].get("recovered") or {}).get(n)) for n in names)] for model, f in flat.items()]
-        out += ("<h3>Tiled scoring (max over tiles)</h3><p>The share of the score lost to an evasion that tiled "
-                "scoring wins back, and its cost.</p>"
-                + _table(["model", *extra, *(f"recovered: {n}" for n in names)], trows))
+        # one column per model (few), one row per figure (many): the table stays narrow
+        flat = {model: _flatten(t) for model, t in tiles.items()}
+        names = list(dict.fromkeys(n for t in tiles.values() for n in (t.get("recovered") or {})))
+        figures = list(dict.fromkeys(k for f in flat.values() for k in f))
+        trows = [[_esc(k.replace("_", " ")), *(_num(flat[m].get(k)) for m in tiles)] for k in figures]
+        trows += [[f"recovered: {_esc(n)}", *(_num((tiles[m].get("recovered") or {}).get(n)) for m in tiles)]
+                  for n in names]
+        out += ("<h3>Tiled scoring (max over tiles)</h3><p>Its cost, and the share of the score lost to each "
+                "evasion that tiled scoring wins back.</p>" + _table(["", *tiles], trows))
     return out
 
 
@@ -358,13 +360,16 @@ def _cards(data: Mapping[str, Any], thumbnails: bool) -> str:
             if not isinstance(m, Mapping):
                 continue
             rows = [[_esc(attack), _eps(a.get("broken_at")) if a.get("broken_at") is not None else "not broken",
-                     _num(a.get("score"), 3), _num(a.get("queries"), 0), _esc(a.get("saved") or "")]
+                     _num(a.get("score"), 3), _num(a.get("queries"), 0),
+                     _esc(PurePath(str(a["saved"])).name) if a.get("saved") else ""]
                     for attack, a in (m.get("attacks") or {}).items() if isinstance(a, Mapping)]
             correct = m.get("correct")
             body.append(f"<div>{_esc(model)}: clean score {_num(m.get('clean_score'), 3)}"
                         + ("" if correct is None else " (correct)" if correct else ' <span class="bad">(wrong)</span>')
                         + (f'<br><span class="err">{_esc(m["error"])}</span>' if m.get("error") else "")
-                        + "</div>" + _table(["attack", "broken at", "score", "queries", "saved"], rows))
+                        + "</div>" + (_table(["attack", "broken at", "score", "queries", "saved as"], rows) if rows
+                                      else "<small>not attacked (classified wrong clean)</small>"
+                                      if correct is False else ""))
         cards.append(f'<div class="card">{head}{"".join(body)}</div>')
     return ("<h2>Images under attack</h2><p>Thumbnails are blurred in their pixels; 'broken at' is the smallest "
             "budget (1/255) whose verified adversarial changed the decision.</p>" + "".join(cards))
