@@ -220,3 +220,54 @@ def test_two_models_every_attack_saved_adversarials_verified_and_evasions(two_ph
     assert saved and sorted(saved) == sorted((out / "adversarial").rglob("*.png"))
     page = (out / "report.html").read_text()
     assert "<h2>Transfer" in page and "Everyday evasions" in page and "Tiled scoring" in page
+
+
+@pytest.mark.slow
+def test_attacking_a_live_service_counts_queries_and_records_blocks(two_photos: Path, tmp_path: Path) -> None:
+    """--target-url against a real `nsfwlab serve` (open_nsfw, query-attack detection blocking): the white-box
+    attack asked for is dropped with a note, the black-box ones count their queries, and blocked_at_query is
+    recorded per image (a number where the service blocked, null where it never did)."""
+    pytest.importorskip("fastapi")
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from nsfwlab import Detector
+    from nsfwlab.serve import ServeConfig, create_app
+    from nsfwlab.serve.sentinel import SentinelConfig
+
+    config = ServeConfig(detect_attacks=SentinelConfig(), on_attack="block", api_keys=("k1",))  # type: ignore[arg-type]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    server = uvicorn.Server(uvicorn.Config(create_app(config, Detector(device="cpu")), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    out = tmp_path / "o"
+    key = tmp_path / "key.txt"
+    key.write_text("# the service's key\nk1\n")
+    try:
+        for _ in range(600):
+            if server.started:
+                break
+            time.sleep(0.05)
+        res = runner.invoke(app, ["robustness", str(two_photos), "--out", str(out), "--target-url",
+                                  f"http://127.0.0.1:{port}", "--api-key-file", str(key), "--attacks",
+                                  "apgd,square,hopskipjump", "--queries", "60", "--work-side", "48", "--eps", "4,8"])
+    finally:
+        server.should_exit = True
+        thread.join(30)
+    assert res.exit_code == 0, res.output
+    assert "apgd need a local model's gradients and are skipped" in res.output
+    data = json.loads((out / "robustness.json").read_text())
+    assert "images" not in data and data["threat_model"]["target"] != "local"
+    assert set(data["curves"]["open_nsfw"]) == {"square", "hopskipjump", "worst"}
+    for attack in ("square", "hopskipjump"):
+        per_image = data["blocked_at_query"]["open_nsfw"][attack]
+        assert len(per_image) == 2 and all(b is None or 0 <= b <= 4 * 60 for b in per_image)
+        assert all(0 <= q <= 2 * 60 for q in data["queries"]["open_nsfw"][attack]["per_image"])
+    page = (out / "report.html").read_text()
+    assert "blocked by the service" in page
