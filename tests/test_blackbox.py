@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("art")
 
 from nsfwlab.errors import ConfigError
-from nsfwlab.lab.blackbox import BlackBoxResult, hopskipjump, perturbation_norm, square
+from nsfwlab.lab.blackbox import BlackBoxResult, _ball, hopskipjump, perturbation_norm, square
 from nsfwlab.lab.remote import ServiceBlocked
 
 
@@ -175,3 +175,26 @@ def test_bad_arguments_are_config_errors() -> None:
 def test_result_to_dict() -> None:
     r = BlackBoxResult(None, False, 12, 5, math.nan)
     assert r.to_dict() == {"success": False, "queries": 12, "blocked_at_query": 5, "norm": None, "score": None}
+
+
+@pytest.mark.parametrize("eps", [0.7, 3.0, 12.5])
+def test_the_l2_ball_holds_after_rounding(eps: float) -> None:
+    rng = np.random.default_rng(0)
+    img = photo(128.0)
+    project = _ball(img, "l2", eps)
+    for scale in (0.5, 5.0, 40.0):
+        cand = np.rint(img + rng.normal(0, scale, (4, *img.shape)))
+        out = project(cand)
+        assert out.dtype == np.uint8
+        norms = [perturbation_norm(o, img, "l2") for o in out]
+        assert max(norms) <= eps + 1e-9
+        if scale >= 5 * eps:  # a far candidate is pulled back to (nearly) the sphere, not to the centre
+            assert min(norms) >= 0.8 * eps
+    linf = _ball(img, "linf", 2.5)(np.rint(img + rng.normal(0, 9, img.shape)))
+    assert np.abs(linf.astype(int) - img.astype(int)).max() == 2
+
+
+def test_square_refuses_a_linf_eps_below_one_level() -> None:
+    with pytest.raises(ConfigError, match="no change") as info:
+        square(Brightness(), photo(131.0), 1, norm="linf", eps=0.5, queries=10)
+    assert info.value.param == "eps"

@@ -54,10 +54,10 @@ def _error(path: Path, exc: BaseException) -> str:
     return msg
 
 
-def _table(rows: list[dict[str, Any]]) -> None:
+def _table(rows: list[dict[str, Any]], caption: str | None = None) -> None:
     from rich.table import Table
 
-    table = Table(show_edge=False, pad_edge=False)
+    table = Table(show_edge=False, pad_edge=False, caption=caption)
     for col in ("image", "before", "after", "goal", "L-inf", "PSNR", "steps", "seconds", ""):
         table.add_column(col, justify="left" if col in ("image", "goal", "") else "right",
                          overflow="fold")
@@ -96,34 +96,44 @@ def attack_command(
     report: Path | None = typer.Option(None, "--report", help="Write every result (and error) as JSON here."),
     seed: int = typer.Option(0, help="Seed of the thinning mask."),
     device: Device = typer.Option(Device.AUTO, help="Where the gradients are computed."),
+    model: str | None = typer.Option(None, "--model", help="The model to attack: a zoo classifier "
+                                     "(`nsfwlab models`: the nsfwjs models), an ensemble (ensemble:A+B[:mean|max]) "
+                                     "or a fine-tuned open_nsfw checkpoint (.pt), instead of open_nsfw."),
+    target_class: str | None = typer.Option(None, "--target-class", help="Aim at this class's probability "
+                                            "(a zoo classifier's class, e.g. Drawing) instead of the NSFW score."),
     progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr."),
 ) -> None:
     """The smallest change that gives each image the score --to, verified by the exact pipeline.
 
     Every score printed is the Detector's score of the written PNG (and of each re-save or resize it must
-    survive).
+    survive): the NSFW score of --model, or the probability of --target-class.
 
     Exit status: 0 every target reached, 1 some not reached (the best attempt is still written and flagged in
     the report) or an input could not be read, 2 usage error, 3 model error.
     """
     from ..detector import Detector
+    from ..lab.attack_options import check_attackable
     from ..lab.attacks import AttackConfig, attack
+    from ..lab.pgd import Engine
 
     try:
         config = AttackConfig(to=to, max_eps=max_eps, norm=norm, tolerance=tolerance, steps=steps,  # type: ignore[arg-type]
                               jpeg=jpeg, survive_jpeg=_qualities(survive_jpeg),  # type: ignore[arg-type]
                               survive_resize=_factors(survive_resize), fewest_pixels=fewest_pixels,
                               space=space, max_work_side=max_work_side, seed=seed,  # type: ignore[arg-type]
-                              device=device.value)
+                              device=device.value, target_class=target_class)
+        if model is not None:
+            check_attackable(model, target_class)  # before loading it: NudeNet needs its package to load at all
         files = expand_images(images)
         if not files:
             raise ConfigError("no images found in the given folders")
         targets = _targets(files, out)
         if report is not None:
             output_file(report)
-        det = Detector(device="cpu")
+        det = Detector(device="cpu", model=model)
+        Engine(config, det)  # a model or option the attack refuses fails here, once, not once per image
     except NsfwlabError as exc:
-        raise fail(exc) from None
+        raise fail(exc, {"target_class": "--target-class"}) from None
     rows: list[dict[str, Any]] = []
     failed = False
     with progress_bar(len(files), "attacking", enabled=progress) as advance:
@@ -143,9 +153,11 @@ def attack_command(
                 failed = True
                 advance(errors=1)
             rows.append(row)
-    _table(rows)
+    what = f"probability of {target_class}" if target_class else "NSFW score"
+    _table(rows, None if model is None and not target_class else f"before / after: {det.model_id}'s {what}")
     if report is not None:
-        _write_bytes(report, json.dumps({"target": to, "config": _config_dict(config), "results": rows},
+        _write_bytes(report, json.dumps({"target": to, "model": det.model_id, "score_of": target_class or "nsfw",
+                                         "config": _config_dict(config), "results": rows},
                                         indent=1).encode("utf-8"))
     if failed:
         raise typer.Exit(int(ExitCode.INPUT_FAILED))

@@ -90,14 +90,16 @@ def evolve_command(
     frame_every: int | None = typer.Option(None, min=1, help="Generations between frames (default: about 60 frames)."),
     device: Device = typer.Option(Device.AUTO, help="Where the model runs."),
     backend: BackendName = typer.Option(BackendName.AUTO, help="Inference engine."),
-    model: Path | None = typer.Option(None, "--model", help="A fine-tuned checkpoint (.pt) or exported .onnx."),
+    model: str | None = typer.Option(None, "--model", help="A zoo model id (`nsfwlab models`: the nsfwjs models, "
+                                     "nudenet-320n), an ensemble (ensemble:A+B[:mean|max]), or a fine-tuned "
+                                     "checkpoint (.pt) or exported .onnx, instead of open_nsfw."),
     batch_size: int = typer.Option(8, min=1, help="Images per model call."),
     progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress on stderr (default: on a terminal)."),
 ) -> None:
-    """Evolve an image of coloured shapes towards an NSFW score.
+    """Evolve an image of coloured shapes towards an NSFW score (open_nsfw's, or --model's).
 
-    Every candidate is scored through the exact pipeline (JPEG round trip included), so the
-    printed score is what `nsfwlab score` prints for the written PNG.
+    Every candidate is scored through the model's exact pipeline (open_nsfw: JPEG round trip
+    included), so the printed score is what `nsfwlab score` prints for the written PNG.
 
     Exit status: 0 goal reached (or the budget spent when maximising/minimising without
     --stop-at), 1 not reached (the best image is still written, the report says so), 2 usage
@@ -224,7 +226,9 @@ def synthesize_command(
     blur: bool = typer.Option(True, "--blur/--no-blur", help="Blur gallery images that score high."),
     seed: int = typer.Option(0, min=0, help="Random seed."),
     device: Device = typer.Option(Device.AUTO, help="Where the optimisation runs."),
-    model: Path | None = typer.Option(None, "--model", help="A fine-tuned checkpoint (.pt) instead of the stock model."),
+    model: str | None = typer.Option(None, "--model", help="A fine-tuned open_nsfw checkpoint (.pt) instead of the "
+                                     "stock model (synthesis optimises open_nsfw's classes and layers; zoo models: "
+                                     "`nsfwlab evolve --model`)."),
     progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr (default: on a terminal)."),
 ) -> None:
     """Synthesise images that maximise an objective on open_nsfw (feature visualisation).

@@ -26,6 +26,7 @@ from ..errors import ConfigError, ImageError, NsfwlabError
 from ..frames import FrameMode, FrameOptions, sniff_video
 from ..imageio import IMAGE_SUFFIXES, VIDEO_SUFFIXES, iter_image_files, read_bytes, read_head, sniff_format
 from ..outputs import atomic_output, csv_writer, printable
+from ..tiles import TiledScore, check_tiles, score_media_tiled
 from ..verdict import may_hold_frames
 from ._common import (
     AGGREGATE_OPTION,
@@ -124,9 +125,16 @@ def _check_bank(path: Path | None) -> None:
         raise ConfigError(f"no bank at {path} (create one with `nsfwlab bank import`)")
 
 
-def _jsonl_line(res: Result, per_frame: bool) -> str:
+def _jsonl_line(res: Result, per_frame: bool, tiled: TiledScore | None = None) -> str:
     row = res.to_dict(per_frame) if isinstance(res, FramesResult) else res.to_dict()
+    if tiled is not None:
+        row["tile"], row["tile_box"] = tiled.tile.name, tiled.tile.xywh
     return json.dumps(row, ensure_ascii=False)
+
+
+def _tile_cells(tiled: TiledScore | None) -> list[str]:
+    """The CSV's tile and tile_box (x,y,w,h in pixels of the image) cells; empty without a tiled score."""
+    return ["", ""] if tiled is None else [tiled.tile.name, ",".join(map(str, tiled.tile.xywh))]
 
 
 def _frame_options(mode: FrameMode, fps: float, max_frames: int, keyframes_only: bool, aggregate: str, topk: int,
@@ -184,6 +192,7 @@ def score_command(
     early_stop: bool = typer.Option(False, "--early-stop", help="End a file at the first batch of frames that makes it nsfw (faster; its frames and segments then cover only what was scored)."),
     per_frame: bool = typer.Option(False, "--per-frame", help="JSONL rows of videos/animations gain frame_scores: a (time, score) pair per frame scored."),
     timeline: Path | None = typer.Option(None, "--timeline", help="Write a PNG of score against time, one subplot per video/animation (12 per page: OUT.png, OUT_2.png, ...)."),
+    tiles: bool = typer.Option(False, "--tiles", help="Also score crops of each still image (a centre crop, overlapping tiles of 2x2 and 3x3 grids: 36 forwards) and report the highest score, against collages, borders and frames; rows gain tile and tile_box (the crop that won). Videos and animations are scored as without it."),
 ) -> None:
     """Score images, videos and animations with the exact open_nsfw model (or --model's).
 
@@ -206,6 +215,8 @@ def score_command(
                             bank=bank, match_distance=match_distance)
         detector.thresholds = _bands(detector.thresholds, safe_below, nsfw_above)
         thresholds = detector.thresholds
+        if tiles:
+            check_tiles(detector)
     except NsfwlabError as exc:
         raise fail(exc) from None
 
@@ -221,25 +232,30 @@ def score_command(
         header = (["path", "score", "label", "error"] + (["raw_score"] if calibrated else [])
                   + (["match_decision", "match_distance", "match_source", "match_skipped"] if banked else [])
                   + (["kind", "frames", "segments"] if seen.media else []))
-        writer.writerow(header + _class_header(classes, header) + (["boxes"] if boxed else []))
+        writer.writerow(header + _class_header(classes, header) + (["boxes"] if boxed else [])
+                        + (["tile", "tile_box"] if tiles else []))
     rows: list[Result] = []  # for the table, printed at the end
+    won: list[TiledScore | None] = []  # with --tiles: each row's tiled score
     timelines: list[Timeline] = []
+    stream = (score_media_tiled(detector, items, options) if tiles
+              else ((r, None) for r in detector.score_media(items, options)))
     with detector, progress_bar(len(items), "scoring", unit="file", enabled=progress) as advance:
-        for res in detector.score_media(items, options):
+        for res, tiled in stream:
             advance(1, errors=0 if res.ok else 1)
             failed += 0 if res.ok else 1
             if timeline is not None and (entry := _timeline_entry(res)) is not None:
                 timelines.append(entry)
             if fmt is OutputFormat.JSONL:
-                sys.stdout.write(_jsonl_line(res, per_frame) + "\n")
+                sys.stdout.write(_jsonl_line(res, per_frame, tiled) + "\n")
                 sys.stdout.flush()
             elif writer is not None:
                 writer.writerow(_csv_row(res, calibrated, banked, seen.media) + _class_cells(res, classes)
-                                + ([_boxes_json(res)] if boxed else []))
+                                + ([_boxes_json(res)] if boxed else []) + (_tile_cells(tiled) if tiles else []))
             else:
                 rows.append(res)
+                won.append(tiled)
     if fmt is OutputFormat.TABLE:
-        stdout.print(_table(rows, calibrated, banked, classes, boxed))
+        stdout.print(_table(rows, calibrated, banked, classes, boxed, won if tiles else None))
     if timeline is not None:
         try:
             _write_timeline(timeline, timelines, thresholds)
@@ -312,15 +328,18 @@ def _boxes_text(res: Result, most: int = 3) -> str:
 
 
 def _table(rows: list[Result], calibrated: bool, banked: bool, classes: tuple[str, ...] | None = None,
-           boxed: bool = False) -> Table:
+           boxed: bool = False, tiled: list[TiledScore | None] | None = None) -> Table:
     media = any(isinstance(res, FramesResult) for res in rows)
     columns = (["path", "score"] + (["raw score"] if calibrated else []) + ["label"] + (["match"] if banked else [])
                + (["frames", "segments"] if media else []))
-    table = Table(*columns, *_class_header(classes, columns), *(["boxes"] if boxed else []), title=None,
-                  show_edge=False)
-    for res in rows:
+    table = Table(*columns, *_class_header(classes, columns), *(["boxes"] if boxed else []),
+                  *(["tile"] if tiled is not None else []), title=None, show_edge=False)
+    for i, res in enumerate(rows):
+        won = tiled[i] if tiled is not None else None
+        tile_cell = ([f"{won.tile.name} {','.join(map(str, won.tile.xywh))}" if won is not None else ""]
+                     if tiled is not None else [])
         table.add_row(*_table_row(res, calibrated, banked, media), *_class_cells(res, classes, 3),
-                      *([printable(_boxes_text(res))] if boxed else []))
+                      *([printable(_boxes_text(res))] if boxed else []), *tile_cell)
     return table
 
 

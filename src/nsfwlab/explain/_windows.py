@@ -16,6 +16,7 @@ from ..config import DecodeLimits
 from ..detector import Detector
 from ..errors import ConfigError, NsfwlabError
 from ..imageio import ImageInput, describe_source, load_image
+from ..modelsource import rgb_pixels
 from ..objectives import Target, TargetName, make_target
 from ..preprocess import finish_resized, preprocess_rgb, stack_batch
 from ..readahead import ordered_map
@@ -144,13 +145,21 @@ def score_variants(detector: Detector, render: Callable[[int], Image.Image], cou
     """
     out = np.empty((count,), dtype=np.float32)
     config = detector.preprocess_config
+    zoo = getattr(detector, "zoo", None)
     finish: Callable[[Image.Image, PreprocessConfig], np.ndarray] = finish_resized if resized else preprocess_rgb
+    if zoo is not None:  # a zoo model takes the decoded pixels and prepares them as its card says
+        if resized:
+            raise ConfigError(f"model {zoo.model_id} resizes its own input; render the images at their size")
+        finish = lambda img, _config: rgb_pixels(img)  # noqa: E731
     bs = detector.batch_size
     with closing(ordered_map(lambda i: finish(render(i), config), range(count), ahead=2 * bs,
                              workers=max(1, detector.workers), name="nsfwlab-explain")) as arrays:
         for lo in range(0, count, bs):
-            batch = stack_batch(list(islice(arrays, bs)))
-            out[lo : lo + len(batch)] = detector.predict_arrays(batch)
+            items = list(islice(arrays, bs))
+            if zoo is not None:
+                out[lo : lo + len(items)] = zoo.nsfw_scores(zoo.run_images(items)[0])
+            else:
+                out[lo : lo + len(items)] = detector.predict_arrays(stack_batch(items))
             if progress is not None:
-                progress(len(batch))
+                progress(len(items))
     return out

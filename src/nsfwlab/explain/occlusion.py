@@ -41,16 +41,17 @@ def default_box(height: int, width: int) -> int:
 class LocalResizer:
     """Occluded copies, resized: each thread occludes its own scratch copy of the image in place,
     resizes it with the exact pipeline's resize and restores the box, so no full-size array is
-    copied and converted per window.
+    copied and converted per window. ``size=None`` (a zoo model, which resizes its own input): a copy
+    of the occluded image at its own size.
 
     Resizing only the output region near the box (Pillow's ``resize(box=...)``) was tried and is
     not bit-exact in Pillow 13 for some image sizes (one-level differences, which the JPEG round
     trip amplifies), so the whole occluded image is resized: exact by construction.
     """
 
-    def __init__(self, img: Image.Image, filler: Image.Image, size: int) -> None:
+    def __init__(self, img: Image.Image, filler: Image.Image, size: int | None) -> None:
         self.img, self.filler, self.size = img, filler, size
-        self.base_image = resize_image(img, size)
+        self.base_image = img if size is None else resize_image(img, size)
         self._local = threading.local()
 
     def __call__(self, box: tuple[int, int, int, int]) -> Image.Image:
@@ -60,7 +61,7 @@ class LocalResizer:
         t, left, b, r = box
         scratch.paste(self.filler.crop((left, t, r, b)), (left, t))
         try:
-            return resize_image(scratch, self.size)
+            return scratch.copy() if self.size is None else resize_image(scratch, self.size)
         finally:
             scratch.paste(self.img.crop((left, t, r, b)), (left, t))
 
@@ -106,12 +107,13 @@ class Occlusion(WindowExplainer):
         each pixel is hidden."""
         tgt, _, img, boxes = self._setup(image, target)  # boxes slide over the working copy
         det = self.detector
-        resizer = LocalResizer(img, self._filler(img), det.preprocess_config.resize)
+        own = getattr(det, "zoo", None) is None  # open_nsfw: its exact resize here; a zoo model resizes its own input
+        resizer = LocalResizer(img, self._filler(img), det.preprocess_config.resize if own else None)
 
         def render(i: int) -> Image.Image:
             return resizer.base_image if i == 0 else resizer(boxes[i - 1])
 
-        scores = score_variants(det, render, len(boxes) + 1, progress=progress, resized=True)
+        scores = score_variants(det, render, len(boxes) + 1, progress=progress, resized=own)
         values = tgt.from_probabilities(scores)
         drops = values[0] - values[1:]
         return average_over_boxes(drops, boxes, img.height, img.width)

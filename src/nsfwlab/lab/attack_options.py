@@ -21,6 +21,9 @@ __all__ = [
     "JpegMode",
     "Norm",
     "Space",
+    "attackable_models",
+    "check_attackable",
+    "check_attackable_card",
     "jpeg_qualities",
     "survive_specs",
 ]
@@ -129,7 +132,9 @@ class AttackConfig:
     factors the result must also meet the target after. ``fewest_pixels``: after the budget search, look
     for the fewest changed pixels at that budget. ``max_work_side``: images with a longer side are
     attacked on a downscaled working copy (the result has the working copy's size); ``max_aspect``
-    refuses extreme aspect ratios (the core's :mod:`nsfwlab.sizing`)."""
+    refuses extreme aspect ratios (the core's :mod:`nsfwlab.sizing`). ``target_class``: aim at this class's
+    probability (a class of a zoo classifier, e.g. nsfwjs's ``Drawing``) instead of the model's NSFW score
+    (:func:`check_attackable`)."""
 
     to: float = 0.983
     max_eps: float = 8.0
@@ -145,6 +150,7 @@ class AttackConfig:
     max_aspect: float = 20.0
     seed: int = 0
     device: str = "auto"
+    target_class: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", _enum(Norm, self.norm, "norm"))
@@ -163,10 +169,63 @@ class AttackConfig:
         _check(self.max_work_side >= 32, "max_work_side",
                f"max_work_side must be at least 32, got {self.max_work_side}")
         _check(self.max_aspect >= 1, "max_aspect", f"max_aspect must be at least 1, got {self.max_aspect}")
+        _check(self.target_class is None or (isinstance(self.target_class, str) and self.target_class.strip() != ""),
+               "target_class", f"target_class must be a class name, got {self.target_class!r}")
         try:
             Device(self.device)
         except ValueError:
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}", param="device") from None
+
+
+def attackable_models() -> list[str]:
+    """The zoo models the attack's gradients go through: open_nsfw and every classifier converted to PyTorch
+    (the nsfwjs models); ensembles of them also (``ensemble:A+B[:mean|max]``)."""
+    from ..zoo import DEFAULT_MODEL, all_cards
+
+    return [DEFAULT_MODEL, *sorted(c.id for c in all_cards().values()
+                                   if c.kind == "classifier" and c.weights.format == "tfjs")]
+
+
+def check_attackable(model: str, target_class: str | None = None) -> None:
+    """Refuse, in one line naming what works, a model the attack cannot differentiate (NudeNet's ONNX
+    detector, a user's ONNX card) or a ``target_class`` the model has not: a class target needs one zoo
+    classifier (an ensemble combines NSFW scores; open_nsfw's score is its ``nsfw`` class). ``model``: a zoo
+    id or ensemble id; a checkpoint file (``.pt``) is open_nsfw's architecture and always attackable."""
+    from ..modelsource import is_model_file
+    from ..zoo import DEFAULT_MODEL, get_card, parse_ensemble
+
+    if is_model_file(model):
+        members: tuple[str, ...] = (DEFAULT_MODEL,)
+    else:
+        ensemble = parse_ensemble(model)
+        members = tuple(ensemble.members) if ensemble is not None else (model,)
+    cards = {m: get_card(m) for m in members if m != DEFAULT_MODEL}
+    for card in cards.values():
+        check_attackable_card(card)
+    if target_class is None:
+        return
+    if len(members) > 1:
+        raise ConfigError(f"target_class needs one classifier: {model} combines its members' NSFW scores; "
+                          "aim at its NSFW score (no target_class)", param="target_class")
+    card = cards.get(members[0]) or get_card(DEFAULT_MODEL)
+    if members[0] == DEFAULT_MODEL and target_class != "nsfw":
+        from ..zoo.registry import NSFWJS_CLASSES
+
+        raise ConfigError(f"open_nsfw's attack aims at its NSFW score (class 'nsfw'), not {target_class!r}; other "
+                          f"classes are a zoo classifier's (the nsfwjs models: {', '.join(NSFWJS_CLASSES)})",
+                          param="target_class")
+    if target_class not in card.classes:
+        raise ConfigError(f"model {card.id} has no class {target_class!r}; its classes: {', '.join(card.classes)}",
+                          param="target_class")
+
+
+def check_attackable_card(card: Any) -> None:
+    """Refuse one model card (:class:`~nsfwlab.zoo.ModelCard`) the attack cannot differentiate: anything but a
+    classifier with converted (PyTorch) weights."""
+    if card.id != "open_nsfw" and (card.kind != "classifier" or card.weights.format != "tfjs"):
+        what = "a detector in onnxruntime" if card.kind == "detector" else f"{card.weights.format} weights"
+        raise ConfigError(f"model {card.id} ({what}) has no differentiable form to attack; the attack takes "
+                          f"{', '.join(attackable_models())} and their ensembles", param="model")
 
 
 def _check(ok: bool, param: str, message: str) -> None:

@@ -276,6 +276,8 @@ def square(oracle: Oracle, image: np.ndarray, label: int, *, norm: str = "linf",
                           "cannot run against it (use hopskipjump)", param="oracle")
     if not eps > 0:
         raise ConfigError(f"eps must be positive (in /255), got {eps}", param="eps")
+    if norm == "linf" and eps < 1:
+        raise ConfigError(f"a linf eps below 1 (in /255) leaves no change of uint8 pixels, got {eps}", param="eps")
     from art.attacks.evasion import SquareAttack
 
     h, w = arr.shape[:2]

@@ -398,8 +398,9 @@ class TilesStat:
     and seconds per image with and without; for each tiled evasion, the share of the score the
     evasion took that tiles give back (``recovered``: mean of tiled(evaded) - plain(evaded) over
     the mean of plain(clean) - plain(evaded); ``None`` where under :data:`MIN_LOSS` was lost),
-    with a bootstrap interval; and the price on clean images (their mean score rise, and how many
-    tiles turn from safe to NSFW at the threshold)."""
+    with a bootstrap interval (``recovered_detail`` also holds ``tiled_lost``: what the evasion still
+    takes from a tiled scorer, tiled(clean) - tiled(evaded)); and the price on clean images (their
+    mean score rise, and how many tiles turn from safe to NSFW at the threshold)."""
 
     cost: float
     seconds_plain: float | None
@@ -610,6 +611,7 @@ def _rounded(ci: list[float] | None) -> list[float] | None:
 def _tiles_stat(images: list[dict[str, Any]], model: str, tiled_names: tuple[str, ...], threshold: float, seed: int,
                 timers: tuple[_Timer, _Timer], forwards: list[int], warnings: list[str]) -> TilesStat:
     clean = np.array([im["clean"][model] for im in images], dtype=np.float64)
+    t_clean = np.array([im["tiled"][model]["clean"]["score"] for im in images], dtype=np.float64)
     recovered: dict[str, float | None] = {}
     detail: dict[str, dict[str, Any]] = {}
     for e in tiled_names:
@@ -620,11 +622,11 @@ def _tiles_stat(images: list[dict[str, Any]], model: str, tiled_names: tuple[str
         recovered[e] = _r(share, 4)
         detail[e] = {"share": _r(share, 4), "ci95": _rounded(_ratio_interval(regained, lost, seed)) if share else None,
                      "n": len(lost), "lost": _r(float(lost.mean())) if len(lost) else None,
-                     "regained": _r(float(regained.mean())) if len(lost) else None}
+                     "regained": _r(float(regained.mean())) if len(lost) else None,
+                     "tiled_lost": _r(float((t_clean - t_after).mean())) if len(lost) else None}
         if share is None and len(lost):
             warnings.append(f"tiles on {model}, {e}: the evasion took {float(lost.mean()):+.4f} of the score on "
                             f"average (under {MIN_LOSS}): no share recovered to report")
-    t_clean = np.array([im["tiled"][model]["clean"]["score"] for im in images], dtype=np.float64)
     clean_change = _r(float((t_clean - clean).mean())) if len(clean) else None
     clean_to_nsfw = int(((clean < threshold) & (t_clean >= threshold)).sum())
     cost = float(np.mean(forwards)) if forwards else 0.0

@@ -232,11 +232,16 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def detector_scorer(detector: Any) -> Scorer:
-    """Score uint8 RGB images with a Detector's own preprocessing and model, batched."""
+    """Score uint8 RGB images with a Detector's own preprocessing and model, batched: open_nsfw's exact
+    pipeline, or a zoo model's own (its card's input; a detector's NSFW score from its boxes)."""
     from ..preprocess import stack_batch
+
+    zoo = getattr(detector, "zoo", None)
 
     def score(images: np.ndarray) -> np.ndarray:
         arrays = [detector.preprocess(img) for img in images]
+        if zoo is not None:
+            return np.asarray(zoo.nsfw_scores(zoo.run_images(arrays)[0]), dtype=np.float64)
         return np.asarray(detector.predict_arrays(stack_batch(arrays)), dtype=np.float64)
 
     return score
@@ -386,7 +391,7 @@ def evolve(start: Any = None, detector: Any = None, config: EvolveConfig | None 
             with Detector(device="cpu") as own:
                 return evolve(genome, own, config, progress=progress, verify=verify)
         scorer = detector_scorer(detector)
-        verify = verify or detector.score
+        verify = verify or detector.nsfw_score
     saved_random, saved_np = random.getstate(), np.random.get_state()
     try:
         random.seed(config.seed)

@@ -4,9 +4,11 @@ the robustness report drives :class:`Engine` directly (its own goals and views).
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +25,18 @@ from ..preprocess.differentiable import network_input, straight_through_jpeg
 from ..preprocess.resize import resize_exact
 from ..progress import ProgressCallback, notify
 from ..sizing import check_aspect, downscale
-from .attack_options import EOT_QUALITIES, AttackConfig, Goal, GoalKind, JpegMode, Norm, Space, survive_specs
+from .attack_options import (
+    EOT_QUALITIES,
+    AttackConfig,
+    Goal,
+    GoalKind,
+    JpegMode,
+    Norm,
+    Space,
+    check_attackable,
+    check_attackable_card,
+    survive_specs,
+)
 from .transforms import Transform, parse_transform, straight_through
 
 __all__ = ["AttackResult", "Attempt", "Engine", "image_metrics"]
@@ -36,7 +49,8 @@ _ESTIMATE_SLACK = 2e-4
 @dataclass(frozen=True)
 class AttackResult:
     """An attack's outcome. Every score is the Detector's on the saved (PNG) pixels of ``image``; ``views``
-    holds the score after each transformation it was verified against (``image`` = none)."""
+    holds the score after each transformation it was verified against (``image`` = none). ``model``: the
+    model attacked; ``target_class``: the class whose probability the scores are (``None``: the NSFW score)."""
 
     image: Image.Image
     source: str
@@ -55,6 +69,8 @@ class AttackResult:
     history: tuple[dict[str, Any], ...] = ()
     pixels_changed: int = 0
     original_size: tuple[int, int] | None = None
+    model: str = "open_nsfw"
+    target_class: str | None = None
 
     @property
     def note(self) -> str | None:
@@ -68,7 +84,8 @@ class AttackResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (without the image)."""
         return {
-            "source": self.source, "goal": self.goal.describe(), "target": self.goal.value,
+            "source": self.source, "model": self.model, "score_of": self.target_class or "nsfw",
+            "goal": self.goal.describe(), "target": self.goal.value,
             "score_before": self.score_before, "score_after": self.score_after, "success": self.success,
             "eps": self.eps, "linf": self.linf, "l2": self.l2, "pixels_changed": self.pixels_changed,
             "psnr": None if math.isinf(self.psnr) else self.psnr, "ssim": self.ssim,
@@ -115,19 +132,59 @@ class Attempt:
 
 class Engine:
     """The model, its device and the differentiable exact pipeline, for one :class:`AttackConfig`;
-    ``detector`` verifies every result and provides the torch model the gradients come from."""
+    ``detector`` verifies every result and provides the model the gradients come from.
+
+    open_nsfw (and its checkpoints): the Detector's torch module behind the exact differentiable pipeline
+    (resize bit for bit, the JPEG step as ``config.jpeg`` says). A zoo classifier or an ensemble
+    (``Detector(model="nsfwjs-mobilenetv2")``): its :class:`~nsfwlab.lab.differentiable.Scorer` (the card's
+    preprocessing in torch and the converted network; an ensemble's mean or max), with the probability of
+    ``config.target_class`` instead of the NSFW score where one is set. Either way only the Detector's score of
+    the saved pixels decides a success. A model without a differentiable form is a one-line ConfigError
+    (:func:`~nsfwlab.lab.attack_options.check_attackable`)."""
 
     def __init__(self, config: AttackConfig, detector: Any) -> None:
         self.config = config
         self.detector = detector
         self.device = torch.device(resolve_device(config.device))
-        self.model = detector.torch_model(device=str(self.device))
+        zoo = getattr(detector, "zoo", None)
+        self.model_id: str = zoo.model_id if zoo is not None else "open_nsfw"
+        target = config.target_class
+        card = getattr(getattr(zoo, "model", None), "card", None)
+        if card is not None:  # one zoo model, perhaps from a card file outside the registry: check its card
+            check_attackable_card(card)
+            if target is not None and target not in card.classes:
+                raise ConfigError(f"model {card.id} has no class {target!r}; its classes: {', '.join(card.classes)}",
+                                  param="target_class")
+        else:
+            check_attackable(self.model_id, target)
+        #: The class whose probability the attack moves; ``None``: the model's NSFW score.
+        self.target_class = None if zoo is None or target is None else target
         self.margin = LogitMargin()
         self.pre = detector.preprocess_config
-        if self.pre.draft:
-            raise ConfigError("the attack needs the exact resize; use a Detector without draft decoding",
-                              param="detector")
         self._kornia_jpeg: Callable[..., torch.Tensor] | None = None
+        #: A zoo model's differentiable score (``None`` for open_nsfw, which runs its own exact pipeline).
+        self.scorer: Any = None
+        if zoo is None:
+            self.model = detector.torch_model(device=str(self.device))
+            if self.pre.draft:
+                raise ConfigError("the attack needs the exact resize; use a Detector without draft decoding",
+                                  param="detector")
+        else:
+            if config.jpeg is not JpegMode.DIFFERENTIABLE:
+                raise ConfigError(f"the JPEG step is open_nsfw's; model {self.model_id} has none, so jpeg "
+                                  f"{config.jpeg.value} does not apply (leave it at differentiable)", param="jpeg")
+            self.scorer = _zoo_scorer(detector, self.target_class, self.device)
+            self.model = self.scorer
+        #: The side of a ``space="resized"`` attack: the network's own input.
+        self.input_side = self.pre.resize if zoo is None else _input_side(self.scorer, self.model_id, config)
+
+    def exact(self, arr: np.ndarray) -> float:
+        """The Detector's score of uint8 pixels that the goal is about: the NSFW score, or (``target_class``)
+        that class's probability in the zoo model's own output."""
+        if self.target_class is None:
+            return float(self.detector.nsfw_score(arr))
+        classes = self.detector.classify(arr).classes
+        return float(classes[self.target_class])
 
     def survive_views(self) -> list[Transform | None]:
         """The image itself and every transformation of ``survive_jpeg`` / ``survive_resize``."""
@@ -142,7 +199,7 @@ class Engine:
             check_aspect(img.height, img.width, self.config.max_aspect, who="the lab")
         except NsfwlabError as exc:
             raise exc.with_source(name) from None
-        size = self.pre.resize
+        size = self.input_side
         if self.config.space is Space.RESIZED:
             if img.size != (size, size):
                 img = img.resize((size, size), Image.Resampling.BILINEAR)
@@ -194,6 +251,52 @@ class Engine:
         return self._kornia_jpeg(x / 255.0, q) * 255.0
 
 
+#: Each zoo Detector's Scorer per device (its weights are read once; an attack per image or per budget reuses it).
+_SCORERS: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def _zoo_scorer(detector: Any, target_class: str | None, device: torch.device) -> Any:
+    """The zoo Detector's :class:`~nsfwlab.lab.differentiable.Scorer` on ``device``; with ``target_class``,
+    the same network's probability of that class (the card's preprocessing unchanged)."""
+    from .differentiable import load_scorer
+
+    cache = _SCORERS.setdefault(detector, {})
+    key = str(device)
+    if key not in cache:
+        other = next(iter(cache.values()), None)  # .to() moves a module in place: copy one on another device
+        cache[key] = (copy.deepcopy(other) if other is not None else load_scorer(detector=detector)).to(device)
+    scorer = cache[key]
+    return scorer if target_class is None else _class_scorer(scorer, target_class)
+
+
+def _class_scorer(scorer: Any, name: str) -> Any:
+    """A zoo classifier's Scorer reading one class's probability instead of the NSFW classes' sum: a shallow
+    copy, sharing the network, whose ``nsfw`` indices (the classes its forward sums) are that class."""
+    from ..zoo import get_card
+
+    if not isinstance(getattr(scorer, "nsfw", None), list):
+        raise ConfigError(f"model {scorer.model_id} gives no class probabilities to aim at", param="target_class")
+    picked = copy.copy(scorer)
+    picked.nsfw = [get_card(scorer.model_id).classes.index(name)]
+    return picked
+
+
+def _input_side(scorer: Any, model_id: str, config: AttackConfig) -> int:
+    spec = getattr(scorer, "spec", None)
+    if spec is not None:
+        return int(spec.size)
+    if config.space is Space.RESIZED:
+        raise ConfigError(f"space resized attacks a model's own input size; the members of {model_id} differ "
+                          "in theirs (use space original)", param="space")
+    return 0
+
+
+def _logit(p: torch.Tensor) -> torch.Tensor:
+    """log(p / (1 - p)): the margin whose sigmoid is the probability (clamped where float32 saturates)."""
+    p = p.clamp(1e-7, 1 - 1e-7)
+    return torch.log(p) - torch.log1p(-p)
+
+
 def view_forward(view: Transform | None, x: torch.Tensor) -> torch.Tensor:
     """``view`` applied to (1, 3, H, W) float pixels: exact forward; a resize (``scale:F``) is Pillow's
     bilinear resize bit for bit with its linear map's gradient, other views are straight-through."""
@@ -234,6 +337,10 @@ class Search:
     def margins(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """All logit margins (for the loss: the sum over every view is the expectation over the set) and the
         exact ones, one per view."""
+        if self.a.scorer is not None:
+            # each view through the zoo model's own preprocessing (its sizes may differ: one call each)
+            m = torch.cat([_logit(self.a.scorer(view_forward(view, x) / 255.0)) for view in self.views])
+            return m, m
         size = self.a.pre.resize
         resized = []
         for view in self.views:
@@ -266,13 +373,13 @@ class Search:
 
     def verify(self, delta: torch.Tensor | np.ndarray) -> list[float]:
         arr = self.pixels(delta)
-        return [self.a.detector.nsfw_score(arr if v is None else v(arr)) for v in self.views]
+        return [self.a.exact(arr if v is None else v(arr)) for v in self.views]
 
     def verify_saved(self, arr: np.ndarray) -> list[float]:
         """Every view's Detector score of ``arr`` as written: encoded as PNG and decoded again."""
         with Image.open(io.BytesIO(_saved(arr)), formats=["PNG"]) as im:
             saved = np.asarray(im.convert("RGB"))
-        return [self.a.detector.nsfw_score(saved if v is None else v(saved)) for v in self.views]
+        return [self.a.exact(saved if v is None else v(saved)) for v in self.views]
 
     def verified_if_met(self, delta: torch.Tensor) -> list[float] | None:
         scores = self.verify(delta)
@@ -476,4 +583,5 @@ class Search:
             success=success, eps=eps, linf=metrics["linf"], l2=metrics["l2"], psnr=metrics["psnr"],
             ssim=metrics["ssim"], steps=self.steps, seconds=seconds, views=dict(zip(names, scores, strict=True)),
             history=tuple(self.history), pixels_changed=int(metrics["pixels"]), original_size=original_size,
+            model=self.a.model_id, target_class=self.a.target_class,
         )

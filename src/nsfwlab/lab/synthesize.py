@@ -261,6 +261,11 @@ class _Synthesis:
     def __init__(self, detector: Any, config: SynthConfig) -> None:
         from ..preprocess.differentiable import DifferentiablePreprocess
 
+        zoo = getattr(detector, "zoo", None)
+        if zoo is not None:
+            raise ConfigError(f"synthesis optimises open_nsfw's classes, layers and channels; model {zoo.model_id} "
+                              f"is not open_nsfw (`nsfwlab evolve --model {zoo.model_id}` evolves an image for it, "
+                              f"`nsfwlab attack --model {zoo.model_id}` moves a given one)", param="model")
         self.detector, self.config, self.device = detector, config, config.device
         self.also = [a if isinstance(a, AlsoNetwork) else
                      load_also(a, size=config.also_size, device=config.device, trust_code=config.trust_code)
