@@ -1,7 +1,7 @@
 """Benchmark: the robustness protocol's attack ensemble, seconds per attack per image per model.
 
-    .venv/bin/python benchmarks/bench_protocol.py [--images 3] [--models open_nsfw,nsfwjs-mobilenetv2]
-        [--steps 10] [--restarts 1] [--queries 200] [--eps 1,2,4,8] [--work-side 256] [--threads 2]
+    .venv/bin/python benchmarks/bench_protocol.py [--images 2] [--models open_nsfw,nsfwjs-mobilenetv2]
+        [--steps 10] [--restarts 1] [--queries 100] [--eps 1,2,4,8] [--work-side 256] [--threads 2]
 
 scikit-image's public photos (astronaut, chelsea, coffee, rocket ...) as PNG files, each model's own label
 (no labels given), the sanity reruns off (they are APGD runs: their cost is APGD's times the rerun's size).
@@ -50,14 +50,22 @@ def _photos(folder: Path, n: int) -> list[Path]:
     return paths
 
 
+def _show(event: Any, t0: float) -> None:
+    rec = event.item["record"]
+    attacks = "" if rec is None else " ".join(
+        f"{a}: {o.seconds:.0f} s (eps {o.broken_at}, q {o.queries})" for a, o in rec.attacks.items())
+    print(f"  {event.done}/{event.total} {event.item['model']} {Path(event.item['source']).name} "
+          f"{time.perf_counter() - t0:.0f} s  {attacks}", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--images", type=int, default=3)
+    ap.add_argument("--images", type=int, default=2)
     ap.add_argument("--models", default="open_nsfw,nsfwjs-mobilenetv2")
     ap.add_argument("--attacks", default="apgd,square,hopskipjump,minimal")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--restarts", type=int, default=1)
-    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--eps", default="1,2,4,8")
     ap.add_argument("--work-side", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
@@ -77,9 +85,7 @@ def main() -> int:
         report = robustness_protocol(sources, models, attacks=tuple(args.attacks.split(",")), eps=eps,
                                      steps=args.steps, restarts=args.restarts, queries=args.queries,
                                      work_side=args.work_side, sanity=False,
-                                     progress=lambda e: print(f"  {e.done}/{e.total} {e.item['model']} "
-                                                              f"{Path(e.item['source']).name} "
-                                                              f"{time.perf_counter() - t0:.0f} s", flush=True))
+                                     progress=lambda e: _show(e, t0))
         wall = time.perf_counter() - t0
     out = report.to_dict()
     rows = []

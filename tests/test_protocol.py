@@ -281,7 +281,40 @@ def test_against_a_service_white_box_attacks_are_skipped_and_blocks_recorded(
     assert all(0 < q <= 50 for q in out["queries"]["red50"]["hopskipjump"]["per_image"])
 
 
+def test_a_model_without_gradients_gets_the_black_box_attacks_on_its_exact_detector(
+        redness: None, small: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_gradients(model: str, detector: object = None) -> RednessScorer:
+        raise ConfigError(f"{model} has no differentiable form here", param="model")
+
+    monkeypatch.setattr(differentiable, "load_scorer", no_gradients)
+    out = robustness_protocol(small[:2], ["red50"], attacks=("apgd", "hopskipjump"), sanity=False,
+                              **FAST).to_dict()
+    assert set(out["curves"]["red50"]) == {"hopskipjump", "worst"}
+    assert any("apgd skipped: red50 has no differentiable form" in w for w in out["warnings"])
+    assert all(q > 0 for q in out["queries"]["red50"]["hopskipjump"]["per_image"])
+
+
+def test_hopskipjump_starts_from_an_image_the_model_decides_the_other_way(
+        redness: None, small: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from nsfwlab.lab import blackbox
+
+    seen: dict[int, float | None] = {}
+
+    def fake(oracle: object, image: np.ndarray, label: int, *, start: np.ndarray | None = None,
+             **_: object) -> blackbox.BlackBoxResult:
+        seen[label] = None if start is None else float(_redness_prob(start / 255.0, 50.0))
+        assert start is None or start.shape == image.shape
+        return blackbox.BlackBoxResult(None, False, 1, None, math.nan)
+
+    monkeypatch.setattr(blackbox, "hopskipjump", fake)
+    robustness_protocol(small, ["red50"], attacks=("hopskipjump",), sanity=False, **FAST)
+    # safe images (astronaut, rocket) start from coffee, the most confident NSFW one; NSFW ones from rocket
+    assert seen[0] is not None and seen[0] > 0.99
+    assert seen[1] is not None and seen[1] < 0.01
+
+
 # -- the real models -----------------------------------------------------------------------------------------
+@pytest.mark.slow  # 15 s on an idle 2-core machine, 90 s under load; the stand-in tests above are the fast version
 def test_apgd_on_open_nsfw_is_verified_on_the_exact_pipeline(photos: dict[str, np.ndarray], tmp_path: Path) -> None:
     # 128x96: a smaller working copy, upscaled 2.7x by the pipeline, leaves APGD too few degrees of freedom
     # to flip the label at 4/255 in 3 steps (measured: 64x48 needs 10)

@@ -6,9 +6,9 @@ uint8 pixels.
 >>> attack("painting.png", to=0.983).score_after          # doctest: +SKIP
 >>> synthesize(None, objective="nsfw+sfw", steps=100).to_dict()["logits_end"]     # doctest: +SKIP
 
-The attack and robustness names load torch and are imported on first use (``nsfwlab.lab.attacks``,
-``nsfwlab.lab.robust``, ``nsfwlab.lab.transforms``), so the command line stays light; DEAP and
-pycma load only when a run starts.
+The attack, robustness and protocol names load torch and are imported on first use
+(``nsfwlab.lab.attacks``, ``nsfwlab.lab.robust``, ``nsfwlab.lab.protocol``, ``nsfwlab.lab.transforms``), so the
+command line stays light; DEAP and pycma load only when a run starts.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from .synthesize import Param, SynthConfig, Synthesizer, SynthResult, synthesize
 
 if TYPE_CHECKING:
     from .attacks import AttackConfig, Attacker, AttackResult, Goal, GoalKind, JpegMode, Norm, Space, attack
+    from .protocol import ProtocolConfig, ProtocolReport, robustness_protocol
     from .robust import RobustnessConfig, RobustnessReport, robustness
     from .transforms import Transform, parse_transform, parse_transforms
 
@@ -30,6 +31,7 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(("AttackConfig", "AttackResult", "Attacker", "Goal", "GoalKind", "JpegMode", "Norm", "Space",
                      "attack"), ".attacks"),
     **dict.fromkeys(("RobustnessConfig", "RobustnessReport", "robustness"), ".robust"),
+    **dict.fromkeys(("ProtocolConfig", "ProtocolReport", "robustness_protocol"), ".protocol"),
     **dict.fromkeys(("Transform", "parse_transform", "parse_transforms"), ".transforms"),
 }
 
@@ -46,6 +48,8 @@ __all__ = [
     "JpegMode",
     "Norm",
     "Param",
+    "ProtocolConfig",
+    "ProtocolReport",
     "RobustnessConfig",
     "RobustnessReport",
     "ShapeKind",
@@ -63,6 +67,7 @@ __all__ = [
     "render",
     "render_population",
     "robustness",
+    "robustness_protocol",
     "save_network",
     "synthesize",
 ]

@@ -150,7 +150,7 @@ class _Model:
     def __init__(self, model_id: str, cfg: ProtocolConfig, oracle_factory: Callable[[str], Any] | None,
                  device: str) -> None:
         from ..detector import Detector
-        from .differentiable import LocalOracle, exact_score, load_scorer
+        from .differentiable import DetectorOracle, LocalOracle, exact_score, load_scorer
 
         self.id = model_id
         self.device = device
@@ -164,16 +164,33 @@ class _Model:
             self.notes.append(f"{model_id}: {', '.join(white)} skipped: a white-box attack needs the model's "
                               "gradients, and the target is a service")
             self.attacks = [a for a in self.attacks if a not in white]
-        if "apgd" in self.attacks or oracle_factory is None:
-            self.scorer = load_scorer(model_id, detector=self.detector).eval()
+        if "apgd" in self.attacks or "minimal" in self.attacks or oracle_factory is None:
+            try:
+                self.scorer = load_scorer(model_id, detector=self.detector).eval()
+            except ConfigError as exc:  # no differentiable form (NudeNet's detector): black-box attacks only
+                self._no_gradients(str(exc))
         # the oracle answers on the CPU; APGD's gradients run on ``device`` (a copy of the scorer there)
         self.grad_scorer = self.scorer if device == "cpu" or self.scorer is None \
             else copy.deepcopy(self.scorer).to(device)
-        self.oracle = (oracle_factory(model_id) if oracle_factory is not None
-                       else LocalOracle(self.scorer, threshold=cfg.threshold))
+        if oracle_factory is not None:
+            self.oracle = oracle_factory(model_id)
+        elif self.scorer is not None:
+            self.oracle = LocalOracle(self.scorer, threshold=cfg.threshold)
+        else:  # the exact Detector itself answers the black-box attacks' queries
+            self.oracle = DetectorOracle(self.detector, threshold=cfg.threshold)
+        if getattr(self.oracle, "labels_only", False) and "square" in self.attacks:
+            self.notes.append(f"{model_id}: square skipped: the target answers labels only, and Square needs "
+                              "scores")
+            self.attacks.remove("square")
         self.engine: Any = None
         if "minimal" in self.attacks:
             self._minimal(cfg, device)
+
+    def _no_gradients(self, reason: str) -> None:
+        white = [a for a in self.attacks if a in ("apgd", "minimal")]
+        if white:
+            self.notes.append(f"{self.id}: {', '.join(white)} skipped: {reason}")
+        self.attacks = [a for a in self.attacks if a not in white]
 
     def _minimal(self, cfg: ProtocolConfig, device: str) -> None:
         if cfg.norm is not Norm.LINF:
@@ -188,7 +205,11 @@ class _Model:
             self.attacks.remove("minimal")
 
     def close(self) -> None:
+        """The Detector, and the oracle when it holds a connection (a service oracle from the factory)."""
         self.detector.close()
+        closer = getattr(self.oracle, "close", None)
+        if callable(closer):
+            closer()
 
 
 def robustness_protocol(sources: Sequence[ImageInput], models: Sequence[str] = ("open_nsfw",),
@@ -210,8 +231,10 @@ def robustness_protocol(sources: Sequence[ImageInput], models: Sequence[str] = (
     from ..backends import resolve_device
 
     device = resolve_device(cfg.device)
-    loaded = [_Model(m, cfg, oracle_factory, device) for m in models]
+    loaded: list[_Model] = []
     try:
+        for model_id in models:
+            loaded.append(_Model(model_id, cfg, oracle_factory, device))
         images = _run(sources, loaded, cfg, labels, progress)
     finally:
         for m in loaded:
@@ -221,30 +244,40 @@ def robustness_protocol(sources: Sequence[ImageInput], models: Sequence[str] = (
 
 def _run(sources: Sequence[ImageInput], loaded: list[_Model], cfg: ProtocolConfig,
          labels: Mapping[str, int] | None, progress: ProgressCallback | None) -> list[ImageRecord]:
+    """Load every working copy and score it clean on every model first (cheap: the exact score), so that
+    HopSkipJump can start from an image of the other class; then attack image by image."""
     rng = np.random.default_rng(cfg.seed)
     subsample = set(rng.choice(len(sources), size=min(SANITY_SUBSAMPLE, len(sources)), replace=False).tolist())
     images: list[ImageRecord] = []
-    total = len(sources) * len(loaded)
-    for i, src in enumerate(sources):
+    works: list[np.ndarray | None] = []
+    for src in sources:
         name = describe_source(src)
-        given = None if labels is None or name not in labels else int(labels[name])
-        record = ImageRecord(name, given)
+        record = ImageRecord(name, None if labels is None or name not in labels else int(labels[name]))
+        work = None
         try:
             work, record.working_copy = _working_copy(src, loaded[0].detector, cfg)
+            for m in loaded:
+                record.models[m.id] = _clean(work, record.label, m)
         except NsfwlabError as exc:
-            record.error = str(exc.with_source(name))
+            record.error, record.models = str(exc.with_source(name)), {}
+        images.append(record)
+        works.append(work)
+    total = len(sources) * len(loaded)
+    for i, (record, work) in enumerate(zip(images, works, strict=True)):
         for j, m in enumerate(loaded):
-            if record.error is None:
+            if record.error is None and work is not None:
+                rec = record.models[m.id]
                 try:
-                    record.models[m.id] = _one(work, given, m, cfg, i in subsample, len(loaded) > 1)
+                    _attack(rec, work, m, cfg, i in subsample, len(loaded) > 1,
+                            _start(images, works, i, m.id, rec.label, cfg.threshold))
                 except NsfwlabError as exc:
-                    record.error = str(exc.with_source(name))
+                    record.error = str(exc.with_source(record.path))
             notify(progress, "protocol", i * len(loaded) + j + 1, total,
-                   {"source": name, "model": m.id, "record": record.models.get(m.id), "error": record.error})
+                   {"source": record.path, "model": m.id, "record": record.models.get(m.id),
+                    "error": record.error})
         if record.error is None:
             _transfer_flips(record, loaded)
             _save(record, i, cfg)
-        images.append(record)
     return images
 
 
@@ -255,14 +288,36 @@ def _working_copy(src: ImageInput, detector: Any, cfg: ProtocolConfig) -> tuple[
     return np.array(work), (None if work is img else f"{work.width}x{work.height} of {img.width}x{img.height}")
 
 
-def _one(work: np.ndarray, given: int | None, m: _Model, cfg: ProtocolConfig, in_subsample: bool,
-         for_transfer: bool) -> ModelRecord:
+def _clean(work: np.ndarray, given: int | None, m: _Model) -> ModelRecord:
     score = float(m.verifier.score(work))
     decision = m.verifier.decision(score)
     label = decision if given is None else given
-    rec = ModelRecord(score, label, decision == label)
+    return ModelRecord(score, label, decision == label)
+
+
+def _start(images: Sequence[ImageRecord], works: Sequence[np.ndarray | None], i: int, model: str, label: int,
+           threshold: float) -> np.ndarray | None:
+    """HopSkipJump's first image for image ``i``: the set's image the model decides most confidently the other
+    way (an attacker holds images of both classes), resized to image ``i``'s size; ``None`` without one."""
+    others = [(abs(im.models[model].clean_score - threshold), k) for k, im in enumerate(images)
+              if k != i and works[k] is not None and model in im.models
+              and int(im.models[model].clean_score >= threshold) != label]
+    work = works[i]
+    if not others or work is None:
+        return None
+    from PIL import Image
+
+    other = works[max(others)[1]]
+    assert other is not None
+    h, w = work.shape[:2]
+    return np.asarray(Image.fromarray(other).resize((w, h), Image.Resampling.BILINEAR))
+
+
+def _attack(rec: ModelRecord, work: np.ndarray, m: _Model, cfg: ProtocolConfig, in_subsample: bool,
+            for_transfer: bool, start: np.ndarray | None) -> None:
     if not rec.correct:  # a clean error is not robust at any budget: nothing to attack
-        return rec
+        return
+    label = rec.label
     white = WhiteBox(m.grad_scorer, work, cfg.norm, m.device) if "apgd" in m.attacks else None
     apgd = {"steps": cfg.steps, "restarts": cfg.restarts, "seed": cfg.seed}
     for a in m.attacks:
@@ -273,14 +328,13 @@ def _one(work: np.ndarray, given: int | None, m: _Model, cfg: ProtocolConfig, in
             rec.attacks[a] = run_minimal(m.engine, work, label, cfg.eps, m.verifier, cfg.threshold)
         else:
             rec.attacks[a] = run_blackbox(a, m.oracle, work, label, cfg.eps, m.verifier, norm=cfg.norm,
-                                          queries=cfg.queries, seed=cfg.seed)
+                                          queries=cfg.queries, seed=cfg.seed, start=start)
         rec.attacks[a].seconds = time.perf_counter() - t0
     if white is not None:
         _apgd_extras(rec, white, m.verifier, cfg, in_subsample, for_transfer)
     if rec.transfer_from is None:  # without APGD: the worst case's adversarial (within the largest ball)
         found = [o for o in rec.attacks.values() if o.adversarial is not None]
         rec.transfer_from = min(found, key=lambda o: o.broken_at or 0.0).adversarial if found else None
-    return rec
 
 
 def _apgd_extras(rec: ModelRecord, white: WhiteBox, verifier: Verifier, cfg: ProtocolConfig, in_subsample: bool,
@@ -408,7 +462,9 @@ def _threat_model(cfg: ProtocolConfig, loaded: list[_Model], labels: Mapping[str
         "hopskipjump": {"kind": "black-box, label-only", "library": art, "attack": "HopSkipJump",
                         "queries": cfg.queries,
                         "note": "minimal-norm: run once, its result projected onto each eps-ball (uint8) and "
-                                "verified there"},
+                                "verified there; it starts from the set's image the model decides most "
+                                "confidently the other way (resized), else from random images (a safe set "
+                                "rarely gives one: then it seldom finds any adversarial)"},
         "minimal": {"kind": "white-box", "library": "nsfwlab Engine (sign-gradient PGD over the exact "
                                                     "differentiable pipeline, budget search)",
                     "steps": cfg.steps, "note": "the smallest verified L-inf budget, placed on the eps ladder"},

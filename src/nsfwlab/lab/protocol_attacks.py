@@ -175,10 +175,11 @@ class WhiteBox:
 
 
 def run_blackbox(name: str, oracle: Any, image: np.ndarray, label: int, eps: Sequence[float], verifier: Verifier,
-                 *, norm: Norm, queries: int, seed: int) -> AttackOutcome:
+                 *, norm: Norm, queries: int, seed: int, start: np.ndarray | None = None) -> AttackOutcome:
     """Square (per budget, ascending) or HopSkipJump (once, minimal-norm, then projected onto each budget's
-    ball) through :mod:`nsfwlab.lab.blackbox`; queries summed over the runs. A service that blocks the key
-    ends the attack (``blocked_at_query``)."""
+    ball) through :mod:`nsfwlab.lab.blackbox`; queries summed over the runs. ``start``: HopSkipJump's first
+    image on the other side (without one it draws random images). A service that blocks the key ends the
+    attack (``blocked_at_query``)."""
     from . import blackbox
 
     out = AttackOutcome(queries=0)
@@ -197,7 +198,7 @@ def run_blackbox(name: str, oracle: Any, image: np.ndarray, label: int, eps: Seq
                 account(res)
                 return res.adversarial if res.success else None
             return _ladder(eps, out, verifier, label, image, norm, craft)
-        res = blackbox.hopskipjump(oracle, image, label, norm=norm.value, queries=queries, seed=seed)
+        res = blackbox.hopskipjump(oracle, image, label, norm=norm.value, queries=queries, seed=seed, start=start)
         account(res)
         out.tried = tuple(eps)
         if not res.success or res.adversarial is None:
