@@ -160,3 +160,10 @@ def test_table_synthetic_grid_flips_and_tiles_recover() -> None:
     assert out["evasions"]["mirror"]["red"] == pytest.approx(0.0)
     assert out["evasions_detail"]["mirror"]["red"]["ci95"] == [0.0, 0.0]
     assert 1.0 < out["tiles"]["red"]["cost"] < 36.0 and out["tiles"]["red"]["clean_to_nsfw"] == 0
+
+
+def test_tiles_on_an_animation_only_table(small: np.ndarray) -> None:
+    with Detector(backend=RedFraction()) as fake:
+        out = evasion_table([small], {"red": fake}, ["gif_frame"], tiles=True).to_dict()
+    assert out["tiles"]["red"]["recovered"] == {} and out["tiles"]["red"]["n"] == 1
+    assert out["evasions_detail"]["gif_frame"]["red"]["tiled_mean_change"] is None

@@ -192,7 +192,7 @@ def score_command(
     early_stop: bool = typer.Option(False, "--early-stop", help="End a file at the first batch of frames that makes it nsfw (faster; its frames and segments then cover only what was scored)."),
     per_frame: bool = typer.Option(False, "--per-frame", help="JSONL rows of videos/animations gain frame_scores: a (time, score) pair per frame scored."),
     timeline: Path | None = typer.Option(None, "--timeline", help="Write a PNG of score against time, one subplot per video/animation (12 per page: OUT.png, OUT_2.png, ...)."),
-    tiles: bool = typer.Option(False, "--tiles", help="Also score crops of each still image (a centre crop, overlapping tiles of 2x2 and 3x3 grids: 36 forwards) and report the highest score, against collages, borders and frames; rows gain tile and tile_box (the crop that won). Videos and animations are scored as without it."),
+    tiles: bool = typer.Option(False, "--tiles", help="Also score the panels found in each still image (the picture inside a border, the cells of a collage, a meme's or screenshot's picture) and report the highest score; most photos hold none and cost nothing more. Rows gain tile and tile_box (the crop that won). Videos and animations are scored as without it."),
 ) -> None:
     """Score images, videos and animations with the exact open_nsfw model (or --model's).
 

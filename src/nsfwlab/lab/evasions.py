@@ -509,7 +509,7 @@ def evasion_table(sources: Sequence[ImageInput], detectors: Mapping[str, Detecto
     if tiles:
         tiled_names = tuple(n for n in (TILED_EVASIONS if tiles is True else _check_names(tiles))  # type: ignore[arg-type]
                             if n in chosen and not EVASIONS[n].animation)
-        layout = layout or TileLayout()
+    layout = (layout or TileLayout()) if tiles else None
     models = tuple(detectors)
     images: list[dict[str, Any]] = []
     errors: list[dict[str, str]] = []
@@ -541,8 +541,9 @@ def evasion_table(sources: Sequence[ImageInput], detectors: Mapping[str, Detecto
              "seed": seed, "threshold": threshold, "work_side": work_side, "n": len(images),
              "scored_as": "PNG bytes through each Detector; gif_frame through its frame path (max over frames)"}
     if tiles and layout is not None:
-        setup["tiles"] = {"evasions": list(tiled_names), "grids": list(layout.grids), "overlap": layout.overlap,
-                          "centre": layout.centre, "min_side": layout.min_side}
+        setup["tiles"] = {"evasions": list(tiled_names), "strategy": layout.strategy, "most": layout.most,
+                          "grids": list(layout.grids), "overlap": layout.overlap, "centre": layout.centre,
+                          "min_side": layout.min_side}
     return EvasionReport(chosen, models, stats, tiles_out, images, errors, warnings, setup)
 
 
@@ -573,7 +574,7 @@ def _score_source(name: str, image: np.ndarray, detectors: Mapping[str, Detector
                 if framed.error is not None:
                     raise framed.error
                 row["evaded"][e][model] = _r(framed.score)
-        if tiled_names:
+        if layout is not None:  # tiles: the clean image, and the evasions chosen for tiles
             tiled: dict[str, Any] = {}
             for key, pixels in [("clean", image)] + [(e, evaded[e]) for e in tiled_names]:
                 t0 = time.perf_counter()
