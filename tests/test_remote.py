@@ -104,17 +104,17 @@ def test_unreachable_service_is_one_line() -> None:
 
 
 def test_429_retry_after_is_honoured_within_a_bounded_wait() -> None:
-    imgs = np.stack([image(100 + i) for i in range(6)])
-    with live(ServeConfig(rate_limit="4/s")) as url:
-        oracle = ServiceOracle(url, None)  # GET /v1/models takes one token
+    imgs = np.stack([image(100 + i) for i in range(3)])
+    with live(ServeConfig(rate_limit="1/s")) as url:  # one request a second, no burst: Retry-After 1
+        impatient = ServiceOracle(url, None, max_wait_s=0.0)  # its GET /v1/models took the token
+        oracle = ServiceOracle(url, None)
         t0 = time.monotonic()
         got = oracle.scores(imgs)
-        assert len(got) == 6 and oracle.queries == 6
-        assert oracle.rate_limited >= 1 and oracle.waited_s >= 1.0 and time.monotonic() - t0 >= 1.0
-        impatient = ServiceOracle(url, None, max_wait_s=0.0)
+        assert len(got) == 3 and oracle.queries == 3
+        assert oracle.rate_limited >= 3 and oracle.waited_s >= 3.0 and time.monotonic() - t0 >= 2.0
         with pytest.raises(ServiceError, match="429") as info:
             impatient.scores(imgs)
-        assert "\n" not in str(info.value)
+        assert "\n" not in str(info.value) and impatient.queries == 0
 
 
 def test_a_blocked_query_attack_records_where_it_was_refused() -> None:

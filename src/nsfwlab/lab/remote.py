@@ -71,7 +71,7 @@ class ServiceOracle:
     above which an answer is NSFW; a server answering labels only reveals only its bands, and the
     threshold is then the model's ``safe_below`` (a label other than ``safe`` counts as NSFW).
     ``timeout_s``: per HTTP request. ``max_wait_s``: the longest total wait on 429 answers for one
-    image. ``client``: an ``httpx.Client`` to send through (tests); by default one is opened.
+    request. ``client``: an ``httpx.Client`` to send through (tests); by default one is opened.
 
     On construction it reads ``GET /v1/models`` (not a scoring query) to learn the model's bands and
     whether the server answers labels only. ``queries`` counts the images the service answered;
@@ -122,17 +122,31 @@ class ServiceOracle:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _request(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
+        """One request, repeated after each 429's ``Retry-After`` while the total wait stays within
+        ``max_wait_s``; a transport failure or a 429 past that wait is a one-line ``ServiceError``."""
         import httpx
 
-        try:
-            return self._client.request(method, path, headers=self._headers, **kwargs)
-        except httpx.HTTPError as exc:
-            raise ServiceError(f"the service at {self.url} did not answer {method} {path}: "
-                               f"{type(exc).__name__}: {exc}") from None
+        waited = 0.0
+        while True:
+            try:
+                resp = self._client.request(method, path, **kwargs)
+            except httpx.HTTPError as exc:
+                raise ServiceError(f"the service at {self.url} did not answer {what}: "
+                                   f"{type(exc).__name__}: {exc}") from None
+            if resp.status_code != 429:
+                return resp
+            self.rate_limited += 1
+            wait = _retry_after(resp)
+            if waited + wait > self.max_wait_s:
+                raise ServiceError(f"the service at {self.url} kept answering 429 (rate limited or overloaded) to "
+                                   f"{what} for {waited:.0f} s; gave up after {self.queries} answered queries")
+            self._sleep(wait)
+            waited += wait
+            self.waited_s += wait
 
     def _models(self) -> dict[str, Any]:
-        resp = self._send("GET", "/v1/models")
+        resp = self._request("GET", "/v1/models", "GET /v1/models", headers=self._headers)
         if resp.status_code == 401:
             raise ConfigError(f"the service at {self.url} refused the API key: {_error_text(resp)}", param="api_key")
         if resp.status_code != 200:
@@ -163,19 +177,8 @@ class ServiceOracle:
 
     def _score(self, png: bytes) -> float:
         params = {"model": self.model} if self.model else {}
-        waited = 0.0
-        while True:
-            resp = self._post(png, params)
-            if resp.status_code != 429:
-                break
-            self.rate_limited += 1
-            wait = _retry_after(resp)
-            if waited + wait > self.max_wait_s:
-                raise ServiceError(f"the service at {self.url} kept answering 429 (rate limited or overloaded) "
-                                   f"for {waited:.0f} s; gave up after {self.queries} answered queries")
-            self._sleep(wait)
-            waited += wait
-            self.waited_s += wait
+        resp = self._request("POST", "/v1/score", "a query", content=png, params=params,
+                             headers={**self._headers, "Content-Type": "image/png"})
         if resp.status_code == 403:
             code = _code(resp)
             if code == "query_attack":
@@ -200,19 +203,10 @@ class ServiceOracle:
             return float(item["score"])
         if "label" not in item:
             raise ServiceError(f"the service at {self.url} answered a query with neither a score nor a label")
-        self.labels_only = True
+        if not self.labels_only:  # a server that does not state its answer mode in GET /v1/models
+            self.labels_only = True
+            self.threshold = float(self.model_info.get("safe_below", 0.2))
         return 0.0 if item["label"] == "safe" else 1.0
-
-    def _post(self, png: bytes, params: dict[str, str]) -> httpx.Response:
-        import httpx
-
-        try:
-            return self._client.post("/v1/score", content=png, params=params,
-                                     headers={**self._headers, "Content-Type": "image/png"})
-        except httpx.HTTPError as exc:
-            raise ServiceError(f"the service at {self.url} did not answer a query: {type(exc).__name__}: "
-                               f"{exc}") from None
-
 
 def _code(resp: httpx.Response) -> str | None:
     try:
