@@ -340,8 +340,7 @@ def _run_protocol(sources: list[str], models: tuple[str, ...], config: Any, labe
 
     factory = None
     if target_url is not None:
-        factory = _service_factory(target_url, api_key, threshold, default_model=not explicit_models,
-                                   attacks=config.attacks)
+        factory = _service_factory(target_url, api_key, threshold, default_model=not explicit_models)
 
     with progress_bar(len(sources) * len(models), "protocol", enabled=progress) as advance:
         rep = robustness_protocol(sources, models, config, labels=labels, oracle_factory=factory,
@@ -349,23 +348,19 @@ def _run_protocol(sources: list[str], models: tuple[str, ...], config: Any, labe
     return rep.to_dict()  # type: ignore[no-any-return]
 
 
-def _service_factory(url: str, api_key: str | None, threshold: float, *, default_model: bool,
-                     attacks: Sequence[str]) -> Callable[[str], Any]:
+def _service_factory(url: str, api_key: str | None, threshold: float, *,
+                     default_model: bool) -> Callable[[str], Any]:
     """The oracle of each model at the service: the service's model of that id or, when --model was not
     given and the service has no model called open_nsfw, its default model."""
     from ..lab.remote import ServiceOracle
 
     def factory(model: str) -> Any:
         try:
-            oracle = ServiceOracle(url, api_key, model=model, threshold=threshold)
+            return ServiceOracle(url, api_key, model=model, threshold=threshold)
         except ConfigError as exc:
             if not default_model or exc.param != "model":
                 raise
-            oracle = ServiceOracle(url, api_key, model=None, threshold=threshold)
-        if oracle.labels_only and "square" in attacks:
-            stderr.print(tagged("note:", "bold yellow", f" the service at {url} answers labels only: square needs "
-                                "scores and fails on every image; hopskipjump needs labels only"), highlight=False)
-        return oracle
+        return ServiceOracle(url, api_key, model=None, threshold=threshold)
     return factory
 
 
