@@ -98,6 +98,19 @@ def test_bad_threat_and_budget_are_one_line(two_photos: Path, tmp_path: Path) ->
     _usage_error([*base, "--attacks", "apgd,fgsm"], "--attacks")
 
 
+def test_a_model_without_gradients_gets_the_study_without_its_attack(two_photos: Path, tmp_path: Path) -> None:
+    """NudeNet's detector has no differentiable form: the per-image study scores its perturbations and says
+    why its smallest-budget attack is left out, instead of failing the whole command."""
+    if not zoo.installed("nudenet-320n"):
+        pytest.skip("nudenet-320n is not installed")
+    res = runner.invoke(app, ["robustness", str(two_photos / "chelsea.png"), "--out", str(tmp_path / "o"),
+                              "--model", "nudenet-320n", "--no-protocol", "--perturb", "jpeg:50"])
+    assert res.exit_code == 0, res.output
+    assert "no smallest-budget attack on nudenet-320n" in res.output
+    data = json.loads((tmp_path / "o" / "robustness.json").read_text())
+    assert data["images"][0]["min_eps"] is None and "jpeg:50" in data["images"][0]["perturbations"]
+
+
 class _Fake:
     """A library verb's stand-in: records its call, returns a report whose ``to_dict`` is ``data``."""
 

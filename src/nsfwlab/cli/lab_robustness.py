@@ -255,6 +255,15 @@ def robustness_command(
         label_map = load_labels(labels) if labels is not None else None
         if label_map is not None:
             label_map = {str(Path(k).resolve()): v for k, v in label_map.items()}
+        study_note = None
+        if attack and not remote:
+            from ..lab.attack_options import check_attackable
+
+            try:
+                check_attackable(models[0])
+            except ConfigError as exc:  # NudeNet's detector: its perturbation scores still tell something
+                attack = False
+                study_note = f"per-image study: no smallest-budget attack on {models[0]}: {exc}"
         study_config = None if remote else RobustnessConfig(
             perturbations=specs, attack=attack, max_eps=max_eps, steps=steps, jpeg=jpeg,  # type: ignore[arg-type]
             defences=defs, labels=label_map, max_work_side=max_work_side, seed=seed, device=device.value)
@@ -267,8 +276,9 @@ def robustness_command(
             raise ConfigError("no images found in the given folders")
         sources = [str(f.resolve()) if label_map else str(f) for f in files]
         output_dir(out)
-        if note:
-            stderr.print(tagged("note:", "bold yellow", f" {note}"), highlight=False)
+        for line in (note, study_note):
+            if line:
+                stderr.print(tagged("note:", "bold yellow", f" {line}"), highlight=False)
         if remote:
             stderr.print(tagged("note:", "bold yellow", " --target-url: the per-image study measures a local "
                                 "model and is skipped; the protocol attacks the service"), highlight=False)
