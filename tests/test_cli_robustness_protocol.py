@@ -166,11 +166,9 @@ def test_options_reach_the_protocol_and_sections_merge_into_one_json(two_photos:
     assert "sanity check failed: more steps change little" in res.output and "evasions note" in res.output
 
 
-@pytest.mark.slow
 def test_one_run_writes_both_studies_into_one_json_and_one_page(two_photos: Path, tmp_path: Path) -> None:
     """The end-to-end run: the cheapest attack on tiny copies, no sanity reruns, the study's perturbations
-    only; the sections, the plot and the page are all there. (35 s on a loaded 2-core machine, most of it
-    loading the models.)"""
+    only; the sections, the plot and the page are all there."""
     out = tmp_path / "o"
     res = runner.invoke(app, ["robustness", str(two_photos), "--out", str(out), "--attacks", "hopskipjump",
                               "--queries", "20", "--work-side", "48", "--eps", "2,8", "--no-sanity", "--no-attack",
@@ -235,7 +233,6 @@ def test_two_models_every_attack_saved_adversarials_verified_and_evasions(two_ph
     assert "<h2>Transfer" in page and "Everyday evasions" in page and "Tiled scoring" in page
 
 
-@pytest.mark.slow
 def test_attacking_a_live_service_counts_queries_and_records_blocks(two_photos: Path, tmp_path: Path) -> None:
     """--target-url against a real `nsfwlab serve` (open_nsfw, query-attack detection blocking): the white-box
     attack asked for is dropped with a note, the black-box ones count their queries, and blocked_at_query is
