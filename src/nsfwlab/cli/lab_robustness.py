@@ -232,13 +232,13 @@ def robustness_command(
     """How robust each model is: the per-image study and the robustness protocol, in one robustness.json.
 
     Writes robustness.json, report.html, jpeg_curve.png and min_eps.png (the per-image study; min_eps.png
-    unless --no-attack) and curves-MODEL.png (the protocol) into --out. Against --target-url only the protocol's black-box attacks run.
+    unless --no-attack) and curves-MODEL.png (the protocol) into --out. Against --target-url only the
+    protocol's black-box attacks run.
 
     Exit status: 0 done, 1 some inputs could not be read, 2 usage error, 3 model error (or the service at
     --target-url could not be reached).
     """
-    from ..lab.robust import RobustnessConfig, load_labels
-    from ..lab.transforms import DEFAULT_PERTURBATIONS
+    from ..lab.robust import load_labels
 
     try:
         remote = target_url is not None
@@ -250,23 +250,12 @@ def robustness_command(
         models = _models(model)
         names, note = _attacks(attacks, remote)
         eps_values = _eps(eps)
-        specs = tuple(s for s in (perturb.split(",") if perturb else DEFAULT_PERTURBATIONS) if s.strip())
-        defs = () if defences.strip().lower() in ("", "none") else tuple(d for d in defences.split(",") if d.strip())
         label_map = load_labels(labels) if labels is not None else None
         if label_map is not None:
             label_map = {str(Path(k).resolve()): v for k, v in label_map.items()}
-        study_note = None
-        if attack and not remote:
-            from ..lab.attack_options import check_attackable
-
-            try:
-                check_attackable(models[0])
-            except ConfigError as exc:  # NudeNet's detector: its perturbation scores still tell something
-                attack = False
-                study_note = f"per-image study: no smallest-budget attack on {models[0]}: {exc}"
-        study_config = None if remote else RobustnessConfig(
-            perturbations=specs, attack=attack, max_eps=max_eps, steps=steps, jpeg=jpeg,  # type: ignore[arg-type]
-            defences=defs, labels=label_map, max_work_side=max_work_side, seed=seed, device=device.value)
+        study_config, study_note = (None, None) if remote else _study_config(
+            models[0], perturb=perturb, attack=attack, defences=defences, max_eps=max_eps, steps=steps, jpeg=jpeg,
+            labels=label_map, max_work_side=max_work_side, seed=seed, device=device.value)
         protocol_config = _protocol_config(
             attacks=names, norm=threat.strip().lower(), eps=eps_values, threshold=threshold, steps=steps,
             restarts=restarts, queries=queries, work_side=work_side, seed=seed, sanity=sanity, device=device.value,
@@ -320,6 +309,25 @@ def robustness_command(
         1 for im in data.get("protocol_images", []) if im.get("error"))
     if errors:
         raise typer.Exit(int(ExitCode.INPUT_FAILED))
+
+
+def _study_config(model: str, *, perturb: str | None, attack: bool, defences: str,
+                  **fields: Any) -> tuple[Any, str | None]:
+    """The per-image study's config, and a note when its first model cannot be attacked (NudeNet's detector:
+    its perturbation scores still tell something, so the study runs without its smallest-budget attack)."""
+    from ..lab.attack_options import check_attackable
+    from ..lab.robust import RobustnessConfig
+    from ..lab.transforms import DEFAULT_PERTURBATIONS
+
+    note = None
+    if attack:
+        try:
+            check_attackable(model)
+        except ConfigError as exc:
+            attack, note = False, f"per-image study: no smallest-budget attack on {model}: {exc}"
+    specs = tuple(s for s in (perturb.split(",") if perturb else DEFAULT_PERTURBATIONS) if s.strip())
+    defs = () if defences.strip().lower() in ("", "none") else tuple(d for d in defences.split(",") if d.strip())
+    return RobustnessConfig(perturbations=specs, attack=attack, defences=defs, **fields), note
 
 
 def _protocol_config(**fields: Any) -> Any:
