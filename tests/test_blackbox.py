@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("art")
 
 from nsfwlab.errors import ConfigError
-from nsfwlab.lab.blackbox import BlackBoxResult, _ball, hopskipjump, perturbation_norm, square
+from nsfwlab.lab.blackbox import BlackBoxResult, _ball, _pseudo_gaussian, hopskipjump, perturbation_norm, square
 from nsfwlab.lab.remote import ServiceBlocked
 
 
@@ -198,3 +198,12 @@ def test_square_refuses_a_linf_eps_below_one_level() -> None:
     with pytest.raises(ConfigError, match="no change") as info:
         square(Brightness(), photo(131.0), 1, norm="linf", eps=0.5, queries=10)
     assert info.value.param == "eps"
+
+
+def test_square_l2_window_is_a_unit_signed_pair() -> None:
+    import random
+
+    for side in (3, 5, 9, 31):
+        w = _pseudo_gaussian(side, random.Random(side))
+        assert w.shape == (side, side) and np.sum(w**2) == pytest.approx(1.0)
+        assert abs(w.sum()) < 1e-9  # a positive and a negative half

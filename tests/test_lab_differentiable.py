@@ -115,3 +115,17 @@ def test_detector_oracle_runs_nudenet() -> None:
     oracle = DetectorOracle(Detector(model="nudenet-320n"))
     px = np.full((1, 64, 64, 3), 128, np.uint8)
     assert oracle.scores(px).shape == (1,) and oracle.name == "nudenet-320n"
+
+
+def test_for_class_reads_one_class_of_a_zoo_classifier(photos, open_scorer) -> None:
+    _need(MOBILENET)
+    scorer = load_scorer(MOBILENET)
+    px = to_tensor(_small(photos, "astronaut", 96))
+    drawing = scorer.for_class("Drawing")
+    probs = Detector(model=MOBILENET).classify(_small(photos, "astronaut", 96)).classes
+    assert float(drawing(px)[0]) == pytest.approx(probs["Drawing"], abs=1e-4)
+    assert float(scorer(px)[0]) != float(drawing(px)[0])
+    with pytest.raises(ConfigError, match="no class"):
+        scorer.for_class("Nope")
+    with pytest.raises(ConfigError, match="no class probabilities"):
+        open_scorer.for_class("nsfw")

@@ -3,7 +3,8 @@
 Both come from the adversarial-robustness-toolbox (ART): :class:`art.attacks.evasion.SquareAttack`
 (score-based random search in an epsilon ball, Andriushchenko et al. 2020) and
 :class:`art.attacks.evasion.HopSkipJump` (label-only boundary walk toward the smallest perturbation,
-Chen et al. 2020). What this module adds is the black-box bookkeeping ART leaves to its caller:
+Chen et al. 2020); Square's l2 window update is corrected to the paper's (see ``_square_class``).
+What this module adds is the black-box bookkeeping ART leaves to its caller:
 
 - **Pixels.** Every candidate ART proposes (floats in [0, 1]) is rounded to uint8 and, for Square,
   put back into the ball *after* rounding; the oracle answers that uint8 image, and the image
@@ -278,8 +279,6 @@ def square(oracle: Oracle, image: np.ndarray, label: int, *, norm: str = "linf",
         raise ConfigError(f"eps must be positive (in /255), got {eps}", param="eps")
     if norm == "linf" and eps < 1:
         raise ConfigError(f"a linf eps below 1 (in /255) leaves no change of uint8 pixels, got {eps}", param="eps")
-    from art.attacks.evasion import SquareAttack
-
     h, w = arr.shape[:2]
     # ART's l2 Square lays its first tiles along the height: attack the transpose of a tall image.
     transpose = norm == "l2" and h > w
@@ -301,15 +300,106 @@ def square(oracle: Oracle, image: np.ndarray, label: int, *, norm: str = "linf",
         return (y_pred[:, 1] >= qs.threshold).astype(int) != np.argmax(y, axis=1)
 
     side = min(hh, ww)
-    p = min(p_init, (side - 1) ** 2 / (hh * ww), 0.999)
+    p = min(p_init, (side - 3) ** 2 / (hh * ww), 0.999)  # a square (made odd for l2) fits
     art_eps = eps / 255.0 if norm == "linf" else eps / 255.0 * math.sqrt(arr.size)
-    attack = SquareAttack(clf, norm=np.inf if norm == "linf" else 2, adv_criterion=criterion, loss=loss,
+    attack = _square_class()(clf, norm=np.inf if norm == "linf" else 2, adv_criterion=criterion, loss=loss,
                           max_iter=max(1, queries - 2), eps=art_eps, p_init=p, nb_restarts=1, batch_size=1,
                           verbose=False)
     y = np.eye(2, dtype=np.float32)[[label]]
     with _seeded(seed), _quiet_art(), contextlib.suppress(_Stop):
         attack.generate(x, y)
     return qs.result()
+
+
+def _pseudo_gaussian(side: int, rng: Any) -> np.ndarray:
+    """Square's l2 window: two opposite-signed halves of nested squares, unit norm (ART's and the
+    authors' ``meta_pseudo_gaussian_pert``), randomly transposed and negated."""
+    delta = np.zeros([side, side])
+    half = np.zeros([side // 2, side])
+    x_c, y_c = side // 4, side // 2
+    for i_y in range(y_c):
+        half[max(x_c, 0):min(x_c + (2 * i_y + 1), side // 2), max(0, y_c):min(y_c + (2 * i_y + 1), side)] += (
+            1.0 / ((i_y + 1) ** 2))
+        x_c -= 1
+        y_c -= 1
+    half /= np.sqrt(np.sum(half**2))
+    delta[: side // 2] = half
+    delta[side // 2: side // 2 + half.shape[0]] = -half
+    delta /= np.sqrt(np.sum(delta**2))
+    if rng.random() > 0.5:
+        delta = delta.T
+    if rng.random() > 0.5:
+        delta = -delta
+    return delta
+
+
+def _square_class() -> type:
+    from art.attacks.evasion import SquareAttack
+
+    class _Square(SquareAttack):  # type: ignore[misc]
+        """ART's SquareAttack with its l2 window update as the paper and the authors' code have it.
+
+        ART 1.20.1 divides each new window by ``norm(window) * sqrt(budget_left / c + norm_old**2)``;
+        the authors' code divides by the first factor and *multiplies* by the second. ART's new
+        windows are then far too small, and after the final rescaling to ``eps`` its l2 search barely
+        moves. This ``generate`` is ART's l2 branch for one channels-last image with that one line
+        corrected (linf runs ART's own code)."""
+
+        def generate(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs: Any) -> np.ndarray:
+            if self.norm != 2:
+                return np.asarray(super().generate(x, y, **kwargs))
+            assert y is not None and x.shape[0] == 1 and not self.estimator.channels_first
+            rng = random.Random(int(np.random.randint(0, 2**31)))
+            x_init = x.astype(np.float32)
+            _, h, w, c = x.shape
+            lo, hi = self.estimator.clip_values
+            if self.adv_criterion(self.estimator.predict(x_init), y).all():
+                return x_init
+            loss_best = self.loss(x_init, y)
+            tile = h // 5  # the first perturbation: 5 x 5 tiles of windows (w >= h: the caller transposes)
+            delta0 = np.zeros_like(x_init)
+            for i in range(5):
+                for j in range(5):
+                    pert = _pseudo_gaussian(tile, rng).reshape(1, tile, tile, 1)
+                    delta0[:, i * tile:(i + 1) * tile, j * tile:(j + 1) * tile, :] += (
+                        pert * np.random.choice([-1, 1], size=(1, 1, 1, c)))
+            x_best = np.clip(x_init + delta0 / np.sqrt(np.sum(delta0**2)) * self.eps, lo, hi).astype(np.float32)
+            loss_new = self.loss(x_best, y)
+            if not (loss_new - loss_best < 0.0).all():
+                x_best = x_init.copy()
+            else:
+                loss_best = loss_new
+            for i_iter in range(self.max_iter):
+                if self.adv_criterion(self.estimator.predict(x_best), y).all():
+                    break
+                p = self._get_percentage_of_elements(i_iter)
+                delta = x_best - x_init
+                s = max(round(math.sqrt(p * h * w)), 3)
+                s += 1 - s % 2  # odd
+                h1, w1 = np.random.randint(0, h - s), np.random.randint(0, w - s)
+                h2, w2 = np.random.randint(0, h - s), np.random.randint(0, w - s)
+                mask1 = np.zeros_like(x_init)
+                mask1[:, h1:h1 + s, w1:w1 + s, :] = 1.0
+                mask2 = np.zeros_like(x_init)
+                mask2[:, h2:h2 + s, w2:w2 + s, :] = 1.0
+                norm_window = np.sqrt(np.sum(delta[:, h1:h1 + s, w1:w1 + s, :] ** 2, axis=(1, 2), keepdims=True))
+                norm_image = np.sqrt(np.sum(delta**2))
+                norm_windows = np.sqrt(np.sum((delta * np.maximum(mask1, mask2)) ** 2))
+                new = (_pseudo_gaussian(s, rng).reshape(1, s, s, 1)
+                       * np.random.choice([-1, 1], size=(1, 1, 1, c)))
+                new = new + delta[:, h1:h1 + s, w1:w1 + s, :] / np.maximum(1e-9, norm_window)
+                budget = max(self.eps**2 - norm_image**2, 0.0)
+                new = new / np.sqrt(np.sum(new**2, axis=(1, 2), keepdims=True)) * np.sqrt(
+                    budget / c + norm_windows**2)
+                delta[:, h2:h2 + s, w2:w2 + s, :] = 0.0
+                delta[:, h1:h1 + s, w1:w1 + s, :] = new
+                cand = np.clip(x_init + self.eps * delta / np.sqrt(np.sum(delta**2)), lo, hi).astype(np.float32)
+                loss_new = self.loss(cand, y)
+                if (loss_new - loss_best < 0.0).all():
+                    x_best, loss_best = cand, loss_new
+            return x_best
+
+    return _Square
 
 
 def _hsj_class() -> type:

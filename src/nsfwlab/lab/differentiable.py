@@ -18,6 +18,7 @@ Detector, and only that decides a success.
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 from collections.abc import Sequence
@@ -43,6 +44,11 @@ class Scorer(nn.Module):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         p = self(x).clamp(1e-7, 1 - 1e-7)
         return torch.stack([torch.log1p(-p), torch.log(p)], dim=1)
+
+    def for_class(self, name: str) -> Scorer:
+        """The same network's probability of class ``name`` instead of the NSFW score (a zoo classifier's
+        class: nsfwjs's ``Drawing``, say); a model without class probabilities is a ConfigError."""
+        raise ConfigError(f"model {self.model_id} gives no class probabilities to aim at", param="target_class")
 
 
 class _OpenNsfw(Scorer):
@@ -82,7 +88,16 @@ class _ZooClassifier(Scorer):
         self.net = module
         self.spec = card.input
         self.output = runner.output
+        self.classes = tuple(card.classes)
         self.nsfw = list(card.nsfw_indices)
+
+    def for_class(self, name: str) -> Scorer:
+        if name not in self.classes:
+            raise ConfigError(f"model {self.model_id} has no class {name!r}; its classes: {', '.join(self.classes)}",
+                              param="target_class")
+        picked = copy.copy(self)  # shares the network; only the summed indices differ
+        picked.nsfw = [self.classes.index(name)]
+        return picked
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         import torch.nn.functional as F
@@ -96,8 +111,8 @@ class _ZooClassifier(Scorer):
         if spec.channel_order == "BGR":
             v = v.flip(1)
         if spec.mean != (0.0, 0.0, 0.0) or spec.std != (1.0, 1.0, 1.0):
-            mean = torch.tensor(spec.mean, dtype=v.dtype).view(1, 3, 1, 1)
-            std = torch.tensor(spec.std, dtype=v.dtype).view(1, 3, 1, 1)
+            mean = torch.tensor(spec.mean, dtype=v.dtype, device=v.device).view(1, 3, 1, 1)
+            std = torch.tensor(spec.std, dtype=v.dtype, device=v.device).view(1, 3, 1, 1)
             v = (v - mean) / std
         v = v.permute(0, 2, 3, 1).contiguous() if spec.layout == "NHWC" else v
         out = self.net(v)

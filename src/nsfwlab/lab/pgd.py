@@ -270,15 +270,8 @@ def _zoo_scorer(detector: Any, target_class: str | None, device: torch.device) -
 
 
 def _class_scorer(scorer: Any, name: str) -> Any:
-    """A zoo classifier's Scorer reading one class's probability instead of the NSFW classes' sum: a shallow
-    copy, sharing the network, whose ``nsfw`` indices (the classes its forward sums) are that class."""
-    from ..zoo import get_card
-
-    if not isinstance(getattr(scorer, "nsfw", None), list):
-        raise ConfigError(f"model {scorer.model_id} gives no class probabilities to aim at", param="target_class")
-    picked = copy.copy(scorer)
-    picked.nsfw = [get_card(scorer.model_id).classes.index(name)]
-    return picked
+    """A zoo classifier's Scorer reading one class's probability instead of the NSFW classes' sum."""
+    return scorer.for_class(name)
 
 
 def _input_side(scorer: Any, model_id: str, config: AttackConfig) -> int:
