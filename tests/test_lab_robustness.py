@@ -129,7 +129,7 @@ def test_cli_robustness_writes_report(small_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "rob"
     res = runner.invoke(app, ["robustness", str(small_dir), "--out", str(out), "--perturb", "jpeg:50,jpeg:90,flip",
                               "--max-eps", "4", "--steps", "8", "--defences", "none", "--device", "cpu",
-                              "--jpeg", "straight-through"],
+                              "--jpeg", "straight-through", "--no-protocol"],
                         catch_exceptions=False)
     assert res.exit_code == 0, res.output
     data = json.loads((out / "robustness.json").read_text())

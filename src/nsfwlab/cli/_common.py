@@ -37,7 +37,7 @@ __all__ = [
     "MAX_FRAMES_OPTION",
     "MIN_CONSECUTIVE_OPTION",
     "TOPK_OPTION",
-    "ExitCode", "exit_code_for", "fail", "output_dir", "output_file", "progress_bar", "stderr", "stdout", "tagged",
+    "ExitCode", "exit_code_for", "expand_images", "fail", "output_dir", "output_file", "progress_bar", "stderr", "stdout", "tagged",
 ]
 
 # No console markup: printed text holds file names and error messages, and a "[/x]" in one of
@@ -82,6 +82,21 @@ def tagged(tag: str, style: str, text: str) -> Text:
     """``tag`` in ``style`` followed by ``text`` (never read as markup; control characters shown as
     escapes, :func:`~nsfwlab.outputs.printable`, as it often holds file names)."""
     return Text.assemble((tag, style), printable(text))
+
+
+#: What a folder given to a lab command contributes: its image files, by suffix.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
+
+
+def expand_images(inputs: list[Path]) -> list[Path]:
+    """Files as given; folders become their image files (by suffix, sorted, recursive)."""
+    out: list[Path] = []
+    for p in inputs:
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            out.append(p)
+    return out
 
 
 def write_report_files(out: Path, files: dict[str, str | bytes]) -> None:

@@ -1,4 +1,4 @@
-"""``nsfwlab attack`` (the smallest change to a chosen score) and ``nsfwlab robustness`` (how easily scores move).
+"""``nsfwlab attack``: the smallest change to a chosen score (``nsfwlab robustness`` lives in :mod:`.lab_robustness`).
 
 Only this module writes files; the lab returns values. torch and matplotlib are imported inside the commands."""
 
@@ -13,23 +13,10 @@ import typer
 from ..config import Device
 from ..errors import ConfigError, ModelError, NsfwlabError
 from ..outputs import atomic_output, printable
-from ._common import ExitCode, fail, output_dir, output_file, progress_bar, stderr, stdout, tagged
+from ._common import ExitCode, expand_images, fail, output_dir, output_file, progress_bar, stderr, stdout, tagged
+from .lab_robustness import robustness_command
 
 __all__ = ["attack_command", "robustness_command"]
-
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
-
-
-def _expand(inputs: list[Path]) -> list[Path]:
-    """Files as given; folders become their image files (by suffix, sorted, recursive)."""
-    out: list[Path] = []
-    for p in inputs:
-        if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in _IMAGE_SUFFIXES))
-        else:
-            out.append(p)
-    return out
-
 
 def _write_bytes(path: Path, data: bytes) -> None:
     with atomic_output(path, binary=True) as fh:
@@ -137,7 +124,7 @@ def attack_command(
                               device=device.value, target_class=target_class)
         if model is not None:
             check_attackable(model, target_class)  # before loading it: NudeNet needs its package to load at all
-        files = _expand(images)
+        files = expand_images(images)
         if not files:
             raise ConfigError("no images found in the given folders")
         targets = _targets(files, out)
@@ -203,79 +190,3 @@ def _config_dict(config: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
     return {k: getattr(v, "value", v) for k, v in asdict(config).items()}
-
-
-def robustness_command(
-    inputs: list[Path] = typer.Argument(..., help="Images or folders of images."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for robustness.json, the plots and report.html."),
-    labels: Path | None = typer.Option(None, "--labels", help="Labels: a CSV of path,label or a folder with "
-                                       "safe/ and nsfw/ (gives the AUC under each perturbation)."),
-    perturb: str | None = typer.Option(None, "--perturb", help="Comma-separated perturbations: jpeg:Q, scale:F, "
-                                       "blur:R, noise:S, crop:F, rotate:D, flip, grayscale, bits:B, median:K "
-                                       "(default: a standard set)."),
-    attack: bool = typer.Option(True, "--attack/--no-attack", help="Measure the smallest flipping budget."),
-    defences: str = typer.Option("jpeg:75,bits:4,median:3", "--defences",
-                                 help="Defences to attack through (comma-separated), or 'none'."),
-    max_eps: float = typer.Option(8.0, "--max-eps", min=1.0, max=255.0, help="Largest budget, in levels of 1/255."),
-    steps: int = typer.Option(30, min=1, help="Optimiser steps per budget level."),
-    jpeg: str = typer.Option("differentiable", help="The attack's JPEG step: differentiable, straight-through, eot."),
-    thumbnails: bool = typer.Option(True, "--thumbnails/--no-thumbnails", help="Blurred thumbnails in report.html."),
-    max_work_side: int = typer.Option(2048, "--max-work-side", min=32, help="Measure a downscaled copy of images "
-                                      "longer than this (memory grows with the pixels attacked)."),
-    seed: int = typer.Option(0, help="Seed of the noise perturbation and the attack."),
-    device: Device = typer.Option(Device.AUTO, help="Where the attack's gradients are computed."),
-    progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr."),
-) -> None:
-    """Scores under everyday perturbations and the smallest verified attack budget that flips each label.
-
-    Writes robustness.json, jpeg_curve.png, min_eps.png and report.html into --out.
-
-    Exit status: 0 done, 1 some inputs could not be read, 2 usage error, 3 model error.
-    """
-    from ..detector import Detector
-    from ..lab.robust import RobustnessConfig, load_labels, robustness
-    from ..lab.robust_report import plot_jpeg_curve, plot_min_eps, render_html
-    from ..lab.transforms import DEFAULT_PERTURBATIONS
-    from ..progress import Progress
-
-    try:
-        specs = tuple(s for s in (perturb.split(",") if perturb else DEFAULT_PERTURBATIONS) if s.strip())
-        defs = () if defences.strip().lower() in ("", "none") else tuple(d for d in defences.split(",") if d.strip())
-        label_map = load_labels(labels) if labels is not None else None
-        if label_map is not None:
-            label_map = {str(Path(k).resolve()): v for k, v in label_map.items()}
-        config = RobustnessConfig(perturbations=specs, attack=attack, max_eps=max_eps, steps=steps,
-                                  jpeg=jpeg, defences=defs, labels=label_map,  # type: ignore[arg-type]
-                                  max_work_side=max_work_side, seed=seed, device=device.value)
-        files = _expand(inputs)
-        if not files:
-            raise ConfigError("no images found in the given folders")
-        output_dir(out)
-        det = Detector(device="cpu")
-        with progress_bar(len(files), "robustness", enabled=progress) as advance:
-            def step(event: Progress) -> None:
-                advance(errors=int(event.item.error is not None))
-
-            rep = robustness([str(f.resolve()) if label_map else str(f) for f in files], det, config,
-                             progress=step)
-        plots = {"score against JPEG quality": plot_jpeg_curve(rep), "smallest flipping budget": plot_min_eps(rep)}
-        _write_bytes(out / "robustness.json", json.dumps(rep.to_dict(), indent=1).encode("utf-8"))
-        _write_bytes(out / "jpeg_curve.png", plots["score against JPEG quality"])
-        _write_bytes(out / "min_eps.png", plots["smallest flipping budget"])
-        _write_bytes(out / "report.html", render_html(rep, plots, thumbnails=thumbnails).encode("utf-8"))
-    except NsfwlabError as exc:
-        raise fail(exc) from None
-    for im in rep.images:
-        if im.error is not None:
-            stderr.print(tagged("error:", "bold red", f" {im.error}"), highlight=False)
-            continue
-        eps = im.min_eps["value"] if im.min_eps else None
-        pixels = im.min_eps.get("pixels") if im.min_eps else None
-        where = f" (on a {im.working_copy} working copy)" if im.working_copy else ""
-        stdout.print(f"{printable(im.path)}: score {im.score:.4f}, min eps {eps if eps is not None else '-'}, "
-                     f"changed pixels {pixels if pixels is not None else '-'}{where}", highlight=False)
-    for note in rep.summary.get("warnings", []):
-        stderr.print(tagged("warning:", "bold yellow", f" {note}"), highlight=False)
-    stdout.print(f"wrote {out / 'robustness.json'}, {out / 'report.html'}", highlight=False)
-    if rep.summary["errors"]:
-        raise typer.Exit(int(ExitCode.INPUT_FAILED))

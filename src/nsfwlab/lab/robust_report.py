@@ -17,7 +17,7 @@ from ..errors import NsfwlabError
 from ..imageio import load_image
 from .robust import RobustnessReport
 
-__all__ = ["plot_jpeg_curve", "plot_min_eps", "render_html"]
+__all__ = ["plot_jpeg_curve", "plot_min_eps", "render_html", "report_page", "study_sections", "thumbnail"]
 
 
 def _png(fig: Any) -> bytes:
@@ -78,7 +78,8 @@ def plot_min_eps(report: RobustnessReport) -> bytes:
             ax.hist(vals, bins=bins, alpha=0.5, label=f"{name} (n={len(vals)})")
     ax.set_xlabel("smallest flipping L-inf budget (levels of 1/255)")
     ax.set_ylabel("images")
-    ax.legend(fontsize=8)
+    if any(series.values()):
+        ax.legend(fontsize=8)
     if shares:
         ax2.hist(shares, bins=min(20, max(3, len(shares))), color="tab:purple", alpha=0.7)
     ax2.set_xlabel("fewest changed pixels at that budget (% of the image)")
@@ -86,12 +87,19 @@ def plot_min_eps(report: RobustnessReport) -> bytes:
     return _png(fig)
 
 
-def _thumb(source: str, size: int = 160) -> str | None:
+def thumbnail(source: str, size: int = 160, *, blur: float = 0.0) -> str | None:
+    """A JPEG data URI of ``source`` shrunk to fit ``size`` pixels, or ``None`` when it cannot be read.
+    ``blur`` > 0 blurs the thumbnail's own pixels (Gaussian, radius in thumbnail pixels), so the page holds no
+    sharp copy at all; with 0 the page blurs it by CSS until clicked."""
     try:
         img = load_image(source)
     except (NsfwlabError, OSError):
         return None
     img.thumbnail((size, size))
+    if blur > 0:
+        from PIL import ImageFilter
+
+        img = img.filter(ImageFilter.GaussianBlur(blur))
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -168,16 +176,21 @@ def _summary_tables(s: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
-def _image_rows(report: RobustnessReport, thumbnails: bool) -> str:
+def _image_rows(report: RobustnessReport, thumbnails: bool, blur: float = 0.0) -> str:
     rows = []
     for im in report.images:
         name = html.escape(im.path)
         if im.error is not None:
             rows.append([name, f'<span class="err">{html.escape(im.error)}</span>', "", "", "", "", ""])
             continue
-        src = _thumb(im.path) if thumbnails else None
-        thumb = (f'<img class="t" src="{src}" alt="thumbnail" onclick="this.classList.toggle(\'shown\')"><br>'
-                 if src else "")
+        src = thumbnail(im.path, blur=blur) if thumbnails else None
+        if not src:
+            thumb = ""
+        elif blur > 0:
+            thumb = f'<img src="{src}" alt="blurred thumbnail" style="max-width:120px"><br>'
+        else:
+            thumb = f'<img class="t" src="{src}" alt="thumbnail" onclick="this.classList.toggle(\'shown\')"><br>'
+
         eps = im.min_eps or {}
         worst = max(im.perturbations.items(), key=lambda kv: abs(kv[1] - (im.score or 0.0)), default=None)
         defs = "; ".join(f"{d}: {_fmt(r['min_eps']['value'], 0)}" for d, r in im.defences.items())
@@ -186,21 +199,34 @@ def _image_rows(report: RobustnessReport, thumbnails: bool) -> str:
                      _fmt(eps.get("value"), 0), _fmt(eps.get("pixels")), _fmt(eps.get("l2"), 2),
                      "-" if worst is None else f"{html.escape(worst[0])}: {worst[1]:.4f}", html.escape(defs)])
     return "<h2>Images</h2>" + _table(
-        ["image (click a thumbnail to unblur)", "score", "min budget", "changed pixels", "L2",
+        ["image" if blur > 0 else "image (click a thumbnail to unblur)", "score", "min budget", "changed pixels", "L2",
          "largest change (perturbation: score)", "behind defences (budget)"], rows, cls="images")
 
 
-def render_html(report: RobustnessReport, plots: Mapping[str, bytes], *, thumbnails: bool = True) -> str:
-    """A self-contained page: findings and warnings, summary tables, plots, a row per image. Thumbnails start
-    blurred; a click reveals one. The full numbers are in ``robustness.json``."""
+def study_sections(report: RobustnessReport, plots: Mapping[str, bytes], *, thumbnails: bool = True,
+                   blur: float = 0.0) -> str:
+    """The per-image study as HTML sections (no page around them): findings and warnings, summary tables,
+    plots, a row per image. ``blur`` > 0: thumbnails blurred in their pixels (:func:`thumbnail`), with no
+    click to unblur; 0: blurred by CSS until clicked."""
     s = report.summary
     findings = "".join(f"<li>{f}</li>" for f in _findings(s))
     warns = "".join(f'<div class="warn">warning: {html.escape(w)}</div>' for w in s.get("warnings", []))
     figs = "".join(f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}" '
                    f'alt="{html.escape(k)}"><figcaption>{html.escape(k)}</figcaption></figure>'
                    for k, png in plots.items())
+    return (f'<ul class="key">{findings}</ul>{warns}{_summary_tables(s)}<h2>Plots</h2>{figs}'
+            f"{_image_rows(report, thumbnails, blur)}")
+
+
+def report_page(body: str, *, extra_style: str = "") -> str:
+    """A self-contained page titled "Robustness report" around ``body``."""
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>nsfwlab robustness</title>'
-            f"<style>{_STYLE}</style></head><body><h1>Robustness report</h1>"
-            f'<ul class="key">{findings}</ul>{warns}{_summary_tables(s)}<h2>Plots</h2>{figs}'
-            f"{_image_rows(report, thumbnails)}<p><small>Every number above is the exact pipeline's score of "
-            f"the saved pixels; the full data is in robustness.json.</small></p></body></html>")
+            f"<style>{_STYLE}{extra_style}</style></head><body><h1>Robustness report</h1>{body}"
+            f"<p><small>Every number above is the exact pipeline's score of the saved pixels; the full data is "
+            f"in robustness.json.</small></p></body></html>")
+
+
+def render_html(report: RobustnessReport, plots: Mapping[str, bytes], *, thumbnails: bool = True) -> str:
+    """A self-contained page: findings and warnings, summary tables, plots, a row per image. Thumbnails start
+    blurred; a click reveals one. The full numbers are in ``robustness.json``."""
+    return report_page(study_sections(report, plots, thumbnails=thumbnails))
