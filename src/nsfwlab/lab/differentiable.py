@@ -200,53 +200,54 @@ class Oracle(Protocol):
     def scores(self, images: np.ndarray) -> np.ndarray: ...
 
 
-class LocalOracle:
-    """A :class:`Scorer` as a black box: its forward pass without gradients, batched; each image is one
-    query. ``labels_only=True`` hides the scores (1.0 NSFW, 0.0 otherwise, at ``threshold``)."""
+class _CountingOracle:
+    """What every local oracle shares: the threshold, the query count, the labels-only answer."""
 
-    def __init__(self, scorer: Scorer, threshold: float = 0.5, *, labels_only: bool = False,
-                 batch_size: int = 16) -> None:
+    def __init__(self, name: str, threshold: float, labels_only: bool) -> None:
         if not 0.0 < threshold < 1.0:
             raise ConfigError(f"threshold must lie strictly between 0 and 1, got {threshold}", param="threshold")
-        self.scorer = scorer
-        self.name = scorer.model_id
+        self.name = name
         self.threshold = threshold
         self.labels_only = labels_only
-        self.batch_size = batch_size
         self.queries = 0
 
     def scores(self, images: np.ndarray) -> np.ndarray:
         arr = images[None] if images.ndim == 3 else images
         if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
             raise ConfigError("images must be (N, H, W, 3) uint8 RGB", param="images")
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(arr), self.batch_size):
-                out.append(self.scorer(to_tensor(arr[i:i + self.batch_size])).numpy())
+        scores = self._answer(arr).astype(np.float64) if len(arr) else np.zeros(0)
         self.queries += len(arr)
-        scores = np.concatenate(out).astype(np.float64) if out else np.zeros(0)
         return (scores >= self.threshold).astype(np.float64) if self.labels_only else scores
 
+    def _answer(self, images: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
-class DetectorOracle:
+
+class LocalOracle(_CountingOracle):
+    """A :class:`Scorer` as a black box: its forward pass without gradients, batched; each image is one
+    query. ``labels_only=True`` hides the scores (1.0 NSFW, 0.0 otherwise, at ``threshold``)."""
+
+    def __init__(self, scorer: Scorer, threshold: float = 0.5, *, labels_only: bool = False,
+                 batch_size: int = 16) -> None:
+        super().__init__(scorer.model_id, threshold, labels_only)
+        self.scorer = scorer
+        self.batch_size = batch_size
+
+    def _answer(self, images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return np.concatenate([self.scorer(to_tensor(images[i:i + self.batch_size])).numpy()
+                                   for i in range(0, len(images), self.batch_size)])
+
+
+class DetectorOracle(_CountingOracle):
     """Any :class:`~nsfwlab.Detector` as a black box, answering with its exact score of each uint8 image
     (:func:`exact_score`): the oracle for models with no differentiable form (NudeNet's detector, whose
     NSFW score is its most confident exposed-body-part box, so evading it means no box at or above the
     threshold), and the strictest one for any other. ``labels_only`` as :class:`LocalOracle`."""
 
     def __init__(self, detector: Any, threshold: float = 0.5, *, labels_only: bool = False) -> None:
-        if not 0.0 < threshold < 1.0:
-            raise ConfigError(f"threshold must lie strictly between 0 and 1, got {threshold}", param="threshold")
+        super().__init__(detector.model_id, threshold, labels_only)
         self.detector = detector
-        self.name = detector.model_id
-        self.threshold = threshold
-        self.labels_only = labels_only
-        self.queries = 0
 
-    def scores(self, images: np.ndarray) -> np.ndarray:
-        arr = images[None] if images.ndim == 3 else images
-        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
-            raise ConfigError("images must be (N, H, W, 3) uint8 RGB", param="images")
-        scores = np.array([exact_score(self.detector, a) for a in arr], dtype=np.float64)
-        self.queries += len(arr)
-        return (scores >= self.threshold).astype(np.float64) if self.labels_only else scores
+    def _answer(self, images: np.ndarray) -> np.ndarray:
+        return np.array([exact_score(self.detector, a) for a in images])
