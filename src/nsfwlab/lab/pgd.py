@@ -160,16 +160,17 @@ class Engine:
         #: The class whose probability the attack moves; ``None``: the model's NSFW score.
         self.target_class = None if zoo is None or target is None else target
         self.margin = LogitMargin()
-        self.pre = detector.preprocess_config
         self._kornia_jpeg: Callable[..., torch.Tensor] | None = None
         #: A zoo model's differentiable score (``None`` for open_nsfw, which runs its own exact pipeline).
         self.scorer: Any = None
         if zoo is None:
-            self.model = detector.torch_model(device=str(self.device))
+            self.model = detector.torch_model(device=str(self.device))  # refuses a model it cannot differentiate
+            self.pre = detector.preprocess_config
             if self.pre.draft:
                 raise ConfigError("the attack needs the exact resize; use a Detector without draft decoding",
                                   param="detector")
         else:
+            self.pre = detector.preprocess_config
             if config.jpeg is not JpegMode.DIFFERENTIABLE:
                 raise ConfigError(f"the JPEG step is open_nsfw's; model {self.model_id} has none, so jpeg "
                                   f"{config.jpeg.value} does not apply (leave it at differentiable)", param="jpeg")
