@@ -148,7 +148,7 @@ def test_evaluate_calibrate_then_score_calibration(tmp_path: Path, photo_dir: Pa
     assert res.exit_code == 0, res.output
     rows = [json.loads(line) for line in res.stdout.splitlines()]
     for row, path in zip(rows, photo_paths, strict=True):
-        assert row["raw_score"] == detector.score(path)  # the exact model score, untouched
+        assert row["raw_score"] == detector.nsfw_score(path)  # the exact model score, untouched
         assert row["score"] == pytest.approx(cal.apply(row["raw_score"]), abs=1e-12)
         assert row["label"] == detector.label(row["score"]).value
     ordered = sorted(rows, key=lambda r: r["raw_score"])
@@ -157,7 +157,7 @@ def test_evaluate_calibrate_then_score_calibration(tmp_path: Path, photo_dir: Pa
                               str(photo_paths[0])])
     header, line = res.stdout.splitlines()
     assert header == "path,score,label,error,raw_score" and float(line.split(",")[-1]) == pytest.approx(
-        detector.score(photo_paths[0]), abs=1e-6)
+        detector.nsfw_score(photo_paths[0]), abs=1e-6)
 
 
 def test_evaluate_calibrate_needs_both_classes(tmp_path: Path) -> None:

@@ -116,7 +116,7 @@ def test_evaluate_scores_through_the_detector(labelled_dir: Path, detector) -> N
     # the readable images, scored exactly as Detector.score scores them
     assert len(result.scored) == 8
     for it in result.scored:
-        assert it.score == pytest.approx(detector.score(it.path), abs=1e-6)
+        assert it.score == pytest.approx(detector.nsfw_score(it.path), abs=1e-6)
     assert {Path(p.path).name: p.code for p in result.hygiene.unreadable} == {
         "empty.png": "empty", "notes.jpg": "unsupported_format"}
     assert result.metrics.n == 8 and result.metrics.n_pos == 4

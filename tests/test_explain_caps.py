@@ -166,8 +166,8 @@ def test_censor_of_a_large_image_is_bounded_and_exact(big_png, fake):
     assert result.image.shape == (6000, 6000, 3) and result.mask.shape == (6000, 6000)
     # The result (108 MB) and its mask (36 MB) plus working-copy arrays.
     assert peak < 6000 * 6000 * 4 + work_bound(6000, 6000, caps)
-    assert result.score_before == pytest.approx(fake.score(big_png), abs=1e-6)
-    assert result.score_after == pytest.approx(fake.score(result.image), abs=1e-7)  # exact, full size
+    assert result.score_before == pytest.approx(fake.nsfw_score(big_png), abs=1e-6)
+    assert result.score_after == pytest.approx(fake.nsfw_score(result.image), abs=1e-7)  # exact, full size
     assert result.reached and 1 <= len(result.steps) <= 4
     assert result.mask[2250:3750, 2250:3750].mean() > 0.9 and result.hidden_fraction < 0.15
     original = np.asarray(Image.open(big_png))

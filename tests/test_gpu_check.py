@@ -244,7 +244,7 @@ def test_fast_scan_on_cuda_tracks_the_exact_scores(photo_dir: Path, detector, tm
 
     scores = _scan_scores(photo_dir, tmp_path / "r.sqlite", mode=ScanMode.FAST, device=Device.CUDA, workers=2)
     for name, score in scores.items():
-        assert abs(score - detector.score(photo_dir / name)) < 0.03, name
+        assert abs(score - detector.nsfw_score(photo_dir / name)) < 0.03, name
 
 
 @needs_cuda
@@ -255,4 +255,4 @@ def test_exact_scan_on_cuda_equals_the_cpu_scores(photo_dir: Path, detector, tmp
 
     scores = _scan_scores(photo_dir, tmp_path / "r.sqlite", mode=ScanMode.EXACT, device=Device.CUDA, workers=2)
     for name, score in scores.items():
-        assert abs(score - detector.score(photo_dir / name)) < 1e-4, name
+        assert abs(score - detector.nsfw_score(photo_dir / name)) < 1e-4, name

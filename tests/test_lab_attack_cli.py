@@ -36,7 +36,7 @@ def test_attack_one_image_to_png_with_report(images: Path, tmp_path: Path, detec
     data = json.loads(rep.read_text())
     (row,) = data["results"]
     assert row["success"] and row["out"] == str(out)
-    assert detector.score(out) == row["score_after"] and abs(row["score_after"] - 0.5) <= 0.02
+    assert detector.nsfw_score(out) == row["score_after"] and abs(row["score_after"] - 0.5) <= 0.02
     assert Image.open(out).size == (160, 120)
     assert "chelsea" in res.stdout and "PSNR" in res.stdout
 

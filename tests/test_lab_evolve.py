@@ -92,7 +92,7 @@ def test_fitness_equals_detector_score_of_the_saved_png(detector, tmp_path: Path
         path = tmp_path / f"{i}.png"
         path.write_bytes(png_bytes(img))
         np.testing.assert_array_equal(np.asarray(Image.open(path)), img)
-        assert abs(detector.score(path) - batched[i]) < 1e-5
+        assert abs(detector.nsfw_score(path) - batched[i]) < 1e-5
 
 
 @pytest.mark.parametrize("algorithm", list(Algorithm))
@@ -158,7 +158,7 @@ def test_evolve_command_writes_image_report_plot_and_frames(tmp_path: Path, dete
     data = json.loads(report.read_text())
     assert set(data) >= {"shapes", "score", "evaluations", "seconds", "history", "reached"}
     assert len(data["shapes"]) == 4 and data["evaluations"] == 24
-    assert data["score"] == detector.score(out)
+    assert data["score"] == detector.nsfw_score(out)
     assert (tmp_path / "run.history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(frames) as gif:
         assert 1 <= gif.n_frames <= 3  # Pillow merges identical consecutive frames

@@ -233,7 +233,7 @@ def test_synthesis_raises_its_objective_and_reports_the_exact_pipeline(detector)
     start, end = result.objectives_start[0], result.objectives_end[0]
     assert end["nsfw-logit"] > start["nsfw-logit"] + 0.5
     assert result.logits_end[0][1] == pytest.approx(end["nsfw-logit"], abs=1e-5)
-    assert result.scores[0] == detector.score(result.pngs[0])
+    assert result.scores[0] == detector.nsfw_score(result.pngs[0])
     p = float(torch.softmax(torch.tensor(result.logits_end[0]), 0)[1])
     assert p == pytest.approx(result.scores[0], abs=1e-4)  # torch logits vs onnxruntime score
     assert "tv" in end and len(result.history) == 4
@@ -323,7 +323,7 @@ def test_synthesize_command_writes_images_report_and_blurred_gallery(tmp_path: P
     data = json.loads(report.read_text())
     assert set(data) >= {"score", "logits_start", "logits_end", "objectives_start", "objectives_end", "seconds"}
     paths = [tmp_path / "syn-0.png", tmp_path / "syn-1.png"]
-    assert [d["score"] for d in data["images"]] == [detector.score(p) for p in paths]
+    assert [d["score"] for d in data["images"]] == [detector.nsfw_score(p) for p in paths]
     page = (tmp_path / "syn.html").read_text()
     assert page.count("<figure>") == 2 and "score" in page
 
@@ -387,7 +387,7 @@ def test_a_start_image_is_where_the_run_begins(detector, photos: dict[str, np.nd
     result = synthesize(photos["chelsea"], detector, steps=0, size=64, param="pixels")
     expected = np.asarray(Image.fromarray(photos["chelsea"]).resize((64, 64), Image.Resampling.BILINEAR))
     assert np.abs(result.images[0].astype(int) - expected.astype(int)).max() <= 1
-    assert result.scores[0] == detector.score(result.pngs[0]) and result.steps == 0
+    assert result.scores[0] == detector.nsfw_score(result.pngs[0]) and result.steps == 0
     with pytest.raises(ConfigError, match="start image"):
         synthesize(photos["chelsea"], detector, steps=1, generator=build_network("mlp-generator", {"size": 8}))
 

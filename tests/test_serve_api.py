@@ -103,7 +103,7 @@ def test_multipart_scores_match_the_core(client: TestClient, detector: Detector,
     body = resp.json()
     assert [r["filename"] for r in body["results"]] == ["a.jpg", "b.jpg"]
     for r, data in zip(body["results"], (jpg, jpg2), strict=True):
-        assert r["score"] == pytest.approx(detector.score(data), abs=1e-6)
+        assert r["score"] == pytest.approx(detector.nsfw_score(data), abs=1e-6)
         assert r["label"] == detector.label(r["score"]).value
         assert "error" not in r
     assert body["model"]["model_version"] == detector.model_version
@@ -115,7 +115,7 @@ def test_raw_body_with_filename(client: TestClient, detector: Detector, jpg: byt
     assert resp.status_code == 200
     r = _one(resp)
     assert r["filename"] == "me.jpg"
-    assert r["score"] == pytest.approx(detector.score(jpg), abs=1e-6)
+    assert r["score"] == pytest.approx(detector.nsfw_score(jpg), abs=1e-6)
 
 
 def test_mixed_batch_reports_each_bad_file_and_scores_the_rest(client: TestClient, jpg: bytes) -> None:
@@ -266,7 +266,7 @@ def test_metrics_count_requests_scores_and_errors(detector: Detector, jpg: bytes
     assert 'nsfwlab_errors_total{code="unsupported_format"} 1.0' in text
     assert "nsfwlab_http_request_seconds_bucket" in text
     assert svc.metrics.sample("nsfwlab_score_count") == 2.0
-    assert svc.metrics.sample("nsfwlab_score_sum") == pytest.approx(2 * detector.score(jpg), abs=1e-5)
+    assert svc.metrics.sample("nsfwlab_score_sum") == pytest.approx(2 * detector.nsfw_score(jpg), abs=1e-5)
     assert svc.metrics.sample("nsfwlab_batch_size_count") >= 1
     assert svc.metrics.sample("nsfwlab_ready") == 0.0  # after shutdown
 
@@ -421,7 +421,7 @@ def test_review_band_images_are_queued_labelled_and_exported(tmp_path: Path, wid
         listing = c.get("/v1/review/items").json()
         assert listing["counts"] == {"pending": 2, "safe": 0, "nsfw": 0, "skip": 0}
         assert [i["sha256"] for i in listing["items"]] == [r1["review_id"], r2["review_id"]]
-        assert listing["items"][0]["score"] == pytest.approx(detector.score(jpg), abs=1e-6)
+        assert listing["items"][0]["score"] == pytest.approx(detector.nsfw_score(jpg), abs=1e-6)
         thumb = c.get(f"/v1/review/items/{r1['review_id']}/thumbnail")
         assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
         assert max(Image.open(io.BytesIO(thumb.content)).size) == 256
@@ -449,7 +449,7 @@ def test_review_band_images_are_queued_labelled_and_exported(tmp_path: Path, wid
 
 
 def test_confident_decisions_are_not_queued_unless_audited(tmp_path: Path, detector: Detector, jpg: bytes) -> None:
-    assert detector.label(detector.score(jpg)).value == "safe"  # the astronaut is a confident 'safe'
+    assert detector.label(detector.nsfw_score(jpg)).value == "safe"  # the astronaut is a confident 'safe'
     with TestClient(create_app(ServeConfig(data_dir=tmp_path / "a"), detector)) as c:
         assert "review_id" not in _one(c.post("/v1/score", content=jpg))
         assert c.get("/v1/review/items").json()["counts"]["pending"] == 0

@@ -146,7 +146,7 @@ def test_serve_over_tcp_limits_and_graceful_sigterm(tmp_path: Path, photos: dict
     with running_server(tmp_path, "--max-body-bytes", "2000000", "--max-files", "16", "--no-batching") as srv:
         one = httpx.post(srv.url + "/v1/score", files={"file": ("astronaut.jpg", jpg, "image/jpeg")}, timeout=60)
         assert one.status_code == 200
-        assert one.json()["results"][0]["score"] == pytest.approx(detector.score(jpg), abs=1e-6)
+        assert one.json()["results"][0]["score"] == pytest.approx(detector.nsfw_score(jpg), abs=1e-6)
 
         # A chunked upload without Content-Length is stopped at the cap (2 MB of 64 MiB offered).
         answer = chunked_upload(srv.port, b"\xff" * 65536, max_chunks=1024)
