@@ -143,9 +143,10 @@ def test_options_reach_the_protocol_and_sections_merge_into_one_json(two_photos:
                               "jpeg:50", "--model", "open_nsfw", "--model", "ensemble:open_nsfw+nsfwjs-mobilenetv2",
                               "--attacks", "apgd", "--threat", "l2", "--eps", "2", "--steps", "7", "--restarts", "3",
                               "--queries", "40", "--work-side", "64", "--threshold", "0.4", "--seed", "5",
-                              "--save-adversarial", "--no-sanity", "--tiles"])
+                              "--save-adversarial", "--no-sanity", "--tiles", "--start-images", str(two_photos)])
     assert res.exit_code == 0, res.output
     (args, kwargs), = proto.calls
+    assert len(kwargs["starts"]) == 2
     config = args[2]
     assert list(args[1]) == ["open_nsfw", "ensemble:open_nsfw+nsfwjs-mobilenetv2"]
     assert (config.attacks, config.norm.value, config.eps, config.steps, config.restarts, config.queries,
@@ -281,3 +282,10 @@ def test_attacking_a_live_service_counts_queries_and_records_blocks(two_photos: 
         assert all(0 <= q <= 2 * 60 for q in data["queries"]["open_nsfw"][attack]["per_image"])
     page = (out / "report.html").read_text()
     assert "blocked by the service" in page
+
+
+def test_a_missing_start_image_is_one_line_before_any_work(two_photos: Path, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["robustness", str(two_photos), "--out", str(tmp_path / "o"),
+                              "--start-images", str(tmp_path / "none.png")])
+    assert res.exit_code == 2 and "--start-images" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "o").exists()

@@ -313,6 +313,33 @@ def test_hopskipjump_starts_from_an_image_the_model_decides_the_other_way(
     assert seen[1] is not None and seen[1] < 0.01
 
 
+
+def test_hopskipjump_on_a_set_of_one_class_starts_from_a_given_start_image(
+        redness: None, small: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nsfwlab.errors import NsfwlabError
+    from nsfwlab.lab import blackbox
+
+    seen: list[float | None] = []
+
+    def fake(oracle: object, image: np.ndarray, label: int, *, start: np.ndarray | None = None,
+             **_: object) -> blackbox.BlackBoxResult:
+        seen.append(None if start is None else float(_redness_prob(start / 255.0, 50.0)))
+        return blackbox.BlackBoxResult(None, False, 1, None, math.nan)
+
+    monkeypatch.setattr(blackbox, "hopskipjump", fake)
+    safe = [p for p in small if float(_redness_prob(np.asarray(Image.open(p).convert("RGB")) / 255.0, 50.0)) < 0.5]
+    robustness_protocol(safe, ["red50"], attacks=("hopskipjump",), sanity=False, **FAST)
+    assert seen and all(s is None for s in seen)  # one class only: no start
+    red = tmp_path / "red.png"
+    Image.fromarray(np.tile(np.array([230, 20, 20], np.uint8), (40, 50, 1))).save(red)
+    seen.clear()
+    out = robustness_protocol(safe, ["red50"], attacks=("hopskipjump",), sanity=False, starts=[red], **FAST)
+    assert len(seen) == len(safe) and all(s is not None and s > 0.99 for s in seen)
+    assert [im["path"] for im in out.to_dict()["protocol_images"]] == [str(p) for p in safe]  # starts not reported
+    with pytest.raises(NsfwlabError, match="start image"):
+        robustness_protocol(safe, ["red50"], attacks=("hopskipjump",), sanity=False, starts=[tmp_path / "no.png"],
+                            **FAST)
+
 # -- the real models -----------------------------------------------------------------------------------------
 @pytest.mark.slow  # 15 s on an idle 2-core machine, 90 s under load; the stand-in tests above are the fast version
 def test_apgd_on_open_nsfw_is_verified_on_the_exact_pipeline(photos: dict[str, np.ndarray], tmp_path: Path) -> None:

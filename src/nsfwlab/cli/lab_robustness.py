@@ -208,6 +208,9 @@ def robustness_command(
     api_key: str | None = typer.Option(None, "--api-key", help="The service's API key (prefer --api-key-file or "
                                        f"{API_KEY_ENV}: a key on the command line is visible to other users)."),
     api_key_file: Path | None = typer.Option(None, "--api-key-file", help="File holding the service's API key."),
+    start_images: list[Path] | None = typer.Option(None, "--start-images", help="Images (or folders) HopSkipJump "
+                                                   "may start from: the attacker's images of the other class, not "
+                                                   "attacked themselves (a set of one class gives it none)."),
     save_adversarial: bool = typer.Option(False, "--save-adversarial", help="Keep every verified adversarial "
                                           "PNG in OUT/adversarial (otherwise none is kept)."),
     perturb: str | None = typer.Option(None, "--perturb", help="Comma-separated perturbations: jpeg:Q, scale:F, "
@@ -264,6 +267,12 @@ def robustness_command(
         if not files:
             raise ConfigError("no images found in the given folders")
         sources = [str(f.resolve()) if label_map else str(f) for f in files]
+        starts = [str(f) for f in expand_images(start_images)] if start_images else []
+        if start_images and not starts:
+            raise ConfigError("no images found in --start-images")
+        missing = [f for f in starts if not Path(f).is_file()]
+        if missing:
+            raise ConfigError(f"--start-images: {printable(missing[0])} is not a file")
         output_dir(out)
         for line in (note, study_note):
             if line:
@@ -284,7 +293,7 @@ def robustness_command(
         if protocol_config is not None:
             data.update(_run_protocol(sources, models, protocol_config, label_map, progress,
                                       target_url=target_url, api_key=key, threshold=threshold,
-                                      explicit_models=bool(model)))
+                                      explicit_models=bool(model), starts=starts))
         if evasions or tiles:
             extra = _run_evasions(sources, models, tiles=tiles, seed=seed, threshold=threshold, progress=progress)
             data["warnings"] = [*data.get("warnings", []), *extra.pop("warnings", [])]
@@ -353,7 +362,7 @@ def _run_study(sources: list[str], model: str, config: Any, progress: bool | Non
 
 def _run_protocol(sources: list[str], models: tuple[str, ...], config: Any, labels: Mapping[str, int] | None,
                   progress: bool | None, *, target_url: str | None, api_key: str | None,
-                  threshold: float, explicit_models: bool) -> dict[str, Any]:
+                  threshold: float, explicit_models: bool, starts: list[str]) -> dict[str, Any]:
     from ..lab.protocol import robustness_protocol
 
     factory = None
@@ -361,7 +370,7 @@ def _run_protocol(sources: list[str], models: tuple[str, ...], config: Any, labe
         factory = _service_factory(target_url, api_key, threshold, default_model=not explicit_models)
 
     with progress_bar(len(sources) * len(models), "protocol", enabled=progress) as advance:
-        rep = robustness_protocol(sources, models, config, labels=labels, oracle_factory=factory,
+        rep = robustness_protocol(sources, models, config, labels=labels, oracle_factory=factory, starts=starts,
                                   progress=_advance(advance))
     return rep.to_dict()  # type: ignore[no-any-return]
 

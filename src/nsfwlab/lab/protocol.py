@@ -215,6 +215,7 @@ class _Model:
 def robustness_protocol(sources: Sequence[ImageInput], models: Sequence[str] = ("open_nsfw",),
                         config: ProtocolConfig | None = None, *, labels: Mapping[str, int] | None = None,
                         oracle_factory: Callable[[str], Any] | None = None,
+                        starts: Sequence[ImageInput] = (),
                         progress: ProgressCallback | None = None, **overrides: Any) -> ProtocolReport:
     """Run the protocol on ``sources`` for every model of ``models`` (zoo ids, ensembles).
 
@@ -222,7 +223,9 @@ def robustness_protocol(sources: Sequence[ImageInput], models: Sequence[str] = (
     without one takes the model's own clean decision. ``oracle_factory(model_id)`` gives the oracle the
     black-box attacks query (default: the local model; the CLI passes a service for a live target, and then
     the white-box attacks are skipped). ``progress`` gets one ``protocol`` event per image and model, its
-    record as the item. Bad images are reported in ``protocol_images`` and the rest go on.
+    record as the item. Bad images are reported in ``protocol_images`` and the rest go on. ``starts``: more
+    images HopSkipJump may start from (an attacker's images of the other class, not attacked or reported
+    themselves); a label-only attack on a set of one class has no start without them.
     """
     cfg = configure(ProtocolConfig, config, overrides)
     if not models:
@@ -235,15 +238,33 @@ def robustness_protocol(sources: Sequence[ImageInput], models: Sequence[str] = (
     try:
         for model_id in models:
             loaded.append(_Model(model_id, cfg, oracle_factory, device))
-        images = _run(sources, loaded, cfg, labels, progress)
+        images = _run(sources, loaded, cfg, labels, progress, _start_pool(starts, loaded, cfg))
     finally:
         for m in loaded:
             m.close()
     return _report(images, loaded, cfg, labels, oracle_factory is not None)
 
 
+#: A candidate start of HopSkipJump: its clean score per model and its working copy.
+_Start = tuple[dict[str, float], np.ndarray]
+
+
+def _start_pool(starts: Sequence[ImageInput], loaded: list[_Model], cfg: ProtocolConfig) -> list[_Start]:
+    """The given start images' working copies and clean scores (a start that cannot be read is a one-line
+    error: the caller chose it)."""
+    pool: list[_Start] = []
+    for src in starts:
+        try:
+            work, _ = _working_copy(src, loaded[0].detector, cfg)
+        except NsfwlabError as exc:
+            raise exc.with_source(f"start image {describe_source(src)}") from None
+        pool.append(({m.id: float(m.verifier.score(work)) for m in loaded}, work))
+    return pool
+
+
 def _run(sources: Sequence[ImageInput], loaded: list[_Model], cfg: ProtocolConfig,
-         labels: Mapping[str, int] | None, progress: ProgressCallback | None) -> list[ImageRecord]:
+         labels: Mapping[str, int] | None, progress: ProgressCallback | None,
+         extra_starts: Sequence[_Start] = ()) -> list[ImageRecord]:
     """Load every working copy and score it clean on every model first (cheap: the exact score), so that
     HopSkipJump can start from an image of the other class; then attack image by image."""
     rng = np.random.default_rng(cfg.seed)
@@ -262,6 +283,10 @@ def _run(sources: Sequence[ImageInput], loaded: list[_Model], cfg: ProtocolConfi
             record.error, record.models = str(exc.with_source(name)), {}
         images.append(record)
         works.append(work)
+    pool: list[tuple[int | None, _Start]] = [
+        (k, ({m: r.clean_score for m, r in im.models.items()}, w))
+        for k, (im, w) in enumerate(zip(images, works, strict=True)) if w is not None and im.error is None]
+    pool += [(None, start) for start in extra_starts]
     total = len(sources) * len(loaded)
     for i, (record, work) in enumerate(zip(images, works, strict=True)):
         for j, m in enumerate(loaded):
@@ -269,7 +294,7 @@ def _run(sources: Sequence[ImageInput], loaded: list[_Model], cfg: ProtocolConfi
                 rec = record.models[m.id]
                 try:
                     _attack(rec, work, m, cfg, i in subsample, len(loaded) > 1,
-                            _start(images, works, i, m.id, rec.label, cfg.threshold))
+                            _start(pool, i, work, m.id, rec.label, cfg.threshold))
                 except NsfwlabError as exc:
                     record.error = str(exc.with_source(record.path))
             notify(progress, "protocol", i * len(loaded) + j + 1, total,
@@ -295,20 +320,18 @@ def _clean(work: np.ndarray, given: int | None, m: _Model) -> ModelRecord:
     return ModelRecord(score, label, decision == label)
 
 
-def _start(images: Sequence[ImageRecord], works: Sequence[np.ndarray | None], i: int, model: str, label: int,
+def _start(pool: Sequence[tuple[int | None, _Start]], i: int, work: np.ndarray, model: str, label: int,
            threshold: float) -> np.ndarray | None:
-    """HopSkipJump's first image for image ``i``: the set's image the model decides most confidently the other
-    way (an attacker holds images of both classes), resized to image ``i``'s size; ``None`` without one."""
-    others = [(abs(im.models[model].clean_score - threshold), k) for k, im in enumerate(images)
-              if k != i and works[k] is not None and model in im.models
-              and int(im.models[model].clean_score >= threshold) != label]
-    work = works[i]
-    if not others or work is None:
+    """HopSkipJump's first image for image ``i``: of the set's other images and the given start images, the one
+    the model decides most confidently the other way (an attacker holds images of both classes), resized to
+    image ``i``'s size; ``None`` without one."""
+    others = [(abs(scores[model] - threshold), n) for n, (k, (scores, _)) in enumerate(pool)
+              if k != i and model in scores and int(scores[model] >= threshold) != label]
+    if not others:
         return None
     from PIL import Image
 
-    other = works[max(others)[1]]
-    assert other is not None
+    other = pool[max(others)[1]][1][1]
     h, w = work.shape[:2]
     return np.asarray(Image.fromarray(other).resize((w, h), Image.Resampling.BILINEAR))
 
