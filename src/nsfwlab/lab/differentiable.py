@@ -31,7 +31,8 @@ from torch import nn
 
 from ..errors import ConfigError
 
-__all__ = ["DetectorOracle", "LocalOracle", "Oracle", "Scorer", "exact_score", "load_scorer", "to_pixels", "to_tensor"]
+__all__ = ["DetectorOracle", "LocalOracle", "Oracle", "Scorer", "exact_score", "load_scorer", "query_batch",
+           "to_pixels", "to_tensor"]
 
 
 class Scorer(nn.Module):
@@ -200,6 +201,15 @@ class Oracle(Protocol):
     def scores(self, images: np.ndarray) -> np.ndarray: ...
 
 
+def query_batch(images: np.ndarray) -> np.ndarray:
+    """An oracle's query: (N, H, W, 3) uint8 RGB (one (H, W, 3) image is a batch of one); anything else is a
+    ConfigError."""
+    arr = images[None] if images.ndim == 3 else images
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ConfigError("images must be (N, H, W, 3) uint8 RGB", param="images")
+    return arr
+
+
 class _CountingOracle:
     """What every local oracle shares: the threshold, the query count, the labels-only answer."""
 
@@ -212,9 +222,7 @@ class _CountingOracle:
         self.queries = 0
 
     def scores(self, images: np.ndarray) -> np.ndarray:
-        arr = images[None] if images.ndim == 3 else images
-        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
-            raise ConfigError("images must be (N, H, W, 3) uint8 RGB", param="images")
+        arr = query_batch(images)
         scores = self._answer(arr).astype(np.float64) if len(arr) else np.zeros(0)
         self.queries += len(arr)
         return (scores >= self.threshold).astype(np.float64) if self.labels_only else scores

@@ -147,11 +147,7 @@ class ServiceOracle:
 
     def _models(self) -> dict[str, Any]:
         resp = self._request("GET", "/v1/models", "GET /v1/models", headers=self._headers)
-        if resp.status_code == 401:
-            raise ConfigError(f"the service at {self.url} refused the API key: {_error_text(resp)}", param="api_key")
-        if resp.status_code != 200:
-            raise ServiceError(f"the service at {self.url} answered GET /v1/models with {resp.status_code}: "
-                               f"{_error_text(resp)}")
+        self._check_answered(resp, "GET /v1/models")
         try:
             body = resp.json()
         except ValueError:
@@ -161,11 +157,19 @@ class ServiceOracle:
             raise ServiceError(f"the service at {self.url} answered GET /v1/models with an unexpected body")
         return body
 
+    def _check_answered(self, resp: Any, what: str) -> None:
+        """A refused key is a ConfigError naming ``api_key``; any other status but 200 a ServiceError."""
+        if resp.status_code == 401:
+            raise ConfigError(f"the service at {self.url} refused the API key: {_error_text(resp)}", param="api_key")
+        if resp.status_code != 200:
+            raise ServiceError(f"the service at {self.url} answered {what} with {resp.status_code}: "
+                               f"{_error_text(resp)}")
+
     def scores(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N,) answers, one upload each (see the class docstring)."""
-        arr = images[None] if images.ndim == 3 else images
-        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
-            raise ConfigError("images must be (N, H, W, 3) uint8 RGB", param="images")
+        from .differentiable import query_batch
+
+        arr = query_batch(images)
         out = np.zeros(len(arr), np.float64)
         for i, img in enumerate(arr):
             try:
@@ -186,11 +190,7 @@ class ServiceOracle:
                     self.blocked_at_query = self.queries
                 raise ServiceBlocked(f"the service at {self.url} blocked this API key as running a query attack "
                                      f"after {self.queries} queries", at_query=self.queries)
-        if resp.status_code == 401:
-            raise ConfigError(f"the service at {self.url} refused the API key: {_error_text(resp)}", param="api_key")
-        if resp.status_code != 200:
-            raise ServiceError(f"the service at {self.url} answered a query with {resp.status_code}: "
-                               f"{_error_text(resp)}")
+        self._check_answered(resp, "a query")
         try:
             item = resp.json()["results"][0]
         except (ValueError, KeyError, IndexError, TypeError):
