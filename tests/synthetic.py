@@ -9,6 +9,7 @@ import io
 import numpy as np
 from PIL import Image
 
+from nsfwlab.calibration import Calibration
 from nsfwlab.config import YAHOO_MEAN_BGR
 
 
@@ -41,6 +42,9 @@ class RedFraction:
         p = red.reshape(len(batch), -1).mean(axis=1)
         return np.stack([1 - p, p], axis=1).astype(np.float32)
 
+
+#: A calibration for the fake backend's versions: calibrated = 0.5 + raw / 2 (isotonic, two knots).
+HALF_UP = Calibration("isotonic", RedFraction.model_version, "yahoo-exact-v1", {"x": [0.0, 1.0], "y": [0.5, 1.0]})
 
 RED, GREY = (230, 20, 20), (128, 128, 128)
 

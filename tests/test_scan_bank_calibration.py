@@ -17,10 +17,7 @@ from nsfwlab.calibration import Calibration
 from nsfwlab.cli import app
 from nsfwlab.errors import ConfigError
 from nsfwlab.scan import ResultStore, ScanConfig, ScanMode, ScanModel, scan
-from synthetic import RedFraction
-
-#: calibrated = 0.5 + raw / 2 (isotonic, two knots), for the fake model's versions.
-HALF_UP = Calibration("isotonic", "fake", "yahoo-exact-v1", {"x": [0.0, 1.0], "y": [0.5, 1.0]})
+from synthetic import HALF_UP, RedFraction
 
 
 def _config(**kw: object) -> ScanConfig:

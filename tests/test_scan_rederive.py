@@ -13,14 +13,12 @@ import pytest
 from typer.testing import CliRunner
 
 from nsfwlab import PreprocessConfig, Thresholds
-from nsfwlab.calibration import Calibration
 from nsfwlab.cli import app
 from nsfwlab.frames import FrameOptions
 from nsfwlab.scan import ResultStore, ScanConfig, ScanMode, ScanModel, scan
 from nsfwlab.scan.schema import SCHEMA_VERSION, results_ddl
-from synthetic import RED, RedFraction, animation
+from synthetic import HALF_UP, RED, RedFraction, animation
 
-HALF_UP = Calibration("isotonic", "fake", "yahoo-exact-v1", {"x": [0.0, 1.0], "y": [0.5, 1.0]})
 runner = CliRunner()
 
 

@@ -9,7 +9,6 @@ import pytest
 from PIL import Image
 
 from nsfwlab import Detector, Label, Thresholds
-from nsfwlab.calibration import Calibration
 from nsfwlab.frames import FrameOptions
 from nsfwlab.verdict import (
     BankCheck,
@@ -23,9 +22,7 @@ from nsfwlab.verdict import (
     may_hold_frames,
     stop_early,
 )
-from synthetic import RED, RedFraction, animation
-
-HALF_UP = Calibration("isotonic", "fake", "yahoo-exact-v1", {"x": [0.0, 1.0], "y": [0.5, 1.0]})
+from synthetic import HALF_UP, RED, RedFraction, animation
 
 
 def test_a_still_is_calibrated_then_banded() -> None:

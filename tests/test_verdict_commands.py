@@ -20,10 +20,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from nsfwlab import Detector, PreprocessConfig
-from nsfwlab.calibration import Calibration
 from nsfwlab.cli import app
 from nsfwlab.scan import ScanMode, ScanModel
-from synthetic import RedFraction
+from synthetic import HALF_UP, RedFraction
 
 av = pytest.importorskip("av")
 pytest.importorskip("pdqhash")
@@ -34,8 +33,6 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 runner = CliRunner()
-#: calibrated = 0.5 + raw / 2 (isotonic, two knots), for the fake model's versions.
-HALF_UP = Calibration("isotonic", "fake", "yahoo-exact-v1", {"x": [0.0, 1.0], "y": [0.5, 1.0]})
 
 
 def _jpeg(arr: np.ndarray, quality: int = 90) -> bytes:
