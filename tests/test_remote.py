@@ -139,3 +139,15 @@ def test_client_passes_through() -> None:
     with live(ServeConfig()) as url, httpx.Client(base_url=url) as client:
         oracle = ServiceOracle("http://ignored", None, client=client)
         assert oracle.scores(image(90)[None]).shape == (1,)
+
+
+@pytest.mark.parametrize("body", [b"x" * (2 << 20), b"[" * 100_000 + b"]" * 100_000, b'{"a": NaN}'])
+def test_a_hostile_answer_is_one_line_not_held_or_parsed(body: bytes) -> None:
+    from nsfwlab.lab.remote import ServiceError
+
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=body))
+    with httpx.Client(base_url="http://svc", transport=transport) as client, pytest.raises(ServiceError) as err:
+        ServiceOracle("http://svc", None, client=client)
+    assert "\n" not in str(err.value) and len(str(err.value)) < 300
+    if len(body) > 1 << 20:
+        assert "bytes" in str(err.value)  # refused while reading, not read whole and then found not JSON

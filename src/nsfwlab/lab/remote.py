@@ -14,12 +14,14 @@ from __future__ import annotations
 import io
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import ConfigError, NsfwlabError
+from ..sidefiles import parse_json
 
 if TYPE_CHECKING:
     import httpx
@@ -55,11 +57,34 @@ def _png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _error_text(resp: httpx.Response) -> str:
+#: The largest answer read from a service: nsfwlab's answers are a few hundred bytes; a larger one is refused
+#: rather than held in memory.
+MAX_ANSWER_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """A service's answer, read whole but bounded (:data:`MAX_ANSWER_BYTES`); ``json()`` parses it strictly
+    (no NaN, bounded nesting) and raises :class:`ServiceError` on anything else."""
+
+    status_code: int
+    headers: Mapping[str, str]
+    reason_phrase: str
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return parse_json(self.text, "the service's answer", error=ServiceError)
+
+
+def _error_text(resp: _Answer) -> str:
     try:
         body = resp.json()
         return f"{body.get('error', '')} ({body.get('code', resp.status_code)})"
-    except ValueError:
+    except (ServiceError, AttributeError):
         return resp.text.strip().splitlines()[0][:200] if resp.text.strip() else resp.reason_phrase
 
 
@@ -122,15 +147,23 @@ class ServiceOracle:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
+    def _request(self, method: str, path: str, what: str, **kwargs: Any) -> _Answer:
         """One request, repeated after each 429's ``Retry-After`` while the total wait stays within
-        ``max_wait_s``; a transport failure or a 429 past that wait is a one-line ``ServiceError``."""
+        ``max_wait_s``; a transport failure, an answer over :data:`MAX_ANSWER_BYTES` or a 429 past that wait
+        is a one-line ``ServiceError``."""
         import httpx
 
         waited = 0.0
         while True:
             try:
-                resp = self._client.request(method, path, **kwargs)
+                with self._client.stream(method, path, **kwargs) as raw:
+                    body = bytearray()
+                    for chunk in raw.iter_bytes():
+                        body += chunk
+                        if len(body) > MAX_ANSWER_BYTES:
+                            raise ServiceError(f"the service at {self.url} answered {what} with over "
+                                               f"{MAX_ANSWER_BYTES} bytes (is it an nsfwlab server?)")
+                    resp = _Answer(raw.status_code, raw.headers, raw.reason_phrase, bytes(body))
             except httpx.HTTPError as exc:
                 raise ServiceError(f"the service at {self.url} did not answer {what}: "
                                    f"{type(exc).__name__}: {exc}") from None
@@ -150,14 +183,14 @@ class ServiceOracle:
         self._check_answered(resp, "GET /v1/models")
         try:
             body = resp.json()
-        except ValueError:
+        except ServiceError:
             raise ServiceError(f"the service at {self.url} answered GET /v1/models with something other than "
                                "JSON (is it an nsfwlab server?)") from None
         if not isinstance(body, dict):
             raise ServiceError(f"the service at {self.url} answered GET /v1/models with an unexpected body")
         return body
 
-    def _check_answered(self, resp: Any, what: str) -> None:
+    def _check_answered(self, resp: _Answer, what: str) -> None:
         """A refused key is a ConfigError naming ``api_key``; any other status but 200 a ServiceError."""
         if resp.status_code == 401:
             raise ConfigError(f"the service at {self.url} refused the API key: {_error_text(resp)}", param="api_key")
@@ -193,7 +226,7 @@ class ServiceOracle:
         self._check_answered(resp, "a query")
         try:
             item = resp.json()["results"][0]
-        except (ValueError, KeyError, IndexError, TypeError):
+        except (ServiceError, KeyError, IndexError, TypeError):
             raise ServiceError(f"the service at {self.url} answered a query with an unexpected body") from None
         if "error" in item:
             raise ServiceError(f"the service at {self.url} could not score a query: {item['error']} "
@@ -208,15 +241,15 @@ class ServiceOracle:
             self.threshold = float(self.model_info.get("safe_below", 0.2))
         return 0.0 if item["label"] == "safe" else 1.0
 
-def _code(resp: httpx.Response) -> str | None:
+def _code(resp: _Answer) -> str | None:
     try:
         body = resp.json()
-    except ValueError:
+    except ServiceError:
         return None
     return body.get("code") if isinstance(body, dict) else None
 
 
-def _retry_after(resp: httpx.Response) -> float:
+def _retry_after(resp: _Answer) -> float:
     """Seconds to wait from ``Retry-After`` (1 s when absent or not a number of seconds)."""
     try:
         value = float(resp.headers.get("Retry-After", "1"))
